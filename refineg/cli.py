@@ -1,0 +1,147 @@
+"""The ``refineg`` command line: ``refineg <subcommand> --help`` documents each subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+
+from refineg.data import DataFormatError, ReadReport, create_data_format, read_jsonl
+
+SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def subcommand(name: str, help_text: str, add_args: Callable[[argparse.ArgumentParser], None]):
+    """Registers a subcommand: ``add_args`` declares its options, the decorated function runs it."""
+
+    def wrap(run: Callable[[argparse.Namespace], int]):
+        SUBCOMMANDS[name] = (help_text, add_args, run)
+        return run
+
+    return wrap
+
+
+def _parse_type_map(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"--type-map expects FROM=TO, got {item!r}")
+        src, dst = item.split("=", 1)
+        out[src] = dst
+    return out
+
+
+def _convert_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", required=True, help="input format: twitter-gmner, conll, ccks or jsonl")
+    p.add_argument("--txt", help="CoNLL txt file (twitter-gmner, conll)")
+    p.add_argument("--xml-dir", help="Pascal-VOC xml folder (twitter-gmner)")
+    p.add_argument("--text-json", help="sample_text.json (ccks)")
+    p.add_argument("--entity-json", help="sample_entity.json (ccks)")
+    p.add_argument("--input", help="canonical JSONL (jsonl)")
+    p.add_argument("--type-map", nargs="*", default=["MISC=OTHER"], help="type renames for conll (default MISC=OTHER)")
+    p.add_argument("--out", required=True, help="output file (JSONL, CoNLL txt or CCKS sample_text.json)")
+    p.add_argument("--to", default="jsonl", help="output format: jsonl (default), conll, twitter-gmner or ccks")
+    p.add_argument("--out-xml-dir", help="xml folder to write (--to twitter-gmner)")
+    p.add_argument("--out-entity-json", help="sample_entity.json to write (--to ccks)")
+
+
+@subcommand("convert", "convert between Twitter-GMNER, CoNLL, CCKS2025 JSON and canonical JSONL", _convert_args)
+def convert(args: argparse.Namespace) -> int:
+    """Reads ``--format`` input, writes ``--to`` output, prints counts and reader warnings."""
+    report = ReadReport()
+    if args.format == "twitter-gmner":
+        examples = create_data_format("twitter-gmner").reader(_need(args, "txt"), args.xml_dir, report=report)
+    elif args.format == "conll":
+        examples = create_data_format("conll").reader(_need(args, "txt"), type_map=_parse_type_map(args.type_map))
+    elif args.format == "ccks":
+        examples = create_data_format("ccks").reader(_need(args, "text_json"), args.entity_json, report=report)
+    else:
+        examples = create_data_format(args.format).reader(_need(args, "input"))
+    writer = create_data_format(args.to).writer
+    if args.to == "twitter-gmner":
+        writer(examples, args.out, _need(args, "out_xml_dir"))
+    elif args.to == "ccks":
+        writer(examples, args.out, _need(args, "out_entity_json"))
+    else:
+        writer(examples, args.out)
+    n_ent = sum(len(e.entities) for e in examples)
+    n_box = sum(1 for e in examples for ent in e.entities if ent.boxes)
+    print(f"wrote {len(examples)} posts, {n_ent} entities ({n_box} with boxes) to {args.out}")
+    if report.counts:
+        print("warnings (counted, see log for the first of each):\n" + report.summary())
+    return 0
+
+
+def _need(args: argparse.Namespace, name: str) -> str:
+    value = getattr(args, name)
+    if not value:
+        raise SystemExit(f"--{name.replace('_', '-')} is required for this format")
+    return value
+
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gold", required=True, help="gold canonical JSONL")
+    p.add_argument("--pred", required=True, help="predicted canonical JSONL")
+    p.add_argument("--match", default="span", choices=["span", "name"],
+                   help="span: token spans (Twitter-GMNER); name: surface string + label (CCKS2025)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+@subcommand("evaluate", "GMNER / MNER / EEG precision, recall and F1 of predictions against gold", _evaluate_args)
+def evaluate(args: argparse.Namespace) -> int:
+    """Scores ``--pred`` against ``--gold`` and prints a table or JSON."""
+    from refineg.metrics import evaluate_examples
+
+    golds, preds = read_jsonl(args.gold), read_jsonl(args.pred)
+    try:
+        result = evaluate_examples(golds, preds, match=args.match)
+    except ValueError as err:
+        raise DataFormatError(args.pred, str(err)) from None
+    if args.json:
+        print(json.dumps(result, indent=None))
+    else:
+        print(format_scores(result))
+    return 0
+
+
+def format_scores(result: dict) -> str:
+    """Readable table of an :func:`refineg.metrics.evaluate_examples` result (percentages)."""
+    lines = [f"{'task':<8}{'P':>8}{'R':>8}{'F1':>8}"]
+    for task in ("gmner", "mner", "eeg"):
+        s = result[task]
+        lines.append(f"{task.upper():<8}{100 * s['precision']:>8.2f}{100 * s['recall']:>8.2f}{100 * s['f1']:>8.2f}")
+    lines.append("")
+    lines.append(f"{'type':<10}{'GMNER F1':>10}{'MNER F1':>10}{'support':>9}")
+    for etype, s in result["per_type"].items():
+        lines.append(f"{etype:<10}{100 * s['gmner_f1']:>10.2f}{100 * s['mner_f1']:>10.2f}{s['support']:>9}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``refineg`` argument parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(prog="refineg", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subs = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_args, run) in SUBCOMMANDS.items():
+        sub = subs.add_parser(name, help=help_text, description=help_text)
+        add_args(sub)
+        sub.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``refineg`` console script; data errors exit with status 2 and a one-line message."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except (DataFormatError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Registry of data formats: one reader (and writer) per on-disk layout, created by name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from refineg.data.ccks import read_ccks, write_ccks
+from refineg.data.conll import read_conll, write_conll
+from refineg.data.jsonl import read_jsonl, write_jsonl
+from refineg.data.schema import Example
+from refineg.data.twitter_gmner import read_twitter_gmner, write_twitter_gmner
+from refineg.registry import Registry
+
+DATA_FORMATS = Registry("data format")
+
+
+@dataclass(frozen=True)
+class DataFormat:
+    """A reader and a writer; ``paths`` names the path arguments both take (``out_`` prefixed for the writer)."""
+
+    name: str
+    reader: Any
+    writer: Any
+    paths: tuple[str, ...]
+
+
+def _register(fmt: DataFormat) -> None:
+    DATA_FORMATS.register(fmt.name)(lambda: fmt)
+
+
+_register(DataFormat("jsonl", read_jsonl, write_jsonl, ("path",)))
+_register(DataFormat("twitter-gmner", read_twitter_gmner, write_twitter_gmner, ("txt", "xml_dir")))
+_register(DataFormat("conll", read_conll, write_conll, ("path",)))
+_register(DataFormat("ccks", read_ccks, write_ccks, ("text_json", "entity_json")))
+
+
+def create_data_format(name: str) -> DataFormat:
+    """Returns the :class:`DataFormat` registered as ``name``; unknown names raise and list the known ones."""
+    return DATA_FORMATS.create(name)
+
+
+def list_data_formats() -> list[str]:
+    """Names of the registered data formats."""
+    return DATA_FORMATS.list()
+
+
+def read_examples(name: str, **kwargs: Any) -> list[Example]:
+    """Reads examples with the reader of format ``name`` (keyword arguments as that reader takes)."""
+    return create_data_format(name).reader(**kwargs)

@@ -1,0 +1,165 @@
+"""Typed training configuration: dataclass schemas, YAML group files and ``key=value`` overrides.
+
+``load_config(["data=twitter_gmner", "data.root=/data/gmner", "trainer.max_epochs=15"])`` starts from the
+schema defaults (the embedded default run), merges ``configs/default.yaml``, then each group file named by a
+``group=name`` override (``configs/<group>/<name>.yaml``), then the dotted overrides. A key that the schema does not
+have is an error. The string ``None`` means null (W&B's ``${args_no_hyphens}`` writes Python ``str()`` values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+SAMPLE_ROOT = Path(__file__).resolve().parent / "assets" / "sample" / "twitter-gmner"
+GROUPS = ("data", "model", "experiment")
+
+
+@dataclass
+class DataConfig:
+    """Where the gold and synthetic posts come from and how they are batched."""
+
+    name: str = "sample"
+    format: str = "twitter-gmner"  # twitter-gmner | conll | jsonl | ccks
+    root: str | None = None  # folder the split paths are relative to; None = the bundled sample
+    train: str = "txt/train.txt"
+    dev: str = "txt/dev.txt"
+    test: str | None = "txt/test.txt"
+    xml_dir: str | None = "xml"
+    image_dir: str | None = None  # folder of <id>.jpg; used only by image-aware backbones
+    types: list[str] = field(default_factory=lambda: ["PER", "LOC", "ORG", "OTHER"])
+    synthetic: str | None = None  # canonical JSONL of synthetic posts
+    mixing: str = "gold_only"  # gold_only | concat | ratio | two_stage
+    synthetic_ratio: float = 0.5  # ratio mode: share of synthetic posts in every batch
+    synthetic_weight: float = 1.0  # loss weight of synthetic posts
+    synthetic_epochs: int = 1  # two_stage mode: epochs on synthetic data before gold fine-tuning
+    gold_limit: int | None = None  # fixed seeded sample of this many gold training posts
+    batch_size: int = 32  # global; divided by the world size
+    eval_batch_size: int = 64
+    max_length: int = 128  # subword tokens per post
+    bucket: bool = True  # length-bucketed batches
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """The small tagger: encoder backbone, tagging head and features."""
+
+    backbone: str = "hf"  # registry name: hf | hf_image
+    encoder: str = "minilm"  # Hugging Face hub name or local folder; "minilm" = packaged all-MiniLM-L6-v2
+    head: str = "crf"  # registry name: softmax | crf
+    casing: bool = True  # casing-feature embedding (the default encoder is uncased)
+    dropout: float = 0.1
+    word_dropout: float = 0.0  # probability of replacing a word by the unknown token while training
+    image_encoder: str = "timm"  # hf_image only: timm | open_clip
+    image_model: str = "resnet50"
+    image_pretrained: str | None = None  # timm: true/false or checkpoint path; open_clip: tag or checkpoint path
+    freeze_image: bool = True
+    image_size: int | None = None  # timm input resolution (None: the model's default)
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with separate learning rates, linear warmup and decay."""
+
+    encoder_lr: float = 1e-4
+    head_lr: float = 1e-3
+    crf_lr: float = 5e-2
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    fused: bool | None = None  # None: fused AdamW on CUDA
+
+
+@dataclass
+class TrainerConfig:
+    """Arguments passed to ``lightning.Trainer``."""
+
+    max_epochs: int = 8
+    accelerator: str = "auto"
+    devices: Any = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    gradient_clip_val: float = 1.0
+    accumulate_grad_batches: int = 1
+    log_every_n_steps: int = 10
+    limit_train_batches: float | None = None
+    limit_val_batches: float | None = None
+    enable_progress_bar: bool = True
+    deterministic: bool = False
+
+
+@dataclass
+class LoggerConfig:
+    """CSV logging always; W&B offline unless the environment provides credentials or a mode."""
+
+    wandb: bool = True
+    project: str = "refineg"
+    entity: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``train.py`` needs."""
+
+    seed: int = 42
+    run_name: str | None = None  # default: <data>-<head>-<timestamp>
+    runs_dir: str = "runs"
+    ckpt_path: str | None = None  # "last" resumes the run's last checkpoint
+    compile: bool = False
+    predict: bool = True  # write dev/test predictions as JSONL
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def _group_file(group: str, name: str, config_dir: Path) -> Path:
+    path = config_dir / group / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+        raise ValueError(f"unknown {group} config {name!r}; known: {', '.join(known) or '(none)'}")
+    return path
+
+
+def load_config(overrides: list[str] | None = None, config_dir: str | Path = CONFIG_DIR) -> DictConfig:
+    """Builds the typed config from defaults, YAML files and ``key=value`` overrides.
+
+    Raises:
+        ValueError: A misspelt key, a value of the wrong type, an unknown group name or a malformed override.
+    """
+    config_dir = Path(config_dir)
+    cfg = OmegaConf.structured(TrainConfig)
+    files: list[tuple[str | None, Path]] = []
+    if (config_dir / "default.yaml").is_file():
+        files.append((None, config_dir / "default.yaml"))
+    dotlist = []
+    for raw in overrides or []:
+        item = raw.lstrip("-")
+        if "=" not in item:
+            raise ValueError(f"override {raw!r} is not key=value")
+        key, value = item.split("=", 1)
+        if key in GROUPS:
+            files.append((None if key == "experiment" else key, _group_file(key, value, config_dir)))
+        else:
+            dotlist.append(f"{key}={'null' if value == 'None' else value}")
+    try:
+        for node, path in files:
+            loaded = OmegaConf.load(path)
+            cfg = OmegaConf.merge(cfg, loaded if node is None else {node: loaded})
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
+    except (ConfigKeyError, ValidationError) as err:
+        raise ValueError(f"bad configuration: {err.msg if hasattr(err, 'msg') else err}") from None
+    return cfg
+
+
+def resolve_data_root(data: DictConfig) -> Path:
+    """The folder the split paths of a ``data`` node are relative to (the bundled sample when ``root`` is null)."""
+    return Path(data.root).expanduser() if data.root else SAMPLE_ROOT

@@ -1,0 +1,184 @@
+"""Subword encoding of posts with first-subword alignment, casing features, and dynamic-padding collation."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import PreTrainedTokenizerBase
+
+from refineg.data.bio import entities_to_tags
+from refineg.data.schema import Example
+
+logger = logging.getLogger(__name__)
+CASING = ("pad", "lower", "title", "upper", "mixed", "numeric", "has_digit", "other")
+
+
+def casing_class(word: str) -> int:
+    """Index into :data:`CASING` of a word's shape (lower, Title, UPPER, mIxed, 123, a1, other)."""
+    if word.isdigit():
+        return 5
+    letters = [c for c in word if c.isalpha()]
+    if any(c.isdigit() for c in word):
+        return 6
+    if not letters:
+        return 7
+    if all(c.islower() for c in letters):
+        return 1
+    if all(c.isupper() for c in letters):
+        return 3 if len(letters) > 1 else 2
+    if letters[0].isupper() and all(c.islower() for c in letters[1:]):
+        return 2
+    return 4
+
+
+@dataclass
+class EncodedPost:
+    """A post ready for batching.
+
+    Attributes:
+        index: Position of the post in its dataset.
+        input_ids: Subword ids with special tokens, truncated to ``max_length``.
+        word_starts: Per kept word, the position of its first subword (words without pieces reuse the previous
+            position, so word masks stay left-aligned).
+        word_pieces: Per kept word, ``(first, last_exclusive)`` subword positions (for word dropout).
+        casing: Casing class per kept word.
+        labels: Label id per kept word (-100 when unlabelled).
+        weight: Loss weight of the post.
+        image: Image file path (read only by image-aware models), or ``None``.
+    """
+
+    index: int
+    input_ids: list[int]
+    word_starts: list[int]
+    word_pieces: list[tuple[int, int]]
+    casing: list[int]
+    labels: list[int]
+    weight: float = 1.0
+    image: str | None = None
+
+
+def encode_posts(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase, label_ids: dict[str, int] | None,
+                 max_length: int = 128, weights: Sequence[float] | None = None,
+                 image_dir: str | Path | None = None, batch: int = 512) -> list[EncodedPost]:
+    """Tokenises posts (pre-split words) with a fast tokenizer and aligns each word to its first subword.
+
+    Words cut off by ``max_length`` are dropped from the encoding (the decoder tags them ``O``).
+    ``label_ids=None`` encodes without labels (prediction). With ``image_dir`` each post records
+    ``image_dir / example.image``.
+    """
+    out: list[EncodedPost] = []
+    for lo in range(0, len(examples), batch):
+        chunk = examples[lo:lo + batch]
+        enc = tokenizer([list(ex.tokens) for ex in chunk], is_split_into_words=True, truncation=True,
+                        max_length=max_length)
+        for k, ex in enumerate(chunk):
+            word_ids = enc.word_ids(k)
+            firsts: dict[int, int] = {}
+            lasts: dict[int, int] = {}
+            for pos, w in enumerate(word_ids):
+                if w is not None:
+                    firsts.setdefault(w, pos)
+                    lasts[w] = pos + 1
+            kept = max(firsts) + 1 if firsts else 0
+            starts, pieces, prev = [], [], 0
+            for w in range(kept):
+                if w in firsts:
+                    prev = firsts[w]
+                    pieces.append((firsts[w], lasts[w]))
+                else:
+                    pieces.append((prev, prev))
+                starts.append(prev)
+            if label_ids is not None:
+                tags = entities_to_tags(len(ex.tokens), ex.entities)[:kept]
+                labels = [label_ids[t] for t in tags]
+            else:
+                labels = [-100] * kept
+            out.append(EncodedPost(
+                index=lo + k, input_ids=enc["input_ids"][k], word_starts=starts, word_pieces=pieces,
+                casing=[casing_class(t) for t in ex.tokens[:kept]], labels=labels,
+                weight=1.0 if weights is None else float(weights[lo + k]),
+                image=str(Path(image_dir) / ex.image) if image_dir and ex.image else None))
+    return out
+
+
+class PostCollator:
+    """Pads a list of :class:`EncodedPost` into tensors; optional word dropout (training only).
+
+    Args:
+        pad_id: Tokenizer pad id.
+        unk_id: Id that replaces every piece of a dropped word.
+        word_dropout: Probability of dropping each word.
+        image_transform: PIL image -> ``(3, H, W)`` tensor; when set, batches carry ``pixel_values`` and
+            ``image_mask`` (False for posts whose image is missing or unreadable: those are tagged text-only).
+    """
+
+    def __init__(self, pad_id: int, unk_id: int | None = None, word_dropout: float = 0.0,
+                 image_transform: Callable[[Image.Image], torch.Tensor] | None = None) -> None:
+        self.pad_id, self.unk_id, self.word_dropout = pad_id, unk_id, word_dropout
+        self.image_transform = image_transform
+        self.missing_images = 0
+
+    def _images(self, posts: Sequence[EncodedPost]) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels, present = [], []
+        for p in posts:
+            img = None
+            if p.image and Path(p.image).is_file():
+                try:
+                    with Image.open(p.image) as raw:
+                        img = self.image_transform(raw.convert("RGB"))
+                except OSError as err:
+                    logger.warning("%s: unreadable image (%s); post tagged text-only", p.image, err)
+            if img is None:
+                self.missing_images += 1
+            pixels.append(img)
+            present.append(img is not None)
+        shape = next((x.shape for x in pixels if x is not None), None)
+        if shape is None:
+            shape = self.image_transform(Image.new("RGB", (32, 32))).shape
+        pixels = [x if x is not None else torch.zeros(shape) for x in pixels]
+        return torch.stack(pixels), torch.tensor(present)
+
+    def __call__(self, posts: Sequence[EncodedPost]) -> dict[str, torch.Tensor]:
+        """Pads posts into a batch.
+
+        Returns:
+            ``input_ids``/``attention_mask`` ``(B, S)``, ``word_index``/``word_mask``/``casing``/``labels``
+            ``(B, W)``, ``weight`` and ``index`` ``(B,)``, plus ``pixel_values``/``image_mask`` with images.
+        """
+        bsz = len(posts)
+        s_len = max(len(p.input_ids) for p in posts)
+        w_len = max(1, max(len(p.word_starts) for p in posts))
+        input_ids = torch.full((bsz, s_len), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((bsz, s_len), dtype=torch.long)
+        word_index = torch.zeros((bsz, w_len), dtype=torch.long)
+        word_mask = torch.zeros((bsz, w_len), dtype=torch.bool)
+        casing = torch.zeros((bsz, w_len), dtype=torch.long)
+        labels = torch.full((bsz, w_len), -100, dtype=torch.long)
+        for b, p in enumerate(posts):
+            ids = list(p.input_ids)
+            if self.word_dropout > 0 and self.unk_id is not None:
+                for lo, hi in p.word_pieces:
+                    if hi > lo and random.random() < self.word_dropout:
+                        ids[lo:hi] = [self.unk_id] * (hi - lo)
+            input_ids[b, :len(ids)] = torch.tensor(ids)
+            attention[b, :len(ids)] = 1
+            n = len(p.word_starts)
+            if n:
+                word_index[b, :n] = torch.tensor(p.word_starts)
+                word_mask[b, :n] = True
+                casing[b, :n] = torch.tensor(p.casing)
+                labels[b, :n] = torch.tensor(p.labels)
+        # A post whose words were all cut keeps one masked-in position so CRF masks stay valid.
+        word_mask[:, 0] = True
+        batch = {"input_ids": input_ids, "attention_mask": attention, "word_index": word_index,
+                 "word_mask": word_mask, "casing": casing, "labels": labels,
+                 "weight": torch.tensor([p.weight for p in posts]), "index": torch.tensor([p.index for p in posts])}
+        if self.image_transform is not None:
+            batch["pixel_values"], batch["image_mask"] = self._images(posts)
+        return batch

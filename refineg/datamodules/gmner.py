@@ -1,0 +1,187 @@
+"""DataModule mixing gold and synthetic posts for the small tagger."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+
+import lightning as L
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset
+
+from refineg.config import resolve_data_root
+from refineg.data import Example, ReadReport, bio_labels, read_jsonl
+from refineg.data.formats import create_data_format
+from refineg.datamodules.encoding import EncodedPost, PostCollator, encode_posts
+from refineg.datamodules.samplers import BucketBatchSampler, RatioBatchSampler
+from refineg.modules.backbones import resolve_encoder
+
+logger = logging.getLogger(__name__)
+MIXING_MODES = ("gold_only", "concat", "ratio", "two_stage")
+
+
+class EncodedDataset(Dataset):
+    """A list of :class:`EncodedPost` (items are already tokenised)."""
+
+    def __init__(self, posts: list[EncodedPost]) -> None:
+        self.posts = posts
+
+    def __len__(self) -> int:
+        return len(self.posts)
+
+    def __getitem__(self, i: int) -> EncodedPost:
+        return self.posts[i]
+
+
+def read_split(data: DictConfig, split: str) -> list[Example]:
+    """Reads one split (``train``/``dev``/``test``) as configured by ``data`` (format, root, paths)."""
+    root = resolve_data_root(data)
+    path = root / data[split]
+    report = ReadReport()
+    if data.format == "twitter-gmner":
+        xml = root / data.xml_dir if data.xml_dir else None
+        examples = create_data_format("twitter-gmner").reader(path, xml, types=list(data.types), report=report)
+    elif data.format == "conll":
+        examples = create_data_format("conll").reader(path, types=list(data.types))
+    elif data.format == "jsonl":
+        examples = read_jsonl(path)
+    else:
+        raise ValueError(f"data.format {data.format!r} is not a training format; convert it to jsonl first "
+                         f"(refineg convert)")
+    if report.counts:
+        logger.warning("%s: reader warnings\n%s", path, report.summary())
+    return examples
+
+
+class GMNERDataModule(L.LightningDataModule):
+    """Gold (+ synthetic) posts -> length-bucketed, dynamically padded batches.
+
+    Mixing modes: ``gold_only``; ``concat`` (one shuffled pool); ``ratio`` (a fixed synthetic share in every batch);
+    ``two_stage`` (synthetic only for ``synthetic_epochs`` epochs, then gold only). Synthetic posts carry the loss
+    weight ``synthetic_weight``. ``batch_size`` is global and divided by the world size.
+
+    Args:
+        data: The ``data`` config node.
+        encoder: Encoder name (its tokenizer is used).
+        word_dropout: Word dropout probability for training batches.
+        seed: Seed for the gold sample and shuffling.
+        run_dir: Where to record the chosen gold ids when ``gold_limit`` is set.
+        image_transform: The image-aware model's preprocessing; images are loaded only when it is given.
+    """
+
+    def __init__(self, data: DictConfig, encoder: str, word_dropout: float = 0.0, seed: int = 42,
+                 run_dir: str | Path | None = None, image_transform=None) -> None:
+        super().__init__()
+        if data.mixing not in MIXING_MODES:
+            raise ValueError(f"data.mixing must be one of {MIXING_MODES}, got {data.mixing!r}")
+        if data.mixing != "gold_only" and not data.synthetic:
+            raise ValueError(f"data.mixing={data.mixing} needs data.synthetic=<file.jsonl>")
+        self.cfg, self.encoder, self.word_dropout, self.seed = data, encoder, word_dropout, seed
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.image_transform = image_transform
+        if image_transform is not None and not data.image_dir:
+            logger.warning("image-aware model without data.image_dir: every post is tagged text-only")
+        self.labels = bio_labels(list(data.types))
+        self.label_ids = {t: i for i, t in enumerate(self.labels)}
+        self.tokenizer = None
+        self.examples: dict[str, list[Example]] = {}
+        self.encoded: dict[str, list[EncodedPost]] = {}
+
+    def _tokenizer(self):
+        if self.tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(resolve_encoder(self.encoder))
+            if not self.tokenizer.is_fast:
+                raise ValueError(f"encoder {self.encoder!r} has no fast tokenizer (needed for word alignment)")
+        return self.tokenizer
+
+    def setup(self, stage: str | None = None) -> None:
+        """Reads and tokenises every split once (idempotent)."""
+        if self.encoded:
+            return
+        cfg = self.cfg
+        train = read_split(cfg, "train")
+        if cfg.gold_limit is not None and cfg.gold_limit < len(train):
+            train = random.Random(self.seed).sample(train, cfg.gold_limit)
+            if self.run_dir is not None:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                (self.run_dir / "gold_ids.json").write_text(json.dumps([e.id for e in train]))
+        synthetic = read_jsonl(cfg.synthetic) if cfg.synthetic and cfg.mixing != "gold_only" else []
+        self.examples = {"train": train, "synthetic": synthetic, "dev": read_split(cfg, "dev")}
+        if cfg.test:
+            test_path = resolve_data_root(cfg) / cfg.test
+            if not test_path.is_file():
+                raise FileNotFoundError(f"{test_path}: test split not found; set data.test=null to train without "
+                                        f"a test split")
+            self.examples["test"] = read_split(cfg, "test")
+        tok = self._tokenizer()
+        for name, examples in self.examples.items():
+            weights = [cfg.synthetic_weight] * len(examples) if name == "synthetic" else None
+            image_dir = cfg.image_dir if self.image_transform is not None else None
+            self.encoded[name] = encode_posts(examples, tok, self.label_ids, cfg.max_length, weights, image_dir)
+        logger.info("posts: %s", {k: len(v) for k, v in self.examples.items()})
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _collator(self, train: bool) -> PostCollator:
+        tok = self._tokenizer()
+        return PostCollator(tok.pad_token_id, tok.unk_token_id, self.word_dropout if train else 0.0,
+                            self.image_transform)
+
+    def train_posts(self, epoch: int) -> tuple[list[EncodedPost], int]:
+        """Posts of the training pool for ``epoch`` and how many of them (the first ones) are gold."""
+        gold, syn = self.encoded["train"], self.encoded["synthetic"]
+        mode = self.cfg.mixing
+        if mode == "gold_only":
+            return gold, len(gold)
+        if mode == "two_stage":
+            return (syn, 0) if epoch < self.cfg.synthetic_epochs else (gold, len(gold))
+        return gold + syn, len(gold)
+
+    def train_dataloader(self) -> DataLoader:  # noqa: D102
+        rank, world = self._world()
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        posts, n_gold = self.train_posts(epoch)
+        if self.cfg.mixing == "ratio":
+            sampler = RatioBatchSampler(n_gold, len(posts) - n_gold, self.cfg.batch_size, self.cfg.synthetic_ratio,
+                                        rank, world, self.seed)
+        else:
+            sampler = BucketBatchSampler([len(p.input_ids) for p in posts], self.cfg.batch_size, shuffle=True,
+                                         bucket=self.cfg.bucket, rank=rank, world=world, seed=self.seed)
+        return self._loader(posts, sampler, train=True)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        rank, world = self._world()
+        posts = self.encoded[split]
+        sampler = BucketBatchSampler([len(p.input_ids) for p in posts], max(self.cfg.eval_batch_size, world),
+                                     shuffle=False, bucket=True, rank=rank, world=world)
+        return self._loader(posts, sampler, train=False)
+
+    def _loader(self, posts: list[EncodedPost], sampler, train: bool) -> DataLoader:
+        return DataLoader(EncodedDataset(posts), batch_sampler=sampler, collate_fn=self._collator(train),
+                          num_workers=self.cfg.num_workers, pin_memory=self._pin(),
+                          persistent_workers=self.cfg.num_workers > 0)
+
+    def _pin(self) -> bool:
+        import torch
+
+        return torch.cuda.is_available()
+
+    def val_dataloader(self) -> DataLoader:  # noqa: D102
+        return self._eval_loader("dev")
+
+    def test_dataloader(self) -> DataLoader:  # noqa: D102
+        return self._eval_loader("test")
+
+    def steps_per_epoch(self, epoch: int) -> int:
+        """Optimizer batches in ``epoch`` (before gradient accumulation)."""
+        posts, n_gold = self.train_posts(epoch)
+        if self.cfg.mixing == "ratio":
+            return len(RatioBatchSampler(n_gold, len(posts) - n_gold, self.cfg.batch_size, self.cfg.synthetic_ratio))
+        return len(BucketBatchSampler([0] * len(posts), self.cfg.batch_size, world=self._world()[1]))
+

@@ -1,0 +1,147 @@
+"""LightningModule around :class:`SequenceTagger`: loss, MNER/GMNER metrics per stage, optimisation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torchmetrics import MaxMetric
+
+from refineg.data import Entity, Example, bio_labels
+from refineg.metrics import GMNERMetrics
+from refineg.modules.backbones import create_backbone
+from refineg.modules.heads import create_head
+from refineg.modules.tagger import SequenceTagger
+
+
+def build_tagger(model: dict[str, Any], labels: list[str], pretrained: bool = True) -> SequenceTagger:
+    """Builds the tagger described by a ``model`` config dict for a BIO label inventory."""
+    kwargs: dict[str, Any] = {"encoder": model["encoder"], "pretrained": pretrained,
+                              "gradient_checkpointing": model.get("gradient_checkpointing", False)}
+    if model["backbone"] == "hf_image":
+        kwargs.update(image_encoder=model["image_encoder"], image_model=model["image_model"],
+                      image_pretrained=model.get("image_pretrained"), freeze_image=model.get("freeze_image", True),
+                      image_size=model.get("image_size"))
+    backbone = create_backbone(model["backbone"], **kwargs)
+    head = create_head(model["head"], hidden_size=backbone.hidden_size, labels=labels)
+    tagger = SequenceTagger(backbone, head, casing=model.get("casing", True), dropout=model.get("dropout", 0.1))
+    return tagger.train()  # from_pretrained leaves encoders in eval mode
+
+
+class TaggerModule(L.LightningModule):
+    """Trains and evaluates a word-level BIO tagger.
+
+    Args:
+        model: ``model`` config as a plain dict (see :class:`refineg.config.ModelConfig`).
+        optim: ``optim`` config as a plain dict (see :class:`refineg.config.OptimConfig`).
+        types: Entity types; labels are ``bio_labels(types)``.
+        pretrained: Load pretrained encoder weights (``False`` for throughput benchmarks).
+
+    All arguments are saved as hyper-parameters, so ``TaggerModule.load_from_checkpoint(path)`` needs nothing else.
+    """
+
+    def __init__(self, model: dict[str, Any], optim: dict[str, Any], types: list[str],
+                 pretrained: bool = True) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.types = list(types)
+        self.labels = bio_labels(self.types)
+        self.tagger = build_tagger(model, self.labels, pretrained=pretrained)
+        self.val_metrics = GMNERMetrics(self.types)
+        self.test_metrics = GMNERMetrics(self.types)
+        self.val_f1_best = MaxMetric()
+        self.gold: dict[str, list[Example]] = {}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(B, W, K)`` emissions for a collated batch."""
+        return self.tagger(**batch)
+
+    def on_fit_start(self) -> None:  # noqa: D102
+        # reset so that DDP-spawned metric states never share the first sync (see ENVIRONMENT.md)
+        self.val_metrics.reset()
+        self.val_f1_best.reset()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:  # noqa: D102
+        emissions = self(batch)
+        per_post = self.tagger.head.loss(emissions, batch["labels"], batch["word_mask"])
+        weight = batch["weight"].to(per_post.dtype)
+        loss = (per_post * weight).sum() / weight.sum().clamp(min=1e-8)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(weight))
+        return loss
+
+    def decode(self, batch: dict[str, torch.Tensor], examples: list[Example]) -> list[Example]:
+        """Predicted posts (entities with confidence scores) for a batch of the given examples."""
+        emissions = self(batch)
+        spans = self.tagger.head.decode_spans(emissions, batch["word_mask"])
+        out = []
+        for ex, post in zip(examples, spans):
+            n = len(ex.tokens)
+            ents = [Entity(s, e, t, score=round(float(c), 6)) for s, e, t, c in post if e <= n]
+            out.append(Example(ex.id, ex.tokens, ex.image, ents, source="predicted", image_size=ex.image_size))
+        return out
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], split: str, metric: GMNERMetrics) -> None:
+        golds = [self.gold[split][i] for i in batch["index"].tolist()]
+        metric.update(self.decode(batch, golds), golds)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:  # noqa: D102
+        self._eval_step(batch, "dev", self.val_metrics)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:  # noqa: D102
+        self._eval_step(batch, "test", self.test_metrics)
+
+    def _log_scores(self, stage: str, metric: GMNERMetrics) -> dict[str, torch.Tensor]:
+        scores = metric.compute()
+        metric.reset()
+        for key, value in scores.items():
+            if key.startswith("mner") or key.startswith("gmner_f1"):
+                self.log(f"{stage}/{key}", value.float(), sync_dist=False)
+        return scores
+
+    def on_validation_epoch_end(self) -> None:  # noqa: D102
+        scores = self._log_scores("val", self.val_metrics)
+        self.val_f1_best(scores["mner_f1"].float())
+        self.log("val/mner_f1_best", self.val_f1_best.compute(), prog_bar=True)
+
+    def on_test_epoch_end(self) -> None:  # noqa: D102
+        self._log_scores("test", self.test_metrics)
+
+    def configure_optimizers(self):  # noqa: D102
+        opt = self.hparams.optim
+        groups: dict[str, list[torch.nn.Parameter]] = {"encoder": [], "crf": [], "head": []}
+        for name, param in self.tagger.named_parameters():
+            if not param.requires_grad:
+                continue
+            if name.startswith("head.crf."):
+                groups["crf"].append(param)
+            elif name.startswith("backbone.") and ".fusion." not in name:
+                groups["encoder"].append(param)
+            else:
+                groups["head"].append(param)
+        lrs = {"encoder": opt["encoder_lr"], "crf": opt["crf_lr"], "head": opt["head_lr"]}
+        param_groups = [{"params": ps, "lr": lrs[k], "name": k,
+                         "weight_decay": 0.0 if k == "crf" else opt["weight_decay"]}
+                        for k, ps in groups.items() if ps]
+        fused = opt.get("fused")
+        if fused is None:
+            fused = self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(param_groups, fused=bool(fused))
+        total = self._total_steps()
+        warmup = int(opt["warmup_ratio"] * total)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / max(1, warmup)
+            return max(0.0, (total - step) / max(1, total - warmup))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _total_steps(self) -> int:
+        trainer = self.trainer
+        dm = getattr(trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "steps_per_epoch") and trainer.max_epochs and trainer.max_epochs > 0:
+            batches = sum(dm.steps_per_epoch(e) for e in range(trainer.max_epochs))
+            return max(1, batches // max(1, trainer.accumulate_grad_batches))
+        return max(1, int(trainer.estimated_stepping_batches))

@@ -1,0 +1,60 @@
+"""Batched inference with a trained tagger: posts in, predicted posts (entities + confidence) out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from refineg.data import Example
+from refineg.datamodules.encoding import PostCollator, encode_posts
+from refineg.modules.backbones import resolve_encoder
+from refineg.modules.tagger_module import TaggerModule
+
+
+class TaggerPredictor:
+    """Tags posts with a :class:`TaggerModule`, longest-first batches, no gradients.
+
+    Args:
+        module: A trained module (e.g. ``TaggerModule.load_from_checkpoint(path)``).
+        batch_size: Posts per forward pass.
+        max_length: Subword budget per post.
+        device: Torch device (default: the module's).
+    """
+
+    def __init__(self, module: TaggerModule, batch_size: int = 64, max_length: int = 128,
+                 device: str | torch.device | None = None) -> None:
+        from transformers import AutoTokenizer
+
+        self.module = module.eval()
+        if device is not None:
+            self.module.to(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(resolve_encoder(module.hparams.model["encoder"]))
+        self.collate = PostCollator(self.tokenizer.pad_token_id)
+        self.batch_size, self.max_length = batch_size, max_length
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **kwargs) -> TaggerPredictor:
+        """Loads a Lightning checkpoint written by ``train.py``."""
+        module = TaggerModule.load_from_checkpoint(str(path), map_location="cpu", weights_only=False)
+        return cls(module, **kwargs)
+
+    @torch.inference_mode()
+    def predict(self, examples: Sequence[Example], progress: bool = True) -> list[Example]:
+        """Predicted copies of ``examples`` (same ids and order; ``source="predicted"``)."""
+        examples = list(examples)
+        encoded = encode_posts(examples, self.tokenizer, None, self.max_length)
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].input_ids))
+        device = self.module.device
+        out: list[Example | None] = [None] * len(examples)
+        bar = tqdm(total=len(examples), desc="tagging", unit="post", disable=not progress)
+        for lo in range(0, len(order), self.batch_size):
+            idx = order[lo:lo + self.batch_size]
+            batch = {k: v.to(device) for k, v in self.collate([encoded[i] for i in idx]).items()}
+            for i, pred in zip(idx, self.module.decode(batch, [examples[i] for i in idx])):
+                out[i] = pred
+            bar.update(len(idx))
+        bar.close()
+        return out  # type: ignore[return-value]

@@ -1,0 +1,116 @@
+"""The training run behind ``train.py``: run folder, loggers, checkpoints, fit, test and prediction files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from refineg.cli import format_scores
+from refineg.data import write_jsonl
+from refineg.datamodules.gmner import GMNERDataModule
+from refineg.metrics import evaluate_examples
+from refineg.modules.tagger_module import TaggerModule
+from refineg.predictor import TaggerPredictor
+
+logger = logging.getLogger(__name__)
+RUN_ENV = "REFINEG_RUN_NAME"
+
+
+def resolve_run_dir(cfg: DictConfig) -> Path:
+    """Picks the run folder; every DDP rank agrees through the ``REFINEG_RUN_NAME`` environment variable.
+
+    ``ckpt_path=last`` without ``run_name`` resumes the most recent run that has a ``last.ckpt``.
+    """
+    runs = Path(cfg.runs_dir)
+    name = cfg.run_name or os.environ.get(RUN_ENV)
+    if name is None and cfg.ckpt_path == "last":
+        candidates = sorted(runs.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            raise FileNotFoundError(f"ckpt_path=last: no run with checkpoints/last.ckpt under {runs}/")
+        name = candidates[-1].parents[1].name
+    if name is None:
+        name = f"{cfg.data.name}-{cfg.model.head}-{time.strftime('%Y%m%d-%H%M%S')}"
+    os.environ[RUN_ENV] = name
+    return runs / name
+
+
+def _loggers(cfg: DictConfig, run_dir: Path) -> list:
+    loggers: list = [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
+    if cfg.logger.wandb:
+        if not (os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE")):
+            os.environ["WANDB_MODE"] = "offline"
+        loggers.append(WandbLogger(project=cfg.logger.project, entity=cfg.logger.entity, name=run_dir.name,
+                                   save_dir=str(run_dir), tags=list(cfg.logger.tags),
+                                   config=OmegaConf.to_container(cfg, resolve=True)))
+    return loggers
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Trains, tests and writes the run folder; returns the metrics written to ``metrics.json``."""
+    run_dir = resolve_run_dir(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    ckpt_dir = run_dir / "checkpoints"
+    ckpt_path = cfg.ckpt_path
+    if ckpt_path == "last":
+        ckpt_path = str(ckpt_dir / "last.ckpt")
+        if not Path(ckpt_path).is_file():
+            raise FileNotFoundError(f"ckpt_path=last: {ckpt_path} does not exist")
+    module = TaggerModule(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim),
+                          list(cfg.data.types))
+    dm = GMNERDataModule(cfg.data, cfg.model.encoder, cfg.model.word_dropout, cfg.seed, run_dir,
+                         image_transform=getattr(module.tagger.backbone, "image_transform", None))
+    if cfg.compile:
+        module.tagger.backbone = __import__("torch").compile(module.tagger.backbone, dynamic=True)
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:02d}", monitor="val/mner_f1", mode="max",
+                                 save_last=True, save_top_k=1, auto_insert_metric_name=False)
+    trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if v is not None}
+    trainer = L.Trainer(default_root_dir=str(run_dir), logger=_loggers(cfg, run_dir),
+                        callbacks=[checkpoint, LearningRateMonitor("step")], use_distributed_sampler=False,
+                        reload_dataloaders_every_n_epochs=1 if cfg.data.mixing == "two_stage" else 0,
+                        **trainer_kwargs)
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / "config.yaml")
+    dm.setup("fit")
+    module.gold = {"dev": dm.examples["dev"], "test": dm.examples.get("test", [])}
+    n_params = sum(p.numel() for p in module.parameters())
+    n_train = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    for lg in trainer.loggers:
+        lg.log_hyperparams({"params/total": n_params, "params/trainable": n_train})
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    best = checkpoint.best_model_path or checkpoint.last_model_path
+    if "test" in dm.examples:
+        trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
+    result: dict[str, Any] = {"run_dir": str(run_dir), "best_checkpoint": best,
+                              "best_val_mner_f1": float(checkpoint.best_model_score or 0.0)}
+    if trainer.is_global_zero and cfg.predict:
+        predictor = TaggerPredictor.from_checkpoint(best, batch_size=cfg.data.eval_batch_size,
+                                                    max_length=cfg.data.max_length)
+        for split in ("dev", "test"):
+            if split not in dm.examples:
+                continue
+            preds = predictor.predict(dm.examples[split], progress=cfg.trainer.enable_progress_bar)
+            write_jsonl(preds, run_dir / f"predictions_{split}.jsonl")
+            result[split] = evaluate_examples(dm.examples[split], preds, types=list(cfg.data.types))
+        (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def print_summary(result: dict[str, Any]) -> None:
+    """Prints the dev/test score tables of a finished run."""
+    print(f"\nrun folder: {result['run_dir']}\nbest checkpoint: {result['best_checkpoint']}")
+    for split in ("dev", "test"):
+        if split in result:
+            m = result[split]["mner"]
+            print(f"\n== {split}: MNER P {100 * m['precision']:.2f}  R {100 * m['recall']:.2f}  "
+                  f"F1 {100 * m['f1']:.2f}")
+            print(format_scores(result[split]))

@@ -119,6 +119,57 @@ def format_scores(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", required=True, help="checkpoint written by train.py (e.g. runs/X/checkpoints/best-*.ckpt)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", help="posts to tag: canonical JSONL, Twitter-GMNER txt or CoNLL txt")
+    src.add_argument("--text", help="one post as raw text")
+    p.add_argument("--format", default=None, help="input format (default: jsonl for .jsonl, else twitter-gmner)")
+    p.add_argument("--xml-dir", help="xml folder when the input is Twitter-GMNER (gold boxes are not needed)")
+    p.add_argument("--out", help="output canonical JSONL (required with --input)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+
+
+@subcommand("predict", "tag posts with a trained tagger and write canonical JSONL with per-entity scores",
+            _predict_args)
+def predict(args: argparse.Namespace) -> int:
+    """Tags ``--input`` (or ``--text``) and writes/prints the predictions."""
+    import torch
+
+    from refineg.data import Example, write_jsonl
+    from refineg.data.tokenize import word_tokenize
+    from refineg.predictor import TaggerPredictor
+
+    if args.text is not None:
+        examples = [Example("text-0", word_tokenize(args.text), source="predicted")]
+    else:
+        if not args.out:
+            raise SystemExit("--out is required with --input")
+        fmt = args.format or ("jsonl" if args.input.endswith(".jsonl") else "twitter-gmner")
+        if fmt == "jsonl":
+            examples = read_jsonl(args.input)
+        elif fmt == "twitter-gmner":
+            examples = create_data_format(fmt).reader(args.input, args.xml_dir, types=None)
+        elif fmt == "conll":
+            examples = create_data_format(fmt).reader(args.input, type_map={})
+        else:
+            raise SystemExit(f"--format must be jsonl, twitter-gmner or conll, got {fmt!r}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    predictor = TaggerPredictor.from_checkpoint(args.ckpt, batch_size=args.batch_size, max_length=args.max_length,
+                                                device=device)
+    preds = predictor.predict(examples, progress=args.text is None)
+    if args.out:
+        write_jsonl(preds, args.out)
+        n = sum(len(p.entities) for p in preds)
+        print(f"tagged {len(preds)} posts, {n} entities -> {args.out}")
+    if args.text is not None:
+        for ent in preds[0].entities:
+            print(f"{ent.text(preds[0].tokens)}\t{ent.type}\t{ent.score:.3f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``refineg`` argument parser with every registered subcommand."""
     parser = argparse.ArgumentParser(prog="refineg", description=__doc__)

@@ -44,7 +44,7 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
 
 
 def _loggers(cfg: DictConfig, run_dir: Path) -> list:
-    loggers: list = [CSVLogger(save_dir=str(run_dir), name="csv", version="")]
+    loggers: list = [CSVLogger(save_dir=str(run_dir), name="csv")]
     if cfg.logger.wandb:
         if not (os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE")):
             os.environ["WANDB_MODE"] = "offline"
@@ -71,10 +71,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.compile:
         module.tagger.backbone = __import__("torch").compile(module.tagger.backbone, dynamic=True)
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:02d}", monitor="val/mner_f1", mode="max",
-                                 save_last=True, save_top_k=1, auto_insert_metric_name=False)
+                                 save_top_k=1, auto_insert_metric_name=False)
+    # Lightning's save_last only copies when the best checkpoint changes; resuming needs every epoch's state.
+    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                           enable_version_counter=False)
     trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if v is not None}
     trainer = L.Trainer(default_root_dir=str(run_dir), logger=_loggers(cfg, run_dir),
-                        callbacks=[checkpoint, LearningRateMonitor("step")], use_distributed_sampler=False,
+                        callbacks=[checkpoint, last, LearningRateMonitor("step")], use_distributed_sampler=False,
                         reload_dataloaders_every_n_epochs=1 if cfg.data.mixing == "two_stage" else 0,
                         **trainer_kwargs)
     if trainer.is_global_zero:
@@ -87,7 +90,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for lg in trainer.loggers:
         lg.log_hyperparams({"params/total": n_params, "params/trainable": n_train})
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-    best = checkpoint.best_model_path or checkpoint.last_model_path
+    best = checkpoint.best_model_path or last.best_model_path
     if "test" in dm.examples:
         trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
     result: dict[str, Any] = {"run_dir": str(run_dir), "best_checkpoint": best,

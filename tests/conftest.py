@@ -7,3 +7,12 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 FIXTURES = Path(__file__).parent / "data" / "fixtures"
 SHARED_GMNER = Path(__file__).resolve().parents[2] / "shared" / "data" / "twitter-gmner" / "Twitter10000_v2.0"
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory):
+    from tests.tiny_models import make_tiny_bert
+
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))

@@ -15,7 +15,7 @@ from refineg.config import resolve_data_root
 from refineg.data import Example, ReadReport, bio_labels, read_jsonl
 from refineg.data.formats import create_data_format
 from refineg.datamodules.encoding import EncodedPost, PostCollator, encode_posts
-from refineg.datamodules.samplers import BucketBatchSampler, RatioBatchSampler
+from refineg.datamodules.samplers import BucketBatchSampler, EvalBatchSampler, RatioBatchSampler
 from refineg.modules.backbones import resolve_encoder
 
 logger = logging.getLogger(__name__)
@@ -158,8 +158,7 @@ class GMNERDataModule(L.LightningDataModule):
     def _eval_loader(self, split: str) -> DataLoader:
         rank, world = self._world()
         posts = self.encoded[split]
-        sampler = BucketBatchSampler([len(p.input_ids) for p in posts], max(self.cfg.eval_batch_size, world),
-                                     shuffle=False, bucket=True, rank=rank, world=world)
+        sampler = EvalBatchSampler([len(p.input_ids) for p in posts], self.cfg.eval_batch_size, rank, world)
         return self._loader(posts, sampler, train=False)
 
     def _loader(self, posts: list[EncodedPost], sampler, train: bool) -> DataLoader:

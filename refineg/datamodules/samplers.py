@@ -119,3 +119,27 @@ class RatioBatchSampler(Sampler[list[int]]):
             syn = syn[self.n_syn_per_batch:]
             rng.shuffle(batch)
             yield _shard(batch, self.rank, self.world)
+
+
+class EvalBatchSampler(Sampler[list[int]]):
+    """Evaluation batches: rank ``r`` takes posts ``r, r + world, ...``, longest first.
+
+    No padding and no duplicates, so metric counts summed over ranks are exact.
+
+    Args:
+        lengths: Length (subwords) of each post.
+        batch_size: Posts per batch on each rank.
+        rank: This process's rank.
+        world: Number of processes.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, rank: int = 0, world: int = 1) -> None:
+        mine = list(range(rank, len(lengths), world))
+        mine.sort(key=lambda i: -lengths[i])
+        self.batches = [mine[lo:lo + batch_size] for lo in range(0, len(mine), batch_size)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)

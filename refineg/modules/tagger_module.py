@@ -96,7 +96,8 @@ class TaggerModule(L.LightningModule):
         metric.reset()
         for key, value in scores.items():
             if key.startswith("mner") or key.startswith("gmner_f1"):
-                self.log(f"{stage}/{key}", value.float(), sync_dist=False)
+                # already summed over ranks by the metric; sync_dist averages identical values (a no-op)
+                self.log(f"{stage}/{key}", value.float(), sync_dist=True)
         return scores
 
     def on_validation_epoch_end(self) -> None:  # noqa: D102

@@ -1,0 +1,117 @@
+"""End-to-end training on the bundled sample with a tiny encoder: run folder, reload, resume, DDP equality."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from refineg.config import load_config
+from refineg.data import read_jsonl
+from refineg.modules.tagger_module import TaggerModule
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_args(encoder, runs, name, **extra):
+    args = {
+        "model.encoder": encoder, "model.dropout": 0.0, "data.gold_limit": 64, "data.batch_size": 16,
+        "data.eval_batch_size": 32, "trainer.max_epochs": 2, "logger.wandb": "false",
+        "trainer.enable_progress_bar": "false", "runs_dir": str(runs), "run_name": name, "optim.encoder_lr": 1e-3,
+        "trainer.accelerator": "cpu",
+    }
+    args.update(extra)
+    return [f"{k}={v}" for k, v in args.items()]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_encoder, tmp_path_factory):
+    from refineg.training import train
+
+    runs = tmp_path_factory.mktemp("runs")
+    result = train(load_config(tiny_args(tiny_encoder, runs, "single")))
+    return runs / "single", result
+
+
+def test_run_folder_contents(trained):
+    run_dir, result = trained
+    for name in ("config.yaml", "metrics.json", "predictions_dev.jsonl", "predictions_test.jsonl", "gold_ids.json",
+                 "checkpoints/last.ckpt"):
+        assert (run_dir / name).is_file(), name
+    assert len(list((run_dir / "checkpoints").glob("best-*.ckpt"))) == 1
+    assert len(json.loads((run_dir / "gold_ids.json").read_text())) == 64
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["dev"]) >= {"gmner", "mner", "eeg", "per_type"}
+    preds = read_jsonl(run_dir / "predictions_dev.jsonl")
+    assert len(preds) == 150 and all(p.source == "predicted" for p in preds)
+    assert all(e.score is not None and 0 <= e.score <= 1 for p in preds for e in p.entities)
+    # the Lightning-logged dev F1 of the best epoch equals the score recomputed from the written predictions
+    assert metrics["best_val_mner_f1"] == pytest.approx(metrics["dev"]["mner"]["f1"], abs=1e-6)
+    assert list((run_dir / "csv").glob("version_*/metrics.csv"))
+
+
+def test_checkpoint_reloads_without_arguments(trained):
+    run_dir, _ = trained
+    module = TaggerModule.load_from_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"), weights_only=False)
+    assert module.types == ["PER", "LOC", "ORG", "OTHER"] and module.hparams.model["head"] == "crf"
+
+
+def test_resume_from_last(trained, tiny_encoder, tmp_path):
+    import shutil
+
+    import torch
+
+    from refineg.training import train
+
+    run_dir = tmp_path / "resumed"
+    shutil.copytree(trained[0], run_dir)
+    runs = run_dir.parent
+    before = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    os.environ.pop("REFINEG_RUN_NAME", None)
+    result = train(load_config(tiny_args(tiny_encoder, runs, "resumed", **{"trainer.max_epochs": 3,
+                                                                         "ckpt_path": "last"})))
+    after = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert after["epoch"] == before["epoch"] + 1  # one more epoch on top of the saved ones
+    assert after["global_step"] == before["global_step"] + 4  # 64 posts / batch 16
+    assert result["run_dir"] == str(run_dir)
+
+
+def test_misspelt_override_is_an_error(capsys):
+    sys.path.insert(0, str(ROOT))
+    from train import main
+
+    assert main(["trainer.max_epoch=3"]) == 2
+    assert "max_epochs" in capsys.readouterr().err  # the message suggests the right key
+    assert main(["data=no_such_data"]) == 2
+
+
+def test_predict_cli(trained, tmp_path, capsys):
+    from refineg.cli import main
+
+    run_dir, _ = trained
+    ckpt = str(run_dir / "checkpoints" / "last.ckpt")
+    sample = ROOT / "refineg" / "assets" / "sample" / "twitter-gmner" / "txt" / "dev.txt"
+    assert main(["predict", "--ckpt", ckpt, "--input", str(sample), "--out", str(tmp_path / "p.jsonl")]) == 0
+    preds = read_jsonl(tmp_path / "p.jsonl")
+    assert len(preds) == 150 and preds[0].id == read_jsonl(run_dir / "predictions_dev.jsonl")[0].id
+    assert main(["predict", "--ckpt", ckpt, "--text", "Obama visits Paris"]) == 0
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_single_process(trained, tiny_encoder, tmp_path):
+    """2 CPU processes (gloo) with the same global batches give the same dev/test metrics as one process."""
+    run_dir, _ = trained
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("REFINEG_RUN_NAME", None)
+    args = tiny_args(tiny_encoder, tmp_path, "ddp", **{"trainer.devices": 2, "trainer.strategy": "ddp"})
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], capture_output=True, text=True,
+                          timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    single = json.loads((run_dir / "metrics.json").read_text())
+    ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert "Initializing distributed: GLOBAL_RANK: 1" in proc.stderr + proc.stdout
+    for split in ("dev", "test"):
+        for task in ("gmner", "mner", "eeg"):
+            assert ddp[split][task]["f1"] == pytest.approx(single[split][task]["f1"], abs=1e-9), (split, task)

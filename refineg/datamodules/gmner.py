@@ -122,6 +122,8 @@ class GMNERDataModule(L.LightningDataModule):
             weights = [cfg.synthetic_weight] * len(examples) if name == "synthetic" else None
             image_dir = cfg.image_dir if self.image_transform is not None else None
             self.encoded[name] = encode_posts(examples, tok, self.label_ids, cfg.max_length, weights, image_dir)
+        for post in self.encoded["synthetic"]:  # batch "index" = position in the gold + synthetic pool
+            post.index += len(self.encoded["train"])
         logger.info("posts: %s", {k: len(v) for k, v in self.examples.items()})
 
     def _world(self) -> tuple[int, int]:

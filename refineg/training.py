@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from refineg.callbacks import TrainThroughput
 from refineg.cli import format_scores
 from refineg.data import write_jsonl
 from refineg.datamodules.gmner import GMNERDataModule
@@ -75,9 +76,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # Lightning's save_last only copies when the best checkpoint changes; resuming needs every epoch's state.
     last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
                            enable_version_counter=False)
+    throughput = TrainThroughput()
     trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if v is not None}
     trainer = L.Trainer(default_root_dir=str(run_dir), logger=_loggers(cfg, run_dir),
-                        callbacks=[checkpoint, last, LearningRateMonitor("step")], use_distributed_sampler=False,
+                        callbacks=[checkpoint, last, LearningRateMonitor("step"), throughput],
+                        use_distributed_sampler=False,
                         reload_dataloaders_every_n_epochs=1 if cfg.data.mixing == "two_stage" else 0,
                         **trainer_kwargs)
     if trainer.is_global_zero:
@@ -94,7 +97,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if "test" in dm.examples:
         trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
     result: dict[str, Any] = {"run_dir": str(run_dir), "best_checkpoint": best,
-                              "best_val_mner_f1": float(checkpoint.best_model_score or 0.0)}
+                              "best_val_mner_f1": float(checkpoint.best_model_score or 0.0),
+                              "train_throughput": throughput.summary}
+    if trainer.is_global_zero and not cfg.predict:
+        (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
     if trainer.is_global_zero and cfg.predict:
         predictor = TaggerPredictor.from_checkpoint(best, batch_size=cfg.data.eval_batch_size,
                                                     max_length=cfg.data.max_length)

@@ -7,11 +7,14 @@ retries with back-off, JSON validation, budget, usage accounting, concurrency, p
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
+import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
@@ -149,7 +152,7 @@ class ChatBackend(ABC):
         if c.seed is not None:
             params["seed"] = c.seed
         params.update(c.extra or {})
-        params.update(overrides)
+        params.update({k: v for k, v in overrides.items() if v is not None})  # None: keep the default
         return params
 
     def chat(
@@ -171,7 +174,8 @@ class ChatBackend(ABC):
                 value is returned in ``ChatResult.parsed``.
             json_type: Accepted top-level JSON type(s) when ``expect_json``.
             item: Identifier kept with a failure in the usage summary.
-            **params: Per-call sampling overrides (``temperature``, ``max_tokens``, ...).
+            **params: Per-call sampling overrides (``temperature``, ``max_tokens``, ...); ``None`` keeps the
+                configured value.
 
         Returns:
             The result; ``status`` tells success, failure or an exhausted budget.
@@ -238,16 +242,23 @@ class ChatBackend(ABC):
                 self._run_batched(pending, results, bar)
             elif pending:
                 workers = max(1, min(concurrency or self.config.concurrency, len(pending)))
-                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"llm-{self.name}") as pool:
+                pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"llm-{self.name}")
+                try:
                     futures = {pool.submit(self._run, req): i for i, req in pending}
                     for fut in as_completed(futures):
                         results[futures[fut]] = fut.result()
                         bar.update(1)
+                except BaseException:
+                    # Ctrl-C or a bug: drop queued requests instead of finishing them; answered ones are cached.
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
+                pool.shutdown(wait=True)
             for i, j in duplicates:
                 src = results[j]
                 assert src is not None
-                results[i] = ChatResult(**{**asdict(src), "cached": True, "attempts": 0, "latency_s": 0.0})
-                results[i].parsed = src.parsed
+                copy = ChatResult(**{**asdict(src), "cached": src.ok, "attempts": 0, "latency_s": 0.0})
+                copy.parsed = src.parsed
+                results[i] = copy
                 bar.update(1)
         finally:
             bar.close()
@@ -255,8 +266,19 @@ class ChatBackend(ABC):
         assert len(final) == n
         for item, result in zip(ids, final, strict=True):
             self.usage.record(stage, result, item)
+        failed = Counter(r.error_kind for r in final if not r.ok)
+        if failed:
+            kinds = ", ".join(f"{k}={v}" for k, v in sorted(failed.items()))
+            log.warning("llm %s: %d of %d requests got no answer (%s)", stage, sum(failed.values()), n, kinds)
         self.write_usage()
         return final
+
+    async def achat(self, messages: Conversation, **kwargs: Any) -> ChatResult:
+        """:meth:`chat` for asyncio code: runs in a worker thread, so the event loop stays free.
+
+        Bound concurrency with an ``asyncio.Semaphore`` in the caller, or use :meth:`chat_many`.
+        """
+        return await asyncio.to_thread(self.chat, messages, **kwargs)
 
     def write_usage(self) -> Path | None:
         """Writes the usage totals into the run folder now (also done after every ``chat_many``)."""
@@ -398,17 +420,17 @@ class ChatBackend(ABC):
                 else:
                     latency = time.perf_counter() - start
                     if self.cache is not None:
-                        self.cache.put(
-                            req.key,
-                            CachedResponse(
-                                outcome.text,
-                                outcome.prompt_tokens,
-                                outcome.completion_tokens,
-                                outcome.finish_reason,
-                                latency,
-                            ),
-                            req.material,
+                        stored = CachedResponse(
+                            outcome.text,
+                            outcome.prompt_tokens,
+                            outcome.completion_tokens,
+                            outcome.finish_reason,
+                            latency,
                         )
+                        try:
+                            self.cache.put(req.key, stored, req.material)
+                        except sqlite3.Error as err:  # keep the answer; only a re-run would miss it
+                            log.error("LLM cache write failed (%s): answer kept but not cached", err)
                     return ChatResult(
                         text=outcome.text,
                         prompt_tokens=outcome.prompt_tokens,

@@ -83,7 +83,7 @@ def test_hf_shares_the_cache_budget_and_json_wrapper(tiny_models, tmp_path):
     statuses = [r.status for r in limited.chat_many(TEXT_CONVS, progress=False)]
     assert statuses == ["ok", "ok", "budget_exhausted"]
     # A random model never answers JSON: each try is retried, then the item fails (not raised).
-    failed = llm.chat([user("answer in JSON")], expect_json=True, max_retries=None)
+    failed = llm.chat([user("answer in JSON")], expect_json=True)
     assert failed.status == "failed" and failed.error_kind in ("invalid_json", "truncated")
     assert failed.attempts == llm.config.max_retries + 1
     usage = json.loads((tmp_path / "llm_usage.json").read_text())

@@ -204,3 +204,43 @@ def test_replay_serves_recorded_answers_and_misses_loudly(chat_server, tmp_path)
         replay.chat_many([[user("r1")], [user("r4")]], progress=False)
     with pytest.raises(ValueError, match="cache_path"):
         create_llm_backend("replay", model="test-model")
+
+
+def test_duplicates_of_a_failure_are_failures_and_the_batch_logs_a_summary(chat_server, fast_retry, caplog):
+    chat_server.rules["bad"] = ["500"] * 10
+    llm = make(chat_server, max_retries=1, **fast_retry)
+    with caplog.at_level(logging.WARNING, logger="refineg.llm"):
+        results = llm.chat_many([[user("bad")], [user("ok")], [user("bad")]], progress=False, stage="grounding")
+    assert [r.status for r in results] == ["failed", "ok", "failed"]
+    assert not results[2].cached and results[2].attempts == 0
+    assert chat_server.received["bad"] == 2  # sent once (with its retry), not once per copy
+    assert "llm grounding: 2 of 3 requests got no answer (server_error=2)" in caplog.text
+
+
+def test_a_failed_cache_write_keeps_the_answer(chat_server, tmp_path, monkeypatch, caplog):
+    import sqlite3
+
+    llm = make(chat_server, tmp_path)
+
+    def disk_full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(llm.cache, "put", disk_full)
+    result = llm.chat([user("keep me")])
+    assert result.ok and json.loads(result.text)["echo"] == "keep me"
+    assert "cache write failed" in caplog.text
+
+
+def test_achat_from_asyncio(chat_server):
+    import asyncio
+
+    chat_server.delay_s = 0.2
+    llm = make(chat_server)
+
+    async def main():
+        return await asyncio.gather(*(llm.achat([user(f"a{i}")]) for i in range(4)))
+
+    start = time.perf_counter()
+    results = asyncio.run(main())
+    assert [json.loads(r.text)["echo"] for r in results] == ["a0", "a1", "a2", "a3"]
+    assert time.perf_counter() - start < 0.6  # ran concurrently (sequential: 0.8 s)

@@ -8,6 +8,7 @@ retries with back-off, JSON validation, budget, usage accounting, concurrency, p
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import random
 import sqlite3
@@ -17,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -256,9 +257,7 @@ class ChatBackend(ABC):
             for i, j in duplicates:
                 src = results[j]
                 assert src is not None
-                copy = ChatResult(**{**asdict(src), "cached": src.ok, "attempts": 0, "latency_s": 0.0})
-                copy.parsed = src.parsed
-                results[i] = copy
+                results[i] = replace(src, cached=src.ok, attempts=0, latency_s=0.0, parsed=copy.deepcopy(src.parsed))
                 bar.update(1)
         finally:
             bar.close()

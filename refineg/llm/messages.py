@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from PIL import Image
 
@@ -31,7 +31,7 @@ class ImagePart:
     image: Image.Image | str | Path
 
 
-Part = Union[TextPart, ImagePart]  # noqa: UP007 (a runtime alias; ``|`` on a str-forward ref is not portable)
+Part = TextPart | ImagePart
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class Message:
         return "".join(p.text for p in self.parts if isinstance(p, TextPart))
 
 
-def _to_parts(items: tuple[str | Image.Image | str | Path | Part, ...]) -> str | tuple[Part, ...]:
+def _to_parts(items: tuple[str | Image.Image | Path | Part, ...]) -> str | tuple[Part, ...]:
     if len(items) == 1 and isinstance(items[0], str):
         return items[0]
     parts: list[Part] = []

@@ -50,6 +50,15 @@ def test_causal_lm_batched_generation_matches_one_by_one(llama):
     assert single[1].prompt_tokens > single[0].prompt_tokens > single[2].prompt_tokens
 
 
+def test_chat_from_several_threads_matches_sequential(llama):
+    from concurrent.futures import ThreadPoolExecutor
+
+    sequential = [llama.chat(c).text for c in TEXT_CONVS * 2]
+    with ThreadPoolExecutor(4) as pool:
+        threaded = [r.text for r in pool.map(llama.chat, TEXT_CONVS * 2)]
+    assert threaded == sequential
+
+
 def test_causal_lm_refuses_images(llama):
     result = llama.chat([user(Image.new("RGB", (8, 8)), "what is this?")])
     assert result.status == "failed" and result.error_kind == "bad_request" and result.attempts == 1

@@ -145,8 +145,6 @@ class HFBackend(ChatBackend):
         return out
 
     def _complete_batch(self, batch: Sequence[Conversation], params: dict[str, Any]) -> list[Completion | BackendError]:
-        import torch
-
         rendered: list[tuple[int, str, list[Any]]] = []
         out: list[Completion | BackendError | None] = [None] * len(batch)
         for i, messages in enumerate(batch):
@@ -157,32 +155,43 @@ class HFBackend(ChatBackend):
                 continue
             rendered.append((i, text, images))
         if rendered:
-            texts = [t for _, t, _ in rendered]
-            # The chat template already wrote the special tokens (BOS included where the model wants one).
-            if self.multimodal:
-                images = [img for _, _, imgs in rendered for img in imgs]
-                enc = self.processor(
-                    text=texts, images=images or None, padding=True, return_tensors="pt", add_special_tokens=False
+            # One generation at a time: the model and the (Rust) tokenizer are not safe to share between threads.
+            with self._lock:
+                completions = self._generate(
+                    [t for _, t, _ in rendered], [im for _, _, ims in rendered for im in ims], params
                 )
-            else:
-                enc = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
-            enc = enc.to(self.device)
-            gen_kwargs = self._generate_kwargs(params)
-            with self._lock, torch.inference_mode():
-                if params.get("seed") is not None:
-                    torch.manual_seed(int(params["seed"]))
-                generated = self.model.generate(**enc, **gen_kwargs)
-            prompt_len = enc["input_ids"].shape[1]
-            new_tokens = generated[:, prompt_len:].tolist()
-            prompt_counts = enc["attention_mask"].sum(dim=1).tolist()
-            for row, (i, _, _) in enumerate(rendered):
-                tokens = new_tokens[row]
-                stop = next((k for k, t in enumerate(tokens) if t in self._eos_ids), None)
-                answer = tokens if stop is None else tokens[:stop]
-                out[i] = Completion(
-                    text=self.tokenizer.decode(answer, skip_special_tokens=True),
-                    prompt_tokens=int(prompt_counts[row]),
+            for (i, _, _), completion in zip(rendered, completions, strict=True):
+                out[i] = completion
+        return [o for o in out if o is not None]
+
+    def _generate(self, texts: list[str], images: list[Any], params: dict[str, Any]) -> list[Completion]:
+        """Generates answers for rendered prompts (``images`` in prompt order, flattened over the batch)."""
+        import torch
+
+        # The chat template already wrote the special tokens (BOS included where the model wants one).
+        if self.multimodal:
+            enc = self.processor(
+                text=texts, images=images or None, padding=True, return_tensors="pt", add_special_tokens=False
+            )
+        else:
+            enc = self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
+        enc = enc.to(self.device)
+        with torch.inference_mode():
+            if params.get("seed") is not None:
+                torch.manual_seed(int(params["seed"]))
+            generated = self.model.generate(**enc, **self._generate_kwargs(params))
+        prompt_len = enc["input_ids"].shape[1]
+        new_tokens = generated[:, prompt_len:].tolist()
+        prompt_counts = enc["attention_mask"].sum(dim=1).tolist()
+        completions = []
+        for tokens, prompt_count in zip(new_tokens, prompt_counts, strict=True):
+            stop = next((k for k, t in enumerate(tokens) if t in self._eos_ids), None)
+            completions.append(
+                Completion(
+                    text=self.tokenizer.decode(tokens if stop is None else tokens[:stop], skip_special_tokens=True),
+                    prompt_tokens=int(prompt_count),
                     completion_tokens=len(tokens) if stop is None else stop + 1,
                     finish_reason="length" if stop is None else "stop",
                 )
-        return [o for o in out if o is not None]
+            )
+        return completions

@@ -1,0 +1,101 @@
+"""Typed configuration of an LLM / MLLM backend (an OmegaConf structured-config schema)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+# OmegaConf reads these annotations at run time and does not accept ``X | None`` on every Python version we
+# support, hence ``Optional``.
+
+
+@dataclass
+class LLMConfig:
+    """Settings of one LLM backend; ``OmegaConf.structured(LLMConfig)`` turns it into a config schema.
+
+    The API key itself is never part of the config: only the *name* of the environment variable that holds it.
+
+    Attributes:
+        backend: Registered backend name: ``openai``, ``hf`` or ``replay``.
+        model: Model name as the server knows it (``openai``), or a local folder / hub id (``hf``).
+        base_url: OpenAI-compatible endpoint, e.g. ``http://localhost:8000/v1`` (vLLM); ``None`` for OpenAI.
+        api_key_env: Name of the environment variable holding the API key; empty for none.
+        max_side: Images are shrunk so that their longest side is at most this many pixels (ReFineG: 1000).
+        jpeg_quality: JPEG quality of images sent as data URLs.
+        timeout_s: Per-call timeout in seconds (``openai``).
+        max_retries: Retries of a transient failure after the first attempt.
+        backoff_base_s: First retry delay; doubles with each retry (with jitter).
+        backoff_max_s: Cap on the retry delay.
+        concurrency: Requests in flight at once in ``chat_many`` (``openai``).
+        batch_size: Conversations generated together (``hf``).
+        cache_path: SQLite response cache file; ``None`` disables caching (``replay`` requires it).
+        temperature: Sampling temperature (0 = greedy).
+        max_tokens: Most completion tokens per answer.
+        top_p: Nucleus sampling mass; ``None`` leaves the server default.
+        seed: Sampling seed passed to the server / generator; ``None`` for none.
+        extra: Further sampling parameters: sent in the request body (``openai``; e.g. vLLM's ``top_k``,
+            ``repetition_penalty``) or passed to ``generate`` (``hf``). They are part of the cache key.
+        max_calls: Cap on backend calls in this process (retries count); ``None`` for no cap.
+        max_tokens_budget: Cap on prompt + completion tokens; ``None`` for no cap.
+        device: ``hf``: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"`` (CUDA when available).
+        dtype: ``hf``: ``"auto"``, ``"float32"``, ``"bfloat16"`` or ``"float16"``.
+        gguf_file: ``hf``: GGUF file name inside the ``model`` folder, for quantised causal LMs.
+        trust_remote_code: ``hf``: allow model code shipped with the checkpoint.
+        replay_of: ``replay``: the backend whose cached answers are replayed (part of the cache key).
+    """
+
+    backend: str = "openai"
+    model: str = ""
+    base_url: Optional[str] = None  # noqa: UP045
+    api_key_env: str = "OPENAI_API_KEY"
+    max_side: int = 1000
+    jpeg_quality: int = 90
+    timeout_s: float = 60.0
+    max_retries: int = 3
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    concurrency: int = 8
+    batch_size: int = 8
+    cache_path: Optional[str] = None  # noqa: UP045
+    temperature: float = 0.0
+    max_tokens: int = 1024
+    top_p: Optional[float] = None  # noqa: UP045
+    seed: Optional[int] = None  # noqa: UP045
+    extra: dict[str, Any] = field(default_factory=dict)
+    max_calls: Optional[int] = None  # noqa: UP045
+    max_tokens_budget: Optional[int] = None  # noqa: UP045
+    device: str = "cpu"
+    dtype: str = "auto"
+    gguf_file: Optional[str] = None  # noqa: UP045
+    trust_remote_code: bool = False
+    replay_of: str = "openai"
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        if self.concurrency < 1 or self.batch_size < 1:
+            raise ValueError("concurrency and batch_size must be >= 1")
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any] | Any) -> LLMConfig:
+        """Builds a config from a mapping, an OmegaConf ``DictConfig`` or an ``LLMConfig``.
+
+        Raises:
+            TypeError: A key is not a field of :class:`LLMConfig` (a typo is an error, not a silent default).
+        """
+        if isinstance(options, LLMConfig):
+            return dataclasses.replace(options)
+        if not isinstance(options, Mapping):
+            from omegaconf import OmegaConf  # only needed for DictConfig input
+
+            options = OmegaConf.to_container(options, resolve=True)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise TypeError(f"unknown LLM config key(s) {unknown}; known keys: {sorted(names)}")
+        values = dict(options)
+        if values.get("extra") is not None:
+            values["extra"] = dict(values["extra"])
+        return cls(**values)

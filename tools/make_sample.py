@@ -14,6 +14,7 @@ OUT = Path(__file__).resolve().parents[1] / "refineg" / "assets" / "sample" / "t
 
 
 def main(root: str) -> None:
+    """Samples the splits from the release at ``root`` and writes them in the Twitter-GMNER layout."""
     root_path = Path(root)
     train = read_twitter_gmner(root_path / "txt" / "train.txt", root_path / "xml")
     dev = read_twitter_gmner(root_path / "txt" / "dev.txt", root_path / "xml")

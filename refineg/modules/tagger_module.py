@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import lightning as L
@@ -13,6 +14,8 @@ from refineg.metrics import GMNERMetrics
 from refineg.modules.backbones import create_backbone
 from refineg.modules.heads import create_head
 from refineg.modules.tagger import SequenceTagger
+
+warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
 
 
 def build_tagger(model: dict[str, Any], labels: list[str], pretrained: bool = True) -> SequenceTagger:
@@ -96,8 +99,8 @@ class TaggerModule(L.LightningModule):
         metric.reset()
         for key, value in scores.items():
             if key.startswith("mner") or key.startswith("gmner_f1"):
-                # already summed over ranks by the metric; sync_dist averages identical values (a no-op)
-                self.log(f"{stage}/{key}", value.float(), sync_dist=True)
+                # already summed over ranks by the metric (every rank holds the global value): no sync needed
+                self.log(f"{stage}/{key}", float(value), sync_dist=False)
         return scores
 
     def on_validation_epoch_end(self) -> None:  # noqa: D102
@@ -125,8 +128,8 @@ class TaggerModule(L.LightningModule):
                          "weight_decay": 0.0 if k == "crf" else opt["weight_decay"]}
                         for k, ps in groups.items() if ps]
         fused = opt.get("fused")
-        if fused is None:
-            fused = self.device.type == "cuda"
+        if fused is None:  # fused AdamW on CUDA, except with fp16's gradient scaler
+            fused = self.device.type == "cuda" and not str(self.trainer.precision).startswith("16")
         optimizer = torch.optim.AdamW(param_groups, fused=bool(fused))
         total = self._total_steps()
         warmup = int(opt["warmup_ratio"] * total)
@@ -138,6 +141,16 @@ class TaggerModule(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clips by norm ourselves for fused AdamW, which Lightning's mixed-precision plugin refuses to clip.
+
+        Fused AdamW is only chosen without a gradient scaler (fp32 or bf16), so the gradients are unscaled here.
+        """
+        if gradient_clip_val and optimizer.defaults.get("fused"):
+            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+        else:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def _total_steps(self) -> int:
         trainer = self.trainer

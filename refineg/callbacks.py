@@ -9,13 +9,14 @@ import torch
 
 
 class TrainThroughput(L.Callback):
-    """Measures training posts/s and subword tokens/s (all ranks together), skipping the first ``warmup`` steps.
+    """Measures training posts/s and subword tokens/s (all ranks together), skipping the run's first ``warmup`` steps.
 
-    Time is taken between consecutive training-batch ends of the same epoch (data loading included, validation
-    excluded) and logged as ``train/posts_per_s`` and ``train/tokens_per_s``; :attr:`summary` holds the totals.
+    Time is taken between consecutive training-batch ends of the same epoch (data loading included, validation and
+    each epoch's first batch excluded) and logged as ``train/posts_per_s`` and ``train/tokens_per_s``;
+    :attr:`summary` holds the totals.
 
     Args:
-        warmup: Steps to skip at the start of every epoch (compilation, allocator warm-up).
+        warmup: Steps of the run to skip (compilation, allocator warm-up).
     """
 
     def __init__(self, warmup: int = 5) -> None:
@@ -27,7 +28,7 @@ class TrainThroughput(L.Callback):
         self._seen = 0
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
-        self._last, self._seen = None, 0
+        self._last = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: D102
         if torch.cuda.is_available() and pl_module.device.type == "cuda":

@@ -31,7 +31,9 @@ def trained(tiny_encoder, tmp_path_factory):
     from refineg.training import train
 
     runs = tmp_path_factory.mktemp("runs")
-    result = train(load_config(tiny_args(tiny_encoder, runs, "single")))
+    os.environ.pop("REFINEG_RUN_NAME", None)
+    os.environ["WANDB_MODE"] = "offline"
+    result = train(load_config(tiny_args(tiny_encoder, runs, "single", **{"logger.wandb": "true"})))
     return runs / "single", result
 
 
@@ -50,6 +52,8 @@ def test_run_folder_contents(trained):
     # the Lightning-logged dev F1 of the best epoch equals the score recomputed from the written predictions
     assert metrics["best_val_mner_f1"] == pytest.approx(metrics["dev"]["mner"]["f1"], abs=1e-6)
     assert list((run_dir / "csv").glob("version_*/metrics.csv"))
+    assert list((run_dir / "wandb").glob("offline-run-*"))  # W&B logged offline, no key needed
+    assert metrics["train_throughput"]["posts_per_s"] > 0
 
 
 def test_checkpoint_reloads_without_arguments(trained):

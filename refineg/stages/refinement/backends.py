@@ -146,7 +146,7 @@ class MLLMBackend(RefinementBackend):
         return answers
 
     def usage(self) -> dict[str, Any]:  # noqa: D102
-        return self.llm.usage.summary()
+        return self.llm.usage.to_dict()
 
     def close(self) -> None:  # noqa: D102
         self.llm.close()

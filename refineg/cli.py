@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from refineg.data import DataFormatError, ReadReport, create_data_format, read_jsonl
 
@@ -167,6 +168,97 @@ def predict(args: argparse.Namespace) -> int:
     if args.text is not None:
         for ent in preds[0].entities:
             print(f"{ent.text(preds[0].tokens)}\t{ent.type}\t{ent.score:.3f}")
+    return 0
+
+
+def _calibrate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", required=True, help="tagger checkpoint")
+    p.add_argument("--data", required=True, help="gold canonical JSONL (dev)")
+    p.add_argument("--out-dir", default=None, help="report folder (default: <ckpt folder>/calibration)")
+    p.add_argument("--heads", default=None,
+                   help="comma-separated uncertainty heads (default: every head that needs only the checkpoint)")
+    p.add_argument("--head-kwargs", default="{}", help='JSON {head: {kwarg: value}}, e.g. \'{"mc_dropout": '
+                                                     '{"samples": 16, "dropout": 0.1}}\'')
+    p.add_argument("--ensemble", nargs="*", default=None, help="member checkpoints: adds the ensemble head")
+    p.add_argument("--evidential", default=None, help="trained Dirichlet layer: adds the evidential head")
+    p.add_argument("--fit-evidential", default=None, metavar="TRAIN_JSONL",
+                   help="train a Dirichlet layer on these labelled posts (saved as evidential.pt) and add the head")
+    p.add_argument("--fit-temperature", action="store_true", help="fit a temperature on --data, report heads again")
+    p.add_argument("--bins", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=128)
+
+
+@subcommand("calibrate", "per uncertainty head: error-detection AUROC, ECE, risk-coverage/AURC; JSON + PNG plots",
+            _calibrate_args)
+def calibrate_cmd(args: argparse.Namespace) -> int:
+    """Scores the uncertainty heads of ``--ckpt`` on ``--data`` and writes the report."""
+    from refineg.stages.refinement.calibrate import calibrate, default_heads, summary_table
+
+    examples = read_jsonl(args.data)
+    out_dir = Path(args.out_dir) if args.out_dir else Path(args.ckpt).resolve().parent / "calibration"
+    extra = json.loads(args.head_kwargs)
+    heads = None
+    if args.heads:
+        heads = {h.strip(): dict(extra.get(h.strip(), {})) for h in args.heads.split(",") if h.strip()}
+    if args.ensemble or args.evidential or args.fit_evidential or (extra and heads is None):
+        from refineg.modules.tagger_module import TaggerModule
+
+        if heads is None:
+            module = TaggerModule.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=False)
+            heads = {k: {**v, **extra.get(k, {})} for k, v in default_heads(module).items()}
+        if args.ensemble:
+            heads["ensemble"] = {"checkpoints": list(args.ensemble), **extra.get("ensemble", {})}
+        if args.fit_evidential:
+            from refineg.modules.uncertainty import fit_evidential
+
+            module = TaggerModule.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=False).eval()
+            out_dir.mkdir(parents=True, exist_ok=True)
+            layer = fit_evidential(module, read_jsonl(args.fit_evidential), **extra.get("fit_evidential", {}))
+            layer.save(out_dir / "evidential.pt")
+            heads["evidential"] = {"path": str(out_dir / "evidential.pt")}
+        elif args.evidential:
+            heads["evidential"] = {"path": args.evidential}
+    report = calibrate(args.ckpt, examples, out_dir, heads, args.fit_temperature, args.bins, args.batch_size,
+                       args.max_length)
+    print(summary_table(report))
+    print(f"\nreport: {out_dir / 'calibration.json'}; plots: reliability.png, risk_coverage.png")
+    return 0
+
+
+def _refine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pred", required=True, help="predicted canonical JSONL (with uncertainties, or set ckpt= head=)")
+    p.add_argument("--out", required=True, help="refined canonical JSONL (a <out>.report.json is written next to it)")
+    p.add_argument("--gold", default=None, help="gold JSONL: print MNER/GMNER scores before and after")
+    p.add_argument("overrides", nargs="*", help="RefineConfig key=value overrides, e.g. tau=0.5 head=crf_marginal "
+                                                "ckpt=C backend=oracle gold=dev.jsonl llm.model=M llm.base_url=U")
+
+
+@subcommand("refine", "delegate uncertain entities to an MLLM (or a simulation) and merge its corrections",
+            _refine_args)
+def refine_cmd(args: argparse.Namespace) -> int:
+    """Runs the refinement stage on ``--pred`` and writes ``--out``."""
+    from refineg.metrics import evaluate_examples
+    from refineg.stages.refinement import load_refine_config, run_refine
+
+    try:
+        cfg = load_refine_config(args.overrides)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    report = run_refine(cfg, args.pred, args.out)
+    if report["simulated"]:
+        print(f"SIMULATION: answers come from {report['backend']}, not from an MLLM")
+    print(f"{report['delegated']} of {report['entities']} entities delegated "
+          f"({100 * report['delegation_rate']:.1f}%), {report['over_budget']} over the call budget, "
+          f"{report['backend_failures_kept_small_model']} backend failures kept the small model's answer")
+    for key, value in report["outcomes"].items():
+        print(f"  {key:<28}{value:>7}")
+    if args.gold:
+        golds = read_jsonl(args.gold)
+        before, after = evaluate_examples(golds, read_jsonl(args.pred)), evaluate_examples(golds, read_jsonl(args.out))
+        for task in ("mner", "gmner"):
+            print(f"{task.upper()} F1: {100 * before[task]['f1']:.2f} -> {100 * after[task]['f1']:.2f}")
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.report.json')}")
     return 0
 
 

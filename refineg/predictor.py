@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -41,20 +41,25 @@ class TaggerPredictor:
         module = TaggerModule.load_from_checkpoint(str(path), map_location="cpu", weights_only=False)
         return cls(module, **kwargs)
 
+    def batches(self, examples: Sequence[Example], progress: bool = False,
+                desc: str = "tagging") -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+        """Longest-first collated batches on the module's device, with the indices of their posts."""
+        encoded = encode_posts(list(examples), self.tokenizer, None, self.max_length)
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].input_ids))
+        device = self.module.device
+        bar = tqdm(total=len(encoded), desc=desc, unit="post", disable=not progress)
+        for lo in range(0, len(order), self.batch_size):
+            idx = order[lo:lo + self.batch_size]
+            yield idx, {k: v.to(device) for k, v in self.collate([encoded[i] for i in idx]).items()}
+            bar.update(len(idx))
+        bar.close()
+
     @torch.inference_mode()
     def predict(self, examples: Sequence[Example], progress: bool = True) -> list[Example]:
         """Predicted copies of ``examples`` (same ids and order; ``source="predicted"``)."""
         examples = list(examples)
-        encoded = encode_posts(examples, self.tokenizer, None, self.max_length)
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].input_ids))
-        device = self.module.device
         out: list[Example | None] = [None] * len(examples)
-        bar = tqdm(total=len(examples), desc="tagging", unit="post", disable=not progress)
-        for lo in range(0, len(order), self.batch_size):
-            idx = order[lo:lo + self.batch_size]
-            batch = {k: v.to(device) for k, v in self.collate([encoded[i] for i in idx]).items()}
+        for idx, batch in self.batches(examples, progress):
             for i, pred in zip(idx, self.module.decode(batch, [examples[i] for i in idx])):
                 out[i] = pred
-            bar.update(len(idx))
-        bar.close()
         return out  # type: ignore[return-value]

@@ -29,12 +29,19 @@ class SequenceTagger(nn.Module):
             self.casing.weight.data[0].zero_()
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, word_index: Tensor, casing: Tensor | None = None,
-                pixel_values: Tensor | None = None, image_mask: Tensor | None = None, **_: object) -> Tensor:
-        """Returns ``(B, W, K)`` emission scores for the words of each post."""
+    def word_states(self, input_ids: Tensor, attention_mask: Tensor, word_index: Tensor,
+                    casing: Tensor | None = None, pixel_values: Tensor | None = None,
+                    image_mask: Tensor | None = None, **_: object) -> Tensor:
+        """Returns ``(B, W, H)`` word states (first subword + casing), before dropout and the head."""
         extra = {} if pixel_values is None else {"pixel_values": pixel_values, "image_mask": image_mask}
         states = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra)
         words = states.gather(1, word_index.unsqueeze(-1).expand(-1, -1, states.shape[-1]))
         if self.casing is not None and casing is not None:
             words = words + self.casing(casing).to(words.dtype)
+        return words
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, word_index: Tensor, casing: Tensor | None = None,
+                pixel_values: Tensor | None = None, image_mask: Tensor | None = None, **_: object) -> Tensor:
+        """Returns ``(B, W, K)`` emission scores for the words of each post."""
+        words = self.word_states(input_ids, attention_mask, word_index, casing, pixel_values, image_mask)
         return self.head(self.dropout(words))

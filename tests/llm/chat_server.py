@@ -87,6 +87,7 @@ class ChatServer(ThreadingHTTPServer):
         self.faults: list[str] = []
         self.rules: dict[str, list[str]] = {}
         self.expected_key: str | None = None
+        self.responder: Any = None  # optional (last user text, n_images) -> answer text, replacing the echo
         self.counts: Counter[str] = Counter()  # completed (answered 200) requests per last user text
         self.received: Counter[str] = Counter()  # every request per last user text, faults included
         self.bodies: list[dict[str, Any]] = []
@@ -210,7 +211,7 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as err:  # any decoding problem is the client's fault
             self._error(400, f"bad image: {err}")
             return
-        content = answer_for(prompt, len(sizes))
+        content = (srv.responder or answer_for)(prompt, len(sizes))
         finish = "stop"
         if fault == "notjson":
             content = "I am sorry, I cannot answer in JSON today."

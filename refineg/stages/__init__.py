@@ -1,0 +1,1 @@
+"""ReFineG's stages after the small tagger: refinement (uncertainty-based delegation to an MLLM)."""

@@ -1,0 +1,50 @@
+"""Refinement prompts: text files with ``$placeholders`` (``string.Template``), filled per delegated entity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+FILES = ("system.txt", "span_check.txt", "type_box_check.txt")
+
+
+@dataclass(frozen=True)
+class RefinementPrompts:
+    """The three prompt files of a prompts folder.
+
+    Placeholders: ``$sentence``, ``$entity``, ``$type``, ``$types`` (comma-separated), ``$image_note`` and
+    ``$image_size`` (``W x H`` of the image as sent, or ``no image``).
+    """
+
+    system: str
+    span_check: Template
+    type_box_check: Template
+
+    @classmethod
+    def load(cls, folder: str | Path) -> RefinementPrompts:
+        """Reads ``system.txt``, ``span_check.txt`` and ``type_box_check.txt`` from ``folder``.
+
+        Raises:
+            FileNotFoundError: A file is missing (the message names it).
+        """
+        folder = Path(folder)
+        missing = [f for f in FILES if not (folder / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"prompt folder {folder} lacks {missing}")
+        text = {f: (folder / f).read_text(encoding="utf-8").strip() for f in FILES}
+        return cls(text["system.txt"], Template(text["span_check.txt"]), Template(text["type_box_check.txt"]))
+
+    def span(self, tokens: list[str], entity: str, etype: str, types: list[str]) -> str:
+        """The span-check user text."""
+        return self.span_check.safe_substitute(sentence=" ".join(tokens), entity=entity, type=etype,
+                                               types=", ".join(types))
+
+    def type_box(self, tokens: list[str], entity: str, etype: str, types: list[str],
+                 sent_size: tuple[int, int] | None) -> str:
+        """The type-and-box-check user text (``sent_size``: the image as the model sees it, or ``None``)."""
+        note = ("The image of the post is attached." if sent_size else
+                "This post has no image: the box is Null.")
+        size = f"{sent_size[0]} x {sent_size[1]}" if sent_size else "no image"
+        return self.type_box_check.safe_substitute(sentence=" ".join(tokens), entity=entity, type=etype,
+                                                   types=", ".join(types), image_note=note, image_size=size)

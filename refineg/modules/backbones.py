@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel
 
@@ -45,7 +46,9 @@ class HFTextEncoder(nn.Module):
         super().__init__()
         path = resolve_encoder(encoder)
         if pretrained:
-            self.model = AutoModel.from_pretrained(path, attn_implementation=attn_implementation)
+            # fp32 master weights even when the checkpoint is stored in bf16/fp16 (mixed precision casts per op)
+            self.model = AutoModel.from_pretrained(path, attn_implementation=attn_implementation,
+                                                   dtype=torch.float32)
         else:
             config = AutoConfig.from_pretrained(path)
             self.model = AutoModel.from_config(config, attn_implementation=attn_implementation)

@@ -1,0 +1,1 @@
+"""ReFineG's stages: synthesis (gold seeds -> labelled training posts); refinement and grounding follow."""

@@ -118,8 +118,11 @@ class FakePredictor:
         self.predictions = predictions
 
     def predict(self, examples, progress=True):
-        return [Example(e.id, e.tokens, entities=[Entity(s, t, ty, score=sc) for s, t, ty, sc in self.predictions[e.id]],
-                        source="predicted") for e in examples]
+        out = []
+        for e in examples:
+            ents = [Entity(s, t, ty, score=sc) for s, t, ty, sc in self.predictions[e.id]]
+            out.append(Example(e.id, e.tokens, entities=ents, source="predicted"))
+        return out
 
 
 def consistency_cases():

@@ -259,6 +259,34 @@ def refine_cmd(args: argparse.Namespace) -> int:
         for task in ("mner", "gmner"):
             print(f"{task.upper()} F1: {100 * before[task]['f1']:.2f} -> {100 * after[task]['f1']:.2f}")
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.report.json')}")
+
+def _synthesize_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seeds", help="gold seed posts (canonical JSONL); default: the training split of the data "
+                                   "config (data=NAME data.root=... data.gold_limit=N seed=S pick it)")
+    p.add_argument("--out", required=True, help="output JSONL of synthetic training posts; the report "
+                                                "(<stem>.report.json/.txt), <stem>.dev.jsonl and <stem>_work/ go "
+                                                "next to it")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. synthesizer=swap domain=ccks_military llm.model=NAME "
+                        "llm.base_url=URL n_reuse=20 n_new=10 dev_fraction=0.25 consistency.mode=drop "
+                        "(refineg/stages/synthesis/config.py lists every key)")
+
+
+@subcommand("synthesize", "make labelled synthetic posts from gold seeds (LLM or LLM-free swap synthesiser), "
+            "with generic-mention, length, duplicate and consistency filters", _synthesize_args)
+def synthesize(args: argparse.Namespace) -> int:
+    """Runs the synthesis stage and prints the report table."""
+    from refineg.stages.synthesis import load_synthesis_config, run_synthesis
+
+    overrides = list(args.overrides) + ([f"seeds={args.seeds}"] if args.seeds else [])
+    try:
+        cfg = load_synthesis_config(overrides)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    output = run_synthesis(cfg, args.out)
+    print(output.report.table())
+    written = [str(output.train)] + ([str(output.dev)] if output.dev else [])
+    print(f"\nwrote {', '.join(written)}\nreport: {output.report_json}, {output.report_txt}")
     return 0
 
 

@@ -55,6 +55,16 @@ def read_split(data: DictConfig, split: str) -> list[Example]:
     return examples
 
 
+def sample_gold(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
+    """The fixed seeded sample of ``limit`` gold training posts (all of them when ``limit`` is ``None`` or larger).
+
+    Training (``data.gold_limit``) and synthesis (seeds from a data config) draw the same posts for the same seed.
+    """
+    if limit is None or limit >= len(examples):
+        return examples
+    return random.Random(seed).sample(examples, limit)
+
+
 class GMNERDataModule(L.LightningDataModule):
     """Gold (+ synthetic) posts -> length-bucketed, dynamically padded batches.
 
@@ -105,7 +115,7 @@ class GMNERDataModule(L.LightningDataModule):
         cfg = self.cfg
         train = read_split(cfg, "train")
         if cfg.gold_limit is not None and cfg.gold_limit < len(train):
-            train = random.Random(self.seed).sample(train, cfg.gold_limit)
+            train = sample_gold(train, cfg.gold_limit, self.seed)
             if self.run_dir is not None:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 (self.run_dir / "gold_ids.json").write_text(json.dumps([e.id for e in train]))

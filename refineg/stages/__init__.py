@@ -1,1 +1,1 @@
-"""ReFineG's stages after the small tagger: refinement (uncertainty-based delegation to an MLLM)."""
+"""ReFineG's stages: synthesis (gold seeds -> labelled training posts) and refinement (delegation to an MLLM)."""

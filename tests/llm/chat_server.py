@@ -25,6 +25,7 @@ import json
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -87,7 +88,8 @@ class ChatServer(ThreadingHTTPServer):
         self.faults: list[str] = []
         self.rules: dict[str, list[str]] = {}
         self.expected_key: str | None = None
-        self.responder: Any = None  # optional (last user text, n_images) -> answer text, replacing the echo
+        # answer text for (last user text, number of images); None = answer_for (a JSON echo of the prompt)
+        self.responder: Callable[[str, int], str] | None = None
         self.counts: Counter[str] = Counter()  # completed (answered 200) requests per last user text
         self.received: Counter[str] = Counter()  # every request per last user text, faults included
         self.bodies: list[dict[str, Any]] = []

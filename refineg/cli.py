@@ -259,6 +259,8 @@ def refine_cmd(args: argparse.Namespace) -> int:
         for task in ("mner", "gmner"):
             print(f"{task.upper()} F1: {100 * before[task]['f1']:.2f} -> {100 * after[task]['f1']:.2f}")
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.report.json')}")
+    return 0
+
 
 def _synthesize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", help="gold seed posts (canonical JSONL); default: the training split of the data "

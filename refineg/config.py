@@ -73,7 +73,7 @@ class OptimConfig:
     crf_lr: float = 5e-2
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
-    fused: bool | None = None  # None: fused AdamW on CUDA
+    fused: bool | None = None  # None: fused AdamW (CUDA and CPU) unless fp16 precision
 
 
 @dataclass
@@ -121,7 +121,21 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
-def _group_file(group: str, name: str, config_dir: Path) -> Path:
+def parse_override(raw: str) -> tuple[str, str]:
+    """Splits a ``key=value`` (or ``--key=value``) override; the value ``None`` becomes ``null``.
+
+    Raises:
+        ValueError: No ``=`` in the override.
+    """
+    item = raw.lstrip("-")
+    if "=" not in item:
+        raise ValueError(f"override {raw!r} is not key=value")
+    key, value = item.split("=", 1)
+    return key, "null" if value == "None" else value
+
+
+def group_file(group: str, name: str, config_dir: Path) -> Path:
+    """``configs/<group>/<name>.yaml``; an unknown name raises and lists the known ones."""
     path = config_dir / group / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
@@ -142,14 +156,11 @@ def load_config(overrides: list[str] | None = None, config_dir: str | Path = CON
         files.append((None, config_dir / "default.yaml"))
     dotlist = []
     for raw in overrides or []:
-        item = raw.lstrip("-")
-        if "=" not in item:
-            raise ValueError(f"override {raw!r} is not key=value")
-        key, value = item.split("=", 1)
+        key, value = parse_override(raw)
         if key in GROUPS:
-            files.append((None if key == "experiment" else key, _group_file(key, value, config_dir)))
+            files.append((None if key == "experiment" else key, group_file(key, value, config_dir)))
         else:
-            dotlist.append(f"{key}={'null' if value == 'None' else value}")
+            dotlist.append(f"{key}={value}")
     try:
         for node, path in files:
             loaded = OmegaConf.load(path)

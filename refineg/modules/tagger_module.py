@@ -128,8 +128,8 @@ class TaggerModule(L.LightningModule):
                          "weight_decay": 0.0 if k == "crf" else opt["weight_decay"]}
                         for k, ps in groups.items() if ps]
         fused = opt.get("fused")
-        if fused is None:  # fused AdamW on CUDA, except with fp16's gradient scaler
-            fused = self.device.type == "cuda" and not str(self.trainer.precision).startswith("16")
+        if fused is None:  # fused AdamW (CUDA and CPU kernels), except with fp16's gradient scaler
+            fused = self.device.type in ("cuda", "cpu") and not str(self.trainer.precision).startswith("16")
         optimizer = torch.optim.AdamW(param_groups, fused=bool(fused))
         total = self._total_steps()
         warmup = int(opt["warmup_ratio"] * total)

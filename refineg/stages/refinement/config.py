@@ -8,7 +8,7 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from refineg.config import CONFIG_DIR
+from refineg.config import CONFIG_DIR, parse_override
 from refineg.llm import LLMConfig
 
 # Optional[...] rather than ``X | None``: OmegaConf reads these annotations at run time (see refineg/llm/config.py).
@@ -108,11 +108,8 @@ def load_refine_config(overrides: list[str] | None = None, base: dict[str, Any] 
     cfg = OmegaConf.structured(RefineConfig)
     dotlist = []
     for raw in overrides or []:
-        item = raw.lstrip("-")
-        if "=" not in item:
-            raise ValueError(f"override {raw!r} is not key=value")
-        key, value = item.split("=", 1)
-        dotlist.append(f"{key}={'null' if value == 'None' else value}")
+        key, value = parse_override(raw)
+        dotlist.append(f"{key}={value}")
     try:
         if base:
             cfg = OmegaConf.merge(cfg, base)

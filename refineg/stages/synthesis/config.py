@@ -15,7 +15,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from refineg.config import CONFIG_DIR, DataConfig, _group_file
+from refineg.config import CONFIG_DIR, DataConfig, group_file, parse_override
 from refineg.llm.config import LLMConfig
 
 # OmegaConf reads these annotations at run time; ``Optional`` keeps Python 3.10 happy (as in LLMConfig).
@@ -165,18 +165,15 @@ def load_synthesis_config(overrides: list[str] | None = None, config_dir: str | 
     cfg = OmegaConf.structured(SynthesisConfig)
     domain, data_file, dotlist = cfg.domain, None, []
     for raw in overrides or []:
-        item = raw.lstrip("-")
-        if "=" not in item:
-            raise ValueError(f"override {raw!r} is not key=value")
-        key, value = item.split("=", 1)
+        key, value = parse_override(raw)
         if key == "domain":
             domain = value
         elif key == "data":
-            data_file = _group_file("data", value, config_dir)
+            data_file = group_file("data", value, config_dir)
         else:
-            dotlist.append(f"{key}={'null' if value == 'None' else value}")
+            dotlist.append(f"{key}={value}")
     try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.load(_group_file("synthesis", domain, config_dir)), {"domain": domain})
+        cfg = OmegaConf.merge(cfg, OmegaConf.load(group_file("synthesis", domain, config_dir)), {"domain": domain})
         if data_file is not None:
             cfg = OmegaConf.merge(cfg, {"data": OmegaConf.load(data_file)})
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))

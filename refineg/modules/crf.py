@@ -25,6 +25,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from refineg.data.bio import split_tag
+
 __all__ = [
     "IMPOSSIBLE",
     "ForwardBackward",
@@ -39,26 +41,6 @@ IMPOSSIBLE = -1e4
 _REDUCTIONS = ("mean", "sum", "none", "token_mean")
 
 
-def _split_bio(label: str) -> tuple[str, str | None]:
-    """Split a BIO label into its prefix and entity type.
-
-    Args:
-        label: ``"O"`` or ``"B-<TYPE>"`` / ``"I-<TYPE>"``.
-
-    Returns:
-        ``("O", None)`` for the outside label, else ``(prefix, type)``.
-
-    Raises:
-        ValueError: If the label is not a BIO label.
-    """
-    if label == "O":
-        return "O", None
-    prefix, sep, etype = label.partition("-")
-    if sep != "-" or prefix not in ("B", "I") or not etype:
-        raise ValueError(f"not a BIO label: {label!r} (expected 'O', 'B-<TYPE>' or 'I-<TYPE>')")
-    return prefix, etype
-
-
 def bio_constraints(labels: Sequence[str]) -> tuple[Tensor, Tensor]:
     """Build BIO structural constraints for a label list.
 
@@ -71,7 +53,7 @@ def bio_constraints(labels: Sequence[str]) -> tuple[Tensor, Tensor]:
         ``(allowed_start, allowed_transitions)``: bool tensors of shape ``(K,)`` and ``(K, K)``;
         ``allowed_transitions[i, j]`` tells whether tag ``j`` may follow tag ``i``.
     """
-    parsed = [_split_bio(lab) for lab in labels]
+    parsed = [split_tag(lab) for lab in labels]
     num = len(labels)
     allowed_start = torch.ones(num, dtype=torch.bool)
     allowed = torch.ones(num, num, dtype=torch.bool)
@@ -102,8 +84,8 @@ def bio_span_tags(labels: Sequence[str]) -> tuple[list[str], Tensor]:
     inside: dict[str, int] = {}
     types: list[str] = []
     for idx, lab in enumerate(labels):
-        prefix, etype = _split_bio(lab)
-        if etype is None:
+        prefix, etype = split_tag(lab)
+        if prefix == "O":
             continue
         if etype not in types:
             types.append(etype)

@@ -1,0 +1,6 @@
+"""Stage 3 of ReFineG: ground each entity to boxes in the post image, or none."""
+
+from .base import GROUNDERS, Grounder, GroundingQuery, GroundingResult, create_grounder, image_path, list_grounders
+
+__all__ = ["GROUNDERS", "Grounder", "GroundingQuery", "GroundingResult", "create_grounder", "image_path",
+           "list_grounders"]

@@ -22,6 +22,8 @@ class Entity:
         boxes: ``[xmin, ymin, xmax, ymax]`` boxes in original image pixels; empty means not groundable.
         score: Optional model confidence in [0, 1].
         uncertainty: Optional uncertainty in [0, 1] (refinement stage).
+        groundable: Optional probability in [0, 1] that the entity is shown in the image at all (groundability
+            head); grounding answers none below its threshold.
     """
 
     start: int
@@ -30,6 +32,7 @@ class Entity:
     boxes: list[Box] = field(default_factory=list)
     score: float | None = None
     uncertainty: float | None = None
+    groundable: float | None = None
 
     @property
     def span(self) -> tuple[int, int]:
@@ -41,12 +44,14 @@ class Entity:
         return " ".join(tokens[self.start : self.end])
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict; ``score``/``uncertainty`` only when set."""
+        """JSON-ready dict; ``score``/``uncertainty``/``groundable`` only when set."""
         out: dict[str, Any] = {"start": self.start, "end": self.end, "type": self.type, "boxes": self.boxes}
         if self.score is not None:
             out["score"] = self.score
         if self.uncertainty is not None:
             out["uncertainty"] = self.uncertainty
+        if self.groundable is not None:
+            out["groundable"] = self.groundable
         return out
 
 
@@ -131,6 +136,7 @@ class Example:
                         boxes=[[float(v) for v in box] for box in raw.get("boxes") or []],
                         score=None if raw.get("score") is None else float(raw["score"]),
                         uncertainty=None if raw.get("uncertainty") is None else float(raw["uncertainty"]),
+                        groundable=None if raw.get("groundable") is None else float(raw["groundable"]),
                     )
                 )
             except (KeyError, TypeError, ValueError) as err:

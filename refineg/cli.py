@@ -292,6 +292,121 @@ def synthesize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _visualize_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pred", required=True, help="predicted canonical JSONL")
+    p.add_argument("--gold", required=True, help="gold canonical JSONL")
+    p.add_argument("--images", default=None, help="image folder (posts without an image get a grey canvas)")
+    p.add_argument("--out", required=True, help="output folder: <id>.png per post")
+    p.add_argument("--ids", nargs="*", default=None, help="only these post ids")
+    p.add_argument("--limit", type=int, default=None, help="at most this many posts")
+    p.add_argument("--max-side", type=int, default=640, help="longest image side per panel in pixels")
+    p.add_argument("--calibration", default=None, help="calibration.json of refineg calibrate: also draw its "
+                                                       "reliability and risk-coverage plots into --out")
+    p.add_argument("--wandb", action="store_true", help="also log the drawings (a table) and plots to W&B "
+                                                        "(offline unless WANDB_API_KEY or WANDB_MODE is set)")
+    p.add_argument("--project", default="refineg", help="W&B project")
+
+
+@subcommand("visualize", "draw gold (left) and predicted (right) boxes with entity labels on the post images; "
+            "calibration plots; optionally to W&B", _visualize_args)
+def visualize_cmd(args: argparse.Namespace) -> int:
+    """Writes one side-by-side PNG per post (and the calibration plots)."""
+    from refineg.viz import draw_posts
+
+    golds, preds = read_jsonl(args.gold), read_jsonl(args.pred)
+    paths = draw_posts(golds, preds, args.out, args.images, args.ids, args.limit, args.max_side)
+    plots: dict[str, Path] = {}
+    if args.calibration:
+        from refineg.stages.refinement.plots import plot_reliability, plot_risk_coverage
+
+        heads = json.loads(Path(args.calibration).read_text())["heads"]
+        plots["calibration/reliability"] = plot_reliability(heads, Path(args.out) / "reliability.png")
+        plots["calibration/risk_coverage"] = plot_risk_coverage(heads, Path(args.out) / "risk_coverage.png")
+    print(f"wrote {len(paths)} post drawings{' and 2 plots' if plots else ''} to {args.out}")
+    if args.wandb:
+        from refineg.viz.wandb_log import log_visuals
+
+        by_id = {p.id: p for p in preds}
+        drawn = {p.stem: p for p in paths}
+        posts = [(g, by_id.get(g.id), drawn[g.id]) for g in golds if g.id in drawn]
+        folder = log_visuals(posts, plots, args.out, args.project, name=f"visualize-{Path(args.out).name}")
+        print(f"W&B run files: {folder}")
+    return 0
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="run folder (train.py, refinement trial, or any folder with the artifacts)")
+    p.add_argument("--posts", type=int, default=3, help="posts to draw gold vs predicted (0: none)")
+    p.add_argument("--images", default=None, help="image folder (default: the run config's data.image_dir)")
+    p.add_argument("--gold", default=None, help="gold canonical JSONL for the drawings (default: from the run config)")
+    p.add_argument("--wandb", action="store_true", help="also log the report's images to W&B")
+    p.add_argument("--project", default="refineg", help="W&B project")
+
+
+@subcommand("report", "write RUN_DIR/report.md: scores, per-type tables, calibration, delegation rate, MLLM calls "
+            "and tokens, drawings", _report_args)
+def report_cmd(args: argparse.Namespace) -> int:
+    """Builds the run's Markdown report page."""
+    from refineg.viz import build_report
+
+    try:
+        out = build_report(args.run_dir, args.posts, args.images, args.gold)
+    except FileNotFoundError as err:
+        raise SystemExit(f"error: {err}") from None
+    print(f"wrote {out}")
+    if args.wandb:
+        from refineg.viz.wandb_log import log_visuals
+
+        assets = out.parent / "report_assets"
+        plots = {f"report/{p.stem}": p for p in sorted(assets.glob("*.png"))}
+        plots.update({f"report/posts/{p.stem}": p for p in sorted((assets / "posts").glob("*.png"))})
+        folder = log_visuals([], plots, out.parent, args.project, name=f"report-{out.parent.name}")
+        print(f"W&B run files: {folder}")
+    return 0
+
+
+def _sweep_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="W&B sweep YAML, e.g. configs/sweeps/heads.yaml")
+    p.add_argument("--out", default=None, help="output folder (default: sweeps/<sweep name>)")
+    p.add_argument("--count", type=int, default=None, help="trials (random search; default the file's run_cap) or "
+                                                           "the first N grid points")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random search")
+    p.add_argument("--set", nargs="*", default=[], metavar="key=value",
+                   help="fix a parameter for every trial (replaces the file's values), e.g. data.root=/data/gmner")
+    p.add_argument("--timeout", type=float, default=None, help="per-trial time limit in seconds")
+    p.add_argument("--dry-run", action="store_true", help="print the trials' commands, run nothing")
+
+
+@subcommand("sweep", "run a W&B sweep file locally (grid/random), one process per trial; resumable; writes "
+            "results.csv and results.md ranked by the sweep metric", _sweep_args)
+def sweep_cmd(args: argparse.Namespace) -> int:
+    """Runs or resumes the sweep and prints the ranked table."""
+    from refineg.sweeps import load_sweep, rank, run_sweep
+
+    fixed = {}
+    for item in args.set:
+        if "=" not in item:
+            raise SystemExit(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        fixed[key] = value
+    try:
+        spec = load_sweep(args.spec, fixed)
+        out = Path(args.out or Path("sweeps") / spec.name)
+        results = run_sweep(spec, out, args.count, args.seed, args.timeout, dry_run=args.dry_run)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    if args.dry_run:
+        for r in results:
+            print(f"{r.name}: {' '.join(r.extra['command'])}")
+        return 0
+    print(f"{'rank':<5}{'trial':<32}{spec.metric:>20}  status")
+    for i, r in enumerate(rank(spec, results), 1):
+        value = "-" if r.metric is None else f"{r.metric:.4f}"
+        print(f"{i:<5}{r.name:<32}{value:>20}  {r.status}")
+    print(f"\nresults: {out / 'results.csv'}, {out / 'results.md'}")
+    return 0 if any(r.metric is not None for r in results) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``refineg`` argument parser with every registered subcommand."""
     parser = argparse.ArgumentParser(prog="refineg", description=__doc__)

@@ -1,0 +1,248 @@
+"""A Markdown report page per run folder, built from whatever artifacts the run left.
+
+``build_report(run_dir)`` writes ``<run_dir>/report.md`` and ``<run_dir>/report_assets/*.png``. It reads, when
+present: ``config.yaml`` (what was trained), ``metrics.json`` (dev/test GMNER/MNER/EEG scores and per-type tables,
+or the flat metrics of a refinement trial), ``**/calibration.json`` (uncertainty heads; its reliability and
+risk-coverage plots are redrawn), ``**/*.report.json`` (refinement: delegation rate, outcomes, MLLM usage),
+``**/llm_usage.json`` (MLLM calls and tokens per stage) and ``predictions_<split>.jsonl`` with the gold posts of the
+run's data config (side-by-side box drawings of the first posts). Each missing artifact gets one line saying so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from refineg.data import Example, read_jsonl
+
+logger = logging.getLogger(__name__)
+ASSETS = "report_assets"
+TASKS = ("gmner", "mner", "eeg")
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def _num(v: Any) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def _rel(path: Path, run_dir: Path) -> str:
+    try:
+        return path.relative_to(run_dir).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def score_tables(result: dict[str, Any], title: str) -> list[str]:
+    """Markdown tables of one :func:`refineg.metrics.evaluate_examples` result (percentages)."""
+    lines = [f"### {title}", "", "| task | P | R | F1 |", "|---|---|---|---|"]
+    for task in TASKS:
+        if task in result:
+            s = result[task]
+            lines.append(f"| {task.upper()} | {_pct(s['precision'])} | {_pct(s['recall'])} | {_pct(s['f1'])} |")
+    if result.get("per_type"):
+        lines += ["", "| type | GMNER F1 | MNER F1 | support |", "|---|---|---|---|"]
+        for etype, s in result["per_type"].items():
+            lines.append(f"| {etype} | {_pct(s.get('gmner_f1'))} | {_pct(s.get('mner_f1'))} "
+                         f"| {s.get('support', '-')} |")
+    return lines + [""]
+
+
+def _config_section(run_dir: Path) -> list[str]:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return ["- no `config.yaml` (not a train.py run folder, or written by another stage)", ""]
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(path)
+    data = cfg.data
+    rows = [("data", f"{data.get('name')} (mixing {data.get('mixing')}, gold_limit {data.get('gold_limit')})"),
+            ("model", f"{cfg.model.get('backbone')} / {cfg.model.get('encoder')} / head {cfg.model.get('head')}"),
+            ("trainer", f"{cfg.trainer.get('max_epochs')} epochs, precision {cfg.trainer.get('precision')}, "
+                        f"batch {cfg.data.get('batch_size')}"),
+            ("seed", str(cfg.get("seed")))]
+    return ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
+
+
+def _metrics_section(run_dir: Path) -> list[str]:
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return ["- no `metrics.json`: no scores (training did not finish, or predict=false)", ""]
+    metrics = json.loads(path.read_text())
+    lines: list[str] = []
+    if "best_val_mner_f1" in metrics:
+        lines += [f"Best validation MNER F1: **{_pct(metrics['best_val_mner_f1'])}**"
+                  f" (checkpoint `{Path(metrics.get('best_checkpoint') or '-').name}`)", ""]
+    tp = metrics.get("train_throughput") or {}
+    if tp.get("posts_per_s"):
+        lines += [f"Training throughput: {tp['posts_per_s']:.1f} posts/s", ""]
+    for split in ("dev", "test"):
+        if isinstance(metrics.get(split), dict) and "mner" in metrics[split]:
+            lines += score_tables(metrics[split], f"{split} scores (%)")
+    if "refined" in metrics:  # a refinement trial (refineg.sweeps.refine_trial)
+        lines += ["### refinement trial (%)", "", "| task | before | refined | gain |", "|---|---|---|---|"]
+        for task in TASKS:
+            key = f"{task}_f1"
+            lines.append(f"| {task.upper()} F1 | {_pct(metrics['before'][key])} | {_pct(metrics['refined'][key])} "
+                         f"| {100 * metrics['gain'][key]:+.2f} |")
+        lines += ["", f"Delegation rate {_pct(metrics.get('delegation_rate'))}%, backend {metrics.get('backend')}"
+                  f"{' (SIMULATION)' if metrics.get('simulated') else ''}.", ""]
+    if not lines:
+        lines = [f"- `metrics.json` has no score tables (keys: {', '.join(sorted(metrics))})", ""]
+    return lines
+
+
+def _calibration_section(run_dir: Path, assets: Path) -> list[str]:
+    from refineg.stages.refinement.plots import plot_reliability, plot_risk_coverage
+
+    files = sorted(p for p in run_dir.rglob("calibration.json") if ASSETS not in p.parts)
+    if not files:
+        return ["- no `calibration.json` (run `refineg calibrate`)", ""]
+    lines = []
+    for i, path in enumerate(files):
+        report = json.loads(path.read_text())
+        heads = report.get("heads") or {}
+        lines += [f"From `{_rel(path, run_dir)}`: {report.get('posts')} posts, {report.get('entities')} predicted "
+                  f"entities, temperature {_num(report.get('temperature'))}.", "",
+                  "| head | field | n | error % | AUROC | ECE | AURC |", "|---|---|---|---|---|---|---|"]
+        for name, rep in heads.items():
+            for field, r in rep.items():
+                err = None if r.get("error_rate") is None else r["error_rate"]
+                lines.append(f"| {name} | {field} | {r.get('n')} | {_pct(err)} | {_num(r.get('auroc'))} | "
+                             f"{_num(r.get('ece'))} | {_num(r.get('aurc'))} |")
+        if heads:
+            rel = plot_reliability(heads, assets / f"reliability_{i}.png")
+            rc = plot_risk_coverage(heads, assets / f"risk_coverage_{i}.png")
+            lines += ["", f"![reliability]({_rel(rel, run_dir)}) ![risk-coverage]({_rel(rc, run_dir)})"]
+        lines.append("")
+    return lines
+
+
+def _usage_rows(usage: dict[str, Any]) -> list[str]:
+    rows = []
+    for name, s in [*(usage.get("stages") or {}).items(), ("total", usage.get("total") or {})]:
+        if s:
+            rows.append(f"| {name} | {s.get('requests', 0)} | {s.get('calls', 0)} | {s.get('cache_hits', 0)} | "
+                        f"{s.get('failed', 0)} | {s.get('budget_exhausted', 0)} | {s.get('prompt_tokens', 0)} | "
+                        f"{s.get('completion_tokens', 0)} |")
+    return rows
+
+
+USAGE_HEADER = ["| stage | requests | calls | cached | failed | over budget | prompt tokens | completion tokens |",
+                "|---|---|---|---|---|---|---|---|"]
+
+
+def _refinement_section(run_dir: Path) -> list[str]:
+    files = sorted(p for p in run_dir.rglob("*.report.json") if ASSETS not in p.parts)
+    reports = []
+    for path in files:
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and "delegation_rate" in data:
+            reports.append((path, data))
+    if not reports:
+        return ["- no refinement report (`<out>.report.json` of `refineg refine`)", ""]
+    lines = ["| report | backend | entities | delegated | delegation % | over budget | backend failures |",
+             "|---|---|---|---|---|---|---|"]
+    for path, r in reports:
+        backend = r.get("backend", "-") + (" (SIMULATION)" if r.get("simulated") else "")
+        lines.append(f"| `{_rel(path, run_dir)}` | {backend} | {r.get('entities')} | {r.get('delegated')} | "
+                     f"{_pct(r.get('delegation_rate'))} | {r.get('over_budget', 0)} | "
+                     f"{r.get('backend_failures_kept_small_model', 0)} |")
+    for path, r in reports:
+        if r.get("outcomes"):
+            lines += ["", f"Outcomes of `{_rel(path, run_dir)}`: "
+                      + ", ".join(f"{k} {v}" for k, v in r["outcomes"].items())]
+        if (r.get("usage") or {}).get("total"):
+            lines += ["", f"MLLM usage of `{_rel(path, run_dir)}`:", "", *USAGE_HEADER, *_usage_rows(r["usage"])]
+    return lines + [""]
+
+
+def _usage_section(run_dir: Path) -> list[str]:
+    files = sorted(p for p in run_dir.rglob("llm_usage.json") if ASSETS not in p.parts)
+    if not files:
+        return ["- no `llm_usage.json` (no MLLM/LLM calls were made from this folder)", ""]
+    lines = []
+    for path in files:
+        lines += [f"`{_rel(path, run_dir)}`:", "", *USAGE_HEADER, *_usage_rows(json.loads(path.read_text())), ""]
+    return lines
+
+
+def _gold_for(run_dir: Path, split: str, gold_path: str | Path | None) -> list[Example] | None:
+    if gold_path is not None:
+        return read_jsonl(gold_path)
+    for candidate in (run_dir / f"gold_{split}.jsonl",):
+        if candidate.is_file():
+            return read_jsonl(candidate)
+    if (run_dir / "config.yaml").is_file():
+        from omegaconf import OmegaConf
+
+        from refineg.datamodules.gmner import read_split
+
+        try:
+            return read_split(OmegaConf.load(run_dir / "config.yaml").data, split)
+        except (OSError, ValueError, KeyError) as err:
+            logger.warning("report: cannot read the %s gold posts of %s: %s", split, run_dir, err)
+    return None
+
+
+def _examples_section(run_dir: Path, assets: Path, n_posts: int, images_dir: str | None,
+                      gold_path: str | Path | None) -> list[str]:
+    from .boxes import draw_posts
+
+    split = next((s for s in ("dev", "test") if (run_dir / f"predictions_{s}.jsonl").is_file()), None)
+    if split is None or n_posts <= 0:
+        return ["- no `predictions_dev.jsonl` / `predictions_test.jsonl`: no drawings" if split is None
+                else "- drawings turned off", ""]
+    golds = _gold_for(run_dir, split, gold_path)
+    if golds is None:
+        return [f"- no gold posts for {split} (pass --gold): no drawings", ""]
+    preds = read_jsonl(run_dir / f"predictions_{split}.jsonl")
+    if images_dir is None and (run_dir / "config.yaml").is_file():
+        from omegaconf import OmegaConf
+
+        images_dir = OmegaConf.load(run_dir / "config.yaml").data.get("image_dir")
+    # posts with a gold box first: they show the most
+    chosen = [g.id for g in golds if any(e.boxes for e in g.entities)][:n_posts] or [g.id for g in golds][:n_posts]
+    paths = draw_posts(golds, preds, assets / "posts", images_dir, ids=chosen)
+    lines = [f"Gold (left) and predicted (right) entities of {len(paths)} {split} posts"
+             f"{'' if images_dir else ' (no image folder: grey canvases of the image size)'}:", ""]
+    return lines + [f"![{p.stem}]({_rel(p, run_dir)})" for p in paths] + [""]
+
+
+def build_report(run_dir: str | Path, n_posts: int = 3, images_dir: str | None = None,
+                 gold: str | Path | None = None) -> Path:
+    """Writes ``<run_dir>/report.md`` (and ``report_assets/``) from the artifacts found in ``run_dir``.
+
+    Args:
+        run_dir: A run folder (train.py, a refinement trial, or any folder holding the artifacts).
+        n_posts: Posts to draw gold vs predicted (0: none).
+        images_dir: Image folder for the drawings (default: the run config's ``data.image_dir``).
+        gold: Gold canonical JSONL for the drawings (default: ``gold_<split>.jsonl`` in the folder or the run
+            config's data split).
+
+    Returns:
+        The report's path.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` is not a folder.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir} is not a folder")
+    assets = run_dir / ASSETS
+    assets.mkdir(exist_ok=True)
+    lines = [f"# Run report: `{run_dir.name}`", "", f"Folder: `{run_dir}`", "", "## Configuration", "",
+             *_config_section(run_dir), "## Scores", "", *_metrics_section(run_dir),
+             "## Uncertainty and calibration", "", *_calibration_section(run_dir, assets),
+             "## Refinement (delegation to the MLLM)", "", *_refinement_section(run_dir),
+             "## MLLM calls and tokens", "", *_usage_section(run_dir),
+             "## Predictions", "", *_examples_section(run_dir, assets, n_posts, images_dir, gold)]
+    out = run_dir / "report.md"
+    out.write_text("\n".join(lines).rstrip() + "\n")
+    return out

@@ -150,11 +150,18 @@ def _refinement_section(run_dir: Path) -> list[str]:
     lines = ["| report | backend | entities | delegated | delegation % | over budget | backend failures |",
              "|---|---|---|---|---|---|---|"]
     for path, r in reports:
-        backend = r.get("backend", "-") + (" (SIMULATION)" if r.get("simulated") else "")
+        backend = str(r.get("backend", "-"))
+        if r.get("simulated") and "simulation" not in backend.lower():
+            backend += " (simulation)"
         lines.append(f"| `{_rel(path, run_dir)}` | {backend} | {r.get('entities')} | {r.get('delegated')} | "
                      f"{_pct(r.get('delegation_rate'))} | {r.get('over_budget', 0)} | "
                      f"{r.get('backend_failures_kept_small_model', 0)} |")
     for path, r in reports:
+        trial = path.parent / "metrics.json"  # a refinement sweep trial keeps its before/after scores there
+        if trial.is_file() and "refined" in (scores := json.loads(trial.read_text())):
+            lines += ["", f"Scores of `{_rel(path, run_dir)}` (%): " + ", ".join(
+                f"{t.upper()} F1 {_pct(scores['before'][f'{t}_f1'])} -> {_pct(scores['refined'][f'{t}_f1'])}"
+                for t in TASKS)]
         if r.get("outcomes"):
             lines += ["", f"Outcomes of `{_rel(path, run_dir)}`: "
                       + ", ".join(f"{k} {v}" for k, v in r["outcomes"].items())]

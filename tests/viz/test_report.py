@@ -1,0 +1,118 @@
+"""refineg report on a real tiny run folder (training, calibration, a refinement trial, LLM usage) and on an
+empty one; the refinement sweep trial script (tools/refine_trial.py) and its metrics."""
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from refineg.cli import main
+from refineg.config import load_config
+from refineg.data import read_jsonl
+from refineg.llm.messages import ChatResult
+from refineg.llm.usage import UsageMeter
+from refineg.metrics import evaluate_examples
+from refineg.sweeps import load_sweep, read_metric
+from refineg.sweeps.refine_trial import run_refine_trial
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def run(tiny_encoder, tmp_path_factory):
+    import torch
+
+    from refineg.datamodules.gmner import read_split
+    from refineg.stages.refinement.calibrate import calibrate
+    from refineg.training import train
+
+    torch.set_num_threads(1)
+    runs = tmp_path_factory.mktemp("runs")
+    os.environ.pop("REFINEG_RUN_NAME", None)
+    overrides = {"model.encoder": tiny_encoder, "model.dropout": 0.0, "data.gold_limit": 48, "data.batch_size": 16,
+                 "data.test": None, "trainer.max_epochs": 2, "logger.wandb": False, "optim.encoder_lr": 1e-3,
+                 "trainer.enable_progress_bar": False, "trainer.accelerator": "cpu", "runs_dir": runs,
+                 "run_name": "tiny"}
+    train(load_config([f"{k}={v}" for k, v in overrides.items()]))
+    os.environ.pop("REFINEG_RUN_NAME", None)
+    run_dir = runs / "tiny"
+    ckpt = next((run_dir / "checkpoints").glob("best-*.ckpt"))
+    golds = read_split(load_config([]).data, "dev")  # the bundled sample's dev posts, as the run read them
+    calibrate(ckpt, golds, run_dir / "calibration", {"max_prob_mean": {}, "crf_marginal": {}}, batch_size=64)
+    trial = run_refine_trial([f"source={run_dir}", f"runs_dir={run_dir / 'refine'}", "run_name=tau05",
+                              "head=crf_marginal", "tau=0.5", "backend=oracle", "wandb=true"])
+    meter = UsageMeter(run_dir / "grounding")
+    meter.record("grounding", ChatResult("[]", prompt_tokens=1200, completion_tokens=80, attempts=1))
+    meter.record("grounding", ChatResult(None, status="failed", error="timeout: slow", attempts=4))
+    meter.write()
+    return run_dir, golds, trial
+
+
+def test_refine_trial_metrics(run):
+    run_dir, golds, trial = run
+    out = run_dir / "refine" / "tau05"
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(trial))
+    refined = evaluate_examples(golds, read_jsonl(out / "refined_dev.jsonl"))
+    before = evaluate_examples(golds, read_jsonl(run_dir / "predictions_dev.jsonl"))
+    assert saved["refined"]["mner_f1"] == pytest.approx(refined["mner"]["f1"])
+    assert saved["before"]["gmner_f1"] == pytest.approx(before["gmner"]["f1"])
+    report = json.loads((out / "refined_dev.report.json").read_text())
+    assert saved["delegation_rate"] == report["delegation_rate"] and saved["simulated"] is True
+    assert 0 < report["delegated"] <= report["entities"]  # an untrained-ish tagger is unsure of some entities
+    assert saved["gain"]["mner_f1"] >= -1e-9  # oracle corrections never lower MNER F1
+    assert read_metric(out, "refined/mner_f1") == pytest.approx(saved["refined"]["mner_f1"])
+    assert list(out.glob("wandb/offline-run-*"))  # wandb=true logged offline
+
+
+def test_shipped_threshold_sweep_points_at_the_trial_script(run):
+    run_dir, _, _ = run
+    spec = load_sweep(ROOT / "configs/sweeps/thresholds.yaml", {"source": str(run_dir)})
+    trials = spec.expand()
+    assert [t["tau"] for t in trials] == [0.1, 0.2, 0.3, 0.5, 0.7, 0.9]
+    assert all(t["source"] == str(run_dir) for t in trials)
+    assert spec.command_for(trials[0])[2:4] == ["tools/refine_trial.py", f"source={run_dir}"]
+
+
+def test_report_page(run, capsys):
+    run_dir, _, trial = run
+    assert main(["report", str(run_dir), "--posts", "2"]) == 0
+    text = (run_dir / "report.md").read_text()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    dev = metrics["dev"]
+    m = dev["mner"]
+    assert f"| MNER | {100 * m['precision']:.2f} | {100 * m['recall']:.2f} | {100 * m['f1']:.2f} |" in text
+    for etype, s in dev["per_type"].items():
+        assert f"| {etype} | {100 * s['gmner_f1']:.2f} | {100 * s['mner_f1']:.2f} | {s['support']} |" in text
+    assert f"Best validation MNER F1: **{100 * metrics['best_val_mner_f1']:.2f}**" in text
+    calib = json.loads((run_dir / "calibration" / "calibration.json").read_text())
+    auroc = calib["heads"]["crf_marginal"]["total"]["auroc"]
+    assert f"| crf_marginal | total | {calib['heads']['crf_marginal']['total']['n']} |" in text
+    assert f"{auroc:.3f}" in text
+    report = json.loads((run_dir / "refine" / "tau05" / "refined_dev.report.json").read_text())
+    row = (f"| `refine/tau05/refined_dev.report.json` | oracle (simulation) | {report['entities']} | "
+           f"{report['delegated']} | {100 * report['delegation_rate']:.2f} |")
+    assert row in text
+    before, after = trial["before"]["mner_f1"], trial["refined"]["mner_f1"]
+    assert f"MNER F1 {100 * before:.2f} -> {100 * after:.2f}" in text
+    # MLLM usage of the grounding stage: 2 requests, 5 calls, 1 failed, 1200 + 80 tokens
+    assert "| grounding | 2 | 5 | 0 | 1 | 0 | 1200 | 80 |" in text
+    assert "| total | 2 | 5 | 0 | 1 | 0 | 1200 | 80 |" in text
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert sum(p.startswith("report_assets/posts/") for p in images) == 2
+    assert "report_assets/reliability_0.png" in images and "report_assets/risk_coverage_0.png" in images
+    for rel in images:
+        with Image.open(run_dir / rel) as img:
+            assert img.format == "PNG"
+    assert "no `" not in text  # every artifact kind was found
+
+
+def test_report_of_empty_folder_says_what_is_missing(tmp_path):
+    assert main(["report", str(tmp_path)]) == 0
+    text = (tmp_path / "report.md").read_text()
+    for missing in ("no `config.yaml`", "no `metrics.json`", "no `calibration.json`", "no refinement report",
+                    "no `llm_usage.json`", "no `predictions_dev.jsonl`"):
+        assert missing in text

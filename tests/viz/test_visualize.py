@@ -1,6 +1,7 @@
 """refineg visualize: side-by-side PNGs of gold and predicted boxes, calibration plots, W&B offline logging."""
 
 import json
+import time
 
 import pytest
 from PIL import Image
@@ -92,5 +93,11 @@ def test_calibration_plots_and_wandb_offline(posts, monkeypatch):
     plots = sorted(p.name.split("_0_")[0] for p in runs[0].glob("files/media/images/calibration/*.png"))
     assert plots == ["reliability", "risk_coverage"]
     # the table's images travel in a run_table artifact (uploaded by `wandb sync`); its manifest names them
-    record = next(runs[0].glob("run-*.wandb")).read_bytes()
+    # (the W&B service may still be writing the record file when finish() returns: wait for it)
+    deadline = time.monotonic() + 30
+    while True:
+        record = next(runs[0].glob("run-*.wandb")).read_bytes()
+        if b"/big.png" in record or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert b"run_table" in record and b"/a.png" in record and b"/big.png" in record

@@ -360,7 +360,11 @@ def report_cmd(args: argparse.Namespace) -> int:
         assets = out.parent / "report_assets"
         plots = {f"report/{p.stem}": p for p in sorted(assets.glob("*.png"))}
         plots.update({f"report/posts/{p.stem}": p for p in sorted((assets / "posts").glob("*.png"))})
-        folder = log_visuals([], plots, out.parent, args.project, name=f"report-{out.parent.name}")
+        from refineg.viz.report import score_rows
+
+        rows = score_rows(out.parent)
+        tables = {"report/scores": (["split", "task", "precision", "recall", "f1"], rows)} if rows else {}
+        folder = log_visuals([], plots, out.parent, args.project, name=f"report-{out.parent.name}", tables=tables)
         print(f"W&B run files: {folder}")
     return 0
 

@@ -205,11 +205,13 @@ def write_results(spec: SweepSpec, results: list[TrialResult], out_dir: str | Pa
     csv_path = out_dir / "results.csv"
     with csv_path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["rank", "trial", "status", spec.metric, *keys, "returncode", "seconds", "run_dir", "error"])
+        writer.writerow(["rank", "trial", "status", spec.metric, *keys, "returncode", "seconds", "run_dir", "error",
+                         "command"])
         for i, r in enumerate(ranked, 1):
             writer.writerow([i if r.metric is not None else "", r.name, r.status,
                              "" if r.metric is None else r.metric, *[r.params.get(k, "") for k in keys],
-                             "" if r.returncode is None else r.returncode, f"{r.seconds:.1f}", r.run_dir, r.error])
+                             "" if r.returncode is None else r.returncode, f"{r.seconds:.1f}", r.run_dir, r.error,
+                             " ".join(r.extra.get("command", []))])
     md_path = out_dir / "results.md"
     lines = [f"# Sweep `{spec.name}`", ""]
     if spec.description:

@@ -222,6 +222,17 @@ def _examples_section(run_dir: Path, assets: Path, n_posts: int, images_dir: str
     return lines + [f"![{p.stem}]({_rel(p, run_dir)})" for p in paths] + [""]
 
 
+def score_rows(run_dir: str | Path) -> list[list]:
+    """``[split, task, P, R, F1]`` rows (fractions) of ``metrics.json``'s dev/test scores; ``[]`` without them."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        return []
+    metrics = json.loads(path.read_text())
+    return [[split, task, s["precision"], s["recall"], s["f1"]]
+            for split in ("dev", "test") if isinstance(metrics.get(split), dict)
+            for task in TASKS if isinstance(s := metrics[split].get(task), dict)]
+
+
 def build_report(run_dir: str | Path, n_posts: int = 3, images_dir: str | None = None,
                  gold: str | Path | None = None) -> Path:
     """Writes ``<run_dir>/report.md`` (and ``report_assets/``) from the artifacts found in ``run_dir``.

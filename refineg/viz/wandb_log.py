@@ -23,7 +23,8 @@ def _entities(post: Example | None) -> str:
 
 
 def log_visuals(posts: Sequence[tuple[Example, Example | None, Path]], plots: dict[str, Path], save_dir: str | Path,
-                project: str = "refineg", name: str | None = None, config: dict[str, Any] | None = None) -> str:
+                project: str = "refineg", name: str | None = None, config: dict[str, Any] | None = None,
+                tables: dict[str, tuple[list[str], list[list[Any]]]] | None = None) -> str:
     """Logs post drawings as a ``wandb.Table`` (``posts``) and each plot as an image; returns the run's folder.
 
     Args:
@@ -33,6 +34,7 @@ def log_visuals(posts: Sequence[tuple[Example, Example | None, Path]], plots: di
         project: W&B project.
         name: Run name.
         config: Run config.
+        tables: More tables, ``{key: (columns, rows)}`` (e.g. the report's scores).
     """
     import wandb
 
@@ -46,6 +48,8 @@ def log_visuals(posts: Sequence[tuple[Example, Example | None, Path]], plots: di
     payload: dict[str, Any] = {key: wandb.Image(str(path)) for key, path in plots.items()}
     if posts:
         payload["posts"] = table
+    for key, (columns, rows) in (tables or {}).items():
+        payload[key] = wandb.Table(columns=columns, data=rows)
     run.log(payload)
     folder = run.dir
     run.finish()

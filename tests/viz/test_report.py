@@ -116,3 +116,18 @@ def test_report_of_empty_folder_says_what_is_missing(tmp_path):
     for missing in ("no `config.yaml`", "no `metrics.json`", "no `calibration.json`", "no refinement report",
                     "no `llm_usage.json`", "no `predictions_dev.jsonl`"):
         assert missing in text
+
+
+def test_report_to_wandb_offline(run, monkeypatch):
+    run_dir, _, _ = run
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert main(["report", str(run_dir), "--posts", "1", "--wandb"]) == 0
+    [wb_run] = list((run_dir / "wandb").glob("offline-run-*"))
+    [table] = list(wb_run.glob("files/media/table/report/scores_*.table.json"))
+    data = json.loads(table.read_text())
+    assert data["columns"] == ["split", "task", "precision", "recall", "f1"]
+    dev = json.loads((run_dir / "metrics.json").read_text())["dev"]
+    assert [r[:2] for r in data["data"]] == [["dev", "gmner"], ["dev", "mner"], ["dev", "eeg"]]
+    assert data["data"][1][4] == pytest.approx(dev["mner"]["f1"])
+    images = {p.parent.name + "/" + p.name.split("_")[0] for p in wb_run.glob("files/media/images/report/**/*.png")}
+    assert {"report/reliability", "report/risk"} <= images and any(i.startswith("posts/") for i in images)

@@ -4,8 +4,9 @@
 present: ``config.yaml`` (what was trained), ``metrics.json`` (dev/test GMNER/MNER/EEG scores and per-type tables,
 or the flat metrics of a refinement trial), ``**/calibration.json`` (uncertainty heads; its reliability and
 risk-coverage plots are redrawn), ``**/*.report.json`` (refinement: delegation rate, outcomes, MLLM usage),
-``**/llm_usage.json`` (MLLM calls and tokens per stage) and ``predictions_<split>.jsonl`` with the gold posts of the
-run's data config (side-by-side box drawings of the first posts). Each missing artifact gets one line saying so.
+``**/*.summary.json`` of the grounding stage (grounded entities, MLLM usage), ``**/llm_usage.json`` (MLLM calls and
+tokens per stage) and ``predictions_<split>.jsonl`` with the gold posts of the run's data config (side-by-side box
+drawings of the first posts). Each missing artifact gets one line saying so.
 """
 
 from __future__ import annotations
@@ -170,6 +171,30 @@ def _refinement_section(run_dir: Path) -> list[str]:
     return lines + [""]
 
 
+def _grounding_section(run_dir: Path) -> list[str]:
+    files = sorted(p for p in run_dir.rglob("*.summary.json") if ASSETS not in p.parts)
+    summaries = []
+    for path in files:
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and "grounder" in data:
+            summaries.append((path, data))
+    if not summaries:
+        return ["- no grounding summary (`<out stem>.summary.json` of `refineg ground`)", ""]
+    lines = ["| summary | grounder | selector | posts | without image | entities | grounded | boxes | posts failed |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for path, g in summaries:
+        lines.append(f"| `{_rel(path, run_dir)}` | {g.get('grounder')} | {g.get('selector', '-')} | {g.get('posts')} | "
+                     f"{g.get('posts_without_image', '-')} | {g.get('entities')} | {g.get('grounded')} | "
+                     f"{g.get('boxes', '-')} | {g.get('posts_failed', '-')} |")
+    for path, g in summaries:
+        if g.get("none_by_reason"):
+            lines += ["", f"Entities answered none in `{_rel(path, run_dir)}`: "
+                      + ", ".join(f"{k} {v}" for k, v in g["none_by_reason"].items())]
+        if (g.get("usage") or {}).get("total"):
+            lines += ["", f"MLLM usage of `{_rel(path, run_dir)}`:", "", *USAGE_HEADER, *_usage_rows(g["usage"])]
+    return lines + [""]
+
+
 def _usage_section(run_dir: Path) -> list[str]:
     files = sorted(p for p in run_dir.rglob("llm_usage.json") if ASSETS not in p.parts)
     if not files:
@@ -259,6 +284,7 @@ def build_report(run_dir: str | Path, n_posts: int = 3, images_dir: str | None =
              *_config_section(run_dir), "## Scores", "", *_metrics_section(run_dir),
              "## Uncertainty and calibration", "", *_calibration_section(run_dir, assets),
              "## Refinement (delegation to the MLLM)", "", *_refinement_section(run_dir),
+             "## Grounding", "", *_grounding_section(run_dir),
              "## MLLM calls and tokens", "", *_usage_section(run_dir),
              "## Predictions", "", *_examples_section(run_dir, assets, n_posts, images_dir, gold)]
     out = run_dir / "report.md"

@@ -48,6 +48,11 @@ def run(tiny_encoder, tmp_path_factory):
     meter.record("grounding", ChatResult("[]", prompt_tokens=1200, completion_tokens=80, attempts=1))
     meter.record("grounding", ChatResult(None, status="failed", error="timeout: slow", attempts=4))
     meter.write()
+    # the grounding stage's summary layout (refineg ground, grounding branch: run.py summarise + usage)
+    summary = {"posts": 150, "posts_without_image": 150, "posts_asked": 0, "posts_failed": 1, "entities": 240,
+               "grounded": 0, "boxes": 0, "none_by_reason": {"no_image": 239, "failed": 1}, "grounder": "mllm",
+               "selector": "text 0.4 + image 0.2 + entity 0.6, k=3", "usage": meter.to_dict()}
+    (run_dir / "grounding" / "grounded_dev.summary.json").write_text(json.dumps(summary))
     return run_dir, golds, trial
 
 
@@ -101,6 +106,9 @@ def test_report_page(run, capsys):
     # MLLM usage of the grounding stage: 2 requests, 5 calls, 1 failed, 1200 + 80 tokens
     assert "| grounding | 2 | 5 | 0 | 1 | 0 | 1200 | 80 |" in text
     assert "| total | 2 | 5 | 0 | 1 | 0 | 1200 | 80 |" in text
+    assert ("| `grounding/grounded_dev.summary.json` | mllm | text 0.4 + image 0.2 + entity 0.6, k=3 | 150 | 150 | "
+            "240 | 0 | 0 | 1 |") in text
+    assert "answered none in `grounding/grounded_dev.summary.json`: no_image 239, failed 1" in text
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert sum(p.startswith("report_assets/posts/") for p in images) == 2
     assert "report_assets/reliability_0.png" in images and "report_assets/risk_coverage_0.png" in images
@@ -114,7 +122,7 @@ def test_report_of_empty_folder_says_what_is_missing(tmp_path):
     assert main(["report", str(tmp_path)]) == 0
     text = (tmp_path / "report.md").read_text()
     for missing in ("no `config.yaml`", "no `metrics.json`", "no `calibration.json`", "no refinement report",
-                    "no `llm_usage.json`", "no `predictions_dev.jsonl`"):
+                    "no grounding summary", "no `llm_usage.json`", "no `predictions_dev.jsonl`"):
         assert missing in text
 
 

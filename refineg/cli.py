@@ -378,6 +378,8 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", nargs="*", default=[], metavar="key=value",
                    help="fix a parameter for every trial (replaces the file's values), e.g. data.root=/data/gmner")
     p.add_argument("--timeout", type=float, default=None, help="per-trial time limit in seconds")
+    p.add_argument("--columns", nargs="*", default=[], metavar="METRIC",
+                   help="more metrics to tabulate next to the sweep metric, e.g. delegation_rate before/gmner_f1")
     p.add_argument("--dry-run", action="store_true", help="print the trials' commands, run nothing")
 
 
@@ -396,7 +398,8 @@ def sweep_cmd(args: argparse.Namespace) -> int:
     try:
         spec = load_sweep(args.spec, fixed)
         out = Path(args.out or Path("sweeps") / spec.name)
-        results = run_sweep(spec, out, args.count, args.seed, args.timeout, dry_run=args.dry_run)
+        results = run_sweep(spec, out, args.count, args.seed, args.timeout, dry_run=args.dry_run,
+                            columns=args.columns)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     if args.dry_run:

@@ -107,7 +107,7 @@ def _tail(text: str, lines: int = 15) -> str:
 
 def run_sweep(spec: SweepSpec, out_dir: str | Path, count: int | None = None, seed: int = 0,
               timeout_s: float | None = None, cwd: str | Path | None = None, dry_run: bool = False,
-              env: dict[str, str] | None = None,
+              env: dict[str, str] | None = None, columns: list[str] | None = None,
               on_trial: Callable[[TrialResult], None] | None = None) -> list[TrialResult]:
     """Runs (or resumes) every trial of ``spec`` one after the other and writes the ranked results.
 
@@ -120,6 +120,7 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, count: int | None = None, se
         cwd: Working folder of the trials (default: the current one); ``program`` is relative to it.
         dry_run: Only list the trials and their commands (``status="planned"``), run nothing.
         env: Extra environment variables for the trials.
+        columns: More metrics to show next to the sweep metric (read like it, e.g. ``delegation_rate``).
         on_trial: Called with each finished trial (progress reporting).
 
     Returns:
@@ -151,9 +152,9 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, count: int | None = None, se
         results.append(result)
         if on_trial:
             on_trial(result)
-        write_results(spec, results, out_dir)
+        write_results(spec, results, out_dir, columns)
     if not dry_run:
-        write_results(spec, results, out_dir)
+        write_results(spec, results, out_dir, columns)
     return results
 
 
@@ -196,20 +197,32 @@ def rank(spec: SweepSpec, results: list[TrialResult]) -> list[TrialResult]:
     return scored + [r for r in results if r not in scored]
 
 
-def write_results(spec: SweepSpec, results: list[TrialResult], out_dir: str | Path) -> tuple[Path, Path]:
-    """Writes ``results.csv`` and ``results.md`` (ranked by the sweep metric) into ``out_dir``."""
+def write_results(spec: SweepSpec, results: list[TrialResult], out_dir: str | Path,
+                  columns: list[str] | None = None) -> tuple[Path, Path]:
+    """Writes ``results.csv`` and ``results.md`` (ranked by the sweep metric) into ``out_dir``.
+
+    Args:
+        spec: The sweep.
+        results: Trial results.
+        out_dir: Output folder.
+        columns: More metrics read from each trial's run folder (see :func:`read_metric`), shown after the
+            sweep metric.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     keys = list(dict.fromkeys(k for r in results for k in r.params))
+    columns = [c for c in columns or [] if c != spec.metric]
+    extra = {r.name: [read_metric(r.run_dir, c) for c in columns] for r in results}
     ranked = rank(spec, results)
     csv_path = out_dir / "results.csv"
     with csv_path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["rank", "trial", "status", spec.metric, *keys, "returncode", "seconds", "run_dir", "error",
-                         "command"])
+        writer.writerow(["rank", "trial", "status", spec.metric, *columns, *keys, "returncode", "seconds", "run_dir",
+                         "error", "command"])
         for i, r in enumerate(ranked, 1):
             writer.writerow([i if r.metric is not None else "", r.name, r.status,
-                             "" if r.metric is None else r.metric, *[r.params.get(k, "") for k in keys],
+                             "" if r.metric is None else r.metric, *["" if v is None else v for v in extra[r.name]],
+                             *[r.params.get(k, "") for k in keys],
                              "" if r.returncode is None else r.returncode, f"{r.seconds:.1f}", r.run_dir, r.error,
                              " ".join(r.extra.get("command", []))])
     md_path = out_dir / "results.md"
@@ -217,11 +230,13 @@ def write_results(spec: SweepSpec, results: list[TrialResult], out_dir: str | Pa
     if spec.description:
         lines += [spec.description.strip(), ""]
     lines += [f"Source: `{spec.path}`; method {spec.method}; ranked by `{spec.metric}` ({spec.goal}).", "",
-              "| rank | trial | " + " | ".join(f"`{k}`" for k in keys) + f" | {spec.metric} | status | s |",
-              "|---" * (len(keys) + 5) + "|"]
+              "| rank | trial | " + " | ".join(f"`{k}`" for k in keys) + f" | **{spec.metric}** | "
+              + "".join(f"{c} | " for c in columns) + "status | s |",
+              "|---" * (len(keys) + len(columns) + 5) + "|"]
     for i, r in enumerate(ranked, 1):
         value = "" if r.metric is None else f"{r.metric:.4f}"
-        cells = [str(i) if r.metric is not None else "", r.name, *[str(r.params.get(k, "")) for k in keys], value,
+        more = ["" if v is None else f"{v:.4f}" for v in extra[r.name]]
+        cells = [str(i) if r.metric is not None else "", r.name, *[str(r.params.get(k, "")) for k in keys], value, *more,
                  r.status if r.returncode in (None, 0) else f"{r.status} (exit {r.returncode})", f"{r.seconds:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     failed = [r for r in results if r.error]

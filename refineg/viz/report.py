@@ -33,6 +33,12 @@ def _num(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def _backend_label(backend: Any, simulated: Any) -> str:
+    """The refinement backend's label, marked as a simulation when it is one (once)."""
+    label = str(backend or "-")
+    return label + " (simulation)" if simulated and "simulation" not in label.lower() else label
+
+
 def _rel(path: Path, run_dir: Path) -> str:
     try:
         return path.relative_to(run_dir).as_posix()
@@ -92,8 +98,8 @@ def _metrics_section(run_dir: Path) -> list[str]:
             key = f"{task}_f1"
             lines.append(f"| {task.upper()} F1 | {_pct(metrics['before'][key])} | {_pct(metrics['refined'][key])} "
                          f"| {100 * metrics['gain'][key]:+.2f} |")
-        lines += ["", f"Delegation rate {_pct(metrics.get('delegation_rate'))}%, backend {metrics.get('backend')}"
-                  f"{' (SIMULATION)' if metrics.get('simulated') else ''}.", ""]
+        lines += ["", f"Delegation rate {_pct(metrics.get('delegation_rate'))}%, backend "
+                  f"{_backend_label(metrics.get('backend'), metrics.get('simulated'))}.", ""]
     if not lines:
         lines = [f"- `metrics.json` has no score tables (keys: {', '.join(sorted(metrics))})", ""]
     return lines
@@ -151,9 +157,7 @@ def _refinement_section(run_dir: Path) -> list[str]:
     lines = ["| report | backend | entities | delegated | delegation % | over budget | backend failures |",
              "|---|---|---|---|---|---|---|"]
     for path, r in reports:
-        backend = str(r.get("backend", "-"))
-        if r.get("simulated") and "simulation" not in backend.lower():
-            backend += " (simulation)"
+        backend = _backend_label(r.get("backend"), r.get("simulated"))
         lines.append(f"| `{_rel(path, run_dir)}` | {backend} | {r.get('entities')} | {r.get('delegated')} | "
                      f"{_pct(r.get('delegation_rate'))} | {r.get('over_budget', 0)} | "
                      f"{r.get('backend_failures_kept_small_model', 0)} |")

@@ -79,13 +79,14 @@ def test_failed_trial_is_recorded_and_not_fatal(tmp_path):
         "if args['x'] == '3':\n"
         "    print('x=3 is not allowed', file=sys.stderr); sys.exit(3)\n"
         "d = os.path.join(args['runs_dir'], args['run_name']); os.makedirs(d)\n"
-        "json.dump({'score': {'value': float(args['x']) * 2, 'none_seen': args['y'] == 'None'}},"
+        "json.dump({'score': {'value': float(args['x']) * 2, 'half': float(args['x']) / 2,"
+        " 'none_seen': args['y'] == 'None'}},"
         " open(os.path.join(d, 'metrics.json'), 'w'))\n")
     spec = load_sweep(write_spec(tmp_path / "s.yaml", program=str(script), method="grid",
                                  metric={"name": "score/value", "goal": "minimize"},
                                  parameters={"x": {"values": [2, 3, 1]}, "y": {"value": None}},
                                  command=["${interpreter}", "${program}", "${args_no_hyphens}"]))
-    results = run_sweep(spec, tmp_path / "out", cwd=tmp_path)
+    results = run_sweep(spec, tmp_path / "out", cwd=tmp_path, columns=["score/half"])
     assert [r.status for r in results] == ["done", "failed", "done"]
     assert results[1].returncode == 3 and "x=3 is not allowed" in results[1].error
     assert [r.metric for r in results] == [4.0, None, 2.0]
@@ -94,8 +95,12 @@ def test_failed_trial_is_recorded_and_not_fatal(tmp_path):
     assert [(r["x"], r["status"], r["rank"]) for r in rows] == [("1", "done", "1"), ("2", "done", "2"),
                                                                ("3", "failed", "")]
     assert rows[2]["returncode"] == "3"
+    assert [r["score/half"] for r in rows] == ["0.5", "1.0", ""]
+    assert rows[0]["command"] == f"{sys.executable} {script} x=1 y=None runs_dir={tmp_path / 'out' / 'runs'} " \
+                                 f"run_name={results[2].name}"
     md = (tmp_path / "out" / "results.md").read_text()
     assert "## Failed trials" in md and "x=3 is not allowed" in md
+    assert "| **score/value** | score/half | status | s |" in md
 
 
 def test_read_metric_nested_and_dotted(tmp_path):

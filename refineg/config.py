@@ -43,6 +43,7 @@ class DataConfig:
     eval_batch_size: int = 64
     max_length: int = 128  # subword tokens per post
     bucket: bool = True  # length-bucketed batches
+    pad_to_multiple_of: int = 0  # pad subword and word lengths up to a multiple (fewer shapes for CUDA graphs)
     num_workers: int = 0
 
 
@@ -112,7 +113,7 @@ class TrainConfig:
     run_name: str | None = None  # default: <data>-<head>-<timestamp>
     runs_dir: str = "runs"
     ckpt_path: str | None = None  # "last" resumes the run's last checkpoint
-    compile: bool = False
+    compile: str = "none"  # none | backbone | layers | tagger | cudagraphs (refineg/modules/compile.py)
     predict: bool = True  # write dev/test predictions as JSONL
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

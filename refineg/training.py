@@ -19,6 +19,7 @@ from refineg.cli import format_scores
 from refineg.data import write_jsonl
 from refineg.datamodules.gmner import GMNERDataModule
 from refineg.metrics import evaluate_examples
+from refineg.modules.compile import compile_tagger
 from refineg.modules.tagger_module import TaggerModule
 from refineg.predictor import TaggerPredictor
 
@@ -69,8 +70,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                           list(cfg.data.types))
     dm = GMNERDataModule(cfg.data, cfg.model.encoder, cfg.model.word_dropout, cfg.seed, run_dir,
                          image_transform=getattr(module.tagger.backbone, "image_transform", None))
-    if cfg.compile:
-        module.tagger.backbone = __import__("torch").compile(module.tagger.backbone, dynamic=True)
+    compile_tagger(module.tagger, cfg.compile)
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:02d}", monitor="val/mner_f1", mode="max",
                                  save_top_k=1, auto_insert_metric_name=False)
     # Lightning's save_last only copies when the best checkpoint changes; resuming needs every epoch's state.

@@ -116,12 +116,16 @@ class PostCollator:
         word_dropout: Probability of dropping each word.
         image_transform: PIL image -> ``(3, H, W)`` tensor; when set, batches carry ``pixel_values`` and
             ``image_mask`` (False for posts whose image is missing or unreadable: those are tagged text-only).
+        pad_to_multiple_of: Round the padded subword and word lengths up to a multiple of this (0 = off), so that
+            compiled graphs and CUDA graphs see few distinct shapes.
     """
 
     def __init__(self, pad_id: int, unk_id: int | None = None, word_dropout: float = 0.0,
-                 image_transform: Callable[[Image.Image], torch.Tensor] | None = None) -> None:
+                 image_transform: Callable[[Image.Image], torch.Tensor] | None = None,
+                 pad_to_multiple_of: int = 0) -> None:
         self.pad_id, self.unk_id, self.word_dropout = pad_id, unk_id, word_dropout
         self.image_transform = image_transform
+        self.multiple = pad_to_multiple_of
         self.missing_images = 0
 
     def _images(self, posts: Sequence[EncodedPost]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,6 +158,8 @@ class PostCollator:
         bsz = len(posts)
         s_len = max(len(p.input_ids) for p in posts)
         w_len = max(1, max(len(p.word_starts) for p in posts))
+        if self.multiple > 1:
+            s_len, w_len = (-(-n // self.multiple) * self.multiple for n in (s_len, w_len))
         input_ids = torch.full((bsz, s_len), self.pad_id, dtype=torch.long)
         attention = torch.zeros((bsz, s_len), dtype=torch.long)
         word_index = torch.zeros((bsz, w_len), dtype=torch.long)

@@ -111,6 +111,7 @@ def run_ours(args) -> dict:
                        f"data.pad_to_multiple_of={args.pad_multiple}"])
     module = TaggerModule(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim),
                           list(cfg.data.types), pretrained=False)
+    torch.backends.cuda.enable_cudnn_sdp(not args.no_cudnn)
     if args.compile != "none":
         from refineg.modules.compile import compile_tagger
 
@@ -210,6 +211,7 @@ def main() -> None:
     p.add_argument("--head", default="crf")
     p.add_argument("--compile", default="none", help="none, backbone, layers, tagger or cudagraphs")
     p.add_argument("--pad-multiple", type=int, default=0)
+    p.add_argument("--no-cudnn", action="store_true", help="SDPA without the cuDNN backend")
     p.add_argument("--no-bucket", action="store_true")
     p.add_argument("--profile", action="store_true", help="profile 5 steps of each variant")
     p.add_argument("--log-dir", help="write each variant's stdout/stderr (profiles) here")
@@ -230,11 +232,13 @@ def main() -> None:
             "ours (CRF, bucketed)": ["--variant", "ours"],
             "ours (linear head, bucketed)": ["--variant", "ours", "--head", "softmax"],
             "ours (CRF, no bucketing)": ["--variant", "ours", "--no-bucket"],
-            "ours (CRF, compile backbone)": ["--variant", "ours", "--compile", "backbone"],
-            "ours (CRF, compile layers)": ["--variant", "ours", "--compile", "layers"],
-            "ours (CRF, compile tagger, pad 16)": ["--variant", "ours", "--compile", "tagger", "--pad-multiple", "16"],
+            "ours (CRF, no cuDNN attention)": ["--variant", "ours", "--no-cudnn"],
+            "ours (CRF, compile backbone)": ["--variant", "ours", "--compile", "backbone", "--no-cudnn"],
+            "ours (CRF, compile layers)": ["--variant", "ours", "--compile", "layers", "--no-cudnn"],
+            "ours (CRF, compile tagger, pad 16)": ["--variant", "ours", "--compile", "tagger", "--pad-multiple", "16",
+                                                   "--no-cudnn"],
             "ours (CRF, CUDA graphs, pad 16)": ["--variant", "ours", "--compile", "cudagraphs", "--pad-multiple",
-                                                "16"]}
+                                                "16", "--no-cudnn"]}
     if args.only:
         plan = {k: v for k, v in plan.items() if any(o in k for o in args.only)}
     results = {"bf16_matmul_tflops": rate, "batch_size": args.batch_size, "steps": args.steps,

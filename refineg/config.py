@@ -114,6 +114,7 @@ class TrainConfig:
     runs_dir: str = "runs"
     ckpt_path: str | None = None  # "last" resumes the run's last checkpoint
     compile: str = "none"  # none | backbone | layers | tagger | cudagraphs (refineg/modules/compile.py)
+    cudnn_attention: bool = True  # False: SDPA skips cuDNN (its per-call planning costs ~1 ms CPU per layer)
     predict: bool = True  # write dev/test predictions as JSONL
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
@@ -92,6 +93,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     n_train = sum(p.numel() for p in module.parameters() if p.requires_grad)
     for lg in trainer.loggers:
         lg.log_hyperparams({"params/total": n_params, "params/trainable": n_train})
+    torch.backends.cuda.enable_cudnn_sdp(cfg.cudnn_attention)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     best = checkpoint.best_model_path or last.best_model_path
     if "test" in dm.examples:

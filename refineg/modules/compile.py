@@ -7,7 +7,8 @@ strategies are the ones that cut kernel launches and Python overhead:
 - ``backbone``: the whole encoder as one dynamic-shape graph.
 - ``layers``: each transformer layer compiled on its own (regional compilation: one compile reused by all layers,
   so compile time stays low).
-- ``tagger``: encoder, head and the head's loss compiled (dynamic shapes).
+- ``tagger``: encoder and emission head compiled as one dynamic-shape graph (the CRF loss stays eager: its
+  recursion over words would recompile for every post length).
 - ``cudagraphs``: like ``tagger`` with CUDA graphs (``mode="reduce-overhead"``); pad batches to a multiple
   (``data.pad_to_multiple_of``) so only a few shapes are ever recorded.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
 from torch import nn
 
 logger = logging.getLogger(__name__)
@@ -53,8 +53,6 @@ def compile_tagger(tagger: nn.Module, mode: str | bool) -> nn.Module:
         for layer in _layer_list(tagger.backbone):
             layer.compile(dynamic=True)
     else:
-        kwargs = {"dynamic": True} if mode == "tagger" else {"mode": "reduce-overhead", "dynamic": True}
-        tagger.compile(**kwargs)
-        tagger.head.loss = torch.compile(tagger.head.loss, **kwargs)
+        tagger.compile(dynamic=True, **({"mode": "reduce-overhead"} if mode == "cudagraphs" else {}))
     logger.info("torch.compile: %s", mode)
     return tagger

@@ -222,8 +222,7 @@ def run_ground(pred: str | Path, pool: str | Path, out: str | Path, images: str 
         selector = None
         if getattr(grounder, "uses_demos", False) and cfg.selector.mode != "none" and cfg.selector.k > 0 and todo:
             index_path = cfg.selector.index_path or run_dir / "grounding_index.pt"
-            selector = ContextSelector(pool_posts, cfg.selector, store, index_path)
-            selector.build_index()
+            selector = ContextSelector(pool_posts, cfg.selector, store, index_path)  # index built on first use
         with partial.open("a", encoding="utf-8") as fh:
             for lo in tqdm(range(0, len(todo), cfg.chunk_size), desc="ground", unit="chunk"):
                 for post in ground_chunk(todo[lo:lo + cfg.chunk_size], cfg, grounder, store, selector, pool_posts):

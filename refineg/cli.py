@@ -311,7 +311,7 @@ def ground_cmd(args: argparse.Namespace) -> int:
 
     try:
         summary = run_ground(args.pred, args.pool, args.out, args.images, args.overrides)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
     print(f"grounder: {summary['grounder']}\nselector: {summary['selector']}")
     print(f"{summary['posts']} posts ({summary['posts_without_image']} without image), {summary['entities']} "

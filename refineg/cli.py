@@ -292,6 +292,41 @@ def synthesize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ground_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pred", required=True, help="predicted (or refined) canonical JSONL whose entities are grounded")
+    p.add_argument("--pool", required=True, help="labelled canonical JSONL (gold boxes): the demonstration pool")
+    p.add_argument("--images", default=None, help="image folder (post images load lazily; missing ones answer none)")
+    p.add_argument("--out", required=True, help="grounded canonical JSONL (a <stem>.summary.json goes next to it)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="GroundConfig overrides, e.g. mllm.llm.model=M mllm.llm.base_url=URL selector.k=3 "
+                        "selector.mode=text groundability_threshold=0.5 grounder.name=clip "
+                        "(refineg/stages/grounding/config.py lists every key)")
+
+
+@subcommand("ground", "ground each entity to boxes in the post image (MLLM with selected demonstrations, or "
+            "another registered grounder)", _ground_args)
+def ground_cmd(args: argparse.Namespace) -> int:
+    """Runs the grounding stage on ``--pred`` and writes ``--out``."""
+    from refineg.stages.grounding import run_ground
+
+    try:
+        summary = run_ground(args.pred, args.pool, args.out, args.images, args.overrides)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
+    print(f"grounder: {summary['grounder']}\nselector: {summary['selector']}")
+    print(f"{summary['posts']} posts ({summary['posts_without_image']} without image), {summary['entities']} "
+          f"entities, {summary['grounded']} grounded ({summary['boxes']} boxes), {summary['posts_failed']} posts "
+          f"failed")
+    for reason, n in summary["none_by_reason"].items():
+        print(f"  none: {reason:<22}{n:>7}")
+    if "mllm" in summary:
+        m = summary["mllm"]
+        print(f"MLLM: {m['requests']} requests, {m['calls']} calls, {m['cache_hits']} cached, {m['failed']} failed, "
+              f"tokens {m['prompt_tokens']} prompt + {m['completion_tokens']} completion")
+    print(f"wrote {args.out} and {summary['summary_path']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``refineg`` argument parser with every registered subcommand."""
     parser = argparse.ArgumentParser(prog="refineg", description=__doc__)

@@ -4,3 +4,6 @@ from .base import GROUNDERS, Grounder, GroundingQuery, GroundingResult, create_g
 
 __all__ = ["GROUNDERS", "Grounder", "GroundingQuery", "GroundingResult", "create_grounder", "image_path",
            "list_grounders"]
+
+# Registers the ``clip`` grounder.
+from . import clip_scorer as _clip_scorer  # noqa: E402, F401

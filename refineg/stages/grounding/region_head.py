@@ -99,6 +99,9 @@ class RegionHead(nn.Module):
         Returns:
             ``(B, N + 1)`` logits; padded boxes are ``-inf``.
         """
+        # Unit-norm embeddings have entries ~1/sqrt(D): rescale so the MLP sees O(1) inputs and products.
+        scale = crops.shape[-1] ** 0.5
+        crops, text, image = crops * scale, text * scale, image * scale
         txt = text.unsqueeze(1).expand_as(crops)
         feats = [crops, txt, crops * txt] + ([geometry] if self.use_geometry else [])
         box_logits = self.box_mlp(torch.cat(feats, dim=-1)).squeeze(-1).masked_fill(~mask, float("-inf"))

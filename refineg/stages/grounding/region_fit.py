@@ -278,7 +278,7 @@ def fit_region_scorer(cfg: RegionScorerFitConfig, data: str | Path, images_dir: 
     threshold, accuracy = fit_threshold(best_scores, correct, gold_none)
     scorer.threshold = threshold
     n = len(dev)
-    report.update({"threshold": threshold, "dev_accuracy": accuracy,
+    report.update({"label": scorer.label, "threshold": threshold, "dev_accuracy": accuracy,
                    "dev_accuracy_always_answer": sum(correct) / n,
                    "dev_accuracy_always_none": sum(gold_none) / n,
                    "dev_gold_none_rate": sum(gold_none) / n,

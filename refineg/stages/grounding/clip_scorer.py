@@ -144,7 +144,9 @@ class ClipRegionScorer(Grounder):
             key = self.proposals.cache_key(ent.type)
             if key not in per_key:
                 boxes = self.proposals.propose(image, keys, ent.type)
-                per_key[key] = (boxes, self.embedder.encode_crops(image, boxes), box_geometry(boxes, width, height))
+                same = [v for v in per_key.values() if v[0] == boxes]  # e.g. mtcnn fell back to the other types' boxes
+                per_key[key] = same[0] if same else (boxes, self.embedder.encode_crops(image, boxes),
+                                                     box_geometry(boxes, width, height))
             boxes, crops, geometry = per_key[key]
             out.append(EntityCandidates(boxes, crops, text, whole, geometry))
         return out

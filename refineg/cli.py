@@ -324,6 +324,39 @@ def ground_cmd(args: argparse.Namespace) -> int:
         print(f"MLLM: {m['requests']} requests, {m['calls']} calls, {m['cache_hits']} cached, {m['failed']} failed, "
               f"tokens {m['prompt_tokens']} prompt + {m['completion_tokens']} completion")
     print(f"wrote {args.out} and {summary['summary_path']}")
+
+def _fit_region_scorer_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="labelled dev posts (canonical JSONL with gold boxes): the "
+                                                 "none-threshold is fitted here")
+    p.add_argument("--images", required=True, help="folder of post images (Example.image is relative to it)")
+    p.add_argument("--out", required=True, help="state file to write (load it with the clip grounder's state=)")
+    p.add_argument("--train", default=None, help="labelled posts to train the scoring head on (default: no head, "
+                                                 "cosine scores)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="e.g. model_name=ViT-B-32 pretrained=/path/open_clip.bin proposals=file "
+                        "proposal_kwargs.path=vinvl.jsonl head.epochs=20 limit=200 "
+                        "(refineg/stages/grounding/region_fit.py lists every key)")
+
+
+@subcommand("fit-region-scorer", "fit the open_clip region scorer (grounder 'clip'): embed candidate boxes, "
+            "optionally train its scoring head, fit the none-threshold on dev", _fit_region_scorer_args)
+def fit_region_scorer_cmd(args: argparse.Namespace) -> int:
+    """Fits and saves the ``clip`` grounder's state, prints the dev report."""
+    from refineg.stages.grounding.region_fit import fit_region_scorer, load_fit_config
+
+    overrides = list(args.overrides) + ([f"train={args.train}"] if args.train else [])
+    try:
+        cfg = load_fit_config(overrides)
+        report = fit_region_scorer(cfg, args.data, args.images, args.out)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    print(f"{report['label']}: {report['dev_entities']} dev entities "
+          f"({report['dev_posts_without_image']} posts without image left out)")
+    threshold = report["threshold"]
+    print(f"threshold {'none (always answer)' if threshold is None else f'{threshold:.4f}'}: dev grounding accuracy "
+          f"{100 * report['dev_accuracy']:.2f}% (always answer {100 * report['dev_accuracy_always_answer']:.2f}%, "
+          f"always none {100 * report['dev_accuracy_always_none']:.2f}%)")
+    print(f"wrote {args.out}")
     return 0
 
 

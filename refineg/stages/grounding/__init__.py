@@ -11,3 +11,5 @@ from .run import run_ground  # noqa: E402
 from .selector import ContextSelector  # noqa: E402
 
 __all__ += ["ContextSelector", "GroundConfig", "load_ground_config", "run_ground"]
+# Registers the ``clip`` grounder.
+from . import clip_scorer as _clip_scorer  # noqa: E402, F401

@@ -74,6 +74,7 @@ class TaggerModule(L.LightningModule):
         if self.frozen_tagger:
             for name, param in self.tagger.named_parameters():
                 param.requires_grad_(name.startswith("groundability."))
+            self.train(self.training)  # Lightning keeps the module's modes: fix the frozen parts to eval now
         if self.tagger.groundability is not None:
             self.val_groundability_auroc = BinaryAUROC()
             self.val_groundability_acc = BinaryAccuracy()

@@ -85,7 +85,9 @@ def test_head_learns_groundability_from_a_visible_word(tiny_encoder, tokenizer):
     torch.manual_seed(0)
     module = TaggerModule({"backbone": "hf", "encoder": tiny_encoder, "head": "crf", "groundability": True,
                            "groundability_hidden": 32, "dropout": 0.0, "freeze_tagger": True},
-                          {}, TYPES).train()
+                          {}, TYPES)
+    assert not module.tagger.backbone.training and module.tagger.groundability.training  # as built
+    module.train()
     assert not any(p.requires_grad for n, p in module.tagger.named_parameters() if not n.startswith("groundab"))
     assert not module.tagger.backbone.training and module.tagger.groundability.training  # frozen parts stay eval
     collate = PostCollator(tokenizer.pad_token_id)

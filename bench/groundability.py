@@ -2,7 +2,7 @@
 F1 when the region scorer behind it is useless (the text-only floor) or perfect (oracle boxes).
 
     python bench/groundability.py --ckpt runs/X/checkpoints/best.ckpt --gold dev.jsonl --out groundability.json \
-        [--pred predictions_dev.jsonl] [--thresholds 0.3,0.4,0.5,0.6,0.7]
+        [--pred predictions_dev.jsonl] [--train train.jsonl] [--thresholds 0.3,0.4,0.5,0.6,0.7]
 
 Predicted entities come from the checkpoint's tagger (or ``--pred``, a JSONL the same checkpoint wrote, with
 ``groundable`` set). Box policies, all on the same predicted entities:
@@ -75,6 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", required=True)
     parser.add_argument("--gold", required=True, help="canonical JSONL with boxes (refineg convert)")
+    parser.add_argument("--train", help="canonical training JSONL: adds the per-type prior baseline (P(box | type))")
     parser.add_argument("--pred", help="predictions JSONL with groundable (default: predict with --ckpt)")
     parser.add_argument("--out", default="groundability.json")
     parser.add_argument("--thresholds", default="0.3,0.4,0.5,0.6,0.7")
@@ -93,6 +94,13 @@ def main() -> None:
     gold_ents = [e for ex in scored_gold for e in ex.entities if e.groundable is not None]
     result: dict = {"ckpt": args.ckpt, "gold": args.gold, "posts": len(golds)}
     result["gold_entities"] = separation([e.groundable for e in gold_ents], [int(bool(e.boxes)) for e in gold_ents])
+    if args.train:
+        train_ents = [e for ex in read_jsonl(args.train) for e in ex.entities]
+        prior = {t: sum(bool(e.boxes) for e in train_ents if e.type == t) / max(1, sum(e.type == t for e in train_ents))
+                 for t in TYPES}
+        result["type_prior"] = prior
+        result["gold_entities_type_prior_baseline"] = separation([prior[e.type] for e in gold_ents],
+                                                                 [int(bool(e.boxes)) for e in gold_ents])
     result["gold_entities_by_type"] = {
         t: separation([e.groundable for e in gold_ents if e.type == t],
                       [int(bool(e.boxes)) for e in gold_ents if e.type == t]) for t in TYPES}

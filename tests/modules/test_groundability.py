@@ -167,3 +167,22 @@ def test_frozen_tagger_head_training_checkpoint_and_predictor(tiny_encoder, tmp_
                for e in p.entities)
     with pytest.raises(RuntimeError, match="no groundability head"):
         TaggerPredictor(plain).score_groundability(preds[:1])
+
+
+def test_joint_training_step_updates_tagger_and_head(tiny_encoder, tokenizer):
+    torch.manual_seed(0)
+    module = TaggerModule({"backbone": "hf", "encoder": tiny_encoder, "head": "crf", "groundability": True,
+                           "groundability_weight": 0.5, "dropout": 0.0}, {}, TYPES).train()
+    assert all(p.requires_grad for p in module.parameters()) and module.tagger.backbone.training
+    batch = PostCollator(tokenizer.pad_token_id)(encode_posts(_toy_posts(8, 3), tokenizer, LABEL_IDS, 32))
+    loss = module._groundability_training_step(batch)
+    with torch.no_grad():  # the same loss by hand: mean tagging NLL + 0.5 x mean BCE over the 8 gold entities
+        emissions, states = module.run(batch)
+        tagging = module.tagger.head.loss(emissions, batch["labels"], batch["word_mask"]).mean()
+        logits = module.groundability_logits(batch, states, batch["entity_spans"], batch["entity_types"])
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["entity_grounded"])
+    assert len(logits) == 8 and float(loss) == pytest.approx(float(tagging + 0.5 * bce), rel=1e-5)
+    loss.backward()
+    head_grad = module.tagger.groundability.mlp[-1].weight.grad
+    enc_grad = next(p.grad for n, p in module.tagger.named_parameters() if "encoder.layer.0" in n)
+    assert head_grad is not None and head_grad.abs().sum() > 0 and enc_grad.abs().sum() > 0

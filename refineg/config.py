@@ -63,6 +63,12 @@ class ModelConfig:
     freeze_image: bool = True
     image_size: int | None = None  # timm input resolution (None: the model's default)
     gradient_checkpointing: bool = False
+    groundability: bool = False  # auxiliary head: does each entity have a box at all? (Entity.groundable)
+    groundability_head: str = "span_mlp"  # registry name (refineg.modules.groundability)
+    groundability_hidden: int = 256  # MLP hidden width
+    groundability_weight: float = 1.0  # BCE weight added to the tagging loss
+    init_from: str | None = None  # Lightning checkpoint whose tagger weights start this run (new heads stay random)
+    freeze_tagger: bool = False  # train only the groundability head; backbone, casing and tagging head stay fixed
 
 
 @dataclass

@@ -69,10 +69,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             raise FileNotFoundError(f"ckpt_path=last: {ckpt_path} does not exist")
     module = TaggerModule(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim),
                           list(cfg.data.types))
+    if cfg.model.init_from:
+        module.load_tagger_weights(cfg.model.init_from)
     dm = GMNERDataModule(cfg.data, cfg.model.encoder, cfg.model.word_dropout, cfg.seed, run_dir,
                          image_transform=getattr(module.tagger.backbone, "image_transform", None))
     compile_tagger(module.tagger, cfg.compile)
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:02d}", monitor="val/mner_f1", mode="max",
+    # a frozen tagger's MNER F1 never moves: pick the epoch by the head being trained
+    monitor = "val/groundability_auroc" if cfg.model.freeze_tagger else "val/mner_f1"
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:02d}", monitor=monitor, mode="max",
                                  save_top_k=1, auto_insert_metric_name=False)
     # Lightning's save_last only copies when the best checkpoint changes; resuming needs every epoch's state.
     last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
@@ -99,7 +103,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if "test" in dm.examples:
         trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
     result: dict[str, Any] = {"run_dir": str(run_dir), "best_checkpoint": best,
-                              "best_val_mner_f1": float(checkpoint.best_model_score or 0.0),
+                              f"best_{monitor.replace('/', '_')}": float(checkpoint.best_model_score or 0.0),
                               "train_throughput": throughput.summary}
     if trainer.is_global_zero and not cfg.predict:
         (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))

@@ -179,11 +179,19 @@ def run_refine_stage(cfg: PipelineConfig, run_dir: Path, source: str, types: lis
                                     "backend_failures_kept_small_model", "usage") if k in report}
 
 
+def _override_value(value: Any) -> str:
+    """``value`` as the right-hand side of a ``key=value`` override (``null``, ``''``, JSON for containers)."""
+    if value is None:
+        return "null"
+    if value == "":
+        return "''"
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
 def ground_overrides(cfg: PipelineConfig, run_dir: Path) -> list[str]:
     """The grounding runner's overrides: grounder, selector, the shared MLLM, then ``ground.overrides``."""
     llm = _cache_default(cfg.mllm, run_dir)
-    llm_items = [f"llm.{k}={json.dumps(v) if isinstance(v, (dict, list)) else ('null' if v is None else v)}"
-                 for k, v in vars(llm).items() if v != getattr(type(llm)(), k)]
+    llm_items = [f"llm.{k}={_override_value(v)}" for k, v in vars(llm).items() if v != getattr(type(llm)(), k)]
     return [f"grounder.name={cfg.ground.grounder}", f"selector.mode={cfg.ground.selector}", *llm_items,
             *cfg.ground.overrides]
 

@@ -357,6 +357,68 @@ def fit_region_scorer_cmd(args: argparse.Namespace) -> int:
           f"{100 * report['dev_accuracy']:.2f}% (always answer {100 * report['dev_accuracy_always_answer']:.2f}%, "
           f"always none {100 * report['dev_accuracy_always_none']:.2f}%)")
     print(f"wrote {args.out}")
+
+def _pipeline_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="experiment file, e.g. configs/experiment/refineg_sample.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="PipelineConfig overrides, e.g. refine.tau=0.3 stages.ground=false mode=zeroshot "
+                        "predict.head=entropy train+=model.head=softmax (refineg/stages/pipeline/config.py)")
+
+
+@subcommand("pipeline", "synthesise -> train -> predict -> refine -> ground -> evaluate in one run folder; "
+            "up-to-date stages are skipped", _pipeline_args)
+def pipeline_cmd(args: argparse.Namespace) -> int:
+    """Runs the stage chain and prints one line per stage and the final scores."""
+    from refineg.stages.pipeline import load_pipeline_config, run_pipeline
+
+    try:
+        cfg = load_pipeline_config(args.config, list(args.overrides))
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    summary = run_pipeline(cfg)
+    print(f"{'stage':<12}{'status':<10}{'now s':>9}{'made in s':>11}")
+    for name, t in summary["timings"]["stages"].items():
+        print(f"{name:<12}{t['status']:<10}{t['wall_s']:>9.1f}{t['last_run_wall_s']:>11.1f}")
+    scores = summary["scores"]
+    if scores:
+        print(f"\n{summary['final']}: " + "  ".join(f"{k.upper()} F1 {100 * v:.2f}" for k, v in scores.items()))
+    print(f"run folder: {summary['run_dir']} (summary.json, timings.json, evaluate/metrics.json)")
+    return 0
+
+
+def _zeroshot_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="posts to annotate (canonical JSONL)")
+    p.add_argument("--out", required=True, help="predicted canonical JSONL (<out>.report.json is written next to it)")
+    p.add_argument("--images", default=None, help="folder of the posts' images (Example.image is relative to it)")
+    p.add_argument("--gold", default=None, help="gold JSONL: print GMNER/MNER/EEG scores")
+    p.add_argument("--match", default="span", choices=["span", "name"], help="scorer matching (with --gold)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="ZeroShotConfig overrides, e.g. llm.model=M llm.base_url=U types=[PER,LOC,ORG,OTHER] "
+                        "max_posts=50 prompts_dir=DIR")
+
+
+@subcommand("zeroshot", "the zero-shot MLLM baseline: the MLLM alone extracts entities, types and boxes",
+            _zeroshot_args)
+def zeroshot_cmd(args: argparse.Namespace) -> int:
+    """Runs the zero-shot baseline on ``--data`` and writes ``--out``."""
+    from refineg.stages.zeroshot import load_zeroshot_config, run_zeroshot
+
+    try:
+        cfg = load_zeroshot_config(list(args.overrides) + ([f"images_dir={args.images}"] if args.images else []))
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    report = run_zeroshot(cfg, args.data, args.out)
+    print(f"{report['posts']} posts ({report['images_sent']} with image): {report['posts_ok']} answered, "
+          f"{report['posts_unparseable']} unparseable, {report['posts_failed']} failed; "
+          f"{report['entities_kept']} of {report['entities_returned']} returned entities kept "
+          f"({report['entities_boxed']} with a box)")
+    for key, value in report["dropped_or_changed"].items():
+        print(f"  {key:<20}{value:>7}")
+    if args.gold:
+        from refineg.metrics import evaluate_examples
+
+        print(format_scores(evaluate_examples(read_jsonl(args.gold), read_jsonl(args.out), match=args.match)))
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.report.json')}")
     return 0
 
 

@@ -191,7 +191,7 @@ def _override_value(value: Any) -> str:
 def ground_overrides(cfg: PipelineConfig, run_dir: Path) -> list[str]:
     """The grounding runner's overrides: grounder, selector, the shared MLLM, then ``ground.overrides``."""
     llm = _cache_default(cfg.mllm, run_dir)
-    llm_items = [f"llm.{k}={_override_value(v)}" for k, v in vars(llm).items() if v != getattr(type(llm)(), k)]
+    llm_items = [f"mllm.llm.{k}={_override_value(v)}" for k, v in vars(llm).items() if v != getattr(type(llm)(), k)]
     return [f"grounder.name={cfg.ground.grounder}", f"selector.mode={cfg.ground.selector}", *llm_items,
             *cfg.ground.overrides]
 

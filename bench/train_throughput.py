@@ -56,6 +56,44 @@ def non_embedding_params(model) -> int:
     return sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
 
 
+def profile_report(prof, steps: int, wall_s: float) -> dict:
+    """Top operators and how busy the GPU was over the profiled steps."""
+    avgs = prof.key_averages()
+    print(avgs.table(sort_by="self_cpu_time_total", row_limit=18))
+    print(avgs.table(sort_by="self_device_time_total", row_limit=12))
+    gpu_us = sum(e.self_device_time_total for e in avgs)
+    kernels = sum(e.count for e in avgs if e.self_device_time_total > 0 and e.device_type.name == "CUDA")
+    return {"profiled_steps": steps, "wall_ms_per_step": 1e3 * wall_s / steps,
+            "gpu_busy_ms_per_step": gpu_us / 1e3 / steps, "kernels_per_step": kernels / steps}
+
+
+class StepProfiler:
+    """Profiles ``active`` steps after ``wait`` steps; call :meth:`step` at every step end."""
+
+    def __init__(self, wait: int, active: int = 5) -> None:
+        import torch
+
+        self.wait, self.active, self.n = wait, active, 0
+        self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                       torch.profiler.ProfilerActivity.CUDA])
+        self.report: dict = {}
+        self._t0 = 0.0
+
+    def step(self) -> None:
+        import torch
+
+        self.n += 1
+        if self.n == self.wait:
+            torch.cuda.synchronize()
+            self.prof.__enter__()
+            self._t0 = time.perf_counter()
+        elif self.n == self.wait + self.active:
+            torch.cuda.synchronize()
+            wall = time.perf_counter() - self._t0
+            self.prof.__exit__(None, None, None)
+            self.report = profile_report(self.prof, self.active, wall)
+
+
 def run_ours(args) -> dict:
     import lightning as L
     import torch
@@ -69,24 +107,40 @@ def run_ours(args) -> dict:
     cfg = load_config([f"data.root={DATA.parent}", "data.format=jsonl", "data.train=train.jsonl",
                        "data.dev=train.jsonl", "data.test=null", "data.xml_dir=null", f"model.encoder={ENC_DIR}",
                        "model.casing=false", f"data.batch_size={args.batch_size}", f"model.head={args.head}",
-                       f"data.bucket={str(not args.no_bucket).lower()}"])
+                       f"data.bucket={str(not args.no_bucket).lower()}",
+                       f"data.pad_to_multiple_of={args.pad_multiple}"])
     module = TaggerModule(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim),
                           list(cfg.data.types), pretrained=False)
-    if args.compile:
-        module.tagger.backbone = torch.compile(module.tagger.backbone, dynamic=True)
+    torch.backends.cuda.enable_cudnn_sdp(not args.no_cudnn)
+    if args.compile != "none":
+        from refineg.modules.compile import compile_tagger
+
+        compile_tagger(module.tagger, args.compile)
     dm = GMNERDataModule(cfg.data, cfg.model.encoder)
     dm.setup()
     dm.encoded["dev"] = dm.encoded["dev"][:0]
     meter = TrainThroughput(warmup=args.warmup)
+    callbacks: list = [meter]
+    profiler = None
+    if args.profile:
+        profiler = StepProfiler(wait=args.warmup + 5)
+
+        class ProfileSteps(L.Callback):
+            def on_train_batch_end(self, *a, **k):
+                profiler.step()
+
+        callbacks.append(ProfileSteps())
     trainer = L.Trainer(accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=args.warmup + args.steps,
                         limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        gradient_clip_val=1.0, callbacks=[meter], use_distributed_sampler=False,
+                        gradient_clip_val=1.0, callbacks=callbacks, use_distributed_sampler=False,
                         enable_model_summary=False)
     torch.cuda.reset_peak_memory_stats()
     trainer.fit(module, datamodule=dm)
     out = dict(meter.summary)
     out["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
     out["non_embedding_params"] = non_embedding_params(module.tagger.backbone)
+    if profiler is not None:
+        out["profile"] = profiler.report
     return out
 
 
@@ -118,6 +172,8 @@ def run_hf(args) -> dict:
         rows.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": lab})
     model = AutoModelForTokenClassification.from_config(AutoConfig.from_pretrained(ENC_DIR, num_labels=len(labels)))
 
+    profiler = StepProfiler(wait=args.warmup + 5) if args.profile else None
+
     class Meter(TrainerCallback):
         def __init__(self):
             self.times = []
@@ -125,6 +181,8 @@ def run_hf(args) -> dict:
         def on_step_end(self, *a, **k):
             torch.cuda.synchronize()
             self.times.append(time.perf_counter())
+            if profiler is not None:
+                profiler.step()
 
     meter = Meter()
     targs = TrainingArguments(output_dir="/tmp/hf_out", per_device_train_batch_size=args.batch_size, bf16=True,
@@ -140,7 +198,8 @@ def run_hf(args) -> dict:
     posts = args.steps * args.batch_size
     return {"posts_per_s": posts / seconds, "tokens_per_s": posts * mean_tokens / seconds, "seconds": seconds,
             "posts": posts, "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "non_embedding_params": non_embedding_params(model.roberta)}
+            "non_embedding_params": non_embedding_params(model.roberta),
+            **({"profile": profiler.report} if profiler is not None else {})}
 
 
 def main() -> None:
@@ -150,8 +209,13 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=15)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--head", default="crf")
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile", default="none", help="none, backbone, layers, tagger or cudagraphs")
+    p.add_argument("--pad-multiple", type=int, default=0)
+    p.add_argument("--no-cudnn", action="store_true", help="SDPA without the cuDNN backend")
     p.add_argument("--no-bucket", action="store_true")
+    p.add_argument("--profile", action="store_true", help="profile 5 steps of each variant")
+    p.add_argument("--log-dir", help="write each variant's stdout/stderr (profiles) here")
+    p.add_argument("--only", nargs="*", help="run only these variants (names of the plan)")
     p.add_argument("--out", default="train_throughput.json")
     args = p.parse_args()
     if args.variant == "ours":
@@ -163,16 +227,27 @@ def main() -> None:
     make_encoder_folder()
     rate = matmul_tflops()
     base = [sys.executable, __file__, "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size",
-            str(args.batch_size)]
+            str(args.batch_size)] + (["--profile"] if args.profile else [])
     plan = {"hf-trainer (linear head)": ["--variant", "hf"],
             "ours (CRF, bucketed)": ["--variant", "ours"],
             "ours (linear head, bucketed)": ["--variant", "ours", "--head", "softmax"],
             "ours (CRF, no bucketing)": ["--variant", "ours", "--no-bucket"],
-            "ours (CRF, bucketed, torch.compile)": ["--variant", "ours", "--compile"]}
+            "ours (CRF, no cuDNN attention)": ["--variant", "ours", "--no-cudnn"],
+            "ours (CRF, compile backbone)": ["--variant", "ours", "--compile", "backbone", "--no-cudnn"],
+            "ours (CRF, compile layers)": ["--variant", "ours", "--compile", "layers", "--no-cudnn"],
+            "ours (CRF, compile tagger, pad 16)": ["--variant", "ours", "--compile", "tagger", "--pad-multiple", "16",
+                                                   "--no-cudnn"],
+            "ours (CRF, CUDA graphs, pad 16)": ["--variant", "ours", "--compile", "cudagraphs", "--pad-multiple",
+                                                "16", "--no-cudnn"]}
+    if args.only:
+        plan = {k: v for k, v in plan.items() if any(o in k for o in args.only)}
     results = {"bf16_matmul_tflops": rate, "batch_size": args.batch_size, "steps": args.steps,
                "warmup": args.warmup, "runs": {}}
     for name, extra in plan.items():
         proc = subprocess.run(base + extra, capture_output=True, text=True)
+        if args.log_dir:
+            slug = "".join(c if c.isalnum() else "_" for c in name)
+            Path(args.log_dir, f"{slug}.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if not line:
             results["runs"][name] = {"error": proc.stderr[-2000:]}
@@ -180,6 +255,7 @@ def main() -> None:
         r = json.loads(line[0][7:])
         r["mfu"] = 6 * r["non_embedding_params"] * r["tokens_per_s"] / (rate * 1e12)
         results["runs"][name] = r
+        Path(args.out).write_text(json.dumps(results, indent=2))
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"bf16 matmul: {rate:.0f} TFLOP/s")
     print("| variant | posts/s | tokens/s | peak GiB | MFU |\n|---|---|---|---|---|")

@@ -292,6 +292,134 @@ def synthesize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ground_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pred", required=True, help="predicted (or refined) canonical JSONL whose entities are grounded")
+    p.add_argument("--pool", required=True, help="labelled canonical JSONL (gold boxes): the demonstration pool")
+    p.add_argument("--images", default=None, help="image folder (post images load lazily; missing ones answer none)")
+    p.add_argument("--out", required=True, help="grounded canonical JSONL (a <stem>.summary.json goes next to it)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="GroundConfig overrides, e.g. mllm.llm.model=M mllm.llm.base_url=URL selector.k=3 "
+                        "selector.mode=text groundability_threshold=0.5 grounder.name=clip "
+                        "(refineg/stages/grounding/config.py lists every key)")
+
+
+@subcommand("ground", "ground each entity to boxes in the post image (MLLM with selected demonstrations, or "
+            "another registered grounder)", _ground_args)
+def ground_cmd(args: argparse.Namespace) -> int:
+    """Runs the grounding stage on ``--pred`` and writes ``--out``."""
+    from refineg.stages.grounding import run_ground
+
+    try:
+        summary = run_ground(args.pred, args.pool, args.out, args.images, args.overrides)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
+    print(f"grounder: {summary['grounder']}\nselector: {summary['selector']}")
+    print(f"{summary['posts']} posts ({summary['posts_without_image']} without image), {summary['entities']} "
+          f"entities, {summary['grounded']} grounded ({summary['boxes']} boxes), {summary['posts_failed']} posts "
+          f"failed")
+    for reason, n in summary["none_by_reason"].items():
+        print(f"  none: {reason:<22}{n:>7}")
+    if "mllm" in summary:
+        m = summary["mllm"]
+        print(f"MLLM: {m['requests']} requests, {m['calls']} calls, {m['cache_hits']} cached, {m['failed']} failed, "
+              f"tokens {m['prompt_tokens']} prompt + {m['completion_tokens']} completion")
+    print(f"wrote {args.out} and {summary['summary_path']}")
+
+def _fit_region_scorer_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="labelled dev posts (canonical JSONL with gold boxes): the "
+                                                 "none-threshold is fitted here")
+    p.add_argument("--images", required=True, help="folder of post images (Example.image is relative to it)")
+    p.add_argument("--out", required=True, help="state file to write (load it with the clip grounder's state=)")
+    p.add_argument("--train", default=None, help="labelled posts to train the scoring head on (default: no head, "
+                                                 "cosine scores)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="e.g. model_name=ViT-B-32 pretrained=/path/open_clip.bin proposals=file "
+                        "proposal_kwargs.path=vinvl.jsonl head.epochs=20 limit=200 "
+                        "(refineg/stages/grounding/region_fit.py lists every key)")
+
+
+@subcommand("fit-region-scorer", "fit the open_clip region scorer (grounder 'clip'): embed candidate boxes, "
+            "optionally train its scoring head, fit the none-threshold on dev", _fit_region_scorer_args)
+def fit_region_scorer_cmd(args: argparse.Namespace) -> int:
+    """Fits and saves the ``clip`` grounder's state, prints the dev report."""
+    from refineg.stages.grounding.region_fit import fit_region_scorer, load_fit_config
+
+    overrides = list(args.overrides) + ([f"train={args.train}"] if args.train else [])
+    try:
+        cfg = load_fit_config(overrides)
+        report = fit_region_scorer(cfg, args.data, args.images, args.out)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    print(f"{report['label']}: {report['dev_entities']} dev entities "
+          f"({report['dev_posts_without_image']} posts without image left out)")
+    threshold = report["threshold"]
+    print(f"threshold {'none (always answer)' if threshold is None else f'{threshold:.4f}'}: dev grounding accuracy "
+          f"{100 * report['dev_accuracy']:.2f}% (always answer {100 * report['dev_accuracy_always_answer']:.2f}%, "
+          f"always none {100 * report['dev_accuracy_always_none']:.2f}%)")
+    print(f"wrote {args.out}")
+
+def _pipeline_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="experiment file, e.g. configs/experiment/refineg_sample.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="PipelineConfig overrides, e.g. refine.tau=0.3 stages.ground=false mode=zeroshot "
+                        "predict.head=entropy train+=model.head=softmax (refineg/stages/pipeline/config.py)")
+
+
+@subcommand("pipeline", "synthesise -> train -> predict -> refine -> ground -> evaluate in one run folder; "
+            "up-to-date stages are skipped", _pipeline_args)
+def pipeline_cmd(args: argparse.Namespace) -> int:
+    """Runs the stage chain and prints one line per stage and the final scores."""
+    from refineg.stages.pipeline import load_pipeline_config, run_pipeline
+
+    try:
+        cfg = load_pipeline_config(args.config, list(args.overrides))
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    summary = run_pipeline(cfg)
+    print(f"{'stage':<12}{'status':<10}{'now s':>9}{'made in s':>11}")
+    for name, t in summary["timings"]["stages"].items():
+        print(f"{name:<12}{t['status']:<10}{t['wall_s']:>9.1f}{t['last_run_wall_s']:>11.1f}")
+    scores = summary["scores"]
+    if scores:
+        print(f"\n{summary['final']}: " + "  ".join(f"{k.upper()} F1 {100 * v:.2f}" for k, v in scores.items()))
+    print(f"run folder: {summary['run_dir']} (summary.json, timings.json, evaluate/metrics.json)")
+    return 0
+
+
+def _zeroshot_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="posts to annotate (canonical JSONL)")
+    p.add_argument("--out", required=True, help="predicted canonical JSONL (<out>.report.json is written next to it)")
+    p.add_argument("--images", default=None, help="folder of the posts' images (Example.image is relative to it)")
+    p.add_argument("--gold", default=None, help="gold JSONL: print GMNER/MNER/EEG scores")
+    p.add_argument("--match", default="span", choices=["span", "name"], help="scorer matching (with --gold)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="ZeroShotConfig overrides, e.g. llm.model=M llm.base_url=U types=[PER,LOC,ORG,OTHER] "
+                        "max_posts=50 prompts_dir=DIR")
+
+
+@subcommand("zeroshot", "the zero-shot MLLM baseline: the MLLM alone extracts entities, types and boxes",
+            _zeroshot_args)
+def zeroshot_cmd(args: argparse.Namespace) -> int:
+    """Runs the zero-shot baseline on ``--data`` and writes ``--out``."""
+    from refineg.stages.zeroshot import load_zeroshot_config, run_zeroshot
+
+    try:
+        cfg = load_zeroshot_config(list(args.overrides) + ([f"images_dir={args.images}"] if args.images else []))
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    report = run_zeroshot(cfg, args.data, args.out)
+    print(f"{report['posts']} posts ({report['images_sent']} with image): {report['posts_ok']} answered, "
+          f"{report['posts_unparseable']} unparseable, {report['posts_failed']} failed; "
+          f"{report['entities_kept']} of {report['entities_returned']} returned entities kept "
+          f"({report['entities_boxed']} with a box)")
+    for key, value in report["dropped_or_changed"].items():
+        print(f"  {key:<20}{value:>7}")
+    if args.gold:
+        from refineg.metrics import evaluate_examples
+
+        print(format_scores(evaluate_examples(read_jsonl(args.gold), read_jsonl(args.out), match=args.match)))
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.report.json')}")
+    return 0
 def _visualize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pred", required=True, help="predicted canonical JSONL")
     p.add_argument("--gold", required=True, help="gold canonical JSONL")

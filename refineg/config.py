@@ -43,6 +43,7 @@ class DataConfig:
     eval_batch_size: int = 64
     max_length: int = 128  # subword tokens per post
     bucket: bool = True  # length-bucketed batches
+    pad_to_multiple_of: int = 0  # pad subword and word lengths up to a multiple (fewer shapes for CUDA graphs)
     num_workers: int = 0
 
 
@@ -62,6 +63,12 @@ class ModelConfig:
     freeze_image: bool = True
     image_size: int | None = None  # timm input resolution (None: the model's default)
     gradient_checkpointing: bool = False
+    groundability: bool = False  # auxiliary head: does each entity have a box at all? (Entity.groundable)
+    groundability_head: str = "span_mlp"  # registry name (refineg.modules.groundability)
+    groundability_hidden: int = 256  # MLP hidden width
+    groundability_weight: float = 1.0  # BCE weight added to the tagging loss
+    init_from: str | None = None  # Lightning checkpoint whose tagger weights start this run (new heads stay random)
+    freeze_tagger: bool = False  # train only the groundability head; backbone, casing and tagging head stay fixed
 
 
 @dataclass
@@ -112,7 +119,8 @@ class TrainConfig:
     run_name: str | None = None  # default: <data>-<head>-<timestamp>
     runs_dir: str = "runs"
     ckpt_path: str | None = None  # "last" resumes the run's last checkpoint
-    compile: bool = False
+    compile: str = "none"  # none | backbone | layers | tagger | cudagraphs (refineg/modules/compile.py)
+    cudnn_attention: bool = True  # False: SDPA skips cuDNN (its per-call planning costs ~1 ms CPU per layer)
     predict: bool = True  # write dev/test predictions as JSONL
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -1,7 +1,11 @@
-"""Batched inference with a trained tagger: posts in, predicted posts (entities + confidence) out."""
+"""Batched inference with a trained tagger: posts in, predicted posts (entities + confidence) out.
+
+A checkpoint with a groundability head also fills :attr:`refineg.data.schema.Entity.groundable`.
+"""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -63,3 +67,23 @@ class TaggerPredictor:
             for i, pred in zip(idx, self.module.decode(batch, [examples[i] for i in idx])):
                 out[i] = pred
         return out  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def score_groundability(self, examples: Sequence[Example], progress: bool = False) -> list[Example]:
+        """Copies of ``examples`` whose given entities (gold, refined, ...) carry ``groundable`` from the head.
+
+        Entities of a type outside the tagger's inventory, or cut off by ``max_length``, get ``groundable=None``.
+
+        Raises:
+            RuntimeError: The checkpoint has no groundability head.
+        """
+        if self.module.tagger.groundability is None:
+            raise RuntimeError("this checkpoint has no groundability head (train with model.groundability=true)")
+        out = [copy.deepcopy(ex) for ex in examples]
+        for idx, batch in self.batches(out, progress, desc="groundability"):
+            _, states = self.module.run(batch)
+            probs = self.module.score_groundability(batch, states, [out[i].entities for i in idx])
+            for i, post in zip(idx, probs):
+                for ent, p in zip(out[i].entities, post):
+                    ent.groundable = p
+        return out

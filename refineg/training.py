@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
@@ -19,6 +20,7 @@ from refineg.cli import format_scores
 from refineg.data import write_jsonl
 from refineg.datamodules.gmner import GMNERDataModule
 from refineg.metrics import evaluate_examples
+from refineg.modules.compile import compile_tagger
 from refineg.modules.tagger_module import TaggerModule
 from refineg.predictor import TaggerPredictor
 
@@ -67,11 +69,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             raise FileNotFoundError(f"ckpt_path=last: {ckpt_path} does not exist")
     module = TaggerModule(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim),
                           list(cfg.data.types))
+    if cfg.model.init_from:
+        module.load_tagger_weights(cfg.model.init_from)
     dm = GMNERDataModule(cfg.data, cfg.model.encoder, cfg.model.word_dropout, cfg.seed, run_dir,
                          image_transform=getattr(module.tagger.backbone, "image_transform", None))
-    if cfg.compile:
-        module.tagger.backbone = __import__("torch").compile(module.tagger.backbone, dynamic=True)
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:02d}", monitor="val/mner_f1", mode="max",
+    compile_tagger(module.tagger, cfg.compile)
+    # a frozen tagger's MNER F1 never moves: pick the epoch by the head being trained
+    monitor = "val/groundability_auroc" if cfg.model.freeze_tagger else "val/mner_f1"
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:02d}", monitor=monitor, mode="max",
                                  save_top_k=1, auto_insert_metric_name=False)
     # Lightning's save_last only copies when the best checkpoint changes; resuming needs every epoch's state.
     last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
@@ -92,12 +97,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     n_train = sum(p.numel() for p in module.parameters() if p.requires_grad)
     for lg in trainer.loggers:
         lg.log_hyperparams({"params/total": n_params, "params/trainable": n_train})
+    torch.backends.cuda.enable_cudnn_sdp(cfg.cudnn_attention)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     best = checkpoint.best_model_path or last.best_model_path
     if "test" in dm.examples:
         trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
     result: dict[str, Any] = {"run_dir": str(run_dir), "best_checkpoint": best,
-                              "best_val_mner_f1": float(checkpoint.best_model_score or 0.0),
+                              f"best_{monitor.replace('/', '_')}": float(checkpoint.best_model_score or 0.0),
                               "train_throughput": throughput.summary}
     if trainer.is_global_zero and not cfg.predict:
         (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))

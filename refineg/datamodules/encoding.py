@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -51,6 +51,9 @@ class EncodedPost:
         labels: Label id per kept word (-100 when unlabelled).
         weight: Loss weight of the post.
         image: Image file path (read only by image-aware models), or ``None``.
+        word_ends: Per kept word, the position after its last subword (its first subword + 1 when it has none).
+        entities: Gold entities inside the kept words as ``(start, end_exclusive, type_id, has_box)`` (groundability
+            targets; type ids follow the order of the ``B-`` labels).
     """
 
     index: int
@@ -61,6 +64,8 @@ class EncodedPost:
     labels: list[int]
     weight: float = 1.0
     image: str | None = None
+    word_ends: list[int] = field(default_factory=list)
+    entities: list[tuple[int, int, int, int]] = field(default_factory=list)
 
 
 def encode_posts(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase, label_ids: dict[str, int] | None,
@@ -73,6 +78,7 @@ def encode_posts(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase
     ``image_dir / example.image``.
     """
     out: list[EncodedPost] = []
+    type_ids = {t[2:]: i for i, t in enumerate(t for t in (label_ids or {}) if t.startswith("B-"))}
     for lo in range(0, len(examples), batch):
         chunk = examples[lo:lo + batch]
         enc = tokenizer([list(ex.tokens) for ex in chunk], is_split_into_words=True, truncation=True,
@@ -94,16 +100,20 @@ def encode_posts(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase
                 else:
                     pieces.append((prev, prev))
                 starts.append(prev)
+            entities = []
             if label_ids is not None:
                 tags = entities_to_tags(len(ex.tokens), ex.entities)[:kept]
                 labels = [label_ids[t] for t in tags]
+                entities = [(e.start, e.end, type_ids[e.type], int(bool(e.boxes))) for e in ex.entities
+                            if e.end <= kept and e.type in type_ids]
             else:
                 labels = [-100] * kept
             out.append(EncodedPost(
                 index=lo + k, input_ids=enc["input_ids"][k], word_starts=starts, word_pieces=pieces,
                 casing=[casing_class(t) for t in ex.tokens[:kept]], labels=labels,
                 weight=1.0 if weights is None else float(weights[lo + k]),
-                image=str(Path(image_dir) / ex.image) if image_dir and ex.image else None))
+                image=str(Path(image_dir) / ex.image) if image_dir and ex.image else None,
+                word_ends=[max(hi, first + 1) for (_, hi), first in zip(pieces, starts)], entities=entities))
     return out
 
 
@@ -116,12 +126,16 @@ class PostCollator:
         word_dropout: Probability of dropping each word.
         image_transform: PIL image -> ``(3, H, W)`` tensor; when set, batches carry ``pixel_values`` and
             ``image_mask`` (False for posts whose image is missing or unreadable: those are tagged text-only).
+        pad_to_multiple_of: Round the padded subword and word lengths up to a multiple of this (0 = off), so that
+            compiled graphs and CUDA graphs see few distinct shapes.
     """
 
     def __init__(self, pad_id: int, unk_id: int | None = None, word_dropout: float = 0.0,
-                 image_transform: Callable[[Image.Image], torch.Tensor] | None = None) -> None:
+                 image_transform: Callable[[Image.Image], torch.Tensor] | None = None,
+                 pad_to_multiple_of: int = 0) -> None:
         self.pad_id, self.unk_id, self.word_dropout = pad_id, unk_id, word_dropout
         self.image_transform = image_transform
+        self.multiple = pad_to_multiple_of
         self.missing_images = 0
 
     def _images(self, posts: Sequence[EncodedPost]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,16 +164,23 @@ class PostCollator:
         Returns:
             ``input_ids``/``attention_mask`` ``(B, S)``, ``word_index``/``word_mask``/``casing``/``labels``
             ``(B, W)``, ``weight`` and ``index`` ``(B,)``, plus ``pixel_values``/``image_mask`` with images.
+            Groundability targets: ``word_end`` ``(B, W)`` (see :attr:`EncodedPost.word_ends`), ``entity_spans``
+            ``(N, 3)`` ``[post, start, end_exclusive]`` word positions, ``entity_types`` ``(N,)`` and
+            ``entity_grounded`` ``(N,)`` (1.0 when the gold entity has a box).
         """
         bsz = len(posts)
         s_len = max(len(p.input_ids) for p in posts)
         w_len = max(1, max(len(p.word_starts) for p in posts))
+        if self.multiple > 1:
+            s_len, w_len = (-(-n // self.multiple) * self.multiple for n in (s_len, w_len))
         input_ids = torch.full((bsz, s_len), self.pad_id, dtype=torch.long)
         attention = torch.zeros((bsz, s_len), dtype=torch.long)
         word_index = torch.zeros((bsz, w_len), dtype=torch.long)
         word_mask = torch.zeros((bsz, w_len), dtype=torch.bool)
         casing = torch.zeros((bsz, w_len), dtype=torch.long)
         labels = torch.full((bsz, w_len), -100, dtype=torch.long)
+        word_end = torch.ones((bsz, w_len), dtype=torch.long)
+        ents = [(b, s, e, t, g) for b, p in enumerate(posts) for s, e, t, g in p.entities]
         for b, p in enumerate(posts):
             ids = list(p.input_ids)
             if self.word_dropout > 0 and self.unk_id is not None:
@@ -174,11 +195,16 @@ class PostCollator:
                 word_mask[b, :n] = True
                 casing[b, :n] = torch.tensor(p.casing)
                 labels[b, :n] = torch.tensor(p.labels)
+                word_end[b, :n] = torch.tensor(p.word_ends or [x + 1 for x in p.word_starts])
         # A post whose words were all cut keeps one masked-in position so CRF masks stay valid.
         word_mask[:, 0] = True
         batch = {"input_ids": input_ids, "attention_mask": attention, "word_index": word_index,
                  "word_mask": word_mask, "casing": casing, "labels": labels,
-                 "weight": torch.tensor([p.weight for p in posts]), "index": torch.tensor([p.index for p in posts])}
+                 "weight": torch.tensor([p.weight for p in posts]), "index": torch.tensor([p.index for p in posts]),
+                 "word_end": word_end,
+                 "entity_spans": torch.tensor([r[:3] for r in ents], dtype=torch.long).reshape(-1, 3),
+                 "entity_types": torch.tensor([r[3] for r in ents], dtype=torch.long),
+                 "entity_grounded": torch.tensor([float(r[4]) for r in ents])}
         if self.image_transform is not None:
             batch["pixel_values"], batch["image_mask"] = self._images(posts)
         return batch

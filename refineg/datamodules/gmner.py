@@ -143,7 +143,7 @@ class GMNERDataModule(L.LightningDataModule):
     def _collator(self, train: bool) -> PostCollator:
         tok = self._tokenizer()
         return PostCollator(tok.pad_token_id, tok.unk_token_id, self.word_dropout if train else 0.0,
-                            self.image_transform)
+                            self.image_transform, pad_to_multiple_of=self.cfg.pad_to_multiple_of)
 
     def train_posts(self, epoch: int) -> tuple[list[EncodedPost], int]:
         """Posts of the training pool for ``epoch`` and how many of them (the first ones) are gold."""

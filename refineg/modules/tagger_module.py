@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from torchmetrics import MaxMetric
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from refineg.data import Entity, Example, bio_labels
 from refineg.metrics import GMNERMetrics
 from refineg.modules.backbones import create_backbone
+from refineg.modules.groundability import create_groundability_head
 from refineg.modules.heads import create_head
 from refineg.modules.tagger import SequenceTagger
 
+logger = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
 
 
@@ -28,7 +33,14 @@ def build_tagger(model: dict[str, Any], labels: list[str], pretrained: bool = Tr
                       image_size=model.get("image_size"))
     backbone = create_backbone(model["backbone"], **kwargs)
     head = create_head(model["head"], hidden_size=backbone.hidden_size, labels=labels)
-    tagger = SequenceTagger(backbone, head, casing=model.get("casing", True), dropout=model.get("dropout", 0.1))
+    groundability = None
+    if model.get("groundability", False):
+        groundability = create_groundability_head(
+            model.get("groundability_head", "span_mlp"), hidden_size=backbone.hidden_size,
+            num_types=(len(labels) - 1) // 2, hidden=model.get("groundability_hidden", 256),
+            dropout=model.get("dropout", 0.1))
+    tagger = SequenceTagger(backbone, head, casing=model.get("casing", True), dropout=model.get("dropout", 0.1),
+                            groundability=groundability)
     return tagger.train()  # from_pretrained leaves encoders in eval mode
 
 
@@ -55,6 +67,69 @@ class TaggerModule(L.LightningModule):
         self.test_metrics = GMNERMetrics(self.types)
         self.val_f1_best = MaxMetric()
         self.gold: dict[str, list[Example]] = {}
+        # groundability head (optional): BCE on gold spans, AUROC/accuracy on dev gold spans
+        self.frozen_tagger = bool(model.get("freeze_tagger", False))
+        if self.frozen_tagger and self.tagger.groundability is None:
+            raise ValueError("model.freeze_tagger=true leaves nothing to train without model.groundability=true")
+        if self.frozen_tagger:
+            for name, param in self.tagger.named_parameters():
+                param.requires_grad_(name.startswith("groundability."))
+            self.train(self.training)  # Lightning keeps the module's modes: fix the frozen parts to eval now
+        if self.tagger.groundability is not None:
+            self.val_groundability_auroc = BinaryAUROC()
+            self.val_groundability_acc = BinaryAccuracy()
+
+    def train(self, mode: bool = True) -> TaggerModule:
+        """Like :meth:`nn.Module.train`, but a frozen tagger (``model.freeze_tagger``) always stays in eval mode."""
+        super().train(mode)
+        if self.frozen_tagger:
+            for name, child in self.tagger.named_children():
+                if name != "groundability":
+                    child.eval()
+        return self
+
+    def load_tagger_weights(self, path: str | Path) -> None:
+        """Starts from the tagger of a Lightning checkpoint (``model.init_from``); a new groundability head stays.
+
+        Raises:
+            ValueError: The checkpoint's tagger does not fit this one (other than in the groundability head).
+        """
+        state = torch.load(str(path), map_location="cpu", weights_only=False)["state_dict"]
+        tagger_state = {k[len("tagger."):]: v for k, v in state.items() if k.startswith("tagger.")}
+        missing, unexpected = self.tagger.load_state_dict(tagger_state, strict=False)
+        bad = [k for k in missing + unexpected if not k.startswith("groundability.")]
+        if bad:
+            raise ValueError(f"{path}: tagger weights do not fit this model config: {bad[:8]}")
+        logger.info("tagger weights from %s (%d groundability tensors left as initialised)", path, len(missing))
+
+    def run(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(B, W, K)`` emissions and, with a groundability head, the ``(B, S, H)`` subword states (else None)."""
+        if self.tagger.groundability is None:
+            return self(batch), None
+        states, words = self.tagger.encode(**batch)
+        return self.tagger.head(self.tagger.dropout(words)), states
+
+    def groundability_logits(self, batch: dict[str, torch.Tensor], states: torch.Tensor, spans: torch.Tensor,
+                             types: torch.Tensor) -> torch.Tensor:
+        """``(N,)`` logits of word spans ``(N, 3)`` ``[post, start, end]`` with type ids ``(N,)`` in a batch."""
+        return self.tagger.groundability_logits(states, batch["attention_mask"], batch["word_index"],
+                                                batch["word_end"], spans, types)
+
+    def score_groundability(self, batch: dict[str, torch.Tensor], states: torch.Tensor,
+                            entities: list[list[Entity]]) -> list[list[float | None]]:
+        """Probability that each entity is shown, per post of the batch (None: type unknown or span cut off)."""
+        kept = batch["word_mask"].sum(1).tolist()
+        type_ids = {t: i for i, t in enumerate(self.types)}
+        rows = [(b, e.start, e.end, type_ids[e.type], k) for b, ents in enumerate(entities)
+                for k, e in enumerate(ents) if e.type in type_ids and e.end <= kept[b]]
+        out: list[list[float | None]] = [[None] * len(ents) for ents in entities]
+        if not rows:
+            return out
+        table = torch.tensor(rows, device=states.device)
+        probs = torch.sigmoid(self.groundability_logits(batch, states, table[:, :3], table[:, 3]).float()).tolist()
+        for (b, *_, k), p in zip(rows, probs):
+            out[b][k] = round(p, 6)
+        return out
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``(B, W, K)`` emissions for a collated batch."""
@@ -64,8 +139,13 @@ class TaggerModule(L.LightningModule):
         # reset so that DDP-spawned metric states never share the first sync (see ENVIRONMENT.md)
         self.val_metrics.reset()
         self.val_f1_best.reset()
+        if self.tagger.groundability is not None:
+            self.val_groundability_auroc.reset()
+            self.val_groundability_acc.reset()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:  # noqa: D102
+        if self.tagger.groundability is not None:
+            return self._groundability_training_step(batch)
         emissions = self(batch)
         per_post = self.tagger.head.loss(emissions, batch["labels"], batch["word_mask"])
         weight = batch["weight"].to(per_post.dtype)
@@ -73,20 +153,60 @@ class TaggerModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(weight))
         return loss
 
-    def decode(self, batch: dict[str, torch.Tensor], examples: list[Example]) -> list[Example]:
-        """Predicted posts (entities with confidence scores) for a batch of the given examples."""
-        emissions = self(batch)
+    def _groundability_training_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Tagging loss (unless frozen) + ``groundability_weight`` x BCE over the batch's gold entity spans."""
+        with torch.set_grad_enabled(not self.frozen_tagger):
+            states, words = self.tagger.encode(**batch)
+        weight = batch["weight"]
+        loss = states.new_zeros(())
+        if not self.frozen_tagger:
+            emissions = self.tagger.head(self.tagger.dropout(words))
+            per_post = self.tagger.head.loss(emissions, batch["labels"], batch["word_mask"])
+            weight = weight.to(per_post.dtype)
+            loss = (per_post * weight).sum() / weight.sum().clamp(min=1e-8)
+            self.log("train/tagging_loss", loss, batch_size=len(weight))
+        spans = batch["entity_spans"]
+        if len(spans):
+            logits = self.groundability_logits(batch, states, spans, batch["entity_types"]).float()
+            per_entity = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits, batch["entity_grounded"].float(), reduction="none")
+            w = weight[spans[:, 0]].float()
+            bce = (per_entity * w).sum() / w.sum().clamp(min=1e-8)
+            self.log("train/groundability_loss", bce, batch_size=len(weight))
+            loss = loss + self.hparams.model.get("groundability_weight", 1.0) * bce
+        else:  # no entity in the batch: keep the head in the graph (frozen backward, DDP's unused parameters)
+            loss = loss + 0.0 * sum(p.sum() for p in self.tagger.groundability.parameters())
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(weight))
+        return loss
+
+    def decode(self, batch: dict[str, torch.Tensor], examples: list[Example],
+               outputs: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> list[Example]:
+        """Predicted posts (entities with confidence scores) for a batch of the given examples.
+
+        With a groundability head each entity also gets ``groundable``. ``outputs`` reuses a :meth:`run` result.
+        """
+        emissions, states = outputs if outputs is not None else self.run(batch)
         spans = self.tagger.head.decode_spans(emissions, batch["word_mask"])
         out = []
         for ex, post in zip(examples, spans):
             n = len(ex.tokens)
             ents = [Entity(s, e, t, score=round(float(c), 6)) for s, e, t, c in post if e <= n]
             out.append(Example(ex.id, ex.tokens, ex.image, ents, source="predicted", image_size=ex.image_size))
+        if states is not None:
+            for ex, probs in zip(out, self.score_groundability(batch, states, [ex.entities for ex in out])):
+                for ent, p in zip(ex.entities, probs):
+                    ent.groundable = p
         return out
 
     def _eval_step(self, batch: dict[str, torch.Tensor], split: str, metric: GMNERMetrics) -> None:
         golds = [self.gold[split][i] for i in batch["index"].tolist()]
-        metric.update(self.decode(batch, golds), golds)
+        outputs = self.run(batch)
+        metric.update(self.decode(batch, golds, outputs), golds)
+        if outputs[1] is not None and split == "dev" and len(batch["entity_spans"]):
+            logits = self.groundability_logits(batch, outputs[1], batch["entity_spans"], batch["entity_types"])
+            target = batch["entity_grounded"].long()
+            self.val_groundability_auroc.update(logits.float().sigmoid(), target)
+            self.val_groundability_acc.update(logits.float().sigmoid(), target)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:  # noqa: D102
         self._eval_step(batch, "dev", self.val_metrics)
@@ -107,6 +227,11 @@ class TaggerModule(L.LightningModule):
         scores = self._log_scores("val", self.val_metrics)
         self.val_f1_best(scores["mner_f1"].float())
         self.log("val/mner_f1_best", self.val_f1_best.compute(), prog_bar=True)
+        if self.tagger.groundability is not None and self.val_groundability_auroc.update_called:
+            self.log("val/groundability_auroc", self.val_groundability_auroc.compute(), prog_bar=True)
+            self.log("val/groundability_acc", self.val_groundability_acc.compute())
+            self.val_groundability_auroc.reset()
+            self.val_groundability_acc.reset()
 
     def on_test_epoch_end(self) -> None:  # noqa: D102
         self._log_scores("test", self.test_metrics)

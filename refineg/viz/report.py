@@ -68,6 +68,13 @@ def _config_section(run_dir: Path) -> list[str]:
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(path)
+    if "mode" in cfg and "stages" in cfg:  # a refineg pipeline run folder
+        switches = ", ".join(f"{k}={v}" for k, v in OmegaConf.to_container(cfg.stages).items())
+        rows = [("pipeline", f"{cfg.get('name')} (mode {cfg.mode}, seed {cfg.get('seed')})"),
+                ("stages", switches), ("images", str(cfg.get("images")))]
+        return ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
+    if "model" not in cfg or "trainer" not in cfg:
+        return [f"`config.yaml` keys: {', '.join(str(k) for k in cfg)}", ""]
     data = cfg.data
     rows = [("data", f"{data.get('name')} (mixing {data.get('mixing')}, gold_limit {data.get('gold_limit')})"),
             ("model", f"{cfg.model.get('backbone')} / {cfg.model.get('encoder')} / head {cfg.model.get('head')}"),
@@ -77,8 +84,24 @@ def _config_section(run_dir: Path) -> list[str]:
     return ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
 
 
+def _pipeline_scores(path: Path) -> list[str]:
+    metrics = json.loads(path.read_text())
+    by_stage = metrics.get("by_stage") or {}
+    lines = [f"`refineg pipeline` scores on {metrics.get('posts')} {metrics.get('split')} posts "
+             f"(match {metrics.get('match')}); final: **{metrics.get('final')}**", "",
+             "| stage output | GMNER F1 | MNER F1 | EEG F1 |", "|---|---|---|---|"]
+    for stage, r in by_stage.items():
+        lines.append(f"| {stage} | {_pct(r['gmner']['f1'])} | {_pct(r['mner']['f1'])} | {_pct(r['eeg']['f1'])} |")
+    lines.append("")
+    if metrics.get("final") in by_stage:
+        lines += score_tables(by_stage[metrics["final"]], f"final ({metrics['final']}) scores (%)")
+    return lines
+
+
 def _metrics_section(run_dir: Path) -> list[str]:
     path = run_dir / "metrics.json"
+    if not path.is_file() and (run_dir / "evaluate" / "metrics.json").is_file():
+        return _pipeline_scores(run_dir / "evaluate" / "metrics.json")
     if not path.is_file():
         return ["- no `metrics.json`: no scores (training did not finish, or predict=false)", ""]
     metrics = json.loads(path.read_text())
@@ -227,26 +250,45 @@ def _gold_for(run_dir: Path, split: str, gold_path: str | Path | None) -> list[E
     return None
 
 
+def _pipeline_predictions(run_dir: Path) -> tuple[str, Path] | None:
+    """``(label, final prediction file)`` of a ``refineg pipeline`` run folder, else ``None``."""
+    path = run_dir / "evaluate" / "metrics.json"
+    if not (path.is_file() and (run_dir / "data" / "eval.jsonl").is_file()):
+        return None
+    from refineg.stages.pipeline.stages import PREDICTION_FILES
+
+    final = json.loads(path.read_text()).get("final")
+    if final not in PREDICTION_FILES or not (run_dir / PREDICTION_FILES[final]).is_file():
+        return None
+    return f"{final} output", run_dir / PREDICTION_FILES[final]
+
+
 def _examples_section(run_dir: Path, assets: Path, n_posts: int, images_dir: str | None,
                       gold_path: str | Path | None) -> list[str]:
     from .boxes import draw_posts
 
+    pipeline = _pipeline_predictions(run_dir)
     split = next((s for s in ("dev", "test") if (run_dir / f"predictions_{s}.jsonl").is_file()), None)
+    if pipeline is not None:
+        split, pred_path = pipeline
+    elif split is not None:
+        pred_path = run_dir / f"predictions_{split}.jsonl"
     if split is None or n_posts <= 0:
         return ["- no `predictions_dev.jsonl` / `predictions_test.jsonl`: no drawings" if split is None
                 else "- drawings turned off", ""]
-    golds = _gold_for(run_dir, split, gold_path)
+    golds = read_jsonl(run_dir / "data" / "eval.jsonl") if pipeline else _gold_for(run_dir, split, gold_path)
     if golds is None:
         return [f"- no gold posts for {split} (pass --gold): no drawings", ""]
-    preds = read_jsonl(run_dir / f"predictions_{split}.jsonl")
+    preds = read_jsonl(pred_path)
     if images_dir is None and (run_dir / "config.yaml").is_file():
         from omegaconf import OmegaConf
 
-        images_dir = OmegaConf.load(run_dir / "config.yaml").data.get("image_dir")
+        cfg = OmegaConf.load(run_dir / "config.yaml")
+        images_dir = cfg.get("images") if pipeline else cfg.data.get("image_dir")
     # posts with a gold box first: they show the most
     chosen = [g.id for g in golds if any(e.boxes for e in g.entities)][:n_posts] or [g.id for g in golds][:n_posts]
     paths = draw_posts(golds, preds, assets / "posts", images_dir, ids=chosen)
-    lines = [f"Gold (left) and predicted (right) entities of {len(paths)} {split} posts"
+    lines = [f"Gold (left) and predicted (right) entities of {len(paths)} posts ({split})"
              f"{'' if images_dir else ' (no image folder: grey canvases of the image size)'}:", ""]
     return lines + [f"![{p.stem}]({_rel(p, run_dir)})" for p in paths] + [""]
 

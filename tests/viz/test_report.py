@@ -139,3 +139,40 @@ def test_report_to_wandb_offline(run, monkeypatch):
     assert data["data"][1][4] == pytest.approx(dev["mner"]["f1"])
     images = {p.parent.name + "/" + p.name.split("_")[0] for p in wb_run.glob("files/media/images/report/**/*.png")}
     assert {"report/reliability", "report/risk"} <= images and any(i.startswith("posts/") for i in images)
+
+
+def test_report_of_a_pipeline_run(tmp_path):
+    """A real `refineg pipeline` run folder (zero-shot mode, loopback MLLM server answering with the gold entities)."""
+    from refineg.stages.pipeline import load_pipeline_config, run_pipeline
+    from tests.llm.chat_server import ChatServer
+    from tests.refine_helpers import sample_posts
+
+    gold = sample_posts("dev", 4)
+
+    def respond(prompt, n_images):
+        post = next(p for p in gold if f"Post: {' '.join(p.tokens)}\n" in prompt)
+        return json.dumps([{"entity": e.text(post.tokens), "entity_type": e.type, "bounding_box": []}
+                           for e in post.entities[:1]])
+
+    srv = ChatServer().start()
+    srv.responder = respond
+    try:
+        run_pipeline(load_pipeline_config(ROOT / "configs/experiment/refineg_sample.yaml", [
+            f"runs_dir={tmp_path}", "name=z", "mode=zeroshot", "data.eval_limit=4", "progress=false",
+            f"mllm.base_url={srv.base_url}", "mllm.model=test-vl", "mllm.api_key_env=''"]))
+    finally:
+        srv.stop()
+    run_dir = tmp_path / "z"
+    assert main(["report", str(run_dir), "--posts", "2"]) == 0
+    text = (run_dir / "report.md").read_text()
+    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())["by_stage"]["zeroshot"]
+    assert "| pipeline | z (mode zeroshot, seed 42) |" in text
+    assert (f"| zeroshot | {100 * metrics['gmner']['f1']:.2f} | {100 * metrics['mner']['f1']:.2f} | "
+            f"{100 * metrics['eeg']['f1']:.2f} |") in text
+    assert "final: **zeroshot**" in text and "### final (zeroshot) scores (%)" in text
+    assert "| total | 4 | 4 | 0 | 0 | 0 |" in text  # 4 MLLM requests, 4 calls, from the run's llm_usage.json
+    drawings = re.findall(r"!\[[^\]]*\]\((report_assets/posts/[^)]+)\)", text)
+    assert len(drawings) == 2 and "entities of 2 posts (zeroshot output)" in text
+    for rel in drawings:
+        with Image.open(run_dir / rel) as img:
+            assert img.format == "PNG"

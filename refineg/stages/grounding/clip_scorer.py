@@ -1,0 +1,200 @@
+"""The open_clip region scorer: the stand-in for the MLLM's region choice in ablations (grounder ``clip``).
+
+For each entity it takes candidate boxes from a proposal source, embeds the crops and prompts built from the
+entity's text and type (``"a photo of {text}, a {type_word}."``), scores every box (cosine similarity, or the
+trained :class:`~refineg.stages.grounding.region_head.RegionHead`'s probability) and answers the best box, or none
+when its score is below the threshold fitted on dev (``refineg fit-region-scorer``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from PIL import Image
+
+from refineg.data import Example
+from refineg.data.schema import Box, Entity
+
+from .base import GROUNDERS, Grounder, GroundingQuery, GroundingResult
+from .clip_embed import ClipEmbedder
+from .proposals import ProposalSource, create_proposals
+from .region_head import EntityCandidates, RegionHead, box_geometry
+
+logger = logging.getLogger(__name__)
+
+STATE_FORMAT = "refineg-region-scorer/1"
+
+DEFAULT_TEMPLATES = ("a photo of {text}, a {type_word}.", "a photo of {text}.", "{text}")
+DEFAULT_TYPE_WORDS = {"PER": "person", "LOC": "place", "ORG": "organization", "OTHER": "thing", "MISC": "thing"}
+
+
+def entity_prompts(text: str, entity_type: str, templates: Sequence[str], type_words: dict[str, str]) -> list[str]:
+    """The prompts of one entity: each template filled with ``{text}`` and ``{type_word}`` (also ``{type}``)."""
+    word = type_words.get(entity_type, entity_type.lower())
+    return [t.format(text=text, type_word=word, type=entity_type) for t in templates]
+
+
+def plain(value: Any) -> Any:
+    """``value`` with OmegaConf containers and tuples turned into plain dicts and lists (saveable, picklable)."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def image_keys(post: Example) -> list[str]:
+    """Names a post's image may be stored under in a proposals file: file name, stem, post id."""
+    keys = []
+    if post.image:
+        keys += [post.image, Path(post.image).name, Path(post.image).stem]
+    keys.append(post.id)
+    return list(dict.fromkeys(keys))
+
+
+@GROUNDERS.register("clip")
+class ClipRegionScorer(Grounder):
+    """Grounds each entity to its best-scoring candidate box, or none below ``threshold``.
+
+    Every argument is a plain value so a config file can hold it.
+
+    Args:
+        model_name: open_clip architecture (default ``ViT-B-32``; from ``state`` when it has one).
+        pretrained: open_clip pretrained tag or local checkpoint path; ``None`` = random weights (warned, and
+            written into :attr:`label`).
+        allow_download: Let open_clip fetch weights that are not cached (off: never fetched silently).
+        proposals: Proposal source name: ``grid``, ``selective_search``, ``mtcnn`` or ``file``.
+        proposal_kwargs: Keyword arguments of the proposal source (``{"path": "vinvl.jsonl"}`` for ``file``,
+            ``{"fallback": "selective_search"}`` for ``mtcnn``, ...).
+        templates: Prompt templates with ``{text}`` and ``{type_word}`` (or ``{type}``); the entity's prompt
+            embedding is the mean over templates.
+        type_words: Entity type to the word used in prompts (default PER=person, LOC=place, ORG=organization,
+            OTHER=thing).
+        threshold: Answer none when the best box scores below it (cosine similarity, or head probability);
+            ``None`` always answers the best box (unless ``state`` has a fitted threshold).
+        state: State file written by ``refineg fit-region-scorer`` (fitted threshold, optional trained head, and
+            the model, prompts and proposals it was fitted with). Arguments given explicitly win, except
+            ``model_name``, which must agree.
+        device: Torch device of the open_clip model and head.
+        batch_size: Crops per forward pass.
+
+    Raises:
+        ValueError: ``state`` was fitted with another ``model_name``, or a bad state file.
+    """
+
+    def __init__(self, model_name: str | None = None, pretrained: str | None = None, allow_download: bool = False,
+                 proposals: str | None = None, proposal_kwargs: dict[str, Any] | None = None,
+                 templates: list[str] | None = None, type_words: dict[str, str] | None = None,
+                 threshold: float | None = None, state: str | None = None, device: str = "cpu",
+                 batch_size: int = 64) -> None:
+        saved: dict[str, Any] = {}
+        if state is not None:
+            saved = torch.load(state, map_location="cpu", weights_only=True)
+            if not isinstance(saved, dict) or saved.get("format") != STATE_FORMAT:
+                raise ValueError(f"{state}: not a region scorer state file ({STATE_FORMAT})")
+            if model_name is not None and model_name != saved["model_name"]:
+                raise ValueError(f"{state} was fitted with open_clip {saved['model_name']!r}, not {model_name!r}")
+            if pretrained is not None and pretrained != saved.get("pretrained"):
+                logger.warning("%s was fitted with pretrained=%r; using %r", state, saved.get("pretrained"), pretrained)
+        self.embedder = ClipEmbedder(model_name or saved.get("model_name", "ViT-B-32"),
+                                     pretrained if pretrained is not None else saved.get("pretrained"),
+                                     allow_download=allow_download, device=device, batch_size=batch_size)
+        self.proposal_name = proposals or saved.get("proposals", "grid")
+        kwargs = proposal_kwargs if proposal_kwargs is not None else saved.get("proposal_kwargs", {})
+        self.proposal_kwargs = plain(kwargs or {})
+        self.proposals: ProposalSource = create_proposals(self.proposal_name, **self.proposal_kwargs)
+        self.templates = [str(t) for t in (templates or saved.get("templates") or DEFAULT_TEMPLATES)]
+        self.type_words = {**DEFAULT_TYPE_WORDS, **(saved.get("type_words") or {}), **plain(type_words or {})}
+        self.threshold = threshold if threshold is not None else saved.get("threshold")
+        self.head: RegionHead | None = None
+        if saved.get("head") is not None:
+            self.head = RegionHead(**saved["head"]["config"])
+            self.head.load_state_dict(saved["head"]["state_dict"])
+            self.head.eval()
+
+    @property
+    def label(self) -> str:  # type: ignore[override]
+        """``"clip ViT-B-32 (random weights), grid proposals, cosine scores"``, ..."""
+        return (f"clip {self.embedder.label}, {self.proposal_name} proposals, "
+                f"{'trained head' if self.head is not None else 'cosine'} scores")
+
+    def candidates(self, post: Example, image: Image.Image, entities: Sequence[Entity] | None = None
+                   ) -> list[EntityCandidates]:
+        """Candidate boxes and frozen embeddings of each entity of ``post`` (default: all its entities).
+
+        Proposals and crop embeddings are computed once per post (per type for type-dependent sources).
+        """
+        image = image.convert("RGB")
+        entities = post.entities if entities is None else entities
+        width, height = image.size
+        texts = self.embedder.encode_prompt_sets(
+            [entity_prompts(e.text(post.tokens), e.type, self.templates, self.type_words) for e in entities])
+        keys = image_keys(post)
+        whole = self.embedder.encode_images([image])[0]
+        per_key: dict[str, tuple[list[Box], torch.Tensor, torch.Tensor]] = {}
+        out = []
+        for ent, text in zip(entities, texts):
+            key = self.proposals.cache_key(ent.type)
+            if key not in per_key:
+                boxes = self.proposals.propose(image, keys, ent.type)
+                same = [v for v in per_key.values() if v[0] == boxes]  # e.g. mtcnn fell back to the other types' boxes
+                per_key[key] = same[0] if same else (boxes, self.embedder.encode_crops(image, boxes),
+                                                     box_geometry(boxes, width, height))
+            boxes, crops, geometry = per_key[key]
+            out.append(EntityCandidates(boxes, crops, text, whole, geometry))
+        return out
+
+    def scores(self, cand: EntityCandidates) -> torch.Tensor:
+        """``(N,)`` score of each candidate: head probability when a head is loaded, else cosine similarity."""
+        if not cand.boxes:
+            return torch.zeros(0)
+        if self.head is not None:
+            return self.head.box_probs(cand)
+        return cand.crops @ cand.text
+
+    def ground(self, queries: Sequence[GroundingQuery]) -> list[GroundingResult]:
+        """Best box per entity when its score reaches ``threshold``; ``no_image`` results for missing images."""
+        results = []
+        for query in queries:
+            post = query.post
+            if query.image is None:
+                results.append(GroundingResult([[] for _ in post.entities], "no_image", {"grounder": self.label}))
+                continue
+            boxes, best_scores, n_cands = [], [], []
+            for cand in self.candidates(post, query.image):
+                score = self.scores(cand)
+                n_cands.append(len(cand.boxes))
+                if not len(score):
+                    boxes.append([])
+                    best_scores.append(None)
+                    continue
+                best = int(score.argmax())
+                best_scores.append(round(float(score[best]), 6))
+                keep = self.threshold is None or float(score[best]) >= self.threshold
+                boxes.append([list(cand.boxes[best])] if keep else [])
+            info = {"grounder": self.label, "best_scores": best_scores, "candidates": n_cands,
+                    "threshold": self.threshold}
+            results.append(GroundingResult(boxes, "ok", info))
+        return results
+
+    def state_dict(self) -> dict[str, Any]:
+        """What :meth:`save` writes and ``state=`` loads."""
+        head = None
+        if self.head is not None:
+            head = {"config": dict(self.head.config),
+                    "state_dict": {k: v.detach().cpu() for k, v in self.head.state_dict().items()}}
+        return {"format": STATE_FORMAT, "model_name": self.embedder.model_name, "pretrained": self.embedder.pretrained,
+                "proposals": self.proposal_name, "proposal_kwargs": self.proposal_kwargs, "templates": self.templates,
+                "type_words": self.type_words, "threshold": self.threshold, "head": head}
+
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+        """Writes the state file (``extra`` adds JSON-like fields such as dev scores)."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        torch.save({**self.state_dict(), **(extra or {})}, path)

@@ -1,0 +1,167 @@
+"""Typed configuration of ``refineg ground`` (an OmegaConf structured config with ``key=value`` overrides).
+
+``load_ground_config(["selector.k=5", "mllm.llm.model=Qwen/Qwen2.5-VL-72B-Instruct"])`` starts from the schema
+defaults, merges ``configs/grounding/default.yaml``, then the overrides. A misspelt key is an error; the string
+``None`` means null.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from refineg.config import CONFIG_DIR, parse_override
+from refineg.llm import LLMConfig
+
+# Optional[...] rather than ``X | None``: OmegaConf reads these annotations at run time (see refineg/llm/config.py).
+
+SELECTOR_MODES = ("multimodal", "text", "random", "none")
+DEFAULT_CONFIG = CONFIG_DIR / "grounding" / "default.yaml"
+
+
+@dataclass
+class SelectorConfig:
+    """How in-context demonstrations are chosen from the labelled pool (see :class:`ContextSelector`).
+
+    Attributes:
+        mode: ``multimodal`` (text + image + entity similarity), ``text`` (text similarity only), ``random``
+            (seeded per query) or ``none`` (no demonstrations).
+        k: Demonstrations per query.
+        w_text: Weight of the post-text cosine.
+        w_image: Weight of the image cosine (dropped, and the weights renormalised, where either image is missing).
+        w_entity: Weight of the entity cosine (predicted entity strings vs the pool post's gold entities).
+        entity_pooling: How the per-entity similarities of the query are pooled: ``max`` or ``mean``.
+        text_encoder: Sentence encoder: a local folder, a hub name, or ``minilm`` (packaged all-MiniLM-L6-v2).
+        text_max_length: Subword tokens per encoded string.
+        image_model: open_clip architecture of the image tower (ReFineG: ``ViT-L-14``).
+        image_pretrained: open_clip pretrained tag or local checkpoint; ``None`` = random weights (stated in the
+            summary and logs).
+        batch_size: Strings or images encoded at once.
+        device: Torch device of the encoders.
+        index_path: Where the pool index is saved; default ``<out folder>/grounding_index.pt``. A saved index is
+            reused only when its fingerprint (pool content, image availability, encoders) matches.
+        seed: Seed of ``random`` mode.
+    """
+
+    mode: str = "multimodal"
+    k: int = 3
+    w_text: float = 0.4
+    w_image: float = 0.2
+    w_entity: float = 0.6
+    entity_pooling: str = "max"
+    text_encoder: str = "minilm"
+    text_max_length: int = 128
+    image_model: str = "ViT-L-14"
+    image_pretrained: Optional[str] = None  # noqa: UP045
+    batch_size: int = 32
+    device: str = "cpu"
+    index_path: Optional[str] = None  # noqa: UP045
+    seed: int = 0
+
+
+@dataclass
+class MLLMGrounderConfig:
+    """Settings of the ``mllm`` grounder.
+
+    Attributes:
+        llm: The MLLM backend (see docs/llm-backends.md); usually ``openai`` against a vLLM server.
+        prompts_dir: Folder with ``system.txt`` and ``query.txt``.
+        max_boxes: Boxes kept per entity, in the model's order (the GMNER scorer judges the first).
+        min_box_side: Boxes narrower or lower than this many original pixels (after clipping) are dropped.
+        max_area_fraction: Drop boxes covering more than this share of the image (``None``: keep them).
+    """
+
+    llm: LLMConfig = field(default_factory=lambda: LLMConfig(max_tokens=512))
+    prompts_dir: str = str(CONFIG_DIR / "prompts" / "grounding")
+    max_boxes: int = 1
+    min_box_side: float = 2.0
+    max_area_fraction: Optional[float] = None  # noqa: UP045
+
+
+@dataclass
+class GrounderSpec:
+    """Which registered grounder answers (see :func:`refineg.stages.grounding.list_grounders`).
+
+    Attributes:
+        name: Registry name (``mllm``, ``clip``, ...).
+        kwargs: Extra keyword arguments for :func:`create_grounder` (override the ``mllm`` section's values for
+            ``mllm``; the only arguments for other grounders).
+    """
+
+    name: str = "mllm"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GroundConfig:
+    """The grounding stage.
+
+    Attributes:
+        grounder: Which grounder answers.
+        mllm: Settings passed to the ``mllm`` grounder.
+        selector: Demonstration selection.
+        types: Entity type inventory (named in the prompt).
+        never_grounded: Types answered none without asking (Twitter-GMNER: ``LOC``; CCKS2025: ``location``).
+        groundability_threshold: Entities whose ``groundable`` is below this are answered none without asking;
+            ``None`` turns it off (entities without a ``groundable`` value are always asked).
+        chunk_size: Posts grounded and written per step (the output grows by one chunk at a time).
+        run_dir: Folder for ``llm_usage.json`` and the default index (default: the output file's folder).
+    """
+
+    grounder: GrounderSpec = field(default_factory=GrounderSpec)
+    mllm: MLLMGrounderConfig = field(default_factory=MLLMGrounderConfig)
+    selector: SelectorConfig = field(default_factory=SelectorConfig)
+    types: list[str] = field(default_factory=lambda: ["PER", "LOC", "ORG", "OTHER"])
+    never_grounded: list[str] = field(default_factory=lambda: ["LOC"])
+    groundability_threshold: Optional[float] = None  # noqa: UP045
+    chunk_size: int = 64
+    run_dir: Optional[str] = None  # noqa: UP045
+
+    def validate(self) -> GroundConfig:
+        """Checks value ranges; returns ``self``.
+
+        Raises:
+            ValueError: A value out of range or an unknown mode.
+        """
+        s = self.selector
+        if s.mode not in SELECTOR_MODES:
+            raise ValueError(f"selector.mode must be one of {SELECTOR_MODES}, got {s.mode!r}")
+        if s.k < 0:
+            raise ValueError("selector.k must be >= 0")
+        if min(s.w_text, s.w_image, s.w_entity) < 0 or s.w_text + s.w_image + s.w_entity <= 0:
+            raise ValueError("selector weights must be >= 0 and not all zero")
+        if s.entity_pooling not in ("max", "mean"):
+            raise ValueError(f"selector.entity_pooling must be max or mean, got {s.entity_pooling!r}")
+        if self.groundability_threshold is not None and not 0 <= self.groundability_threshold <= 1:
+            raise ValueError("groundability_threshold must be in [0, 1] or None")
+        if self.mllm.max_boxes < 1:
+            raise ValueError("mllm.max_boxes must be >= 1")
+        if self.chunk_size < 1:
+            raise ValueError("chunk_size must be >= 1")
+        return self
+
+
+def load_ground_config(overrides: list[str] | tuple[str, ...] | None = None,
+                       base: str | Path | None = DEFAULT_CONFIG) -> GroundConfig:
+    """Builds a :class:`GroundConfig` from the schema, the YAML file ``base`` and ``key=value`` overrides.
+
+    Raises:
+        ValueError: Unknown key, wrong type, malformed override or value out of range.
+    """
+    cfg = OmegaConf.structured(GroundConfig)
+    dotlist = []
+    for raw in overrides or []:
+        key, value = parse_override(raw)
+        dotlist.append(f"{key}={value}")
+    try:
+        if base is not None and Path(base).is_file():
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(base))
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
+    except (ConfigKeyError, ValidationError) as err:
+        raise ValueError(f"bad grounding configuration: {err.msg if hasattr(err, 'msg') else err}") from None
+    out: GroundConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    return out.validate()

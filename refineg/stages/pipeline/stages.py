@@ -1,0 +1,314 @@
+"""The stages of ``refineg pipeline``, one function each, and the chain a :class:`PipelineConfig` asks for.
+
+Run folder layout (``<runs_dir>/<name>/``)::
+
+    data/{train,dev,test,eval}.jsonl      gold posts (train: the gold_limit sample; eval: the scored split)
+    synthesize/synthetic.jsonl            synthetic training posts (+ report)
+    train/tagger.json, train/tagger/      the chosen checkpoint; the training run folder
+    predict/predictions.jsonl             tagger predictions with an uncertainty per entity
+    refine/refined.jsonl                  after delegation to the MLLM (+ refined.report.json, llm_usage.json)
+    ground/grounded.jsonl                 after grounding
+    zeroshot/zeroshot.jsonl               the zero-shot MLLM baseline (mode=zeroshot)
+    evaluate/metrics.json                 GMNER/MNER/EEG of every prediction file above
+    stages/<stage>.json                   stamps: fingerprint, wall time, info
+    timings.json, summary.json, config.yaml
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from refineg.config import load_config, resolve_data_root
+from refineg.data import read_jsonl, write_jsonl
+
+from .config import PipelineConfig
+from .runner import Stage, file_signature, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+PREDICTION_FILES = {"predict": "predict/predictions.jsonl", "refine": "refine/refined.jsonl",
+                    "ground": "ground/grounded.jsonl", "zeroshot": "zeroshot/zeroshot.jsonl"}
+
+
+def train_config(cfg: PipelineConfig, extra: list[str] | None = None) -> DictConfig:
+    """The training config of the run: ``train.overrides``, the pipeline's seed, then ``extra``."""
+    return load_config([*cfg.train.overrides, f"seed={cfg.seed}", *(extra or [])])
+
+
+def data_sources(data: DictConfig) -> dict[str, Any]:
+    """Signatures of the gold files a ``data`` node reads (see :func:`file_signature`)."""
+    root = resolve_data_root(data)
+    out = {split: file_signature(root / data[split]) for split in ("train", "dev", "test") if data.get(split)}
+    if data.format == "twitter-gmner" and data.xml_dir:
+        out["xml_dir"] = file_signature(root / data.xml_dir)
+    return out
+
+
+def run_data(cfg: PipelineConfig, run_dir: Path) -> dict[str, Any]:
+    """Writes the gold posts of the run as canonical JSONL (``data/``)."""
+    from refineg.datamodules.gmner import read_split, sample_gold
+
+    data = train_config(cfg).data
+    out = run_dir / "data"
+    counts = {}
+    for split in ("train", "dev", "test"):
+        if not data.get(split):
+            continue
+        posts = read_split(data, split)
+        if split == "train":
+            posts = sample_gold(posts, data.gold_limit, cfg.seed)
+        write_jsonl(posts, out / f"{split}.jsonl")
+        counts[split] = len(posts)
+        if split == cfg.data.eval_split:
+            posts = posts[:cfg.data.eval_limit] if cfg.data.eval_limit is not None else posts
+            write_jsonl(posts, out / "eval.jsonl")
+            counts["eval"] = len(posts)
+    if "eval" not in counts:
+        raise ValueError(f"data.eval_split={cfg.data.eval_split} but the data config has no {cfg.data.eval_split} "
+                         "split")
+    return {"posts": counts, "types": list(data.types)}
+
+
+def run_synthesize(cfg: PipelineConfig, run_dir: Path) -> dict[str, Any]:
+    """Synthesises training posts from the run's gold training posts, or copies ``synthesis.reuse``."""
+    out = run_dir / "synthesize" / "synthetic.jsonl"
+    if cfg.synthesis.reuse:
+        posts = read_jsonl(cfg.synthesis.reuse)
+        write_jsonl(posts, out)
+        return {"reused": cfg.synthesis.reuse, "posts": len(posts)}
+    from refineg.stages.synthesis import load_synthesis_config, run_synthesis
+
+    scfg = load_synthesis_config([*cfg.synthesis.overrides, f"seeds={run_dir / 'data' / 'train.jsonl'}",
+                                  f"seed={cfg.seed}", f"progress={cfg.progress}"])
+    result = run_synthesis(scfg, out)
+    return {"posts": len(read_jsonl(out)), "report": str(result.report_json)}
+
+
+def _train_data_overrides(cfg: PipelineConfig, run_dir: Path) -> list[str]:
+    data_dir = run_dir / "data"
+    items = ["data.format=jsonl", f"data.root={data_dir}", "data.train=train.jsonl", "data.dev=dev.jsonl",
+             "data.test=" + ("test.jsonl" if (data_dir / "test.jsonl").is_file() else "null"), "data.xml_dir=null",
+             "data.gold_limit=null"]
+    if cfg.stages.synthesize:
+        items += [f"data.synthetic={run_dir / 'synthesize' / 'synthetic.jsonl'}", f"data.mixing={cfg.train.mixing}"]
+    return items
+
+
+def run_train(cfg: PipelineConfig, run_dir: Path, fp: str) -> dict[str, Any]:
+    """Trains the tagger on the run's gold (+ synthetic) posts, or points at ``train.checkpoint``.
+
+    An interrupted training of the same fingerprint resumes from its ``last.ckpt``.
+    """
+    out = run_dir / "train" / "tagger.json"
+    if cfg.train.checkpoint:
+        info = {"checkpoint": str(cfg.train.checkpoint), "trained": False}
+        write_json_atomic(out, info)
+        return info
+    from refineg.training import train
+
+    tagger_dir = run_dir / "train" / "tagger"
+    attempt = run_dir / "train" / "attempt.json"
+    resume = (tagger_dir / "checkpoints" / "last.ckpt").is_file() and attempt.is_file() and \
+        json.loads(attempt.read_text()).get("fingerprint") == fp
+    if not resume and tagger_dir.exists():
+        shutil.rmtree(tagger_dir)
+    write_json_atomic(attempt, {"fingerprint": fp})
+    tcfg = train_config(cfg, [*_train_data_overrides(cfg, run_dir), f"runs_dir={run_dir / 'train'}",
+                              "run_name=tagger", "predict=false",
+                              *(["ckpt_path=last"] if resume else []),
+                              f"trainer.enable_progress_bar={cfg.progress}"])
+    if resume:
+        logger.info("train: resuming the interrupted training from %s", tagger_dir / "checkpoints" / "last.ckpt")
+    result = train(tcfg)
+    info = {"checkpoint": result["best_checkpoint"], "trained": True, "resumed": resume,
+            "best_val_mner_f1": result["best_val_mner_f1"], "train_throughput": result.get("train_throughput")}
+    write_json_atomic(out, info)
+    return info
+
+
+def checkpoint_of(run_dir: Path) -> str:
+    """The tagger checkpoint chosen by the train stage."""
+    return json.loads((run_dir / "train" / "tagger.json").read_text())["checkpoint"]
+
+
+def run_predict(cfg: PipelineConfig, run_dir: Path) -> dict[str, Any]:
+    """Tags the evaluated posts and scores every entity with ``predict.head``."""
+    from refineg.modules.uncertainty import UncertaintyEstimator
+
+    p = cfg.predict
+    est = UncertaintyEstimator.from_checkpoint(checkpoint_of(run_dir), p.head, dict(p.head_kwargs), p.temperature,
+                                               batch_size=p.batch_size, max_length=p.max_length)
+    preds = est.predict(read_jsonl(run_dir / "data" / "eval.jsonl"), progress=cfg.progress)
+    write_jsonl(preds, run_dir / PREDICTION_FILES["predict"])
+    return {"posts": len(preds), "entities": sum(len(x.entities) for x in preds), "head": p.head}
+
+
+def _cache_default(llm: Any, run_dir: Path) -> Any:
+    if llm.cache_path is None:
+        llm = dataclasses.replace(llm, cache_path=str(run_dir / "llm_cache.sqlite"))
+    return llm
+
+
+def refine_settings(cfg: PipelineConfig, run_dir: Path, types: list[str]) -> Any:
+    """The :class:`RefineConfig` the refine stage runs with (uncertainties come from the predict stage)."""
+    r = copy.deepcopy(cfg.refine)
+    r.head, r.ckpt, r.types = None, None, list(types)
+    if r.backend != "mllm" and r.gold is None:
+        r.gold = str(run_dir / "data" / "eval.jsonl")
+    r.images_dir = r.images_dir or cfg.images
+    r.run_dir = str(run_dir / "refine")
+    r.llm = _cache_default(r.llm, run_dir)
+    return r
+
+
+def run_refine_stage(cfg: PipelineConfig, run_dir: Path, source: str, types: list[str]) -> dict[str, Any]:
+    """Delegates uncertain entities of ``source``'s predictions and merges the answers."""
+    from refineg.stages.refinement import run_refine
+
+    report = run_refine(refine_settings(cfg, run_dir, types), run_dir / PREDICTION_FILES[source],
+                        run_dir / PREDICTION_FILES["refine"], types)
+    return {k: report[k] for k in ("backend", "simulated", "entities", "delegated", "delegation_rate",
+                                    "backend_failures_kept_small_model", "usage") if k in report}
+
+
+def _override_value(value: Any) -> str:
+    """``value`` as the right-hand side of a ``key=value`` override (``null``, ``''``, JSON for containers)."""
+    if value is None:
+        return "null"
+    if value == "":
+        return "''"
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
+def ground_overrides(cfg: PipelineConfig, run_dir: Path) -> list[str]:
+    """The grounding runner's overrides: grounder, selector, the shared MLLM, then ``ground.overrides``."""
+    llm = _cache_default(cfg.mllm, run_dir)
+    llm_items = [f"mllm.llm.{k}={_override_value(v)}" for k, v in vars(llm).items() if v != getattr(type(llm)(), k)]
+    return [f"grounder.name={cfg.ground.grounder}", f"selector.mode={cfg.ground.selector}", *llm_items,
+            *cfg.ground.overrides]
+
+
+def call_run_ground(pred: Path, pool: Path, out: Path, images: str | None, overrides: list[str]) -> dict[str, Any]:
+    """The one place the pipeline calls the grounding stage (adjust here if its runner's signature changes).
+
+    Raises:
+        RuntimeError: The grounding runner ``refineg.stages.grounding.run.run_ground`` is not installed.
+    """
+    try:
+        from refineg.stages.grounding.run import run_ground
+    except ImportError as err:
+        raise RuntimeError("the grounding runner refineg.stages.grounding.run.run_ground is not available "
+                           f"({err}); run with stages.ground=false") from None
+    return run_ground(str(pred), str(pool), str(out), images=images, overrides=tuple(overrides)) or {}
+
+
+def run_ground_stage(cfg: PipelineConfig, run_dir: Path, source: str) -> dict[str, Any]:
+    """Grounds the entities of ``source``'s predictions with the gold training posts as the demonstration pool."""
+    summary = call_run_ground(run_dir / PREDICTION_FILES[source], run_dir / "data" / "train.jsonl",
+                              run_dir / PREDICTION_FILES["ground"], cfg.images, ground_overrides(cfg, run_dir))
+    return json.loads(json.dumps(summary, default=str))
+
+
+def run_zeroshot_stage(cfg: PipelineConfig, run_dir: Path, types: list[str]) -> dict[str, Any]:
+    """The zero-shot MLLM baseline on the evaluated posts."""
+    from refineg.stages.zeroshot import run_zeroshot
+
+    z = copy.deepcopy(cfg.zeroshot)
+    z.types = list(types)  # the gold inventory, as for every other stage
+    z.images_dir = z.images_dir or cfg.images
+    z.run_dir = str(run_dir / "zeroshot")
+    z.llm = _cache_default(z.llm, run_dir)
+    report = run_zeroshot(z, run_dir / "data" / "eval.jsonl", run_dir / PREDICTION_FILES["zeroshot"],
+                          progress=cfg.progress)
+    return {k: v for k, v in report.items() if k != "llm"}
+
+
+def run_evaluate(cfg: PipelineConfig, run_dir: Path, sources: list[str], types: list[str]) -> dict[str, Any]:
+    """Scores every prediction file of the chain; the last one is the run's result."""
+    from refineg.metrics import evaluate_examples
+
+    golds = read_jsonl(run_dir / "data" / "eval.jsonl")
+    by_stage = {s: evaluate_examples(golds, read_jsonl(run_dir / PREDICTION_FILES[s]), types, cfg.match)
+                for s in sources}
+    metrics = {"final": sources[-1], "split": cfg.data.eval_split, "posts": len(golds), "match": cfg.match,
+               "by_stage": by_stage}
+    write_json_atomic(run_dir / "evaluate" / "metrics.json", metrics)
+    return {"final": sources[-1], "f1": {s: {t: r[t]["f1"] for t in ("gmner", "mner", "eeg")}
+                                         for s, r in by_stage.items()}}
+
+
+def _section(obj: Any, drop: tuple[str, ...] = ()) -> Any:
+    value = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+    return {k: v for k, v in value.items() if k not in drop} if isinstance(value, dict) else value
+
+
+def _llm_section(llm: Any) -> dict[str, Any]:
+    # where answers are cached, how many run at once and how long to wait do not change them
+    return _section(llm, ("cache_path", "concurrency", "timeout_s", "max_retries", "backoff_base_s", "backoff_max_s"))
+
+
+def build_stages(cfg: PipelineConfig) -> list[Stage]:
+    """The stage chain of ``cfg`` (mode and switches decide which stages exist and what each one reads)."""
+    run_dir = cfg.run_dir
+    tcfg = train_config(cfg)
+    types = list(tcfg.data.types)
+    data_section = {"data": OmegaConf.to_container(tcfg.data, resolve=True), "seed": cfg.seed,
+                    "eval": _section(cfg.data)}
+    stages = [Stage("data", data_section, [], ["data/train.jsonl", "data/dev.jsonl", "data/eval.jsonl"],
+                    lambda fp: run_data(cfg, run_dir), data_sources(tcfg.data))]
+    if cfg.mode == "zeroshot":
+        z = _section(cfg.zeroshot, ("run_dir", "llm", "types"))
+        stages.append(Stage("zeroshot", {"zeroshot": z, "llm": _llm_section(cfg.zeroshot.llm), "images": cfg.images},
+                            ["data"], [PREDICTION_FILES["zeroshot"]],
+                            lambda fp: run_zeroshot_stage(cfg, run_dir, types),
+                            {"images": file_signature(cfg.images),
+                             "prompts": file_signature(cfg.zeroshot.prompts_dir)}))
+        sources = ["zeroshot"]
+    else:
+        train_inputs = ["data"]
+        if cfg.stages.synthesize:
+            stages.append(Stage("synthesize", _section(cfg.synthesis), ["data"], ["synthesize/synthetic.jsonl"],
+                                lambda fp: run_synthesize(cfg, run_dir),
+                                {"reuse": file_signature(cfg.synthesis.reuse)}))
+            train_inputs.append("synthesize")
+        train_section = {"overrides": list(cfg.train.overrides), "checkpoint": cfg.train.checkpoint,
+                         "mixing": cfg.train.mixing if cfg.stages.synthesize else None,
+                         "resolved": OmegaConf.to_container(tcfg, resolve=True)}
+        for volatile in ("run_name", "runs_dir", "ckpt_path", "predict", "logger"):
+            train_section["resolved"].pop(volatile, None)
+        train_section["resolved"].get("trainer", {}).pop("enable_progress_bar", None)
+        stages.append(Stage("train", train_section, train_inputs, ["train/tagger.json"],
+                            lambda fp: run_train(cfg, run_dir, fp),
+                            {"checkpoint": file_signature(cfg.train.checkpoint)}))
+        stages.append(Stage("predict", _section(cfg.predict), ["data", "train"], [PREDICTION_FILES["predict"]],
+                            lambda fp: run_predict(cfg, run_dir),
+                            {"temperature": file_signature(cfg.predict.temperature)}))
+        sources = ["predict"]
+        if cfg.stages.refine:
+            r = _section(cfg.refine, ("run_dir", "llm", "head", "ckpt"))
+            src = sources[-1]
+            stages.append(Stage("refine", {"refine": r, "llm": _llm_section(cfg.refine.llm), "images": cfg.images},
+                                ["data", src], [PREDICTION_FILES["refine"]],
+                                lambda fp, src=src: run_refine_stage(cfg, run_dir, src, types),
+                                {"gold": file_signature(cfg.refine.gold),
+                                 "prompts": file_signature(cfg.refine.prompts_dir)}))
+            sources.append("refine")
+        if cfg.stages.ground:
+            src = sources[-1]
+            stages.append(Stage("ground", {"ground": _section(cfg.ground), "llm": _llm_section(cfg.mllm),
+                                           "images": cfg.images},
+                                ["data", src], [PREDICTION_FILES["ground"]],
+                                lambda fp, src=src: run_ground_stage(cfg, run_dir, src),
+                                {"images": file_signature(cfg.images)}))
+            sources.append("ground")
+    stages.append(Stage("evaluate", {"match": cfg.match, "sources": sources}, ["data", *sources],
+                        ["evaluate/metrics.json"], lambda fp: run_evaluate(cfg, run_dir, sources, types)))
+    return stages

@@ -1,0 +1,303 @@
+"""The zero-shot MLLM baseline (ReFineG's GPT-4o comparison): the MLLM alone extracts entities, types and boxes.
+
+Per post one chat with the image and the post's words asks for a JSON list
+``[{"entity", "entity_type", "bounding_box"}]``. Entity strings are mapped back to token spans (exact tokens first,
+then ignoring case and spaces; longest first, no overlaps), types to the inventory, boxes from the pixels of the sent
+image to original pixels. Whatever cannot be used is dropped and counted; an unparseable or failed answer gives the
+post no entities. The output is canonical JSONL, scored by ``refineg evaluate`` like every other system.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from refineg.config import CONFIG_DIR, parse_override
+from refineg.data import Entity, Example, read_jsonl, write_jsonl
+from refineg.data.tokenize import locate_spans
+from refineg.llm import ImageScale, LLMConfig, build_llm_backend, system, user
+
+logger = logging.getLogger(__name__)
+
+# Optional[...]: OmegaConf reads these annotations at run time (see refineg/llm/config.py).
+
+
+def _default_type_map() -> dict[str, str]:
+    return {"PERSON": "PER", "LOCATION": "LOC", "ORGANIZATION": "ORG", "ORGANISATION": "ORG", "MISC": "OTHER"}
+
+
+@dataclass
+class ZeroShotConfig:
+    """Settings of the zero-shot baseline.
+
+    Attributes:
+        llm: The MLLM (see docs/llm-backends.md).
+        types: Entity type inventory (answers with another type are dropped after ``type_map``).
+        type_map: Case-insensitive renames applied to answered types before the inventory check (a target
+            outside ``types`` is dropped like any unknown type).
+        prompts_dir: Folder with ``system.txt`` and ``user.txt`` (placeholders ``$types``, ``$sentence``,
+            ``$image_note``).
+        images_dir: Folder of post images (``Example.image`` is relative to it); ``None`` sends text only.
+        max_posts: Only the first this many posts (pilots); ``None`` for all.
+        run_dir: Folder for ``llm_usage.json`` (default: the output file's folder).
+    """
+
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    types: list[str] = field(default_factory=lambda: ["PER", "LOC", "ORG", "OTHER"])
+    type_map: dict[str, str] = field(default_factory=_default_type_map)
+    prompts_dir: str = str(CONFIG_DIR / "prompts" / "zeroshot")
+    images_dir: Optional[str] = None  # noqa: UP045
+    max_posts: Optional[int] = None  # noqa: UP045
+    run_dir: Optional[str] = None  # noqa: UP045
+
+    def validate(self) -> ZeroShotConfig:
+        """Checks values; returns ``self``.
+
+        Raises:
+            ValueError: Empty type inventory or a negative ``max_posts``.
+        """
+        if not self.types:
+            raise ValueError("types must not be empty")
+        if self.max_posts is not None and self.max_posts < 0:
+            raise ValueError("max_posts must be >= 0")
+        return self
+
+
+def load_zeroshot_config(overrides: list[str] | None = None, base: dict[str, Any] | None = None) -> ZeroShotConfig:
+    """Builds a :class:`ZeroShotConfig` from ``base`` values and ``key=value`` overrides (``llm.model=...``).
+
+    Raises:
+        ValueError: Unknown key, wrong type, malformed override or a value out of range.
+    """
+    cfg = OmegaConf.structured(ZeroShotConfig)
+    dotlist = ["=".join(parse_override(raw)) for raw in overrides or []]
+    try:
+        if base:
+            cfg = OmegaConf.merge(cfg, base)
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
+    except (ConfigKeyError, ValidationError) as err:
+        raise ValueError(f"bad zeroshot configuration: {err.msg if hasattr(err, 'msg') else err}") from None
+    out: ZeroShotConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    return out.validate()
+
+
+@dataclass(frozen=True)
+class ZeroShotPrompts:
+    """``system.txt`` and ``user.txt`` of a prompts folder (``string.Template`` placeholders)."""
+
+    system: Template
+    user: Template
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ZeroShotPrompts:
+        """Reads both files from ``folder``.
+
+        Raises:
+            FileNotFoundError: A file is missing (the message names it).
+        """
+        folder = Path(folder)
+        missing = [f for f in ("system.txt", "user.txt") if not (folder / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"prompt folder {folder} lacks {missing}")
+        read = lambda name: Template((folder / name).read_text(encoding="utf-8").strip())  # noqa: E731
+        return cls(read("system.txt"), read("user.txt"))
+
+    def render(self, tokens: Sequence[str], types: Sequence[str], sent_size: tuple[int, int] | None) -> tuple[str, str]:
+        """``(system text, user text)`` for one post (``sent_size``: the image as the model sees it, or ``None``)."""
+        note = (f"The post's image is attached ({sent_size[0]} x {sent_size[1]} pixels)." if sent_size else
+                "This post has no image: every bounding_box is [].")
+        values = {"types": ", ".join(types), "sentence": " ".join(tokens), "image_note": note}
+        return self.system.safe_substitute(values), self.user.safe_substitute(values)
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\s+", "", text).lower()
+
+
+def map_spans(tokens: Sequence[str], names: Sequence[str], max_words: int = 16) -> list[tuple[int, int] | None]:
+    """Token spans of answered entity strings: the project's exact locator, then a case- and space-blind pass.
+
+    Both passes take the first free occurrence, longest name first, so spans never overlap.
+
+    Returns:
+        One ``(start, end_exclusive)`` or ``None`` per name, in input order.
+    """
+    spans = list(locate_spans(tokens, names))
+    taken = [False] * len(tokens)
+    for span in spans:
+        if span is not None:
+            taken[span[0]:span[1]] = [True] * (span[1] - span[0])
+    for i in sorted((i for i, s in enumerate(spans) if s is None), key=lambda i: -len(names[i])):
+        target = _norm(names[i])
+        if not target:
+            continue
+        for start in range(len(tokens)):
+            hit = None
+            for end in range(start + 1, min(len(tokens), start + max_words) + 1):
+                if any(taken[start:end]):
+                    break
+                joined = _norm("".join(tokens[start:end]))
+                if joined == target:
+                    hit = (start, end)
+                if not target.startswith(joined):
+                    break
+            if hit is not None:
+                spans[i] = hit
+                taken[hit[0]:hit[1]] = [True] * (hit[1] - hit[0])
+                break
+    return spans
+
+
+def _as_items(parsed: Any) -> list[Any] | None:
+    if isinstance(parsed, list):
+        return parsed
+    if isinstance(parsed, dict):
+        for key in ("entities", "entity_list", "results"):
+            if isinstance(parsed.get(key), list):
+                return parsed[key]
+        if "entity" in parsed:
+            return [parsed]
+    return None
+
+
+def _box(raw: Any) -> list[float] | None | str:
+    """A ``[x1, y1, x2, y2]`` box, ``None`` for "no box", or ``"invalid"``."""
+    if raw is None or raw == [] or (isinstance(raw, str) and raw.strip().lower() in ("", "null", "none", "[]")):
+        return None
+    if isinstance(raw, list) and len(raw) == 1 and isinstance(raw[0], list):
+        raw = raw[0]  # one box wrapped in a list
+    if (isinstance(raw, list) and len(raw) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                        for v in raw) and raw[0] < raw[2] and raw[1] < raw[3]):
+        return [float(v) for v in raw]
+    return "invalid"
+
+
+def entities_from_answer(items: Sequence[Any], tokens: Sequence[str], types: Sequence[str],
+                         type_map: dict[str, str], scale: ImageScale | None,
+                         counts: Counter[str]) -> list[Entity]:
+    """Turns the answered items of one post into entities (counting every item dropped or changed).
+
+    Args:
+        items: The decoded JSON list.
+        tokens: The post's tokens.
+        types: Type inventory.
+        type_map: Renames of answered types (case-insensitive keys).
+        scale: Sent-to-original box mapping of the post's image, or ``None`` when no image was sent.
+        counts: Receives ``item_invalid``, ``type_invalid``, ``unlocated``, ``box_invalid``, ``box_without_image``,
+            ``kept`` and ``boxed``.
+
+    Returns:
+        Entities sorted by start; boxes in original pixels.
+    """
+    by_upper = {t.upper(): t for t in types}
+    renames = {k.upper(): v for k, v in type_map.items()}
+    usable: list[tuple[str, str, Any]] = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("entity"), str) or not item["entity"].strip():
+            counts["item_invalid"] += 1
+            continue
+        raw_type = str(item.get("entity_type", item.get("type", ""))).strip().upper()
+        etype = by_upper.get(raw_type) or by_upper.get(renames.get(raw_type, "").upper())
+        if etype is None:
+            counts["type_invalid"] += 1
+            continue
+        usable.append((item["entity"].strip(), etype, item.get("bounding_box", item.get("box"))))
+    spans = map_spans(tokens, [name for name, _, _ in usable])
+    out = []
+    for (_, etype, raw_box), span in zip(usable, spans):
+        if span is None:
+            counts["unlocated"] += 1
+            continue
+        ent = Entity(span[0], span[1], etype)
+        box = _box(raw_box)
+        if box == "invalid":
+            counts["box_invalid"] += 1
+        elif box is not None and scale is None:
+            counts["box_without_image"] += 1
+        elif box is not None:
+            orig = scale.to_original(box)
+            if orig[0] < orig[2] and orig[1] < orig[3]:
+                ent.boxes = [orig]
+                counts["boxed"] += 1
+            else:
+                counts["box_invalid"] += 1
+        counts["kept"] += 1
+        out.append(ent)
+    return sorted(out, key=lambda e: e.start)
+
+
+def zeroshot_examples(posts: Sequence[Example], cfg: ZeroShotConfig, llm: Any,
+                      progress: bool = True) -> tuple[list[Example], dict[str, Any]]:
+    """Asks ``llm`` (a :mod:`refineg.llm` backend) for the entities of every post.
+
+    Returns:
+        Predicted posts (same ids and order; ``meta["zeroshot"]`` holds the answer status) and a report with post
+        and entity counts.
+    """
+    prompts = ZeroShotPrompts.load(cfg.prompts_dir)
+    convs, scales = [], []
+    for post in posts:
+        path = Path(cfg.images_dir) / post.image if cfg.images_dir and post.image else None
+        scale = llm.image_scale(path) if path is not None and path.is_file() else None
+        sys_text, user_text = prompts.render(post.tokens, cfg.types, scale.sent_size if scale else None)
+        convs.append([system(sys_text), user(path, user_text) if scale else user(user_text)])
+        scales.append(scale)
+    results = llm.chat_many(convs, stage="zeroshot", expect_json=True, json_type=(list, dict),
+                            items=[p.id for p in posts], progress=progress)
+    counts: Counter[str] = Counter()
+    preds = []
+    for post, scale, result in zip(posts, scales, results):
+        items = _as_items(result.parsed) if result.ok else None
+        if result.ok and items is not None:
+            status = "ok"
+            counts["returned"] += len(items)
+            ents = entities_from_answer(items, post.tokens, cfg.types, cfg.type_map, scale, counts)
+        else:
+            status = "failed" if not result.ok and not (result.error or "").startswith(
+                ("invalid_json", "truncated")) else "unparseable"
+            ents = []
+        counts[f"posts_{status}"] += 1
+        size = scale.original_size if scale else post.image_size
+        preds.append(Example(post.id, list(post.tokens), post.image, ents, source="predicted", image_size=size,
+                             meta={"zeroshot": {"status": status, "image_sent": scale is not None}}))
+    report = {"posts": len(posts), "images_sent": sum(s is not None for s in scales),
+              "posts_ok": counts.pop("posts_ok", 0), "posts_unparseable": counts.pop("posts_unparseable", 0),
+              "posts_failed": counts.pop("posts_failed", 0), "entities_returned": counts.pop("returned", 0),
+              "entities_kept": counts.pop("kept", 0), "entities_boxed": counts.pop("boxed", 0),
+              "dropped_or_changed": dict(sorted(counts.items()))}
+    if report["posts_unparseable"] or report["posts_failed"]:
+        logger.warning("zeroshot: %d unparseable and %d failed answer(s) gave their posts no entities",
+                       report["posts_unparseable"], report["posts_failed"])
+    return preds, report
+
+
+def run_zeroshot(cfg: ZeroShotConfig, data_path: str | Path, out_path: str | Path,
+                 progress: bool = True) -> dict[str, Any]:
+    """``refineg zeroshot``: reads posts, asks the MLLM, writes ``out_path`` and ``<out>.report.json``."""
+    cfg.validate()
+    out_path = Path(out_path)
+    posts = read_jsonl(data_path)
+    if cfg.max_posts is not None:
+        posts = posts[:cfg.max_posts]
+    llm = build_llm_backend(cfg.llm, run_dir=cfg.run_dir or out_path.parent)
+    try:
+        preds, report = zeroshot_examples(posts, cfg, llm, progress)
+        report["usage"] = llm.usage.to_dict()
+    finally:
+        llm.close()
+    report["llm"] = {k: v for k, v in vars(cfg.llm).items() if k not in ("extra",)}
+    write_jsonl(preds, out_path)
+    tmp = out_path.with_suffix(".report.json.tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=str))
+    tmp.replace(out_path.with_suffix(".report.json"))
+    return report

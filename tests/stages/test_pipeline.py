@@ -1,0 +1,165 @@
+"""``refineg pipeline`` end to end on the bundled sample: tiny tagger, loopback MLLM server, a SIGKILL between
+stages, up-to-date skipping, one changed refine key, the oracle simulation and the zero-shot mode."""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from refineg.data import read_jsonl
+from refineg.stages.pipeline import load_pipeline_config, run_pipeline
+from tests.llm.chat_server import ChatServer
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "configs" / "experiment" / "refineg_sample.yaml"
+
+
+def _respond(prompt, n_images):
+    if "corrected_entity" in prompt:  # span check: the tagger's span is refused as no entity
+        return json.dumps({"reasoning_process": "r", "corrected_entity": "Null"})
+    return json.dumps({"reasoning_process": "r", "corrected_type": "ORG", "corrected_bounding_box": "Null"})
+
+
+@pytest.fixture
+def server():
+    srv = ChatServer(delay_s=0.1).start()
+    srv.responder = _respond
+    yield srv
+    srv.stop()
+
+
+def _overrides(encoder, runs, server, *extra):
+    return [f"runs_dir={runs}", "name=run", "progress=false", f"train+=model.encoder={encoder}",
+            "train+=data.gold_limit=48", "train+=trainer.max_epochs=1", "train+=data.test=null",
+            "train+=data.eval_batch_size=64", "data.eval_limit=24", "refine.backend=mllm",
+            "refine.delegation_rate=0.2", "refine.allow_drop=false", f"mllm.base_url={server.base_url}",
+            "mllm.model=test-vl", "mllm.api_key_env=''", "mllm.max_retries=0", "stages.ground=false", *extra]
+
+
+def _status(summary):
+    return {k: v["status"] for k, v in summary["timings"]["stages"].items()}
+
+
+@pytest.mark.slow
+def test_pipeline_killed_resumed_skipped_and_rerun_from_refine(tiny_encoder, tmp_path, server):
+    overrides = _overrides(tiny_encoder, tmp_path, server)
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "refineg.cli", "pipeline", "--config", str(SAMPLE), *overrides],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    stamp = run_dir / "stages" / "train.json"
+    deadline = time.time() + 240
+    while not stamp.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert stamp.is_file(), proc.stderr.read()[-3000:] if proc.poll() is not None else "train never finished"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run_dir / "stages" / "evaluate.json").exists()  # killed before the end
+
+    # resumed: the finished stages are kept, the rest runs
+    cfg = load_pipeline_config(SAMPLE, overrides)
+    summary = run_pipeline(cfg)
+    status = _status(summary)
+    assert status["data"] == status["train"] == "skipped"
+    assert status["refine"] == status["evaluate"] == "ran" and "ground" not in status
+    preds = read_jsonl(run_dir / "predict" / "predictions.jsonl")
+    refined = read_jsonl(run_dir / "refine" / "refined.jsonl")
+    report = json.loads((run_dir / "refine" / "refined.report.json").read_text())
+    n = sum(len(p.entities) for p in preds)
+    assert len(preds) == 24 and n > 0 and report["delegated"] == round(0.2 * n)
+    # every delegated entity kept its span (drop refused) and got the server's type; the others are unchanged
+    checked = {(p.id, c["start"], c["end"]) for p in refined for c in p.meta["refinement"]["checked"]}
+    assert len(checked) == report["delegated"]
+    for p, r in zip(preds, refined):
+        assert [(e.start, e.end) for e in p.entities] == [(e.start, e.end) for e in r.entities]
+        for e, f in zip(p.entities, r.entities):
+            assert f.type == ("ORG" if (p.id, e.start, e.end) in checked else e.type)
+    assert report["outcomes"]["span/drop_refused"] == report["delegated"]
+    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+    assert set(metrics["by_stage"]) == {"predict", "refine"} and metrics["final"] == "refine"
+    assert summary["scores"]["mner"] == metrics["by_stage"]["refine"]["mner"]["f1"]
+    timings = json.loads((run_dir / "timings.json").read_text())
+    assert timings["stages"]["train"]["last_run_wall_s"] > 0 and timings["stages"]["train"]["wall_s"] == 0
+
+    # nothing changed: everything is skipped and the MLLM is not asked again
+    asked = server.total
+    summary = run_pipeline(load_pipeline_config(SAMPLE, overrides))
+    assert set(_status(summary).values()) == {"skipped"} and server.total == asked
+
+    # one refine key changed: refine and evaluate run again, nothing upstream; the oracle simulation is scored
+    summary = run_pipeline(load_pipeline_config(SAMPLE, [*overrides, "refine.backend=oracle"]))
+    assert _status(summary) == {"data": "skipped", "train": "skipped", "predict": "skipped", "refine": "ran",
+                                "evaluate": "ran"}
+    assert server.total == asked
+    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+    before, after = metrics["by_stage"]["predict"]["counts"]["mner"], metrics["by_stage"]["refine"]["counts"]["mner"]
+    assert after["tp"] >= before["tp"] and after["predicted"] <= before["predicted"]
+    assert after != before  # the oracle dropped or fixed something
+    assert summary["stages"]["refine"]["info"]["simulated"] is True
+
+
+def test_grounded_pipeline(tiny_encoder, tmp_path, server):
+    if importlib.util.find_spec("refineg.stages.grounding.run") is None:
+        pytest.skip("grounding runner refineg.stages.grounding.run.run_ground is not merged yet")
+    overrides = _overrides(tiny_encoder, tmp_path, server, "stages.ground=true", "stages.refine=false",
+                           "ground.grounder=mllm", "ground.selector=random")
+    summary = run_pipeline(load_pipeline_config(SAMPLE, overrides))
+    assert _status(summary)["ground"] == "ran"
+    run_dir = tmp_path / "run"
+    preds, grounded = (read_jsonl(run_dir / f) for f in ("predict/predictions.jsonl", "ground/grounded.jsonl"))
+    assert [[(e.start, e.end) for e in p.entities] for p in preds] == \
+        [[(e.start, e.end) for e in p.entities] for p in grounded]
+    summary = run_pipeline(load_pipeline_config(SAMPLE, [*overrides, "ground.selector=none"]))
+    assert _status(summary)["predict"] == "skipped" and _status(summary)["ground"] == "ran"
+
+
+def test_zeroshot_mode(tmp_path):
+    """mode=zeroshot: data -> zeroshot -> evaluate; the server answers with the gold entities of each post."""
+    gold = {p.id: p for p in read_jsonl_sample(6)}
+
+    def respond(prompt, n_images):
+        post = next(p for p in gold.values() if f"Post: {' '.join(p.tokens)}\n" in prompt)
+        return json.dumps([{"entity": e.text(post.tokens), "entity_type": e.type, "bounding_box": []}
+                           for e in post.entities])
+
+    srv = ChatServer().start()
+    srv.responder = respond
+    try:
+        summary = run_pipeline(load_pipeline_config(SAMPLE, [
+            f"runs_dir={tmp_path}", "name=z", "mode=zeroshot", "data.eval_limit=6", "progress=false",
+            f"mllm.base_url={srv.base_url}", "mllm.model=test-vl", "mllm.api_key_env=''"]))
+    finally:
+        srv.stop()
+    assert list(summary["timings"]["stages"]) == ["data", "zeroshot", "evaluate"]
+    assert summary["final"] == "zeroshot" and summary["scores"]["mner"] == pytest.approx(1.0)
+    n_boxed = sum(1 for p in gold.values() for e in p.entities if e.boxes)
+    counts = json.loads((tmp_path / "z" / "evaluate" / "metrics.json").read_text())["by_stage"]["zeroshot"]["counts"]
+    assert counts["gmner"]["tp"] == counts["mner"]["gold"] - n_boxed  # no image sent, so no box
+    assert summary["stages"]["zeroshot"]["info"]["usage"]["total"]["requests"] == 6
+
+
+def read_jsonl_sample(n):
+    from tests.refine_helpers import sample_posts
+
+    return sample_posts("dev", n)
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="tau"):
+        load_pipeline_config(SAMPLE, ["refine.tua=0.3"])
+    with pytest.raises(ValueError, match="max_epoch"):
+        load_pipeline_config(SAMPLE, ["train+=trainer.max_epoch=2"])
+    with pytest.raises(ValueError, match="data.root"):
+        load_pipeline_config(ROOT / "configs" / "experiment" / "refineg_twitter_full.yaml")
+    with pytest.raises(ValueError, match="mode"):
+        load_pipeline_config(SAMPLE, ["mode=gpt4o"])
+    cfg = load_pipeline_config(SAMPLE, ["mllm.model=M", "train+=model.head=softmax"])
+    assert cfg.refine.llm.model == cfg.zeroshot.llm.model == "M" and cfg.train.overrides[-1] == "model.head=softmax"

@@ -235,10 +235,10 @@ def main() -> None:
             "ours (CRF, no cuDNN attention)": ["--variant", "ours", "--no-cudnn"],
             "ours (CRF, compile backbone)": ["--variant", "ours", "--compile", "backbone", "--no-cudnn"],
             "ours (CRF, compile layers)": ["--variant", "ours", "--compile", "layers", "--no-cudnn"],
-            "ours (CRF, compile tagger, pad 16)": ["--variant", "ours", "--compile", "tagger", "--pad-multiple", "16",
+            "ours (CRF, compile tagger, pad 32)": ["--variant", "ours", "--compile", "tagger", "--pad-multiple", "32",
                                                    "--no-cudnn"],
-            "ours (CRF, CUDA graphs, pad 16)": ["--variant", "ours", "--compile", "cudagraphs", "--pad-multiple",
-                                                "16", "--no-cudnn"]}
+            "ours (CRF, CUDA graphs, pad 32)": ["--variant", "ours", "--compile", "cudagraphs", "--pad-multiple",
+                                                "32", "--no-cudnn"]}
     if args.only:
         plan = {k: v for k, v in plan.items() if any(o in k for o in args.only)}
     results = {"bf16_matmul_tflops": rate, "batch_size": args.batch_size, "steps": args.steps,

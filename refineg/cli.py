@@ -357,6 +357,8 @@ def fit_region_scorer_cmd(args: argparse.Namespace) -> int:
           f"{100 * report['dev_accuracy']:.2f}% (always answer {100 * report['dev_accuracy_always_answer']:.2f}%, "
           f"always none {100 * report['dev_accuracy_always_none']:.2f}%)")
     print(f"wrote {args.out}")
+    return 0
+
 
 def _pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="experiment file, e.g. configs/experiment/refineg_sample.yaml")

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from refineg.cli import main
-from refineg.data import Entity, Example
+from refineg.data import Entity, Example, read_jsonl
 from refineg.stages.grounding import GroundingQuery, create_grounder, list_grounders
 from refineg.stages.grounding.proposals import create_proposals, list_proposals
 from refineg.stages.grounding.region_fit import fit_threshold
@@ -211,3 +211,29 @@ def test_cli_fit_region_scorer_trains_head_saves_state_and_grounder_loads_it(tmp
     with pytest.raises(SystemExit, match="bad fit-region-scorer configuration"):
         main(["fit-region-scorer", "--data", str(dev_posts), "--images", str(tmp_path), "--out", str(out),
               "heads.epochs=3"])
+
+
+def test_ground_command_with_the_clip_grounder_and_a_fitted_state(tmp_path, capsys):
+    """`refineg ground grounder.name=clip`: the fitted state file plugs into the grounding runner unchanged."""
+    dev_posts, props = write_scenes(make_scenes(6, seed=7), tmp_path, "dev")
+    state = tmp_path / "scorer.pt"
+    assert main(["fit-region-scorer", "--data", str(dev_posts), "--images", str(tmp_path), "--out", str(state),
+                 f"model_name={TINY}", "proposals=file", f"proposal_kwargs.path={props}"]) == 0
+    out = tmp_path / "grounded.jsonl"
+    rc = main(["ground", "--pred", str(dev_posts), "--pool", str(dev_posts), "--images", str(tmp_path),
+               "--out", str(out), "grounder.name=clip", f"grounder.kwargs.state={state}", "selector.mode=none",
+               "never_grounded=[]"])
+    assert rc == 0
+    gold = {p.id: p for p in read_jsonl(dev_posts)}
+    grounded = read_jsonl(out)
+    assert [p.id for p in grounded] == list(gold)
+    summary = json.loads(out.with_suffix(".summary.json").read_text())
+    n_ents = sum(len(p.entities) for p in gold.values())
+    assert summary["entities"] == n_ents
+    candidates = {tuple(map(float, b)) for line in props.read_text().splitlines()
+                  for b in json.loads(line)["boxes"]}
+    for post in grounded:
+        assert [(e.start, e.end, e.type) for e in post.entities] == \
+            [(e.start, e.end, e.type) for e in gold[post.id].entities]
+        for ent in post.entities:
+            assert len(ent.boxes) <= 1 and all(tuple(b) in candidates for b in ent.boxes)

@@ -91,7 +91,7 @@ def test_entity_features_on_a_hand_made_batch(crf_tagger):
 
 
 def test_learned_head_fits_saves_and_scores_like_its_features(crf_tagger, tmp_path):
-    posts = sample_posts(n=40)
+    posts = sample_posts(n=24)
     golds = gold_from_predictions(TaggerPredictor(crf_tagger).predict(posts, progress=False), every=3)
     est = UncertaintyEstimator(TaggerPredictor(crf_tagger), build_members(MEMBERS))
     preds, member_scores, x, names, fields = collect_features(est, golds)

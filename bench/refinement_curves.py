@@ -92,9 +92,9 @@ def heldout_temperature(predictor, golds, specs, batch_size, seed=0):
     return out, {"temperatures": temps, "halves": [len(h) for h in halves], "seed": seed}
 
 
-def learned_scores(x, errors, posts_of_entities, preds, specs, fields, names, folds, c):
+def learned_scores(x, errors, posts_of_entities, preds, specs, fields, names, folds, c, seed=0):
     """Cross-fitted ``learned`` head scores as per-post :class:`EntityUncertainty` lists."""
-    oof = cross_fit(x, errors, posts_of_entities, specs, fields, names, folds=folds, c=c)
+    oof = cross_fit(x, errors, posts_of_entities, specs, fields, names, folds=folds, seed=seed, c=c)
     flat = [EntityUncertainty(float(oof["total"][k]), float(oof["span"][k]), float(oof["type"][k]))
             for k in range(len(x))]
     return split_by_post(flat, [p.entities for p in preds])
@@ -119,6 +119,8 @@ def main() -> None:
     ap.add_argument("--learned-folds", type=int, default=5)
     ap.add_argument("--learned-c", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
     ap.add_argument("--learned-out", default=None, help="save a learned model fitted on all posts here")
+    ap.add_argument("--learned-seeds", type=int, default=1,
+                    help="also report AUROC and recovered @20%% of the learned head for this many fold splits")
     ap.add_argument("--ceiling", action="store_true", help="add a row that ranks the true errors first (upper bound)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--dump-entities", action="store_true",
@@ -225,6 +227,21 @@ def main() -> None:
             key = "random" if n.startswith("random") else n
             (results["heads"].get(key) or results["random"])["recovered_at_20"] = \
                 (c["f1"][k] - base_f1) / gain if gain > 0 else None
+    if args.learned and args.learned_seeds > 1 and 0.2 in rates and 1.0 in rates:
+        full_f1, spread = curves["learned"]["f1"][-1], []
+        for seed in range(args.learned_seeds):
+            per = learned_scores(x, errors, posts_of, preds, specs, fields, names, args.learned_folds,
+                                 args.learned_c, seed)
+            cfg = copy.deepcopy(base)
+            cfg.delegation_rate = 0.2
+            f20 = f1_at(with_head(preds, per), golds, types, cfg)[0]
+            flat = [u.total for post in per for u in post]
+            spread.append({"fold_seed": seed, "auroc": head_report(preds, golds, flat)["total"]["auroc"],
+                           "mner_f1_at_20": f20, "recovered_at_20": (f20 - base_f1) / (full_f1 - base_f1)})
+        results["learned"]["fold_seeds"] = spread
+        vals = [r["recovered_at_20"] for r in spread]
+        print(f"learned, {len(vals)} fold splits: recovered @20% mean {sum(vals) / len(vals):.3f}, "
+              f"min {min(vals):.3f}, max {max(vals):.3f}")
     (out / "refinement_curves.json").write_text(json.dumps(results, indent=1))
     if args.dump_entities:
         errs = iter(entity_errors(preds, golds))

@@ -2,8 +2,18 @@
 delegation rates per head plus random delegation.
 
     python bench/refinement_curves.py --ckpt runs/X/checkpoints/best.ckpt --gold dev.jsonl --out-dir bench_out \
-        [--heads max_prob_mean,entropy,crf_marginal,mc_dropout] [--ensemble A.ckpt B.ckpt] [--evidential E.pt] \
-        [--fit-temperature] [--rates 0.05,0.1,0.2,0.3,0.5,1.0] [--random-seeds 5] [--backend noisy-oracle]
+        [--heads max_prob_mean,entropy,crf_marginal,mc_dropout] [--head-kwargs JSON] \
+        [--ensemble A.ckpt B.ckpt] [--evidential E.pt | --fit-evidential train.jsonl] \
+        [--heldout-temperature] [--fit-temperature] [--learned [--learned-out learned.json]] [--ceiling] \
+        [--rates 0.05,0.1,0.2,0.3,0.5,1.0] [--random-seeds 5] [--backend noisy-oracle]
+
+- ``--heldout-temperature``: dev posts are split in two seeded halves; a temperature fitted on one half scales the
+  heads scored on the other (and the other way round), so no entity is scored with a T fitted on its own post.
+  Only the heads whose scores depend on T are rerun (probability heads and the CRF marginal), as ``name@T``.
+- ``--learned``: the ``learned`` head (a logistic regression over every other head's scores and simple entity
+  features), cross-fitted over ``--learned-folds`` folds of posts (each post scored by a model fitted on the other
+  folds); ``--learned-out`` also saves one fitted on all posts, for ``head=learned head_kwargs={path: ...}``.
+- ``--ceiling``: a row ranking the true errors first (uses the gold labels; an upper bound, not a head).
 
 Writes refinement_curves.json, refinement_curves.png (MNER F1 vs delegation rate) and refinement_curves.md. Every
 F1 after delegation comes from a SIMULATED MLLM (gold answers), and all three files say so.
@@ -15,16 +25,33 @@ import argparse
 import copy
 import json
 import logging
+import random
 import time
 from pathlib import Path
 
+import torch
+
 from refineg.data import read_jsonl
 from refineg.metrics import evaluate_examples
-from refineg.modules.uncertainty import TemperatureScaler, UncertaintyEstimator, create_uncertainty_head
+from refineg.modules.uncertainty import (
+    EntityUncertainty,
+    TemperatureScaler,
+    UncertaintyEstimator,
+    collect_features,
+    create_uncertainty_head,
+    cross_fit,
+    fit_error_predictor,
+    fit_evidential,
+)
+from refineg.modules.uncertainty.base import per_post as split_by_post
 from refineg.predictor import TaggerPredictor
 from refineg.stages.refinement import RefineConfig, create_refinement_backend, head_report, refine_examples
 from refineg.stages.refinement.calibrate import default_heads
+from refineg.stages.refinement.calibration import entity_errors
 from refineg.stages.refinement.plots import plot_delegation_curves
+
+#: Heads whose scores change with a temperature (the sampling heads decode, the evidential head has its own layer).
+TEMPERATURE_HEADS = ("max_prob_mean", "max_prob_min", "entropy", "crf_marginal")
 
 RATES = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 
@@ -42,15 +69,62 @@ def f1_at(preds, golds, types, cfg):
     return evaluate_examples(golds, refined, types=types)["mner"]["f1"], report
 
 
+def heldout_temperature(predictor, golds, specs, batch_size, seed=0):
+    """Scores of the T-dependent heads with a temperature fitted on the other half of the posts.
+
+    Returns:
+        ``{name@T: per-post scores}`` (all posts) and ``{"temperatures": [T_a, T_b], "halves": [n_a, n_b]}``.
+    """
+    order = list(range(len(golds)))
+    random.Random(seed).shuffle(order)
+    halves = [sorted(order[:len(order) // 2]), sorted(order[len(order) // 2:])]
+    names = [n for n in specs if n in TEMPERATURE_HEADS]
+    out = {f"{n}@T": [None] * len(golds) for n in names}
+    temps = []
+    for k, score_half in enumerate(halves):
+        scaler = TemperatureScaler()
+        temps.append(scaler.fit(predictor.module, [golds[i] for i in halves[1 - k]], batch_size))
+        heads = {n: create_uncertainty_head(n, **specs[n]) for n in names}
+        _, scores = UncertaintyEstimator(predictor, heads, scaler).score([golds[i] for i in score_half], progress=True)
+        for n, per in scores.items():
+            for i, post in zip(score_half, per):
+                out[f"{n}@T"][i] = post
+    return out, {"temperatures": temps, "halves": [len(h) for h in halves], "seed": seed}
+
+
+def learned_scores(x, errors, posts_of_entities, preds, specs, fields, names, folds, c, seed=0):
+    """Cross-fitted ``learned`` head scores as per-post :class:`EntityUncertainty` lists."""
+    oof = cross_fit(x, errors, posts_of_entities, specs, fields, names, folds=folds, seed=seed, c=c)
+    flat = [EntityUncertainty(float(oof["total"][k]), float(oof["span"][k]), float(oof["type"][k]))
+            for k in range(len(x))]
+    return split_by_post(flat, [p.entities for p in preds])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", required=True)
     ap.add_argument("--gold", required=True, help="gold dev JSONL")
     ap.add_argument("--out-dir", required=True)
     ap.add_argument("--heads", default=None, help="comma-separated (default: every head needing only the ckpt)")
+    ap.add_argument("--head-kwargs", default="{}", help='JSON {head: {kwarg: value}}, e.g. \'{"ensemble": '
+                    '{"measure": "variance"}}\'')
     ap.add_argument("--ensemble", nargs="*", default=None, help="member checkpoints for the ensemble head")
     ap.add_argument("--evidential", default=None, help="trained Dirichlet layer for the evidential head")
+    ap.add_argument("--fit-evidential", default=None, metavar="TRAIN_JSONL",
+                    help="train the Dirichlet layer on these posts (the tagger's training data; saved in --out-dir)")
     ap.add_argument("--fit-temperature", action="store_true", help="fit T on the gold file (optimistic)")
+    ap.add_argument("--heldout-temperature", action="store_true",
+                    help="T fitted on one half of the posts, heads scored on the other (both ways): name@T rows")
+    ap.add_argument("--learned", action="store_true", help="add the cross-fitted learned error-predictor head")
+    ap.add_argument("--learned-folds", type=int, default=5)
+    ap.add_argument("--learned-c", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
+    ap.add_argument("--learned-out", default=None, help="save a learned model fitted on all posts here")
+    ap.add_argument("--learned-seeds", type=int, default=1,
+                    help="also report AUROC and recovered @20%% of the learned head for this many fold splits")
+    ap.add_argument("--ceiling", action="store_true", help="add a row that ranks the true errors first (upper bound)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--dump-entities", action="store_true",
+                    help="also write entities.jsonl: per predicted entity, every head's scores and its error flags")
     ap.add_argument("--rates", default=",".join(map(str, RATES)))
     ap.add_argument("--random-seeds", type=int, default=5)
     ap.add_argument("--backend", default="oracle", choices=["oracle", "noisy-oracle"])
@@ -60,24 +134,55 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="first N gold posts only (smoke tests)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     golds = read_jsonl(args.gold)[:args.limit]
     t0 = time.time()
     predictor = TaggerPredictor.from_checkpoint(args.ckpt, batch_size=args.batch_size)
     types = list(predictor.module.types)
+    extra = json.loads(args.head_kwargs)
     specs = default_heads(predictor.module)
     if args.heads:
         specs = {h: specs.get(h, {}) for h in args.heads.split(",")}
     if args.ensemble:
         specs["ensemble"] = {"checkpoints": args.ensemble}
-    if args.evidential:
+    if args.fit_evidential:
+        layer = fit_evidential(predictor.module, read_jsonl(args.fit_evidential), **extra.pop("fit_evidential", {}))
+        layer.save(out / "evidential.pt")
+        specs["evidential"] = {"path": str(out / "evidential.pt")}
+    elif args.evidential:
         specs["evidential"] = {"path": args.evidential}
-    heads = {n: create_uncertainty_head(n, **kw) for n, kw in specs.items()}
+    for name, kw in extra.items():
+        specs.setdefault(name, {}).update(kw)
+    heads = {n: create_uncertainty_head(n.split("@")[0], **kw) for n, kw in specs.items()}
     scaler = TemperatureScaler() if args.fit_temperature else None
     if scaler is not None:
         scaler.fit(predictor.module, golds, args.batch_size)
-    preds, scores = UncertaintyEstimator(predictor, heads, scaler).score(golds, progress=True)
+    estimator = UncertaintyEstimator(predictor, heads, scaler)
+    extras: dict = {}
+    if args.learned:
+        preds, scores, x, names, fields = collect_features(estimator, golds, progress=True)
+        errs = entity_errors(preds, golds)
+        errors = {t: [e[t] for e in errs] for t in ("total", "span", "type")}
+        posts_of = [i for i, p in enumerate(preds) for _ in p.entities]
+        scores["learned"] = learned_scores(x, errors, posts_of, preds, specs, fields, names, args.learned_folds,
+                                           args.learned_c)
+        model = fit_error_predictor(x, errors, specs, fields, names, c=args.learned_c)
+        extras["learned"] = {"folds": args.learned_folds, "c": args.learned_c, "features": names,
+                             "weights_all_posts": model.weights()}
+        if args.learned_out:
+            model.save(args.learned_out)
+    else:
+        preds, scores = estimator.score(golds, progress=True)
+    if args.heldout_temperature:
+        t_scores, extras["heldout_temperature"] = heldout_temperature(predictor, golds, specs, args.batch_size)
+        scores.update(t_scores)
+    if args.ceiling:
+        errs = iter(entity_errors(preds, golds))
+        scores["ceiling (gold errors first)"] = [[EntityUncertainty(float(next(errs)["total"])) for _ in p.entities]
+                                                 for p in preds]
     t_scores = time.time() - t0
     rates = [float(r) for r in args.rates.split(",")]
     base = RefineConfig(backend=args.backend, gold=args.gold, oracle_accuracy=args.oracle_accuracy,
@@ -86,7 +191,8 @@ def main() -> None:
     results = {"simulation": f"{args.backend} (simulation): F1 after delegation uses gold answers, not an MLLM",
                "checkpoint": args.ckpt, "gold": args.gold, "posts": len(golds),
                "entities": sum(len(p.entities) for p in preds), "temperature": scaler and scaler.temperature,
-               "mner_f1_no_delegation": base_f1, "rates": rates, "heads": {}, "scoring_seconds": round(t_scores, 1)}
+               "mner_f1_no_delegation": base_f1, "rates": rates, "heads": {}, "scoring_seconds": round(t_scores, 1),
+               "head_settings": {n: h.config() for n, h in heads.items()}, **extras}
     curves = {}
     for name, per_post in scores.items():
         flat = [u for post in per_post for u in post]
@@ -121,7 +227,33 @@ def main() -> None:
             key = "random" if n.startswith("random") else n
             (results["heads"].get(key) or results["random"])["recovered_at_20"] = \
                 (c["f1"][k] - base_f1) / gain if gain > 0 else None
+    if args.learned and args.learned_seeds > 1 and 0.2 in rates and 1.0 in rates:
+        full_f1, spread = curves["learned"]["f1"][-1], []
+        for seed in range(args.learned_seeds):
+            per = learned_scores(x, errors, posts_of, preds, specs, fields, names, args.learned_folds,
+                                 args.learned_c, seed)
+            cfg = copy.deepcopy(base)
+            cfg.delegation_rate = 0.2
+            f20 = f1_at(with_head(preds, per), golds, types, cfg)[0]
+            flat = [u.total for post in per for u in post]
+            spread.append({"fold_seed": seed, "auroc": head_report(preds, golds, flat)["total"]["auroc"],
+                           "mner_f1_at_20": f20, "recovered_at_20": (f20 - base_f1) / (full_f1 - base_f1)})
+        results["learned"]["fold_seeds"] = spread
+        vals = [r["recovered_at_20"] for r in spread]
+        print(f"learned, {len(vals)} fold splits: recovered @20% mean {sum(vals) / len(vals):.3f}, "
+              f"min {min(vals):.3f}, max {max(vals):.3f}")
     (out / "refinement_curves.json").write_text(json.dumps(results, indent=1))
+    if args.dump_entities:
+        errs = iter(entity_errors(preds, golds))
+        feats = iter(x.tolist() if args.learned else [])
+        with open(out / "entities.jsonl", "w") as f:
+            for i, p in enumerate(preds):
+                for j, e in enumerate(p.entities):
+                    row = {"post": p.id, "start": e.start, "end": e.end, "type": e.type, "errors": next(errs),
+                           "heads": {n: {"total": s[i][j].total, **s[i][j].fields()} for n, s in scores.items()}}
+                    if args.learned:
+                        row["features"] = next(feats)
+                    f.write(json.dumps(row) + "\n")
     plot_delegation_curves(curves, out / "refinement_curves.png",
                            f"MNER F1 vs delegation ({args.backend}: SIMULATION)")
     lines = [f"MNER F1 (%) after delegating the most uncertain share of {results['entities']} predicted entities to "

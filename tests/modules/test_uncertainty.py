@@ -44,8 +44,8 @@ def _check(preds, scores):
 
 
 def test_registry_lists_every_head():
-    assert list_uncertainty_heads() == sorted(["crf_marginal", "ensemble", "entropy", "evidential", "max_prob_mean",
-                                               "max_prob_min", "mc_dropout"])
+    assert list_uncertainty_heads() == sorted(["crf_marginal", "ensemble", "entropy", "evidential", "learned",
+                                               "max_prob_mean", "max_prob_min", "mc_dropout"])
     with pytest.raises(KeyError, match="known uncertainty heads"):
         create_uncertainty_head("nope")
 

@@ -8,9 +8,10 @@
 | ``mc_dropout`` | disagreement / variance over K passes with dropout on |
 | ``ensemble`` | disagreement / variance over K checkpoints |
 | ``evidential`` | Dirichlet vacuity of a head trained with its own loss on frozen word states |
+| ``learned`` | P(error) of a logistic regression over other heads' scores and simple entity features |
 """
 
-from . import crf_marginal, evidential, probability, sampling  # noqa: F401  (register the heads)
+from . import crf_marginal, evidential, learned, probability, sampling  # noqa: F401  (register the heads)
 from .base import (
     FIELDS,
     UNCERTAINTY_HEADS,
@@ -23,6 +24,7 @@ from .base import (
 )
 from .estimator import UncertaintyEstimator
 from .evidential import DirichletTagger, evidential_loss, fit_evidential
+from .learned import ErrorPredictor, collect_features, cross_fit, fit_error_predictor
 from .missed import MissedEntityDetector
 from .temperature import TemperatureScaler
 
@@ -32,12 +34,16 @@ __all__ = [
     "BatchContext",
     "DirichletTagger",
     "EntityUncertainty",
+    "ErrorPredictor",
     "MissedEntityDetector",
     "TemperatureScaler",
     "UncertaintyEstimator",
     "UncertaintyHead",
+    "collect_features",
     "create_uncertainty_head",
+    "cross_fit",
     "evidential_loss",
+    "fit_error_predictor",
     "fit_evidential",
     "list_uncertainty_heads",
     "token_probabilities",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,17 +52,17 @@ class UncertaintyEstimator:
         """The tagger (``TaggerModule``)."""
         return self.predictor.module
 
-    @torch.inference_mode()
-    def score(self, examples: Sequence[Example],
-              progress: bool = False) -> tuple[list[Example], dict[str, list[list[EntityUncertainty]]]]:
-        """Predicted posts plus every head's :class:`EntityUncertainty` per entity (posts in input order)."""
-        examples = list(examples)
-        preds: list[Example | None] = [None] * len(examples)
-        scores: dict[str, list[Any]] = {name: [None] * len(examples) for name in self.heads}
-        missed: list[list[dict] | None] = [None] * len(examples)
+    def contexts(self, examples: Sequence[Example], progress: bool = False,
+                 desc: str = "uncertainty") -> Iterator[tuple[list[int], list[list[tuple]], BatchContext]]:
+        """Tags ``examples`` batch by batch (call under ``torch.inference_mode()``).
+
+        Yields:
+            The batch's post indices, its decoded ``(start, end, type, confidence)`` spans per post and the
+            :class:`BatchContext` the heads see.
+        """
         module = self.module.eval()
         scale = self.temperature.to(module.device) if self.temperature is not None else (lambda e: e)
-        for idx, batch in self.predictor.batches(examples, progress, desc="uncertainty"):
+        for idx, batch in self.predictor.batches(examples, progress, desc=desc):
             emissions = module(batch)
             mask = batch["word_mask"]
             decoded = module.tagger.head.decode_spans(emissions, mask)
@@ -70,29 +70,51 @@ class UncertaintyEstimator:
             for i, post in zip(idx, decoded):
                 n = len(examples[i].tokens)
                 kept.append([(s, e, t, c) for s, e, t, c in post if e <= n])
-            ctx = BatchContext(module, batch, scale(emissions), mask, [[x[:3] for x in p] for p in kept], scale)
+            yield idx, kept, BatchContext(module, batch, scale(emissions), mask, [[x[:3] for x in p] for p in kept],
+                                          scale)
+
+    @torch.inference_mode()
+    def score(self, examples: Sequence[Example],
+              progress: bool = False) -> tuple[list[Example], dict[str, list[list[EntityUncertainty]]]]:
+        """Predicted posts plus every head's :class:`EntityUncertainty` per entity (posts in input order)."""
+        examples = list(examples)
+        spans: list[Any] = [None] * len(examples)
+        scores: dict[str, list[Any]] = {name: [None] * len(examples) for name in self.heads}
+        missed: list[list[dict] | None] = [None] * len(examples)
+        for idx, kept, ctx in self.contexts(examples, progress):
             for name, head in self.heads.items():
                 for i, post in zip(idx, head.score(ctx)):
                     scores[name][i] = post
             cands = self.missed.candidates(ctx) if self.missed is not None else [None] * len(idx)
             for i, post, cand in zip(idx, kept, cands):
-                ex = examples[i]
-                ents = [Entity(s, e, t, score=round(float(c), 6)) for s, e, t, c in post]
-                preds[i] = Example(ex.id, ex.tokens, ex.image, ents, source="predicted", image_size=ex.image_size)
-                missed[i] = cand
-        first = next(iter(self.heads))
-        for i, pred in enumerate(preds):
-            assert pred is not None
-            unc = scores[first][i]
-            for ent, u in zip(pred.entities, unc):
-                ent.uncertainty = round(u.total, 6)
-            pred.meta["uncertainty"] = {"head": first, "fields": [u.fields() for u in unc]}
-            if len(self.heads) > 1:
-                pred.meta["uncertainty_by_head"] = {n: [round(u.total, 6) for u in s[i]] for n, s in scores.items()}
-            if missed[i] is not None:
-                pred.meta["missed_candidates"] = missed[i]
-        return preds, scores  # type: ignore[return-value]
+                spans[i], missed[i] = post, cand
+        return assemble_predictions(examples, spans, scores, missed), scores
 
     def predict(self, examples: Sequence[Example], progress: bool = False) -> list[Example]:
         """Predicted posts whose entities carry ``uncertainty`` (first head) and the meta described above."""
         return self.score(examples, progress)[0]
+
+
+def assemble_predictions(examples: Sequence[Example], spans: Sequence[list[tuple]],
+                         scores: dict[str, list[list[EntityUncertainty]]],
+                         missed: Sequence[list[dict] | None] | None = None) -> list[Example]:
+    """Predicted posts from decoded ``(start, end, type, confidence)`` spans and the heads' scores.
+
+    The meta written is described in :class:`UncertaintyEstimator`; the first head of ``scores`` fills
+    ``Entity.uncertainty``.
+    """
+    first = next(iter(scores))
+    preds = []
+    for i, ex in enumerate(examples):
+        ents = [Entity(s, e, t, score=round(float(c), 6)) for s, e, t, c in spans[i]]
+        pred = Example(ex.id, ex.tokens, ex.image, ents, source="predicted", image_size=ex.image_size)
+        unc = scores[first][i]
+        for ent, u in zip(pred.entities, unc):
+            ent.uncertainty = round(u.total, 6)
+        pred.meta["uncertainty"] = {"head": first, "fields": [u.fields() for u in unc]}
+        if len(scores) > 1:
+            pred.meta["uncertainty_by_head"] = {n: [round(u.total, 6) for u in s[i]] for n, s in scores.items()}
+        if missed is not None and missed[i] is not None:
+            pred.meta["missed_candidates"] = missed[i]
+        preds.append(pred)
+    return preds

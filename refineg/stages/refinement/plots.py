@@ -40,12 +40,14 @@ def plot_risk_coverage(reports: dict[str, dict], path: str | Path, field: str = 
 
 def plot_delegation_curves(curves: dict[str, dict[str, list[float]]], path: str | Path, title: str) -> Path:
     """F1 versus delegation rate, one line per head (``{"rate": [...], "f1": [...]}``)."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, c in curves.items():
-        ax.plot([100 * r for r in c["rate"]], [100 * f for f in c["f1"]], marker="o",
-                ls="--" if name.startswith("random") else "-", label=name)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20").colors
+    for k, (name, c) in enumerate(curves.items()):
+        ls = "--" if name.startswith("random") else ":" if "@" in name or name.startswith("ceiling") else "-"
+        ax.plot([100 * r for r in c["rate"]], [100 * f for f in c["f1"]], marker="o", ms=3, ls=ls,
+                color=colors[k % len(colors)], label=name)
     ax.set(xlabel="delegated entities (%)", ylabel="MNER F1 (%)", title=title)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower right")
     return _save(fig, path)
 
 

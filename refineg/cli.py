@@ -131,6 +131,8 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--quantize", choices=["int8"], default=None,
+                   help="CPU only: dynamic int8 quantisation of the encoder (see docs/benchmarks.md for speed/F1)")
 
 
 @subcommand("predict", "tag posts with a trained tagger and write canonical JSONL with per-entity scores",
@@ -157,9 +159,9 @@ def predict(args: argparse.Namespace) -> int:
             examples = create_data_format(fmt).reader(args.input, type_map={})
         else:
             raise SystemExit(f"--format must be jsonl, twitter-gmner or conll, got {fmt!r}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or ("cpu" if args.quantize else "cuda" if torch.cuda.is_available() else "cpu")
     predictor = TaggerPredictor.from_checkpoint(args.ckpt, batch_size=args.batch_size, max_length=args.max_length,
-                                                device=device)
+                                                device=device, quantize=args.quantize)
     preds = predictor.predict(examples, progress=args.text is None)
     if args.out:
         write_jsonl(preds, args.out)
@@ -324,6 +326,8 @@ def ground_cmd(args: argparse.Namespace) -> int:
         print(f"MLLM: {m['requests']} requests, {m['calls']} calls, {m['cache_hits']} cached, {m['failed']} failed, "
               f"tokens {m['prompt_tokens']} prompt + {m['completion_tokens']} completion")
     print(f"wrote {args.out} and {summary['summary_path']}")
+    return 0
+
 
 def _fit_region_scorer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="labelled dev posts (canonical JSONL with gold boxes): the "

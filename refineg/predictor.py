@@ -26,15 +26,19 @@ class TaggerPredictor:
         batch_size: Posts per forward pass.
         max_length: Subword budget per post.
         device: Torch device (default: the module's).
+        quantize: ``"int8"``: dynamic int8 quantisation of the encoder's linear layers (CPU only; weights int8,
+            activations quantised per batch). ``None`` keeps the trained precision.
     """
 
     def __init__(self, module: TaggerModule, batch_size: int = 64, max_length: int = 128,
-                 device: str | torch.device | None = None) -> None:
+                 device: str | torch.device | None = None, quantize: str | None = None) -> None:
         from transformers import AutoTokenizer
 
         self.module = module.eval()
         if device is not None:
             self.module.to(device)
+        if quantize is not None:
+            quantize_encoder(self.module, quantize)
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_encoder(module.hparams.model["encoder"]))
         self.collate = PostCollator(self.tokenizer.pad_token_id)
         self.batch_size, self.max_length = batch_size, max_length
@@ -87,3 +91,28 @@ class TaggerPredictor:
                 for ent, p in zip(out[i].entities, post):
                     ent.groundable = p
         return out
+
+
+def quantize_encoder(module: TaggerModule, scheme: str) -> TaggerModule:
+    """Quantises ``module``'s encoder in place for CPU inference (the head and CRF stay in float32).
+
+    Args:
+        module: A module on the CPU, in eval mode.
+        scheme: ``"int8"`` (dynamic int8 ``nn.Linear``).
+
+    Raises:
+        ValueError: Unknown scheme, or the module is not on the CPU.
+    """
+    import warnings
+
+    from torch import nn
+
+    if scheme != "int8":
+        raise ValueError(f"unknown quantisation {scheme!r}; supported: int8")
+    if module.device.type != "cpu":
+        raise ValueError(f"int8 dynamic quantisation runs on the CPU; the module is on {module.device}")
+    with warnings.catch_warnings():  # torch.ao's eager quantisation warns that it is deprecated in favour of torchao
+        warnings.simplefilter("ignore")
+        backbone = module.tagger.backbone
+        module.tagger.backbone = torch.ao.quantization.quantize_dynamic(backbone, {nn.Linear}, dtype=torch.qint8)
+    return module

@@ -1,0 +1,100 @@
+"""CPU inference: ``TaggerPredictor`` (float32 and dynamic int8) vs ``pipeline("token-classification")``.
+
+All three in one process on the same dev posts:
+
+- ``refineg`` / ``refineg int8``: a trained checkpoint (``--ckpt``), batches of 64 sorted by length; dev MNER F1
+  of both, so int8's F1 cost is measured, not assumed.
+- ``hf pipeline``: ``AutoModelForTokenClassification`` on the checkpoint's encoder (the same architecture and
+  size, a fresh classifier: speed only, its F1 means nothing), ``aggregation_strategy="first"``, at the
+  pipeline's default batch size and at batch 64.
+
+Single-post latency is the median over 20 posts tagged one at a time.
+
+Usage:
+    HF_HUB_OFFLINE=1 python bench/infer_throughput.py --ckpt runs/X/checkpoints/best.ckpt --dev dev.jsonl \\
+        --threads 2 --out docs/benchmarks-infer-cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+SINGLE = 20
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def ours(ckpt: str, dev: list, types: list[str], quantize: str | None) -> dict:
+    from refineg.metrics import evaluate_examples
+    from refineg.predictor import TaggerPredictor
+
+    predictor = TaggerPredictor.from_checkpoint(ckpt, batch_size=64, device="cpu", quantize=quantize)
+    predictor.predict(dev[:16], progress=False)  # warm-up
+    preds: list = []
+    secs = timed(lambda: preds.extend(predictor.predict(dev, progress=False)))
+    single = [timed(lambda p=p: predictor.predict([p], progress=False)) for p in dev[:SINGLE]]
+    mner = evaluate_examples(dev, preds, types=types)["mner"]
+    return {"posts_per_s": len(dev) / secs, "single_post_ms": 1e3 * statistics.median(single),
+            "dev_mner_f1": mner["f1"]}
+
+
+def hf_pipeline(ckpt: str, dev: list) -> list[tuple[str, dict]]:
+    import torch
+    from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer, pipeline
+
+    from refineg.modules.backbones import resolve_encoder
+
+    hparams = torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]
+    path = resolve_encoder(hparams["model"]["encoder"])
+    model = AutoModelForTokenClassification.from_config(AutoConfig.from_pretrained(path, num_labels=9)).eval()
+    pipe = pipeline("token-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(path),
+                    aggregation_strategy="first", device=-1)
+    texts = [" ".join(p.tokens) for p in dev]
+    pipe(texts[:16])
+    single = 1e3 * statistics.median(timed(lambda t=t: pipe(t)) for t in texts[:SINGLE])
+    rows = []
+    for name, kwargs in (("hf pipeline (default batch)", {}), ("hf pipeline (batch 64)", {"batch_size": 64})):
+        secs = timed(lambda kw=kwargs: pipe(texts, **kw))
+        rows.append((name, {"posts_per_s": len(texts) / secs, "single_post_ms": single}))
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--dev", required=True, help="canonical JSONL with gold entities")
+    p.add_argument("--posts", type=int, default=0, help="first N dev posts (0 = all)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default="docs/benchmarks-infer-cpu.json")
+    args = p.parse_args()
+    import torch
+
+    from refineg.data import read_jsonl
+
+    torch.set_num_threads(args.threads)
+    dev = read_jsonl(args.dev)[: args.posts or None]
+    types = sorted({e.type for post in dev for e in post.entities})
+    rows = [("refineg (float32)", ours(args.ckpt, dev, types, None)),
+            ("refineg (int8 dynamic)", ours(args.ckpt, dev, types, "int8")), *hf_pipeline(args.ckpt, dev)]
+    base = dict(rows)["hf pipeline (batch 64)"]["posts_per_s"]
+    result = {"cpu": platform.processor() or "see /proc/cpuinfo", "threads": args.threads, "posts": len(dev),
+              "torch": torch.__version__, "ckpt": args.ckpt, "rows": dict(rows)}
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print("| variant | posts/s | vs pipeline (batch 64) | 1-post ms | dev MNER F1 |\n|---|---|---|---|---|")
+    for name, r in rows:
+        f1 = f"{100 * r['dev_mner_f1']:.2f}" if "dev_mner_f1" in r else "-"
+        speed = f"{r['posts_per_s']:.1f} | {r['posts_per_s'] / base:.2f}x"
+        print(f"| {name} | {speed} | {r['single_post_ms']:.1f} | {f1} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -133,6 +133,9 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--quantize", choices=["int8"], default=None,
                    help="CPU only: dynamic int8 quantisation of the encoder (see docs/benchmarks.md for speed/F1)")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="onnx: run the encoder and emission layer in ONNX Runtime on the CPU (pip install "
+                        "'refineg[onnx]'); the export is cached by weights hash in $REFINEG_ONNX_CACHE or <tmp>")
 
 
 @subcommand("predict", "tag posts with a trained tagger and write canonical JSONL with per-entity scores",
@@ -159,9 +162,10 @@ def predict(args: argparse.Namespace) -> int:
             examples = create_data_format(fmt).reader(args.input, type_map={})
         else:
             raise SystemExit(f"--format must be jsonl, twitter-gmner or conll, got {fmt!r}")
-    device = args.device or ("cpu" if args.quantize else "cuda" if torch.cuda.is_available() else "cpu")
+    cpu_only = args.quantize or args.runtime == "onnx"
+    device = args.device or ("cpu" if cpu_only else "cuda" if torch.cuda.is_available() else "cpu")
     predictor = TaggerPredictor.from_checkpoint(args.ckpt, batch_size=args.batch_size, max_length=args.max_length,
-                                                device=device, quantize=args.quantize)
+                                                device=device, quantize=args.quantize, runtime=args.runtime)
     preds = predictor.predict(examples, progress=args.text is None)
     if args.out:
         write_jsonl(preds, args.out)

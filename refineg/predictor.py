@@ -27,21 +27,47 @@ class TaggerPredictor:
         max_length: Subword budget per post.
         device: Torch device (default: the module's).
         quantize: ``"int8"``: dynamic int8 quantisation of the encoder's linear layers (CPU only; weights int8,
-            activations quantised per batch). ``None`` keeps the trained precision.
+            activations quantised per batch); with ``runtime="onnx"``, ONNX Runtime's per-channel dynamic int8
+            quantisation of the exported graph. ``None`` keeps the trained precision.
+        runtime: ``"torch"`` (default) or ``"onnx"``: the emission graph (backbone, casing, emission layer) runs in
+            ONNX Runtime on the CPU and decoding stays in torch (needs ``pip install 'refineg[onnx]'``; text-only
+            taggers). The export is cached in ``onnx_cache_dir`` keyed by a hash of the weights.
+        onnx_cache_dir: Folder of cached ONNX exports (default ``$REFINEG_ONNX_CACHE`` or ``<tmp>/refineg-onnx``).
     """
 
     def __init__(self, module: TaggerModule, batch_size: int = 64, max_length: int = 128,
-                 device: str | torch.device | None = None, quantize: str | None = None) -> None:
+                 device: str | torch.device | None = None, quantize: str | None = None, runtime: str = "torch",
+                 onnx_cache_dir: str | Path | None = None) -> None:
         from transformers import AutoTokenizer
 
+        if runtime not in ("torch", "onnx"):
+            raise ValueError(f"unknown runtime {runtime!r}; supported: torch, onnx")
         self.module = module.eval()
-        if device is not None:
+        if runtime == "onnx":
+            if device is not None and torch.device(device).type != "cpu":
+                raise ValueError(f"runtime='onnx' runs on the CPU; got device={device}")
+            self.module.to("cpu")
+        elif device is not None:
             self.module.to(device)
-        if quantize is not None:
+        if quantize is not None and runtime == "torch":
             quantize_encoder(self.module, quantize)
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_encoder(module.hparams.model["encoder"]))
         self.collate = PostCollator(self.tokenizer.pad_token_id)
         self.batch_size, self.max_length = batch_size, max_length
+        self.onnx = None
+        if runtime == "onnx":
+            from refineg.onnx_runtime import OnnxEmissions
+
+            # two posts of different lengths, so that no axis is traced at size 1 (torch.export specialises those)
+            probe = [Example("probe-0", ["An", "example", "post", "from", "Paris"], None, []),
+                     Example("probe-1", ["Another", "one"], None, [])]
+            example = self.collate(encode_posts(probe, self.tokenizer, None, self.max_length))
+            self.onnx = OnnxEmissions(self.module.tagger, example, hparams=dict(module.hparams),
+                                      cache_dir=onnx_cache_dir, quantize=quantize)
+
+    def run(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(B, W, K)`` emissions and (groundability head only) ``(B, S, H)`` subword states of a batch."""
+        return self.onnx(batch) if self.onnx is not None else self.module.run(batch)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> TaggerPredictor:
@@ -68,7 +94,7 @@ class TaggerPredictor:
         examples = list(examples)
         out: list[Example | None] = [None] * len(examples)
         for idx, batch in self.batches(examples, progress):
-            for i, pred in zip(idx, self.module.decode(batch, [examples[i] for i in idx])):
+            for i, pred in zip(idx, self.module.decode(batch, [examples[i] for i in idx], self.run(batch))):
                 out[i] = pred
         return out  # type: ignore[return-value]
 
@@ -85,7 +111,7 @@ class TaggerPredictor:
             raise RuntimeError("this checkpoint has no groundability head (train with model.groundability=true)")
         out = [copy.deepcopy(ex) for ex in examples]
         for idx, batch in self.batches(out, progress, desc="groundability"):
-            _, states = self.module.run(batch)
+            _, states = self.run(batch)
             probs = self.module.score_groundability(batch, states, [out[i].entities for i in idx])
             for i, post in zip(idx, probs):
                 for ent, p in zip(out[i].entities, post):

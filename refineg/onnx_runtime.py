@@ -1,0 +1,163 @@
+"""ONNX Runtime for the tagger's emission graph (fast CPU inference); decoding stays in torch.
+
+The exported graph is backbone -> first-subword gather -> casing embedding -> emission layer, with dynamic batch,
+subword and word axes. The CRF/softmax decoding and the groundability head (when present, from the exported subword
+states) run in torch, so predictions go through exactly the same decoding code as the torch path.
+
+Exports are cached by a hash of the tagger's weights and hyper-parameters, so a retrained or edited checkpoint is
+exported again and an unchanged one is not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from refineg.modules.tagger import SequenceTagger
+
+logger = logging.getLogger(__name__)
+
+#: Bump when the exported graph's inputs, outputs or export settings change (invalidates cached exports).
+EXPORT_VERSION = 1
+INPUTS = ("input_ids", "attention_mask", "word_index", "casing")
+INSTALL_HINT = "pip install 'refineg[onnx]' (or: pip install onnxruntime onnx onnxscript)"
+
+
+def require_onnxruntime():
+    """Imports ``onnxruntime`` or raises an ImportError that names the pip command."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ImportError(f"runtime='onnx' needs onnxruntime; {INSTALL_HINT}") from None
+    return onnxruntime
+
+
+class EmissionGraph(nn.Module):
+    """The exported part of a :class:`SequenceTagger`: ids, mask, word positions, casing -> emissions.
+
+    Args:
+        tagger: A text-only tagger in eval mode (dropout is the identity and is left out).
+    """
+
+    def __init__(self, tagger: SequenceTagger) -> None:
+        super().__init__()
+        self.tagger = tagger
+        self.with_states = tagger.groundability is not None
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, word_index: Tensor,
+                casing: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        """``(B, S)`` ids/mask and ``(B, W)`` word starts/casing -> ``(B, W, K)`` emissions [, ``(B, S, H)`` states]."""
+        states, words = self.tagger.encode(input_ids, attention_mask, word_index, casing)
+        emissions = self.tagger.head(words)
+        return (emissions, states) if self.with_states else emissions
+
+
+def weights_hash(tagger: SequenceTagger, hparams: dict | None = None) -> str:
+    """Hex SHA-256 of the tagger's state dict, its hyper-parameters, the torch version and :data:`EXPORT_VERSION`."""
+    digest = hashlib.sha256()
+    meta = {"hparams": hparams or {}, "torch": torch.__version__, "export_version": EXPORT_VERSION}
+    digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
+    for name, value in sorted(tagger.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str((value.dtype, tuple(value.shape))).encode())
+        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    """``$REFINEG_ONNX_CACHE``, else ``<system temp>/refineg-onnx``."""
+    return Path(os.environ.get("REFINEG_ONNX_CACHE") or Path(tempfile.gettempdir()) / "refineg-onnx")
+
+
+def export_emission_graph(tagger: SequenceTagger, example: dict[str, Tensor], path: str | Path) -> Path:
+    """Exports :class:`EmissionGraph` of ``tagger`` to ``path`` (one self-contained file, written atomically).
+
+    Args:
+        tagger: A text-only tagger on the CPU.
+        example: A collated batch (``input_ids``, ``attention_mask``, ``word_index``, ``casing``) to trace with;
+            its batch, subword and word lengths become dynamic axes.
+        path: Destination ``.onnx`` file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    graph = EmissionGraph(tagger).eval()
+    args = tuple(example[k].cpu() for k in INPUTS)
+    batch, subwords, words = (torch.export.Dim(n) for n in ("batch", "subwords", "words"))
+    dynamic = {"input_ids": {0: batch, 1: subwords}, "attention_mask": {0: batch, 1: subwords},
+               "word_index": {0: batch, 1: words}, "casing": {0: batch, 1: words}}
+    outputs = ["emissions", "states"] if graph.with_states else ["emissions"]
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(graph, args, str(tmp), input_names=list(INPUTS), output_names=outputs,
+                          dynamic_shapes=dynamic, dynamo=True, external_data=False, verbose=False)
+    os.replace(tmp, path)
+    return path
+
+
+class OnnxEmissions:
+    """Runs a tagger's emission graph with ONNX Runtime on the CPU.
+
+    Args:
+        tagger: A text-only tagger (backbone ``hf``), on the CPU, in eval mode.
+        example: A collated batch to export with (any shape: the axes are dynamic).
+        hparams: The module's hyper-parameters (part of the cache key).
+        cache_dir: Folder of cached exports (default :func:`default_cache_dir`); the file is
+            ``emissions-<hash>.onnx``, re-exported when the weights change.
+        threads: Intra-op threads (default: ``torch.get_num_threads()``).
+        quantize: ``"int8"``: ONNX Runtime dynamic int8 quantisation (per-channel weights) of the exported graph.
+
+    Raises:
+        ImportError: onnxruntime (or onnx/onnxscript for the export) is missing.
+        ValueError: The backbone takes images (only text-only taggers are exported), or unknown ``quantize``.
+    """
+
+    def __init__(self, tagger: SequenceTagger, example: dict[str, Tensor], hparams: dict | None = None,
+                 cache_dir: str | Path | None = None, threads: int | None = None,
+                 quantize: str | None = None) -> None:
+        ort = require_onnxruntime()
+        if hasattr(tagger.backbone, "image"):
+            raise ValueError("runtime='onnx' supports text-only taggers (backbone 'hf'); this one takes images")
+        if quantize not in (None, "int8"):
+            raise ValueError(f"unknown ONNX quantisation {quantize!r}; supported: int8")
+        self.with_states = tagger.groundability is not None
+        key = weights_hash(tagger, hparams)[:24]
+        folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.path = folder / f"emissions-{key}.onnx"
+        if not self.path.is_file():
+            logger.info("exporting the emission graph to %s", self.path)
+            export_emission_graph(tagger, example, self.path)
+        if quantize == "int8":
+            self.path = self._quantized(self.path)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+
+    @staticmethod
+    def _quantized(path: Path) -> Path:
+        out = path.with_name(path.stem + "-int8.onnx")
+        if not out.is_file():
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+            quantize_dynamic(str(path), str(tmp), per_channel=True, weight_type=QuantType.QInt8)
+            os.replace(tmp, out)
+        return out
+
+    def __call__(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        """``(B, W, K)`` emissions and, with a groundability head, ``(B, S, H)`` subword states (else None)."""
+        feeds = {k: batch[k].cpu().numpy() for k in INPUTS}
+        outs = self.session.run(None, feeds)
+        emissions = torch.from_numpy(outs[0])
+        return emissions, (torch.from_numpy(outs[1]) if self.with_states else None)

@@ -1,9 +1,12 @@
-"""CPU inference: ``TaggerPredictor`` (float32 and dynamic int8) vs ``pipeline("token-classification")``.
+"""CPU inference: ``TaggerPredictor`` (torch float32/int8, ONNX Runtime float32/int8) vs the HF pipeline.
 
-All three in one process on the same dev posts:
+All in one process on the same dev posts:
 
 - ``refineg`` / ``refineg int8``: a trained checkpoint (``--ckpt``), batches of 64 sorted by length; dev MNER F1
   of both, so int8's F1 cost is measured, not assumed.
+- ``refineg (onnxruntime)`` / ``(onnxruntime int8)``: the same, with ``runtime="onnx"`` (the emission graph in
+  ONNX Runtime, decoding in torch; int8 = ORT per-channel dynamic quantisation). The one-off export (cached
+  by weights hash) happens before timing; its seconds are reported as ``setup_s``. Skipped without onnxruntime.
 - ``hf pipeline``: ``AutoModelForTokenClassification`` on the checkpoint's encoder (the same architecture and
   size, a fresh classifier: speed only, its F1 means nothing), ``aggregation_strategy="first"``, at the
   pipeline's default batch size and at batch 64.
@@ -33,18 +36,21 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def ours(ckpt: str, dev: list, types: list[str], quantize: str | None) -> dict:
+def ours(ckpt: str, dev: list, types: list[str], quantize: str | None, runtime: str = "torch") -> dict:
     from refineg.metrics import evaluate_examples
     from refineg.predictor import TaggerPredictor
 
-    predictor = TaggerPredictor.from_checkpoint(ckpt, batch_size=64, device="cpu", quantize=quantize)
+    start = time.perf_counter()
+    predictor = TaggerPredictor.from_checkpoint(ckpt, batch_size=64, device="cpu", quantize=quantize,
+                                                runtime=runtime)
+    setup = time.perf_counter() - start
     predictor.predict(dev[:16], progress=False)  # warm-up
     preds: list = []
     secs = timed(lambda: preds.extend(predictor.predict(dev, progress=False)))
     single = [timed(lambda p=p: predictor.predict([p], progress=False)) for p in dev[:SINGLE]]
     mner = evaluate_examples(dev, preds, types=types)["mner"]
     return {"posts_per_s": len(dev) / secs, "single_post_ms": 1e3 * statistics.median(single),
-            "dev_mner_f1": mner["f1"]}
+            "dev_mner_f1": mner["f1"], "setup_s": setup}
 
 
 def hf_pipeline(ckpt: str, dev: list) -> list[tuple[str, dict]]:
@@ -68,6 +74,15 @@ def hf_pipeline(ckpt: str, dev: list) -> list[tuple[str, dict]]:
     return rows
 
 
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True)
@@ -84,10 +99,19 @@ def main() -> None:
     dev = read_jsonl(args.dev)[: args.posts or None]
     types = sorted({e.type for post in dev for e in post.entities})
     rows = [("refineg (float32)", ours(args.ckpt, dev, types, None)),
-            ("refineg (int8 dynamic)", ours(args.ckpt, dev, types, "int8")), *hf_pipeline(args.ckpt, dev)]
+            ("refineg (int8 dynamic)", ours(args.ckpt, dev, types, "int8"))]
+    try:
+        import onnxruntime  # noqa: F401
+
+        rows += [("refineg (onnxruntime)", ours(args.ckpt, dev, types, None, "onnx")),
+                 ("refineg (onnxruntime int8 per-channel)", ours(args.ckpt, dev, types, "int8", "onnx"))]
+    except ImportError:
+        print("onnxruntime not installed: ONNX rows skipped (pip install 'refineg[onnx]')")
+    rows += hf_pipeline(args.ckpt, dev)
     base = dict(rows)["hf pipeline (batch 64)"]["posts_per_s"]
     result = {"cpu": platform.processor() or "see /proc/cpuinfo", "threads": args.threads, "posts": len(dev),
-              "torch": torch.__version__, "ckpt": args.ckpt, "rows": dict(rows)}
+              "torch": torch.__version__, "onnxruntime": _version("onnxruntime"), "ckpt": args.ckpt,
+              "rows": dict(rows)}
     Path(args.out).write_text(json.dumps(result, indent=2))
     print("| variant | posts/s | vs pipeline (batch 64) | 1-post ms | dev MNER F1 |\n|---|---|---|---|---|")
     for name, r in rows:

@@ -97,6 +97,11 @@ def export_emission_graph(tagger: SequenceTagger, example: dict[str, Tensor], pa
                "word_index": {0: batch, 1: words}, "casing": {0: batch, 1: words}}
     outputs = ["emissions", "states"] if graph.with_states else ["emissions"]
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as err:
+        raise ImportError(f"exporting to ONNX needs {err.name}; {INSTALL_HINT}") from None
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(graph, args, str(tmp), input_names=list(INPUTS), output_names=outputs,

@@ -26,6 +26,7 @@ from refineg.config import CONFIG_DIR, parse_override
 from refineg.data import Entity, Example, read_jsonl, write_jsonl
 from refineg.data.tokenize import locate_spans
 from refineg.llm import ImageScale, LLMConfig, build_llm_backend, system, user
+from refineg.llm.prompt_files import read_prompt_folder
 
 logger = logging.getLogger(__name__)
 
@@ -105,12 +106,8 @@ class ZeroShotPrompts:
         Raises:
             FileNotFoundError: A file is missing (the message names it).
         """
-        folder = Path(folder)
-        missing = [f for f in ("system.txt", "user.txt") if not (folder / f).is_file()]
-        if missing:
-            raise FileNotFoundError(f"prompt folder {folder} lacks {missing}")
-        read = lambda name: Template((folder / name).read_text(encoding="utf-8").strip())  # noqa: E731
-        return cls(read("system.txt"), read("user.txt"))
+        text = read_prompt_folder(folder, ("system.txt", "user.txt"))
+        return cls(Template(text["system.txt"]), Template(text["user.txt"]))
 
     def render(self, tokens: Sequence[str], types: Sequence[str], sent_size: tuple[int, int] | None) -> tuple[str, str]:
         """``(system text, user text)`` for one post (``sent_size``: the image as the model sees it, or ``None``)."""

@@ -16,6 +16,7 @@ from PIL import Image
 
 from refineg.data import Example
 from refineg.llm import ImageScale, Message, assistant, system, user
+from refineg.llm.prompt_files import read_prompt_folder
 
 FILES = ("system.txt", "query.txt")
 
@@ -38,11 +39,7 @@ class GroundingPrompts:
         Raises:
             FileNotFoundError: A file is missing (the message names it).
         """
-        folder = Path(folder)
-        missing = [f for f in FILES if not (folder / f).is_file()]
-        if missing:
-            raise FileNotFoundError(f"prompt folder {folder} lacks {missing}")
-        text = {f: (folder / f).read_text(encoding="utf-8").strip() for f in FILES}
+        text = read_prompt_folder(folder, FILES)
         return cls(Template(text["system.txt"]), Template(text["query.txt"]))
 
     def system_text(self, types: Sequence[str], never_grounded: Sequence[str]) -> str:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
+from refineg.llm.prompt_files import read_prompt_folder
+
 FILES = ("system.txt", "span_check.txt", "type_box_check.txt")
 
 
@@ -28,11 +30,7 @@ class RefinementPrompts:
         Raises:
             FileNotFoundError: A file is missing (the message names it).
         """
-        folder = Path(folder)
-        missing = [f for f in FILES if not (folder / f).is_file()]
-        if missing:
-            raise FileNotFoundError(f"prompt folder {folder} lacks {missing}")
-        text = {f: (folder / f).read_text(encoding="utf-8").strip() for f in FILES}
+        text = read_prompt_folder(folder, FILES)
         return cls(text["system.txt"], Template(text["span_check.txt"]), Template(text["type_box_check.txt"]))
 
     def span(self, tokens: list[str], entity: str, etype: str, types: list[str]) -> str:

@@ -22,6 +22,7 @@ from string import Template
 from refineg.config import CONFIG_DIR
 from refineg.data import Example
 from refineg.llm import Message, system, user
+from refineg.llm.prompt_files import read_prompt_folder
 
 PROMPT_FILES = ("role.txt", "guideline.txt", "task.txt", "task_no_entities.txt", "output_format.txt")
 
@@ -58,10 +59,7 @@ class PromptSet:
             FileNotFoundError: A file is missing (the message lists the expected ones).
         """
         folder = Path(folder)
-        missing = [name for name in PROMPT_FILES if not (folder / name).is_file()]
-        if missing:
-            raise FileNotFoundError(f"{folder}: prompt file(s) {missing} missing; a prompt set needs {PROMPT_FILES}")
-        texts = {name: (folder / name).read_text(encoding="utf-8").strip() for name in PROMPT_FILES}
+        texts = read_prompt_folder(folder, PROMPT_FILES)
         digest = hashlib.sha256()
         for name in PROMPT_FILES:
             digest.update(name.encode() + b"\0" + texts[name].encode() + b"\0")

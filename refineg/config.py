@@ -8,12 +8,15 @@ have is an error. The string ``None`` means null (W&B's ``${args_no_hyphens}`` w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
+
+T = TypeVar("T")
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 SAMPLE_ROOT = Path(__file__).resolve().parent / "assets" / "sample" / "twitter-gmner"
@@ -140,6 +143,31 @@ def parse_override(raw: str) -> tuple[str, str]:
         raise ValueError(f"override {raw!r} is not key=value")
     key, value = item.split("=", 1)
     return key, "null" if value == "None" else value
+
+
+def build_typed_config(schema: type[T], overrides: Sequence[str] | None = None, *layers: Any, what: str = "") -> T:
+    """A typed config object: the dataclass ``schema``, then each layer, then ``key=value`` overrides.
+
+    Args:
+        schema: A dataclass whose fields type-check every value.
+        overrides: ``key=value`` items (dotted keys; ``None`` means null).
+        layers: Dicts, ``DictConfig`` objects or YAML file paths merged in order; ``None`` layers are skipped.
+        what: Name used in error messages (``"grounding"`` -> "bad grounding configuration: ...").
+
+    Raises:
+        ValueError: A misspelt key, a wrongly typed value or a malformed override.
+    """
+    cfg = OmegaConf.structured(schema)
+    dotlist = ["=".join(parse_override(raw)) for raw in overrides or []]
+    try:
+        for layer in layers:
+            if layer is not None:
+                cfg = OmegaConf.merge(cfg, OmegaConf.load(layer) if isinstance(layer, (str, Path)) else layer)
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
+    except (ConfigKeyError, ValidationError) as err:
+        name = f"{what} " if what else ""
+        raise ValueError(f"bad {name}configuration: {err.msg if hasattr(err, 'msg') else err}") from None
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
 
 def group_file(group: str, name: str, config_dir: Path) -> Path:

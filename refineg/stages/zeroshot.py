@@ -19,10 +19,7 @@ from pathlib import Path
 from string import Template
 from typing import Any, Optional
 
-from omegaconf import OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
-
-from refineg.config import CONFIG_DIR, parse_override
+from refineg.config import CONFIG_DIR, build_typed_config
 from refineg.data import Entity, Example, read_jsonl, write_jsonl
 from refineg.data.tokenize import locate_spans
 from refineg.llm import ImageScale, LLMConfig, build_llm_backend, system, user
@@ -80,16 +77,7 @@ def load_zeroshot_config(overrides: list[str] | None = None, base: dict[str, Any
     Raises:
         ValueError: Unknown key, wrong type, malformed override or a value out of range.
     """
-    cfg = OmegaConf.structured(ZeroShotConfig)
-    dotlist = ["=".join(parse_override(raw)) for raw in overrides or []]
-    try:
-        if base:
-            cfg = OmegaConf.merge(cfg, base)
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
-    except (ConfigKeyError, ValidationError) as err:
-        raise ValueError(f"bad zeroshot configuration: {err.msg if hasattr(err, 'msg') else err}") from None
-    out: ZeroShotConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
-    return out.validate()
+    return build_typed_config(ZeroShotConfig, overrides, base or None, what="zeroshot").validate()
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
-
-from refineg.config import CONFIG_DIR, parse_override
+from refineg.config import CONFIG_DIR, build_typed_config
 from refineg.llm import LLMConfig
 
 # Optional[...] rather than ``X | None``: OmegaConf reads these annotations at run time (see refineg/llm/config.py).
@@ -152,16 +149,5 @@ def load_ground_config(overrides: list[str] | tuple[str, ...] | None = None,
     Raises:
         ValueError: Unknown key, wrong type, malformed override or value out of range.
     """
-    cfg = OmegaConf.structured(GroundConfig)
-    dotlist = []
-    for raw in overrides or []:
-        key, value = parse_override(raw)
-        dotlist.append(f"{key}={value}")
-    try:
-        if base is not None and Path(base).is_file():
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(base))
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
-    except (ConfigKeyError, ValidationError) as err:
-        raise ValueError(f"bad grounding configuration: {err.msg if hasattr(err, 'msg') else err}") from None
-    out: GroundConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
-    return out.validate()
+    base = base if base is not None and Path(base).is_file() else None
+    return build_typed_config(GroundConfig, overrides, base, what="grounding").validate()

@@ -16,12 +16,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from omegaconf import OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
 from PIL import Image
 from tqdm.auto import tqdm
 
-from refineg.config import parse_override
+from refineg.config import build_typed_config
 from refineg.data import Example, read_jsonl
 from refineg.data.schema import Box
 from refineg.metrics import box_iou
@@ -101,16 +99,7 @@ def load_fit_config(overrides: Sequence[str] | None = None) -> RegionScorerFitCo
     Raises:
         ValueError: Unknown key, wrong type or malformed override.
     """
-    cfg = OmegaConf.structured(RegionScorerFitConfig)
-    dotlist = []
-    for raw in overrides or []:
-        key, value = parse_override(raw)
-        dotlist.append(f"{key}={value}")
-    try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
-    except (ConfigKeyError, ValidationError) as err:
-        raise ValueError(f"bad fit-region-scorer configuration: {err.msg if hasattr(err, 'msg') else err}") from None
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    return build_typed_config(RegionScorerFitConfig, overrides, what="fit-region-scorer")
 
 
 def fit_threshold(best_scores: Sequence[float | None], box_correct: Sequence[bool], gold_none: Sequence[bool]

@@ -5,10 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from omegaconf import OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
-
-from refineg.config import CONFIG_DIR, parse_override
+from refineg.config import CONFIG_DIR, build_typed_config
 from refineg.llm import LLMConfig
 
 # Optional[...] rather than ``X | None``: OmegaConf reads these annotations at run time (see refineg/llm/config.py).
@@ -105,16 +102,4 @@ def load_refine_config(overrides: list[str] | None = None, base: dict[str, Any] 
     Raises:
         ValueError: Unknown key, wrong type, malformed override or value out of range.
     """
-    cfg = OmegaConf.structured(RefineConfig)
-    dotlist = []
-    for raw in overrides or []:
-        key, value = parse_override(raw)
-        dotlist.append(f"{key}={value}")
-    try:
-        if base:
-            cfg = OmegaConf.merge(cfg, base)
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
-    except (ConfigKeyError, ValidationError) as err:
-        raise ValueError(f"bad refine configuration: {err.msg if hasattr(err, 'msg') else err}") from None
-    out: RefineConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
-    return out.validate()
+    return build_typed_config(RefineConfig, overrides, base or None, what="refine").validate()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -72,6 +73,10 @@ class Message:
     def text(self) -> str:
         """The concatenated text parts (images left out)."""
         return "".join(p.text for p in self.parts if isinstance(p, TextPart))
+
+    def content_parts(self, image_part: Callable[[ImagePart], dict[str, Any]]) -> list[dict[str, Any]]:
+        """The parts as chat-template dicts: ``{"type": "text", ...}`` for text, ``image_part(p)`` for images."""
+        return [{"type": "text", "text": p.text} if isinstance(p, TextPart) else image_part(p) for p in self.parts]
 
 
 def _to_parts(items: tuple[str | Image.Image | Path | Part, ...]) -> str | tuple[Part, ...]:

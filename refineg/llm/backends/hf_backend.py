@@ -12,7 +12,7 @@ from ..config import LLMConfig
 from ..factory import register_backend
 from ..faults import BackendError
 from ..images import prepare_image
-from ..messages import ImagePart, TextPart
+from ..messages import ImagePart
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +110,11 @@ class HFBackend(ChatBackend):
                     raise BackendError("bad_request", f"text-only model {self.config.model!r} got an image")
                 conversation.append({"role": m.role, "content": m.text})
                 continue
-            parts: list[dict[str, Any]] = []
-            for p in m.parts:
-                if isinstance(p, TextPart):
-                    parts.append({"type": "text", "text": p.text})
-                elif isinstance(p, ImagePart):
-                    images.append(prepare_image(p.image, self.config.max_side).image)
-                    parts.append({"type": "image"})
-            conversation.append({"role": m.role, "content": parts})
+            def image_part(p: ImagePart) -> dict[str, Any]:
+                images.append(prepare_image(p.image, self.config.max_side).image)
+                return {"type": "image"}
+
+            conversation.append({"role": m.role, "content": m.content_parts(image_part)})
         owner = self.processor if self.multimodal else self.tokenizer
         text = owner.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
         return text, images

@@ -11,7 +11,7 @@ from ..config import LLMConfig
 from ..factory import register_backend
 from ..faults import BackendError, parse_retry_after
 from ..images import prepare_image
-from ..messages import ImagePart, TextPart
+from ..messages import ImagePart
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,10 @@ class OpenAIBackend(ChatBackend):
             api_key=key or "EMPTY", base_url=config.base_url, timeout=config.timeout_s, max_retries=0
         )
 
+    def _image_url_part(self, part: ImagePart) -> dict[str, Any]:
+        url = prepare_image(part.image, self.config.max_side).data_url(self.config.jpeg_quality)
+        return {"type": "image_url", "image_url": {"url": url}}
+
     def to_openai_messages(self, messages: Conversation) -> list[dict[str, Any]]:
         """``messages`` in the chat-completions wire format (images as resized base64 JPEG data URLs)."""
         out: list[dict[str, Any]] = []
@@ -59,14 +63,7 @@ class OpenAIBackend(ChatBackend):
             if isinstance(m.content, str):
                 out.append({"role": m.role, "content": m.content})
                 continue
-            parts: list[dict[str, Any]] = []
-            for p in m.parts:
-                if isinstance(p, TextPart):
-                    parts.append({"type": "text", "text": p.text})
-                elif isinstance(p, ImagePart):
-                    url = prepare_image(p.image, self.config.max_side).data_url(self.config.jpeg_quality)
-                    parts.append({"type": "image_url", "image_url": {"url": url}})
-            out.append({"role": m.role, "content": parts})
+            out.append({"role": m.role, "content": m.content_parts(self._image_url_part)})
         return out
 
     def _complete(self, messages: Conversation, params: dict[str, Any]) -> Completion:

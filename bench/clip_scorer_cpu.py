@@ -26,20 +26,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_model  # bench/machine.py (the script folder is on sys.path)
 
 SOURCES = ("grid", "mtcnn", "file", "selective_search")  # cheapest first: partial runs keep the first ones
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "cat", "immunohistochemistry", "hubble_deep_field",
           "retina")
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _posts(n: int):
@@ -131,7 +122,7 @@ def _write(args: argparse.Namespace, results: dict) -> None:
     report = {
         "command": "HF_HUB_OFFLINE=1 python " + shlex.join(sys.argv),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cpu": _cpu_model(), "torch_threads": args.threads, "python": platform.python_version(),
+        "cpu": cpu_model(), "torch_threads": args.threads, "python": platform.python_version(),
         "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__,
                      "opencv": __import__("cv2").__version__,
                      "facenet_pytorch": _version("facenet-pytorch")},

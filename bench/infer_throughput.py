@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
+
+from machine import cpu_model  # bench/machine.py (the script folder is on sys.path)
 
 SINGLE = 20
 
@@ -109,7 +110,7 @@ def main() -> None:
         print("onnxruntime not installed: ONNX rows skipped (pip install 'refineg[onnx]')")
     rows += hf_pipeline(args.ckpt, dev)
     base = dict(rows)["hf pipeline (batch 64)"]["posts_per_s"]
-    result = {"cpu": platform.processor() or "see /proc/cpuinfo", "threads": args.threads, "posts": len(dev),
+    result = {"cpu": cpu_model(), "threads": args.threads, "posts": len(dev),
               "torch": torch.__version__, "onnxruntime": _version("onnxruntime"), "ckpt": args.ckpt,
               "rows": dict(rows)}
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -33,6 +33,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from machine import cpu_model  # bench/machine.py (the script folder is on sys.path)
+
 FULL_ROOT = "/work/shared/data/twitter-gmner/Twitter10000_v2.0"
 VARIANTS = ("ours-train", "ours-train-softmax", "hf-trainer", "ours-infer", "hf-pipeline")
 QUALITY = ("quality-ours", "quality-hf")
@@ -309,16 +311,6 @@ def run_variant(name: str) -> tuple[list[dict], int | None]:
     os.unlink(result)
     print(f"[{name}] done in {wall:.1f} s", file=sys.stderr, flush=True)
     return [{**row, "process_wall_s": wall} for row in out["rows"]], out["threads"]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 COLUMNS = (("variant", "variant", "{}"), ("posts_per_s", "posts/s", "{:.1f}"), ("tokens_per_s", "tokens/s", "{:.0f}"),

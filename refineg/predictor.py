@@ -75,10 +75,14 @@ class TaggerPredictor:
         module = TaggerModule.load_from_checkpoint(str(path), map_location="cpu", weights_only=False)
         return cls(module, **kwargs)
 
-    def batches(self, examples: Sequence[Example], progress: bool = False,
-                desc: str = "tagging") -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
-        """Longest-first collated batches on the module's device, with the indices of their posts."""
-        encoded = encode_posts(list(examples), self.tokenizer, None, self.max_length)
+    def batches(self, examples: Sequence[Example], progress: bool = False, desc: str = "tagging",
+                labels: bool = False) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+        """Longest-first collated batches on the module's device, with the indices of their posts.
+
+        With ``labels`` the batches carry the gold BIO labels of ``examples`` (for fitting calibration layers).
+        """
+        label_ids = {lab: i for i, lab in enumerate(self.module.labels)} if labels else None
+        encoded = encode_posts(list(examples), self.tokenizer, label_ids, self.max_length)
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].input_ids))
         device = self.module.device
         bar = tqdm(total=len(encoded), desc=desc, unit="post", disable=not progress)

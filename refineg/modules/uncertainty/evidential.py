@@ -115,6 +115,7 @@ def fit_evidential(module: Any, examples: Sequence[Example], epochs: int = 10, l
     from refineg.datamodules.encoding import encode_posts
     from refineg.predictor import TaggerPredictor
 
+    # batches in file order (not TaggerPredictor.batches' longest-first): the documented runs were trained this way
     predictor = TaggerPredictor(module, batch_size=batch_size, max_length=max_length)
     label_ids = {lab: i for i, lab in enumerate(module.labels)}
     encoded = encode_posts(list(examples), predictor.tokenizer, label_ids, max_length)

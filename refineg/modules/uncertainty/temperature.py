@@ -66,16 +66,12 @@ class TemperatureScaler(nn.Module):
 
     def fit(self, module: Any, examples: Sequence[Example], batch_size: int = 64, max_length: int = 128) -> float:
         """Fits ``T`` on labelled posts (dev) with a trained ``TaggerModule``; returns it."""
-        from refineg.datamodules.encoding import encode_posts
         from refineg.predictor import TaggerPredictor
 
         predictor = TaggerPredictor(module, batch_size=batch_size, max_length=max_length)
-        label_ids = {lab: i for i, lab in enumerate(module.labels)}
-        encoded = encode_posts(list(examples), predictor.tokenizer, label_ids, max_length)
         batches = []
         with torch.no_grad():
-            for lo in range(0, len(encoded), batch_size):
-                batch = {k: v.to(module.device) for k, v in predictor.collate(encoded[lo:lo + batch_size]).items()}
+            for _, batch in predictor.batches(examples, labels=True):
                 batches.append((module(batch).float().detach(), batch["labels"], batch["word_mask"]))
         self.to(module.device)
         frozen = [(p, p.requires_grad) for p in module.parameters()]

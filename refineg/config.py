@@ -105,6 +105,16 @@ class TrainerConfig:
 
 
 @dataclass
+class DDPConfig:
+    """DistributedDataParallel settings, used when ``trainer.strategy=ddp``."""
+
+    comm_hook: str = "none"  # none | bf16 | fp16: all-reduce gradients compressed to 16 bits (half the traffic)
+    bucket_cap_mb: int = 25  # gradient bucket size: larger buckets mean fewer, bigger all-reduces
+    gradient_as_bucket_view: bool = True  # gradients live in the all-reduce buckets (no copy, less memory)
+    static_graph: bool = False  # the same parameters are used every step (lets DDP skip bookkeeping)
+
+
+@dataclass
 class LoggerConfig:
     """CSV logging always; W&B offline unless the environment provides credentials or a mode."""
 
@@ -123,12 +133,14 @@ class TrainConfig:
     runs_dir: str = "runs"
     ckpt_path: str | None = None  # "last" resumes the run's last checkpoint
     compile: str = "none"  # none | backbone | layers | tagger | cudagraphs (refineg/modules/compile.py)
+    cuda_graph: bool = False  # record the training step as CUDA graphs (one GPU; refineg/modules/step_graph.py)
     cudnn_attention: bool = True  # False: SDPA skips cuDNN (its per-call planning costs ~1 ms CPU per layer)
     predict: bool = True  # write dev/test predictions as JSONL
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    ddp: DDPConfig = field(default_factory=DDPConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 

@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
 from refineg.callbacks import TrainThroughput
@@ -57,6 +58,21 @@ def _loggers(cfg: DictConfig, run_dir: Path) -> list:
     return loggers
 
 
+def ddp_strategy(ddp: DictConfig) -> DDPStrategy:
+    """Lightning's DDP strategy with the ``ddp`` config (gradient compression hook, buckets, static graph).
+
+    Raises:
+        ValueError: Unknown ``ddp.comm_hook``.
+    """
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    hooks = {"none": None, "bf16": default_hooks.bf16_compress_hook, "fp16": default_hooks.fp16_compress_hook}
+    if ddp.comm_hook not in hooks:
+        raise ValueError(f"ddp.comm_hook={ddp.comm_hook!r}: choose one of {', '.join(hooks)}")
+    return DDPStrategy(ddp_comm_hook=hooks[ddp.comm_hook], bucket_cap_mb=ddp.bucket_cap_mb,
+                       gradient_as_bucket_view=ddp.gradient_as_bucket_view, static_graph=ddp.static_graph)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Trains, tests and writes the run folder; returns the metrics written to ``metrics.json``."""
     run_dir = resolve_run_dir(cfg)
@@ -83,11 +99,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                            enable_version_counter=False)
     throughput = TrainThroughput()
     trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if v is not None}
+    if trainer_kwargs.get("strategy") == "ddp":
+        trainer_kwargs["strategy"] = ddp_strategy(cfg.ddp)
+    if cfg.cuda_graph:
+        if cfg.compile != "none":
+            raise ValueError(f"cuda_graph=true records the eager step; it does not combine with compile={cfg.compile}")
+        if cfg.trainer.accumulate_grad_batches != 1:
+            raise ValueError("cuda_graph=true needs trainer.accumulate_grad_batches=1 (each replay overwrites the "
+                             "gradients)")
+        module.use_step_graph(clip=trainer_kwargs.pop("gradient_clip_val", None))
+        if cfg.data.pad_to_multiple_of <= 1:
+            logger.warning("cuda_graph=true records one graph per batch shape: set data.pad_to_multiple_of "
+                           "(e.g. 16) so that few shapes occur")
     trainer = L.Trainer(default_root_dir=str(run_dir), logger=_loggers(cfg, run_dir),
                         callbacks=[checkpoint, last, LearningRateMonitor("step"), throughput],
                         use_distributed_sampler=False,
                         reload_dataloaders_every_n_epochs=1 if cfg.data.mixing == "two_stage" else 0,
                         **trainer_kwargs)
+    if cfg.cuda_graph and trainer.world_size > 1:
+        raise ValueError(f"cuda_graph=true runs on one device; this run has {trainer.world_size} (use "
+                         "trainer.devices=1 or cuda_graph=false)")
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / "config.yaml")

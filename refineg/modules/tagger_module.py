@@ -17,6 +17,7 @@ from refineg.metrics import GMNERMetrics
 from refineg.modules.backbones import create_backbone
 from refineg.modules.groundability import create_groundability_head
 from refineg.modules.heads import create_head
+from refineg.modules.step_graph import GraphedStep
 from refineg.modules.tagger import SequenceTagger
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class TaggerModule(L.LightningModule):
             for name, param in self.tagger.named_parameters():
                 param.requires_grad_(name.startswith("groundability."))
             self.train(self.training)  # Lightning keeps the module's modes: fix the frozen parts to eval now
+        self.step_graph: GraphedStep | None = None  # see use_step_graph
         if self.tagger.groundability is not None:
             self.val_groundability_auroc = BinaryAUROC()
             self.val_groundability_acc = BinaryAccuracy()
@@ -143,14 +145,38 @@ class TaggerModule(L.LightningModule):
             self.val_groundability_auroc.reset()
             self.val_groundability_acc.reset()
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:  # noqa: D102
+    def use_step_graph(self, clip: float | None = None) -> None:
+        """Trains with the step recorded as CUDA graphs (``cuda_graph=true``; see :mod:`refineg.modules.step_graph`).
+
+        Switches to manual optimisation: the graph does forward, loss, backward and clipping to ``clip``; the
+        optimizer and schedule step eagerly. Runs eagerly on a CPU.
+
+        Raises:
+            ValueError: With a groundability head (its targets change shape with every batch).
+        """
         if self.tagger.groundability is not None:
-            return self._groundability_training_step(batch)
+            raise ValueError("cuda_graph=true supports tagging only; train model.groundability=true without it")
+        self.automatic_optimization = False
+        params = [p for p in self.parameters() if p.requires_grad]
+        self.step_graph = GraphedStep(self.tagging_loss, params, clip=clip)
+
+    def tagging_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Post-weighted mean of the head's per-post loss over a batch (scalar)."""
         emissions = self(batch)
         per_post = self.tagger.head.loss(emissions, batch["labels"], batch["word_mask"])
         weight = batch["weight"].to(per_post.dtype)
-        loss = (per_post * weight).sum() / weight.sum().clamp(min=1e-8)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(weight))
+        return (per_post * weight).sum() / weight.sum().clamp(min=1e-8)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:  # noqa: D102
+        if self.tagger.groundability is not None:
+            return self._groundability_training_step(batch)
+        if self.step_graph is not None:
+            loss = self.step_graph(batch)
+            self.optimizers().step()
+            self.lr_schedulers().step()
+        else:
+            loss = self.tagging_loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["weight"]))
         return loss
 
     def _groundability_training_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -1,0 +1,87 @@
+"""``cuda_graph=true``: the recorded training step trains exactly like Lightning's automatic optimisation."""
+
+import os
+
+import pytest
+import torch
+
+from refineg.config import load_config
+from refineg.modules.step_graph import GraphedStep
+from tests.test_train import tiny_args
+
+
+def _final_weights(encoder, runs, name, **extra):
+    from refineg.training import train
+
+    os.environ.pop("REFINEG_RUN_NAME", None)
+    args = tiny_args(encoder, runs, name, **{"data.gold_limit": 32, "data.batch_size": 8, "trainer.max_epochs": 1,
+                                             "predict": "false", "data.eval_batch_size": 64,
+                                             "trainer.gradient_clip_val": 0.05, **extra})
+    train(load_config(args))
+    ckpt = torch.load(runs / name / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    return ckpt["state_dict"], ckpt["global_step"]
+
+
+def test_step_graph_mode_matches_automatic_optimisation(tiny_encoder, tmp_path):
+    auto, auto_steps = _final_weights(tiny_encoder, tmp_path, "auto")
+    graph, graph_steps = _final_weights(tiny_encoder, tmp_path, "graph", cuda_graph="true")
+    init = torch.load(tmp_path / "auto" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert graph_steps == auto_steps == 4  # Lightning counts the manual optimizer steps
+    crf = "tagger.head.crf.transitions"
+    for key in auto:
+        torch.testing.assert_close(graph[key], auto[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert init[crf].abs().sum() > 0
+
+
+def test_clipping_and_signatures():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(4, 1)
+    step = GraphedStep(lambda b: (lin(b["input_ids"].float()) ** 2).sum() * 100, list(lin.parameters()), clip=0.5)
+    batch = {"input_ids": torch.randn(3, 4), "weight": torch.ones(3), "index": torch.arange(3)}
+    loss = step(batch)
+    norm = torch.cat([p.grad.flatten() for p in lin.parameters()]).norm()
+    assert loss.item() > 0 and norm == pytest.approx(0.5, rel=1e-4)
+    assert GraphedStep.signature(batch) == (("input_ids", (3, 4), torch.float32), ("weight", (3,), torch.float32))
+    assert step.eager_steps == 1 and step.replays == 0
+
+
+def test_refusals(tiny_encoder, tmp_path):
+    from refineg.training import train
+
+    with pytest.raises(ValueError, match="accumulate_grad_batches"):
+        train(load_config(tiny_args(tiny_encoder, tmp_path, "acc", cuda_graph="true",
+                                    **{"trainer.accumulate_grad_batches": 2})))
+    with pytest.raises(ValueError, match="tagging only"):
+        train(load_config(tiny_args(tiny_encoder, tmp_path, "gr", cuda_graph="true",
+                                    **{"model.groundability": "true"})))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_replayed_gradients_equal_eager_on_gpu():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Embedding(50, 16), torch.nn.Linear(16, 16), torch.nn.GELU(),
+                              torch.nn.Linear(16, 1)).cuda()
+    params = list(net.parameters())
+
+    def loss_fn(b):
+        return (net(b["input_ids"]).squeeze(-1) * b["weight"][:, None]).pow(2).mean()
+
+    step = GraphedStep(loss_fn, params, clip=1.0)
+    for i in range(6):
+        batch = {"input_ids": torch.randint(0, 50, (4, 8 if i % 2 else 16), device="cuda"),
+                 "weight": torch.rand(4, device="cuda")}
+        loss = step(batch)
+        got = [p.grad.clone() for p in params]
+        for p in params:
+            p.grad = None
+        want = loss_fn(batch)
+        want.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.testing.assert_close(loss, want.detach())
+        del want  # an autograd graph kept alive pins AccumulateGrad to this stream and would break the next capture
+        for g, p in zip(got, params):
+            torch.testing.assert_close(g, p.grad)
+        with torch.no_grad():  # move the weights, as an optimizer would, so stale replays would be caught
+            for p in params:
+                p.add_(torch.randn_like(p) * 0.01)
+    assert step.eager_steps == 2 and len(step.graphs) == 2 and step.replays == 4

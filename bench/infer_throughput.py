@@ -3,7 +3,8 @@
 All in one process on the same dev posts:
 
 - ``refineg`` / ``refineg int8``: a trained checkpoint (``--ckpt``), batches of 64 sorted by length; dev MNER F1
-  of both, so int8's F1 cost is measured, not assumed.
+  of each, so int8's F1 cost is measured, not assumed. ``int8`` is ``quantize="int8"`` (per-channel 7-bit
+  weights, 8-bit activations), ``int8 per-tensor`` is torch's default ``quantize_dynamic``.
 - ``refineg (onnxruntime)`` / ``(onnxruntime int8)``: the same, with ``runtime="onnx"`` (the emission graph in
   ONNX Runtime, decoding in torch; int8 = ORT per-channel dynamic quantisation). The one-off export (cached
   by weights hash) happens before timing; its seconds are reported as ``setup_s``. Skipped without onnxruntime.
@@ -15,7 +16,7 @@ Single-post latency is the median over 20 posts tagged one at a time.
 
 Usage:
     HF_HUB_OFFLINE=1 python bench/infer_throughput.py --ckpt runs/X/checkpoints/best.ckpt --dev dev.jsonl \\
-        --threads 2 --out docs/benchmarks-infer-cpu.json
+        --threads 2 --out docs/benchmarks-infer-cpu.json [--variants float32,int8,pipeline]
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ from pathlib import Path
 from machine import cpu_model  # bench/machine.py (the script folder is on sys.path)
 
 SINGLE = 20
+VARIANTS = {  # --variants key -> (row name, quantize, runtime); "pipeline" adds the two HF pipeline rows
+    "float32": ("refineg (float32)", None, "torch"),
+    "int8": ("refineg (int8 dynamic, per-channel)", "int8", "torch"),
+    "int8-per-tensor": ("refineg (int8 dynamic, per-tensor)", "int8-per-tensor", "torch"),
+    "onnx": ("refineg (onnxruntime)", None, "onnx"),
+    "onnx-int8": ("refineg (onnxruntime int8 per-channel)", "int8", "onnx"),
+}
 
 
 def timed(fn) -> float:
@@ -91,33 +99,45 @@ def main() -> None:
     p.add_argument("--posts", type=int, default=0, help="first N dev posts (0 = all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="docs/benchmarks-infer-cpu.json")
+    p.add_argument("--variants", default=",".join([*VARIANTS, "pipeline"]),
+                   help="comma-separated rows to run, in this order (default: all): "
+                        f"{', '.join([*VARIANTS, 'pipeline'])}")
+    p.add_argument("--engine", default=None, help="torch.backends.quantized.engine for the torch int8 rows "
+                   "(x86, fbgemm, onednn; default: torch's)")
     args = p.parse_args()
+    wanted = args.variants.split(",")
+    unknown = set(wanted) - {*VARIANTS, "pipeline"}
+    if unknown:
+        p.error(f"unknown --variants {sorted(unknown)}; choose from {', '.join([*VARIANTS, 'pipeline'])}")
     import torch
 
     from refineg.data import read_jsonl
 
     torch.set_num_threads(args.threads)
+    if args.engine:
+        torch.backends.quantized.engine = args.engine
     dev = read_jsonl(args.dev)[: args.posts or None]
     types = sorted({e.type for post in dev for e in post.entities})
-    rows = [("refineg (float32)", ours(args.ckpt, dev, types, None)),
-            ("refineg (int8 dynamic)", ours(args.ckpt, dev, types, "int8"))]
-    try:
-        import onnxruntime  # noqa: F401
-
-        rows += [("refineg (onnxruntime)", ours(args.ckpt, dev, types, None, "onnx")),
-                 ("refineg (onnxruntime int8 per-channel)", ours(args.ckpt, dev, types, "int8", "onnx"))]
-    except ImportError:
-        print("onnxruntime not installed: ONNX rows skipped (pip install 'refineg[onnx]')")
-    rows += hf_pipeline(args.ckpt, dev)
-    base = dict(rows)["hf pipeline (batch 64)"]["posts_per_s"]
+    rows = []
+    for key in wanted:
+        if key == "pipeline":
+            rows += hf_pipeline(args.ckpt, dev)
+            continue
+        name, quantize, runtime = VARIANTS[key]
+        if runtime == "onnx" and _version("onnxruntime") is None:
+            print(f"onnxruntime not installed: {name} skipped (pip install 'refineg[onnx]')")
+            continue
+        rows.append((name, ours(args.ckpt, dev, types, quantize, runtime)))
+    base = dict(rows).get("hf pipeline (batch 64)", {}).get("posts_per_s")
     result = {"cpu": cpu_model(), "threads": args.threads, "posts": len(dev),
+              "quantized_engine": torch.backends.quantized.engine,
               "torch": torch.__version__, "onnxruntime": _version("onnxruntime"), "ckpt": args.ckpt,
               "rows": dict(rows)}
     Path(args.out).write_text(json.dumps(result, indent=2))
     print("| variant | posts/s | vs pipeline (batch 64) | 1-post ms | dev MNER F1 |\n|---|---|---|---|---|")
     for name, r in rows:
         f1 = f"{100 * r['dev_mner_f1']:.2f}" if "dev_mner_f1" in r else "-"
-        speed = f"{r['posts_per_s']:.1f} | {r['posts_per_s'] / base:.2f}x"
+        speed = f"{r['posts_per_s']:.1f} | " + (f"{r['posts_per_s'] / base:.2f}x" if base else "-")
         print(f"| {name} | {speed} | {r['single_post_ms']:.1f} | {f1} |")
 
 

@@ -131,8 +131,9 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--quantize", choices=["int8"], default=None,
-                   help="CPU only: dynamic int8 quantisation of the encoder (see docs/benchmarks.md for speed/F1)")
+    p.add_argument("--quantize", choices=["int8", "int8-per-tensor"], default=None,
+                   help="CPU only: dynamic int8 quantisation of the encoder; int8 = per-channel weights, within 0.1 "
+                        "F1 of float32 (int8-per-tensor: torch's default, ~2 F1 lower); see docs/benchmarks.md")
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
                    help="onnx: run the encoder and emission layer in ONNX Runtime on the CPU (pip install "
                         "'refineg[onnx]'); the export is cached by weights hash in $REFINEG_ONNX_CACHE or <tmp>")

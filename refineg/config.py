@@ -112,6 +112,7 @@ class DDPConfig:
     bucket_cap_mb: int = 25  # gradient bucket size: larger buckets mean fewer, bigger all-reduces
     gradient_as_bucket_view: bool = True  # gradients live in the all-reduce buckets (no copy, less memory)
     static_graph: bool = False  # the same parameters are used every step (lets DDP skip bookkeeping)
+    side_stream: bool = False  # wrap the model on a side stream, as Lightning does (slower: see training.py)
 
 
 @dataclass
@@ -134,7 +135,7 @@ class TrainConfig:
     ckpt_path: str | None = None  # "last" resumes the run's last checkpoint
     compile: str = "none"  # none | backbone | layers | tagger | cudagraphs (refineg/modules/compile.py)
     cuda_graph: bool = False  # record the training step as CUDA graphs (one GPU; refineg/modules/step_graph.py)
-    cudnn_attention: bool = True  # False: SDPA skips cuDNN (its per-call planning costs ~1 ms CPU per layer)
+    cudnn_attention: bool = False  # True: SDPA may pick cuDNN (its per-length planning halved GPU posts/s here)
     predict: bool = True  # write dev/test predictions as JSONL
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
 
 from refineg.callbacks import TrainThroughput
 from refineg.cli import format_scores
@@ -58,6 +59,19 @@ def _loggers(cfg: DictConfig, run_dir: Path) -> list:
     return loggers
 
 
+class SameStreamDDPStrategy(DDPStrategy):
+    """Lightning's DDP, but the model is wrapped on the current CUDA stream.
+
+    Lightning builds ``DistributedDataParallel`` on a fresh side stream. DDP keeps the parameters' gradient
+    accumulators created there, so every backward then hands each gradient across streams (torch warns: "The
+    AccumulateGrad node's stream does not match the stream of the node that produced the incoming gradient"),
+    an extra synchronisation per parameter per step.
+    """
+
+    def _setup_model(self, model: torch.nn.Module) -> DistributedDataParallel:
+        return DistributedDataParallel(module=model, device_ids=self.determine_ddp_device_ids(), **self._ddp_kwargs)
+
+
 def ddp_strategy(ddp: DictConfig) -> DDPStrategy:
     """Lightning's DDP strategy with the ``ddp`` config (gradient compression hook, buckets, static graph).
 
@@ -69,7 +83,8 @@ def ddp_strategy(ddp: DictConfig) -> DDPStrategy:
     hooks = {"none": None, "bf16": default_hooks.bf16_compress_hook, "fp16": default_hooks.fp16_compress_hook}
     if ddp.comm_hook not in hooks:
         raise ValueError(f"ddp.comm_hook={ddp.comm_hook!r}: choose one of {', '.join(hooks)}")
-    return DDPStrategy(ddp_comm_hook=hooks[ddp.comm_hook], bucket_cap_mb=ddp.bucket_cap_mb,
+    cls = DDPStrategy if ddp.side_stream else SameStreamDDPStrategy
+    return cls(ddp_comm_hook=hooks[ddp.comm_hook], bucket_cap_mb=ddp.bucket_cap_mb,
                        gradient_as_bucket_view=ddp.gradient_as_bucket_view, static_graph=ddp.static_graph)
 
 

@@ -4,7 +4,8 @@ At the paper's batch size (32 short posts) a tagger step is a few milliseconds o
 kernel launches, the CRF's per-word recursion and autograd's bookkeeping, all paid in Python on the CPU. Recording
 the step once per padded batch shape and replaying it makes that cost one ``replay()`` call.
 
-How it works (``train.cuda_graph=true``; see :meth:`refineg.modules.tagger_module.TaggerModule.use_step_graph`):
+How it works (``cuda_graph=true`` in the training config; see
+:meth:`refineg.modules.tagger_module.TaggerModule.use_step_graph`):
 
 - The batch's tensors that the step reads are its *signature*; pad batches to a multiple
   (``data.pad_to_multiple_of``) so only a few signatures occur.

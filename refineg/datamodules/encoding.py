@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from transformers import PreTrainedTokenizerBase
@@ -117,6 +119,16 @@ def encode_posts(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase
     return out
 
 
+def _scatter(rows: Iterable[Sequence[int]], mask: np.ndarray, fill: int) -> np.ndarray:
+    """A ``mask``-shaped int64 array of ``fill`` whose True positions take the concatenated ``rows``.
+
+    Boolean-mask assignment fills row by row, so left-aligned masks of the rows' lengths put each row in its line.
+    """
+    out = np.full(mask.shape, fill, dtype=np.int64)
+    out[mask] = np.fromiter(chain.from_iterable(rows), np.int64, int(mask.sum()))
+    return out
+
+
 class PostCollator:
     """Pads a list of :class:`EncodedPost` into tensors; optional word dropout (training only).
 
@@ -168,43 +180,35 @@ class PostCollator:
             ``(N, 3)`` ``[post, start, end_exclusive]`` word positions, ``entity_types`` ``(N,)`` and
             ``entity_grounded`` ``(N,)`` (1.0 when the gold entity has a box).
         """
-        bsz = len(posts)
-        s_len = max(len(p.input_ids) for p in posts)
-        w_len = max(1, max(len(p.word_starts) for p in posts))
+        s_lens = np.array([len(p.input_ids) for p in posts])
+        w_lens = np.array([len(p.word_starts) for p in posts])
+        s_len, w_len = int(s_lens.max()), max(1, int(w_lens.max()))
         if self.multiple > 1:
             s_len, w_len = (-(-n // self.multiple) * self.multiple for n in (s_len, w_len))
-        input_ids = torch.full((bsz, s_len), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((bsz, s_len), dtype=torch.long)
-        word_index = torch.zeros((bsz, w_len), dtype=torch.long)
-        word_mask = torch.zeros((bsz, w_len), dtype=torch.bool)
-        casing = torch.zeros((bsz, w_len), dtype=torch.long)
-        labels = torch.full((bsz, w_len), -100, dtype=torch.long)
-        word_end = torch.ones((bsz, w_len), dtype=torch.long)
-        ents = [(b, s, e, t, g) for b, p in enumerate(posts) for s, e, t, g in p.entities]
-        for b, p in enumerate(posts):
-            ids = list(p.input_ids)
-            if self.word_dropout > 0 and self.unk_id is not None:
-                for lo, hi in p.word_pieces:
-                    if hi > lo and random.random() < self.word_dropout:
-                        ids[lo:hi] = [self.unk_id] * (hi - lo)
-            input_ids[b, :len(ids)] = torch.tensor(ids)
-            attention[b, :len(ids)] = 1
-            n = len(p.word_starts)
-            if n:
-                word_index[b, :n] = torch.tensor(p.word_starts)
-                word_mask[b, :n] = True
-                casing[b, :n] = torch.tensor(p.casing)
-                labels[b, :n] = torch.tensor(p.labels)
-                word_end[b, :n] = torch.tensor(p.word_ends or [x + 1 for x in p.word_starts])
+        tokens = np.arange(s_len) < s_lens[:, None]  # (B, S) real subwords
+        words = np.arange(w_len) < w_lens[:, None]  # (B, W) kept words
+        input_ids = _scatter((p.input_ids for p in posts), tokens, self.pad_id)
+        if self.word_dropout > 0 and self.unk_id is not None:
+            # One random.random() per word with pieces, posts and words in order (as a per-post loop would draw);
+            # the flat positions of every piece of the dropped words take the unknown id.
+            dropped = [b * s_len + i for b, p in enumerate(posts) for lo, hi in p.word_pieces
+                       if hi > lo and random.random() < self.word_dropout for i in range(lo, hi)]
+            input_ids.reshape(-1)[dropped] = self.unk_id
+        word_index = _scatter((p.word_starts for p in posts), words, 0)
+        casing = _scatter((p.casing for p in posts), words, 0)
+        labels = _scatter((p.labels for p in posts), words, -100)
+        word_end = _scatter((p.word_ends or [x + 1 for x in p.word_starts] for p in posts), words, 1)
         # A post whose words were all cut keeps one masked-in position so CRF masks stay valid.
-        word_mask[:, 0] = True
-        batch = {"input_ids": input_ids, "attention_mask": attention, "word_index": word_index,
-                 "word_mask": word_mask, "casing": casing, "labels": labels,
-                 "weight": torch.tensor([p.weight for p in posts]), "index": torch.tensor([p.index for p in posts]),
-                 "word_end": word_end,
-                 "entity_spans": torch.tensor([r[:3] for r in ents], dtype=torch.long).reshape(-1, 3),
-                 "entity_types": torch.tensor([r[3] for r in ents], dtype=torch.long),
-                 "entity_grounded": torch.tensor([float(r[4]) for r in ents])}
+        words[:, 0] = True
+        ents = [(b, s, e, t, g) for b, p in enumerate(posts) for s, e, t, g in p.entities]
+        arrays = {"input_ids": input_ids, "attention_mask": tokens.astype(np.int64), "word_index": word_index,
+                  "word_mask": words, "casing": casing, "labels": labels}
+        batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
+        batch.update(weight=torch.tensor([p.weight for p in posts]), index=torch.tensor([p.index for p in posts]),
+                     word_end=torch.from_numpy(word_end),
+                     entity_spans=torch.tensor([r[:3] for r in ents], dtype=torch.long).reshape(-1, 3),
+                     entity_types=torch.tensor([r[3] for r in ents], dtype=torch.long),
+                     entity_grounded=torch.tensor([float(r[4]) for r in ents]))
         if self.image_transform is not None:
             batch["pixel_values"], batch["image_mask"] = self._images(posts)
         return batch

@@ -130,6 +130,8 @@ def test_ddp_strategy_from_config():
     strategy = ddp_strategy(cfg.ddp)
     assert strategy._ddp_comm_hook is default_hooks.bf16_compress_hook
     assert strategy._ddp_kwargs == {"bucket_cap_mb": 100, "gradient_as_bucket_view": True, "static_graph": True}
+    assert type(strategy).__name__ == "SameStreamDDPStrategy"
+    assert type(ddp_strategy(load_config(["ddp.side_stream=true"]).ddp)).__name__ == "DDPStrategy"
     with pytest.raises(ValueError, match="ddp.comm_hook='int4'"):
         ddp_strategy(load_config(["ddp.comm_hook=int4"]).ddp)
 

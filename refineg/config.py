@@ -135,6 +135,7 @@ class TrainConfig:
     ckpt_path: str | None = None  # "last" resumes the run's last checkpoint
     compile: str = "none"  # none | backbone | layers | tagger | cudagraphs (refineg/modules/compile.py)
     cuda_graph: bool = False  # record the training step as CUDA graphs (one GPU; refineg/modules/step_graph.py)
+    cuda_graph_shapes: int = 16  # at most this many batch shapes are recorded (4 bytes/parameter each)
     cudnn_attention: bool = False  # True: SDPA may pick cuDNN (its per-length planning halved GPU posts/s here)
     predict: bool = True  # write dev/test predictions as JSONL
     data: DataConfig = field(default_factory=DataConfig)

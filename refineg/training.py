@@ -122,7 +122,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if cfg.trainer.accumulate_grad_batches != 1:
             raise ValueError("cuda_graph=true needs trainer.accumulate_grad_batches=1 (each replay overwrites the "
                              "gradients)")
-        module.use_step_graph(clip=trainer_kwargs.pop("gradient_clip_val", None))
+        module.use_step_graph(clip=trainer_kwargs.pop("gradient_clip_val", None), max_graphs=cfg.cuda_graph_shapes)
         if cfg.data.pad_to_multiple_of <= 1:
             logger.warning("cuda_graph=true records one graph per batch shape: set data.pad_to_multiple_of "
                            "(e.g. 16) so that few shapes occur")

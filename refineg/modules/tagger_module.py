@@ -145,11 +145,12 @@ class TaggerModule(L.LightningModule):
             self.val_groundability_auroc.reset()
             self.val_groundability_acc.reset()
 
-    def use_step_graph(self, clip: float | None = None) -> None:
+    def use_step_graph(self, clip: float | None = None, max_graphs: int = 16) -> None:
         """Trains with the step recorded as CUDA graphs (``cuda_graph=true``; see :mod:`refineg.modules.step_graph`).
 
         Switches to manual optimisation: the graph does forward, loss, backward and clipping to ``clip``; the
-        optimizer and schedule step eagerly. Runs eagerly on a CPU.
+        optimizer and schedule step eagerly. Runs eagerly on a CPU. At most ``max_graphs`` batch shapes are
+        recorded (each keeps its own gradients: 4 bytes per trained parameter); others run eagerly.
 
         Raises:
             ValueError: With a groundability head (its targets change shape with every batch).
@@ -158,7 +159,7 @@ class TaggerModule(L.LightningModule):
             raise ValueError("cuda_graph=true supports tagging only; train model.groundability=true without it")
         self.automatic_optimization = False
         params = [p for p in self.parameters() if p.requires_grad]
-        self.step_graph = GraphedStep(self.tagging_loss, params, clip=clip)
+        self.step_graph = GraphedStep(self.tagging_loss, params, clip=clip, max_graphs=max_graphs)
 
     def tagging_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Post-weighted mean of the head's per-post loss over a batch (scalar)."""

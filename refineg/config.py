@@ -108,7 +108,7 @@ class TrainerConfig:
 class DDPConfig:
     """DistributedDataParallel settings, used when ``trainer.strategy=ddp``."""
 
-    comm_hook: str = "none"  # none | bf16 | fp16: all-reduce gradients compressed to 16 bits (half the traffic)
+    comm_hook: str = "none"  # none | bf16 | fp16: 16-bit gradient all-reduce (GPUs only: Lightning skips it on CPU)
     bucket_cap_mb: int = 25  # gradient bucket size: larger buckets mean fewer, bigger all-reduces
     gradient_as_bucket_view: bool = True  # gradients live in the all-reduce buckets (no copy, less memory)
     static_graph: bool = False  # the same parameters are used every step (lets DDP skip bookkeeping)

@@ -134,23 +134,3 @@ def test_ddp_strategy_from_config():
     assert type(ddp_strategy(load_config(["ddp.side_stream=true"]).ddp)).__name__ == "DDPStrategy"
     with pytest.raises(ValueError, match="ddp.comm_hook='int4'"):
         ddp_strategy(load_config(["ddp.comm_hook=int4"]).ddp)
-
-
-@pytest.mark.slow
-def test_ddp_with_fp16_gradient_compression_trains(trained, tiny_encoder, tmp_path):
-    """2 gloo processes with 16-bit gradient all-reduce end close to, but not exactly at, one process's weights."""
-    import torch
-
-    run_dir, _ = trained
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    env.pop("REFINEG_RUN_NAME", None)
-    args = tiny_args(tiny_encoder, tmp_path, "ddp16", **{"trainer.devices": 2, "trainer.strategy": "ddp",
-                                                           "ddp.comm_hook": "fp16", "predict": "false"})
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], capture_output=True, text=True,
-                          timeout=600, env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    single = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-    ddp = torch.load(tmp_path / "ddp16" / "checkpoints" / "last.ckpt", map_location="cpu",
-                     weights_only=False)["state_dict"]
-    diffs = [(ddp[k].float() - v.float()).abs().max().item() for k, v in single.items() if v.is_floating_point()]
-    assert 0 < max(diffs) < 2e-3  # rounded gradients: not bit-identical, yet the same training run

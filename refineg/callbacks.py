@@ -55,8 +55,9 @@ class TrainThroughput(L.Callback):
         self._t0, self._posts, self._tokens = None, 0, 0
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
-        if trainer.training:
-            self._close(trainer, pl_module)
+        # Lightning sets the stage to VALIDATING before this hook (trainer.training is False here), so close the
+        # window unconditionally: outside a training window (sanity check, trainer.validate) this is a no-op.
+        self._close(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
         self._close(trainer, pl_module)

@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
-from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
@@ -119,6 +119,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.cuda_graph:
         if cfg.compile != "none":
             raise ValueError(f"cuda_graph=true records the eager step; it does not combine with compile={cfg.compile}")
+        if str(cfg.trainer.precision) in ("16", "16-mixed"):
+            raise ValueError("cuda_graph=true does not scale the loss, so fp16's gradient scaler would divide unscaled "
+                             "gradients by its scale: use trainer.precision=bf16-mixed or 32-true")
         if cfg.trainer.accumulate_grad_batches != 1:
             raise ValueError("cuda_graph=true needs trainer.accumulate_grad_batches=1 (each replay overwrites the "
                              "gradients)")
@@ -131,9 +134,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                         use_distributed_sampler=False,
                         reload_dataloaders_every_n_epochs=1 if cfg.data.mixing == "two_stage" else 0,
                         **trainer_kwargs)
-    if cfg.cuda_graph and trainer.world_size > 1:
-        raise ValueError(f"cuda_graph=true runs on one device; this run has {trainer.world_size} (use "
-                         "trainer.devices=1 or cuda_graph=false)")
+    if cfg.cuda_graph and (trainer.world_size > 1 or not isinstance(trainer.strategy, SingleDeviceStrategy)):
+        raise ValueError(f"cuda_graph=true runs on one device without DDP; this run has {trainer.world_size} "
+                         f"device(s) with {type(trainer.strategy).__name__} (use trainer.devices=1 "
+                         "trainer.strategy=auto, or cuda_graph=false)")
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / "config.yaml")

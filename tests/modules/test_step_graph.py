@@ -51,6 +51,12 @@ def test_refusals(tiny_encoder, tmp_path):
     with pytest.raises(ValueError, match="accumulate_grad_batches"):
         train(load_config(tiny_args(tiny_encoder, tmp_path, "acc", cuda_graph="true",
                                     **{"trainer.accumulate_grad_batches": 2})))
+    with pytest.raises(ValueError, match="gradient scaler"):
+        train(load_config(tiny_args(tiny_encoder, tmp_path, "fp16", cuda_graph="true",
+                                    **{"trainer.precision": "16-mixed"})))
+    with pytest.raises(ValueError, match="without DDP"):
+        train(load_config(tiny_args(tiny_encoder, tmp_path, "ddp1", cuda_graph="true",
+                                    **{"trainer.strategy": "ddp", "trainer.devices": 1})))
     with pytest.raises(ValueError, match="tagging only"):
         train(load_config(tiny_args(tiny_encoder, tmp_path, "gr", cuda_graph="true",
                                     **{"model.groundability": "true"})))

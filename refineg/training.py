@@ -122,6 +122,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if str(cfg.trainer.precision) in ("16", "16-mixed"):
             raise ValueError("cuda_graph=true does not scale the loss, so fp16's gradient scaler would divide unscaled "
                              "gradients by its scale: use trainer.precision=bf16-mixed or 32-true")
+        if cfg.model.gradient_checkpointing:
+            raise ValueError("cuda_graph=true does not combine with model.gradient_checkpointing (recomputation "
+                             "saves and restores RNG state, which a CUDA graph capture cannot)")
         if cfg.trainer.accumulate_grad_batches != 1:
             raise ValueError("cuda_graph=true needs trainer.accumulate_grad_batches=1 (each replay overwrites the "
                              "gradients)")

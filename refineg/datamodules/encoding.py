@@ -125,7 +125,11 @@ def _scatter(rows: Iterable[Sequence[int]], mask: np.ndarray, fill: int) -> np.n
     Boolean-mask assignment fills row by row, so left-aligned masks of the rows' lengths put each row in its line.
     """
     out = np.full(mask.shape, fill, dtype=np.int64)
-    out[mask] = np.fromiter(chain.from_iterable(rows), np.int64, int(mask.sum()))
+    flat = np.fromiter(chain.from_iterable(rows), np.int64)
+    if flat.size != int(mask.sum()):  # a field longer or shorter than its post's words/subwords would shift rows
+        raise ValueError(f"collator: {flat.size} values for {int(mask.sum())} positions (a post's fields disagree "
+                         "in length)")
+    out[mask] = flat
     return out
 
 

@@ -130,3 +130,14 @@ def test_matches_reference_with_images(tok, posts, tmp_path):
     random.seed(3)
     assert_same(got, reference(batch, tok.pad_token_id, tok.unk_token_id, 0.2, image_transform=transform))
     assert got["image_mask"].tolist() == [False, True] * 3 and got["pixel_values"][1].sum() > 0
+
+
+def test_field_length_mismatch_is_an_error():
+    import numpy as np
+
+    from refineg.datamodules.encoding import _scatter
+
+    mask = np.array([[True, True, False], [True, False, False]])
+    np.testing.assert_array_equal(_scatter([[1, 2], [3]], mask, -1), [[1, 2, -1], [3, -1, -1]])
+    with pytest.raises(ValueError, match="4 values for 3 positions"):
+        _scatter([[1, 2, 9], [3]], mask, -1)

@@ -57,6 +57,11 @@ def test_refusals(tiny_encoder, tmp_path):
     with pytest.raises(ValueError, match="without DDP"):
         train(load_config(tiny_args(tiny_encoder, tmp_path, "ddp1", cuda_graph="true",
                                     **{"trainer.strategy": "ddp", "trainer.devices": 1})))
+    with pytest.raises(ValueError, match="gradient_checkpointing"):
+        train(load_config(tiny_args(tiny_encoder, tmp_path, "gc", cuda_graph="true",
+                                    **{"model.gradient_checkpointing": "true"})))
+    with pytest.raises(ValueError, match="combine with compile=layers"):
+        train(load_config(tiny_args(tiny_encoder, tmp_path, "cl", cuda_graph="true", compile="layers")))
     with pytest.raises(ValueError, match="tagging only"):
         train(load_config(tiny_args(tiny_encoder, tmp_path, "gr", cuda_graph="true",
                                     **{"model.groundability": "true"})))

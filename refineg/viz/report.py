@@ -46,6 +46,19 @@ def _rel(path: Path, run_dir: Path) -> str:
         return str(path)
 
 
+def _json_files(run_dir: Path, pattern: str, key: str | None = None) -> list[tuple[Path, object]]:
+    """``(path, parsed JSON)`` of the files under ``run_dir`` matching ``pattern``, the report's assets skipped.
+
+    With ``key``, only JSON objects that have that key are kept.
+    """
+    found = []
+    for path in sorted(p for p in run_dir.rglob(pattern) if ASSETS not in p.parts):
+        data = json.loads(path.read_text())
+        if key is None or (isinstance(data, dict) and key in data):
+            found.append((path, data))
+    return found
+
+
 def score_tables(result: dict[str, Any], title: str) -> list[str]:
     """Markdown tables of one :func:`refineg.metrics.evaluate_examples` result (percentages)."""
     lines = [f"### {title}", "", "| task | P | R | F1 |", "|---|---|---|---|"]
@@ -131,12 +144,11 @@ def _metrics_section(run_dir: Path) -> list[str]:
 def _calibration_section(run_dir: Path, assets: Path) -> list[str]:
     from refineg.stages.refinement.plots import plot_reliability, plot_risk_coverage
 
-    files = sorted(p for p in run_dir.rglob("calibration.json") if ASSETS not in p.parts)
+    files = _json_files(run_dir, "calibration.json")
     if not files:
         return ["- no `calibration.json` (run `refineg calibrate`)", ""]
     lines = []
-    for i, path in enumerate(files):
-        report = json.loads(path.read_text())
+    for i, (path, report) in enumerate(files):
         heads = report.get("heads") or {}
         lines += [f"From `{_rel(path, run_dir)}`: {report.get('posts')} posts, {report.get('entities')} predicted "
                   f"entities, temperature {_num(report.get('temperature'))}.", "",
@@ -169,12 +181,7 @@ USAGE_HEADER = ["| stage | requests | calls | cached | failed | over budget | pr
 
 
 def _refinement_section(run_dir: Path) -> list[str]:
-    files = sorted(p for p in run_dir.rglob("*.report.json") if ASSETS not in p.parts)
-    reports = []
-    for path in files:
-        data = json.loads(path.read_text())
-        if isinstance(data, dict) and "delegation_rate" in data:
-            reports.append((path, data))
+    reports = _json_files(run_dir, "*.report.json", "delegation_rate")
     if not reports:
         return ["- no refinement report (`<out>.report.json` of `refineg refine`)", ""]
     lines = ["| report | backend | entities | delegated | delegation % | over budget | backend failures |",
@@ -199,12 +206,7 @@ def _refinement_section(run_dir: Path) -> list[str]:
 
 
 def _grounding_section(run_dir: Path) -> list[str]:
-    files = sorted(p for p in run_dir.rglob("*.summary.json") if ASSETS not in p.parts)
-    summaries = []
-    for path in files:
-        data = json.loads(path.read_text())
-        if isinstance(data, dict) and "grounder" in data:
-            summaries.append((path, data))
+    summaries = _json_files(run_dir, "*.summary.json", "grounder")
     if not summaries:
         return ["- no grounding summary (`<out stem>.summary.json` of `refineg ground`)", ""]
     lines = ["| summary | grounder | selector | posts | without image | entities | grounded | boxes | posts failed |",
@@ -223,12 +225,12 @@ def _grounding_section(run_dir: Path) -> list[str]:
 
 
 def _usage_section(run_dir: Path) -> list[str]:
-    files = sorted(p for p in run_dir.rglob("llm_usage.json") if ASSETS not in p.parts)
+    files = _json_files(run_dir, "llm_usage.json")
     if not files:
         return ["- no `llm_usage.json` (no MLLM/LLM calls were made from this folder)", ""]
     lines = []
-    for path in files:
-        lines += [f"`{_rel(path, run_dir)}`:", "", *USAGE_HEADER, *_usage_rows(json.loads(path.read_text())), ""]
+    for path, usage in files:
+        lines += [f"`{_rel(path, run_dir)}`:", "", *USAGE_HEADER, *_usage_rows(usage), ""]
     return lines
 
 

@@ -161,9 +161,10 @@ class TaggerModule(L.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         self.step_graph = GraphedStep(self.tagging_loss, params, clip=clip, max_graphs=max_graphs)
 
-    def tagging_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Post-weighted mean of the head's per-post loss over a batch (scalar)."""
-        emissions = self(batch)
+    def tagging_loss(self, batch: dict[str, torch.Tensor], emissions: torch.Tensor | None = None) -> torch.Tensor:
+        """Post-weighted mean of the head's per-post loss over a batch (scalar); ``emissions`` reuses a forward pass."""
+        if emissions is None:
+            emissions = self(batch)
         per_post = self.tagger.head.loss(emissions, batch["labels"], batch["word_mask"])
         weight = batch["weight"].to(per_post.dtype)
         return (per_post * weight).sum() / weight.sum().clamp(min=1e-8)
@@ -187,10 +188,7 @@ class TaggerModule(L.LightningModule):
         weight = batch["weight"]
         loss = states.new_zeros(())
         if not self.frozen_tagger:
-            emissions = self.tagger.head(self.tagger.dropout(words))
-            per_post = self.tagger.head.loss(emissions, batch["labels"], batch["word_mask"])
-            weight = weight.to(per_post.dtype)
-            loss = (per_post * weight).sum() / weight.sum().clamp(min=1e-8)
+            loss = self.tagging_loss(batch, self.tagger.head(self.tagger.dropout(words)))
             self.log("train/tagging_loss", loss, batch_size=len(weight))
         spans = batch["entity_spans"]
         if len(spans):

@@ -108,7 +108,7 @@ def run_ours(args) -> dict:
                        "data.dev=train.jsonl", "data.test=null", "data.xml_dir=null", f"model.encoder={ENC_DIR}",
                        "model.casing=false", f"data.batch_size={args.batch_size}", f"model.head={args.head}",
                        f"data.bucket={str(not args.no_bucket).lower()}",
-                       f"data.pad_to_multiple_of={args.pad_multiple}"])
+                       f"data.pad_to_multiple_of={args.pad_multiple}", f"data.pack_length={args.pack}"])
     module = TaggerModule(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim),
                           list(cfg.data.types), pretrained=False)
     torch.backends.cuda.enable_cudnn_sdp(not args.no_cudnn)
@@ -224,6 +224,8 @@ def main() -> None:
     p.add_argument("--no-cudnn", action="store_true", help="SDPA without the cuDNN backend")
     p.add_argument("--cuda-graph", action="store_true", help="record the training step as CUDA graphs")
     p.add_argument("--no-bucket", action="store_true")
+    p.add_argument("--pack", type=int, default=0, help="data.pack_length (0: one post per row)")
+    p.add_argument("--pack-length", type=int, default=128, help="pack_length of the packed variants")
     p.add_argument("--profile", action="store_true", help="profile 5 steps of each variant")
     p.add_argument("--log-dir", help="write each variant's stdout/stderr (profiles) here")
     p.add_argument("--only", nargs="*", help="run only these variants (names of the plan)")
@@ -251,7 +253,10 @@ def main() -> None:
                                                    "--no-cudnn"],
             "ours (CRF, CUDA graphs, pad 32)": ["--variant", "ours", "--compile", "cudagraphs", "--pad-multiple",
                                                 "32", "--no-cudnn"],
-            "ours (CRF, step graph)": ["--variant", "ours", *graph]}
+            "ours (CRF, step graph)": ["--variant", "ours", *graph],
+            "ours (CRF, packed)": ["--variant", "ours", "--no-bucket", "--pack", str(args.pack_length), "--no-cudnn"],
+            "ours (CRF, step graph, packed)": ["--variant", "ours", *graph, "--no-bucket", "--pack",
+                                               str(args.pack_length)]}
     if args.only:
         plan = {k: v for k, v in plan.items() if any(o in k for o in args.only)}
     results = {"bf16_matmul_tflops": rate, "batch_size": args.batch_size, "steps": args.steps,

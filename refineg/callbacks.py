@@ -41,7 +41,8 @@ class TrainThroughput(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: D102
         self._seen += 1
         if self._t0 is not None:
-            self._posts += int(batch["input_ids"].shape[0])
+            # packed batches hold several posts per row: count posts by their loss weights
+            self._posts += int(batch["weight"].shape[0] if "weight" in batch else batch["input_ids"].shape[0])
             self._tokens = self._tokens + batch["attention_mask"].sum()  # stays on the device until the window closes
         elif self._seen >= self.warmup:
             self._t0 = self._sync(pl_module)

@@ -47,6 +47,7 @@ class DataConfig:
     max_length: int = 128  # subword tokens per post
     bucket: bool = True  # length-bucketed batches
     pad_to_multiple_of: int = 0  # pad subword and word lengths up to a multiple (fewer shapes for CUDA graphs)
+    pack_length: int = 0  # pack several posts into rows of this many subwords (0 = off; >= max_length)
     num_workers: int = 0
 
 

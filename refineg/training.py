@@ -98,6 +98,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         ckpt_path = str(ckpt_dir / "last.ckpt")
         if not Path(ckpt_path).is_file():
             raise FileNotFoundError(f"ckpt_path=last: {ckpt_path} does not exist")
+    if cfg.data.pack_length and cfg.model.groundability:
+        raise ValueError("data.pack_length does not combine with model.groundability=true (the head reads whole "
+                         "posts' subword states): set data.pack_length=0")
     module = TaggerModule(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim),
                           list(cfg.data.types))
     if cfg.model.init_from:

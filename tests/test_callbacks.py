@@ -3,6 +3,7 @@
 import time
 
 import lightning as L
+import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -43,12 +44,26 @@ class _SlowValidation(L.LightningModule):
         return DataLoader(_Posts(4), batch_size=4)
 
 
-def _measure(**trainer_kwargs) -> dict[str, float]:
+def _packed(posts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """All posts of a batch in one row, as ``data.pack_length`` batches them."""
+    return {"input_ids": torch.cat([p["input_ids"] for p in posts])[None],
+            "attention_mask": torch.cat([p["attention_mask"] for p in posts])[None], "weight": torch.ones(len(posts))}
+
+
+class _PackedRows(_SlowValidation):
+    def training_step(self, batch, batch_idx):
+        return self.lin(batch["input_ids"].float().reshape(-1, 4)).sum()
+
+    def train_dataloader(self):
+        return DataLoader(_Posts(40), batch_size=4, collate_fn=_packed)
+
+
+def _measure(module: L.LightningModule | None = None, **trainer_kwargs) -> dict[str, float]:
     meter = TrainThroughput(warmup=2)
     trainer = L.Trainer(max_epochs=2, callbacks=[meter], logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=1,
                         accelerator="cpu", **trainer_kwargs)
-    trainer.fit(_SlowValidation())
+    trainer.fit(module or _SlowValidation())
     return meter.summary
 
 
@@ -57,6 +72,12 @@ def test_epoch_end_validation_is_not_timed():
     # windows: epoch 0 batches 3..10, epoch 1 batches 2..10 -> 17 batches of 4 posts
     assert summary["posts"] == 68
     assert summary["seconds"] < VAL_SLEEP  # two validations (0.8 s) would be inside an unclosed window
+
+
+def test_packed_rows_count_posts_not_rows():
+    summary = _measure(_PackedRows())
+    assert summary["posts"] == 68  # 17 batches, one row of 4 posts each
+    assert summary["tokens_per_s"] * summary["seconds"] == pytest.approx(68 * 4)
 
 
 def test_mid_epoch_validation_is_not_timed():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import logging
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -133,6 +134,36 @@ def _scatter(rows: Iterable[Sequence[int]], mask: np.ndarray, fill: int) -> np.n
     return out
 
 
+def pack_rows(lengths: Sequence[int], row_length: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Places sequences into rows of ``row_length`` slots, best fit in decreasing length order.
+
+    Returns:
+        Per sequence its row and its offset in the row, and the number of rows.
+
+    Raises:
+        ValueError: A sequence is longer than a row.
+    """
+    row, offset = np.zeros(len(lengths), np.int64), np.zeros(len(lengths), np.int64)
+    fill: list[int] = []
+    rooms: list[tuple[int, int]] = []  # (free slots, row) of rows with room left, sorted
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        n = lengths[i]
+        if n > row_length:
+            raise ValueError(f"a post of {n} subwords does not fit a packed row of {row_length} (data.pack_length "
+                             "must be at least data.max_length)")
+        k = bisect.bisect_left(rooms, (n, -1))  # the fullest row that still has room
+        if k == len(rooms):
+            r = len(fill)
+            fill.append(0)
+        else:
+            r = rooms.pop(k)[1]
+        row[i], offset[i] = r, fill[r]
+        fill[r] += n
+        if fill[r] < row_length:
+            bisect.insort(rooms, (row_length - fill[r], r))
+    return row, offset, len(fill)
+
+
 class PostCollator:
     """Pads a list of :class:`EncodedPost` into tensors; optional word dropout (training only).
 
@@ -143,15 +174,20 @@ class PostCollator:
         image_transform: PIL image -> ``(3, H, W)`` tensor; when set, batches carry ``pixel_values`` and
             ``image_mask`` (False for posts whose image is missing or unreadable: those are tagged text-only).
         pad_to_multiple_of: Round the padded subword and word lengths up to a multiple of this (0 = off), so that
-            compiled graphs and CUDA graphs see few distinct shapes.
+            compiled graphs and CUDA graphs see few distinct shapes. With packing it rounds the word length only.
+        pack_length: Pack several posts into each row of this many subwords (0 = one post per row): the encoder
+            then computes almost no padding. Packed batches add ``position_ids`` and ``segment_ids`` ``(R, L)``
+            (a post attends only within its segment), and ``word_index`` points into the flattened ``R * L``
+            subwords; see :meth:`refineg.modules.tagger.SequenceTagger.encode`.
     """
 
     def __init__(self, pad_id: int, unk_id: int | None = None, word_dropout: float = 0.0,
                  image_transform: Callable[[Image.Image], torch.Tensor] | None = None,
-                 pad_to_multiple_of: int = 0) -> None:
+                 pad_to_multiple_of: int = 0, pack_length: int = 0) -> None:
         self.pad_id, self.unk_id, self.word_dropout = pad_id, unk_id, word_dropout
         self.image_transform = image_transform
         self.multiple = pad_to_multiple_of
+        self.pack_length = pack_length
         self.missing_images = 0
 
     def _images(self, posts: Sequence[EncodedPost]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,23 +218,45 @@ class PostCollator:
             ``(B, W)``, ``weight`` and ``index`` ``(B,)``, plus ``pixel_values``/``image_mask`` with images.
             Groundability targets: ``word_end`` ``(B, W)`` (see :attr:`EncodedPost.word_ends`), ``entity_spans``
             ``(N, 3)`` ``[post, start, end_exclusive]`` word positions, ``entity_types`` ``(N,)`` and
-            ``entity_grounded`` ``(N,)`` (1.0 when the gold entity has a box).
+            ``entity_grounded`` ``(N,)`` (1.0 when the gold entity has a box). Packed (``pack_length``):
+            ``input_ids``/``attention_mask``/``position_ids``/``segment_ids`` are ``(R, pack_length)``.
         """
         s_lens = np.array([len(p.input_ids) for p in posts])
         w_lens = np.array([len(p.word_starts) for p in posts])
         s_len, w_len = int(s_lens.max()), max(1, int(w_lens.max()))
         if self.multiple > 1:
             s_len, w_len = (-(-n // self.multiple) * self.multiple for n in (s_len, w_len))
-        tokens = np.arange(s_len) < s_lens[:, None]  # (B, S) real subwords
         words = np.arange(w_len) < w_lens[:, None]  # (B, W) kept words
-        input_ids = _scatter((p.input_ids for p in posts), tokens, self.pad_id)
+        packed: dict[str, np.ndarray] = {}
+        if self.pack_length:
+            row, offset, rows = pack_rows(s_lens.tolist(), self.pack_length)
+            start = row * self.pack_length + offset  # flat position of each post's first subword
+            within = np.arange(int(s_lens.sum())) - np.repeat(np.cumsum(s_lens) - s_lens, s_lens)
+            flat = np.repeat(start, s_lens) + within
+            shape = (rows, self.pack_length)
+            input_ids = np.full(rows * self.pack_length, self.pad_id, np.int64)
+            input_ids[flat] = np.fromiter(chain.from_iterable(p.input_ids for p in posts), np.int64, flat.size)
+            tokens = np.zeros(rows * self.pack_length, bool)
+            tokens[flat] = True
+            segment = np.repeat(np.arange(1, len(posts) + 1), s_lens)  # 0 = padding
+            for name, values in (("position_ids", within), ("segment_ids", segment)):
+                packed[name] = np.zeros(rows * self.pack_length, np.int64)
+                packed[name][flat] = values
+            input_ids, tokens = input_ids.reshape(shape), tokens.reshape(shape)
+            packed = {k: v.reshape(shape) for k, v in packed.items()}
+        else:
+            start = np.arange(len(posts)) * s_len
+            tokens = np.arange(s_len) < s_lens[:, None]  # (B, S) real subwords
+            input_ids = _scatter((p.input_ids for p in posts), tokens, self.pad_id)
         if self.word_dropout > 0 and self.unk_id is not None:
             # One random.random() per word with pieces, posts and words in order (as a per-post loop would draw);
             # the flat positions of every piece of the dropped words take the unknown id.
-            dropped = [b * s_len + i for b, p in enumerate(posts) for lo, hi in p.word_pieces
+            dropped = [start[b] + i for b, p in enumerate(posts) for lo, hi in p.word_pieces
                        if hi > lo and random.random() < self.word_dropout for i in range(lo, hi)]
             input_ids.reshape(-1)[dropped] = self.unk_id
         word_index = _scatter((p.word_starts for p in posts), words, 0)
+        if self.pack_length:
+            word_index += start[:, None]
         casing = _scatter((p.casing for p in posts), words, 0)
         labels = _scatter((p.labels for p in posts), words, -100)
         word_end = _scatter((p.word_ends or [x + 1 for x in p.word_starts] for p in posts), words, 1)
@@ -207,7 +265,7 @@ class PostCollator:
         ents = [(b, s, e, t, g) for b, p in enumerate(posts) for s, e, t, g in p.entities]
         arrays = {"input_ids": input_ids, "attention_mask": tokens.astype(np.int64), "word_index": word_index,
                   "word_mask": words, "casing": casing, "labels": labels}
-        batch = {k: torch.from_numpy(v) for k, v in arrays.items()}
+        batch = {k: torch.from_numpy(v) for k, v in {**arrays, **packed}.items()}
         batch.update(weight=torch.tensor([p.weight for p in posts]), index=torch.tensor([p.index for p in posts]),
                      word_end=torch.from_numpy(word_end),
                      entity_spans=torch.tensor([r[:3] for r in ents], dtype=torch.long).reshape(-1, 3),

@@ -88,6 +88,11 @@ class GMNERDataModule(L.LightningDataModule):
             raise ValueError(f"data.mixing must be one of {MIXING_MODES}, got {data.mixing!r}")
         if data.mixing != "gold_only" and not data.synthetic:
             raise ValueError(f"data.mixing={data.mixing} needs data.synthetic=<file.jsonl>")
+        if 0 < data.pack_length < data.max_length:
+            raise ValueError(f"data.pack_length={data.pack_length} is shorter than data.max_length={data.max_length}: "
+                             "a post of max_length subwords must fit a packed row")
+        if data.pack_length and image_transform is not None:
+            raise ValueError("data.pack_length does not combine with an image-aware backbone (one post per row)")
         self.cfg, self.encoder, self.word_dropout, self.seed = data, encoder, word_dropout, seed
         self.run_dir = Path(run_dir) if run_dir else None
         self.image_transform = image_transform
@@ -143,7 +148,8 @@ class GMNERDataModule(L.LightningDataModule):
     def _collator(self, train: bool) -> PostCollator:
         tok = self._tokenizer()
         return PostCollator(tok.pad_token_id, tok.unk_token_id, self.word_dropout if train else 0.0,
-                            self.image_transform, pad_to_multiple_of=self.cfg.pad_to_multiple_of)
+                            self.image_transform, pad_to_multiple_of=self.cfg.pad_to_multiple_of,
+                            pack_length=self.cfg.pack_length)
 
     def train_posts(self, epoch: int) -> tuple[list[EncodedPost], int]:
         """Posts of the training pool for ``epoch`` and how many of them (the first ones) are gold."""

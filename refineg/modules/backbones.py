@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -57,10 +58,29 @@ class HFTextEncoder(nn.Module):
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.hidden_size = self.model.config.hidden_size
+        # RoBERTa-family embeddings number positions from padding_idx + 1; BERT-family from 0
+        self.position_offset = getattr(getattr(self.model, "embeddings", None), "padding_idx", -1) + 1
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, **_: object) -> Tensor:
-        """``(B, S)`` ids and mask -> ``(B, S, H)`` last hidden states."""
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None,
+                segment_ids: Tensor | None = None, **_: object) -> Tensor:
+        """``(B, S)`` ids and mask -> ``(B, S, H)`` last hidden states.
+
+        Packed rows (see :class:`refineg.datamodules.encoding.PostCollator`) also pass ``(B, S)`` ``position_ids``
+        (counted from 0 within each post) and ``segment_ids``: each subword attends only to its own segment.
+
+        Raises:
+            ValueError: Packed rows for a model whose forward takes no ``position_ids``.
+        """
+        if segment_ids is None:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if "position_ids" not in inspect.signature(self.model.forward).parameters:
+            raise ValueError(f"{type(self.model).__name__} takes no position_ids, so it cannot run packed rows "
+                             "(set data.pack_length=0)")
+        same = (segment_ids[:, :, None] == segment_ids[:, None, :]).unsqueeze(1)  # (B, 1, S, S); pads see pads
+        if self.model.config._attn_implementation != "sdpa":  # eager attention adds the mask to its scores
+            same = torch.zeros(same.shape, device=same.device).masked_fill(~same, torch.finfo(torch.float32).min)
+        return self.model(input_ids=input_ids, attention_mask=same,
+                          position_ids=position_ids + self.position_offset).last_hidden_state
 
 
 @BACKBONES.register("hf")
@@ -107,8 +127,14 @@ class ImageAwareEncoder(nn.Module):
         self.fusion = ImageTextFusion(self.hidden_size, self.image.out_dim, num_heads=num_heads)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, pixel_values: Tensor | None = None,
-                image_mask: Tensor | None = None, **_: object) -> Tensor:
-        """``(B, S)`` ids/mask, optional ``(B, 3, H, W)`` images and ``(B,)`` mask -> ``(B, S, H)`` states."""
+                image_mask: Tensor | None = None, segment_ids: Tensor | None = None, **_: object) -> Tensor:
+        """``(B, S)`` ids/mask, optional ``(B, 3, H, W)`` images and ``(B,)`` mask -> ``(B, S, H)`` states.
+
+        Raises:
+            ValueError: Packed rows (the image attends to whole posts, one per row).
+        """
+        if segment_ids is not None:
+            raise ValueError("the image-aware backbone needs one post per row: set data.pack_length=0")
         states = self.text(input_ids, attention_mask)
         if pixel_values is None:
             return states

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 #: Batch entries a tagging step reads; everything else (indices, groundability targets) is ignored.
 STEP_KEYS = ("input_ids", "attention_mask", "word_index", "word_mask", "casing", "labels", "weight",
-             "pixel_values", "image_mask")
+             "pixel_values", "image_mask", "position_ids", "segment_ids")
 
 
 @dataclass

@@ -39,20 +39,33 @@ class SequenceTagger(nn.Module):
 
     def encode(self, input_ids: Tensor, attention_mask: Tensor, word_index: Tensor, casing: Tensor | None = None,
                pixel_values: Tensor | None = None, image_mask: Tensor | None = None,
+               position_ids: Tensor | None = None, segment_ids: Tensor | None = None,
                **_: object) -> tuple[Tensor, Tensor]:
-        """Returns ``(B, S, H)`` subword states and ``(B, W, H)`` word states (first subword + casing)."""
+        """Returns ``(B, S, H)`` subword states and ``(B, W, H)`` word states (first subword + casing).
+
+        Packed batches (``segment_ids`` given) return the ``(R, L, H)`` states of the packed rows, and
+        ``word_index`` indexes their flattened ``R * L`` positions.
+
+        Raises:
+            ValueError: A packed batch for a tagger with a groundability head (it reads whole posts' states).
+        """
         extra = {} if pixel_values is None else {"pixel_values": pixel_values, "image_mask": image_mask}
+        if segment_ids is not None:
+            if self.groundability is not None:
+                raise ValueError("the groundability head needs one post per row: set data.pack_length=0")
+            extra.update(position_ids=position_ids, segment_ids=segment_ids)
         states = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra)
-        words = states.gather(1, word_index.unsqueeze(-1).expand(-1, -1, states.shape[-1]))
+        if segment_ids is not None:
+            words = states.reshape(-1, states.shape[-1])[word_index]
+        else:
+            words = states.gather(1, word_index.unsqueeze(-1).expand(-1, -1, states.shape[-1]))
         if self.casing is not None and casing is not None:
             words = words + self.casing(casing).to(words.dtype)
         return states, words
 
-    def word_states(self, input_ids: Tensor, attention_mask: Tensor, word_index: Tensor,
-                    casing: Tensor | None = None, pixel_values: Tensor | None = None,
-                    image_mask: Tensor | None = None, **_: object) -> Tensor:
+    def word_states(self, **batch: Tensor) -> Tensor:
         """Returns ``(B, W, H)`` word states (first subword + casing), before dropout and the head."""
-        return self.encode(input_ids, attention_mask, word_index, casing, pixel_values, image_mask)[1]
+        return self.encode(**batch)[1]
 
     def groundability_logits(self, states: Tensor, attention_mask: Tensor, word_index: Tensor, word_end: Tensor,
                              spans: Tensor, types: Tensor) -> Tensor:
@@ -65,8 +78,6 @@ class SequenceTagger(nn.Module):
             raise RuntimeError("this tagger has no groundability head (train with model.groundability=true)")
         return self.groundability(states, attention_mask, subword_spans(word_index, word_end, spans), types)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, word_index: Tensor, casing: Tensor | None = None,
-                pixel_values: Tensor | None = None, image_mask: Tensor | None = None, **_: object) -> Tensor:
-        """Returns ``(B, W, K)`` emission scores for the words of each post."""
-        words = self.word_states(input_ids, attention_mask, word_index, casing, pixel_values, image_mask)
-        return self.head(self.dropout(words))
+    def forward(self, **batch: Tensor) -> Tensor:
+        """Returns ``(B, W, K)`` emission scores for the words of each post (keys as :meth:`encode` takes)."""
+        return self.head(self.dropout(self.word_states(**batch)))

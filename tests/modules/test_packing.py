@@ -1,0 +1,124 @@
+"""Packed batches (``data.pack_length``): several posts per encoder row give the same outputs as one per row."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer, XLMRobertaConfig, XLMRobertaModel
+
+from refineg.config import load_config
+from refineg.data import bio_labels
+from refineg.datamodules.encoding import PostCollator, encode_posts, pack_rows
+from refineg.datamodules.gmner import read_split
+from refineg.modules.backbones import HFTextEncoder
+from refineg.modules.heads import create_head
+from refineg.modules.tagger import SequenceTagger
+from tests.modules.test_step_graph import _final_weights
+from tests.test_train import tiny_args
+
+TYPES = ["PER", "LOC", "ORG", "OTHER"]
+LABELS = bio_labels(TYPES)
+
+
+def test_pack_rows_places_every_sequence_once_without_overlap():
+    rng = random.Random(0)
+    lengths = [rng.randint(3, 40) for _ in range(300)]
+    row, offset, rows = pack_rows(lengths, 64)
+    used = np.zeros((rows, 64), int)
+    for n, r, o in zip(lengths, row, offset):
+        assert o + n <= 64
+        used[r, o:o + n] += 1
+    assert used.max() == 1 and used.sum() == sum(lengths)
+    assert rows == -(-sum(lengths) // 64)  # here best fit decreasing needs no row more than the subwords fill
+    with pytest.raises(ValueError, match="does not fit a packed row of 64"):
+        pack_rows([10, 65], 64)
+
+
+def _sample_posts(n=24):
+    cfg = load_config([])
+    return read_split(cfg.data, "dev")[:n]
+
+
+@pytest.fixture(scope="module")
+def tiny_xlmr(tiny_encoder, tmp_path_factory):
+    """A tiny XLM-R (RoBERTa positions start at padding_idx + 1 = 2) with the tiny BERT's WordPiece tokenizer."""
+    folder = tmp_path_factory.mktemp("tiny_xlmr")
+    tok = AutoTokenizer.from_pretrained(tiny_encoder)
+    tok.save_pretrained(folder)
+    torch.manual_seed(1)
+    config = XLMRobertaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                              intermediate_size=64, max_position_embeddings=160, hidden_dropout_prob=0.0,
+                              attention_probs_dropout_prob=0.0, pad_token_id=1)
+    XLMRobertaModel(config).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("which,attn", [("bert", "sdpa"), ("bert", "eager"), ("xlmr", "sdpa")])
+def test_packed_emissions_loss_and_gradients_equal_unpacked(tiny_encoder, tiny_xlmr, which, attn):
+    encoder = tiny_encoder if which == "bert" else tiny_xlmr
+    tok = AutoTokenizer.from_pretrained(encoder)
+    enc = encode_posts(_sample_posts(), tok, {t: i for i, t in enumerate(LABELS)}, 48)
+    backbone = HFTextEncoder(encoder, attn_implementation=attn)
+    assert backbone.position_offset == (0 if which == "bert" else 2)
+    tagger = SequenceTagger(backbone, create_head("crf", hidden_size=32, labels=LABELS), dropout=0.0)
+    plain = PostCollator(tok.pad_token_id)(enc)
+    packed = PostCollator(tok.pad_token_id, pack_length=64)(enc)
+    assert packed["input_ids"].shape[1] == 64
+    assert packed["input_ids"].numel() < plain["input_ids"].numel()  # fewer subword slots than padding
+    for key in ("word_mask", "labels", "casing"):
+        assert torch.equal(packed[key], plain[key])
+    results = []
+    for batch in (plain, packed):
+        tagger.zero_grad()
+        emissions = tagger(**batch)
+        loss = tagger.head.loss(emissions, batch["labels"], batch["word_mask"]).sum()
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in tagger.named_parameters() if p.grad is not None}
+        results.append((emissions[batch["word_mask"]], loss, grads))
+    (e1, l1, g1), (e2, l2, g2) = results
+    torch.testing.assert_close(e2, e1, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(l2, l1, rtol=1e-5, atol=1e-5)
+    assert g1.keys() == g2.keys() and len(g1) > 10
+    for name in g1:
+        torch.testing.assert_close(g2[name], g1[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_packed_word_dropout_drops_the_same_words(tiny_encoder):
+    tok = AutoTokenizer.from_pretrained(tiny_encoder)
+    enc = encode_posts(_sample_posts(40), tok, {t: i for i, t in enumerate(LABELS)}, 48)
+    batches = []
+    for pack in (0, 48):
+        random.seed(7)
+        batches.append(PostCollator(tok.pad_token_id, tok.unk_token_id, word_dropout=0.3, pack_length=pack)(enc))
+    plain, packed = batches
+    flat, seg = packed["input_ids"].reshape(-1), packed["segment_ids"].reshape(-1)
+    dropped = 0
+    for b, post in enumerate(enc):
+        row = flat[seg == b + 1]  # a post's subwords stay contiguous and in order
+        assert torch.equal(row, plain["input_ids"][b, :len(post.input_ids)])
+        assert torch.equal(packed["position_ids"].reshape(-1)[seg == b + 1], torch.arange(len(post.input_ids)))
+        dropped += int((row == tok.unk_token_id).sum()) - post.input_ids.count(tok.unk_token_id)
+    assert dropped > 20
+
+
+def test_packed_training_matches_unpacked(tiny_encoder, tmp_path):
+    plain, steps = _final_weights(tiny_encoder, tmp_path, "plain")
+    packed, packed_steps = _final_weights(tiny_encoder, tmp_path, "packed", **{"data.pack_length": 128})
+    assert steps == packed_steps == 4
+    for key in plain:
+        torch.testing.assert_close(packed[key], plain[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_packing_refusals(tiny_encoder, tmp_path):
+    from refineg.training import train
+
+    with pytest.raises(ValueError, match="shorter than data.max_length=128"):
+        train(load_config(tiny_args(tiny_encoder, tmp_path, "short", **{"data.pack_length": 64})))
+    with pytest.raises(ValueError, match="groundability"):
+        train(load_config(tiny_args(tiny_encoder, tmp_path, "gr", **{"data.pack_length": 128,
+                                                                     "model.groundability": "true"})))
+    with pytest.raises(ValueError, match="image-aware"):
+        train(load_config(tiny_args(tiny_encoder, tmp_path, "img", **{
+            "data.pack_length": 128, "model.backbone": "hf_image", "model.image_model": "test_resnet",
+            "model.image_size": 32})))

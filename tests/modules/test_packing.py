@@ -1,5 +1,6 @@
 """Packed batches (``data.pack_length``): several posts per encoder row give the same outputs as one per row."""
 
+import os
 import random
 
 import numpy as np
@@ -14,7 +15,6 @@ from refineg.datamodules.gmner import read_split
 from refineg.modules.backbones import HFTextEncoder
 from refineg.modules.heads import create_head
 from refineg.modules.tagger import SequenceTagger
-from tests.modules.test_step_graph import _final_weights
 from tests.test_train import tiny_args
 
 TYPES = ["PER", "LOC", "ORG", "OTHER"]
@@ -54,7 +54,7 @@ def tiny_xlmr(tiny_encoder, tmp_path_factory):
     return str(folder)
 
 
-@pytest.mark.parametrize("which,attn", [("bert", "sdpa"), ("bert", "eager"), ("xlmr", "sdpa")])
+@pytest.mark.parametrize("which,attn", [("bert", "sdpa"), ("bert", "eager"), ("xlmr", "sdpa"), ("xlmr", "eager")])
 def test_packed_emissions_loss_and_gradients_equal_unpacked(tiny_encoder, tiny_xlmr, which, attn):
     encoder = tiny_encoder if which == "bert" else tiny_xlmr
     tok = AutoTokenizer.from_pretrained(encoder)
@@ -102,12 +102,39 @@ def test_packed_word_dropout_drops_the_same_words(tiny_encoder):
     assert dropped > 20
 
 
-def test_packed_training_matches_unpacked(tiny_encoder, tmp_path):
-    plain, steps = _final_weights(tiny_encoder, tmp_path, "plain")
-    packed, packed_steps = _final_weights(tiny_encoder, tmp_path, "packed", **{"data.pack_length": 128})
-    assert steps == packed_steps == 4
+def _train(encoder, runs, name, **extra):
+    from refineg.training import train
+
+    os.environ.pop("REFINEG_RUN_NAME", None)
+    args = tiny_args(encoder, runs, name, **{"data.gold_limit": 128, "data.batch_size": 16, "trainer.max_epochs": 3,
+                                             "predict": "false", "optim.head_lr": 1e-2, **extra})
+    score = train(load_config(args))["best_val_mner_f1"]
+    ckpt = torch.load(runs / name / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    return ckpt["state_dict"], ckpt["global_step"], score
+
+
+def test_packed_training_and_validation_match_unpacked(tiny_encoder, tmp_path):
+    plain, steps, plain_f1 = _train(tiny_encoder, tmp_path, "plain")
+    packed, packed_steps, packed_f1 = _train(tiny_encoder, tmp_path, "packed", **{"data.pack_length": 128})
+    assert steps == packed_steps == 24
     for key in plain:
         torch.testing.assert_close(packed[key], plain[key], rtol=1e-4, atol=1e-5, msg=key)
+    assert packed_f1 == pytest.approx(plain_f1, abs=1e-6) and plain_f1 > 0  # dev batches are packed too
+
+
+def test_unchecked_encoder_families_refuse_packed_rows(tmp_path):
+    from transformers import ModernBertConfig, ModernBertModel
+
+    config = ModernBertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                              intermediate_size=64, local_attention=8, max_position_embeddings=64, pad_token_id=0,
+                              bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
+    ModernBertModel(config).save_pretrained(tmp_path)
+    backbone = HFTextEncoder(str(tmp_path), pretrained=False)
+    assert not backbone.supports_packing
+    ids = torch.ones(1, 16, dtype=torch.long)
+    assert backbone(ids, torch.ones_like(ids)).shape == (1, 16, 32)  # one post per row still works
+    with pytest.raises(ValueError, match="this encoder is 'modernbert'.*set data.pack_length=0"):
+        backbone(ids, torch.ones_like(ids), position_ids=torch.arange(16)[None], segment_ids=torch.ones_like(ids))
 
 
 def test_packing_refusals(tiny_encoder, tmp_path):
@@ -118,7 +145,7 @@ def test_packing_refusals(tiny_encoder, tmp_path):
     with pytest.raises(ValueError, match="groundability"):
         train(load_config(tiny_args(tiny_encoder, tmp_path, "gr", **{"data.pack_length": 128,
                                                                      "model.groundability": "true"})))
-    with pytest.raises(ValueError, match="image-aware"):
+    with pytest.raises(ValueError, match="needs model.backbone=hf.*the image-aware backbone"):
         train(load_config(tiny_args(tiny_encoder, tmp_path, "img", **{
             "data.pack_length": 128, "model.backbone": "hf_image", "model.image_model": "test_resnet",
             "model.image_size": 32})))

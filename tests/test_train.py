@@ -103,22 +103,47 @@ def test_predict_cli(trained, tmp_path, capsys):
     assert main(["predict", "--ckpt", ckpt, "--text", "Obama visits Paris"]) == 0
 
 
+def _train_ddp(encoder, runs, name, **extra) -> Path:
+    """Runs train.py with 2 CPU processes (gloo) in a subprocess on a free port; returns the run folder."""
+    import socket
+
+    with socket.socket() as sock:  # a fixed default port can still be taken by the previous DDP run
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "MASTER_PORT": str(port)}
+    env.pop("REFINEG_RUN_NAME", None)
+    args = tiny_args(encoder, runs, name, **{"trainer.devices": 2, "trainer.strategy": "ddp", **extra})
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], capture_output=True, text=True,
+                          timeout=600, env=env, cwd=runs)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "Initializing distributed: GLOBAL_RANK: 1" in proc.stderr + proc.stdout
+    return runs / name
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_match_single_process(trained, tiny_encoder, tmp_path):
     """2 CPU processes (gloo) with the same global batches give the same dev/test metrics as one process."""
     run_dir, _ = trained
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    env.pop("REFINEG_RUN_NAME", None)
-    args = tiny_args(tiny_encoder, tmp_path, "ddp", **{"trainer.devices": 2, "trainer.strategy": "ddp"})
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], capture_output=True, text=True,
-                          timeout=600, env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-4000:]
     single = json.loads((run_dir / "metrics.json").read_text())
-    ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
-    assert "Initializing distributed: GLOBAL_RANK: 1" in proc.stderr + proc.stdout
+    ddp = json.loads((_train_ddp(tiny_encoder, tmp_path, "ddp") / "metrics.json").read_text())
     for split in ("dev", "test"):
         for task in ("gmner", "mner", "eeg"):
             assert ddp[split][task]["f1"] == pytest.approx(single[split][task]["f1"], abs=1e-9), (split, task)
+
+
+@pytest.mark.slow
+def test_ddp_with_packed_batches_trains_the_single_process_weights(trained, tiny_encoder, tmp_path):
+    """Each rank packs its share of a global batch into its own rows: the weights still match one process."""
+    import torch
+
+    run_dir, _ = trained
+    ddp_dir = _train_ddp(tiny_encoder, tmp_path, "ddp_packed", **{"data.pack_length": 128, "predict": "false"})
+    single, ddp = (torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+                   for d in (run_dir, ddp_dir))
+    floats = [k for k in single if single[k].is_floating_point()]
+    assert len(floats) > 10
+    for key in floats:
+        torch.testing.assert_close(ddp[key], single[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
 def test_ddp_strategy_from_config():

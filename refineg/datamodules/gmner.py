@@ -91,8 +91,6 @@ class GMNERDataModule(L.LightningDataModule):
         if 0 < data.pack_length < data.max_length:
             raise ValueError(f"data.pack_length={data.pack_length} is shorter than data.max_length={data.max_length}: "
                              "a post of max_length subwords must fit a packed row")
-        if data.pack_length and image_transform is not None:
-            raise ValueError("data.pack_length does not combine with an image-aware backbone (one post per row)")
         self.cfg, self.encoder, self.word_dropout, self.seed = data, encoder, word_dropout, seed
         self.run_dir = Path(run_dir) if run_dir else None
         self.image_transform = image_transform

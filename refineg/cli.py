@@ -35,12 +35,13 @@ def _parse_type_map(items: list[str]) -> dict[str, str]:
 
 
 def _convert_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", required=True, help="input format: twitter-gmner, conll, ccks or jsonl")
+    p.add_argument("--format", required=True, help="input format: twitter-gmner, conll, ccks, jsonl or "
+                                                   "flickr30k-entities")
     p.add_argument("--txt", help="CoNLL txt file (twitter-gmner, conll)")
     p.add_argument("--xml-dir", help="Pascal-VOC xml folder (twitter-gmner)")
     p.add_argument("--text-json", help="sample_text.json (ccks)")
     p.add_argument("--entity-json", help="sample_entity.json (ccks)")
-    p.add_argument("--input", help="canonical JSONL (jsonl)")
+    p.add_argument("--input", help="canonical JSONL (jsonl); the dataset folder (flickr30k-entities)")
     p.add_argument("--type-map", nargs="*", default=["MISC=OTHER"], help="type renames for conll (default MISC=OTHER)")
     p.add_argument("--out", required=True, help="output file (JSONL, CoNLL txt or CCKS sample_text.json)")
     p.add_argument("--to", default="jsonl", help="output format: jsonl (default), conll, twitter-gmner or ccks")
@@ -48,19 +49,24 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-entity-json", help="sample_entity.json to write (--to ccks)")
 
 
-@subcommand("convert", "convert between Twitter-GMNER, CoNLL, CCKS2025 JSON and canonical JSONL", _convert_args)
+@subcommand("convert", "convert between Twitter-GMNER, CoNLL, CCKS2025 JSON and canonical JSONL (and read "
+            "Flickr30k Entities)", _convert_args)
 def convert(args: argparse.Namespace) -> int:
     """Reads ``--format`` input, writes ``--to`` output, prints counts and reader warnings."""
     report = ReadReport()
+    writer = create_data_format(args.to).writer
+    if writer is None:
+        raise SystemExit(f"error: format {args.to!r} is read-only; choose another --to")
     if args.format == "twitter-gmner":
         examples = create_data_format("twitter-gmner").reader(_need(args, "txt"), args.xml_dir, report=report)
     elif args.format == "conll":
         examples = create_data_format("conll").reader(_need(args, "txt"), type_map=_parse_type_map(args.type_map))
     elif args.format == "ccks":
         examples = create_data_format("ccks").reader(_need(args, "text_json"), args.entity_json, report=report)
+    elif args.format == "flickr30k-entities":
+        examples = create_data_format(args.format).reader(_need(args, "input"), report=report)
     else:
         examples = create_data_format(args.format).reader(_need(args, "input"))
-    writer = create_data_format(args.to).writer
     if args.to == "twitter-gmner":
         writer(examples, args.out, _need(args, "out_xml_dir"))
     elif args.to == "ccks":

@@ -7,6 +7,7 @@ from typing import Any
 
 from refineg.data.ccks import read_ccks, write_ccks
 from refineg.data.conll import read_conll, write_conll
+from refineg.data.flickr30k import read_flickr30k_entities
 from refineg.data.jsonl import read_jsonl, write_jsonl
 from refineg.data.schema import Example
 from refineg.data.twitter_gmner import read_twitter_gmner, write_twitter_gmner
@@ -17,11 +18,14 @@ DATA_FORMATS = Registry("data format")
 
 @dataclass(frozen=True)
 class DataFormat:
-    """A reader and a writer; ``paths`` names the path arguments both take (``out_`` prefixed for the writer)."""
+    """A reader and a writer; ``paths`` names the path arguments both take (``out_`` prefixed for the writer).
+
+    ``writer`` is ``None`` for a read-only format.
+    """
 
     name: str
     reader: Any
-    writer: Any
+    writer: Any | None
     paths: tuple[str, ...]
 
 
@@ -33,6 +37,7 @@ _register(DataFormat("jsonl", read_jsonl, write_jsonl, ("path",)))
 _register(DataFormat("twitter-gmner", read_twitter_gmner, write_twitter_gmner, ("txt", "xml_dir")))
 _register(DataFormat("conll", read_conll, write_conll, ("path",)))
 _register(DataFormat("ccks", read_ccks, write_ccks, ("text_json", "entity_json")))
+_register(DataFormat("flickr30k-entities", read_flickr30k_entities, None, ("root",)))
 
 
 def create_data_format(name: str) -> DataFormat:

@@ -87,8 +87,8 @@ def test_ccks_reader_bnd_and_bndbox_and_round_trip(tmp_path):
 
 
 def test_format_registry_lists_and_rejects_unknown():
-    assert list_data_formats() == ["ccks", "conll", "jsonl", "twitter-gmner"]
-    with pytest.raises(KeyError, match="known data formats: ccks, conll, jsonl, twitter-gmner"):
+    assert list_data_formats() == ["ccks", "conll", "flickr30k-entities", "jsonl", "twitter-gmner"]
+    with pytest.raises(KeyError, match="known data formats: ccks, conll, flickr30k-entities, jsonl, twitter-gmner"):
         create_data_format("brat")
 
 

@@ -341,20 +341,20 @@ def ground_cmd(args: argparse.Namespace) -> int:
 
 
 def _fit_region_scorer_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="labelled dev posts (canonical JSONL with gold boxes): the "
-                                                 "none-threshold is fitted here")
+    p.add_argument("--data", required=True, help="labelled posts (canonical JSONL with gold boxes); split by image "
+                                                 "into train and dev unless --train is given (then it is dev)")
     p.add_argument("--images", required=True, help="folder of post images (Example.image is relative to it)")
     p.add_argument("--out", required=True, help="state file to write (load it with the clip grounder's state=)")
-    p.add_argument("--train", default=None, help="labelled posts to train the scoring head on (default: no head, "
-                                                 "cosine scores)")
+    p.add_argument("--train", default=None, help="labelled posts to train the scoring head on (default: a seeded "
+                                                 "split of --data by image)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="e.g. model_name=ViT-B-32 pretrained=/path/open_clip.bin proposals=file "
                         "proposal_kwargs.path=vinvl.jsonl head.epochs=20 limit=200 "
                         "(refineg/stages/grounding/region_fit.py lists every key)")
 
 
-@subcommand("fit-region-scorer", "fit the open_clip region scorer (grounder 'clip'): embed candidate boxes, "
-            "optionally train its scoring head, fit the none-threshold on dev", _fit_region_scorer_args)
+@subcommand("fit-region-scorer", "fit the open_clip region scorer (grounder 'clip'): propose and embed boxes, "
+            "train its scoring head, fit the none-threshold on dev", _fit_region_scorer_args)
 def fit_region_scorer_cmd(args: argparse.Namespace) -> int:
     """Fits and saves the ``clip`` grounder's state, prints the dev report."""
     from refineg.stages.grounding.region_fit import fit_region_scorer, load_fit_config
@@ -365,14 +365,24 @@ def fit_region_scorer_cmd(args: argparse.Namespace) -> int:
         report = fit_region_scorer(cfg, args.data, args.images, args.out)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
-    print(f"{report['label']}: {report['dev_entities']} dev entities "
+    dev = report["dev"]
+    print(f"{report['label']}: {report['dev_entities']} dev entities on {report['dev_images']} dev images "
           f"({report['dev_posts_without_image']} posts without image left out)")
+    if report.get("split", {}).get("dev") and report.get("dev_fraction") is not None:
+        print(f"split by image (seed {report['split_seed']}): {report['split']['train']}, {report['split']['dev']}")
     threshold = report["threshold"]
-    print(f"threshold {'none (always answer)' if threshold is None else f'{threshold:.4f}'}: dev grounding accuracy "
-          f"{100 * report['dev_accuracy']:.2f}% (always answer {100 * report['dev_accuracy_always_answer']:.2f}%, "
-          f"always none {100 * report['dev_accuracy_always_none']:.2f}%)")
+    print(f"threshold {'none (always answer)' if threshold is None else f'{threshold:.4f}'}: dev Acc@{cfg.iou} "
+          f"{_pct(dev['acc'])} of {dev['with_box']} phrases with a box, none-accuracy {_pct(dev['none_acc'])} of "
+          f"{dev['without_box']} without; overall {_pct(dev['accuracy'])} ({report['seconds']:.0f} s)")
+    for etype, row in dev["per_type"].items():
+        print(f"  {etype:<12} Acc {_pct(row['acc'])} ({row['with_box']})  none {_pct(row['none_acc'])} "
+              f"({row['without_box']})")
     print(f"wrote {args.out}")
     return 0
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
 
 
 def _pipeline_args(p: argparse.ArgumentParser) -> None:

@@ -140,16 +140,23 @@ class ClipRegionScorer(Grounder):
         whole, regions = self.embedder.regions(image, boxes)
         return ImageCandidates(boxes, regions, whole, box_geometry(boxes, *image.size), image.size)
 
+    def prompts(self, post: Example, entities: Sequence[Entity] | None = None) -> list[list[str]]:
+        """The prompt set of each entity of ``post`` (default: all its entities)."""
+        entities = post.entities if entities is None else entities
+        return [entity_prompts(e.text(post.tokens), e.type, self.templates, self.type_words) for e in entities]
+
     def candidates(self, post: Example, image: Image.Image, entities: Sequence[Entity] | None = None,
-                   cache: dict[str, ImageCandidates] | None = None) -> list[EntityCandidates]:
+                   cache: dict[str, ImageCandidates] | None = None, texts: torch.Tensor | None = None
+                   ) -> list[EntityCandidates]:
         """Candidate boxes and frozen features of each entity of ``post`` (default: all its entities).
 
         Proposals and region features are computed once per image (per proposal key for type-dependent sources);
-        pass a ``cache`` dict to share them between posts of the same image.
+        pass a ``cache`` dict to share them between posts of the same image, and ``texts`` (the entities' prompt
+        features, from :meth:`prompts`) to encode prompts of many posts in one pass.
         """
         entities = post.entities if entities is None else entities
-        texts = self.embedder.text_features(
-            [entity_prompts(e.text(post.tokens), e.type, self.templates, self.type_words) for e in entities])
+        if texts is None:
+            texts = self.embedder.text_features(self.prompts(post, entities))
         cache = {} if cache is None else cache
         out = []
         for ent, text in zip(entities, texts):

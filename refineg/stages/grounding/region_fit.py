@@ -192,14 +192,17 @@ def build_groups(scorer: ClipRegionScorer, posts: Sequence[Example], images_dir:
     entities_of: dict[int, list] = {}
     groups: dict[int, ImageCandidates] = {}
     index, missing = [], 0
-    for post in tqdm(posts, desc=desc, unit="post"):
+    prompt_sets = [scorer.prompts(post) for post in posts]
+    texts = scorer.embedder.text_features([p for sets in prompt_sets for p in sets]).split(
+        [len(sets) for sets in prompt_sets])
+    for post, post_texts in zip(tqdm(posts, desc=desc, unit="post"), texts):
         if not post.entities:
             continue
         image = load_image(images_dir, post)
         if image is None:
             missing += 1
             continue
-        for ent, cand in zip(post.entities, scorer.candidates(post, image, cache=cache)):
+        for ent, cand in zip(post.entities, scorer.candidates(post, image, cache=cache, texts=post_texts)):
             gid = id(cand.group)
             groups[gid] = cand.group
             ents = entities_of.setdefault(gid, [])

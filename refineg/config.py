@@ -4,6 +4,7 @@
 schema defaults (the embedded default run), merges ``configs/default.yaml``, then each group file named by a
 ``group=name`` override (``configs/<group>/<name>.yaml``), then the dotted overrides. A key that the schema does not
 have is an error. The string ``None`` means null (W&B's ``${args_no_hyphens}`` writes Python ``str()`` values).
+``configs/`` is the package's own tree (``refineg/configs``, see ``refineg.resources``), wherever refineg is installed.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+from refineg.resources import config_root
+
 T = TypeVar("T")
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = config_root()  # the packaged configs; the stages' built-in prompt folders are under CONFIG_DIR/prompts
 SAMPLE_ROOT = Path(__file__).resolve().parent / "assets" / "sample" / "twitter-gmner"
 GROUPS = ("data", "model", "experiment")
 
@@ -199,12 +202,13 @@ def load_config(overrides: list[str] | None = None, config_dir: str | Path = CON
 
     Raises:
         ValueError: A misspelt key, a value of the wrong type, an unknown group name or a malformed override.
+        FileNotFoundError: ``config_dir`` has no ``default.yaml`` (for the packaged one: a broken install).
     """
     config_dir = Path(config_dir)
     cfg = OmegaConf.structured(TrainConfig)
-    files: list[tuple[str | None, Path]] = []
-    if (config_dir / "default.yaml").is_file():
-        files.append((None, config_dir / "default.yaml"))
+    if not (config_dir / "default.yaml").is_file():
+        raise FileNotFoundError(f"{config_dir / 'default.yaml'} not found: the default run's settings are missing")
+    files: list[tuple[str | None, Path]] = [(None, config_dir / "default.yaml")]
     dotlist = []
     for raw in overrides or []:
         key, value = parse_override(raw)

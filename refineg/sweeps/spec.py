@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from refineg.resources import resolve_path
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
@@ -160,13 +162,13 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> Swe
     """Reads a W&B sweep YAML file.
 
     Args:
-        path: The sweep file.
+        path: The sweep file (used as given where it exists; ``configs/sweeps/NAME.yaml`` else is the packaged one).
         overrides: ``{key: value}`` fixed values that replace (or add) parameters, e.g. a data root.
 
     Raises:
         ValueError: Missing ``program``/``metric``, an unknown method or goal, a malformed parameter.
     """
-    path = Path(path)
+    path = resolve_path(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:

@@ -19,6 +19,7 @@ from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, Valid
 
 from refineg.config import parse_override
 from refineg.llm import LLMConfig
+from refineg.resources import resolve_path
 from refineg.stages.refinement.config import RefineConfig
 from refineg.stages.zeroshot import ZeroShotConfig
 
@@ -211,7 +212,8 @@ def load_pipeline_config(path: str | Path | None = None, overrides: list[str] | 
     """Builds the typed pipeline config from the schema, an experiment YAML file and ``key=value`` overrides.
 
     Args:
-        path: Experiment file (``configs/experiment/refineg_*.yaml``); ``None`` for the schema defaults.
+        path: Experiment file (``configs/experiment/refineg_*.yaml``: used as given where it exists, else the
+            packaged copy); ``None`` for the schema defaults.
         overrides: ``key=value`` items (dotted keys; list values in YAML syntax, e.g. ``train.overrides=[a=1]``).
 
     Raises:
@@ -229,9 +231,9 @@ def load_pipeline_config(path: str | Path | None = None, overrides: list[str] | 
             dotlist.append(f"{key}={value}")
     try:
         if path is not None:
-            if not Path(path).is_file():
+            if not resolve_path(path).is_file():
                 raise ValueError(f"experiment file {path} not found")
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(resolve_path(path)))
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
         for section, item in appended:
             cfg[section].overrides.append(item)

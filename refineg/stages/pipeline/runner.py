@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from refineg.resources import resolve_path
+
 logger = logging.getLogger(__name__)
 
 
@@ -41,7 +43,7 @@ def file_signature(path: str | Path | None) -> Any:
     """
     if path is None:
         return None
-    p = Path(path)
+    p = resolve_path(path)  # the file the stage reads: a missing configs/... path means the packaged one
     if p.is_file():
         st = p.stat()
         return [st.st_size, st.st_mtime_ns]

@@ -14,6 +14,9 @@ prompt), then from the global ``faults`` list. A fault is one of:
 - ``"notjson"``: a prose answer; ``"chatty"``: the JSON answer wrapped in prose and a code fence;
   ``"truncated"``: the JSON answer cut in half with ``finish_reason="length"``.
 - ``"echo_auth"``: HTTP 400 whose body repeats the request's Authorization header (a leaky server).
+
+``body_responder`` (when set) answers from the whole request body instead of ``responder``; a :class:`BadRequest`
+it raises answers HTTP 400 and is recorded in ``errors`` (``tests/llm/grounding_oracle.py`` uses it).
 """
 
 from __future__ import annotations
@@ -54,6 +57,22 @@ def _all_text(body: dict[str, Any]) -> str:
     return " ".join(texts)
 
 
+class BadRequest(ValueError):
+    """Raised by a ``body_responder`` for a request it rejects (answered with HTTP 400 and recorded)."""
+
+
+def decode_image_url(url: str) -> Image.Image:
+    """The decoded image of a base64 JPEG data URL; raises ValueError for anything else."""
+    prefix = "data:image/jpeg;base64,"
+    if not url.startswith(prefix):
+        raise ValueError("image is not a base64 JPEG data URL")
+    with Image.open(io.BytesIO(base64.b64decode(url[len(prefix) :], validate=True))) as img:
+        if img.format != "JPEG":
+            raise ValueError(f"image is {img.format}, not JPEG")
+        img.load()
+        return img.copy()
+
+
 def _decode_images(body: dict[str, Any]) -> list[tuple[int, int]]:
     """Sizes of all image parts; raises ValueError unless each is a base64 JPEG data URL."""
     sizes = []
@@ -62,16 +81,8 @@ def _decode_images(body: dict[str, Any]) -> list[tuple[int, int]]:
         if isinstance(content, str):
             continue
         for part in content:
-            if part.get("type") != "image_url":
-                continue
-            url = part["image_url"]["url"]
-            prefix = "data:image/jpeg;base64,"
-            if not url.startswith(prefix):
-                raise ValueError("image is not a base64 JPEG data URL")
-            with Image.open(io.BytesIO(base64.b64decode(url[len(prefix) :], validate=True))) as img:
-                if img.format != "JPEG":
-                    raise ValueError(f"image is {img.format}, not JPEG")
-                sizes.append(img.size)
+            if part.get("type") == "image_url":
+                sizes.append(decode_image_url(part["image_url"]["url"]).size)
     return sizes
 
 
@@ -90,6 +101,9 @@ class ChatServer(ThreadingHTTPServer):
         self.expected_key: str | None = None
         # answer text for (last user text, number of images); None = answer_for (a JSON echo of the prompt)
         self.responder: Callable[[str, int], str] | None = None
+        # answer text from the whole request body (takes precedence over responder); BadRequest -> HTTP 400
+        self.body_responder: Callable[[dict[str, Any]], str] | None = None
+        self.errors: list[str] = []  # messages of the BadRequests raised by body_responder
         self.counts: Counter[str] = Counter()  # completed (answered 200) requests per last user text
         self.received: Counter[str] = Counter()  # every request per last user text, faults included
         self.bodies: list[dict[str, Any]] = []
@@ -213,7 +227,16 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as err:  # any decoding problem is the client's fault
             self._error(400, f"bad image: {err}")
             return
-        content = (srv.responder or answer_for)(prompt, len(sizes))
+        if srv.body_responder is not None:
+            try:
+                content = srv.body_responder(body)
+            except BadRequest as err:
+                with srv.lock:
+                    srv.errors.append(str(err))
+                self._error(400, f"rejected: {err}")
+                return
+        else:
+            content = (srv.responder or answer_for)(prompt, len(sizes))
         finish = "stop"
         if fault == "notjson":
             content = "I am sorry, I cannot answer in JSON today."

@@ -1,0 +1,212 @@
+"""A grounding oracle for the loopback chat server: answers each grounding chat with the gold boxes.
+
+``GroundingOracle(posts).install(server)`` makes a :class:`~tests.llm.chat_server.ChatServer` answer every
+chat-completions request of the ``mllm`` grounder the way a perfect MLLM would, in the pixels of the images it
+actually received, and reject (HTTP 400, recorded in ``server.errors``) a request that a real model could not
+answer right. Per request it:
+
+- walks the turns: ``system``, then ``(user, assistant)`` per demonstration, then the query's ``user`` turn; every
+  user turn must hold exactly one image (a base64 JPEG data URL, decoded here) and the prompt text;
+- identifies the post of each user turn by its ``Post:`` line (the sentence) and checks that the image received
+  is that post's picture: its aspect ratio matches the gold frame within a pixel of rounding, and it differs
+  little from the gold picture when both are area-averaged to at most 64 px on the long side (mean absolute
+  difference, 0-255);
+- checks that the ``Image size: W x H`` line states the size of the image received;
+- checks each demonstration's assistant answer: the same entities in the same order, and every box inside the
+  demonstration image as received and equal to the demonstration's gold box scaled to the received size within
+  ``demo_tolerance_px``;
+- answers the query's entities (the ``Entities:`` line) in the paper's format ``[{"entity", "entity_type",
+  "bounding_box"}]``: gold boxes scaled from the gold frame to the size of the query image received (the last
+  image of the request), rounded to whole pixels as a model would; one box flat ``[x1, y1, x2, y2]``, several as
+  a list of boxes, none as ``[]``.
+
+Nothing about the original image size travels with the request: the scale comes from the decoded image's size
+and the gold frame the oracle holds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from tests.llm.chat_server import BadRequest, ChatServer, decode_image_url
+
+_SIZE = re.compile(r"Image size: (\d+) x (\d+)")
+_POST = re.compile(r"^Post: (.*)$", re.M)
+_ENTITIES = re.compile(r"^Entities: (.*)$", re.M)
+
+
+@dataclass
+class GoldPost:
+    """What the oracle knows of one post.
+
+    Attributes:
+        sentence: The post text as the prompt shows it (tokens joined by spaces); the post's key.
+        frame: ``(width, height)`` of the pixel frame the gold boxes are given in (e.g. an annotation's
+            ``<size>``); any frame with the picture's aspect ratio works.
+        entities: ``(surface, type, boxes)`` per entity in post order; ``boxes`` in ``frame`` pixels.
+        picture: The post's picture (any size with the frame's aspect ratio), to check the pixels received.
+    """
+
+    sentence: str
+    frame: tuple[int, int]
+    entities: list[tuple[str, str, list[list[float]]]]
+    picture: Image.Image | None = None
+
+
+@dataclass
+class Seen:
+    """One answered request: the query post's sentence and the sizes of the images received."""
+
+    sentence: str
+    size: tuple[int, int]
+    demos: list[tuple[str, tuple[int, int]]] = field(default_factory=list)
+
+
+def _scaled(box: Sequence[float], frame: tuple[int, int], size: tuple[int, int]) -> list[float]:
+    sx, sy = size[0] / frame[0], size[1] / frame[1]
+    return [box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy]
+
+
+def _box_list(value: Any) -> list[list[float]]:
+    """Boxes of a ``bounding_box`` value: ``[]``, one flat box or a list of boxes."""
+    if not value:
+        return []
+    if all(isinstance(v, (int, float)) for v in value):
+        return [list(value)]
+    return [list(b) for b in value]
+
+
+class GroundingOracle:
+    """Answers grounding chats with gold boxes (see the module docstring).
+
+    Args:
+        posts: Every post the server may see, queries and demonstrations alike (sentences must be unique).
+        demo_tolerance_px: Largest allowed difference between a demonstration box as sent and its gold box scaled
+            to the received image.
+        pixel_tolerance: Largest allowed mean absolute difference between the received image and the gold
+            picture, both area-averaged to at most 64 px on the long side.
+    """
+
+    def __init__(self, posts: Sequence[GoldPost], demo_tolerance_px: float = 1.0, pixel_tolerance: float = 8.0):
+        self.posts = {p.sentence: p for p in posts}
+        if len(self.posts) != len(posts):
+            raise ValueError("oracle posts need unique sentences")
+        self.demo_tolerance_px = demo_tolerance_px
+        self.pixel_tolerance = pixel_tolerance
+        self.lock = threading.Lock()
+        self.seen: list[Seen] = []
+        self.pixel_diffs: list[float] = []  # mean absolute differences of the accepted images
+
+    def install(self, server: ChatServer) -> GroundingOracle:
+        """Makes ``server`` answer through this oracle; returns ``self``."""
+        server.body_responder = self
+        return self
+
+    def _user_turn(self, message: dict[str, Any], role: str) -> tuple[GoldPost, tuple[int, int], str]:
+        content = message.get("content")
+        if isinstance(content, str):
+            raise BadRequest(f"{role}: a user turn without an image")
+        urls = [p["image_url"]["url"] for p in content if p.get("type") == "image_url"]
+        text = "".join(p.get("text", "") for p in content if p.get("type") == "text")
+        if len(urls) != 1:
+            raise BadRequest(f"{role}: {len(urls)} images in one user turn")
+        try:
+            image = decode_image_url(urls[0])
+        except ValueError as err:
+            raise BadRequest(f"{role}: {err}") from None
+        post_line = _POST.search(text)
+        if post_line is None or post_line.group(1) not in self.posts:
+            raise BadRequest(f"{role}: unknown post {post_line.group(1) if post_line else text!r}")
+        gold = self.posts[post_line.group(1)]
+        size = image.size
+        stated = _SIZE.search(text)
+        if stated is None or (int(stated.group(1)), int(stated.group(2))) != size:
+            raise BadRequest(f"{role} {gold.sentence!r}: prompt states "
+                             f"{stated.group(0) if stated else 'no image size'}, image received is {size}")
+        self._check_picture(gold, image, role)
+        return gold, size, text
+
+    def _check_picture(self, gold: GoldPost, image: Image.Image, role: str) -> None:
+        (w, h), (fw, fh) = image.size, gold.frame
+        if abs(w * fh / fw - h) > 1 and abs(h * fw / fh - w) > 1:
+            raise BadRequest(f"{role} {gold.sentence!r}: image received {w}x{h} does not have the aspect of "
+                             f"the {fw}x{fh} frame")
+        if gold.picture is None:
+            return
+        # compared as area averages at most 64 px on the long side: JPEG and resampling noise average out
+        small = (max(1, round(w * min(1.0, 64 / max(w, h)))), max(1, round(h * min(1.0, 64 / max(w, h)))))
+        ref, got = (np.asarray(im.convert("RGB").resize(small, Image.Resampling.BOX), dtype=np.float32)
+                    for im in (gold.picture, image))
+        diff = float(np.abs(ref - got).mean())
+        if diff > self.pixel_tolerance:
+            raise BadRequest(f"{role} {gold.sentence!r}: the image received is not this post's picture "
+                             f"(mean absolute difference {diff:.1f})")
+        with self.lock:
+            self.pixel_diffs.append(diff)
+
+    def _check_demo(self, gold: GoldPost, size: tuple[int, int], answer: str, role: str) -> None:
+        try:
+            items = json.loads(answer)
+        except json.JSONDecodeError as err:
+            raise BadRequest(f"{role} {gold.sentence!r}: answer is not JSON ({err})") from None
+        names = [(i.get("entity"), i.get("entity_type")) for i in items]
+        if names != [(n, t) for n, t, _ in gold.entities]:
+            raise BadRequest(f"{role} {gold.sentence!r}: answer entities {names} are not the gold ones")
+        w, h = size
+        for item, (name, _, boxes) in zip(items, gold.entities, strict=True):
+            sent = _box_list(item.get("bounding_box"))
+            if len(sent) != len(boxes):
+                raise BadRequest(f"{role} {gold.sentence!r}, {name!r}: {len(sent)} boxes for {len(boxes)} gold")
+            for box, gold_box in zip(sent, boxes, strict=True):
+                if not (0 <= box[0] < box[2] <= w and 0 <= box[1] < box[3] <= h):
+                    raise BadRequest(f"{role} {gold.sentence!r}, {name!r}: box {box} is not inside the "
+                                     f"{w}x{h} image received")
+                want = _scaled(gold_box, gold.frame, size)
+                if max(abs(a - b) for a, b in zip(box, want, strict=True)) > self.demo_tolerance_px:
+                    raise BadRequest(f"{role} {gold.sentence!r}, {name!r}: box {box} is not the gold box "
+                                     f"{[round(v, 1) for v in want]} in the {w}x{h} image received")
+
+    def _answer(self, gold: GoldPost, size: tuple[int, int], text: str) -> str:
+        asked_line = _ENTITIES.search(text)
+        if asked_line is None:
+            raise BadRequest(f"query {gold.sentence!r}: no Entities line")
+        asked = json.loads(asked_line.group(1))
+        free = list(gold.entities)
+        items = []
+        for item in asked:
+            match = next((e for e in free if e[0] == item["entity"]), None)
+            if match is None:
+                raise BadRequest(f"query {gold.sentence!r}: entity {item['entity']!r} is not in the gold post")
+            free.remove(match)
+            boxes = [[round(v) for v in _scaled(b, gold.frame, size)] for b in match[2]]
+            items.append({"entity": item["entity"], "entity_type": item["entity_type"],
+                          "bounding_box": boxes[0] if len(boxes) == 1 else boxes})
+        return json.dumps(items)
+
+    def __call__(self, body: dict[str, Any]) -> str:
+        turns = [m for m in body.get("messages", []) if m.get("role") != "system"]
+        if not turns or len(turns) % 2 != 1:
+            raise BadRequest(f"expected (user, assistant) pairs and a final user turn, got {len(turns)} turns")
+        demos = []
+        for n in range(0, len(turns) - 1, 2):
+            user, reply = turns[n], turns[n + 1]
+            if user.get("role") != "user" or reply.get("role") != "assistant":
+                raise BadRequest(f"demonstration {n // 2}: roles {user.get('role')}, {reply.get('role')}")
+            gold, size, _ = self._user_turn(user, f"demonstration {n // 2}")
+            self._check_demo(gold, size, reply["content"], f"demonstration {n // 2}")
+            demos.append((gold.sentence, size))
+        if turns[-1].get("role") != "user":
+            raise BadRequest("the last turn is not the user's")
+        gold, size, text = self._user_turn(turns[-1], "query")
+        answer = self._answer(gold, size, text)
+        with self.lock:
+            self.seen.append(Seen(gold.sentence, size, demos))
+        return answer

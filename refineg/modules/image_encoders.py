@@ -132,7 +132,8 @@ class TimmImageEncoder(ImageEncoder):
         model_name: timm model name (``"resnet50"``, ``"vit_base_patch16_224"``, ``"test_vit"``, ...).
         pretrained: Load timm's pretrained weights for ``model_name`` (may download unless cached).
         checkpoint_path: Local weights file to load instead of timm's (classifier weights are dropped);
-            implies ``pretrained``. Must exist.
+            implies ``pretrained``. Must exist. ``"imagenet-mobilenetv2"`` loads the packaged ImageNet
+            MobileNetV2 weights (:mod:`refineg.weights`) into ``mobilenetv2_100`` offline.
         img_size: Input resolution. Passed to models that take ``img_size`` (ViTs resize their position
             embeddings); for fully convolutional models only the transform uses it.
         freeze: Freeze the tower (no gradients, always in eval mode).
@@ -150,7 +151,12 @@ class TimmImageEncoder(ImageEncoder):
         import timm
         from timm.data import create_transform, resolve_data_config
 
+        from refineg.weights import MOBILENET_TAG, load_timm_pretrained
+
         kwargs: dict[str, Any] = {"num_classes": 0}
+        packaged = checkpoint_path == MOBILENET_TAG
+        if packaged:
+            checkpoint_path, pretrained = None, False
         if checkpoint_path is not None:
             _require_file(checkpoint_path, f"timm {model_name!r}")
             pretrained = True
@@ -166,6 +172,8 @@ class TimmImageEncoder(ImageEncoder):
         else:
             self.model = timm.create_model(model_name, pretrained=pretrained, **kwargs)
 
+        if packaged:
+            load_timm_pretrained(self.model, MOBILENET_TAG)
         self.model_name = model_name
         self.out_dim = int(self.model.num_features)
         self.num_prefix_tokens = int(getattr(self.model, "num_prefix_tokens", 0) or 0)
@@ -216,15 +224,11 @@ class OpenClipImageEncoder(ImageEncoder):
 
     def __init__(self, model_name: str, pretrained: str | None = None, freeze: bool = True) -> None:
         super().__init__(freeze)
-        import open_clip
+        from refineg.modules.open_clip_loader import load_open_clip
 
-        if pretrained and _looks_like_path(pretrained):
-            _require_file(pretrained, f"open_clip {model_name!r}")
-        extra: dict[str, Any] = {"require_pretrained": True} if pretrained else {}
-        # The text tower is thrown away below: never fetch base text weights for it.
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=pretrained, pretrained_image=False, pretrained_text=False, **extra
-        )
+        # A tag may be fetched here as timm's pretrained=True may be (the tagger's documented behaviour).
+        clip = load_open_clip(model_name, pretrained, allow_download=True)
+        model, preprocess = clip.model, clip.preprocess
         self.model_name = model_name
         self.visual: nn.Module = model.visual
         del model

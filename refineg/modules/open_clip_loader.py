@@ -130,8 +130,10 @@ def _load_builtin(pretrained: str | None, device: str) -> OpenClip:
 
 
 def image_features(clip: OpenClip, pixels: torch.Tensor) -> torch.Tensor:
-    """``(B, 3, H, W) -> (B, D)`` image features: the pooled timm trunk for timm towers (no projection, which the
-    built-in model does not pretrain), else the model's joint embedding. Not normalised.
+    """``(B, 3, H, W) -> (B, D)`` image features, not normalised.
+
+    The pooled timm trunk for timm towers (no projection, which the built-in model does not pretrain), else the
+    model's joint embedding.
     """
     from open_clip.timm_model import TimmModel
 
@@ -142,8 +144,9 @@ def image_features(clip: OpenClip, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def text_features(clip: OpenClip, tokens: torch.Tensor) -> torch.Tensor:
-    """``(B, L) -> (B, D)`` text features: the pooled Hugging Face encoder for HF text towers (no projection), else
-    the model's joint embedding. Not normalised.
+    """``(B, L) -> (B, D)`` text features, not normalised.
+
+    The pooled Hugging Face encoder for HF text towers (no projection), else the model's joint embedding.
     """
     from open_clip.hf_model import HFTextEncoder
 

@@ -132,8 +132,9 @@ class ClipEmbedder:
 
     @torch.inference_mode()
     def cosine(self, regions: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """``(N,)`` cosine similarity of region and text features after the model's own projections (the
-        untrained scorer; meaningful only for a pretrained CLIP).
+        """``(N,)`` cosine similarity of region and text features after the model's own projections.
+
+        This is the untrained scorer; it is meaningful only for a pretrained CLIP.
         """
         from open_clip.hf_model import HFTextEncoder
         from open_clip.timm_model import TimmModel

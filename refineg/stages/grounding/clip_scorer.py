@@ -167,8 +167,9 @@ class ClipRegionScorer(Grounder):
         return out
 
     def score_entities(self, cands: Sequence[EntityCandidates]) -> list[tuple[torch.Tensor, list[Box]]]:
-        """Per entity: ``(N,)`` box scores (head probability, or cosine) and the boxes to answer (refined by the
-        head's deltas when it predicts them).
+        """Per entity: ``(N,)`` box scores (head probability, or cosine) and the boxes to answer.
+
+        The boxes are refined by the head's deltas when it predicts them.
         """
         out: list[tuple[torch.Tensor, list[Box]]] = [(torch.zeros(0), []) for _ in cands]
         groups: dict[int, list[int]] = {}

@@ -65,8 +65,10 @@ class TextEncoder:
 
 
 class ImageEncoder:
-    """Image embeddings for context selection, L2-normalised: the pooled trunk of the built-in
-    ``mobilenetv2-minilm`` (ImageNet MobileNetV2), or an open_clip model's projected image embedding.
+    """Image embeddings for context selection, L2-normalised.
+
+    The pooled trunk of the built-in ``mobilenetv2-minilm`` (ImageNet MobileNetV2), or an open_clip model's
+    projected image embedding.
 
     Args:
         model: ``mobilenetv2-minilm`` or an open_clip architecture (``ViT-L-14``, ...).

@@ -176,4 +176,39 @@ def evaluate_examples(golds: Sequence[Example], preds: Sequence[Example], types:
     }
     result["counts"] = {task: dict(zip(("tp", "predicted", "gold"), map(int, counts[t].sum(0))))
                         for t, task in enumerate(TASKS)}
+    result["grounding"] = grounding_accuracy(golds, aligned)
     return result
+
+
+def grounding_accuracy(golds: Sequence[Example], preds: Sequence[Example], iou_threshold: float = 0.5) -> dict:
+    """Phrase-grounding accuracy of predictions aligned with ``golds`` (same order).
+
+    A gold entity is looked up among the predicted entities with the same span (type ignored). ``acc`` (Acc@0.5)
+    is the share of gold entities with a box whose predicted entity's *first* box has IoU >= ``iou_threshold`` with
+    any of its gold boxes; ``none_acc`` is the share of gold entities without a box predicted with no box. A gold
+    entity the prediction lacks counts as wrong in both.
+
+    Returns:
+        ``{"acc", "with_box", "none_acc", "without_box", "per_type": {type: {...}}}``; rates are ``None`` when their
+        denominator is 0.
+    """
+    rows: dict[str, list[int]] = {}
+    for gold, pred in zip(golds, preds):
+        by_span = {(e.start, e.end): e for e in pred.entities}
+        for ent in gold.entities:
+            row = rows.setdefault(ent.type, [0, 0, 0, 0])
+            found = by_span.get((ent.start, ent.end))
+            if ent.boxes:
+                row[1] += 1
+                row[0] += int(found is not None and bool(found.boxes)
+                              and any(box_iou(found.boxes[0], g) >= iou_threshold for g in ent.boxes))
+            else:
+                row[3] += 1
+                row[2] += int(found is not None and not found.boxes)
+
+    def rates(r: list[int]) -> dict:
+        return {"acc": r[0] / r[1] if r[1] else None, "with_box": r[1],
+                "none_acc": r[2] / r[3] if r[3] else None, "without_box": r[3]}
+
+    total = [sum(r[i] for r in rows.values()) for i in range(4)]
+    return {**rates(total), "per_type": {t: rates(r) for t, r in sorted(rows.items())}}

@@ -14,6 +14,7 @@ Two kinds of model:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -37,6 +38,18 @@ _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".npz")
 def looks_like_path(value: str) -> bool:
     """Whether ``value`` names a file rather than a pretrained tag."""
     return os.sep in value or "/" in value or value.lower().endswith(_CHECKPOINT_SUFFIXES)
+
+
+@contextlib.contextmanager
+def _fixed_seed(seed: int = 0):
+    """Random initialisation from a fixed seed, leaving the caller's RNG state alone.
+
+    Random towers (``pretrained=None``) and unpretrained projections are then the same in every process, so a
+    head fitted over them still fits when its state file is loaded elsewhere.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def _hub_offline() -> bool:
@@ -95,8 +108,9 @@ def load_open_clip(name: str, pretrained: str | None = None, allow_download: boo
         logger.warning("open_clip %s has RANDOM weights (pretrained=None): its scores and similarities are "
                        "meaningless except for timing and tests", name)
     extra = {"require_pretrained": True} if pretrained else {}
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        name, pretrained=pretrained, pretrained_image=False, pretrained_text=False, device=device, **extra)
+    with _fixed_seed():
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained, pretrained_image=False, pretrained_text=False, device=device, **extra)
     cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
     size = getattr(model.visual, "image_size", 224)
     size = size[0] if isinstance(size, (tuple, list)) else size
@@ -117,9 +131,10 @@ def _load_builtin(pretrained: str | None, device: str) -> OpenClip:
     cfg = open_clip.get_model_config(BUILTIN_MODEL)
     text_cfg = {**cfg["text_cfg"], "hf_model_name": text_path, "hf_tokenizer_name": text_path,
                 "hf_model_pretrained": pretrained == PACKAGED}
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        BUILTIN_MODEL, pretrained=None, device=device, text_cfg=text_cfg,
-        image_mean=_IMAGENET["mean"], image_std=_IMAGENET["std"], image_interpolation=_IMAGENET["interpolation"])
+    with _fixed_seed():
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            BUILTIN_MODEL, pretrained=None, device=device, text_cfg=text_cfg,
+            image_mean=_IMAGENET["mean"], image_std=_IMAGENET["std"], image_interpolation=_IMAGENET["interpolation"])
     if pretrained == PACKAGED:
         load_timm_pretrained(model.visual.trunk, MOBILENET_TAG)
     else:

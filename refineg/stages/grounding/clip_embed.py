@@ -40,6 +40,8 @@ class ClipEmbedder:
         device: Torch device.
         batch_size: Crops per forward pass (crop mode).
         region_side: Longer image side (pixels) for the one-pass RoI features.
+        fine_level: timm feature level (``forward_intermediates`` index) whose 2x2 RoI cells are appended to the
+            pooled last-level feature (``None``: last level only); 3 is MobileNetV2's stride-16 level (96 channels).
 
     Raises:
         FileNotFoundError: ``pretrained`` looks like a path and does not exist.
@@ -48,7 +50,7 @@ class ClipEmbedder:
 
     def __init__(self, model_name: str = BUILTIN_MODEL, pretrained: str | None = PACKAGED,
                  allow_download: bool = False, device: str = "cpu", batch_size: int = 64,
-                 region_side: int = 512) -> None:
+                 region_side: int = 512, fine_level: int | None = 3) -> None:
         from open_clip.timm_model import TimmModel
 
         self.clip: OpenClip = load_open_clip(model_name, pretrained, allow_download, device)
@@ -57,13 +59,16 @@ class ClipEmbedder:
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
         self.region_side = int(region_side)
+        self.fine_level = fine_level
         self.roi_mode = isinstance(self.model.visual, TimmModel) and hasattr(self.model.visual.trunk,
                                                                               "forward_features")
+        if not self.roi_mode or not hasattr(self.model.visual.trunk, "forward_intermediates"):
+            self.fine_level = None
         self._mean = torch.tensor(self.clip.mean).view(1, 3, 1, 1)
         self._std = torch.tensor(self.clip.std).view(1, 3, 1, 1)
         with torch.inference_mode():
             probe = Image.new("RGB", (64, 48))
-            self.image_dim = int(self.image_features([probe]).shape[-1])
+            self.image_dim = int(self.regions(probe, [[0, 0, 32, 32]])[1].shape[-1])
             self.text_dim = int(self.text_features([["x"]]).shape[-1])
 
     @property
@@ -97,14 +102,21 @@ class ClipEmbedder:
         rois = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
         if self.roi_mode:
             pixels, scale = self._pixels(image, self.region_side)
-            fmap = self.model.visual.trunk.forward_features(pixels)  # (1, C, h, w)
+            trunk = self.model.visual.trunk
+            if self.fine_level is not None:
+                fmap, (fine,) = trunk.forward_intermediates(pixels, indices=[self.fine_level])
+            else:
+                fmap, fine = trunk.forward_features(pixels), None  # (1, C, h, w)
             whole = fmap.mean((2, 3))[0].float().cpu()
-            if not len(rois):
-                return whole, torch.zeros(0, whole.shape[-1])
-            spatial = scale * fmap.shape[-1] / pixels.shape[-1]
-            pooled = roi_align(fmap, [rois.to(fmap.device)], output_size=2, spatial_scale=spatial,
-                               sampling_ratio=2, aligned=True)
-            return whole, pooled.mean((2, 3)).float().cpu()
+            rois = rois.to(fmap.device)
+            pooled = roi_align(fmap, [rois], output_size=2, spatial_scale=scale * fmap.shape[-1] / pixels.shape[-1],
+                               sampling_ratio=2, aligned=True).mean((2, 3))
+            if fine is not None:  # the 2x2 layout of a finer level: where inside the box things are
+                whole = torch.cat([whole, fine.mean((2, 3))[0].float().cpu().repeat(4)])
+                cells = roi_align(fine, [rois], output_size=2, spatial_scale=scale * fine.shape[-1] / pixels.shape[-1],
+                                  sampling_ratio=2, aligned=True)
+                pooled = torch.cat([pooled, cells.flatten(1)], 1)
+            return whole, pooled.float().cpu()
         whole = self.image_features([image])[0]
         if not len(rois):
             return whole, torch.zeros(0, whole.shape[-1])
@@ -123,16 +135,28 @@ class ClipEmbedder:
         if not prompt_sets:
             return torch.zeros(0, getattr(self, "text_dim", 0))
         flat = [p for s in prompt_sets for p in s]
-        out = []
-        for i in range(0, len(flat), self.batch_size):
-            tokens = self.clip.tokenizer(flat[i: i + self.batch_size]).to(self.device)
-            out.append(text_features(self.clip, tokens).float().cpu())
-        feats = torch.cat(out)
+        hf = getattr(self.clip.tokenizer, "tokenizer", None)  # open_clip's HFTokenizer pads to its context length
+        order = sorted(range(len(flat)), key=lambda i: len(flat[i])) if hf is not None else list(range(len(flat)))
+        feats = torch.zeros(len(flat), getattr(self, "text_dim", 0) or 1)
+        for lo in range(0, len(order), self.batch_size):
+            idx = order[lo: lo + self.batch_size]
+            texts = [flat[i] for i in idx]
+            if hf is not None:  # pad to the longest prompt of the batch only
+                tokens = hf(texts, padding=True, truncation=True, max_length=self.clip.tokenizer.context_length,
+                            return_tensors="pt").input_ids
+            else:
+                tokens = self.clip.tokenizer(texts)
+            out = text_features(self.clip, tokens.to(self.device)).float().cpu()
+            if feats.shape[1] != out.shape[1]:
+                feats = torch.zeros(len(flat), out.shape[1])
+            feats[idx] = out
         return torch.stack([chunk.mean(0) for chunk in feats.split([len(s) for s in prompt_sets])])
 
     @torch.inference_mode()
     def cosine(self, regions: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """``(N,)`` cosine similarity of region and text features after the model's own projections.
+        """``(N, E)`` cosine similarity of regions ``(N, D)`` and texts ``(E, D)`` after the model's projections.
+
+        Timm towers project the pooled last level only (the finer-level cells are left out).
 
         This is the untrained scorer; it is meaningful only for a pretrained CLIP.
         """
@@ -140,7 +164,7 @@ class ClipEmbedder:
         from open_clip.timm_model import TimmModel
 
         if isinstance(self.model.visual, TimmModel):
-            regions = self.model.visual.head(regions.to(self.device))
+            regions = self.model.visual.head(regions[..., : self.model.visual.trunk.num_features].to(self.device))
         if isinstance(getattr(self.model, "text", None), HFTextEncoder):
             text = self.model.text.proj(text.to(self.device))
-        return (F.normalize(regions.float(), dim=-1) @ F.normalize(text.float(), dim=-1)).cpu()
+        return (F.normalize(regions.float(), dim=-1) @ F.normalize(text.float(), dim=-1).T).cpu()

@@ -87,6 +87,8 @@ class ClipRegionScorer(Grounder):
         device: Torch device of the open_clip model and head.
         batch_size: Crops per forward pass (crop mode).
         region_side: Longer image side for one-pass region features (convolutional towers).
+        fine_level: Finer timm feature level whose 2x2 RoI cells join the region feature (``None``: none; ``-1``:
+            the state's, else 3).
 
     Raises:
         ValueError: ``state`` was fitted with another ``model_name``, or a bad state file.
@@ -97,7 +99,7 @@ class ClipRegionScorer(Grounder):
                  proposal_kwargs: dict[str, Any] | None = None, templates: list[str] | None = None,
                  type_words: dict[str, str] | None = None, threshold: float | None = None,
                  state: str | None = None, device: str = "cpu", batch_size: int = 64,
-                 region_side: int | None = None) -> None:
+                 region_side: int | None = None, fine_level: int | None = -1) -> None:
         saved: dict[str, Any] = {}
         if state is not None:
             saved = torch.load(state, map_location="cpu", weights_only=True)
@@ -113,7 +115,8 @@ class ClipRegionScorer(Grounder):
         if name != BUILTIN_MODEL and pretrained == PACKAGED:
             pretrained = None
         self.embedder = ClipEmbedder(name, pretrained, allow_download=allow_download, device=device,
-                                     batch_size=batch_size, region_side=region_side or saved.get("region_side", 512))
+                                     batch_size=batch_size, region_side=region_side or saved.get("region_side", 512),
+                                     fine_level=saved.get("fine_level", 3) if fine_level == -1 else fine_level)
         self.proposal_name = proposals or saved.get("proposals", "grid")
         kwargs = proposal_kwargs if proposal_kwargs is not None else saved.get("proposal_kwargs", {})
         self.proposal_kwargs = plain(kwargs or {})
@@ -221,7 +224,8 @@ class ClipRegionScorer(Grounder):
             head = {"config": dict(self.head.config),
                     "state_dict": {k: v.detach().cpu() for k, v in self.head.state_dict().items()}}
         return {"format": STATE_FORMAT, "model_name": self.embedder.model_name, "pretrained": self.embedder.pretrained,
-                "region_side": self.embedder.region_side, "proposals": self.proposal_name,
+                "region_side": self.embedder.region_side, "fine_level": self.embedder.fine_level,
+                "proposals": self.proposal_name,
                 "proposal_kwargs": self.proposal_kwargs, "templates": self.templates, "type_words": self.type_words,
                 "threshold": self.threshold, "head": head}
 

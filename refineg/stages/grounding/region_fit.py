@@ -31,9 +31,20 @@ from refineg.modules.open_clip_loader import BUILTIN_MODEL, PACKAGED
 
 from .base import image_path
 from .clip_scorer import DEFAULT_TEMPLATES, ClipRegionScorer
-from .region_head import GroupDataset, GroupItem, ImageCandidates, RegionHead, RegionHeadModule, collate_groups
+from .region_head import (
+    GroupDataset,
+    GroupItem,
+    ImageCandidates,
+    RegionHead,
+    RegionHeadModule,
+    collate_groups,
+    soft_target,
+)
 
 logger = logging.getLogger(__name__)
+
+#: Keyword arguments a proposal source gets unless ``proposal_kwargs`` sets them (only its own keys).
+DEFAULT_PROPOSAL_KWARGS: dict[str, dict[str, Any]] = {"selective_search": {"max_boxes": 200, "min_area": 0.005}}
 
 # Optional[...] rather than ``X | None``: OmegaConf reads these annotations at run time.
 
@@ -77,8 +88,10 @@ class RegionScorerFitConfig:
             = random weights (timing, tests and the random-weights baseline only).
         allow_download: Let open_clip fetch uncached weights.
         region_side: Longer image side for one-pass region features (convolutional towers).
+        fine_level: Finer timm feature level whose 2x2 RoI cells join the region feature (``None``: last level only).
         proposals: Proposal source (``grid``, ``selective_search``, ``mtcnn``, ``file``).
-        proposal_kwargs: Its keyword arguments (``proposal_kwargs.path=vinvl.jsonl``).
+        proposal_kwargs: Its keyword arguments (``proposal_kwargs.path=vinvl.jsonl``), over
+            :data:`DEFAULT_PROPOSAL_KWARGS` of that source.
         templates: Prompt templates with ``{text}`` and ``{type_word}``.
         type_words: Type-to-word overrides for prompts.
         train: Labelled training posts; ``None`` = split ``--data`` by image into train and dev.
@@ -96,8 +109,9 @@ class RegionScorerFitConfig:
     pretrained: Optional[str] = PACKAGED  # noqa: UP045
     allow_download: bool = False
     region_side: int = 512
+    fine_level: Optional[int] = 3  # noqa: UP045
     proposals: str = "selective_search"
-    proposal_kwargs: dict[str, Any] = field(default_factory=lambda: {"max_boxes": 200, "min_area": 0.005})
+    proposal_kwargs: dict[str, Any] = field(default_factory=dict)
     templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
     type_words: dict[str, str] = field(default_factory=dict)
     train: Optional[str] = None  # noqa: UP045
@@ -229,8 +243,18 @@ def train_region_head(train: Sequence[GroupItem], val: Sequence[GroupItem], imag
     def collate(items):
         return collate_groups(items, module.head, iou)
 
-    train_dl = DataLoader(GroupDataset(train), batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)
-    val_dl = DataLoader(GroupDataset(val), batch_size=32, collate_fn=collate) if val else None
+    def learnable(items: Sequence[GroupItem]) -> list[GroupItem]:
+        """Drops unlearnable entities (gold boxes that no candidate matches), then images left without any."""
+        kept = [(g, [e for e in ents if e[2] is None or soft_target(g.boxes, e[2], iou) is not None])
+                for g, ents in items]
+        return [(g, ents) for g, ents in kept if ents]
+
+    train, val = learnable(train), learnable(val)
+    if not train:
+        raise ValueError(f"no training entity has a candidate box with IoU >= {iou} with its gold box")
+
+    train_dl = DataLoader(GroupDataset(train, iou), batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)
+    val_dl = DataLoader(GroupDataset(val, iou), batch_size=32, collate_fn=collate) if val else None
     trainer = L.Trainer(max_epochs=cfg.epochs, accelerator=accelerator, devices=1, logger=False,
                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=True,
                         num_sanity_val_steps=0, check_val_every_n_epoch=max(1, cfg.epochs // 4))
@@ -303,8 +327,10 @@ def fit_region_scorer(cfg: RegionScorerFitConfig, data: str | Path, images_dir: 
         write_jsonl(train_posts, split["train"])
         write_jsonl(dev_posts, split["dev"])
     scorer = ClipRegionScorer(cfg.model_name, cfg.pretrained, cfg.allow_download, cfg.proposals,
-                              dict(cfg.proposal_kwargs), list(cfg.templates), dict(cfg.type_words),
-                              device=cfg.device, batch_size=cfg.batch_size, region_side=cfg.region_side)
+                              {**DEFAULT_PROPOSAL_KWARGS.get(cfg.proposals, {}), **cfg.proposal_kwargs},
+                              list(cfg.templates), dict(cfg.type_words),
+                              device=cfg.device, batch_size=cfg.batch_size, region_side=cfg.region_side,
+                              fine_level=cfg.fine_level)
     dev, dev_index, dev_missing = build_groups(scorer, dev_posts, images_dir, "dev features")
     if not dev:
         raise ValueError(f"no dev entity of {data} has an image under {images_dir}")

@@ -2,7 +2,8 @@
 
 Candidates are grouped by image: the boxes of one image (and their features) are shared by every entity asked
 about it, so a training batch projects each image's boxes once. For one entity the head scores each box from its
-region feature, its geometry, the entity's prompt feature and type, and the whole image; a "none" option is scored
+region feature, its geometry, the entity's prompt feature and type, and the whole image (an additive and a bilinear
+term, so scoring a box for one more entity is cheap); a "none" option is scored
 from the whole image and the entity. A softmax over ``[none, box_1 .. box_N]`` is trained with cross-entropy
 against a soft target spread over the boxes that match a gold box (IoU >= 0.5), or none; with ``refine`` the head
 also regresses each matching box onto its gold box (Fast R-CNN deltas), applied to the chosen box at inference.
@@ -158,8 +159,10 @@ class RegionHead(nn.Module):
         self.text = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, hidden))
         self.type_embedding = nn.Embedding(len(types) + 1, hidden)
         self.geometry = nn.Sequential(nn.Linear(GEOMETRY_DIM, hidden), nn.GELU(), nn.Linear(hidden, hidden))
-        self.box_mlp = nn.Sequential(nn.Linear(4 * hidden, hidden), nn.GELU(), nn.Dropout(dropout),
-                                     nn.Linear(hidden, 5 if refine else 1))
+        self.query = nn.Linear(hidden, 2 * hidden)  # entity -> (additive term, multiplicative key)
+        self.box_context = nn.Linear(hidden, hidden, bias=False)
+        self.dropout = nn.Dropout(dropout)
+        self.box_out = nn.Linear(hidden, 5 if refine else 1)
         self.none_mlp = nn.Sequential(nn.Linear(3 * hidden, hidden), nn.GELU(), nn.Dropout(dropout),
                                       nn.Linear(hidden, 1))
 
@@ -188,10 +191,17 @@ class RegionHead(nn.Module):
             v = v + self.geometry(geometry)
         c = self.context(image)
         q = self.text(text) + self.type_embedding(type_ids)
-        ve, ce = v[group], c[group]
-        qe = q.unsqueeze(1).expand_as(ve)
-        out = self.box_mlp(torch.cat([ve, qe, ve * qe, ve * ce.unsqueeze(1)], -1))
+        add, key = self.query(q).chunk(2, dim=-1)
+        # Additive (Bahdanau-style) scoring: the per-box term is computed once per image and the per-entity terms
+        # are broadcast over its boxes, so a pair costs O(hidden) rather than an MLP layer; plus a bilinear term.
+        per_box = v + self.box_context(c).unsqueeze(1)  # (G, N, H)
+        ve = per_box[group]  # (E, N, H)
+        hidden = self.dropout(F.gelu(ve + add.unsqueeze(1)))
+        out = self.box_out(hidden)
+        out = out.clone()
+        out[..., 0] = out[..., 0] + (v[group] * key.unsqueeze(1)).sum(-1) / v.shape[-1] ** 0.5
         box_logits = out[..., 0].masked_fill(~mask[group], float("-inf"))
+        ce = c[group]
         none_logit = self.none_mlp(torch.cat([ce, q, ce * q], -1))
         deltas = out[..., 1:] if self.refine else torch.zeros(*out.shape[:-1], 4)
         return torch.cat([none_logit, box_logits], 1), deltas
@@ -214,41 +224,56 @@ GroupItem = tuple[ImageCandidates, list[tuple[torch.Tensor, str, "list[Box] | No
 
 
 class GroupDataset(Dataset):
-    """Images with their entities (see :data:`GroupItem`)."""
+    """Images with their entities (see :data:`GroupItem`); training targets are computed once, here."""
 
-    def __init__(self, items: Sequence[GroupItem]) -> None:
-        self.items = list(items)
+    def __init__(self, items: Sequence[GroupItem], iou: float = 0.5) -> None:
+        self.items = [(group, ents, [entity_targets(group.boxes, gold, iou) for _, _, gold in ents])
+                      for group, ents in items]
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, idx: int) -> GroupItem:
+    def __getitem__(self, idx: int):
         return self.items[idx]
 
 
-def collate_groups(items: Sequence[GroupItem], head: RegionHead, iou: float = 0.5) -> dict[str, torch.Tensor]:
+def entity_targets(boxes: Sequence[Box], gold: Sequence[Box] | None, iou: float = 0.5
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """``(soft target (N + 1,), deltas (N, 4), positive (N,))`` of one entity, or ``None`` (no gold given, or
+    unlearnable: gold boxes that no candidate matches)."""
+    if gold is None:
+        return None
+    target = soft_target(boxes, gold, iou)
+    if target is None:
+        return None
+    deltas, positive = regression_target(boxes, gold, iou)
+    return target, deltas, positive
+
+
+def collate_groups(items: Sequence, head: RegionHead, iou: float = 0.5) -> dict[str, torch.Tensor]:
     """Pads a batch of images to the longest box list; targets where gold boxes are given.
 
-    Entities with gold boxes but no matching candidate are left out (``skipped`` counts them).
+    Items are :data:`GroupItem` pairs, or triples from :class:`GroupDataset` with precomputed targets. Entities
+    with gold boxes but no matching candidate are left out (``skipped`` counts them).
     """
-    n_max = max(1, max(len(g.boxes) for g, _ in items))
+    n_max = max(1, max(len(item[0].boxes) for item in items))
     dim = items[0][0].regions.shape[-1]
     regions = torch.zeros(len(items), n_max, dim)
     geometry = torch.zeros(len(items), n_max, GEOMETRY_DIM)
     mask = torch.zeros(len(items), n_max, dtype=torch.bool)
     texts, types, groups, targets, deltas, positive = [], [], [], [], [], []
     skipped = 0
-    for gi, (g, ents) in enumerate(items):
+    for gi, item in enumerate(items):
+        g, ents = item[0], item[1]
+        prepared = item[2] if len(item) > 2 else [entity_targets(g.boxes, gold, iou) for _, _, gold in ents]
         n = len(g.boxes)
         regions[gi, :n], geometry[gi, :n], mask[gi, :n] = g.regions.float(), g.geometry, True
-        for text, etype, gold in ents:
-            target = None
+        for (text, etype, gold), ready in zip(ents, prepared):
             if gold is not None:
-                target = soft_target(g.boxes, gold, iou)
-                if target is None:
+                if ready is None:
                     skipped += 1
                     continue
-                d, pos = regression_target(g.boxes, gold, iou)
+                target, d, pos = ready
                 targets.append(F.pad(target, (0, n_max - n)))
                 deltas.append(F.pad(d, (0, 0, 0, n_max - n)))
                 positive.append(F.pad(pos, (0, n_max - n)))
@@ -256,8 +281,8 @@ def collate_groups(items: Sequence[GroupItem], head: RegionHead, iou: float = 0.
             types.append(etype)
             groups.append(gi)
     batch = {"regions": regions, "geometry": geometry, "mask": mask,
-             "image": torch.stack([g.image.float() for g, _ in items]),
-             "text": torch.stack(texts) if texts else torch.zeros(0, items[0][0].regions.shape[-1]),
+             "image": torch.stack([item[0].image.float() for item in items]),
+             "text": torch.stack(texts) if texts else torch.zeros(0, head.config["text_dim"]),
              "type_ids": head.type_ids(types), "group": torch.tensor(groups, dtype=torch.long),
              "skipped": torch.tensor(skipped)}
     if targets:

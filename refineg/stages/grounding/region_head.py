@@ -239,8 +239,10 @@ class GroupDataset(Dataset):
 
 def entity_targets(boxes: Sequence[Box], gold: Sequence[Box] | None, iou: float = 0.5
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """``(soft target (N + 1,), deltas (N, 4), positive (N,))`` of one entity, or ``None`` (no gold given, or
-    unlearnable: gold boxes that no candidate matches)."""
+    """``(soft target (N + 1,), deltas (N, 4), positive (N,))`` of one entity.
+
+    ``None`` when no gold is given, or when it is unlearnable (gold boxes that no candidate matches).
+    """
     if gold is None:
         return None
     target = soft_target(boxes, gold, iou)

@@ -89,6 +89,8 @@ class ClipRegionScorer(Grounder):
         region_side: Longer image side for one-pass region features (convolutional towers).
         fine_level: Finer timm feature level whose 2x2 RoI cells join the region feature (``None``: none; ``-1``:
             the state's, else 3).
+        sentence_context: Append the feature of the whole post text to each entity's prompt feature (which of
+            several people "a man" is depends on the rest of the caption); default: the state's, else on.
 
     Raises:
         ValueError: ``state`` was fitted with another ``model_name``, or a bad state file.
@@ -99,7 +101,8 @@ class ClipRegionScorer(Grounder):
                  proposal_kwargs: dict[str, Any] | None = None, templates: list[str] | None = None,
                  type_words: dict[str, str] | None = None, threshold: float | None = None,
                  state: str | None = None, device: str = "cpu", batch_size: int = 64,
-                 region_side: int | None = None, fine_level: int | None = -1) -> None:
+                 region_side: int | None = None, fine_level: int | None = -1,
+                 sentence_context: bool | None = None) -> None:
         saved: dict[str, Any] = {}
         if state is not None:
             saved = torch.load(state, map_location="cpu", weights_only=True)
@@ -124,6 +127,8 @@ class ClipRegionScorer(Grounder):
         self.templates = [str(t) for t in (templates or saved.get("templates") or DEFAULT_TEMPLATES)]
         self.type_words = {**DEFAULT_TYPE_WORDS, **(saved.get("type_words") or {}), **plain(type_words or {})}
         self.threshold = threshold if threshold is not None else saved.get("threshold")
+        self.sentence_context = bool(saved.get("sentence_context", True) if sentence_context is None
+                                     else sentence_context)
         self.head: RegionHead | None = None
         if saved.get("head") is not None:
             self.head = RegionHead(**saved["head"]["config"])
@@ -143,10 +148,29 @@ class ClipRegionScorer(Grounder):
         whole, regions = self.embedder.regions(image, boxes)
         return ImageCandidates(boxes, regions, whole, box_geometry(boxes, *image.size), image.size)
 
+    @property
+    def text_dim(self) -> int:
+        """Size of an entity's text feature (prompt feature, plus the post's with ``sentence_context``)."""
+        return self.embedder.text_dim * (2 if self.sentence_context else 1)
+
     def prompts(self, post: Example, entities: Sequence[Entity] | None = None) -> list[list[str]]:
         """The prompt set of each entity of ``post`` (default: all its entities)."""
         entities = post.entities if entities is None else entities
         return [entity_prompts(e.text(post.tokens), e.type, self.templates, self.type_words) for e in entities]
+
+    def text_features(self, posts: Sequence[Example]) -> list[torch.Tensor]:
+        """Per post, the ``(E, text_dim)`` text features of its entities, all posts encoded in one pass."""
+        prompt_sets = [self.prompts(post) for post in posts]
+        flat = [p for sets in prompt_sets for p in sets]
+        if self.sentence_context:
+            flat += [[" ".join(post.tokens)] for post in posts]
+        feats = self.embedder.text_features(flat)
+        sizes = [len(sets) for sets in prompt_sets]
+        per_post = list(feats[: sum(sizes)].split(sizes))
+        if self.sentence_context:
+            sentences = feats[sum(sizes):]
+            per_post = [torch.cat([f, sentences[i].expand(len(f), -1)], 1) for i, f in enumerate(per_post)]
+        return per_post
 
     def candidates(self, post: Example, image: Image.Image, entities: Sequence[Entity] | None = None,
                    cache: dict[str, ImageCandidates] | None = None, texts: torch.Tensor | None = None
@@ -159,7 +183,7 @@ class ClipRegionScorer(Grounder):
         """
         entities = post.entities if entities is None else entities
         if texts is None:
-            texts = self.embedder.text_features(self.prompts(post, entities))
+            texts = self.text_features([Example(post.id, post.tokens, entities=list(entities), image=post.image)])[0]
         cache = {} if cache is None else cache
         out = []
         for ent, text in zip(entities, texts):
@@ -183,7 +207,8 @@ class ClipRegionScorer(Grounder):
             group = cands[idx[0]].group
             if self.head is None:
                 for i in idx:
-                    out[i] = (self.embedder.cosine(group.regions, cands[i].text[None])[:, 0], list(group.boxes))
+                    text = cands[i].text[: self.embedder.text_dim]  # the prompt part
+                    out[i] = (self.embedder.cosine(group.regions, text[None])[:, 0], list(group.boxes))
                 continue
             probs, deltas = self.head.predict([cands[i] for i in idx])
             for row, i in enumerate(idx):
@@ -227,7 +252,7 @@ class ClipRegionScorer(Grounder):
                 "region_side": self.embedder.region_side, "fine_level": self.embedder.fine_level,
                 "proposals": self.proposal_name,
                 "proposal_kwargs": self.proposal_kwargs, "templates": self.templates, "type_words": self.type_words,
-                "threshold": self.threshold, "head": head}
+                "sentence_context": self.sentence_context, "threshold": self.threshold, "head": head}
 
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
         """Writes the state file (``extra`` adds JSON-like fields such as dev scores)."""

@@ -89,6 +89,7 @@ class RegionScorerFitConfig:
         allow_download: Let open_clip fetch uncached weights.
         region_side: Longer image side for one-pass region features (convolutional towers).
         fine_level: Finer timm feature level whose 2x2 RoI cells join the region feature (``None``: last level only).
+        sentence_context: Append the post text's feature to each entity's prompt feature.
         proposals: Proposal source (``grid``, ``selective_search``, ``mtcnn``, ``file``).
         proposal_kwargs: Its keyword arguments (``proposal_kwargs.path=vinvl.jsonl``), over
             :data:`DEFAULT_PROPOSAL_KWARGS` of that source.
@@ -110,6 +111,7 @@ class RegionScorerFitConfig:
     allow_download: bool = False
     region_side: int = 512
     fine_level: Optional[int] = 3  # noqa: UP045
+    sentence_context: bool = True
     proposals: str = "selective_search"
     proposal_kwargs: dict[str, Any] = field(default_factory=dict)
     templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
@@ -206,9 +208,7 @@ def build_groups(scorer: ClipRegionScorer, posts: Sequence[Example], images_dir:
     entities_of: dict[int, list] = {}
     groups: dict[int, ImageCandidates] = {}
     index, missing = [], 0
-    prompt_sets = [scorer.prompts(post) for post in posts]
-    texts = scorer.embedder.text_features([p for sets in prompt_sets for p in sets]).split(
-        [len(sets) for sets in prompt_sets])
+    texts = scorer.text_features(posts)
     for post, post_texts in zip(tqdm(posts, desc=desc, unit="post"), texts):
         if not post.entities:
             continue
@@ -330,7 +330,7 @@ def fit_region_scorer(cfg: RegionScorerFitConfig, data: str | Path, images_dir: 
                               {**DEFAULT_PROPOSAL_KWARGS.get(cfg.proposals, {}), **cfg.proposal_kwargs},
                               list(cfg.templates), dict(cfg.type_words),
                               device=cfg.device, batch_size=cfg.batch_size, region_side=cfg.region_side,
-                              fine_level=cfg.fine_level)
+                              fine_level=cfg.fine_level, sentence_context=cfg.sentence_context)
     dev, dev_index, dev_missing = build_groups(scorer, dev_posts, images_dir, "dev features")
     if not dev:
         raise ValueError(f"no dev entity of {data} has an image under {images_dir}")
@@ -345,7 +345,7 @@ def fit_region_scorer(cfg: RegionScorerFitConfig, data: str | Path, images_dir: 
         types = sorted({etype for _, ents in train for _, etype, _ in ents})
         trained_at = time.perf_counter()
         accelerator = "gpu" if cfg.device.startswith("cuda") else "cpu"
-        scorer.head, metrics = train_region_head(train, dev, scorer.embedder.image_dim, scorer.embedder.text_dim,
+        scorer.head, metrics = train_region_head(train, dev, scorer.embedder.image_dim, scorer.text_dim,
                                                  types, cfg.head, cfg.seed, cfg.iou, accelerator)
         scorer.head.to("cpu")
         report.update({"train_posts": len(train_posts), "train_posts_without_image": train_missing,

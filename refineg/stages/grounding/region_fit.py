@@ -44,7 +44,7 @@ from .region_head import (
 logger = logging.getLogger(__name__)
 
 #: Keyword arguments a proposal source gets unless ``proposal_kwargs`` sets them (only its own keys).
-DEFAULT_PROPOSAL_KWARGS: dict[str, dict[str, Any]] = {"selective_search": {"max_boxes": 200, "min_area": 0.005}}
+DEFAULT_PROPOSAL_KWARGS: dict[str, dict[str, Any]] = {"selective_search": {"max_boxes": 400, "min_area": 0.005}}
 
 # Optional[...] rather than ``X | None``: OmegaConf reads these annotations at run time.
 

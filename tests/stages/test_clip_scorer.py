@@ -136,19 +136,26 @@ def test_clip_grounder_answers_a_candidate_box_or_none(astronaut):
     assert grounder.candidates(_post(), astronaut, cache=cache)[0].group is cands[0].group
     assert cands[0].boxes == grid and cands[0].group.size == (512, 512)
     assert cands[0].group.regions.shape == (35, 32) and cands[0].group.image.shape == (32,)
-    assert cands[0].text.shape == (32,) and cands[0].type == "PER"
+    # sentence context (the default): the entity's text feature is [prompt feature, post text feature]
+    assert grounder.sentence_context and grounder.text_dim == 64
+    assert cands[0].text.shape == (64,) and cands[0].type == "PER"
 
-    # the entity's prompt feature is the mean of its prompts' text embeddings
+    # the prompt feature is the mean of its prompts' text embeddings, the rest the whole post's embedding
     clip = grounder.embedder.clip
     prompts = grounder.prompts(_post())
     assert prompts[0] == ["a photo of Eileen Collins, a person.", "Eileen Collins"]
     with torch.no_grad():
         expected_text = clip.model.encode_text(clip.tokenizer(prompts[0])).mean(0)
-    assert torch.allclose(cands[0].text, expected_text, atol=1e-5)
+        expected_post = clip.model.encode_text(clip.tokenizer(["Astronaut Eileen Collins with NASA"]))[0]
+    assert torch.allclose(cands[0].text[:32], expected_text, atol=1e-5)
+    assert torch.allclose(cands[0].text[32:], expected_post, atol=1e-5)
+    assert torch.allclose(cands[1].text[32:], expected_post, atol=1e-5)
+    plain = create_grounder("clip", model_name=TINY, sentence_context=False)
+    assert plain.candidates(_post(), astronaut)[0].text.shape == (32,)
 
     # the reported best score is the cosine of the answered box's region feature with the entity's prompts
     for cand, boxes, best in zip(cands, ok.boxes, ok.info["best_scores"]):
-        scores = F.normalize(cand.group.regions, dim=-1) @ F.normalize(cand.text, dim=0)
+        scores = F.normalize(cand.group.regions, dim=-1) @ F.normalize(cand.text[:32], dim=0)
         assert boxes[0] == pytest.approx(cand.boxes[int(scores.argmax())], abs=0.005)
         assert best == pytest.approx(float(scores.max()), abs=1e-5)
 

@@ -151,7 +151,7 @@ def test_refinement_moves_the_answered_box():
     grounder = create_grounder("clip", model_name=TINY)  # grid proposals
     width, height = scene.image.size
     delta = [0.1, -0.05, math.log(1.25), math.log(0.8)]
-    grounder.head = _head_with_fixed_deltas(grounder.embedder.image_dim, grounder.embedder.text_dim, delta)
+    grounder.head = _head_with_fixed_deltas(grounder.embedder.image_dim, grounder.text_dim, delta)
     cands = grounder.candidates(scene.post, scene.image)
     probs, deltas = grounder.head.predict(cands)
     assert torch.allclose(deltas, torch.tensor(delta).expand_as(deltas))
@@ -171,7 +171,7 @@ def test_refinement_moves_the_answered_box():
         assert answer[0] != pytest.approx(cand.boxes[best], abs=1.0)  # moved off the proposal
 
     # without refinement the answer is the proposal itself
-    grounder.head = _head_with_fixed_deltas(grounder.embedder.image_dim, grounder.embedder.text_dim, delta,
+    grounder.head = _head_with_fixed_deltas(grounder.embedder.image_dim, grounder.text_dim, delta,
                                             refine=False)
     result = grounder.ground([GroundingQuery(scene.post, scene.image)])[0]
     probs, deltas = grounder.head.predict(cands)
@@ -209,7 +209,7 @@ def test_trained_head_picks_the_named_photo_far_above_chance(tmp_path):
     queries = [GroundingQuery(s.post, s.image) for s in test]
     cosine_acc = _accuracy(test, scorer.ground(queries))
     types = sorted({e.type for s in train for e in s.post.entities})
-    scorer.head, metrics = train_region_head(groups, [], scorer.embedder.image_dim, scorer.embedder.text_dim, types,
+    scorer.head, metrics = train_region_head(groups, [], scorer.embedder.image_dim, scorer.text_dim, types,
                                              RegionHeadConfig(epochs=20, lr=3e-3), seed=0)
     assert not scorer.head.training and scorer.head.config["types"] == ["OTHER", "PER"]
     results = scorer.ground(queries)

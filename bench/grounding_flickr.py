@@ -4,7 +4,8 @@ Reads a state written by ``refineg fit-region-scorer`` (its dev split is named i
 candidates of every dev image once, and scores in the same run:
 
 * the fitted scorer (its none-threshold, and always answering its best box),
-* the same scorer fitted with random towers (``--random-state``, optional),
+* the same scorer fitted with random towers (``--random-state``, optional; read from its fit report, which scored
+  the same dev posts),
 * whole image, centre box (the middle half of each side), the largest proposal (the whole-image box excluded),
   a random proposal (seeded),
 * the proposal recall: share of phrases with a box for which some candidate has IoU >= 0.5 (the upper bound of
@@ -125,7 +126,7 @@ def draw(picture: Path, images: str, dev_posts, index, answers, gold, n: int = 6
             if box is not None:
                 ax.add_patch(patches.Rectangle((box[0], box[1]), box[2] - box[0], box[3] - box[1], fill=False,
                                                edgecolor=colour, linewidth=2.4))
-            mark = "ok" if hit else ("none" if not gold[i][1] else "miss")
+            mark = "ok" if hit else ("no gold box" if not gold[i][1] else "miss")
             legend.append(f"{ent.text(post.tokens)} [{ent.type}] {mark}")
         ax.set_title("\n".join(legend), fontsize=7, loc="left")
         ax.axis("off")
@@ -135,7 +136,7 @@ def draw(picture: Path, images: str, dev_posts, index, answers, gold, n: int = 6
                  fontsize=9)
     fig.tight_layout()
     picture.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(picture, dpi=100)
+    fig.savefig(picture, dpi=72)
 
 
 def main() -> None:
@@ -156,11 +157,12 @@ def main() -> None:
     for rule, name in (("whole", "whole image"), ("centre", "centre box"), ("largest", "largest proposal"),
                        ("random", "random proposal")):
         methods[name] = grounding_report(baseline_answers(groups, index, rule), gold, None)
-    if args.random_state:
-        r_scorer, _, _, r_groups, r_index, r_answers, r_gold, _ = evaluate_state(args.random_state, args.images,
-                                                                                 args.threads)
-        methods["scorer with random towers (threshold)"] = grounding_report(r_answers, r_gold, r_scorer.threshold)
-        methods["scorer with random towers (always answer)"] = grounding_report(r_answers, r_gold, None)
+    if args.random_state:  # its own fit report: the same dev posts, scored by fit-region-scorer
+        r_fit = torch.load(args.random_state, map_location="cpu", weights_only=True)["fit"]
+        if r_fit["split"]["dev"] != fit["split"]["dev"] or r_fit["dev_entities"] != len(index):
+            raise SystemExit(f"{args.random_state} was fitted on another dev split")
+        methods["scorer with random towers (threshold)"] = r_fit["dev"]
+        methods["scorer with random towers (always answer)"] = r_fit["dev_always_answer"]
     result = {
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -142,6 +142,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default=None, help="input format (default: jsonl for .jsonl, else twitter-gmner)")
     p.add_argument("--xml-dir", help="xml folder when the input is Twitter-GMNER (gold boxes are not needed)")
     p.add_argument("--out", help="output canonical JSONL (required with --input)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="tag only the first N posts of --input")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
@@ -177,6 +178,10 @@ def predict(args: argparse.Namespace) -> int:
             examples = create_data_format(fmt).reader(args.input, type_map={})
         else:
             raise SystemExit(f"--format must be jsonl, twitter-gmner or conll, got {fmt!r}")
+        if args.limit is not None:
+            if args.limit < 1:
+                raise SystemExit(f"--limit must be >= 1, got {args.limit}")
+            examples = examples[:args.limit]
     cpu_only = args.quantize or args.runtime == "onnx"
     device = args.device or ("cpu" if cpu_only else "cuda" if torch.cuda.is_available() else "cpu")
     predictor = TaggerPredictor.from_checkpoint(args.ckpt, batch_size=args.batch_size, max_length=args.max_length,
@@ -189,6 +194,8 @@ def predict(args: argparse.Namespace) -> int:
     if args.text is not None:
         for ent in preds[0].entities:
             print(f"{ent.text(preds[0].tokens)}\t{ent.type}\t{ent.score:.3f}")
+        if not preds[0].entities:
+            print(f"no entity found in {len(preds[0].tokens)} words")
     return 0
 
 
@@ -241,7 +248,7 @@ def calibrate_cmd(args: argparse.Namespace) -> int:
         elif args.evidential:
             heads["evidential"] = {"path": args.evidential}
     report = calibrate(args.ckpt, examples, out_dir, heads, args.fit_temperature, args.bins, args.batch_size,
-                       args.max_length)
+                       args.max_length, progress=True)
     print(summary_table(report))
     print(f"\nreport: {out_dir / 'calibration.json'}; plots: reliability.png, risk_coverage.png")
     return 0
@@ -250,7 +257,8 @@ def calibrate_cmd(args: argparse.Namespace) -> int:
 def _refine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pred", required=True, help="predicted canonical JSONL (with uncertainties, or set ckpt= head=)")
     p.add_argument("--out", required=True, help="refined canonical JSONL (a <out>.report.json is written next to it)")
-    p.add_argument("--gold", default=None, help="gold JSONL: print MNER/GMNER scores before and after")
+    p.add_argument("--gold", default=None, help="gold JSONL: print MNER/GMNER scores before and after; also the "
+                                                "answers of the simulated backends (oracle, noisy-oracle)")
     p.add_argument("overrides", nargs="*", help="RefineConfig key=value overrides, e.g. tau=0.5 head=crf_marginal "
                                                 "ckpt=C backend=oracle gold=dev.jsonl llm.model=M llm.base_url=U")
 
@@ -262,10 +270,12 @@ def refine_cmd(args: argparse.Namespace) -> int:
     from refineg.metrics import evaluate_examples
     from refineg.stages.refinement import load_refine_config, run_refine
 
-    try:
-        cfg = load_refine_config(args.overrides)
+    try:  # --gold also feeds the simulated backends (a gold= override wins)
+        cfg = load_refine_config(args.overrides, base={"gold": args.gold} if args.gold else None)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
+    if args.gold and cfg.gold != args.gold and cfg.backend != "mllm":
+        print(f"note: the {cfg.backend} simulation answers from gold={cfg.gold}; scores use --gold {args.gold}")
     report = run_refine(cfg, args.pred, args.out)
     if report["simulated"]:
         print(f"SIMULATION: answers come from {report['backend']}, not from an MLLM")
@@ -277,8 +287,9 @@ def refine_cmd(args: argparse.Namespace) -> int:
     if args.gold:
         golds = read_jsonl(args.gold)
         before, after = evaluate_examples(golds, read_jsonl(args.pred)), evaluate_examples(golds, read_jsonl(args.out))
+        note = f"  (simulation: {report['backend']})" if report["simulated"] else ""
         for task in ("mner", "gmner"):
-            print(f"{task.upper()} F1: {100 * before[task]['f1']:.2f} -> {100 * after[task]['f1']:.2f}")
+            print(f"{task.upper()} F1: {100 * before[task]['f1']:.2f} -> {100 * after[task]['f1']:.2f}{note}")
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.report.json')}")
     return 0
 
@@ -340,6 +351,9 @@ def ground_cmd(args: argparse.Namespace) -> int:
           f"failed")
     for reason, n in summary["none_by_reason"].items():
         print(f"  none: {reason:<22}{n:>7}")
+    if summary.get("demos_without_image"):
+        print(f"demonstrations: {summary['demos_without_image']} of {summary['demos_selected']} without an image "
+              f"(left out); {summary['posts_without_usable_demos']} posts asked without any")
     if "mllm" in summary:
         m = summary["mllm"]
         print(f"MLLM: {m['requests']} requests, {m['calls']} calls, {m['cache_hits']} cached, {m['failed']} failed, "
@@ -414,9 +428,14 @@ def pipeline_cmd(args: argparse.Namespace) -> int:
     print(f"{'stage':<12}{'status':<10}{'now s':>9}{'made in s':>11}")
     for name, t in summary["timings"]["stages"].items():
         print(f"{name:<12}{t['status']:<10}{t['wall_s']:>9.1f}{t['last_run_wall_s']:>11.1f}")
-    scores = summary["scores"]
+    scores, simulated = summary["scores"], summary.get("simulated") or {}
     if scores:
-        print(f"\n{summary['final']}: " + "  ".join(f"{k.upper()} F1 {100 * v:.2f}" for k, v in scores.items()))
+        label = f"{summary['final']} (SIMULATION)" if summary["final"] in simulated else summary["final"]
+        print(f"\n{label}: " + "  ".join(f"{k.upper()} F1 {100 * v:.2f}" for k, v in scores.items()))
+    if simulated:
+        backend = next(iter(simulated.values()))
+        print(f"SIMULATION: the refine stage's answers come from {backend}, not from an MLLM; the scores of "
+              f"{' and '.join(simulated)} are simulated")
     print(f"run folder: {summary['run_dir']} (summary.json, timings.json, evaluate/metrics.json)")
     return 0
 
@@ -550,7 +569,7 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
             "results.csv and results.md ranked by the sweep metric", _sweep_args)
 def sweep_cmd(args: argparse.Namespace) -> int:
     """Runs or resumes the sweep and prints the ranked table."""
-    from refineg.sweeps import load_sweep, rank, run_sweep
+    from refineg.sweeps import last_error_line, load_sweep, rank, run_sweep
 
     fixed = {}
     for item in args.set:
@@ -573,14 +592,19 @@ def sweep_cmd(args: argparse.Namespace) -> int:
     for i, r in enumerate(rank(spec, results), 1):
         value = "-" if r.metric is None else f"{r.metric:.4f}"
         print(f"{i:<5}{r.name:<32}{value:>20}  {r.status}")
+        if r.status in ("failed", "no_metric") and r.error:
+            print(f"{'':<5}  {last_error_line(r.error)}")
     print(f"\nresults: {out / 'results.csv'}, {out / 'results.md'}")
     return 0 if any(r.metric is not None for r in results) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``refineg`` argument parser with every registered subcommand."""
+    from refineg import __version__
+
     parser = argparse.ArgumentParser(prog="refineg", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"refineg {__version__}")
     subs = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add_args, run) in SUBCOMMANDS.items():
         sub = subs.add_parser(name, help=help_text, description=help_text)
@@ -589,11 +613,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Libraries that log routine detail at INFO: httpx one line per HTTP request (every MLLM call).
+CHATTY_LOGGERS = ("httpx",)
+
+
+def quiet_chatty_loggers(verbose: bool) -> None:
+    """Shows the INFO lines of :data:`CHATTY_LOGGERS` only with debug logging (``-v``)."""
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``refineg`` console script; data errors exit with status 2 and a one-line message."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    quiet_chatty_loggers(args.verbose)
     try:
         return args.run(args)
     except (DataFormatError, KeyError) as err:

@@ -10,12 +10,14 @@ exported again and an unchanged one is not.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -31,6 +33,36 @@ EXPORT_VERSION = 1
 QUANT_VERSION = 1
 INPUTS = ("input_ids", "attention_mask", "word_index", "casing")
 INSTALL_HINT = "pip install 'refineg[onnx]' (or: pip install onnxruntime onnx onnxscript)"
+#: Loggers of the exporter and its graph optimiser, which log every optimisation pass at INFO (ONNX Runtime's
+#: quantiser logs every tensor at INFO on the root logger itself).
+EXPORT_LOGGERS = ("torch.onnx", "onnxscript", "onnx_ir")
+
+
+def _warning_or_worse(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
+
+
+@contextlib.contextmanager
+def export_logs_as_debug() -> Iterator[None]:
+    """Within the block, INFO lines of the exporter and quantiser show only when this module logs at DEBUG.
+
+    That is the :data:`EXPORT_LOGGERS` and what is logged on the root logger itself; loggers given a level of their
+    own are left alone.
+    """
+    if logger.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    quiet = [lg for lg in map(logging.getLogger, EXPORT_LOGGERS) if lg.level == logging.NOTSET]
+    root = logging.getLogger()
+    for lg in quiet:
+        lg.setLevel(logging.WARNING)
+    root.addFilter(_warning_or_worse)  # a logger's filters see only what is logged on it, not what its children pass up
+    try:
+        yield
+    finally:
+        root.removeFilter(_warning_or_worse)
+        for lg in quiet:
+            lg.setLevel(logging.NOTSET)
 
 
 def require_onnxruntime():
@@ -102,7 +134,7 @@ def export_emission_graph(tagger: SequenceTagger, example: dict[str, Tensor], pa
         import onnxscript  # noqa: F401
     except ImportError as err:
         raise ImportError(f"exporting to ONNX needs {err.name}; {INSTALL_HINT}") from None
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), export_logs_as_debug():
         warnings.simplefilter("ignore")
         torch.onnx.export(graph, args, str(tmp), input_names=list(INPUTS), output_names=outputs,
                           dynamic_shapes=dynamic, dynamo=True, external_data=False, verbose=False)
@@ -164,8 +196,10 @@ class OnnxEmissions:
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
-            quantize_dynamic(str(path), str(tmp), per_channel=True, reduce_range=True, weight_type=QuantType.QInt8,
-                             op_types_to_quantize=["MatMul"], nodes_to_exclude=[_head_matmul(onnx.load(str(path)))])
+            with export_logs_as_debug():
+                quantize_dynamic(str(path), str(tmp), per_channel=True, reduce_range=True, weight_type=QuantType.QInt8,
+                                 op_types_to_quantize=["MatMul"],
+                                 nodes_to_exclude=[_head_matmul(onnx.load(str(path)))])
             os.replace(tmp, out)
         return out
 

@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from refineg.callbacks import TrainThroughput
 from refineg.cli import format_scores
 from refineg.data import write_jsonl
-from refineg.datamodules.gmner import GMNERDataModule
+from refineg.datamodules.gmner import GMNERDataModule, has_test_split
 from refineg.metrics import evaluate_examples
 from refineg.modules.backbones import PACKABLE
 from refineg.modules.compile import compile_tagger
@@ -99,6 +99,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         ckpt_path = str(ckpt_dir / "last.ckpt")
         if not Path(ckpt_path).is_file():
             raise FileNotFoundError(f"ckpt_path=last: {ckpt_path} does not exist")
+    if cfg.data.test and not has_test_split(cfg.data):
+        cfg.data.test = None  # a release without txt/test.txt: the run folder's config.yaml says there was none
     if cfg.data.pack_length and cfg.model.groundability:
         raise ValueError("data.pack_length does not combine with model.groundability=true (the head reads whole "
                          "posts' subword states): set data.pack_length=0")
@@ -115,8 +117,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     compile_tagger(module.tagger, cfg.compile)
     # a frozen tagger's MNER F1 never moves: pick the epoch by the head being trained
     monitor = "val/groundability_auroc" if cfg.model.freeze_tagger else "val/mner_f1"
+    # the best checkpoint is for inference: weights and hyper-parameters only (a third of the size); last.ckpt keeps
+    # the optimiser and scheduler state that resuming needs
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:02d}", monitor=monitor, mode="max",
-                                 save_top_k=1, auto_insert_metric_name=False)
+                                 save_top_k=1, auto_insert_metric_name=False, save_weights_only=True)
     # Lightning's save_last only copies when the best checkpoint changes; resuming needs every epoch's state.
     last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
                            enable_version_counter=False)

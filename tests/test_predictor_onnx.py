@@ -97,3 +97,22 @@ def test_onnx_int8_quantises_the_exported_matmuls_and_tags_nearly_the_same(tagge
     same = sum([(e.start, e.end, e.type) for e in x.entities] == [(e.start, e.end, e.type) for e in y.entities]
                for x, y in zip(a, b))
     assert same >= len(posts) - 2
+
+
+def test_export_and_quantisation_log_their_passes_only_at_debug(tagger, onnx_predictor, tmp_path, caplog):
+    import logging
+
+    from refineg.onnx_runtime import OnnxEmissions, export_emission_graph, export_logs_as_debug
+
+    _, batch = next(onnx_predictor.batches(sample_posts(n=2)))
+    with caplog.at_level(logging.INFO):
+        path = export_emission_graph(tagger.tagger, batch, tmp_path / "e.onnx")
+        OnnxEmissions._quantized(path)
+    assert path.is_file() and not [r for r in caplog.records if r.levelno < logging.WARNING]
+    assert logging.getLogger("onnx_ir").level == logging.NOTSET  # levels are restored afterwards
+    assert not logging.getLogger().filters
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG), export_logs_as_debug():  # -v still shows them
+        logging.getLogger("onnx_ir.passes.x").info("pass 1")
+        logging.info("root line")
+    assert [r.getMessage() for r in caplog.records] == ["pass 1", "root line"]

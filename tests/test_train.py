@@ -7,12 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from refineg.config import load_config
 from refineg.data import read_jsonl
 from refineg.modules.tagger_module import TaggerModule
 
 ROOT = Path(__file__).resolve().parents[1]
+TYPES = ["PER", "LOC", "ORG", "OTHER"]
 
 
 def tiny_args(encoder, runs, name, **extra):
@@ -60,6 +62,42 @@ def test_checkpoint_reloads_without_arguments(trained):
     run_dir, _ = trained
     module = TaggerModule.load_from_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"), weights_only=False)
     assert module.types == ["PER", "LOC", "ORG", "OTHER"] and module.hparams.model["head"] == "crf"
+
+
+def test_best_checkpoint_keeps_weights_and_config_only(trained, tmp_path, capsys):
+    import torch
+
+    from refineg.cli import main
+
+    run_dir, result = trained
+    best, last = Path(result["best_checkpoint"]), run_dir / "checkpoints" / "last.ckpt"
+    lean, full = (torch.load(p, map_location="cpu", weights_only=False) for p in (best, last))
+    assert "optimizer_states" not in lean and "lr_schedulers" not in lean
+    assert full["optimizer_states"] and full["lr_schedulers"]  # last.ckpt stays resumable
+    assert lean["state_dict"].keys() == full["state_dict"].keys() and lean["hyper_parameters"]["types"] == TYPES
+    assert best.stat().st_size < 0.5 * last.stat().st_size  # Adam's two moments per weight are gone
+    module = TaggerModule.load_from_checkpoint(str(best), weights_only=False)
+    assert module.hparams.model["head"] == "crf"
+    assert main(["predict", "--ckpt", str(best), "--text", "Obama visits Paris", "--device", "cpu"]) == 0
+
+
+def test_release_without_test_file_trains_without_test_split(tiny_encoder, tmp_path):
+    import shutil
+
+    from refineg.config import SAMPLE_ROOT
+    from refineg.training import train
+
+    root = tmp_path / "release"  # a release folder like the README's, without txt/test.txt
+    (root / "txt").mkdir(parents=True)
+    for split in ("train", "dev"):
+        shutil.copy(SAMPLE_ROOT / "txt" / f"{split}.txt", root / "txt" / f"{split}.txt")
+    shutil.copytree(SAMPLE_ROOT / "xml", root / "xml")
+    os.environ.pop("REFINEG_RUN_NAME", None)
+    args = tiny_args(tiny_encoder, tmp_path / "runs", "notest", **{"data.gold_limit": 16, "trainer.max_epochs": 1})
+    result = train(load_config(["data=twitter_gmner", f"data.root={root}", *args]))
+    run_dir = tmp_path / "runs" / "notest"
+    assert "dev" in result and "test" not in result and not (run_dir / "predictions_test.jsonl").exists()
+    assert load_config([]).data.test and OmegaConf.load(run_dir / "config.yaml").data.test is None
 
 
 def test_resume_from_last(trained, tiny_encoder, tmp_path):

@@ -11,7 +11,7 @@ import lightning as L
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
-from refineg.config import resolve_data_root
+from refineg.config import DataConfig, resolve_data_root
 from refineg.data import Example, ReadReport, bio_labels, read_jsonl
 from refineg.data.formats import create_data_format
 from refineg.datamodules.encoding import EncodedPost, PostCollator, encode_posts
@@ -53,6 +53,27 @@ def read_split(data: DictConfig, split: str) -> list[Example]:
     if report.counts:
         logger.warning("%s: reader warnings\n%s", path, report.summary())
     return examples
+
+
+def has_test_split(data: DictConfig) -> bool:
+    """Whether ``data`` has a test split to read.
+
+    A release folder without the standard ``txt/test.txt`` (the data groups' default path) has none: a warning says
+    so and the run goes on with dev scores only. Any other test path that does not exist is an error.
+
+    Raises:
+        FileNotFoundError: ``data.test`` names a file other than the default that does not exist.
+    """
+    if not data.get("test"):
+        return False
+    path = resolve_data_root(data) / data.test
+    if path.is_file():
+        return True
+    if data.test == DataConfig.test:
+        logger.warning("%s does not exist: no test split, only dev scores (data.test=null says so and silences this)",
+                       path)
+        return False
+    raise FileNotFoundError(f"{path}: test split not found; set data.test=null to train without a test split")
 
 
 def sample_gold(examples: list[Example], limit: int | None, seed: int) -> list[Example]:
@@ -124,11 +145,7 @@ class GMNERDataModule(L.LightningDataModule):
                 (self.run_dir / "gold_ids.json").write_text(json.dumps([e.id for e in train]))
         synthetic = read_jsonl(cfg.synthetic) if cfg.synthetic and cfg.mixing != "gold_only" else []
         self.examples = {"train": train, "synthetic": synthetic, "dev": read_split(cfg, "dev")}
-        if cfg.test:
-            test_path = resolve_data_root(cfg) / cfg.test
-            if not test_path.is_file():
-                raise FileNotFoundError(f"{test_path}: test split not found; set data.test=null to train without "
-                                        f"a test split")
+        if has_test_split(cfg):
             self.examples["test"] = read_split(cfg, "test")
         tok = self._tokenizer()
         for name, examples in self.examples.items():

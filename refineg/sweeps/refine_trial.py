@@ -61,6 +61,10 @@ def run_refine_trial(argv: list[str]) -> dict[str, Any]:
     if not trial["source"] or trial["source"] == "null":
         raise ValueError("source=<train.py run folder> is required")
     source = Path(trial["source"])
+    if not source.is_dir():
+        raise FileNotFoundError(f"source={source} does not exist: train it first (python train.py "
+                                f"run_name={source.name} runs_dir={source.parent}) or set source= to a train.py run "
+                                "folder")
     name = trial["run_name"] if trial["run_name"] not in (None, "null") else os.environ.get("REFINEG_RUN_NAME")
     out = Path(trial["runs_dir"]) / (name or f"refine-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
@@ -113,7 +117,10 @@ def _log_wandb(metrics: dict[str, Any], trial: dict[str, Any], overrides: list[s
 
 def main(argv: list[str]) -> int:
     """Entry point of ``tools/refine_trial.py``; prints the refined scores."""
+    from refineg.cli import quiet_chatty_loggers
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet_chatty_loggers(verbose=False)
     try:
         metrics = run_refine_trial(argv)
     except (ValueError, FileNotFoundError) as err:

@@ -105,6 +105,12 @@ def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+def last_error_line(error: str) -> str:
+    """The last non-blank line of a failed trial's output tail (usually the exception or ``error: ...`` line)."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
 def run_sweep(spec: SweepSpec, out_dir: str | Path, count: int | None = None, seed: int = 0,
               timeout_s: float | None = None, cwd: str | Path | None = None, dry_run: bool = False,
               env: dict[str, str] | None = None, columns: list[str] | None = None,
@@ -179,7 +185,8 @@ def _run_trial(result: TrialResult, argv: list[str], metric: str, out_dir: Path,
     log_path.write_text(f"$ {' '.join(argv)}\n{output}")
     if returncode != 0:
         result.status, result.error = "failed", _tail(output)
-        logger.warning("trial %s failed (exit %s); log: %s", result.name, returncode, log_path)
+        logger.warning("trial %s failed (exit %s): %s; log: %s", result.name, returncode,
+                       last_error_line(result.error), log_path)
         return result
     result.metric = read_metric(result.run_dir, metric)
     if result.metric is None:

@@ -97,17 +97,35 @@ def _config_section(run_dir: Path) -> list[str]:
     return ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
 
 
+def _pipeline_simulated(path: Path, metrics: dict[str, Any]) -> dict[str, str]:
+    """``{stage: backend}`` of the scored outputs that rest on simulated refinement answers."""
+    if "simulated" in metrics:
+        return dict(metrics["simulated"] or {})
+    from refineg.stages.pipeline.stages import simulated_outputs
+
+    # a metrics.json written before the key existed: ask the refine stage's report
+    return simulated_outputs(path.parent.parent, list(metrics.get("by_stage") or {}))
+
+
 def _pipeline_scores(path: Path) -> list[str]:
     metrics = json.loads(path.read_text())
     by_stage = metrics.get("by_stage") or {}
+    simulated = _pipeline_simulated(path, metrics)
+    final = metrics.get("final")
     lines = [f"`refineg pipeline` scores on {metrics.get('posts')} {metrics.get('split')} posts "
-             f"(match {metrics.get('match')}); final: **{metrics.get('final')}**", "",
-             "| stage output | GMNER F1 | MNER F1 | EEG F1 |", "|---|---|---|---|"]
+             f"(match {metrics.get('match')}); final: **{final}**{' (simulation)' if final in simulated else ''}", ""]
+    if simulated:
+        backend = _backend_label(next(iter(simulated.values())), True)
+        lines += [f"**Simulation:** the refine stage's answers come from {backend}, not from an MLLM; the rows "
+                  "marked *(simulation)* are not MLLM results.", ""]
+    lines += ["| stage output | GMNER F1 | MNER F1 | EEG F1 |", "|---|---|---|---|"]
     for stage, r in by_stage.items():
-        lines.append(f"| {stage} | {_pct(r['gmner']['f1'])} | {_pct(r['mner']['f1'])} | {_pct(r['eeg']['f1'])} |")
+        name = f"{stage} *(simulation)*" if stage in simulated else stage
+        lines.append(f"| {name} | {_pct(r['gmner']['f1'])} | {_pct(r['mner']['f1'])} | {_pct(r['eeg']['f1'])} |")
     lines.append("")
-    if metrics.get("final") in by_stage:
-        lines += score_tables(by_stage[metrics["final"]], f"final ({metrics['final']}) scores (%)")
+    if final in by_stage:
+        lines += score_tables(by_stage[final], f"final ({final}{', simulation' if final in simulated else ''}) "
+                                               "scores (%)")
     return lines
 
 
@@ -129,7 +147,11 @@ def _metrics_section(run_dir: Path) -> list[str]:
         if isinstance(metrics.get(split), dict) and "mner" in metrics[split]:
             lines += score_tables(metrics[split], f"{split} scores (%)")
     if "refined" in metrics:  # a refinement trial (refineg.sweeps.refine_trial)
-        lines += ["### refinement trial (%)", "", "| task | before | refined | gain |", "|---|---|---|---|"]
+        title = "### refinement trial (%)"
+        if metrics.get("simulated"):
+            title = (f"### refinement trial, simulation (%)\n\n**Simulation:** the refined scores come from "
+                     f"{_backend_label(metrics.get('backend'), True)}, not from an MLLM.")
+        lines += [title, "", "| task | before | refined | gain |", "|---|---|---|---|"]
         for task in TASKS:
             key = f"{task}_f1"
             lines.append(f"| {task.upper()} F1 | {_pct(metrics['before'][key])} | {_pct(metrics['refined'][key])} "
@@ -194,7 +216,8 @@ def _refinement_section(run_dir: Path) -> list[str]:
     for path, r in reports:
         trial = path.parent / "metrics.json"  # a refinement sweep trial keeps its before/after scores there
         if trial.is_file() and "refined" in (scores := json.loads(trial.read_text())):
-            lines += ["", f"Scores of `{_rel(path, run_dir)}` (%): " + ", ".join(
+            label = "Simulated scores" if r.get("simulated") else "Scores"
+            lines += ["", f"{label} of `{_rel(path, run_dir)}` (%): " + ", ".join(
                 f"{t.upper()} F1 {_pct(scores['before'][f'{t}_f1'])} -> {_pct(scores['refined'][f'{t}_f1'])}"
                 for t in TASKS)]
         if r.get("outcomes"):

@@ -94,3 +94,24 @@ def test_images_loaded_only_for_image_models(tmp_path):
     assert batch["pixel_values"].shape == (8, 3, 32, 32)
     by_index = dict(zip(batch["index"].tolist(), batch["image_mask"].tolist()))
     assert by_index[0] is True and sum(by_index.values()) == 1  # the others have no file: text-only
+
+
+def test_release_without_the_default_test_file_has_no_test_split(tmp_path, caplog):
+    import logging
+    import shutil
+
+    from refineg.config import SAMPLE_ROOT
+    from refineg.datamodules.gmner import has_test_split
+
+    (tmp_path / "txt").mkdir()
+    for split in ("train", "dev"):
+        shutil.copy(SAMPLE_ROOT / "txt" / f"{split}.txt", tmp_path / "txt" / f"{split}.txt")
+    shutil.copytree(SAMPLE_ROOT / "xml", tmp_path / "xml")
+    with caplog.at_level(logging.WARNING, logger="refineg.datamodules.gmner"):
+        dm = make_dm(root=str(tmp_path), test="txt/test.txt")
+    assert "test" not in dm.examples and len(dm.examples["dev"]) == 150
+    assert f"{tmp_path / 'txt' / 'test.txt'} does not exist: no test split" in caplog.text
+    cfg = OmegaConf.merge(OmegaConf.structured(DataConfig), {"root": str(tmp_path)})
+    assert not has_test_split(cfg) and has_test_split(OmegaConf.structured(DataConfig))  # the sample has one
+    with pytest.raises(FileNotFoundError, match="data.test=null"):  # a path of one's own must exist
+        has_test_split(OmegaConf.merge(cfg, {"test": "txt/final.txt"}))

@@ -1,6 +1,7 @@
 """The MLLM grounder end to end: run_ground and `refineg ground` against the loopback OpenAI-compatible server."""
 
 import json
+import logging
 import os
 import re
 import socket
@@ -188,3 +189,48 @@ def test_missing_image_folder_answers_none_without_calls(data, server):
     assert server.total == 0 and summary["posts_without_image"] == 5 and summary["grounded"] == 0
     assert summary["none_by_reason"]["no_image"] == 6  # every entity the grounder would have been asked about
     assert "mllm" not in summary or summary["mllm"]["requests"] == 0
+
+
+def test_groundability_threshold_warns_about_entities_without_a_value(data, server, caplog):
+    from refineg.stages.grounding.config import GroundConfig
+    from refineg.stages.grounding.run import _check_groundability_input
+
+    with caplog.at_level(logging.WARNING, logger="refineg.stages.grounding.run"):
+        summary = run_ground(data / "pred.jsonl", data / "pool.jsonl", data / "gt" / "G.jsonl", data / "img",
+                             _overrides(server.base_url, "selector.mode=random"))
+    # 7 entities of grounded types (LOC never is), 2 of them (p2's) with a groundable value
+    assert summary["entities_without_groundable"] == 5
+    assert "groundability_threshold=0.5: 5 of 7 entities have no groundable value" in caplog.text
+    preds = [p for p in read_jsonl(data / "pred.jsonl") if p.id != "p2"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="refineg.stages.grounding.run"):
+        assert _check_groundability_input(preds, GroundConfig(groundability_threshold=0.5)) == 5
+        assert "groundability_threshold=0.5 does nothing: none of the 5 entities" in caplog.text
+        caplog.clear()
+        assert _check_groundability_input(preds, GroundConfig()) is None and not caplog.text
+
+
+def test_demonstrations_without_images_are_counted_and_warned_about(data, server, caplog):
+    pool = read_jsonl(data / "pool.jsonl")
+    for post in pool:
+        post.image = f"elsewhere-{post.id}.jpg"  # the pool's images are not in the image folder
+    write_jsonl(pool, data / "pool_noimg.jsonl")
+    with caplog.at_level(logging.WARNING, logger="refineg.stages.grounding.run"):
+        summary = run_ground(data / "pred.jsonl", data / "pool_noimg.jsonl", data / "nd" / "G.jsonl", data / "img",
+                             _overrides(server.base_url, "selector.mode=random"))
+    # p1, p2 and p5 are asked, each with k=2 random demonstrations, none of which has an image
+    assert summary["demos_selected"] == 6 and summary["demos_without_image"] == 6
+    assert summary["posts_without_usable_demos"] == 3
+    assert "none of the 4 pool posts has its image" in caplog.text
+    assert "6 of 6 chosen demonstrations have no image" in caplog.text
+    assert {n for _, n in server.seen} == {1}  # only the query's own image was sent
+    posts = {p.id: p for p in read_jsonl(data / "nd" / "G.jsonl")}
+    assert posts["p1"].meta["grounding"]["demos_without_image"] == 2 and posts["p1"].meta["grounding"]["demos"] == []
+    assert "demos_selected" not in posts["p4"].meta["grounding"]  # nothing asked, nothing selected
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="refineg.stages.grounding.run"):
+        summary = run_ground(data / "pred.jsonl", data / "pool.jsonl", data / "wd" / "G.jsonl", data / "img",
+                             _overrides(server.base_url, "selector.mode=random"))
+    assert summary["demos_selected"] == 6 and summary["demos_without_image"] == 0
+    assert "demonstrations" not in caplog.text

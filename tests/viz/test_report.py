@@ -83,6 +83,8 @@ def test_shipped_threshold_sweep_points_at_the_trial_script(run):
 
 
 def test_report_page(run, capsys):
+    from refineg.viz import build_report
+
     run_dir, _, trial = run
     assert main(["report", str(run_dir), "--posts", "2"]) == 0
     text = (run_dir / "report.md").read_text()
@@ -103,6 +105,10 @@ def test_report_page(run, capsys):
     assert row in text
     before, after = trial["before"]["mner_f1"], trial["refined"]["mner_f1"]
     assert f"MNER F1 {100 * before:.2f} -> {100 * after:.2f}" in text
+    assert "Simulated scores of `refine/tau05/refined_dev.report.json` (%)" in text
+    trial_text = build_report(run_dir / "refine" / "tau05", n_posts=0).read_text()  # the trial's own folder
+    assert "### refinement trial, simulation (%)" in trial_text
+    assert "the refined scores come from oracle (simulation), not from an MLLM" in trial_text
     # MLLM usage of the grounding stage: 2 requests, 5 calls, 1 failed, 1200 + 80 tokens
     assert "| grounding | 2 | 5 | 0 | 1 | 0 | 1200 | 80 |" in text
     assert "| total | 2 | 5 | 0 | 1 | 0 | 1200 | 80 |" in text
@@ -176,3 +182,54 @@ def test_report_of_a_pipeline_run(tmp_path):
     for rel in drawings:
         with Image.open(run_dir / rel) as img:
             assert img.format == "PNG"
+
+
+def _pipeline_metrics(run_dir, with_key):
+    f1 = lambda v: {t: {"precision": v, "recall": v, "f1": v} for t in ("gmner", "mner", "eeg")}  # noqa: E731
+    metrics = {"final": "ground", "split": "dev", "posts": 10, "match": "span",
+               "by_stage": {"predict": f1(0.5), "refine": f1(0.75), "ground": f1(0.625)}}
+    if with_key:
+        label = "noisy-oracle p=0.8 (simulation)"
+        metrics["simulated"] = {"refine": label, "ground": label}
+    (run_dir / "evaluate").mkdir(parents=True)
+    (run_dir / "evaluate" / "metrics.json").write_text(json.dumps(metrics))
+
+
+@pytest.mark.parametrize("with_key", [True, False])
+def test_pipeline_scores_say_which_outputs_are_simulated(tmp_path, with_key):
+    from refineg.viz import build_report
+
+    _pipeline_metrics(tmp_path, with_key)
+    (tmp_path / "refine").mkdir()  # an older metrics.json without the key: the refine stage's report tells
+    (tmp_path / "refine" / "refined.report.json").write_text(json.dumps(
+        {"backend": "noisy-oracle p=0.8 (simulation)", "simulated": True, "delegation_rate": 0.2}))
+    text = build_report(tmp_path, n_posts=0).read_text()
+    assert "final: **ground** (simulation)" in text
+    assert "**Simulation:** the refine stage's answers come from noisy-oracle p=0.8 (simulation), not from an MLLM" \
+        in text
+    assert "| predict | 50.00 |" in text and "| refine *(simulation)* | 75.00 |" in text
+    assert "| ground *(simulation)* | 62.50 |" in text and "### final (ground, simulation) scores (%)" in text
+
+
+def test_pipeline_scores_of_a_real_mllm_are_not_marked(tmp_path):
+    from refineg.viz import build_report
+
+    _pipeline_metrics(tmp_path, with_key=False)
+    (tmp_path / "refine").mkdir()
+    (tmp_path / "refine" / "refined.report.json").write_text(json.dumps(
+        {"backend": "mllm openai:m", "simulated": False, "delegation_rate": 0.2}))
+    text = build_report(tmp_path, n_posts=0).read_text()
+    assert "simulation" not in text.lower() and "| refine | 75.00 |" in text
+
+
+def test_pipeline_evaluate_records_simulated_outputs(tmp_path):
+    from refineg.stages.pipeline.stages import simulated_outputs
+
+    (tmp_path / "refine").mkdir()
+    report = tmp_path / "refine" / "refined.report.json"
+    report.write_text(json.dumps({"backend": "oracle (simulation)", "simulated": True}))
+    assert simulated_outputs(tmp_path, ["predict", "refine", "ground"]) == {"refine": "oracle (simulation)",
+                                                                            "ground": "oracle (simulation)"}
+    assert simulated_outputs(tmp_path, ["predict", "ground"]) == {}
+    report.write_text(json.dumps({"backend": "mllm openai:m", "simulated": False}))
+    assert simulated_outputs(tmp_path, ["predict", "refine"]) == {}

@@ -101,6 +101,25 @@ def _decide(post: Example, cfg: GroundConfig, has_image: bool) -> tuple[list[str
     return reasons, ask
 
 
+def _check_groundability_input(preds: Sequence[Example], cfg: GroundConfig) -> int | None:
+    """Entities that ``groundability_threshold`` cannot judge (no ``groundable`` value); warns when there are any.
+
+    Returns ``None`` when no threshold is set.
+    """
+    if cfg.groundability_threshold is None:
+        return None
+    judged = [e for p in preds for e in p.entities if e.type not in cfg.never_grounded]
+    missing = sum(1 for e in judged if e.groundable is None)
+    hint = "the value comes from a tagger trained with model.groundability=true"
+    if missing and missing == len(judged):
+        log.warning("groundability_threshold=%s does nothing: none of the %d entities has a groundable value, so "
+                    "every one is asked (%s)", cfg.groundability_threshold, missing, hint)
+    elif missing:
+        log.warning("groundability_threshold=%s: %d of %d entities have no groundable value and are always asked "
+                    "(%s)", cfg.groundability_threshold, missing, len(judged), hint)
+    return missing
+
+
 def ground_chunk(posts: Sequence[Example], cfg: GroundConfig, grounder: Grounder, images: PostImages,
                  selector: ContextSelector | None, pool: Sequence[Example]) -> list[Example]:
     """Grounds a chunk of posts; returns copies with boxes and ``meta["grounding"]``."""
@@ -118,11 +137,15 @@ def ground_chunk(posts: Sequence[Example], cfg: GroundConfig, grounder: Grounder
     if selector is not None and todo:
         demos = selector.select([posts[i] for i in todo], query_images)
     queries = []
+    demo_counts: dict[int, tuple[int, int]] = {}  # post -> (demonstrations selected, of them without an image)
     for i, img, demo_idx in zip(todo, query_images, demos, strict=True):
         asked = copy.deepcopy(out[i])
         asked.entities = [asked.entities[j] for j in plans[i][1]]
         demo_posts = [pool[d] for d in demo_idx]
-        queries.append(GroundingQuery(asked, img, demo_posts, [images.load(d) for d in demo_posts]))
+        demo_images = [images.load(d) for d in demo_posts]
+        if selector is not None:
+            demo_counts[i] = (len(demo_posts), sum(1 for d in demo_images if d is None))
+        queries.append(GroundingQuery(asked, img, demo_posts, demo_images))
     results = grounder.ground(queries) if queries else []
     if len(results) != len(queries):
         raise RuntimeError(f"grounder {grounder.label!r} returned {len(results)} results for {len(queries)} posts")
@@ -130,6 +153,8 @@ def ground_chunk(posts: Sequence[Example], cfg: GroundConfig, grounder: Grounder
     for i, post in enumerate(out):
         reasons, ask, has_image = plans[i]
         meta: dict[str, Any] = {"grounder": grounder.label, "image": has_image}
+        if i in demo_counts:
+            meta["demos_selected"], meta["demos_without_image"] = demo_counts[i]
         res = by_post.get(i)
         if res is not None:
             if len(res.boxes) != len(ask):
@@ -169,7 +194,20 @@ def summarise(posts: Sequence[Example]) -> dict[str, Any]:
         "none_by_reason": {k: reasons[k] for k in REASONS if k != "grounded"},
         "entities_failed": reasons["failed"],
         "posts_with_answer_problems": sum(1 for p in posts if p.meta.get("grounding", {}).get("problems")),
+        **demo_summary(posts),
     }
+
+
+def demo_summary(posts: Sequence[Example]) -> dict[str, int]:
+    """Counts of the context selector's demonstrations over grounded posts.
+
+    ``demos_selected``; ``demos_without_image``, whose image is missing (a grounder that shows images, like
+    ``mllm``, leaves them out); ``posts_without_usable_demos``, asked posts left with none that has an image.
+    """
+    counts = [(g.get("demos_selected", 0), g.get("demos_without_image", 0))
+              for g in (p.meta.get("grounding", {}) for p in posts)]
+    return {"demos_selected": sum(n for n, _ in counts), "demos_without_image": sum(m for _, m in counts),
+            "posts_without_usable_demos": sum(1 for n, m in counts if n and n == m)}
 
 
 def _usage_summary(grounder: Grounder) -> dict[str, Any]:
@@ -216,6 +254,7 @@ def run_ground(pred: str | Path, pool: str | Path, out: str | Path, images: str 
         partial.write_text("", encoding="utf-8")
         stamp.write_text(fingerprint)
     todo = [p for p in preds if p.id not in done_ids]
+    without_groundable = _check_groundability_input(preds, cfg)
 
     grounder = create_grounder(cfg.grounder.name, **grounder_kwargs(cfg, run_dir))
     try:
@@ -223,12 +262,19 @@ def run_ground(pred: str | Path, pool: str | Path, out: str | Path, images: str 
         if getattr(grounder, "uses_demos", False) and cfg.selector.mode != "none" and cfg.selector.k > 0 and todo:
             index_path = cfg.selector.index_path or run_dir / "grounding_index.pt"
             selector = ContextSelector(pool_posts, cfg.selector, store, index_path)  # index built on first use
-        with partial.open("a", encoding="utf-8") as fh:
-            for lo in tqdm(range(0, len(todo), cfg.chunk_size), desc="ground", unit="chunk"):
-                for post in ground_chunk(todo[lo:lo + cfg.chunk_size], cfg, grounder, store, selector, pool_posts):
+            if images is not None and pool_posts and not any(store.exists(p) for p in pool_posts):
+                log.warning("context selection: none of the %d pool posts has its image in %s, so the grounder "
+                            "gets no demonstrations (the pool's images must be in the same folder as the posts')",
+                            len(pool_posts), images)
+        with partial.open("a", encoding="utf-8") as fh, \
+                tqdm(total=len(preds), initial=len(done), desc="ground", unit="post") as bar:
+            for lo in range(0, len(todo), cfg.chunk_size):
+                chunk = todo[lo:lo + cfg.chunk_size]
+                for post in ground_chunk(chunk, cfg, grounder, store, selector, pool_posts):
                     fh.write(json.dumps(post.to_dict(), ensure_ascii=False) + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
+                bar.update(len(chunk))
         usage = _usage_summary(grounder)
     finally:
         if hasattr(grounder, "close"):
@@ -241,11 +287,16 @@ def run_ground(pred: str | Path, pool: str | Path, out: str | Path, images: str 
     summary = {
         **summarise(posts),
         "resumed_posts": len(done),
+        "entities_without_groundable": without_groundable,
         "grounder": grounder.label,
         "selector": selector.label if selector is not None else "none",
         **usage,
         "config": dataclasses.asdict(cfg),
     }
+    if summary["demos_without_image"]:
+        log.warning("context selection: %d of %d chosen demonstrations have no image in %s and were left out; %d "
+                    "asked post(s) got no demonstration at all", summary["demos_without_image"],
+                    summary["demos_selected"], images, summary["posts_without_usable_demos"])
     summary_path = out.with_name(out.stem + ".summary.json")
     summary_path.write_text(json.dumps(summary, indent=2, default=str))
     summary["summary_path"] = str(summary_path)

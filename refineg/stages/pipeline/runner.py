@@ -185,8 +185,9 @@ def run_pipeline(cfg: Any) -> dict[str, Any]:
     """``refineg pipeline``: runs the stage chain of a :class:`~refineg.stages.pipeline.config.PipelineConfig`.
 
     Writes ``config.yaml`` (the resolved config), ``timings.json`` (per stage: ran/skipped, seconds now, seconds of
-    the run that made the artifacts) and ``summary.json`` (timings, every stage's info, the final scores) into the
-    run folder.
+    the run that made the artifacts) and ``summary.json`` (timings, every stage's info, the final scores and
+    ``simulated``: ``{stage: backend}`` of the outputs that rest on simulated refinement answers) into the run
+    folder.
 
     Returns:
         The summary.
@@ -220,6 +221,7 @@ def run_pipeline(cfg: Any) -> dict[str, Any]:
     summary = {"run_dir": str(run_dir), "mode": cfg.mode, "timings": timings,
                "stages": {o.name: {"status": o.status, "fingerprint": o.fingerprint, "info": o.info}
                           for o in outcomes},
-               "final": evaluate.get("final"), "scores": evaluate.get("f1", {}).get(evaluate.get("final"), {})}
+               "final": evaluate.get("final"), "scores": evaluate.get("f1", {}).get(evaluate.get("final"), {}),
+               "simulated": evaluate.get("simulated", {})}
     write_json_atomic(run_dir / "summary.json", summary)
     return summary

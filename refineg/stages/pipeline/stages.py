@@ -9,7 +9,8 @@ Run folder layout (``<runs_dir>/<name>/``)::
     refine/refined.jsonl                  after delegation to the MLLM (+ refined.report.json, llm_usage.json)
     ground/grounded.jsonl                 after grounding
     zeroshot/zeroshot.jsonl               the zero-shot MLLM baseline (mode=zeroshot)
-    evaluate/metrics.json                 GMNER/MNER/EEG of every prediction file above
+    evaluate/metrics.json                 GMNER/MNER/EEG of every prediction file above (``simulated``: the files
+                                          that rest on simulated refinement answers)
     stages/<stage>.json                   stamps: fingerprint, wall time, info
     timings.json, summary.json, config.yaml
 """
@@ -54,13 +55,13 @@ def data_sources(data: DictConfig) -> dict[str, Any]:
 
 def run_data(cfg: PipelineConfig, run_dir: Path) -> dict[str, Any]:
     """Writes the gold posts of the run as canonical JSONL (``data/``)."""
-    from refineg.datamodules.gmner import read_split, sample_gold
+    from refineg.datamodules.gmner import has_test_split, read_split, sample_gold
 
     data = train_config(cfg).data
     out = run_dir / "data"
     counts = {}
     for split in ("train", "dev", "test"):
-        if not data.get(split):
+        if not data.get(split) or (split == "test" and not has_test_split(data)):
             continue
         posts = read_split(data, split)
         if split == "train":
@@ -231,6 +232,20 @@ def run_zeroshot_stage(cfg: PipelineConfig, run_dir: Path, types: list[str]) -> 
     return {k: v for k, v in report.items() if k != "llm"}
 
 
+def simulated_outputs(run_dir: Path, sources: list[str]) -> dict[str, str]:
+    """``{stage: backend label}`` of the prediction files that rest on simulated refinement answers.
+
+    A simulated refine stage (oracle, noisy-oracle) makes its output and every later one (ground) a simulation.
+    """
+    if "refine" not in sources:
+        return {}
+    path = (run_dir / PREDICTION_FILES["refine"]).with_suffix(".report.json")
+    report = json.loads(path.read_text()) if path.is_file() else {}
+    if not report.get("simulated"):
+        return {}
+    return {s: str(report.get("backend")) for s in sources[sources.index("refine"):]}
+
+
 def run_evaluate(cfg: PipelineConfig, run_dir: Path, sources: list[str], types: list[str]) -> dict[str, Any]:
     """Scores every prediction file of the chain; the last one is the run's result."""
     from refineg.metrics import evaluate_examples
@@ -238,11 +253,12 @@ def run_evaluate(cfg: PipelineConfig, run_dir: Path, sources: list[str], types: 
     golds = read_jsonl(run_dir / "data" / "eval.jsonl")
     by_stage = {s: evaluate_examples(golds, read_jsonl(run_dir / PREDICTION_FILES[s]), types, cfg.match)
                 for s in sources}
+    simulated = simulated_outputs(run_dir, sources)
     metrics = {"final": sources[-1], "split": cfg.data.eval_split, "posts": len(golds), "match": cfg.match,
-               "by_stage": by_stage}
+               "by_stage": by_stage, "simulated": simulated}
     write_json_atomic(run_dir / "evaluate" / "metrics.json", metrics)
-    return {"final": sources[-1], "f1": {s: {t: r[t]["f1"] for t in ("gmner", "mner", "eeg")}
-                                         for s, r in by_stage.items()}}
+    return {"final": sources[-1], "simulated": simulated,
+            "f1": {s: {t: r[t]["f1"] for t in ("gmner", "mner", "eeg")} for s, r in by_stage.items()}}
 
 
 def _section(obj: Any, drop: tuple[str, ...] = ()) -> Any:

@@ -35,7 +35,7 @@ def default_heads(module: Any) -> dict[str, dict[str, Any]]:
 
 def calibrate(ckpt: str | Path, examples: Sequence[Example], out_dir: str | Path,
               heads: dict[str, dict[str, Any]] | None = None, fit_temperature: bool = False, bins: int = 10,
-              batch_size: int = 64, max_length: int = 128) -> dict[str, Any]:
+              batch_size: int = 64, max_length: int = 128, progress: bool = False) -> dict[str, Any]:
     """Per head: entity-level error-detection AUROC, ECE, risk-coverage and AURC on ``examples``.
 
     Args:
@@ -50,6 +50,7 @@ def calibrate(ckpt: str | Path, examples: Sequence[Example], out_dir: str | Path
         bins: Reliability bins.
         batch_size: Posts per forward pass.
         max_length: Subword budget per post.
+        progress: Show a per-post progress bar for each pass over ``examples``.
 
     Returns:
         The report written to ``calibration.json``.
@@ -72,7 +73,7 @@ def calibrate(ckpt: str | Path, examples: Sequence[Example], out_dir: str | Path
     reports: dict[str, dict] = {}
     preds: list[Example] = []
     for suffix, scaler in runs:
-        preds, scores = UncertaintyEstimator(predictor, built, scaler).score(examples)
+        preds, scores = UncertaintyEstimator(predictor, built, scaler).score(examples, progress)
         for name, per_post in scores.items():
             flat = [u for post in per_post for u in post]
             reports[name + suffix] = head_report(preds, examples, [u.total for u in flat],

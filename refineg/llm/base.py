@@ -16,7 +16,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -67,6 +67,7 @@ class _Request:
     key: str
     expect_json: bool
     json_type: Any
+    json_accept: Callable[[Any], bool] | None = None
 
 
 class ChatBackend(ABC):
@@ -163,6 +164,7 @@ class ChatBackend(ABC):
         stage: str = "default",
         expect_json: bool = False,
         json_type: Any = (dict, list),
+        json_accept: Callable[[Any], bool] | None = None,
         item: Any = None,
         **params: Any,
     ) -> ChatResult:
@@ -173,7 +175,10 @@ class ChatBackend(ABC):
             stage: Usage-accounting bucket (``synthesis``, ``refinement``, ``grounding``, ...).
             expect_json: The answer must carry JSON: a non-JSON or truncated answer is retried, and the decoded
                 value is returned in ``ChatResult.parsed``.
-            json_type: Accepted top-level JSON type(s) when ``expect_json``.
+            json_type: Accepted JSON type(s) of the answer when ``expect_json``.
+            json_accept: When ``expect_json``: whether a decoded value fits the expected answer (its shape, its
+                keys). The first JSON value in the answer that fits is taken (so a box list in the model's
+                reasoning is passed over); an answer with none is invalid (``invalid_json``) and retried.
             item: Identifier kept with a failure in the usage summary.
             **params: Per-call sampling overrides (``temperature``, ``max_tokens``, ...); ``None`` keeps the
                 configured value.
@@ -181,7 +186,7 @@ class ChatBackend(ABC):
         Returns:
             The result; ``status`` tells success, failure or an exhausted budget.
         """
-        req = self._request(messages, params, expect_json, json_type)
+        req = self._request(messages, params, expect_json, json_type, json_accept)
         result = self._lookup(req)
         if result is None:
             result = self._run(req)
@@ -198,6 +203,7 @@ class ChatBackend(ABC):
         stage: str = "default",
         expect_json: bool = False,
         json_type: Any = (dict, list),
+        json_accept: Callable[[Any], bool] | None = None,
         items: Sequence[Any] | None = None,
         **params: Any,
     ) -> list[ChatResult]:
@@ -213,6 +219,7 @@ class ChatBackend(ABC):
             stage: Usage-accounting bucket.
             expect_json: See :meth:`chat`.
             json_type: See :meth:`chat`.
+            json_accept: See :meth:`chat`.
             items: Identifiers of the conversations for the failure summary (default their indices).
             **params: Per-call sampling overrides.
 
@@ -228,7 +235,7 @@ class ChatBackend(ABC):
         bar = tqdm(total=n, desc=f"llm {stage}", unit="req", disable=not progress, leave=False)
         try:
             for i, messages in enumerate(conversations):
-                req = self._request(messages, params, expect_json, json_type)
+                req = self._request(messages, params, expect_json, json_type, json_accept)
                 if req.key in first_of:
                     duplicates.append((i, first_of[req.key]))
                     continue
@@ -257,7 +264,8 @@ class ChatBackend(ABC):
             for i, j in duplicates:
                 src = results[j]
                 assert src is not None
-                results[i] = replace(src, cached=src.ok, attempts=0, latency_s=0.0, parsed=copy.deepcopy(src.parsed))
+                results[i] = replace(src, cached=src.ok, attempts=0, latency_s=0.0, parsed=copy.deepcopy(src.parsed),
+                                     retried={})
                 bar.update(1)
         finally:
             bar.close()
@@ -306,7 +314,12 @@ class ChatBackend(ABC):
 
     # ------------------------------------------------------------------------------------------------- internals
     def _request(
-        self, messages: Conversation, overrides: dict[str, Any], expect_json: bool, json_type: Any
+        self,
+        messages: Conversation,
+        overrides: dict[str, Any],
+        expect_json: bool,
+        json_type: Any,
+        json_accept: Callable[[Any], bool] | None = None,
     ) -> _Request:
         messages = list(messages)
         if not messages or not all(isinstance(m, Message) for m in messages):
@@ -318,7 +331,7 @@ class ChatBackend(ABC):
             key_params["image_max_side"] = self.config.max_side
             key_params["image_jpeg_quality"] = self.config.jpeg_quality
         material = request_material(self._cache_identity(), self.config.model, messages, key_params)
-        return _Request(messages, params, material, request_key(material), expect_json, json_type)
+        return _Request(messages, params, material, request_key(material), expect_json, json_type, json_accept)
 
     def _lookup(self, req: _Request) -> ChatResult | None:
         if self.cache is None:
@@ -340,7 +353,7 @@ class ChatBackend(ABC):
         )
         if req.expect_json:
             try:
-                result.parsed = extract_json(hit.text, req.json_type)
+                result.parsed = self._extract(req, hit.text)
             except JSONExtractionError as err:
                 if self.cache_only:
                     return self._failed(f"invalid_json: {err}", 0, start)
@@ -358,21 +371,34 @@ class ChatBackend(ABC):
             "config, or check that model, sampling parameters and max_side match the recorded run."
         )
 
-    def _failed(self, error: str, attempts: int, start: float, status: str = "failed") -> ChatResult:
+    def _failed(
+        self, error: str, attempts: int, start: float, status: str = "failed", retried: Counter[str] | None = None
+    ) -> ChatResult:
         return ChatResult(
             text=None,
             status=status,  # type: ignore[arg-type]
             error=redact(error, self._secrets),
             attempts=attempts,
             latency_s=time.perf_counter() - start,
+            retried=dict(retried or {}),
         )
+
+    @staticmethod
+    def _extract(req: _Request, text: str) -> Any:
+        """The JSON value of ``text`` that fits ``req``; any failure is a :class:`JSONExtractionError`."""
+        try:
+            return extract_json(text, req.json_type, req.json_accept)
+        except JSONExtractionError:
+            raise
+        except Exception as err:  # never let an odd answer crash the caller's batch
+            raise JSONExtractionError(f"unreadable answer ({type(err).__name__})") from None
 
     def _validate(self, req: _Request, completion: Completion) -> Any:
         """Decoded JSON of ``completion`` (or ``None`` when JSON is not expected)."""
         if not req.expect_json:
             return None
         try:
-            return extract_json(completion.text, req.json_type)
+            return self._extract(req, completion.text)
         except JSONExtractionError as err:
             kind = "truncated" if completion.finish_reason == "length" else "invalid_json"
             raise BackendError(kind, str(err)) from None
@@ -399,6 +425,7 @@ class ChatBackend(ABC):
         start = time.perf_counter() if start is None else start
         attempts = 0
         last: BackendError | None = None
+        retried: Counter[str] = Counter()  # failed attempts that were tried again, by kind
         for attempt in range(self.retry.max_retries + 1):
             if attempt == 0 and first is not None:
                 outcome = first
@@ -407,7 +434,7 @@ class ChatBackend(ABC):
                     why = "budget_exhausted: call or token budget spent"
                     if last is not None:
                         why += f" (after {last.kind})"
-                    return self._failed(why, attempts, start, status="budget_exhausted")
+                    return self._failed(why, attempts, start, status="budget_exhausted", retried=retried)
                 outcome = self._attempt(req)
             attempts += 1
             if isinstance(outcome, Completion):
@@ -438,13 +465,15 @@ class ChatBackend(ABC):
                         attempts=attempts,
                         finish_reason=outcome.finish_reason,
                         parsed=parsed,
+                        retried=dict(retried),
                     )
             last = outcome
             message = redact(outcome.message, self._secrets)
             if not outcome.transient:
                 log.warning("LLM request failed (%s, not retried): %s", outcome.kind, message[:300])
-                return self._failed(f"{outcome.kind}: {message}", attempts, start)
+                return self._failed(f"{outcome.kind}: {message}", attempts, start, retried=retried)
             if attempt < self.retry.max_retries:
+                retried[outcome.kind] += 1
                 wait = self.retry.delay(attempt, outcome.retry_after_s, self._rng)
                 log.info(
                     "LLM request: %s (%s); retry %d/%d in %.2fs",
@@ -458,7 +487,7 @@ class ChatBackend(ABC):
         assert last is not None
         message = redact(last.message, self._secrets)
         log.warning("LLM request failed after %d attempts (%s): %s", attempts, last.kind, message[:300])
-        return self._failed(f"{last.kind}: {message}", attempts, start)
+        return self._failed(f"{last.kind}: {message}", attempts, start, retried=retried)
 
     def _run_batched(self, pending: list[tuple[int, _Request]], results: list[ChatResult | None], bar: Any) -> None:
         """First attempts in batches of ``config.batch_size`` (same sampling params), retries one by one."""

@@ -137,6 +137,8 @@ class ChatResult:
         attempts: Backend calls made for this request (0 for a cache hit).
         finish_reason: The backend's reason to stop (``"stop"``, ``"length"``, ...), when known.
         parsed: The JSON value extracted from ``text`` when the request asked for JSON.
+        retried: Failed attempts of this request that were tried again, by kind (e.g. ``{"invalid_json": 1}``
+            when an answer without a fitting JSON value was asked again).
     """
 
     text: str | None
@@ -149,6 +151,7 @@ class ChatResult:
     attempts: int = 0
     finish_reason: str | None = None
     parsed: Any = field(default=None, repr=False)
+    retried: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

@@ -33,6 +33,8 @@ class StageUsage:
         completion_tokens: Completion tokens of answered, non-cached requests.
         latency_s: Summed wall-clock seconds of non-cached requests.
         failures_by_kind: Failed requests per error kind.
+        retries_by_kind: Failed attempts that were tried again, per error kind (e.g. answers without a fitting
+            JSON value), whatever the request's final outcome.
     """
 
     requests: int = 0
@@ -45,6 +47,7 @@ class StageUsage:
     completion_tokens: int = 0
     latency_s: float = 0.0
     failures_by_kind: dict[str, int] = field(default_factory=dict)
+    retries_by_kind: dict[str, int] = field(default_factory=dict)
 
 
 class UsageMeter:
@@ -72,6 +75,8 @@ class UsageMeter:
             s = self._stages.setdefault(stage, StageUsage())
             s.requests += 1
             s.calls += result.attempts
+            for kind, n in result.retried.items():
+                s.retries_by_kind[kind] = s.retries_by_kind.get(kind, 0) + n
             if result.cached:
                 s.cache_hits += 1
             else:
@@ -94,7 +99,8 @@ class UsageMeter:
         """A copy of ``stage``'s totals (zeros if it has none)."""
         with self._lock:
             s = self._stages.get(stage, StageUsage())
-            return StageUsage(**{**asdict(s), "failures_by_kind": dict(s.failures_by_kind)})
+            return StageUsage(**{**asdict(s), "failures_by_kind": dict(s.failures_by_kind),
+                                 "retries_by_kind": dict(s.retries_by_kind)})
 
     def to_dict(self) -> dict[str, Any]:
         """Totals per stage plus ``total`` and the first failures, JSON-ready."""
@@ -110,6 +116,8 @@ class UsageMeter:
             total.latency_s += s["latency_s"]
             for kind, n in s["failures_by_kind"].items():
                 total.failures_by_kind[kind] = total.failures_by_kind.get(kind, 0) + n
+            for kind, n in s["retries_by_kind"].items():
+                total.retries_by_kind[kind] = total.retries_by_kind.get(kind, 0) + n
         for s in [*stages.values(), asdict(total)]:
             live = s["requests"] - s["cache_hits"]
             s["mean_latency_s"] = s["latency_s"] / live if live else 0.0
@@ -121,9 +129,11 @@ class UsageMeter:
         lines = []
         for name, s in [*data["stages"].items(), ("total", data["total"])]:
             kinds = ", ".join(f"{k}={v}" for k, v in sorted(s["failures_by_kind"].items())) or "none"
+            retried = ", ".join(f"{k}={v}" for k, v in sorted(s["retries_by_kind"].items()))
             lines.append(
                 f"{name}: {s['requests']} requests, {s['calls']} calls, {s['cache_hits']} cached, {s['ok']} ok, "
-                f"{s['failed']} failed, {s['budget_exhausted']} over budget (failures: {kinds}); "
+                f"{s['failed']} failed, {s['budget_exhausted']} over budget (failures: {kinds}"
+                f"{'; retried: ' + retried if retried else ''}); "
                 f"tokens {s['prompt_tokens']} prompt + {s['completion_tokens']} completion"
             )
         return "\n".join(lines)

@@ -155,6 +155,12 @@ def _as_items(parsed: Any) -> list[Any] | None:
     return None
 
 
+def is_zeroshot_answer(parsed: Any) -> bool:
+    """Whether a decoded JSON value has the shape of an answer: entity objects (or none) in a list or wrapped."""
+    items = _as_items(parsed)
+    return items is not None and (not items or any(isinstance(i, dict) and "entity" in i for i in items))
+
+
 def _box(raw: Any) -> list[float] | None | str:
     """A ``[x1, y1, x2, y2]`` box, ``None`` for "no box", or ``"invalid"``."""
     if raw is None or raw == [] or (isinstance(raw, str) and raw.strip().lower() in ("", "null", "none", "[]")):
@@ -178,8 +184,9 @@ def entities_from_answer(items: Sequence[Any], tokens: Sequence[str], types: Seq
         types: Type inventory.
         type_map: Renames of answered types (case-insensitive keys).
         scale: Sent-to-original box mapping of the post's image, or ``None`` when no image was sent.
-        counts: Receives ``item_invalid``, ``type_invalid``, ``unlocated``, ``box_invalid``, ``box_without_image``,
-            ``kept`` and ``boxed``.
+        counts: Receives ``item_invalid``, ``type_invalid``, ``unlocated``, ``box_invalid``, ``box_missing`` (an
+            image was sent but the item has no ``bounding_box`` key), ``box_without_image``, ``kept`` and
+            ``boxed``.
 
     Returns:
         Entities sorted by start; boxes in original pixels.
@@ -196,16 +203,19 @@ def entities_from_answer(items: Sequence[Any], tokens: Sequence[str], types: Seq
         if etype is None:
             counts["type_invalid"] += 1
             continue
-        usable.append((item["entity"].strip(), etype, item.get("bounding_box", item.get("box"))))
-    spans = map_spans(tokens, [name for name, _, _ in usable])
+        has_box = "bounding_box" in item or "box" in item
+        usable.append((item["entity"].strip(), etype, item.get("bounding_box", item.get("box")), has_box))
+    spans = map_spans(tokens, [name for name, _, _, _ in usable])
     out = []
-    for (_, etype, raw_box), span in zip(usable, spans):
+    for (_, etype, raw_box, has_box), span in zip(usable, spans):
         if span is None:
             counts["unlocated"] += 1
             continue
         ent = Entity(span[0], span[1], etype)
         box = _box(raw_box)
-        if box == "invalid":
+        if not has_box and scale is not None:
+            counts["box_missing"] += 1
+        elif box == "invalid":
             counts["box_invalid"] += 1
         elif box is not None and scale is None:
             counts["box_without_image"] += 1
@@ -238,7 +248,7 @@ def zeroshot_examples(posts: Sequence[Example], cfg: ZeroShotConfig, llm: Any,
         convs.append([system(sys_text), user(path, user_text) if scale else user(user_text)])
         scales.append(scale)
     results = llm.chat_many(convs, stage="zeroshot", expect_json=True, json_type=(list, dict),
-                            items=[p.id for p in posts], progress=progress)
+                            json_accept=is_zeroshot_answer, items=[p.id for p in posts], progress=progress)
     counts: Counter[str] = Counter()
     preds = []
     for post, scale, result in zip(posts, scales, results):

@@ -115,7 +115,7 @@ def test_run_ground_end_to_end_and_rerun_repeats_no_answered_call(data, server):
     assert summary["posts"] == 5 and summary["entities"] == 9 and summary["posts_without_image"] == 1
     assert summary["grounded"] == 2 and summary["boxes"] == 3 and summary["posts_failed"] == 1
     assert summary["none_by_reason"] == {"never_grounded_type": 2, "below_groundability": 1, "no_image": 1,
-                                         "model_none": 1, "failed": 2}
+                                         "model_none": 1, "answer_problem": 0, "failed": 2}
     assert summary["mllm"]["requests"] == 3 and summary["mllm"]["ok"] == 2 and summary["mllm"]["failed"] == 1
     assert summary["mllm"]["prompt_tokens"] > 0 and "random weights" in summary["selector"]
     assert json.loads((data / "run" / "G.summary.json").read_text())["grounded"] == 2
@@ -234,3 +234,28 @@ def test_demonstrations_without_images_are_counted_and_warned_about(data, server
                              _overrides(server.base_url, "selector.mode=random"))
     assert summary["demos_selected"] == 6 and summary["demos_without_image"] == 0
     assert "demonstrations" not in caplog.text
+
+
+def test_hostile_answers_are_invalid_or_counted_never_a_crash(data, chat_server):
+    """Reasoning before the answer is skipped, an item with a wrong box key is a counted problem (not a silent
+    none), and a 50,000-bracket answer fails its post cleanly, in the first run and in the rerun."""
+    answers = {
+        "Obama visits Apple in Paris": "<think>Obama stands at [10, 10], Apple is a logo.</think>\n"
+                                       + json.dumps(ANSWERS["Obama visits Apple in Paris"]),
+        "Musk and Tesla": json.dumps([{"entity": "Tesla", "entity_type": "ORG", "region": [0, 0, 60, 30]}]),
+        "Biden meets Macron": "[" * 50_000,
+    }
+    chat_server.responder = lambda prompt, n: answers[re.search(r"Post: (.*)", prompt).group(1)]
+    out = data / "hostile" / "G.jsonl"
+    for _ in range(2):
+        summary = run_ground(data / "pred.jsonl", data / "pool.jsonl", out, data / "img",
+                             _overrides(chat_server.base_url, "selector.mode=random"))
+        posts = {p.id: p for p in read_jsonl(out)}
+        assert [e.boxes for e in posts["p1"].entities] == [[[20.0, 10.0, 80.0, 90.0]], [], []]
+        assert posts["p1"].meta["grounding"]["reasons"] == ["grounded", "model_none", "never_grounded_type"]
+        assert posts["p2"].meta["grounding"]["reasons"] == ["below_groundability", "answer_problem"]
+        assert any("no box key" in p and "region" in p for p in posts["p2"].meta["grounding"]["problems"])
+        assert posts["p5"].meta["grounding"]["status"] == "failed"
+        assert "invalid_json" in posts["p5"].meta["grounding"]["error"]
+        assert summary["none_by_reason"]["answer_problem"] == 1 and summary["none_by_reason"]["failed"] == 2
+        assert summary["posts_with_answer_problems"] == 1 and summary["grounded"] == 1

@@ -218,3 +218,33 @@ def test_mllm_path_against_loopback_server(tmp_path):
         assert len(read_jsonl(tmp_path / "b" / "out.jsonl")) == 2
     finally:
         server.stop()
+
+
+def test_mllm_hostile_answers_are_invalid_answers_not_crashes(tmp_path, chat_server):
+    """A 50,000-bracket answer is an invalid answer (the small model's answer stays, the run finishes), the object
+    with the check's key wins over other JSON in the answer, and a type answer without a box key is counted."""
+    def respond(prompt, n_images):
+        if "corrected_entity" in prompt:
+            if '"Obama"' in prompt:
+                return '{"step": 1, "note": "first the name"} so {"reasoning_process": "r", ' \
+                       '"corrected_entity": "Barack Obama"}'
+            return "[" * 50_000  # New York's span check
+        return json.dumps({"reasoning_process": "r", "corrected_type": "PER", "region": [5, 5, 25, 30]})
+
+    chat_server.responder = respond
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (100, 80), "white").save(tmp_path / "img" / "p1.jpg")
+    write_jsonl([_pred((1, 2, "ORG", 0.9), (3, 5, "LOC", 0.8), image="p1.jpg")], tmp_path / "pred.jsonl")
+    from refineg.stages.refinement import run_refine
+
+    cfg = load_refine_config([f"images_dir={tmp_path / 'img'}", f"llm.base_url={chat_server.base_url}",
+                              "llm.model=test-vl", "llm.api_key_env=''", "llm.max_retries=1",
+                              "llm.backoff_base_s=0.01", "llm.backoff_max_s=0.02"])
+    for _ in range(2):  # the rerun (the invalid answer is asked again) must not crash either
+        report = run_refine(cfg, tmp_path / "pred.jsonl", tmp_path / "out.jsonl")
+        out = read_jsonl(tmp_path / "out.jsonl")[0]
+        assert [(e.start, e.end, e.type) for e in out.entities] == [(0, 2, "PER"), (3, 5, "PER")]
+        assert report["outcomes"]["span/corrected"] == 1 and report["outcomes"]["span/failed"] == 1
+        assert report["outcomes"]["type/box_missing"] == 2 and "type/box_set" not in report["outcomes"]
+        usage = report["usage"]["total"]
+        assert usage["failures_by_kind"] == {"invalid_json": 1} and usage["retries_by_kind"] == {"invalid_json": 1}

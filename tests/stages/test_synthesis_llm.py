@@ -66,7 +66,8 @@ def test_llm_path_end_to_end(canned, tmp_path):
     out = run_synthesis(cfg, tmp_path / "syn.jsonl", seeds=SEEDS)
     r = out.report
     assert r.requested == 32 and r.produced == 6 + 2  # 6 Obama samples with text, 2 beach samples
-    assert r.requests == {"ok": 3, "malformed_answer": 1, "failed:invalid_json": 1}
+    # iPhone: JSON without samples does not fit the expected answer: retried, then counted as invalid
+    assert r.requests == {"ok": 2, "failed:invalid_json": 2}
     assert r.rejected_posts == {"malformed_sample": 1, "duplicate": 1, "too_short": 1}
     assert r.dropped_entities == {"generic_mention": 1, "not_found": 1, "malformed_entity": 1}
     assert r.mapped_types == {"PERSON->PER": 1, "CITY->LOC": 1, "MUSEUM->OTHER": 1}
@@ -97,11 +98,11 @@ def test_rerun_makes_no_request_and_split(canned, tmp_path):
     cfg = load_synthesis_config(overrides(canned, tmp_path, "dev_fraction=0.25"))
     first = run_synthesis(cfg, tmp_path / "syn.jsonl", seeds=SEEDS)
     sent = canned.total
-    assert sent == 4 + 1  # one request per seed, plus the retry of the non-JSON answer
+    assert sent == 4 + 2  # one request per seed, plus the retries of the two answers without samples
     second = run_synthesis(cfg, tmp_path / "syn.jsonl", seeds=SEEDS)
-    # answered requests come from the cache; only the failed one is retried (failures are not cached)
-    assert canned.total - sent == 2
-    assert second.report.requests["cached"] == 3
+    # answered requests come from the cache; only the failed ones are retried (failures are not cached)
+    assert canned.total - sent == 4
+    assert second.report.requests["cached"] == 2
     assert first.train.read_text() == second.train.read_text()
     train, dev = read_jsonl(first.train), read_jsonl(first.dev)
     assert first.dev.name == "syn.dev.jsonl" and len(train) + len(dev) == 6
@@ -159,3 +160,13 @@ def test_seeds_from_data_config_match_training_sample(tmp_path):
     assert [s.id for s in seeds] == [s.id for s in expected]
     with pytest.raises(ValueError, match="not in types"):
         load_seeds(load_synthesis_config(["data=sample", "domain=ccks_military", "max_seeds=5"]))
+
+
+def test_hostile_answer_is_an_invalid_answer(chat_server, tmp_path):
+    """A 50,000-bracket answer fails its seed's request (counted), it does not crash the run or its rerun."""
+    chat_server.responder = lambda prompt, n: "[" * 50_000 if "Obama" in prompt else json.dumps(BEACH)
+    cfg = load_synthesis_config(overrides(chat_server, tmp_path))
+    for _ in range(2):
+        out = run_synthesis(cfg, tmp_path / "syn.jsonl", seeds=SEEDS)
+        assert out.report.requests["failed:invalid_json"] == 1
+    assert len(read_jsonl(out.train)) == 2  # the beach posts, once (the other seeds' answers are duplicates)

@@ -130,3 +130,31 @@ def test_zeroshot_cli_uses_the_cache(server, tmp_path, capsys):
     mner = next(line.split() for line in out.splitlines() if line.startswith("MNER"))
     assert mner == ["MNER", "75.00", "100.00", "85.71"]  # 3 of 4 predictions right (f's "apple" is no entity)
     assert read_jsonl(tmp_path / "z.jsonl")[0].entities[1].type == "ORG"
+
+
+def test_hostile_answers_are_unparseable_not_crashes(tmp_path):
+    """Single-quoted JSON is not read as its inner box list, a 50,000-bracket answer is unparseable, and an item
+    without a bounding_box key (an image was sent) is counted."""
+    srv = ChatServer().start()
+    answers = {"a": "{'entity': 'Barack Obama', 'entity_type': 'PER', 'bounding_box': [10, 10, 50, 40]}",
+               "b": "[" * 50_000,
+               "d": json.dumps([{"entity": "Messi", "entity_type": "PER", "region": [1, 2, 30, 40]}])}
+    srv.responder = lambda prompt, n: next(answers[pid] for pid, text in POSTS.items() if f"Post: {text}\n" in prompt)
+    try:
+        images = tmp_path / "img"
+        images.mkdir()
+        for pid in answers:
+            Image.new("RGB", (200, 100), "white").save(images / f"{pid}.jpg")
+        write_jsonl([Example(pid, POSTS[pid].split(), f"{pid}.jpg") for pid in answers], tmp_path / "posts.jsonl")
+        cfg = load_zeroshot_config([f"llm.base_url={srv.base_url}", "llm.model=test-vl", "llm.api_key_env=''",
+                                    "llm.max_retries=1", "llm.backoff_base_s=0.01", f"images_dir={images}"])
+        report = run_zeroshot(cfg, tmp_path / "posts.jsonl", tmp_path / "z.jsonl", progress=False)
+        out = {p.id: p for p in read_jsonl(tmp_path / "z.jsonl")}
+        assert out["a"].meta["zeroshot"]["status"] == "unparseable" and out["a"].entities == []
+        assert out["b"].meta["zeroshot"]["status"] == "unparseable"
+        assert [(e.start, e.end, e.boxes) for e in out["d"].entities] == [(0, 1, [])]
+        assert (report["posts_ok"], report["posts_unparseable"]) == (1, 2)
+        assert report["dropped_or_changed"] == {"box_missing": 1}
+        assert report["usage"]["total"]["retries_by_kind"] == {"invalid_json": 2}
+    finally:
+        srv.stop()

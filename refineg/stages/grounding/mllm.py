@@ -11,7 +11,7 @@ from refineg.config import CONFIG_DIR
 from refineg.llm import LLMConfig, UsageMeter, build_llm_backend
 
 from .base import GROUNDERS, Grounder, GroundingQuery, GroundingResult
-from .parse import parse_answer
+from .parse import is_grounding_answer, parse_answer
 from .prompts import GroundingPrompts, build_chat
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,8 @@ class MLLMGrounder(Grounder):
             demo_ids.append([d.id for d, _, _ in demos])
         if convs:
             answers = self.llm.chat_many(convs, stage="grounding", expect_json=True, json_type=(list, dict),
-                                         items=[queries[i].post.id for i in asked], progress=False)
+                                         json_accept=is_grounding_answer, items=[queries[i].post.id for i in asked],
+                                         progress=False)
         else:
             answers = []
         for i, scale, demos, answer in zip(asked, scales, demo_ids, answers, strict=True):
@@ -91,6 +92,8 @@ class MLLMGrounder(Grounder):
             info["answer"] = answer.text
             if parsed.problems:
                 info["problems"] = parsed.problems
+            if parsed.unusable:
+                info["unusable"] = parsed.unusable
                 log.debug("post %s: grounding answer problems: %s", post.id, parsed.problems)
             results[i] = GroundingResult(parsed.boxes, "ok", info)
         return [r for r in results if r is not None]

@@ -4,7 +4,9 @@ Accepted answer shapes: a JSON array of ``{"entity", "entity_type", "bounding_bo
 ``"entities"`` of an object). ``bounding_box`` (or ``boxes`` / ``bbox``) may be one box ``[x1, y1, x2, y2]``, a list
 of boxes, ``{"xmin", "ymin", "xmax", "ymax"}``, or ``[]`` / ``null`` / ``"Null"`` / ``"none"`` for no box. Items are
 matched to the asked entities by name (case and spacing ignored), else by position. Anything malformed gives no
-box for that item and a problem note; nothing raises.
+box for that item and a problem note; nothing raises. An item without any box key (say ``"region"``) is a
+problem too, not a silent "none". :func:`is_grounding_answer` tells a decoded value of this shape from other JSON in
+the answer (a box list in the reasoning, say), so that the LLM layer takes the right one or asks again.
 """
 
 from __future__ import annotations
@@ -30,11 +32,32 @@ class ParsedAnswer:
         boxes: Per asked entity (same order), boxes in original pixels (``[]`` = none).
         problems: Human-readable notes (``"item 2: malformed box ..."``); empty for a clean answer.
         dropped: Boxes dropped as malformed, inverted, degenerate or too large.
+        unusable: Indices of asked entities left without a box because their part of the answer could not be
+            used (no item for them, no box key, only unreadable or dropped boxes), as opposed to an explicit none.
     """
 
     boxes: list[list[Box]]
     problems: list[str] = field(default_factory=list)
     dropped: int = 0
+    unusable: list[int] = field(default_factory=list)
+
+
+def _is_item(value: Any) -> bool:
+    return isinstance(value, dict) and ("entity" in value or any(k in value for k in _BOX_KEYS))
+
+
+def is_grounding_answer(answer: Any) -> bool:
+    """Whether a decoded JSON value has the shape of a grounding answer (see the module docstring).
+
+    A list that is empty or holds at least one object with an ``entity`` or box key; or an object wrapping such a
+    list under ``entities`` / ``results`` / ``answer``; or one such object.
+    """
+    if isinstance(answer, dict):
+        inner = next((answer[k] for k in ("entities", "results", "answer") if isinstance(answer.get(k), list)), None)
+        if inner is None:
+            return _is_item(answer)
+        answer = inner
+    return isinstance(answer, list) and (not answer or any(_is_item(x) for x in answer))
 
 
 def _norm(name: Any) -> str:
@@ -154,13 +177,22 @@ def parse_answer(answer: Any, entities: Sequence[tuple[str, str]], scale: ImageS
             out.problems.append(f"item {pos}: no entity name and no free position")
             continue
         assigned[target] = True
-        value = next((item[k] for k in _BOX_KEYS if k in item), None)
-        cands, bad = raw_boxes(value)
+        key = next((k for k in _BOX_KEYS if k in item), None)
+        if key is None:
+            out.problems.append(f"item {pos}: no box key (keys {sorted(map(str, item))[:6]}; expected "
+                                f"{' / '.join(_BOX_KEYS)})")
+            out.unusable.append(target)
+            continue
+        cands, bad = raw_boxes(item[key])
         kept, dropped = clean_boxes(cands, scale, max_boxes, min_side, max_area_fraction)
         out.problems.extend(f"item {pos}: {p}" for p in bad + dropped)
         out.dropped += len(bad) + len(dropped)
         out.boxes[target] = kept
-    missing = [entities[i][0] for i, a in enumerate(assigned) if not a]
+        if not kept and (bad or dropped):
+            out.unusable.append(target)
+    missing = [i for i, a in enumerate(assigned) if not a]
     if missing:
-        out.problems.append(f"no answer for {missing}")
+        out.problems.append(f"no answer for {[entities[i][0] for i in missing]}")
+        out.unusable.extend(missing)
+    out.unusable.sort()
     return out

@@ -29,8 +29,11 @@ from .selector import ContextSelector
 
 log = logging.getLogger(__name__)
 
-#: Why an entity has no box (``meta["grounding"]["reasons"]``); ``grounded`` when it has one.
-REASONS = ("grounded", "never_grounded_type", "below_groundability", "no_image", "model_none", "failed")
+#: Why an entity has no box (``meta["grounding"]["reasons"]``); ``grounded`` when it has one. ``model_none``: the
+#: answer said none; ``answer_problem``: the answer's part for the entity was missing or unusable (no box key,
+#: malformed or dropped boxes; see ``meta["grounding"]["problems"]``).
+REASONS = ("grounded", "never_grounded_type", "below_groundability", "no_image", "model_none", "answer_problem",
+           "failed")
 
 
 def grounder_kwargs(cfg: GroundConfig, run_dir: Path) -> dict[str, Any]:
@@ -160,12 +163,14 @@ def ground_chunk(posts: Sequence[Example], cfg: GroundConfig, grounder: Grounder
             if len(res.boxes) != len(ask):
                 raise RuntimeError(f"grounder {grounder.label!r}: post {post.id} got {len(res.boxes)} box lists "
                                    f"for {len(ask)} entities")
-            for j, boxes in zip(ask, res.boxes, strict=True):
+            unusable = set(res.info.get("unusable", ()))
+            for k, (j, boxes) in enumerate(zip(ask, res.boxes, strict=True)):
                 post.entities[j].boxes = [list(map(float, b)) for b in boxes]
+                none = "answer_problem" if k in unusable else "model_none"
                 reasons[j] = ("grounded" if boxes else
-                              {"failed": "failed", "no_image": "no_image"}.get(res.status, "model_none"))
+                              {"failed": "failed", "no_image": "no_image"}.get(res.status, none))
             meta["status"] = res.status
-            meta.update({k: v for k, v in res.info.items() if k != "cached"})
+            meta.update({k: v for k, v in res.info.items() if k not in ("cached", "unusable")})
         else:
             meta["status"] = "not_asked"
         meta["reasons"] = reasons

@@ -110,12 +110,14 @@ class MLLMBackend(RefinementBackend):
         self.llm = build_llm_backend(cfg.llm, run_dir=run_dir)
         self.label = f"mllm {cfg.llm.backend}:{cfg.llm.model}"
 
-    def _ask(self, convs: list, queries: Sequence[Query]) -> list[Answer]:
+    def _ask(self, convs: list, queries: Sequence[Query], keys: tuple[str, ...]) -> list[Answer]:
         if not convs:
             return []
         items = [f"{q.post.id}:{q.entity.start}-{q.entity.end}" for q in queries]
-        results = self.llm.chat_many(convs, stage="refinement", expect_json=True, json_type=dict, items=items,
-                                     progress=False)
+        # the answer is the JSON object with one of the check's keys (not an object from the reasoning); an
+        # answer without one is invalid, retried and counted by the LLM layer
+        results = self.llm.chat_many(convs, stage="refinement", expect_json=True, json_type=dict,
+                                     json_accept=lambda v: any(k in v for k in keys), items=items, progress=False)
         return [Answer("ok", r.parsed) if r.ok else Answer(r.status, None, r.error) for r in results]
 
     def span_check(self, queries: Sequence[Query], types: list[str]) -> list[Answer]:  # noqa: D102
@@ -124,7 +126,7 @@ class MLLMBackend(RefinementBackend):
             text = self.prompts.span(q.post.tokens, q.entity.text(q.post.tokens), q.entity.type, types)
             parts = [q.image, text] if q.image is not None else [text]
             convs.append([system(self.prompts.system), user(*parts)])
-        return self._ask(convs, queries)
+        return self._ask(convs, queries, ("corrected_entity",))
 
     def type_check(self, queries: Sequence[Query], types: list[str]) -> list[Answer]:  # noqa: D102
         convs, scales = [], []
@@ -135,7 +137,7 @@ class MLLMBackend(RefinementBackend):
             parts = [q.image, text] if q.image is not None else [text]
             convs.append([system(self.prompts.system), user(*parts)])
             scales.append(scale)
-        answers = self._ask(convs, queries)
+        answers = self._ask(convs, queries, ("corrected_type", "corrected_bounding_box"))
         for ans, scale in zip(answers, scales):
             box = ans.parsed.get("corrected_bounding_box") if ans.ok else None
             if isinstance(box, list):

@@ -95,7 +95,8 @@ def merge_type(ent: Entity, answer: Answer, types: list[str], use_boxes: bool, h
 
     Returns:
         Outcomes: one of ``failed``, ``budget_exhausted``, ``type_kept``, ``retyped``, ``invalid_type``, and,
-        when boxes are used and the post has an image, one of ``box_set``, ``box_null``, ``box_invalid``.
+        when boxes are used and the post has an image, one of ``box_set``, ``box_null``, ``box_invalid``,
+        ``box_missing`` (the answer has no ``corrected_bounding_box``; the boxes stay as they were).
     """
     if not answer.ok:
         return ["budget_exhausted" if answer.status == "budget_exhausted" else "failed"]
@@ -107,7 +108,9 @@ def merge_type(ent: Entity, answer: Answer, types: list[str], use_boxes: bool, h
         ent.type = new
     else:
         out.append("invalid_type")
-    if use_boxes and has_image and "corrected_bounding_box" in answer.parsed:
+    if use_boxes and has_image and "corrected_bounding_box" not in answer.parsed:
+        out.append("box_missing")
+    elif use_boxes and has_image:
         box = answer.parsed["corrected_bounding_box"]
         if is_null(box):
             ent.boxes = []

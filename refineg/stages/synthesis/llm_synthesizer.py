@@ -18,6 +18,15 @@ logger = logging.getLogger(__name__)
 _LIST_KEYS = ("samples", "posts", "data", "texts", "results", "items", "output")
 
 
+def is_samples_answer(parsed: Any) -> bool:
+    """Whether a decoded JSON value has the shape :func:`parse_answer` reads (samples with a ``text``, or none)."""
+    if isinstance(parsed, dict):
+        if "text" in parsed:
+            return True
+        parsed = next((parsed[k] for k in _LIST_KEYS if isinstance(parsed.get(k), list)), None)
+    return isinstance(parsed, list) and (not parsed or any(isinstance(i, dict) and "text" in i for i in parsed))
+
+
 def parse_answer(parsed: Any, report: SynthesisReport) -> list[tuple[str, list[tuple[str, str]]]] | None:
     """Reads the samples of one answer: ``[{"text": str, "entity": [{"name": str, "type": str}]}]``.
 
@@ -107,7 +116,8 @@ class LLMSynthesizer:
         backend = build_llm_backend(self.config, run_dir=self.run_dir)
         try:
             results = backend.chat_many(conversations, stage="synthesis", expect_json=True, json_type=(list, dict),
-                                        items=[s.id for s in seeds], progress=self.progress)
+                                        json_accept=is_samples_answer, items=[s.id for s in seeds],
+                                        progress=self.progress)
         finally:
             backend.close()
         base_meta = {"synthesizer": self.name, "backend": self.config.backend, "model": self.config.model,

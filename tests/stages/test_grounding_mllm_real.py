@@ -197,7 +197,7 @@ def _check_on_gold(summary: dict, grounded: list[Example], queries, never_ground
         k: counts[k] for k in ("entities", "grounded", "boxes")}
     assert summary["none_by_reason"] == {"never_grounded_type": counts["never_grounded_type"],
                                          "below_groundability": 0, "no_image": 0,
-                                         "model_none": counts["model_none"], "failed": 0}
+                                         "model_none": counts["model_none"], "answer_problem": 0, "failed": 0}
     assert summary["mllm"]["requests"] == len(queries) and summary["mllm"]["ok"] == len(queries)
     return ious
 

@@ -8,9 +8,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def main(argv: list[str]) -> int:
-    """Loads the config from ``key=value`` overrides and runs training."""
+    """Loads the config from ``key=value`` overrides and runs training.
+
+    A config error and the expected errors of :mod:`refineg.errors` (bad data, an empty training file, a missing
+    file) print one ``error: ...`` line and return 2.
+    """
     from refineg.config import load_config
-    from refineg.training import print_summary, train
+    from refineg.errors import run_reporting_errors
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -18,6 +22,12 @@ def main(argv: list[str]) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    return run_reporting_errors(lambda: _train(cfg))
+
+
+def _train(cfg) -> int:
+    from refineg.training import print_summary, train
+
     result = train(cfg)
     if "dev" in result:
         print_summary(result)

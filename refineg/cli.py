@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from refineg.data import DataFormatError, ReadReport, create_data_format, read_jsonl
+from refineg.errors import UsageError, run_reporting_errors
 
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
@@ -38,7 +39,9 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", required=True, help="input format: twitter-gmner, conll, ccks, jsonl or "
                                                    "flickr30k-entities")
     p.add_argument("--txt", help="CoNLL txt file (twitter-gmner, conll)")
-    p.add_argument("--xml-dir", help="Pascal-VOC xml folder (twitter-gmner)")
+    p.add_argument("--xml-dir", help="Pascal-VOC xml folder (twitter-gmner; required unless --text-only)")
+    p.add_argument("--text-only", action="store_true", help="twitter-gmner without --xml-dir: write every entity "
+                                                            "without boxes")
     p.add_argument("--text-json", help="sample_text.json (ccks)")
     p.add_argument("--entity-json", help="sample_entity.json (ccks)")
     p.add_argument("--input", help="canonical JSONL (jsonl); the dataset folder (flickr30k-entities)")
@@ -58,6 +61,9 @@ def convert(args: argparse.Namespace) -> int:
     if writer is None:
         raise SystemExit(f"error: format {args.to!r} is read-only; choose another --to")
     if args.format == "twitter-gmner":
+        if not args.xml_dir and not args.text_only:
+            raise UsageError("--xml-dir is required for --format twitter-gmner (its boxes are there); pass "
+                             "--text-only to convert the text without any box")
         examples = create_data_format("twitter-gmner").reader(_need(args, "txt"), args.xml_dir, report=report)
     elif args.format == "conll":
         examples = create_data_format("conll").reader(_need(args, "txt"), type_map=_parse_type_map(args.type_map))
@@ -65,6 +71,8 @@ def convert(args: argparse.Namespace) -> int:
         examples = create_data_format("ccks").reader(_need(args, "text_json"), args.entity_json, report=report)
     elif args.format == "flickr30k-entities":
         examples = create_data_format(args.format).reader(_need(args, "input"), report=report)
+    elif args.format == "jsonl":
+        examples = read_jsonl(_need(args, "input"), report=report)
     else:
         examples = create_data_format(args.format).reader(_need(args, "input"))
     if args.to == "twitter-gmner":
@@ -98,10 +106,14 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
 
 @subcommand("evaluate", "GMNER / MNER / EEG precision, recall and F1 of predictions against gold", _evaluate_args)
 def evaluate(args: argparse.Namespace) -> int:
-    """Scores ``--pred`` against ``--gold`` and prints a table or JSON."""
+    """Scores ``--pred`` against ``--gold`` and prints a table or JSON.
+
+    Gold files are strict; predictions may hold overlapping or duplicate entities, which are scored (each
+    predicted triple counts, a duplicate is a false positive) and counted.
+    """
     from refineg.metrics import evaluate_examples
 
-    golds, preds = read_jsonl(args.gold), read_jsonl(args.pred)
+    golds, preds = read_jsonl(args.gold), read_jsonl(args.pred, allow_overlaps=True)
     try:
         result = evaluate_examples(golds, preds, match=args.match)
     except ValueError as err:
@@ -110,6 +122,11 @@ def evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=None))
     else:
         print(format_scores(result))
+        overlaps = result["overlapping_predictions"]
+        if overlaps["entities"]:
+            posts = f"{overlaps['posts']} post{'s' if overlaps['posts'] != 1 else ''}"
+            print(f"\nnote: {overlaps['entities']} predicted entities (in {posts}) overlap or repeat an earlier one; "
+                  "each was scored (a duplicate is a false positive)")
     return 0
 
 
@@ -182,6 +199,10 @@ def predict(args: argparse.Namespace) -> int:
             if args.limit < 1:
                 raise SystemExit(f"--limit must be >= 1, got {args.limit}")
             examples = examples[:args.limit]
+    if args.runtime == "onnx":
+        from refineg.onnx_runtime import require_onnxruntime
+
+        require_onnxruntime()  # before loading anything
     cpu_only = args.quantize or args.runtime == "onnx"
     device = args.device or ("cpu" if cpu_only else "cuda" if torch.cuda.is_available() else "cpu")
     predictor = TaggerPredictor.from_checkpoint(args.ckpt, batch_size=args.batch_size, max_length=args.max_length,
@@ -343,6 +364,8 @@ def ground_cmd(args: argparse.Namespace) -> int:
 
     try:
         summary = run_ground(args.pred, args.pool, args.out, args.images, args.overrides)
+    except DataFormatError:
+        raise  # status 2, as every data error
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
     print(f"grounder: {summary['grounder']}\nselector: {summary['selector']}")
@@ -385,6 +408,8 @@ def fit_region_scorer_cmd(args: argparse.Namespace) -> int:
     try:
         cfg = load_fit_config(overrides)
         report = fit_region_scorer(cfg, args.data, args.images, args.out)
+    except DataFormatError:
+        raise  # status 2, as every data error
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     dev = report["dev"]
@@ -624,16 +649,16 @@ def quiet_chatty_loggers(verbose: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``refineg`` console script; data errors exit with status 2 and a one-line message."""
+    """Entry point of the ``refineg`` console script.
+
+    Expected errors (bad data, a missing file or checkpoint, a missing extra, a replay cache miss:
+    :mod:`refineg.errors`) exit with status 2 and a one-line message.
+    """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     quiet_chatty_loggers(args.verbose)
-    try:
-        return args.run(args)
-    except (DataFormatError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_reporting_errors(lambda: args.run(args))
 
 
 if __name__ == "__main__":

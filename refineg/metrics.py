@@ -149,19 +149,33 @@ def evaluate_examples(golds: Sequence[Example], preds: Sequence[Example], types:
                       match: str = "span") -> dict:
     """Scores predictions against gold posts matched by id.
 
-    A gold post with no prediction counts as predicted empty; a predicted id absent from gold is an error.
+    A gold post with no prediction counts as predicted empty; a predicted id absent from gold is an error, and so
+    is (with ``match="span"``) a prediction whose tokens differ from its gold post's. Overlapping and duplicate
+    predicted entities are scored like any other: every predicted triple counts, so a duplicate is a false
+    positive; ``overlapping_predictions`` says how many there were.
 
     Returns:
         ``{"gmner": {"precision", "recall", "f1"}, "mner": {...}, "eeg": {...}, "per_type": {type: {"gmner_f1",
-        "mner_f1", "support"}}, "counts": {...}}`` with fractions in [0, 1].
+        "mner_f1", "support"}}, "counts": {...}, "overlapping_predictions": {"entities", "posts"}}`` with fractions
+        in [0, 1].
 
     Raises:
-        ValueError: Predicted ids that are not in the gold data (the first few are named).
+        ValueError: Predicted ids that are not in the gold data (the first few are named), or predicted tokens that
+            differ from the gold tokens (span matching; the post is named).
     """
     by_id = {p.id: p for p in preds}
     extra = [i for i in by_id if i not in {g.id for g in golds}]
     if extra:
         raise ValueError(f"{len(extra)} predicted post id(s) are not in the gold data, e.g. {extra[:5]}")
+    if match == "span":
+        for g in golds:
+            p = by_id.get(g.id)
+            if p is not None and list(p.tokens) != list(g.tokens):
+                at = next((i for i, (a, b) in enumerate(zip(p.tokens, g.tokens)) if a != b),
+                          min(len(p.tokens), len(g.tokens)))
+                raise ValueError(f"post {g.id}: predicted tokens differ from the gold tokens (from token {at}: "
+                                 f"{p.tokens[at:at + 3]} vs {g.tokens[at:at + 3]}); spans would not mean the same "
+                                 "words")
     if types is None:
         types = sorted({e.type for ex in list(golds) + list(preds) for e in ex.entities})
     aligned = [by_id.get(g.id) or Example(id=g.id, tokens=g.tokens, source="predicted") for g in golds]
@@ -176,9 +190,19 @@ def evaluate_examples(golds: Sequence[Example], preds: Sequence[Example], types:
     }
     result["counts"] = {task: dict(zip(("tp", "predicted", "gold"), map(int, counts[t].sum(0))))
                         for t, task in enumerate(TASKS)}
+    overlaps = [count_overlaps(p) for p in preds]
+    result["overlapping_predictions"] = {"entities": sum(overlaps), "posts": sum(1 for n in overlaps if n)}
     result["grounding"] = grounding_accuracy(golds, aligned)
     return result
 
+
+def count_overlaps(example: Example) -> int:
+    """Entities of ``example`` that overlap or repeat an earlier one (in start order)."""
+    n, last_end = 0, 0
+    for ent in sorted(example.entities, key=lambda e: e.start):
+        n += ent.start < last_end
+        last_end = max(last_end, ent.end)
+    return n
 
 def grounding_accuracy(golds: Sequence[Example], preds: Sequence[Example], iou_threshold: float = 0.5) -> dict:
     """Phrase-grounding accuracy of predictions aligned with ``golds`` (same order).

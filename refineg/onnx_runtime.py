@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from refineg.errors import MissingExtraError
 from refineg.modules.tagger import SequenceTagger
 
 logger = logging.getLogger(__name__)
@@ -66,11 +67,11 @@ def export_logs_as_debug() -> Iterator[None]:
 
 
 def require_onnxruntime():
-    """Imports ``onnxruntime`` or raises an ImportError that names the pip command."""
+    """Imports ``onnxruntime``, or raises a :class:`~refineg.errors.MissingExtraError` that names the pip command."""
     try:
         import onnxruntime
     except ImportError:
-        raise ImportError(f"runtime='onnx' needs onnxruntime; {INSTALL_HINT}") from None
+        raise MissingExtraError(f"runtime='onnx' needs onnxruntime; {INSTALL_HINT}") from None
     return onnxruntime
 
 
@@ -133,7 +134,7 @@ def export_emission_graph(tagger: SequenceTagger, example: dict[str, Tensor], pa
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError as err:
-        raise ImportError(f"exporting to ONNX needs {err.name}; {INSTALL_HINT}") from None
+        raise MissingExtraError(f"exporting to ONNX needs {err.name}; {INSTALL_HINT}") from None
     with warnings.catch_warnings(), torch.no_grad(), export_logs_as_debug():
         warnings.simplefilter("ignore")
         torch.onnx.export(graph, args, str(tmp), input_names=list(INPUTS), output_names=outputs,

@@ -6,16 +6,37 @@ A checkpoint with a groundability head also fills :attr:`refineg.data.schema.Ent
 from __future__ import annotations
 
 import copy
+import pickle
+import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from refineg.data import Example
+from refineg.data import DataFormatError, Example
 from refineg.datamodules.encoding import PostCollator, encode_posts
 from refineg.modules.backbones import resolve_encoder
 from refineg.modules.tagger_module import TaggerModule
+
+
+def load_tagger(path: str | Path) -> TaggerModule:
+    """The :class:`TaggerModule` of a checkpoint written by ``train.py``, on the CPU.
+
+    Raises:
+        DataFormatError: The file is missing, is not a PyTorch checkpoint (``torch.save`` writes zip archives), or
+            is one without a tagger's hyper-parameters.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(path, "checkpoint not found")
+    if not zipfile.is_zipfile(path):
+        raise DataFormatError(path, "not a PyTorch checkpoint (expected a .ckpt file written by train.py)")
+    try:
+        return TaggerModule.load_from_checkpoint(str(path), map_location="cpu", weights_only=False)
+    except (KeyError, TypeError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        raise DataFormatError(path, f"not a tagger checkpoint written by train.py ({type(err).__name__}: {err})") \
+            from None
 
 
 class TaggerPredictor:
@@ -72,9 +93,8 @@ class TaggerPredictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> TaggerPredictor:
-        """Loads a Lightning checkpoint written by ``train.py``."""
-        module = TaggerModule.load_from_checkpoint(str(path), map_location="cpu", weights_only=False)
-        return cls(module, **kwargs)
+        """Loads a Lightning checkpoint written by ``train.py`` (see :func:`load_tagger`)."""
+        return cls(load_tagger(path), **kwargs)
 
     def batches(self, examples: Sequence[Example], progress: bool = False, desc: str = "tagging",
                 labels: bool = False) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:

@@ -15,25 +15,22 @@ from pathlib import Path
 from typing import Any
 
 from refineg.data.errors import DataFormatError, ReadReport
-from refineg.data.schema import Entity, Example
+from refineg.data.files import load_json
+from refineg.data.schema import Entity, Example, box_problem, clip_box
 from refineg.data.tokenize import locate_spans, word_tokenize
 
 CCKS_TYPES = ("vehicle", "aircraft", "vessel", "weapon", "location", "other")
 
 
 def _load_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise DataFormatError(path, "file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataFormatError(path, f"invalid JSON ({err.msg})", line=err.lineno) from None
+    data = load_json(path)
     if not isinstance(data, dict):
         raise DataFormatError(path, "expected a JSON object keyed by post id")
     return data
 
 
-def _parse_box(raw: Any, path: Path, post_id: str) -> list[float] | None:
+def _parse_box(raw: Any, path: Path, post_id: str, report: ReadReport) -> list[float] | None:
+    """The box of one entry; negative coordinates are clipped to 0 (warning ``box_outside_image``)."""
     if raw in (None, "", "Null", "null", [], {}):
         return None
     try:
@@ -41,9 +38,17 @@ def _parse_box(raw: Any, path: Path, post_id: str) -> list[float] | None:
             else [float(v) for v in raw]
     except (KeyError, TypeError, ValueError):
         raise DataFormatError(path, f"non-numeric or incomplete box {raw!r}", record=post_id) from None
-    if len(box) != 4 or not (box[0] < box[2] and box[1] < box[3]):
-        raise DataFormatError(path, f"inverted or malformed box {raw!r}", record=post_id)
-    return box
+    problem = box_problem(box)
+    if problem is not None:
+        raise DataFormatError(path, f"{problem} (from {raw!r})", record=post_id)
+    clipped = clip_box(box, None)
+    if clipped is None:
+        raise DataFormatError(path, f"box {box} lies entirely outside the image (negative coordinates)",
+                              record=post_id)
+    if clipped != box:
+        report.warn("box_outside_image", f"{path} [id {post_id}]: box {box} has negative coordinates; clipped to "
+                                         f"{clipped}")
+    return clipped
 
 
 def read_ccks(text_json: str | Path, entity_json: str | Path | None, types: Iterable[str] | None = CCKS_TYPES,
@@ -54,11 +59,14 @@ def read_ccks(text_json: str | Path, entity_json: str | Path | None, types: Iter
         text_json: ``sample_text.json``.
         entity_json: ``sample_entity.json`` (``None`` for unlabelled test posts).
         types: Allowed labels (``None`` allows any).
-        report: Collects ``entity_not_found`` warnings (names absent from the text are dropped and counted).
+        report: Collects ``entity_not_found`` warnings (names absent from the text are dropped and counted) and
+            ``box_outside_image`` ones (negative coordinates are clipped to 0).
         source: Source recorded on every example.
 
     Raises:
-        DataFormatError: Missing file, bad JSON, bad box, unknown label, or an entity post id without text.
+        DataFormatError: Missing file, bytes that are not UTF-8, bad JSON, a bad box (non-numeric, not finite,
+            inverted, entirely at negative coordinates), unknown label, entities that are not a list, or an entity
+            post id without text.
     """
     report = report if report is not None else ReadReport()
     text_path, entity_path = Path(text_json), Path(entity_json) if entity_json is not None else None
@@ -76,7 +84,10 @@ def read_ccks(text_json: str | Path, entity_json: str | Path | None, types: Iter
             raise DataFormatError(text_path, "expected {\"text\": str}", record=post_id)
         tokens = word_tokenize(text)
         grouped: dict[tuple[str, str], list[list[float]]] = {}
-        for item in labels.get(post_id, []):
+        items = labels.get(post_id, [])
+        if not isinstance(items, list):
+            raise DataFormatError(entity_path, f"expected a list of entities, got {items!r}", record=post_id)
+        for item in items:
             if not isinstance(item, dict) or "name" not in item or "label" not in item:
                 raise DataFormatError(entity_path, f"entity needs 'name' and 'label': {item!r}", record=post_id)
             label = str(item["label"])
@@ -84,7 +95,7 @@ def read_ccks(text_json: str | Path, entity_json: str | Path | None, types: Iter
                 raise DataFormatError(entity_path, f"unknown label {label!r}; allowed: {sorted(allowed)}",
                                       record=post_id)
             boxes = grouped.setdefault((str(item["name"]), label), [])
-            box = _parse_box(item.get("bnd", item.get("bndbox")), entity_path, post_id)
+            box = _parse_box(item.get("bnd", item.get("bndbox")), entity_path, post_id, report)
             if box is not None and box not in boxes:
                 boxes.append(box)
         keys = list(grouped)

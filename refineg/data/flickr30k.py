@@ -22,6 +22,7 @@ from defusedxml import ElementTree as SafeET
 from PIL import Image, UnidentifiedImageError
 
 from refineg.data.errors import DataFormatError, ReadReport
+from refineg.data.files import inside_folder, read_text
 from refineg.data.schema import Box, Entity, Example
 
 FLICKR30K_TYPES = ("people", "clothing", "bodyparts", "animals", "vehicles", "instruments", "scene", "other",
@@ -128,15 +129,15 @@ def read_boxes(xml_path: Path, image_path: Path, report: ReadReport) -> tuple[di
 def read_image_ids(root: Path) -> list[str]:
     """The image ids of ``root/ids.txt`` in file order (blank lines skipped; duplicates are an error)."""
     path = root / "ids.txt"
-    if not path.is_file():
-        raise DataFormatError(path, "file not found")
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(read_text(path).splitlines(), start=1):
         image_id = line.strip()
         if image_id in seen:
             raise DataFormatError(path, f"duplicate image id {image_id!r} (first on line {seen[image_id]})",
                                   line=lineno)
         if image_id:
+            inside_folder(root / "images", f"{image_id}.jpg", "image id's file", file_name=True, source=path,
+                          line=lineno)
             seen[image_id] = lineno
     return list(seen)
 
@@ -157,18 +158,19 @@ def read_flickr30k_entities(root: str | Path, report: ReadReport | None = None, 
 
     Raises:
         DataFormatError: See :func:`parse_caption` and :func:`read_boxes`; also a missing ``ids.txt`` or
-            ``Sentences`` file.
+            ``Sentences`` file, bytes that are not UTF-8, or an image id that is not a plain file name.
     """
     report = report if report is not None else ReadReport()
     root, types = Path(root), set(types)
     examples = []
     for image_id in (read_image_ids(root) if ids is None else [str(i) for i in ids]):
-        sentences = root / "Sentences" / f"{image_id}.txt"
-        if not sentences.is_file():
-            raise DataFormatError(sentences, "file not found")
-        boxes, size = read_boxes(root / "Annotations" / f"{image_id}.xml", root / "images" / f"{image_id}.jpg",
-                                 report)
-        for index, line in enumerate(sentences.read_text(encoding="utf-8").splitlines()):
+        sentences, annotations, image = (inside_folder(root / folder, f"{image_id}{suffix}", "image id's file",
+                                                       file_name=True)
+                                         for folder, suffix in (("Sentences", ".txt"), ("Annotations", ".xml"),
+                                                                ("images", ".jpg")))
+        captions = read_text(sentences).splitlines()
+        boxes, size = read_boxes(annotations, image, report)
+        for index, line in enumerate(captions):
             if not line.strip():
                 continue
             tokens, phrases = parse_caption(line, sentences, index + 1, types)

@@ -12,12 +12,14 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from pathlib import Path
 
+from defusedxml import DefusedXmlException
 from defusedxml import ElementTree as SafeET
 
 from refineg.data.bio import tags_to_entities
 from refineg.data.conll import iter_conll_posts, write_conll
 from refineg.data.errors import DataFormatError, ReadReport
-from refineg.data.schema import Box, Example
+from refineg.data.files import inside_folder
+from refineg.data.schema import Box, Example, box_problem
 
 TWITTER_GMNER_TYPES = ("PER", "LOC", "ORG", "OTHER")
 
@@ -35,12 +37,13 @@ def read_voc_xml(path: Path, report: ReadReport) -> tuple[tuple[int, int] | None
         out of the stated image size are clipped to it and counted as ``box_outside_image`` warnings.
 
     Raises:
-        DataFormatError: Unparsable xml, a missing or non-numeric coordinate, or an inverted box.
+        DataFormatError: Unparsable xml (entities and DTDs included), a missing, non-numeric or infinite coordinate,
+            or an inverted box.
     """
     try:
         root = SafeET.parse(path).getroot()
-    except (ET.ParseError, SafeET.ParseError) as err:
-        raise DataFormatError(path, f"invalid xml ({err})") from None
+    except (ET.ParseError, DefusedXmlException) as err:  # entities and DTDs are refused by defusedxml
+        raise DataFormatError(path, f"invalid xml ({err})", line=getattr(err, "position", (None,))[0]) from None
     size = None
     size_el = root.find("size")
     if size_el is not None:
@@ -61,8 +64,9 @@ def read_voc_xml(path: Path, report: ReadReport) -> tuple[tuple[int, int] | None
         except (TypeError, ValueError):
             values = [bnd.findtext(k) for k in ("xmin", "ymin", "xmax", "ymax")]
             raise DataFormatError(path, f"{where}: non-numeric or missing box coordinate {values}") from None
-        if not (box[0] < box[2] and box[1] < box[3]):
-            raise DataFormatError(path, f"{where}: inverted or empty box {box}")
+        problem = box_problem(box)
+        if problem is not None:
+            raise DataFormatError(path, f"{where}: {problem}")
         if size is not None:
             clipped = [max(0.0, min(box[0], size[0])), max(0.0, min(box[1], size[1])),
                        max(0.0, min(box[2], size[0])), max(0.0, min(box[3], size[1]))]
@@ -87,7 +91,8 @@ def read_twitter_gmner(txt: str | Path, xml_dir: str | Path | None, types: Itera
         report: Collects warnings (``xml_object_unmatched``, ``box_outside_image``, ...); a fresh one if ``None``.
 
     Raises:
-        DataFormatError: See :func:`refineg.data.conll.iter_conll_posts` and :func:`read_voc_xml`.
+        DataFormatError: See :func:`refineg.data.conll.iter_conll_posts` and :func:`read_voc_xml`; also a post id
+            that would name an xml file outside ``xml_dir`` (``IMGID:../x``).
     """
     report = report if report is not None else ReadReport()
     xml_dir = Path(xml_dir) if xml_dir is not None else None
@@ -97,7 +102,10 @@ def read_twitter_gmner(txt: str | Path, xml_dir: str | Path | None, types: Itera
     for post in iter_conll_posts(txt, types=types):
         example = Example(id=post.id, tokens=post.tokens, image=f"{post.id}.jpg",
                           entities=tags_to_entities(post.tags))
-        xml_path = xml_dir / f"{post.id}.xml" if xml_dir is not None else None
+        xml_path = None
+        if xml_dir is not None:
+            xml_path = inside_folder(xml_dir, f"{post.id}.xml", "post id's xml file", file_name=True, source=txt,
+                                     line=post.line)
         if xml_path is not None and xml_path.is_file():
             example.image_size, objects = read_voc_xml(xml_path, report)
             by_name: dict[str, list] = {}
@@ -142,11 +150,18 @@ def write_voc_xml(example: Example, path: Path) -> None:
 
 
 def write_twitter_gmner(examples: Iterable[Example], txt: str | Path, xml_dir: str | Path) -> None:
-    """Writes a Twitter-GMNER split: the CoNLL ``txt`` and one xml per post that has a box."""
+    """Writes a Twitter-GMNER split: the CoNLL ``txt`` and one xml per post that has a box.
+
+    Raises:
+        DataFormatError: A post id that is not a plain file name (``../x``, ``a/b``: its xml would land outside or
+            below ``xml_dir``), or see :func:`refineg.data.conll.write_conll`; nothing is written then.
+    """
     examples = list(examples)
-    write_conll(examples, txt)
     xml_dir = Path(xml_dir)
+    xml_paths = [inside_folder(xml_dir, f"{ex.id}.xml", "post id's xml file", file_name=True, record=ex.id)
+                 if any(ent.boxes for ent in ex.entities) else None for ex in examples]
+    write_conll(examples, txt)
     xml_dir.mkdir(parents=True, exist_ok=True)
-    for ex in examples:
-        if any(ent.boxes for ent in ex.entities):
-            write_voc_xml(ex, xml_dir / f"{ex.id}.xml")
+    for ex, path in zip(examples, xml_paths):
+        if path is not None:
+            write_voc_xml(ex, path)

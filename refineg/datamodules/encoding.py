@@ -16,6 +16,7 @@ from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
 from refineg.data.bio import entities_to_tags
+from refineg.data.files import inside_folder
 from refineg.data.schema import Example
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,10 @@ def encode_posts(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase
     Words cut off by ``max_length`` are dropped from the encoding (the decoder tags them ``O``).
     ``label_ids=None`` encodes without labels (prediction). With ``image_dir`` each post records
     ``image_dir / example.image``.
+
+    Raises:
+        KeyError: With labels, an entity type outside ``label_ids`` (the post is named).
+        DataFormatError: An image name that would leave ``image_dir``.
     """
     out: list[EncodedPost] = []
     type_ids = {t[2:]: i for i, t in enumerate(t for t in (label_ids or {}) if t.startswith("B-"))}
@@ -106,6 +111,10 @@ def encode_posts(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase
             entities = []
             if label_ids is not None:
                 tags = entities_to_tags(len(ex.tokens), ex.entities)[:kept]
+                unknown = next((t for t in tags if t not in label_ids), None)
+                if unknown is not None:
+                    raise KeyError(f"post {ex.id}: entity type {unknown[2:]!r} is not one of the tagger's types "
+                                   f"{sorted(type_ids)}")
                 labels = [label_ids[t] for t in tags]
                 entities = [(e.start, e.end, type_ids[e.type], int(bool(e.boxes))) for e in ex.entities
                             if e.end <= kept and e.type in type_ids]
@@ -115,7 +124,8 @@ def encode_posts(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase
                 index=lo + k, input_ids=enc["input_ids"][k], word_starts=starts, word_pieces=pieces,
                 casing=[casing_class(t) for t in ex.tokens[:kept]], labels=labels,
                 weight=1.0 if weights is None else float(weights[lo + k]),
-                image=str(Path(image_dir) / ex.image) if image_dir and ex.image else None,
+                image=str(inside_folder(image_dir, ex.image, "image", record=ex.id)) if image_dir and ex.image
+                else None,
                 word_ends=[max(hi, first + 1) for (_, hi), first in zip(pieces, starts)], entities=entities))
     return out
 

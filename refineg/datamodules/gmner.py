@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
 from refineg.config import DataConfig, resolve_data_root
-from refineg.data import Example, ReadReport, bio_labels, read_jsonl
+from refineg.data import DataFormatError, Example, ReadReport, bio_labels, read_jsonl
 from refineg.data.formats import create_data_format
 from refineg.datamodules.encoding import EncodedPost, PostCollator, encode_posts
 from refineg.datamodules.samplers import BucketBatchSampler, EvalBatchSampler, RatioBatchSampler
@@ -46,7 +46,7 @@ def read_split(data: DictConfig, split: str) -> list[Example]:
     elif data.format == "conll":
         examples = create_data_format("conll").reader(path, types=list(data.types))
     elif data.format == "jsonl":
-        examples = read_jsonl(path)
+        examples = read_jsonl(path, types=list(data.types), report=report)
     else:
         raise ValueError(f"data.format {data.format!r} is not a training format; convert it to jsonl first "
                          f"(refineg convert)")
@@ -143,8 +143,10 @@ class GMNERDataModule(L.LightningDataModule):
             if self.run_dir is not None:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 (self.run_dir / "gold_ids.json").write_text(json.dumps([e.id for e in train]))
-        synthetic = read_jsonl(cfg.synthetic) if cfg.synthetic and cfg.mixing != "gold_only" else []
+        synthetic = read_jsonl(cfg.synthetic, types=list(cfg.types)) if cfg.synthetic and cfg.mixing != "gold_only" \
+            else []
         self.examples = {"train": train, "synthetic": synthetic, "dev": read_split(cfg, "dev")}
+        self._check_not_empty()
         if has_test_split(cfg):
             self.examples["test"] = read_split(cfg, "test")
         tok = self._tokenizer()
@@ -155,6 +157,19 @@ class GMNERDataModule(L.LightningDataModule):
         for post in self.encoded["synthetic"]:  # batch "index" = position in the gold + synthetic pool
             post.index += len(self.encoded["train"])
         logger.info("posts: %s", {k: len(v) for k, v in self.examples.items()})
+
+    def _check_not_empty(self) -> None:
+        """Raises :class:`DataFormatError` when a training stage or the dev split would have no posts."""
+        cfg, root = self.cfg, resolve_data_root(self.cfg)
+        train, synthetic = self.examples["train"], self.examples["synthetic"]
+        gold_file = str(root / cfg.train) + (f" (data.gold_limit={cfg.gold_limit})" if cfg.gold_limit is not None
+                                             else "")
+        stages = {"gold_only": [(train, gold_file)], "two_stage": [(synthetic, cfg.synthetic), (train, gold_file)]}
+        for posts, source in stages.get(cfg.mixing, [(train + synthetic, f"{gold_file} and {cfg.synthetic}")]):
+            if not posts:
+                raise DataFormatError(source, "no posts to train on")
+        if not self.examples["dev"]:
+            raise DataFormatError(root / cfg.dev, "no posts to validate on (the dev split picks the checkpoint)")
 
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer

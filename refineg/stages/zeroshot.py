@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 from refineg.config import CONFIG_DIR, build_typed_config
 from refineg.data import Entity, Example, read_jsonl, write_jsonl
+from refineg.data.files import inside_folder
 from refineg.data.tokenize import locate_spans
 from refineg.llm import ImageScale, LLMConfig, build_llm_backend, system, user
 from refineg.llm.prompt_files import read_prompt_folder
@@ -242,7 +243,8 @@ def zeroshot_examples(posts: Sequence[Example], cfg: ZeroShotConfig, llm: Any,
     prompts = ZeroShotPrompts.load(cfg.prompts_dir)
     convs, scales = [], []
     for post in posts:
-        path = Path(cfg.images_dir) / post.image if cfg.images_dir and post.image else None
+        path = inside_folder(cfg.images_dir, post.image, "image", record=post.id) if cfg.images_dir and post.image \
+            else None
         scale = llm.image_scale(path) if path is not None and path.is_file() else None
         sys_text, user_text = prompts.render(post.tokens, cfg.types, scale.sent_size if scale else None)
         convs.append([system(sys_text), user(path, user_text) if scale else user(user_text)])

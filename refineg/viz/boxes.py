@@ -17,6 +17,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from refineg.data import Entity, Example
+from refineg.data.files import inside_folder
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +50,12 @@ def load_post_image(post: Example, images_dir: str | Path | None) -> tuple[Image
 
     Returns:
         ``(image, found)``; the canvas has the post's ``image_size`` when known, else :data:`BLANK_SIZE`.
+
+    Raises:
+        DataFormatError: The image name would leave ``images_dir`` (see :func:`refineg.data.files.inside_folder`).
     """
     if images_dir and post.image:
-        path = Path(images_dir) / post.image
+        path = inside_folder(images_dir, post.image, "image", record=post.id)
         if path.is_file():
             with Image.open(path) as img:
                 return img.convert("RGB"), True

@@ -16,6 +16,7 @@ from typing import Any
 from PIL import Image
 
 from refineg.data import Example
+from refineg.data.files import inside_folder
 from refineg.data.schema import Box
 from refineg.registry import Registry
 
@@ -81,8 +82,13 @@ def list_grounders(pattern: str = "*") -> list[str]:
     return GROUNDERS.list(pattern)
 
 
-def image_path(images_dir: str | Path | None, post: Example) -> Path | None:
-    """Where ``post``'s image would be under ``images_dir``; ``None`` when either is unset."""
+def image_path(images_dir: str | Path | None, post: Example, source: str | Path | None = None) -> Path | None:
+    """Where ``post``'s image would be under ``images_dir``; ``None`` when either is unset.
+
+    Raises:
+        DataFormatError: The image name would leave ``images_dir`` (``../x``, an absolute path; see
+            :func:`refineg.data.files.inside_folder`); the message names ``source`` (the posts' file) and the post.
+    """
     if images_dir is None or not post.image:
         return None
-    return Path(images_dir) / post.image
+    return inside_folder(images_dir, post.image, "image", source=source, record=post.id)

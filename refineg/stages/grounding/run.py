@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from refineg.data import Example, read_jsonl, write_jsonl
 
-from .base import Grounder, GroundingQuery, create_grounder
+from .base import Grounder, GroundingQuery, create_grounder, image_path
 from .config import GroundConfig, load_ground_config
 from .images import PostImages
 from .selector import ContextSelector
@@ -239,12 +239,19 @@ def run_ground(pred: str | Path, pool: str | Path, out: str | Path, images: str 
     Returns:
         The summary: counts (posts, entities, grounded, none by reason, failures), the grounder and selector
         labels, MLLM calls and tokens of this process, and the resolved configuration.
+
+    Raises:
+        DataFormatError: A post of ``pred`` or ``pool`` whose image name would leave ``images`` (checked before
+            anything is asked).
     """
     cfg = load_ground_config(list(overrides))
     pred, pool, out = Path(pred), Path(pool), Path(out)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else out.parent
     run_dir.mkdir(parents=True, exist_ok=True)
     preds, pool_posts = read_jsonl(pred), read_jsonl(pool)
+    for path, posts in ((pred, preds), (pool, pool_posts)):  # refuse image names leaving the folder, before any call
+        for post in posts:
+            image_path(images, post, source=path)
     store = PostImages(images)
     if images is None:
         log.warning("no image folder given: every post counts as having no image, all entities answer none")

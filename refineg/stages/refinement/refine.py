@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from refineg.data import Entity, Example, read_jsonl, write_jsonl
+from refineg.data import DataFormatError, Entity, Example, read_jsonl, write_jsonl
+from refineg.data.files import inside_folder
 
 from .backends import Query, RefinementBackend, create_refinement_backend
 from .config import RefineConfig
@@ -23,7 +24,7 @@ logger = logging.getLogger(__name__)
 def _image(post: Example, images_dir: str | None) -> Path | None:
     if not images_dir or not post.image:
         return None
-    path = Path(images_dir) / post.image
+    path = inside_folder(images_dir, post.image, "image", record=post.id)
     return path if path.is_file() else None
 
 
@@ -139,9 +140,24 @@ def with_uncertainty(preds: Sequence[Example], cfg: RefineConfig) -> list[Exampl
 
 def run_refine(cfg: RefineConfig, pred_path: str | Path, out_path: str | Path,
                types: list[str] | None = None) -> dict[str, Any]:
-    """``refineg refine``: reads predictions, refines them, writes ``out_path`` and ``<out>.report.json``."""
+    """``refineg refine``: reads predictions, refines them, writes ``out_path`` and ``<out>.report.json``.
+
+    Raises:
+        DataFormatError: Without ``head=``, an entity of ``pred_path`` that has no ``uncertainty``; an image name
+            that would leave ``images_dir`` (both named by post, before any call).
+    """
     out_path = Path(out_path)
-    preds = with_uncertainty(read_jsonl(pred_path), cfg)
+    preds = read_jsonl(pred_path)
+    for post in preds if cfg.images_dir else ():
+        if post.image:
+            inside_folder(cfg.images_dir, post.image, "image", source=pred_path, record=post.id)
+    if cfg.head is None:
+        post = next((p for p in preds if any(e.uncertainty is None for e in p.entities)), None)
+        if post is not None:
+            ent = next(e for e in post.entities if e.uncertainty is None)
+            raise DataFormatError(pred_path, f"entity {ent.text(post.tokens)!r} has no uncertainty; compute one with "
+                                             "ckpt=<tagger checkpoint> head=<name>", record=post.id)
+    preds = with_uncertainty(preds, cfg)
     if types is None and cfg.ckpt:
         import torch
 

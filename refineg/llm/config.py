@@ -30,7 +30,9 @@ class LLMConfig:
         backoff_max_s: Cap on the retry delay.
         concurrency: Requests in flight at once in ``chat_many`` (``openai``).
         batch_size: Conversations generated together (``hf``).
-        cache_path: SQLite response cache file; ``None`` disables caching (``replay`` requires it).
+        cache_path: SQLite response cache file. ``None``: ``<run folder>/llm_cache.sqlite`` when the backend is
+            built for a run folder (``build_llm_backend(..., run_dir=...)``, which every stage does), else no
+            cache (``replay`` requires one).
         temperature: Sampling temperature (0 = greedy).
         max_tokens: Most completion tokens per answer.
         top_p: Nucleus sampling mass; ``None`` leaves the server default.

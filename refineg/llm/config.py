@@ -39,8 +39,9 @@ class LLMConfig:
         seed: Sampling seed passed to the server / generator; ``None`` for none.
         extra: Further sampling parameters: sent in the request body (``openai``; e.g. vLLM's ``top_k``,
             ``repetition_penalty``) or passed to ``generate`` (``hf``). They are part of the cache key.
-        max_calls: Cap on backend calls in this process (retries count); ``None`` for no cap.
-        max_tokens_budget: Cap on prompt + completion tokens; ``None`` for no cap.
+        max_calls: Cap on backend calls (retries count; cache hits do not); ``None`` for no cap. With a run folder
+            the cap covers every run of that folder (spend ledger ``llm_spend.jsonl``), not only this process.
+        max_tokens_budget: Cap on prompt + completion tokens, counted like ``max_calls``; ``None`` for no cap.
         device: ``hf``: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"`` (CUDA when available).
         dtype: ``hf``: ``"auto"``, ``"float32"``, ``"bfloat16"`` or ``"float16"``.
         gguf_file: ``hf``: GGUF file name inside the ``model`` folder, for quantised causal LMs.

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from refineg.cli import main
 from refineg.data import Entity, Example, read_jsonl, write_jsonl
+from refineg.llm.usage import SPEND_FILENAME, read_spend
 
 REPO = Path(__file__).resolve().parents[2]
 NAMES = [f"Name{i}" for i in range(12)]
@@ -60,6 +61,8 @@ def test_refine_killed_mid_run_repeats_no_answered_call(chat_server, tmp_path):
     first.communicate(timeout=30)
     assert first.returncode == -signal.SIGKILL and not out.exists()
     assert (tmp_path / "run" / "llm_cache.sqlite").is_file()
+    # every call that reached the server, the one in flight included, is in the spend ledger
+    assert read_spend(tmp_path / "run" / SPEND_FILENAME)[0] == sum(chat_server.received.values())
 
     second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr
@@ -82,3 +85,16 @@ def test_zeroshot_rerun_is_answered_from_the_default_cache(chat_server, tmp_path
     assert report["usage"]["total"]["cache_hits"] == 3 and report["entities_kept"] == 3
     assert (tmp_path / "run" / "llm_cache.sqlite").is_file()
 
+
+def test_refine_budget_counts_spend_across_reruns(chat_server, tmp_path):
+    """Three runs of one refine run folder with llm.max_calls=10 spend 10 calls in all, not 10 per run."""
+    chat_server.responder = _refine_answers
+    args = ["refine", "--pred", str(_preds(tmp_path / "pred.jsonl")), "--out", str(tmp_path / "run" / "r.jsonl"),
+            *_llm(chat_server, "llm.max_calls=10", "llm.concurrency=1")]
+    for run in range(3):
+        assert main(args) == 0
+        usage = json.loads((tmp_path / "run" / "llm_usage.json").read_text())
+        assert usage["budget"]["calls"] == 10 and usage["budget"]["earlier_calls"] == (0 if run == 0 else 10)
+        report = json.loads((tmp_path / "run" / "r.report.json").read_text())
+        assert report["outcomes"]["span/kept"] == 10 and report["outcomes"]["span/budget_exhausted"] == 2
+    assert chat_server.total == 10

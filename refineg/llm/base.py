@@ -30,7 +30,7 @@ from .faults import BackendError, RetryPolicy, redact
 from .images import ImageScale
 from .json_extract import JSONExtractionError, extract_json
 from .messages import ChatResult, ImagePart, Message
-from .usage import Budget, UsageMeter
+from .usage import SPEND_FILENAME, Budget, UsageMeter
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,8 @@ class ChatBackend(ABC):
             ``run_dir``.
         run_dir: Run folder for ``llm_usage.json`` when ``usage`` is not given.
         cache: Response cache; default opened from ``config.cache_path`` (none when that is ``None``).
-        budget: Call/token budget; default from ``config.max_calls`` / ``config.max_tokens_budget``.
+        budget: Call/token budget; default from ``config.max_calls`` / ``config.max_tokens_budget``, counted across
+            runs of the usage meter's run folder (ledger ``<run_dir>/llm_spend.jsonl``).
     """
 
     #: Registry name; also the backend part of cache keys.
@@ -106,7 +107,10 @@ class ChatBackend(ABC):
         self.config = config
         self.usage = usage if usage is not None else UsageMeter(run_dir)
         self.cache = cache if cache is not None else (ResponseCache(config.cache_path) if config.cache_path else None)
-        self.budget = budget if budget is not None else Budget(config.max_calls, config.max_tokens_budget)
+        if budget is None:
+            ledger = self.usage.run_dir / SPEND_FILENAME if self.usage.run_dir is not None else None
+            budget = Budget(config.max_calls, config.max_tokens_budget, ledger)
+        self.budget = budget
         self.retry = RetryPolicy(config.max_retries, config.backoff_base_s, config.backoff_max_s)
         self._secrets: list[str] = []
         self._rng = random.Random()
@@ -291,11 +295,12 @@ class ChatBackend(ABC):
         """Writes the usage totals into the run folder now (also done after every ``chat_many``)."""
         with self._usage_lock:
             self._last_usage_write = time.monotonic()
-            return self.usage.write()
+            return self.usage.write(extra={"budget": self.budget.to_dict()})
 
     def close(self) -> None:
-        """Writes usage and closes the cache."""
+        """Writes usage, closes the spend ledger and the cache."""
         self.write_usage()
+        self.budget.close()
         if self.cache is not None:
             self.cache.close()
 

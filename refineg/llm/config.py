@@ -30,15 +30,18 @@ class LLMConfig:
         backoff_max_s: Cap on the retry delay.
         concurrency: Requests in flight at once in ``chat_many`` (``openai``).
         batch_size: Conversations generated together (``hf``).
-        cache_path: SQLite response cache file; ``None`` disables caching (``replay`` requires it).
+        cache_path: SQLite response cache file. ``None``: ``<run folder>/llm_cache.sqlite`` when the backend is
+            built for a run folder (``build_llm_backend(..., run_dir=...)``, which every stage does), else no
+            cache (``replay`` requires one).
         temperature: Sampling temperature (0 = greedy).
         max_tokens: Most completion tokens per answer.
         top_p: Nucleus sampling mass; ``None`` leaves the server default.
         seed: Sampling seed passed to the server / generator; ``None`` for none.
         extra: Further sampling parameters: sent in the request body (``openai``; e.g. vLLM's ``top_k``,
             ``repetition_penalty``) or passed to ``generate`` (``hf``). They are part of the cache key.
-        max_calls: Cap on backend calls in this process (retries count); ``None`` for no cap.
-        max_tokens_budget: Cap on prompt + completion tokens; ``None`` for no cap.
+        max_calls: Cap on backend calls (retries count; cache hits do not); ``None`` for no cap. With a run folder
+            the cap covers every run of that folder (spend ledger ``llm_spend.jsonl``), not only this process.
+        max_tokens_budget: Cap on prompt + completion tokens, counted like ``max_calls``; ``None`` for no cap.
         device: ``hf``: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"`` (CUDA when available).
         dtype: ``hf``: ``"auto"``, ``"float32"``, ``"bfloat16"`` or ``"float16"``.
         gguf_file: ``hf``: GGUF file name inside the ``model`` folder, for quantised causal LMs.

@@ -14,6 +14,8 @@ from .usage import Budget, UsageMeter
 LLM_BACKENDS = Registry("llm backend")
 
 _RUNTIME_KEYS = ("usage", "run_dir", "cache", "budget")
+#: The response cache of a run folder when ``cache_path`` is not set (see :func:`build_llm_backend`).
+CACHE_FILENAME = "llm_cache.sqlite"
 
 
 def register_backend(name: str) -> Callable[[type], type]:
@@ -58,8 +60,16 @@ def build_llm_backend(
     run_dir: str | Path | None = None,
     budget: Budget | None = None,
 ) -> Any:
-    """Builds the backend a config (``LLMConfig``, mapping or OmegaConf node) names in ``backend``."""
+    """Builds the backend a config (``LLMConfig``, mapping or OmegaConf node) names in ``backend``.
+
+    This is how the stages build their backends, so it gives every stage a response cache: when
+    ``cache_path`` is not set and there is a run folder (``run_dir``, else the one of ``usage``), answers are
+    cached in ``<run folder>/llm_cache.sqlite``. A killed and restarted run therefore repeats no answered call.
+    """
     cfg = LLMConfig.from_options(config)
+    folder = run_dir if run_dir is not None else (usage.run_dir if usage is not None else None)
+    if cfg.cache_path is None and folder is not None:
+        cfg.cache_path = str(Path(folder) / CACHE_FILENAME)
     options = {k: v for k, v in vars(cfg).items() if k != "backend"}
     runtime = {k: v for k, v in (("usage", usage), ("run_dir", run_dir), ("budget", budget)) if v is not None}
     return create_llm_backend(cfg.backend, **options, **runtime)

@@ -1,4 +1,9 @@
-"""Usage accounting per stage (calls, tokens, latency, failures) and call/token budgets."""
+"""Usage accounting per stage (calls, tokens, latency, failures) and call/token budgets.
+
+A budget with a ledger (``<run folder>/llm_spend.jsonl``, one line per backend call, appended *before* the call is
+sent, and one per answer's tokens) counts what earlier runs of the same folder spent, so rerunning a run does not
+reset its budget, and a killed run cannot have spent a call that the ledger lacks.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import json
 import logging
 import os
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +21,8 @@ from .messages import ChatResult
 log = logging.getLogger(__name__)
 
 USAGE_FILENAME = "llm_usage.json"
+#: The spend ledger of a run folder (see :class:`Budget`).
+SPEND_FILENAME = "llm_spend.jsonl"
 _MAX_FAILURES_KEPT = 200
 
 
@@ -138,11 +146,12 @@ class UsageMeter:
             )
         return "\n".join(lines)
 
-    def write(self, path: str | Path | None = None) -> Path | None:
+    def write(self, path: str | Path | None = None, extra: dict[str, Any] | None = None) -> Path | None:
         """Writes the totals as JSON (atomically: a temporary file then a rename).
 
         Args:
             path: Target file; default ``<run_dir>/llm_usage.json``. With neither, nothing is written.
+            extra: More top-level keys (the backend adds its ``budget``).
 
         Returns:
             The written path, or ``None``.
@@ -154,7 +163,7 @@ class UsageMeter:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, default=str))
+        tmp.write_text(json.dumps({**self.to_dict(), **(extra or {})}, indent=2, default=str))
         os.replace(tmp, path)
         return path
 
@@ -164,6 +173,23 @@ def _mean(total: StageUsage) -> float:
     return total.latency_s / live if live else 0.0
 
 
+def read_spend(ledger: str | Path) -> tuple[int, int]:
+    """``(calls, tokens)`` recorded in a spend ledger (``(0, 0)`` when it does not exist; torn lines are skipped)."""
+    calls = tokens = 0
+    try:
+        with Path(ledger).open(encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    entry = json.loads(line)
+                    calls += int(entry.get("calls", 0))
+                    tokens += int(entry.get("tokens", 0))
+                except (ValueError, TypeError, AttributeError):
+                    continue
+    except FileNotFoundError:
+        pass
+    return calls, tokens
+
+
 class Budget:
     """A cap on backend calls and/or tokens, shared by all threads of one backend (or several, if passed).
 
@@ -171,18 +197,64 @@ class Budget:
     call returns, so the token cap stops *new* calls once reached; calls already in flight may overshoot it by at
     most one answer each.
 
+    With a ``ledger`` file the budget spans runs: it starts from what the ledger records, and appends one line per
+    reserved call (before the call is sent) and one per answer's tokens, each written straight to the file, so a
+    killed process leaves no sent call unrecorded. Processes running *at the same time* on one ledger append
+    safely but do not see each other's spend until they restart.
+
     Args:
         max_calls: Most backend calls (retries included); ``None`` for no cap.
         max_tokens: Most prompt + completion tokens; ``None`` for no cap.
+        ledger: Spend ledger (``<run folder>/llm_spend.jsonl``); ``None`` counts this process only.
+
+    Attributes:
+        calls: Calls spent, earlier runs included.
+        tokens: Tokens spent, earlier runs included.
+        earlier_calls: Calls the ledger held when the budget was created.
+        earlier_tokens: Tokens the ledger held when the budget was created.
     """
 
-    def __init__(self, max_calls: int | None = None, max_tokens: int | None = None) -> None:
+    def __init__(self, max_calls: int | None = None, max_tokens: int | None = None,
+                 ledger: str | Path | None = None) -> None:
         self.max_calls = max_calls
         self.max_tokens = max_tokens
-        self.calls = 0
-        self.tokens = 0
+        self.ledger = Path(ledger) if ledger is not None else None
+        self.earlier_calls, self.earlier_tokens = read_spend(self.ledger) if self.ledger is not None else (0, 0)
+        self.calls = self.earlier_calls
+        self.tokens = self.earlier_tokens
         self._lock = threading.Lock()
         self._warned = False
+        self._fd: int | None = None
+        self._ledger_failed = False
+
+    def _record(self, **entry: int) -> None:
+        """Appends one ledger line (caller holds the lock); a failing ledger is reported once, not raised."""
+        if self.ledger is None or self._ledger_failed:
+            return
+        line = json.dumps({**entry, "time": round(time.time(), 3), "pid": os.getpid()}) + "\n"
+        try:
+            if self._fd is None:
+                self.ledger.parent.mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(self.ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            os.write(self._fd, line.encode())
+        except OSError as err:
+            self._ledger_failed = True
+            log.error("LLM spend ledger %s cannot be written (%s): spend of this run will not count in reruns",
+                      self.ledger, err)
+
+    def close(self) -> None:
+        """Closes the ledger file (it is reopened on the next call)."""
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Caps and spend, earlier runs included, JSON-ready."""
+        with self._lock:
+            return {"max_calls": self.max_calls, "max_tokens": self.max_tokens, "calls": self.calls,
+                    "tokens": self.tokens, "earlier_calls": self.earlier_calls,
+                    "earlier_tokens": self.earlier_tokens, "ledger": str(self.ledger) if self.ledger else None}
 
     def try_acquire_call(self) -> bool:
         """Reserves one call; ``False`` (and a single warning) once either cap is reached."""
@@ -192,21 +264,27 @@ class Budget:
             if over_calls or over_tokens:
                 if not self._warned:
                     self._warned = True
+                    earlier = (f"; {self.earlier_calls} calls and {self.earlier_tokens} tokens by earlier runs "
+                               f"({self.ledger})" if self.earlier_calls or self.earlier_tokens else "")
                     log.warning(
-                        "LLM budget exhausted (%d/%s calls, %d/%s tokens): further requests are not sent",
+                        "LLM budget exhausted (%d/%s calls, %d/%s tokens%s): further requests are not sent",
                         self.calls,
                         self.max_calls,
                         self.tokens,
                         self.max_tokens,
+                        earlier,
                     )
                 return False
             self.calls += 1
+            self._record(calls=1)
             return True
 
     def add_tokens(self, n: int) -> None:
         """Counts ``n`` tokens spent by a finished call."""
         with self._lock:
             self.tokens += n
+            if n:
+                self._record(tokens=n)
 
     @property
     def exhausted(self) -> bool:

@@ -48,7 +48,9 @@ class ZeroShotConfig:
             ``$image_note``).
         images_dir: Folder of post images (``Example.image`` is relative to it); ``None`` sends text only.
         max_posts: Only the first this many posts (pilots); ``None`` for all.
-        run_dir: Folder for ``llm_usage.json`` (default: the output file's folder).
+        run_dir: The run folder (default: the output file's folder): ``llm_usage.json``, the spend ledger that
+            ``llm.max_calls`` counts across reruns, and the response cache ``llm_cache.sqlite`` unless
+            ``llm.cache_path`` is set.
     """
 
     llm: LLMConfig = field(default_factory=LLMConfig)

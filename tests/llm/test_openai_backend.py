@@ -244,3 +244,27 @@ def test_achat_from_asyncio(chat_server):
     results = asyncio.run(main())
     assert [json.loads(r.text)["echo"] for r in results] == ["a0", "a1", "a2", "a3"]
     assert time.perf_counter() - start < 0.6  # ran concurrently (sequential: 0.8 s)
+
+
+def test_budget_spans_runs_of_a_folder(chat_server, tmp_path):
+    """max_calls / max_tokens_budget count what earlier runs of the same run folder spent (its spend ledger)."""
+    from refineg.llm.usage import SPEND_FILENAME, read_spend
+
+    chat_server.rules = {f"q{i}": ["500"] for i in range(3)}  # failed calls cost a call too
+    for run in range(3):
+        llm = make(chat_server, max_calls=4, max_retries=0, run_dir=tmp_path / "run")
+        results = llm.chat_many([[user(f"q{i}")] for i in range(3)], concurrency=1, progress=False)
+        llm.close()
+        if run == 0:
+            assert [r.status for r in results] == ["failed"] * 3
+        usage = json.loads((tmp_path / "run" / USAGE_FILENAME).read_text())
+        assert usage["budget"]["calls"] == min(4, 3 * (run + 1)) and usage["budget"]["max_calls"] == 4
+    assert chat_server.total == 4  # not 9: the second run had one call left, the third none
+    assert read_spend(tmp_path / "run" / SPEND_FILENAME) == (4, 5)  # 3 failed calls, 1 answer of 1 + 4 tokens
+    assert usage["budget"]["earlier_calls"] == 4 and results[0].status == "budget_exhausted"
+    # another folder is another run with its own budget; tokens count across runs too
+    other = make(chat_server, max_tokens_budget=7, run_dir=tmp_path / "other")
+    assert other.chat([user("t0")]).ok and other.chat([user("t1")]).ok  # 5 tokens each
+    other.close()
+    again = make(chat_server, max_tokens_budget=7, run_dir=tmp_path / "other")
+    assert again.chat([user("t2")]).status == "budget_exhausted" and again.budget.tokens == 10

@@ -44,7 +44,9 @@ class RefineConfig:
         missed: Also send the missed-entity candidates of ``meta["missed_candidates"]`` (needs ``ckpt``/``head``
             or a file that has them) for confirmation; off by default, ReFineG only checks predicted entities.
         missed_threshold: Least non-O probability of a missed-entity candidate's words.
-        run_dir: Folder for ``llm_usage.json`` (default: the output file's folder).
+        run_dir: The run folder (default: the output file's folder): ``llm_usage.json``, the spend ledger that
+            ``llm.max_calls`` counts across reruns, and the response cache ``llm_cache.sqlite`` unless
+            ``llm.cache_path`` is set.
     """
 
     head: Optional[str] = None  # noqa: UP045

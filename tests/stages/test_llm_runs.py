@@ -1,0 +1,100 @@
+"""Paid calls across runs of the LLM stages: the default response cache, a SIGKILL mid-run, budgets across reruns,
+and the exit status of a run in which no request succeeded. All against the loopback chat server."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from refineg.cli import main
+from refineg.data import Entity, Example, read_jsonl, write_jsonl
+from refineg.llm.usage import SPEND_FILENAME, read_spend
+
+REPO = Path(__file__).resolve().parents[2]
+NAMES = [f"Name{i}" for i in range(12)]
+
+
+def _preds(path):
+    posts = [Example(f"p{i}", [name, "visits", "Paris", "today"], None, [Entity(0, 1, "PER", uncertainty=0.9)],
+                     source="predicted") for i, name in enumerate(NAMES)]
+    write_jsonl(posts, path)
+    return path
+
+
+def _refine_answers(prompt, n_images):
+    name = next(n for n in NAMES if f'"{n}"' in prompt)
+    if "corrected_entity" in prompt:
+        return json.dumps({"reasoning_process": "r", "corrected_entity": name})
+    return json.dumps({"reasoning_process": "r", "corrected_type": "PER", "corrected_bounding_box": "Null"})
+
+
+def _llm(server, *extra):
+    return [f"llm.base_url={server.base_url}", "llm.model=test-vl", "llm.api_key_env=''", "llm.max_retries=0",
+            *extra]
+
+
+def test_refine_killed_mid_run_repeats_no_answered_call(chat_server, tmp_path):
+    """`refineg refine` without llm.cache_path, SIGKILLed after some answers, then run again: no prompt answered
+    before the kill reaches the server a second time (the cache lives in the run folder by default)."""
+    chat_server.responder = _refine_answers
+    chat_server.delay_s = 0.3
+    pred, out = _preds(tmp_path / "pred.jsonl"), tmp_path / "run" / "refined.jsonl"
+    cmd = [sys.executable, "-m", "refineg.cli", "refine", "--pred", str(pred), "--out", str(out),
+           *_llm(chat_server, "llm.concurrency=1")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600  # starting the CLI (torch, scipy) takes minutes on a loaded machine
+    while True:
+        assert first.poll() is None, first.communicate()
+        assert time.monotonic() < deadline, "the child made too few requests in time"
+        with chat_server.lock:
+            answered = {p for p, c in chat_server.counts.items() if c}
+            in_flight = sum(chat_server.received.values()) - sum(chat_server.counts.values())
+            if len(answered) >= 5 and in_flight == 1:
+                # one request at a time: the child sent this one after storing every earlier answer
+                os.kill(first.pid, signal.SIGKILL)
+                break
+        time.sleep(0.01)
+    first.communicate(timeout=30)
+    assert first.returncode == -signal.SIGKILL and not out.exists()
+    assert (tmp_path / "run" / "llm_cache.sqlite").is_file()
+    # every call that reached the server, the one in flight included, is in the spend ledger
+    assert read_spend(tmp_path / "run" / SPEND_FILENAME)[0] == sum(chat_server.received.values())
+
+    second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr
+    assert {p: chat_server.counts[p] for p in answered} == {p: 1 for p in answered}
+    assert len(chat_server.counts) == 2 * len(NAMES)  # every check was answered, once per prompt but the one
+    assert sum(chat_server.counts.values()) <= 2 * len(NAMES) + 1  # in flight at the kill
+    refined = read_jsonl(out)
+    assert [p.meta["refinement"]["checked"][0]["outcomes"] for p in refined] == [["kept", "type_kept"]] * len(NAMES)
+
+
+def test_zeroshot_rerun_is_answered_from_the_default_cache(chat_server, tmp_path, capsys):
+    chat_server.responder = lambda prompt, n: json.dumps([{"entity": "Paris", "entity_type": "LOC",
+                                                           "bounding_box": []}])
+    posts = tmp_path / "posts.jsonl"
+    write_jsonl([Example(f"z{i}", ["Hello", "Paris", str(i)]) for i in range(3)], posts)
+    args = ["zeroshot", "--data", str(posts), "--out", str(tmp_path / "run" / "z.jsonl"), *_llm(chat_server)]
+    assert main(args) == 0 and chat_server.total == 3
+    assert main(args) == 0 and chat_server.total == 3
+    report = json.loads((tmp_path / "run" / "z.report.json").read_text())
+    assert report["usage"]["total"]["cache_hits"] == 3 and report["entities_kept"] == 3
+    assert (tmp_path / "run" / "llm_cache.sqlite").is_file()
+
+
+def test_refine_budget_counts_spend_across_reruns(chat_server, tmp_path):
+    """Three runs of one refine run folder with llm.max_calls=10 spend 10 calls in all, not 10 per run."""
+    chat_server.responder = _refine_answers
+    args = ["refine", "--pred", str(_preds(tmp_path / "pred.jsonl")), "--out", str(tmp_path / "run" / "r.jsonl"),
+            *_llm(chat_server, "llm.max_calls=10", "llm.concurrency=1")]
+    for run in range(3):
+        assert main(args) == 0
+        usage = json.loads((tmp_path / "run" / "llm_usage.json").read_text())
+        assert usage["budget"]["calls"] == 10 and usage["budget"]["earlier_calls"] == (0 if run == 0 else 10)
+        report = json.loads((tmp_path / "run" / "r.report.json").read_text())
+        assert report["outcomes"]["span/kept"] == 10 and report["outcomes"]["span/budget_exhausted"] == 2
+    assert chat_server.total == 10

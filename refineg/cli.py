@@ -275,6 +275,27 @@ def calibrate_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def llm_exit_status(stage: str, total: dict | None, kept: str) -> int:
+    """Exit status of an LLM stage: 1, with a one-line error, when it sent requests and none got an answer.
+
+    Args:
+        stage: The command's name, for the message.
+        total: The ``total`` section of the stage's LLM usage (``requests``, ``ok``, ``failures_by_kind``), or
+            ``None`` when no LLM was involved.
+        kept: What the stage wrote anyway, for the message.
+    """
+    if not total or not total.get("requests") or total.get("ok"):
+        return 0
+    kinds = ", ".join(f"{k}={v}" for k, v in sorted((total.get("failures_by_kind") or {}).items())) or "unknown"
+    print(f"error: {stage}: none of the {total['requests']} LLM requests got an answer ({kinds}); {kept}",
+          file=sys.stderr)
+    return 1
+
+
+def _usage_total(report: dict) -> dict | None:
+    return (report.get("usage") or {}).get("total")
+
+
 def _refine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pred", required=True, help="predicted canonical JSONL (with uncertainties, or set ckpt= head=)")
     p.add_argument("--out", required=True, help="refined canonical JSONL (a <out>.report.json is written next to it)")
@@ -312,7 +333,7 @@ def refine_cmd(args: argparse.Namespace) -> int:
         for task in ("mner", "gmner"):
             print(f"{task.upper()} F1: {100 * before[task]['f1']:.2f} -> {100 * after[task]['f1']:.2f}{note}")
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.report.json')}")
-    return 0
+    return llm_exit_status("refine", _usage_total(report), f"{args.out} keeps the small model's answers")
 
 
 def _synthesize_args(p: argparse.ArgumentParser) -> None:
@@ -342,7 +363,11 @@ def synthesize(args: argparse.Namespace) -> int:
     print(output.report.table())
     written = [str(output.train)] + ([str(output.dev)] if output.dev else [])
     print(f"\nwrote {', '.join(written)}\nreport: {output.report_json}, {output.report_txt}")
-    return 0
+    requests = {k: v for k, v in output.report.requests.items() if k != "malformed_answer"}
+    failures = {k.removeprefix("failed:"): v for k, v in requests.items() if k not in ("ok", "cached")}
+    total = {"requests": sum(requests.values()), "ok": requests.get("ok", 0) + requests.get("cached", 0),
+             "failures_by_kind": failures}
+    return llm_exit_status("synthesize", total, f"wrote {sum(output.report.kept.values())} posts")
 
 
 def _ground_args(p: argparse.ArgumentParser) -> None:
@@ -382,7 +407,7 @@ def ground_cmd(args: argparse.Namespace) -> int:
         print(f"MLLM: {m['requests']} requests, {m['calls']} calls, {m['cache_hits']} cached, {m['failed']} failed, "
               f"tokens {m['prompt_tokens']} prompt + {m['completion_tokens']} completion")
     print(f"wrote {args.out} and {summary['summary_path']}")
-    return 0
+    return llm_exit_status("ground", _usage_total(summary), f"{args.out} answers none for the asked entities")
 
 
 def _fit_region_scorer_args(p: argparse.ArgumentParser) -> None:
@@ -498,7 +523,7 @@ def zeroshot_cmd(args: argparse.Namespace) -> int:
 
         print(format_scores(evaluate_examples(read_jsonl(args.gold), read_jsonl(args.out), match=args.match)))
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.report.json')}")
-    return 0
+    return llm_exit_status("zeroshot", _usage_total(report), f"{args.out} has no entities for the failed posts")
 def _visualize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pred", required=True, help="predicted canonical JSONL")
     p.add_argument("--gold", required=True, help="gold canonical JSONL")
@@ -651,8 +676,9 @@ def quiet_chatty_loggers(verbose: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``refineg`` console script.
 
-    Expected errors (bad data, a missing file or checkpoint, a missing extra, a replay cache miss:
-    :mod:`refineg.errors`) exit with status 2 and a one-line message.
+    Exit status: 0; 2 with a one-line message for expected errors (bad data, a missing file or checkpoint, a missing
+    extra, a replay cache miss: :mod:`refineg.errors`); 1 with a one-line message when an LLM stage (refine,
+    zeroshot, ground, synthesize) sent requests and none got an answer (its outputs are written all the same).
     """
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

@@ -166,7 +166,7 @@ def test_crash_resumes_from_the_partial_output(data, server, monkeypatch):
     assert [p.id for p in read_jsonl(out)] == ["p1", "p2", "p3", "p4", "p5"]
 
 
-def test_failing_backend_keeps_none_and_counts_it_via_cli(data, capsys):
+def test_failing_backend_keeps_none_counts_it_and_exits_nonzero_via_cli(data, capsys):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
@@ -174,13 +174,15 @@ def test_failing_backend_keeps_none_and_counts_it_via_cli(data, capsys):
     rc = main(["ground", "--pred", str(data / "pred.jsonl"), "--pool", str(data / "pool.jsonl"),
                "--images", str(data / "img"), "--out", str(out), *_overrides(dead, "selector.mode=text",
                                                                               "mllm.llm.timeout_s=2")])
-    assert rc == 0
+    assert rc == 1  # no request got an answer: an error, though the output is written
     summary = json.loads((data / "dead" / "G.summary.json").read_text())
     assert summary["posts_failed"] == 3 and summary["entities_failed"] == 5 and summary["grounded"] == 0
     assert summary["mllm"]["failed"] == 3 and summary["mllm"]["ok"] == 0
     assert all(not e.boxes for p in read_jsonl(out) for e in p.entities)
-    printed = capsys.readouterr().out
-    assert "3 posts failed" in printed and "none: failed" in printed
+    printed = capsys.readouterr()
+    assert "3 posts failed" in printed.out and "none: failed" in printed.out
+    assert printed.err.strip().splitlines()[-1] == (f"error: ground: none of the 3 LLM requests got an answer "
+                                                    f"(connection=3); {out} answers none for the asked entities")
 
 
 def test_missing_image_folder_answers_none_without_calls(data, server):

@@ -147,8 +147,9 @@ def _ground(tmp_path: Path, server: ChatServer, queries, pool, images: Path, *ex
                "--images", str(images), "--out", str(out),
                f"mllm.llm.base_url={server.base_url}", "mllm.llm.model=test-vl", "mllm.llm.api_key_env=''",
                "mllm.llm.max_retries=0", "mllm.max_boxes=10", "selector.k=2", *extra])
-    assert rc == 0
     summary = json.loads(out.with_name("G.summary.json").read_text())
+    # rc 1 only when every request failed (the outputs are written all the same)
+    assert rc == (1 if summary["posts_asked"] and summary["posts_failed"] == summary["posts_asked"] else 0)
     return summary, read_jsonl(out), oracle
 
 

@@ -4,6 +4,7 @@ and the exit status of a run in which no request succeeded. All against the loop
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -98,3 +99,32 @@ def test_refine_budget_counts_spend_across_reruns(chat_server, tmp_path):
         report = json.loads((tmp_path / "run" / "r.report.json").read_text())
         assert report["outcomes"]["span/kept"] == 10 and report["outcomes"]["span/budget_exhausted"] == 2
     assert chat_server.total == 10
+
+
+def _dead_url():
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+
+
+def test_refine_and_zeroshot_exit_nonzero_when_no_request_succeeds(tmp_path, capsys):
+    dead = [f"llm.base_url={_dead_url()}", "llm.model=m", "llm.api_key_env=''", "llm.max_retries=0"]
+    out = tmp_path / "r" / "refined.jsonl"
+    assert main(["refine", "--pred", str(_preds(tmp_path / "pred.jsonl")), "--out", str(out), *dead]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"error: refine: none of the 24 LLM requests got an answer (connection=24); {out} keeps the "
+                   "small model's answers")
+    assert [len(p.entities) for p in read_jsonl(out)] == [1] * len(NAMES)  # written all the same
+    posts = tmp_path / "posts.jsonl"
+    write_jsonl([Example(f"z{i}", ["Hello", "Paris", str(i)]) for i in range(3)], posts)
+    out = tmp_path / "z" / "z.jsonl"
+    assert main(["zeroshot", "--data", str(posts), "--out", str(out), *dead]) == 1
+    assert "error: zeroshot: none of the 3 LLM requests got an answer (connection=3)" in capsys.readouterr().err
+    assert len(read_jsonl(out)) == 3 and out.with_suffix(".report.json").is_file()
+
+
+def test_a_partly_answered_run_exits_zero(chat_server, tmp_path):
+    chat_server.responder = _refine_answers
+    args = ["refine", "--pred", str(_preds(tmp_path / "pred.jsonl")), "--out", str(tmp_path / "r.jsonl"),
+            *_llm(chat_server, "llm.max_calls=3")]
+    assert main(args) == 0  # 3 answers, the rest over budget: something succeeded

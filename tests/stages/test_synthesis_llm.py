@@ -170,3 +170,20 @@ def test_hostile_answer_is_an_invalid_answer(chat_server, tmp_path):
         out = run_synthesis(cfg, tmp_path / "syn.jsonl", seeds=SEEDS)
         assert out.report.requests["failed:invalid_json"] == 1
     assert len(read_jsonl(out.train)) == 2  # the beach posts, once (the other seeds' answers are duplicates)
+
+
+def test_cli_exits_nonzero_when_no_request_succeeds(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    seeds = tmp_path / "gold.jsonl"
+    write_jsonl(SEEDS, seeds)
+    rc = main(["synthesize", "--seeds", str(seeds), "--out", str(tmp_path / "syn.jsonl"), f"llm.base_url={dead}",
+               "llm.model=m", "llm.api_key_env=''", "llm.max_retries=0", "progress=false"])
+    printed = capsys.readouterr()
+    assert rc == 1 and "wrote" in printed.out
+    assert printed.err.strip().splitlines()[-1] == ("error: synthesize: none of the 4 LLM requests got an answer "
+                                                    "(connection=4); wrote 0 posts")
+    assert read_jsonl(tmp_path / "syn.jsonl") == [] and (tmp_path / "syn.report.json").is_file()

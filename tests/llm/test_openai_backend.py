@@ -257,9 +257,9 @@ def test_budget_spans_runs_of_a_folder(chat_server, tmp_path):
         llm.close()
         if run == 0:
             assert [r.status for r in results] == ["failed"] * 3
-        usage = json.loads((tmp_path / "run" / USAGE_FILENAME).read_text())
-        assert usage["budget"]["calls"] == min(4, 3 * (run + 1)) and usage["budget"]["max_calls"] == 4
-    assert chat_server.total == 4  # not 9: the second run had one call left, the third none
+        assert chat_server.total == min(4, 3 * (run + 1))  # the second run has one call left, the third none
+    usage = json.loads((tmp_path / "run" / USAGE_FILENAME).read_text())
+    assert usage["budget"]["calls"] == 4 and usage["budget"]["max_calls"] == 4
     assert read_spend(tmp_path / "run" / SPEND_FILENAME) == (4, 5)  # 3 failed calls, 1 answer of 1 + 4 tokens
     assert usage["budget"]["earlier_calls"] == 4 and results[0].status == "budget_exhausted"
     # another folder is another run with its own budget; tokens count across runs too

@@ -92,9 +92,9 @@ class MLLMGrounder(Grounder):
             info["answer"] = answer.text
             if parsed.problems:
                 info["problems"] = parsed.problems
+                log.debug("post %s: grounding answer problems: %s", post.id, parsed.problems)
             if parsed.unusable:
                 info["unusable"] = parsed.unusable
-                log.debug("post %s: grounding answer problems: %s", post.id, parsed.problems)
             results[i] = GroundingResult(parsed.boxes, "ok", info)
         return [r for r in results if r is not None]
 

@@ -22,12 +22,12 @@ Metrics, per query, over its ``k`` demonstrations (a post's *types* = the set of
 - ``jaccard``: mean Jaccard between the query's types and each demonstration's types;
 - ``rare_share``: share of demonstrations whose types include at least one of the query's less common types (all
   types but people, other, scene, notvisual); only queries that have such a type;
-- ``type_hit``: per type, share of the queries with that type whose demonstrations include it at least once;
+- ``hit_<type>``: per type, share of the queries with that type whose demonstrations include it at least once;
 - ``any_share``: share of demonstrations sharing at least one type with the query.
 
 95% percentile bootstrap intervals over queries (seeded resamples), and paired differences between variants on
 the same resampled queries. Queries come in groups of 5 captions of one photo, so the script also gives the paired
-differences with photos as the resampled unit (wider, and the more careful of the two).
+differences with photos as the resampled unit (the more careful of the two).
 
 Usage (CPU; the pool index is saved under /tmp with a fingerprint and rebuilt unless ``--reuse-index``)::
 

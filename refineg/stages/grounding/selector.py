@@ -135,7 +135,11 @@ class ContextSelector:
             assert self.image_encoder is not None
             paths = [self.images.path(p) for p in self.pool]
             present = [path for path in paths if path is not None]
-            emb = self.image_encoder.encode(present, progress=True)
+            unique = list(dict.fromkeys(present))  # posts that share a photo (Flickr: 5 captions) encode it once
+            slot = {path: i for i, path in enumerate(unique)}
+            emb = self.image_encoder.encode(unique, progress=True)
+            if present:
+                emb = emb[torch.tensor([slot[path] for path in present], dtype=torch.long)]
             full = torch.zeros(len(self.pool), emb.shape[1] if len(present) else 1)
             if present:
                 full[index["has_image"]] = emb
@@ -176,7 +180,11 @@ class ContextSelector:
                 img = torch.zeros(b, n)
                 if img_ok.any():
                     assert self.image_encoder is not None
-                    q_img = self.image_encoder.encode([im for im in images if im is not None])
+                    given = [im for im in images if im is not None]
+                    slots: dict[int, int] = {}  # one encoding per distinct image object (PostImages caches them)
+                    order = [slots.setdefault(id(im), len(slots)) for im in given]
+                    firsts = [given[order.index(j)] for j in range(len(slots))]
+                    q_img = self.image_encoder.encode(firsts)[torch.tensor(order, dtype=torch.long)]
                     img[img_ok] = q_img @ index["image"].T
                 both = img_ok[:, None] & index["has_image"][None, :]  # (B, N)
                 num = num + cfg.w_image * img * both

@@ -14,7 +14,7 @@ Counts are metric states summed over DDP ranks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torchmetrics import Metric
@@ -207,32 +207,47 @@ def count_overlaps(example: Example) -> int:
 def grounding_accuracy(golds: Sequence[Example], preds: Sequence[Example], iou_threshold: float = 0.5) -> dict:
     """Phrase-grounding accuracy of predictions aligned with ``golds`` (same order).
 
-    A gold entity is looked up among the predicted entities with the same span (type ignored). ``acc`` (Acc@0.5)
-    is the share of gold entities with a box whose predicted entity's *first* box has IoU >= ``iou_threshold`` with
-    any of its gold boxes; ``none_acc`` is the share of gold entities without a box predicted with no box. A gold
-    entity the prediction lacks counts as wrong in both.
-
-    Returns:
-        ``{"acc", "with_box", "none_acc", "without_box", "per_type": {type: {...}}}``; rates are ``None`` when their
-        denominator is 0.
+    A gold entity is looked up among the predicted entities with the same span (type ignored); a gold entity the
+    prediction lacks counts as wrong. See :func:`grounding_tally` for the rates.
     """
-    rows: dict[str, list[int]] = {}
+    records = []
     for gold, pred in zip(golds, preds):
         by_span = {(e.start, e.end): e for e in pred.entities}
         for ent in gold.entities:
-            row = rows.setdefault(ent.type, [0, 0, 0, 0])
             found = by_span.get((ent.start, ent.end))
-            if ent.boxes:
-                row[1] += 1
-                row[0] += int(found is not None and bool(found.boxes)
-                              and any(box_iou(found.boxes[0], g) >= iou_threshold for g in ent.boxes))
-            else:
-                row[3] += 1
-                row[2] += int(found is not None and not found.boxes)
+            answer = None if found is None else (found.boxes[0] if found.boxes else [])
+            records.append((ent.type, ent.boxes, answer))
+    return grounding_tally(records, iou_threshold)
+
+
+def grounding_tally(records: Iterable[tuple[str, Sequence[Box], Box | list | None]], iou_threshold: float = 0.5
+                    ) -> dict:
+    """Acc@``iou_threshold`` and none-accuracy of grounding answers, overall and per type.
+
+    Args:
+        records: Per gold entity ``(type, gold boxes, answer)``; answer = the first answered box, ``[]`` for an
+            answered none, ``None`` for an entity that was not answered at all (wrong either way).
+        iou_threshold: IoU the answered box needs with one of the gold boxes.
+
+    Returns:
+        ``{"acc", "with_box", "none_acc", "without_box", "accuracy", "per_type": {type: {...}}}``: ``acc`` over
+        entities with a gold box, ``none_acc`` over those without, ``accuracy`` over both; a rate is ``None`` when
+        its denominator is 0.
+    """
+    rows: dict[str, list[int]] = {}
+    for etype, gold, answer in records:
+        row = rows.setdefault(etype, [0, 0, 0, 0])  # box hits, entities with a box, none hits, entities without
+        if gold:
+            row[1] += 1
+            row[0] += int(bool(answer) and any(box_iou(answer, g) >= iou_threshold for g in gold))
+        else:
+            row[3] += 1
+            row[2] += int(answer == [])
 
     def rates(r: list[int]) -> dict:
         return {"acc": r[0] / r[1] if r[1] else None, "with_box": r[1],
-                "none_acc": r[2] / r[3] if r[3] else None, "without_box": r[3]}
+                "none_acc": r[2] / r[3] if r[3] else None, "without_box": r[3],
+                "accuracy": (r[0] + r[2]) / (r[1] + r[3]) if r[1] + r[3] else None}
 
     total = [sum(r[i] for r in rows.values()) for i in range(4)]
     return {**rates(total), "per_type": {t: rates(r) for t, r in sorted(rows.items())}}

@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 #: Registry of image encoder classes, keyed by backend name (``"timm"``, ``"open_clip"``).
 IMAGE_ENCODERS = Registry("image encoder")
 
-_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".npz")
 
 
 def create_image_encoder(name: str, **kwargs: Any) -> ImageEncoder:
@@ -54,10 +53,6 @@ def create_image_encoder(name: str, **kwargs: Any) -> ImageEncoder:
 def list_image_encoders(pattern: str = "*") -> list[str]:
     """Sorted names of the registered image encoders that match the shell-style ``pattern``."""
     return IMAGE_ENCODERS.list(pattern)
-
-
-def _looks_like_path(value: str) -> bool:
-    return os.sep in value or "/" in value or value.lower().endswith(_CHECKPOINT_SUFFIXES)
 
 
 def _require_file(path: str, what: str) -> None:

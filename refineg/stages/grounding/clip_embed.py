@@ -136,20 +136,18 @@ class ClipEmbedder:
             return torch.zeros(0, getattr(self, "text_dim", 0))
         flat = [p for s in prompt_sets for p in s]
         hf = getattr(self.clip.tokenizer, "tokenizer", None)  # open_clip's HFTokenizer pads to its context length
-        order = sorted(range(len(flat)), key=lambda i: len(flat[i])) if hf is not None else list(range(len(flat)))
-        feats = torch.zeros(len(flat), getattr(self, "text_dim", 0) or 1)
+        order = sorted(range(len(flat)), key=lambda i: len(flat[i]))  # similar lengths share a batch
+        parts = []
         for lo in range(0, len(order), self.batch_size):
-            idx = order[lo: lo + self.batch_size]
-            texts = [flat[i] for i in idx]
+            texts = [flat[i] for i in order[lo: lo + self.batch_size]]
             if hf is not None:  # pad to the longest prompt of the batch only
                 tokens = hf(texts, padding=True, truncation=True, max_length=self.clip.tokenizer.context_length,
                             return_tensors="pt").input_ids
             else:
                 tokens = self.clip.tokenizer(texts)
-            out = text_features(self.clip, tokens.to(self.device)).float().cpu()
-            if feats.shape[1] != out.shape[1]:
-                feats = torch.zeros(len(flat), out.shape[1])
-            feats[idx] = out
+            parts.append(text_features(self.clip, tokens.to(self.device)).float().cpu())
+        feats = torch.empty_like(torch.cat(parts))
+        feats[order] = torch.cat(parts)
         return torch.stack([chunk.mean(0) for chunk in feats.split([len(s) for s in prompt_sets])])
 
     @torch.inference_mode()

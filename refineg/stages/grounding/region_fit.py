@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from refineg.config import build_typed_config
 from refineg.data import Example, read_jsonl, write_jsonl
 from refineg.data.schema import Box
-from refineg.metrics import box_iou
+from refineg.metrics import box_iou, grounding_tally
 from refineg.modules.open_clip_loader import BUILTIN_MODEL, PACKAGED
 
 from .base import image_path
@@ -38,7 +38,6 @@ from .region_head import (
     RegionHead,
     RegionHeadModule,
     collate_groups,
-    soft_target,
 )
 
 logger = logging.getLogger(__name__)
@@ -243,18 +242,11 @@ def train_region_head(train: Sequence[GroupItem], val: Sequence[GroupItem], imag
     def collate(items):
         return collate_groups(items, module.head, iou)
 
-    def learnable(items: Sequence[GroupItem]) -> list[GroupItem]:
-        """Drops unlearnable entities (gold boxes that no candidate matches), then images left without any."""
-        kept = [(g, [e for e in ents if e[2] is None or soft_target(g.boxes, e[2], iou) is not None])
-                for g, ents in items]
-        return [(g, ents) for g, ents in kept if ents]
-
-    train, val = learnable(train), learnable(val)
-    if not train:
+    train_ds, val_ds = GroupDataset(train, iou), GroupDataset(val, iou)
+    if not len(train_ds):
         raise ValueError(f"no training entity has a candidate box with IoU >= {iou} with its gold box")
-
-    train_dl = DataLoader(GroupDataset(train, iou), batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)
-    val_dl = DataLoader(GroupDataset(val, iou), batch_size=32, collate_fn=collate) if val else None
+    train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)
+    val_dl = DataLoader(val_ds, batch_size=32, collate_fn=collate) if len(val_ds) else None
     trainer = L.Trainer(max_epochs=cfg.epochs, accelerator=accelerator, devices=1, logger=False,
                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=True,
                         num_sanity_val_steps=0, check_val_every_n_epoch=max(1, cfg.epochs // 4))
@@ -282,25 +274,12 @@ def grounding_answers(scorer: ClipRegionScorer, groups: Sequence[GroupItem], ind
 
 def grounding_report(answers: Sequence[tuple[float | None, Box | None]], gold: Sequence[tuple[str, list[Box]]],
                      threshold: float | None, iou: float = 0.5) -> dict[str, Any]:
-    """Acc@``iou`` over entities with gold boxes, none-accuracy over those without, overall and per type."""
-    per: dict[str, list[int]] = {}
+    """Acc@``iou`` and none-accuracy of the answers at ``threshold`` (:func:`~refineg.metrics.grounding_tally`)."""
+    records = []
     for (score, box), (etype, gboxes) in zip(answers, gold):
         answered = box is not None and (threshold is None or score >= threshold)
-        row = per.setdefault(etype, [0, 0, 0, 0])  # box hits, box entities, none hits, none entities
-        if gboxes:
-            row[1] += 1
-            row[0] += int(answered and any(box_iou(box, g) >= iou for g in gboxes))
-        else:
-            row[3] += 1
-            row[2] += int(not answered)
-    total = [sum(r[i] for r in per.values()) for i in range(4)]
-
-    def rates(r: list[int]) -> dict[str, Any]:
-        return {"acc": r[0] / r[1] if r[1] else None, "with_box": r[1],
-                "none_acc": r[2] / r[3] if r[3] else None, "without_box": r[3],
-                "accuracy": (r[0] + r[2]) / (r[1] + r[3]) if r[1] + r[3] else None}
-
-    return {**rates(total), "per_type": {t: rates(r) for t, r in sorted(per.items())}}
+        records.append((etype, gboxes, box if answered else []))
+    return grounding_tally(records, iou)
 
 
 def fit_region_scorer(cfg: RegionScorerFitConfig, data: str | Path, images_dir: str | Path, out: str | Path

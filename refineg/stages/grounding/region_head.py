@@ -224,11 +224,16 @@ GroupItem = tuple[ImageCandidates, list[tuple[torch.Tensor, str, "list[Box] | No
 
 
 class GroupDataset(Dataset):
-    """Images with their entities (see :data:`GroupItem`); training targets are computed once, here."""
+    """Images with their learnable entities (see :data:`GroupItem`); training targets are computed once, here."""
 
     def __init__(self, items: Sequence[GroupItem], iou: float = 0.5) -> None:
-        self.items = [(group, ents, [entity_targets(group.boxes, gold, iou) for _, _, gold in ents])
-                      for group, ents in items]
+        self.items = []
+        for group, ents in items:
+            targets = [entity_targets(group.boxes, gold, iou) for _, _, gold in ents]
+            # unlearnable entities (gold boxes that no candidate matches) are left out, then images left empty
+            kept = [(e, t) for e, t in zip(ents, targets) if e[2] is None or t is not None]
+            if kept:
+                self.items.append((group, [e for e, _ in kept], [t for _, t in kept]))
 
     def __len__(self) -> int:
         return len(self.items)

@@ -29,8 +29,17 @@ import numpy as np
 from machine import cpu_model  # bench/machine.py (the script folder is on sys.path)
 
 SOURCES = ("grid", "mtcnn", "file", "selective_search")  # cheapest first: partial runs keep the first ones
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "cat", "immunohistochemistry", "hubble_deep_field",
-          "retina")
+PHOTOS = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "camera",
+    "cat",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "retina",
+)
 
 
 def _posts(n: int):
@@ -45,8 +54,12 @@ def _posts(n: int):
         img = Image.fromarray(getattr(data, name)()).convert("RGB")
         scale = 640 / max(img.size)
         img = img.resize((round(img.size[0] * scale), round(img.size[1] * scale)))
-        post = Example(f"bench-{i}", f"Jane Doe posted a picture of the {name}".split(), image=f"{name}-{i}.jpg",
-                       entities=[Entity(0, 2, "PER"), Entity(7, 8, "OTHER")])
+        post = Example(
+            f"bench-{i}",
+            f"Jane Doe posted a picture of the {name}".split(),
+            image=f"{name}-{i}.jpg",
+            entities=[Entity(0, 2, "PER"), Entity(7, 8, "OTHER")],
+        )
         out.append((post, img))
     return out
 
@@ -60,8 +73,9 @@ def _file_proposals(posts, n_boxes: int, folder: Path) -> Path:
             xy = rng.uniform(0, 1, size=(n_boxes, 2)) * [w * 0.8, h * 0.8]
             wh = rng.uniform(0.1, 0.5, size=(n_boxes, 2)) * [w, h]
             boxes = np.concatenate([xy, xy + wh], axis=1).round(1).tolist()
-            fp.write(json.dumps({"image": post.image, "boxes": boxes, "scores": rng.uniform(size=n_boxes).tolist()})
-                     + "\n")
+            fp.write(
+                json.dumps({"image": post.image, "boxes": boxes, "scores": rng.uniform(size=n_boxes).tolist()}) + "\n"
+            )
     return path
 
 
@@ -83,8 +97,12 @@ def main() -> None:
 
     posts = _posts(args.posts + 1)
     tmp = Path(tempfile.mkdtemp())
-    kwargs = {"file": {"path": str(_file_proposals(posts, args.file_boxes, tmp))}, "selective_search": {},
-              "mtcnn": {"fallback": "grid"}, "grid": {}}
+    kwargs = {
+        "file": {"path": str(_file_proposals(posts, args.file_boxes, tmp))},
+        "selective_search": {},
+        "mtcnn": {"fallback": "grid"},
+        "grid": {},
+    }
     results = {}
     for source in args.sources.split(","):
         grounder = create_grounder("clip", model_name=args.model, proposals=source, proposal_kwargs=kwargs[source])
@@ -102,12 +120,23 @@ def main() -> None:
             walls.append(wall)
             cpus.append(cpu)
             props.append(prop)
-            cands.append(sum(set_size for set_size in {grounder.proposals.cache_key(e.type): n for e, n in
-                                                       zip(post.entities, result.info["candidates"])}.values()))
+            cands.append(
+                sum(
+                    set_size
+                    for set_size in {
+                        grounder.proposals.cache_key(e.type): n
+                        for e, n in zip(post.entities, result.info["candidates"])
+                    }.values()
+                )
+            )
         results[source] = {
-            "label": grounder.label, "posts": len(walls),
-            "wall_s_median": statistics.median(walls), "wall_s_min": min(walls), "wall_s_max": max(walls),
-            "cpu_s_median": statistics.median(cpus), "proposals_wall_s_median": statistics.median(props),
+            "label": grounder.label,
+            "posts": len(walls),
+            "wall_s_median": statistics.median(walls),
+            "wall_s_min": min(walls),
+            "wall_s_max": max(walls),
+            "cpu_s_median": statistics.median(cpus),
+            "proposals_wall_s_median": statistics.median(props),
             "crops_per_post_median": statistics.median(cands),
         }
         print(f"{source}: {results[source]}", flush=True)
@@ -122,11 +151,19 @@ def _write(args: argparse.Namespace, results: dict) -> None:
     report = {
         "command": "HF_HUB_OFFLINE=1 python " + shlex.join(sys.argv),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu_model(), "torch_threads": args.threads, "python": platform.python_version(),
-        "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__,
-                     "opencv": __import__("cv2").__version__,
-                     "facenet_pytorch": _version("facenet-pytorch")},
-        "model": args.model, "pretrained": None, "entities_per_post": 2, "file_boxes": args.file_boxes,
+        "cpu": cpu_model(),
+        "torch_threads": args.threads,
+        "python": platform.python_version(),
+        "versions": {
+            "torch": torch.__version__,
+            "open_clip": open_clip.__version__,
+            "opencv": __import__("cv2").__version__,
+            "facenet_pytorch": _version("facenet-pytorch"),
+        },
+        "model": args.model,
+        "pretrained": None,
+        "entities_per_post": 2,
+        "file_boxes": args.file_boxes,
         "note": "2 CPU cores shared with other jobs during the run; random weights (timing only)",
         "results": results,
     }
@@ -137,9 +174,11 @@ def _table(results: dict) -> None:
     print("\n| source | crops/post | wall s/post (median) | min-max | CPU s/post | proposals s |")
     print("|---|---|---|---|---|---|")
     for source, r in results.items():
-        print(f"| `{source}` | {r['crops_per_post_median']:.0f} | {r['wall_s_median']:.2f} | "
-              f"{r['wall_s_min']:.2f}-{r['wall_s_max']:.2f} | {r['cpu_s_median']:.2f} | "
-              f"{r['proposals_wall_s_median']:.2f} |")
+        print(
+            f"| `{source}` | {r['crops_per_post_median']:.0f} | {r['wall_s_median']:.2f} | "
+            f"{r['wall_s_min']:.2f}-{r['wall_s_max']:.2f} | {r['cpu_s_median']:.2f} | "
+            f"{r['proposals_wall_s_median']:.2f} |"
+        )
 
 
 def _version(dist: str) -> str | None:

@@ -61,8 +61,8 @@ class BaselinePostCollator(PostCollator):
                 for lo, hi in p.word_pieces:
                     if hi > lo and random.random() < self.word_dropout:
                         ids[lo:hi] = [self.unk_id] * (hi - lo)
-            input_ids[b, :len(ids)] = torch.tensor(ids)
-            attention[b, :len(ids)] = 1
+            input_ids[b, : len(ids)] = torch.tensor(ids)
+            attention[b, : len(ids)] = 1
             n = len(p.word_starts)
             if n:
                 word_index[b, :n] = torch.tensor(p.word_starts)
@@ -71,18 +71,26 @@ class BaselinePostCollator(PostCollator):
                 labels[b, :n] = torch.tensor(p.labels)
                 word_end[b, :n] = torch.tensor(p.word_ends or [x + 1 for x in p.word_starts])
         word_mask[:, 0] = True
-        batch = {"input_ids": input_ids, "attention_mask": attention, "word_index": word_index,
-                 "word_mask": word_mask, "casing": casing, "labels": labels,
-                 "weight": torch.tensor([p.weight for p in posts]), "index": torch.tensor([p.index for p in posts]),
-                 "word_end": word_end,
-                 "entity_spans": torch.tensor([r[:3] for r in ents], dtype=torch.long).reshape(-1, 3),
-                 "entity_types": torch.tensor([r[3] for r in ents], dtype=torch.long),
-                 "entity_grounded": torch.tensor([float(r[4]) for r in ents])}
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "word_index": word_index,
+            "word_mask": word_mask,
+            "casing": casing,
+            "labels": labels,
+            "weight": torch.tensor([p.weight for p in posts]),
+            "index": torch.tensor([p.index for p in posts]),
+            "word_end": word_end,
+            "entity_spans": torch.tensor([r[:3] for r in ents], dtype=torch.long).reshape(-1, 3),
+            "entity_types": torch.tensor([r[3] for r in ents], dtype=torch.long),
+            "entity_grounded": torch.tensor([float(r[4]) for r in ents]),
+        }
         return batch
 
 
-def ms_per_batch(collators: Sequence[PostCollator], batches: list[list[EncodedPost]],
-                 repeats: int) -> list[list[float]]:
+def ms_per_batch(
+    collators: Sequence[PostCollator], batches: list[list[EncodedPost]], repeats: int
+) -> list[list[float]]:
     """Milliseconds per batch of each collator in each repetition (one pass over all ``batches``).
 
     The collators take turns within every repetition, after one warm-up pass each, so that a change in the machine's
@@ -130,28 +138,49 @@ def main() -> None:
     for bsz in (int(x) for x in args.batch_sizes.split(",")):
         batches = [rng.sample(posts, min(bsz, len(posts))) for _ in range(args.batches)]
         for dropout, multiple in cases:
-            kw = dict(pad_id=tok.pad_token_id, unk_id=tok.unk_token_id, word_dropout=dropout,
-                      pad_to_multiple_of=multiple)
+            kw = dict(
+                pad_id=tok.pad_token_id, unk_id=tok.unk_token_id, word_dropout=dropout, pad_to_multiple_of=multiple
+            )
             old, new = BaselinePostCollator(**kw), PostCollator(**kw)
             if not same_batches(old, new, batches):
                 raise SystemExit(f"batch {bsz}, word_dropout {dropout}, pad {multiple}: outputs differ")
             t_old, t_new = ms_per_batch([old, new], batches, args.repeats)
             m_old, m_new = statistics.median(t_old), statistics.median(t_new)
-            rows.append({"batch": bsz, "word_dropout": dropout, "pad_to_multiple_of": multiple,
-                         "baseline_ms": round(m_old, 3), "new_ms": round(m_new, 3),
-                         "speedup": round(m_old / m_new, 2), "baseline_ms_all": [round(t, 3) for t in t_old],
-                         "new_ms_all": [round(t, 3) for t in t_new]})
-    print(f"{len(posts)} train posts from {root}; CPU {cpu_model()}, torch {torch.__version__}, 1 thread; "
-          f"median of {args.repeats} passes over {args.batches} batches; outputs identical")
+            rows.append(
+                {
+                    "batch": bsz,
+                    "word_dropout": dropout,
+                    "pad_to_multiple_of": multiple,
+                    "baseline_ms": round(m_old, 3),
+                    "new_ms": round(m_new, 3),
+                    "speedup": round(m_old / m_new, 2),
+                    "baseline_ms_all": [round(t, 3) for t in t_old],
+                    "new_ms_all": [round(t, 3) for t in t_new],
+                }
+            )
+    print(
+        f"{len(posts)} train posts from {root}; CPU {cpu_model()}, torch {torch.__version__}, 1 thread; "
+        f"median of {args.repeats} passes over {args.batches} batches; outputs identical"
+    )
     print("| batch | word_dropout | pad_to_multiple_of | baseline ms/batch | new ms/batch | speedup |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['batch']} | {r['word_dropout']} | {r['pad_to_multiple_of']} | {r['baseline_ms']:.2f} | "
-              f"{r['new_ms']:.2f} | {r['speedup']:.1f}x |")
-    result = {"command": "HF_HUB_OFFLINE=1 python " + " ".join(sys.argv), "data": str(root), "posts": len(posts),
-              "cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "date": datetime.date.today().isoformat(), "batches": args.batches, "repeats": args.repeats,
-              "rows": rows}
+        print(
+            f"| {r['batch']} | {r['word_dropout']} | {r['pad_to_multiple_of']} | {r['baseline_ms']:.2f} | "
+            f"{r['new_ms']:.2f} | {r['speedup']:.1f}x |"
+        )
+    result = {
+        "command": "HF_HUB_OFFLINE=1 python " + " ".join(sys.argv),
+        "data": str(root),
+        "posts": len(posts),
+        "cpu": cpu_model(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "date": datetime.date.today().isoformat(),
+        "batches": args.batches,
+        "repeats": args.repeats,
+        "rows": rows,
+    }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
 

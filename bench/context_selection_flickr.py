@@ -69,9 +69,15 @@ VARIANTS = {
     "text": ("text", 0.4, 0.2, 0.6),
     "random": ("random", 0.4, 0.2, 0.6),
 }
-PAIRS = [("multimodal", "text"), ("multimodal", "random"), ("text", "random"),
-         ("multimodal", "multimodal_w_image_0"), ("multimodal_w_image_0.6", "multimodal_w_image_0"),
-         ("image_only", "random"), ("multimodal_w_image_0", "text")]
+PAIRS = [
+    ("multimodal", "text"),
+    ("multimodal", "random"),
+    ("text", "random"),
+    ("multimodal", "multimodal_w_image_0"),
+    ("multimodal_w_image_0.6", "multimodal_w_image_0"),
+    ("image_only", "random"),
+    ("multimodal_w_image_0", "text"),
+]
 
 
 def types_of(post: Example) -> frozenset[str]:
@@ -145,8 +151,11 @@ def main() -> None:
     ap.add_argument("data", help="canonical JSONL of all Flickr30k Entities captions")
     ap.add_argument("images", help="the photo folder (post image = <id>.jpg)")
     ap.add_argument("--out", default=None, help="JSON result file")
-    ap.add_argument("--index", default="/tmp/context_selection_flickr/index.pt",
-                    help="pool index path (text-only variants add -text / -noimage before the suffix)")
+    ap.add_argument(
+        "--index",
+        default="/tmp/context_selection_flickr/index.pt",
+        help="pool index path (text-only variants add -text / -noimage before the suffix)",
+    )
     ap.add_argument("--reuse-index", action="store_true", help="keep a saved index (default: rebuild, for timing)")
     ap.add_argument("--k", type=int, default=3)
     ap.add_argument("--dev-fraction", type=float, default=0.2)
@@ -172,8 +181,11 @@ def main() -> None:
     index = Path(args.index)
     # The index fingerprint covers the mode and which pool images are used, so one file per kind of index:
     # the image variants share the first, mode=text and w_image=0 each need their own (text re-encoded).
-    index_files = {"image": index, "text": index.with_name(index.stem + "-text" + index.suffix),
-                   "noimage": index.with_name(index.stem + "-noimage" + index.suffix)}
+    index_files = {
+        "image": index,
+        "text": index.with_name(index.stem + "-text" + index.suffix),
+        "noimage": index.with_name(index.stem + "-noimage" + index.suffix),
+    }
     if not args.reuse_index:
         for path in index_files.values():
             path.unlink(missing_ok=True)
@@ -187,9 +199,14 @@ def main() -> None:
         kind = "text" if mode == "text" else "image" if wi > 0 else "noimage"
         use_images = mode == "multimodal" and wi > 0
         # encoders only where the variant uses them (ContextSelector.label names every encoder it is given)
-        sel = ContextSelector(pool, cfg, images, index_files[kind] if mode != "random" else None,
-                              text_encoder=text_enc if mode != "random" else None,
-                              image_encoder=image_enc if use_images else None)
+        sel = ContextSelector(
+            pool,
+            cfg,
+            images,
+            index_files[kind] if mode != "random" else None,
+            text_encoder=text_enc if mode != "random" else None,
+            image_encoder=image_enc if use_images else None,
+        )
         t1, c1 = time.perf_counter(), time.process_time()
         reused = None
         if mode != "random":
@@ -198,18 +215,26 @@ def main() -> None:
         t2, c2 = time.perf_counter(), time.process_time()
         demos: list[list[int]] = []
         for lo in range(0, len(queries), args.batch):
-            demos += sel.select(queries[lo:lo + args.batch], q_images[lo:lo + args.batch] if use_images else None)
+            demos += sel.select(queries[lo : lo + args.batch], q_images[lo : lo + args.batch] if use_images else None)
         t3, c3 = time.perf_counter(), time.process_time()
         assert all(len(d) == args.k for d in demos)
-        timings[name] = {"index_s": round(t2 - t1, 2), "index_cpu_s": round(c2 - c1, 2),
-                         "index_file": str(index_files[kind]) if reused is not None else None,
-                         "index_loaded_from_file": reused, "select_s": round(t3 - t2, 2),
-                         "select_cpu_s": round(c3 - c2, 2)}
+        timings[name] = {
+            "index_s": round(t2 - t1, 2),
+            "index_cpu_s": round(c2 - c1, 2),
+            "index_file": str(index_files[kind]) if reused is not None else None,
+            "index_loaded_from_file": reused,
+            "select_s": round(t3 - t2, 2),
+            "select_cpu_s": round(c3 - c2, 2),
+        }
         labels[name] = sel.label
         demos_of[name] = demos
         results[name] = per_query(queries, pool_types, demos)
-        print(f"{name}: index {t2 - t1:.1f}s ({'loaded' if reused else 'built' if reused is not None else '-'}), "
-              f"select {t3 - t2:.1f}s", file=sys.stderr, flush=True)
+        print(
+            f"{name}: index {t2 - t1:.1f}s ({'loaded' if reused else 'built' if reused is not None else '-'}), "
+            f"select {t3 - t2:.1f}s",
+            file=sys.stderr,
+            flush=True,
+        )
 
     draws = resamples(len(queries), args.boot, args.seed)
     photo_of = sorted({q.image for q in queries})
@@ -222,56 +247,95 @@ def main() -> None:
     diffs = {}
     for a, b in PAIRS:
         diffs[f"{a} - {b}"] = {
-            key: {"by_query": paired(results[a][key], results[b][key], query_draws),
-                  "by_photo": paired(results[a][key], results[b][key], photo_draws)}
-            for key in ("jaccard", "rare_share", "any_share", *(f"hit_{t}" for t in HIT_TYPES))}
-    same_photo = {name: mean([float(len({pool[i].image for i in d}) == 1) for d in dm])
-                  for name, dm in demos_of.items()}
-    overlap = {name: mean([len(set(d) & set(t)) / args.k for d, t in zip(dm, demos_of["multimodal"], strict=True)])
-               for name, dm in demos_of.items()}
+            key: {
+                "by_query": paired(results[a][key], results[b][key], query_draws),
+                "by_photo": paired(results[a][key], results[b][key], photo_draws),
+            }
+            for key in ("jaccard", "rare_share", "any_share", *(f"hit_{t}" for t in HIT_TYPES))
+        }
+    same_photo = {
+        name: mean([float(len({pool[i].image for i in d}) == 1) for d in dm]) for name, dm in demos_of.items()
+    }
+    overlap = {
+        name: mean([len(set(d) & set(t)) / args.k for d, t in zip(dm, demos_of["multimodal"], strict=True)])
+        for name, dm in demos_of.items()
+    }
 
     argv = ["python", *sys.argv]
     report = {
         "what": "Share of phrase types between a query caption and its selected demonstrations, Flickr30k Entities "
-                "dev captions as queries, train captions as pool (split by photo, no photo on both sides); queries "
-                "use their gold entity strings as the predicted entities.",
+        "dev captions as queries, train captions as pool (split by photo, no photo on both sides); queries "
+        "use their gold entity strings as the predicted entities.",
         "command": "HF_HUB_OFFLINE=1 " + shlex.join(argv),
         "python": sys.executable,
-        "data": {"file": args.data, "posts": len(posts), "pool_posts": len(pool),
-                 "pool_photos": len({p.image for p in pool}), "queries": len(queries), "query_photos": len(groups),
-                 "missing_images": n_missing,
-                 "split": f"split_by_image(posts, {args.dev_fraction}, {args.split_seed})"},
-        "k": args.k, "common_types": sorted(COMMON_TYPES),
-        "bootstrap": {"resamples": args.boot, "seed": args.seed, "interval": "95% percentile",
-                      "units": "queries (metrics and by_query differences); photos (by_photo differences)"},
-        "variants": {name: {"mode": m, "w_text": wt, "w_image": wi, "w_entity": we, "label": labels[name]}
-                     for name, (m, wt, wi, we) in VARIANTS.items()},
+        "data": {
+            "file": args.data,
+            "posts": len(posts),
+            "pool_posts": len(pool),
+            "pool_photos": len({p.image for p in pool}),
+            "queries": len(queries),
+            "query_photos": len(groups),
+            "missing_images": n_missing,
+            "split": f"split_by_image(posts, {args.dev_fraction}, {args.split_seed})",
+        },
+        "k": args.k,
+        "common_types": sorted(COMMON_TYPES),
+        "bootstrap": {
+            "resamples": args.boot,
+            "seed": args.seed,
+            "interval": "95% percentile",
+            "units": "queries (metrics and by_query differences); photos (by_photo differences)",
+        },
+        "variants": {
+            name: {"mode": m, "w_text": wt, "w_image": wi, "w_entity": we, "label": labels[name]}
+            for name, (m, wt, wi, we) in VARIANTS.items()
+        },
         "metrics": metrics,
         "paired_differences": diffs,
         "demos_all_from_one_photo": same_photo,
         "overlap_with_multimodal_demos": overlap,
-        "timing": {"machine": platform.processor() or platform.machine(), "torch_threads": args.threads,
-                   "cpus": os.cpu_count(), "load_average_1_5_15_min": {"start": [round(x, 2) for x in load_before],
-                                                                       "end": [round(x, 2) for x in os.getloadavg()]},
-                   "encoder_load_s": round(load_s, 2), "per_variant": timings,
-                   "total_s": round(time.perf_counter() - start, 1),
-                   "note": "CPU shared with other work: *_s are wall seconds, *_cpu_s this process's CPU seconds (all "
-                           "threads); select_s includes encoding the query captions, their "
-                           "entity strings and (image variants) the 800 query photos; the image index encodes one "
-                           "image per pool caption (3,200 encodings of 640 photos), see docs/results.md"},
+        "timing": {
+            "machine": platform.processor() or platform.machine(),
+            "torch_threads": args.threads,
+            "cpus": os.cpu_count(),
+            "load_average_1_5_15_min": {
+                "start": [round(x, 2) for x in load_before],
+                "end": [round(x, 2) for x in os.getloadavg()],
+            },
+            "encoder_load_s": round(load_s, 2),
+            "per_variant": timings,
+            "total_s": round(time.perf_counter() - start, 1),
+            "note": "CPU shared with other work: *_s are wall seconds, *_cpu_s this process's CPU seconds (all "
+            "threads); select_s includes encoding the query captions, their "
+            "entity strings and (image variants) the 800 query photos; the image index encodes one "
+            "image per pool caption (3,200 encodings of 640 photos), see docs/results.md",
+        },
     }
     text = json.dumps(report, indent=1)
     if args.out:
         Path(args.out).write_text(text + "\n")
-    print(f"{'variant':24s} {'jaccard':>22s} {'rare_share':>22s} {'any_share':>8s} " +
-          " ".join(f"{t[:6]:>6s}" for t in HIT_TYPES))
+    print(
+        f"{'variant':24s} {'jaccard':>22s} {'rare_share':>22s} {'any_share':>8s} "
+        + " ".join(f"{t[:6]:>6s}" for t in HIT_TYPES)
+    )
     for name, m in metrics.items():
         cell = lambda s: f"{s['mean']:.3f} [{s['ci95'][0]:.3f},{s['ci95'][1]:.3f}]"  # noqa: E731
-        print(f"{name:24s} {cell(m['jaccard']):>22s} {cell(m['rare_share']):>22s} {m['any_share']['mean']:8.3f} " +
-              " ".join(f"{m[f'hit_{t}']['mean']:6.3f}" for t in HIT_TYPES))
+        print(
+            f"{name:24s} {cell(m['jaccard']):>22s} {cell(m['rare_share']):>22s} {m['any_share']['mean']:8.3f} "
+            + " ".join(f"{m[f'hit_{t}']['mean']:6.3f}" for t in HIT_TYPES)
+        )
     for pair, d in diffs.items():
-        print(pair, {k: (round(v["by_query"]["mean"], 4), [round(x, 4) for x in v["by_query"]["ci95"]],
-                         [round(x, 4) for x in v["by_photo"]["ci95"]]) for k, v in d.items()})
+        print(
+            pair,
+            {
+                k: (
+                    round(v["by_query"]["mean"], 4),
+                    [round(x, 4) for x in v["by_query"]["ci95"]],
+                    [round(x, 4) for x in v["by_photo"]["ci95"]],
+                )
+                for k, v in d.items()
+            },
+        )
 
 
 if __name__ == "__main__":

@@ -40,9 +40,13 @@ TYPES = ["PER", "LOC", "ORG", "OTHER"]
 def separation(scores: list[float], labels: list[int]) -> dict:
     """AUROC, accuracy at 0.5 and the majority-class accuracy of groundability scores against has-a-box labels."""
     p, y = torch.tensor(scores), torch.tensor(labels)
-    return {"n": len(labels), "grounded_share": float(y.float().mean()), "auroc": float(binary_auroc(p, y)),
-            "accuracy": float(binary_accuracy(p, y)), "majority_accuracy": float(max(y.float().mean(),
-                                                                                     1 - y.float().mean()))}
+    return {
+        "n": len(labels),
+        "grounded_share": float(y.float().mean()),
+        "auroc": float(binary_auroc(p, y)),
+        "accuracy": float(binary_accuracy(p, y)),
+        "majority_accuracy": float(max(y.float().mean(), 1 - y.float().mean())),
+    }
 
 
 def with_boxes(preds: list[Example], golds: list[Example], policy: str, threshold: float = 0.5) -> list[Example]:
@@ -67,8 +71,13 @@ def with_boxes(preds: list[Example], golds: list[Example], policy: str, threshol
 def scores(golds: list[Example], preds: list[Example]) -> dict:
     """GMNER/EEG/MNER F1 and GMNER/EEG true positives."""
     r = evaluate_examples(golds, preds, types=TYPES)
-    return {"gmner_f1": r["gmner"]["f1"], "eeg_f1": r["eeg"]["f1"], "mner_f1": r["mner"]["f1"],
-            "gmner_tp": r["counts"]["gmner"]["tp"], "eeg_tp": r["counts"]["eeg"]["tp"]}
+    return {
+        "gmner_f1": r["gmner"]["f1"],
+        "eeg_f1": r["eeg"]["f1"],
+        "mner_f1": r["mner"]["f1"],
+        "gmner_tp": r["counts"]["gmner"]["tp"],
+        "eeg_tp": r["counts"]["eeg"]["tp"],
+    }
 
 
 def main() -> None:
@@ -96,33 +105,43 @@ def main() -> None:
     result["gold_entities"] = separation([e.groundable for e in gold_ents], [int(bool(e.boxes)) for e in gold_ents])
     if args.train:
         train_ents = [e for ex in read_jsonl(args.train) for e in ex.entities]
-        prior = {t: sum(bool(e.boxes) for e in train_ents if e.type == t) / max(1, sum(e.type == t for e in train_ents))
-                 for t in TYPES}
+        prior = {
+            t: sum(bool(e.boxes) for e in train_ents if e.type == t) / max(1, sum(e.type == t for e in train_ents))
+            for t in TYPES
+        }
         result["type_prior"] = prior
-        result["gold_entities_type_prior_baseline"] = separation([prior[e.type] for e in gold_ents],
-                                                                 [int(bool(e.boxes)) for e in gold_ents])
+        result["gold_entities_type_prior_baseline"] = separation(
+            [prior[e.type] for e in gold_ents], [int(bool(e.boxes)) for e in gold_ents]
+        )
     result["gold_entities_by_type"] = {
-        t: separation([e.groundable for e in gold_ents if e.type == t],
-                      [int(bool(e.boxes)) for e in gold_ents if e.type == t]) for t in TYPES}
+        t: separation(
+            [e.groundable for e in gold_ents if e.type == t], [int(bool(e.boxes)) for e in gold_ents if e.type == t]
+        )
+        for t in TYPES
+    }
     gold_by_id = {g.id: g for g in golds}
-    matched = [(p, g) for ex in preds for p in ex.entities
-               for g in gold_by_id[ex.id].entities if g.span == p.span]
-    result["predicted_entities_matching_gold_spans"] = separation([p.groundable for p, _ in matched],
-                                                                  [int(bool(g.boxes)) for _, g in matched])
+    matched = [(p, g) for ex in preds for p in ex.entities for g in gold_by_id[ex.id].entities if g.span == p.span]
+    result["predicted_entities_matching_gold_spans"] = separation(
+        [p.groundable for p, _ in matched], [int(bool(g.boxes)) for _, g in matched]
+    )
     result["predicted_entities"] = sum(len(p.entities) for p in preds)
 
-    floors: dict = {"none_for_all": scores(golds, with_boxes(preds, golds, "none_for_all")),
-                    "gold_groundability_oracle_box": scores(golds, with_boxes(preds, golds,
-                                                                              "gold_groundability_oracle_box"))}
+    floors: dict = {
+        "none_for_all": scores(golds, with_boxes(preds, golds, "none_for_all")),
+        "gold_groundability_oracle_box": scores(golds, with_boxes(preds, golds, "gold_groundability_oracle_box")),
+    }
     for t in (float(x) for x in args.thresholds.split(",")):
         wrong = scores(golds, with_boxes(preds, golds, "head_wrong_box", t))
         oracle = scores(golds, with_boxes(preds, golds, "head_oracle_box", t))
         need = floors["none_for_all"]["gmner_tp"] - wrong["gmner_tp"]
         gain = oracle["gmner_tp"] - wrong["gmner_tp"]
         shown = sum(1 for ex in preds for e in ex.entities if e.groundable >= t)
-        floors[f"t={t:g}"] = {"head_grounded_share": shown / max(1, result["predicted_entities"]),
-                              "head_wrong_box": wrong, "head_oracle_box": oracle,
-                              "break_even_box_accuracy": need / gain if gain > 0 else None}
+        floors[f"t={t:g}"] = {
+            "head_grounded_share": shown / max(1, result["predicted_entities"]),
+            "head_wrong_box": wrong,
+            "head_oracle_box": oracle,
+            "break_even_box_accuracy": need / gain if gain > 0 else None,
+        }
     result["floors"] = floors
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

@@ -67,8 +67,11 @@ def baseline_answers(groups, index, rule: str, seed: int = 0):
 
 
 def recall(groups, index, gold) -> float:
-    hits = [any(box_iou(b, g) >= 0.5 for b in groups[gi][0].boxes for g in gb)
-            for (gi, _), (_, gb) in zip(index, gold) if gb]
+    hits = [
+        any(box_iou(b, g) >= 0.5 for b in groups[gi][0].boxes for g in gb)
+        for (gi, _), (_, gb) in zip(index, gold)
+        if gb
+    ]
     return sum(hits) / len(hits)
 
 
@@ -89,8 +92,12 @@ def evaluate_state(state: str, images: str, threads: int):
 
 def entity_posts(dev_posts, images: str):
     """The ``(post, entity)`` of each indexed entity, in :func:`build_groups` order."""
-    return [(post, ent) for post in dev_posts if post.entities and post.image
-            and (Path(images) / post.image).is_file() for ent in post.entities]
+    return [
+        (post, ent)
+        for post in dev_posts
+        if post.entities and post.image and (Path(images) / post.image).is_file()
+        for ent in post.entities
+    ]
 
 
 def draw(picture: Path, images: str, dev_posts, index, answers, gold, n: int = 6) -> None:
@@ -119,21 +126,34 @@ def draw(picture: Path, images: str, dev_posts, index, answers, gold, n: int = 6
         for colour, i in zip(colours, ids):
             ent = pairs[i][1]
             for gb in gold[i][1]:
-                ax.add_patch(patches.Rectangle((gb[0], gb[1]), gb[2] - gb[0], gb[3] - gb[1], fill=False,
-                                               edgecolor=colour, linewidth=1.2, linestyle="--"))
+                ax.add_patch(
+                    patches.Rectangle(
+                        (gb[0], gb[1]),
+                        gb[2] - gb[0],
+                        gb[3] - gb[1],
+                        fill=False,
+                        edgecolor=colour,
+                        linewidth=1.2,
+                        linestyle="--",
+                    )
+                )
             box = answers[i][1]
             hit = box is not None and any(box_iou(box, g) >= 0.5 for g in gold[i][1])
             if box is not None:
-                ax.add_patch(patches.Rectangle((box[0], box[1]), box[2] - box[0], box[3] - box[1], fill=False,
-                                               edgecolor=colour, linewidth=2.4))
+                ax.add_patch(
+                    patches.Rectangle(
+                        (box[0], box[1]), box[2] - box[0], box[3] - box[1], fill=False, edgecolor=colour, linewidth=2.4
+                    )
+                )
             mark = "ok" if hit else ("no gold box" if not gold[i][1] else "miss")
             legend.append(f"{ent.text(post.tokens)} [{ent.type}] {mark}")
         ax.set_title("\n".join(legend), fontsize=7, loc="left")
         ax.axis("off")
-    for ax in axes.ravel()[len(chosen):]:
+    for ax in axes.ravel()[len(chosen) :]:
         ax.axis("off")
-    fig.suptitle("Flickr30k Entities dev: gold boxes dashed, region scorer's answer solid (one colour per phrase)",
-                 fontsize=9)
+    fig.suptitle(
+        "Flickr30k Entities dev: gold boxes dashed, region scorer's answer solid (one colour per phrase)", fontsize=9
+    )
     fig.tight_layout()
     picture.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(picture, dpi=72)
@@ -154,8 +174,12 @@ def main() -> None:
         "fitted scorer (threshold)": grounding_report(answers, gold, scorer.threshold),
         "fitted scorer (always answer)": grounding_report(answers, gold, None),
     }
-    for rule, name in (("whole", "whole image"), ("centre", "centre box"), ("largest", "largest proposal"),
-                       ("random", "random proposal")):
+    for rule, name in (
+        ("whole", "whole image"),
+        ("centre", "centre box"),
+        ("largest", "largest proposal"),
+        ("random", "random proposal"),
+    ):
         methods[name] = grounding_report(baseline_answers(groups, index, rule), gold, None)
     if args.random_state:  # its own fit report: the same dev posts, scored by fit-region-scorer
         r_fit = torch.load(args.random_state, map_location="cpu", weights_only=True)["fit"]
@@ -166,11 +190,19 @@ def main() -> None:
     result = {
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu_model(), "threads": args.threads, "state": args.state, "label": scorer.label,
-        "dev_images": len(groups), "dev_posts": len(dev_posts), "dev_entities": len(index),
-        "proposal_recall": recall(groups, index, gold), "mean_candidates": sum(len(g.boxes) for g, _ in groups)
-        / len(groups), "threshold": scorer.threshold, "fit_seconds": fit.get("seconds"),
-        "dev_features_seconds": round(times["features_s"], 1), "dev_scoring_seconds": round(times["score_s"], 1),
+        "cpu": cpu_model(),
+        "threads": args.threads,
+        "state": args.state,
+        "label": scorer.label,
+        "dev_images": len(groups),
+        "dev_posts": len(dev_posts),
+        "dev_entities": len(index),
+        "proposal_recall": recall(groups, index, gold),
+        "mean_candidates": sum(len(g.boxes) for g, _ in groups) / len(groups),
+        "threshold": scorer.threshold,
+        "fit_seconds": fit.get("seconds"),
+        "dev_features_seconds": round(times["features_s"], 1),
+        "dev_scoring_seconds": round(times["score_s"], 1),
         "methods": methods,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

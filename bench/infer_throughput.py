@@ -50,16 +50,19 @@ def ours(ckpt: str, dev: list, types: list[str], quantize: str | None, runtime: 
     from refineg.predictor import TaggerPredictor
 
     start = time.perf_counter()
-    predictor = TaggerPredictor.from_checkpoint(ckpt, batch_size=64, device="cpu", quantize=quantize,
-                                                runtime=runtime)
+    predictor = TaggerPredictor.from_checkpoint(ckpt, batch_size=64, device="cpu", quantize=quantize, runtime=runtime)
     setup = time.perf_counter() - start
     predictor.predict(dev[:16], progress=False)  # warm-up
     preds: list = []
     secs = timed(lambda: preds.extend(predictor.predict(dev, progress=False)))
     single = [timed(lambda p=p: predictor.predict([p], progress=False)) for p in dev[:SINGLE]]
     mner = evaluate_examples(dev, preds, types=types)["mner"]
-    return {"posts_per_s": len(dev) / secs, "single_post_ms": 1e3 * statistics.median(single),
-            "dev_mner_f1": mner["f1"], "setup_s": setup}
+    return {
+        "posts_per_s": len(dev) / secs,
+        "single_post_ms": 1e3 * statistics.median(single),
+        "dev_mner_f1": mner["f1"],
+        "setup_s": setup,
+    }
 
 
 def hf_pipeline(ckpt: str, dev: list) -> list[tuple[str, dict]]:
@@ -71,8 +74,13 @@ def hf_pipeline(ckpt: str, dev: list) -> list[tuple[str, dict]]:
     hparams = torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]
     path = resolve_encoder(hparams["model"]["encoder"])
     model = AutoModelForTokenClassification.from_config(AutoConfig.from_pretrained(path, num_labels=9)).eval()
-    pipe = pipeline("token-classification", model=model, tokenizer=AutoTokenizer.from_pretrained(path),
-                    aggregation_strategy="first", device=-1)
+    pipe = pipeline(
+        "token-classification",
+        model=model,
+        tokenizer=AutoTokenizer.from_pretrained(path),
+        aggregation_strategy="first",
+        device=-1,
+    )
     texts = [" ".join(p.tokens) for p in dev]
     pipe(texts[:16])
     single = 1e3 * statistics.median(timed(lambda t=t: pipe(t)) for t in texts[:SINGLE])
@@ -99,11 +107,16 @@ def main() -> None:
     p.add_argument("--posts", type=int, default=0, help="first N dev posts (0 = all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="docs/benchmarks-infer-cpu.json")
-    p.add_argument("--variants", default=",".join([*VARIANTS, "pipeline"]),
-                   help="comma-separated rows to run, in this order (default: all): "
-                        f"{', '.join([*VARIANTS, 'pipeline'])}")
-    p.add_argument("--engine", default=None, help="torch.backends.quantized.engine for the torch int8 rows "
-                   "(x86, fbgemm, onednn; default: torch's)")
+    p.add_argument(
+        "--variants",
+        default=",".join([*VARIANTS, "pipeline"]),
+        help=f"comma-separated rows to run, in this order (default: all): {', '.join([*VARIANTS, 'pipeline'])}",
+    )
+    p.add_argument(
+        "--engine",
+        default=None,
+        help="torch.backends.quantized.engine for the torch int8 rows (x86, fbgemm, onednn; default: torch's)",
+    )
     args = p.parse_args()
     wanted = args.variants.split(",")
     unknown = set(wanted) - {*VARIANTS, "pipeline"}
@@ -129,10 +142,16 @@ def main() -> None:
             continue
         rows.append((name, ours(args.ckpt, dev, types, quantize, runtime)))
     base = dict(rows).get("hf pipeline (batch 64)", {}).get("posts_per_s")
-    result = {"cpu": cpu_model(), "threads": args.threads, "posts": len(dev),
-              "quantized_engine": torch.backends.quantized.engine,
-              "torch": torch.__version__, "onnxruntime": _version("onnxruntime"), "ckpt": args.ckpt,
-              "rows": dict(rows)}
+    result = {
+        "cpu": cpu_model(),
+        "threads": args.threads,
+        "posts": len(dev),
+        "quantized_engine": torch.backends.quantized.engine,
+        "torch": torch.__version__,
+        "onnxruntime": _version("onnxruntime"),
+        "ckpt": args.ckpt,
+        "rows": dict(rows),
+    }
     Path(args.out).write_text(json.dumps(result, indent=2))
     print("| variant | posts/s | vs pipeline (batch 64) | 1-post ms | dev MNER F1 |\n|---|---|---|---|---|")
     for name, r in rows:

@@ -36,11 +36,22 @@ def run(name: str, args: argparse.Namespace, runs: str) -> dict:
     from refineg.config import load_config
     from refineg.training import train
 
-    overrides = {"data": "twitter_gmner", "data.root": args.data_root, "data.test": "null",
-                 "data.batch_size": args.batch_size, "trainer.max_epochs": 1,
-                 "trainer.limit_train_batches": 5 + args.steps, "trainer.limit_val_batches": 0, "predict": "false",
-                 "logger.wandb": "false", "trainer.enable_progress_bar": "false", "trainer.accelerator": "cpu",
-                 "runs_dir": runs, "run_name": "".join(c if c.isalnum() else "_" for c in name), **VARIANTS[name]}
+    overrides = {
+        "data": "twitter_gmner",
+        "data.root": args.data_root,
+        "data.test": "null",
+        "data.batch_size": args.batch_size,
+        "trainer.max_epochs": 1,
+        "trainer.limit_train_batches": 5 + args.steps,
+        "trainer.limit_val_batches": 0,
+        "predict": "false",
+        "logger.wandb": "false",
+        "trainer.enable_progress_bar": "false",
+        "trainer.accelerator": "cpu",
+        "runs_dir": runs,
+        "run_name": "".join(c if c.isalnum() else "_" for c in name),
+        **VARIANTS[name],
+    }
     os.environ.pop("REFINEG_RUN_NAME", None)
     result = train(load_config([f"{k}={v}" for k, v in overrides.items()]))
     return result["train_throughput"]
@@ -63,11 +74,19 @@ def main() -> None:
             for name in VARIANTS:
                 r = run(name, args, runs)
                 rows.append({"variant": name, "round": rep, **VARIANTS[name], **r})
-                print(f"{name} (round {rep}): {r['tokens_per_s']:.0f} tokens/s, {r['posts_per_s']:.1f} posts/s",
-                      flush=True)
-    meta = {"machine": cpu_model(), "python": platform.python_version(), "torch": torch.__version__,
-            "threads": args.threads, "batch_size": args.batch_size, "steps": args.steps,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                print(
+                    f"{name} (round {rep}): {r['tokens_per_s']:.0f} tokens/s, {r['posts_per_s']:.1f} posts/s",
+                    flush=True,
+                )
+    meta = {
+        "machine": cpu_model(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
     Path(args.out).write_text(json.dumps({"meta": meta, "runs": rows}, indent=2))
     print("| variant | round | real tokens/s | posts/s |\n|---|---|---|---|")
     for r in rows:

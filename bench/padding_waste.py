@@ -25,18 +25,35 @@ def main() -> None:
     p.add_argument("--root", required=True, help="folder with train.jsonl")
     p.add_argument("--tokenizer", required=True, help="tokenizer folder or hub name")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 512])
-    p.add_argument("--variants", nargs="+", default=VARIANTS,
-                   help="bucket:pad_to_multiple_of:pack_length triples, e.g. true:16:0 false:16:128")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=VARIANTS,
+        help="bucket:pad_to_multiple_of:pack_length triples, e.g. true:16:0 false:16:128",
+    )
     args = p.parse_args()
-    print("| batch | bucket | pad_to_multiple_of | pack_length | real / computed subwords | distinct shapes per epoch |"
-          "\n|---|---|---|---|---|---|")
+    print(
+        "| batch | bucket | pad_to_multiple_of | pack_length | real / computed subwords | distinct shapes per epoch |"
+        "\n|---|---|---|---|---|---|"
+    )
     for bs in args.batch_sizes:
         for variant in args.variants:
             bucket, pad, pack = variant.split(":")
-            cfg = load_config([f"data.root={args.root}", "data.format=jsonl", "data.train=train.jsonl",
-                               "data.dev=train.jsonl", "data.test=null", "data.xml_dir=null",
-                               f"model.encoder={args.tokenizer}", f"data.batch_size={bs}", f"data.bucket={bucket}",
-                               f"data.pad_to_multiple_of={pad}", f"data.pack_length={pack}"])
+            cfg = load_config(
+                [
+                    f"data.root={args.root}",
+                    "data.format=jsonl",
+                    "data.train=train.jsonl",
+                    "data.dev=train.jsonl",
+                    "data.test=null",
+                    "data.xml_dir=null",
+                    f"model.encoder={args.tokenizer}",
+                    f"data.batch_size={bs}",
+                    f"data.bucket={bucket}",
+                    f"data.pad_to_multiple_of={pad}",
+                    f"data.pack_length={pack}",
+                ]
+            )
             dm = GMNERDataModule(cfg.data, cfg.model.encoder)
             dm.setup("fit")
             real = padded = 0

@@ -48,8 +48,11 @@ class TokenCounter:
         system = self._count(self.prompts.system)
         for q, a in zip(queries, answers):
             ent = q.entity.text(q.post.tokens)
-            text = (self.prompts.span(q.post.tokens, ent, q.entity.type, types) if check == "span" else
-                    self.prompts.type_box(q.post.tokens, ent, q.entity.type, types, (1000, 750)))
+            text = (
+                self.prompts.span(q.post.tokens, ent, q.entity.type, types)
+                if check == "span"
+                else self.prompts.type_box(q.post.tokens, ent, q.entity.type, types, (1000, 750))
+            )
             self.calls[check] += 1
             self.posts.add(q.post.id)
             self.prompt_tokens += system + self._count(text)
@@ -81,11 +84,21 @@ def measure(preds, golds, gold_path: str, overrides: list[str], tokenizer) -> di
     n = len(preds)
     scores = evaluate_examples(golds, refined)
     calls = sum(counter.calls.values())
-    return {"overrides": overrides, "delegated_entities": report["delegated"], "entities": report["entities"],
-            "calls": calls, "span_calls": counter.calls["span"], "type_calls": counter.calls["type"],
-            "posts_sent": len(counter.posts), "calls_per_post": calls / n,
-            "prompt_tokens_per_post": counter.prompt_tokens / n, "answer_tokens_per_post": counter.answer_tokens / n,
-            "mner_f1": scores["mner"]["f1"], "gmner_f1": scores["gmner"]["f1"], "eeg_f1": scores["eeg"]["f1"]}
+    return {
+        "overrides": overrides,
+        "delegated_entities": report["delegated"],
+        "entities": report["entities"],
+        "calls": calls,
+        "span_calls": counter.calls["span"],
+        "type_calls": counter.calls["type"],
+        "posts_sent": len(counter.posts),
+        "calls_per_post": calls / n,
+        "prompt_tokens_per_post": counter.prompt_tokens / n,
+        "answer_tokens_per_post": counter.answer_tokens / n,
+        "mner_f1": scores["mner"]["f1"],
+        "gmner_f1": scores["gmner"]["f1"],
+        "eeg_f1": scores["eeg"]["f1"],
+    }
 
 
 def main() -> None:
@@ -93,8 +106,13 @@ def main() -> None:
     parser.add_argument("--pred", required=True, help="predictions with uncertainties (the pipeline's predict stage)")
     parser.add_argument("--gold", required=True, help="gold posts of the same ids")
     parser.add_argument("--out", default=None, help="JSON file for the table")
-    parser.add_argument("--accuracy", type=float, nargs="*", default=[0.8, 1.0],
-                        help="simulated MLLM accuracies (1.0 = oracle, else noisy-oracle)")
+    parser.add_argument(
+        "--accuracy",
+        type=float,
+        nargs="*",
+        default=[0.8, 1.0],
+        help="simulated MLLM accuracies (1.0 = oracle, else noisy-oracle)",
+    )
     args = parser.parse_args()
     preds, golds = read_jsonl(args.pred), read_jsonl(args.gold)
     tokenizer = AutoTokenizer.from_pretrained(resolve_encoder("minilm"))
@@ -102,23 +120,35 @@ def main() -> None:
     rows = []
     for acc in args.accuracy:
         backend = ["backend=oracle"] if acc >= 1.0 else ["backend=noisy-oracle", f"oracle_accuracy={acc}"]
-        for setting, extra in (("ReFineG delegation (tau=0.5)", ["tau=0.5"]),
-                               ("every entity (rate 1.0)", ["delegation_rate=1.0"])):
+        for setting, extra in (
+            ("ReFineG delegation (tau=0.5)", ["tau=0.5"]),
+            ("every entity (rate 1.0)", ["delegation_rate=1.0"]),
+        ):
             row = measure(preds, golds, args.gold, [*backend, *extra], tokenizer)
             rows.append({"setting": setting, "simulated_accuracy": acc, **row})
     posts_with_entities = sum(1 for p in preds if p.entities)
-    result = {"posts": len(preds), "entities": sum(len(p.entities) for p in preds),
-              "posts_with_entities": posts_with_entities,
-              "tagger": {t: base[t]["f1"] for t in ("mner", "gmner", "eeg")}, "rows": rows}
-    print(f"{len(preds)} posts, {result['entities']} predicted entities, {posts_with_entities} posts with >= 1 "
-          f"(the release's one call per such post: {posts_with_entities / len(preds):.2f} calls/post)")
+    result = {
+        "posts": len(preds),
+        "entities": sum(len(p.entities) for p in preds),
+        "posts_with_entities": posts_with_entities,
+        "tagger": {t: base[t]["f1"] for t in ("mner", "gmner", "eeg")},
+        "rows": rows,
+    }
+    print(
+        f"{len(preds)} posts, {result['entities']} predicted entities, {posts_with_entities} posts with >= 1 "
+        f"(the release's one call per such post: {posts_with_entities / len(preds):.2f} calls/post)"
+    )
     print(f"tagger alone: MNER F1 {100 * base['mner']['f1']:.2f}  GMNER F1 {100 * base['gmner']['f1']:.2f}")
-    print(f"{'setting':<30}{'acc':>5}{'deleg':>7}{'calls/post':>11}{'prompt tok/post':>16}{'answer tok/post':>16}"
-          f"{'MNER F1':>9}{'GMNER F1':>10}")
+    print(
+        f"{'setting':<30}{'acc':>5}{'deleg':>7}{'calls/post':>11}{'prompt tok/post':>16}{'answer tok/post':>16}"
+        f"{'MNER F1':>9}{'GMNER F1':>10}"
+    )
     for r in rows:
-        print(f"{r['setting']:<30}{r['simulated_accuracy']:>5.1f}{r['delegated_entities']:>7}"
-              f"{r['calls_per_post']:>11.2f}{r['prompt_tokens_per_post']:>16.1f}{r['answer_tokens_per_post']:>16.1f}"
-              f"{100 * r['mner_f1']:>9.2f}{100 * r['gmner_f1']:>10.2f}")
+        print(
+            f"{r['setting']:<30}{r['simulated_accuracy']:>5.1f}{r['delegated_entities']:>7}"
+            f"{r['calls_per_post']:>11.2f}{r['prompt_tokens_per_post']:>16.1f}{r['answer_tokens_per_post']:>16.1f}"
+            f"{100 * r['mner_f1']:>9.2f}{100 * r['gmner_f1']:>10.2f}"
+        )
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
 

@@ -54,26 +54,56 @@ def main() -> int:
     for seed in args.seeds:
         syn = args.out / f"swap_seed{seed}.jsonl"
         if not syn.is_file():
-            cmd = [py, "-m", "refineg.cli", "synthesize", "--out", str(syn), "synthesizer=swap", f"seed={seed}",
-                   "progress=false", *args.data, *args.synth]
+            cmd = [
+                py,
+                "-m",
+                "refineg.cli",
+                "synthesize",
+                "--out",
+                str(syn),
+                "synthesizer=swap",
+                f"seed={seed}",
+                "progress=false",
+                *args.data,
+                *args.synth,
+            ]
             commands.append(shlex.join(cmd))
             run(cmd, args.out / f"swap_seed{seed}.log")
         for mode in args.modes:
             name = f"{mode}-s{seed}"
             metrics = args.out / "runs" / name / "metrics.json"
-            mixing = ["data.mixing=gold_only"] if mode == "gold_only" else [f"data.mixing={mode}",
-                                                                             f"data.synthetic={syn.resolve()}"]
-            cmd = [py, "train.py", *args.data, *mixing, f"seed={seed}", f"run_name={name}",
-                   f"runs_dir={(args.out / 'runs').resolve()}", "logger.wandb=false",
-                   "trainer.enable_progress_bar=false", *args.train]
+            mixing = (
+                ["data.mixing=gold_only"]
+                if mode == "gold_only"
+                else [f"data.mixing={mode}", f"data.synthetic={syn.resolve()}"]
+            )
+            cmd = [
+                py,
+                "train.py",
+                *args.data,
+                *mixing,
+                f"seed={seed}",
+                f"run_name={name}",
+                f"runs_dir={(args.out / 'runs').resolve()}",
+                "logger.wandb=false",
+                "trainer.enable_progress_bar=false",
+                *args.train,
+            ]
             commands.append(shlex.join(cmd))
             if not metrics.is_file():
                 start = time.time()
                 run(cmd, args.out / f"{name}.log")
                 print(f"{name}: {time.time() - start:.0f} s", flush=True)
             result = json.loads(metrics.read_text())
-            records.append({"mode": mode, "seed": seed, "dev_mner_f1": result["dev"]["mner"]["f1"],
-                            "best_val_mner_f1": result["best_val_mner_f1"], "run_dir": result["run_dir"]})
+            records.append(
+                {
+                    "mode": mode,
+                    "seed": seed,
+                    "dev_mner_f1": result["dev"]["mner"]["f1"],
+                    "best_val_mner_f1": result["best_val_mner_f1"],
+                    "run_dir": result["run_dir"],
+                }
+            )
     lines = ["| data | mixing | runs | dev MNER F1 (mean ± std) | per seed |", "|---|---|---|---|---|"]
     summary = {}
     for mode in args.modes:
@@ -81,11 +111,15 @@ def main() -> int:
         std = statistics.stdev(f1) if len(f1) > 1 else 0.0
         summary[mode] = {"mean": statistics.fmean(f1), "std": std, "n": len(f1)}
         data = "gold" if mode == "gold_only" else "gold + swap"
-        lines.append(f"| {data} | {mode} | {len(f1)} | {summary[mode]['mean']:.2f} ± {std:.2f} | "
-                     + ", ".join(f"{v:.2f}" for v in f1) + " |")
+        lines.append(
+            f"| {data} | {mode} | {len(f1)} | {summary[mode]['mean']:.2f} ± {std:.2f} | "
+            + ", ".join(f"{v:.2f}" for v in f1)
+            + " |"
+        )
     table = "\n".join(lines)
-    (args.out / "results.json").write_text(json.dumps({"argv": sys.argv, "summary": summary, "runs": records,
-                                                       "commands": commands}, indent=2))
+    (args.out / "results.json").write_text(
+        json.dumps({"argv": sys.argv, "summary": summary, "runs": records, "commands": commands}, indent=2)
+    )
     (args.out / "results.md").write_text(f"`{shlex.join(sys.argv)}`\n\n{table}\n")
     print(table)
     return 0

@@ -87,10 +87,20 @@ def fit_ours(cfg, callbacks: list, **limits):
     L.seed_everything(cfg.seed, verbose=False)
     module = build_module(cfg)
     dm = GMNERDataModule(cfg.data, cfg.model.encoder, cfg.model.word_dropout, cfg.seed)
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        num_sanity_val_steps=0, gradient_clip_val=cfg.trainer.gradient_clip_val,
-                        use_distributed_sampler=False, callbacks=callbacks, **limits)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        gradient_clip_val=cfg.trainer.gradient_clip_val,
+        use_distributed_sampler=False,
+        callbacks=callbacks,
+        **limits,
+    )
     trainer.fit(module, datamodule=dm)
     return trainer
 
@@ -104,7 +114,8 @@ def hf_model(cfg):
     path = resolve_encoder(cfg.model.encoder)
     labels = bio_labels(list(cfg.data.types))
     model = AutoModelForTokenClassification.from_pretrained(
-        path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={t: i for i, t in enumerate(labels)})
+        path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={t: i for i, t in enumerate(labels)}
+    )
     return model, AutoTokenizer.from_pretrained(path), labels
 
 
@@ -145,11 +156,19 @@ def hf_fit(cfg, args: argparse.Namespace, feats: list[dict], model, tok, **sched
         return batch
 
     clock = StepClock()
-    targs = TrainingArguments(output_dir=tempfile.mkdtemp(prefix="hf-bench-"), seed=cfg.seed,
-                              per_device_train_batch_size=args.batch_size, logging_steps=10**6, save_strategy="no",
-                              report_to=[], use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, **schedule)
-    Trainer(model=model, args=targs, train_dataset=feats, data_collator=counting_collate,
-            callbacks=[clock]).train()
+    targs = TrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix="hf-bench-"),
+        seed=cfg.seed,
+        per_device_train_batch_size=args.batch_size,
+        logging_steps=10**6,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        **schedule,
+    )
+    Trainer(model=model, args=targs, train_dataset=feats, data_collator=counting_collate, callbacks=[clock]).train()
     return clock.times, batches
 
 
@@ -164,9 +183,15 @@ def hf_decode(model, tok, examples: list, labels: list[str], max_length: int, ba
     out = []
     with torch.inference_mode():
         for lo in range(0, len(examples), batch_size):
-            chunk = examples[lo:lo + batch_size]
-            enc = tok([list(e.tokens) for e in chunk], is_split_into_words=True, truncation=True,
-                      max_length=max_length, padding=True, return_tensors="pt")
+            chunk = examples[lo : lo + batch_size]
+            enc = tok(
+                [list(e.tokens) for e in chunk],
+                is_split_into_words=True,
+                truncation=True,
+                max_length=max_length,
+                padding=True,
+                return_tensors="pt",
+            )
             pred = model(**enc).logits.argmax(-1).tolist()
             for k, ex in enumerate(chunk):
                 tags, prev = ["O"] * len(ex.tokens), None
@@ -198,12 +223,19 @@ def ours_train(args: argparse.Namespace, head: str) -> list[dict]:
     throughput = TrainThroughput(warmup=args.warmup)
     trainer = fit_ours(config(args, head), [throughput], max_steps=args.warmup + args.steps)
     s = throughput.summary
-    row = {"variant": "ours-train" + ("-softmax" if head == "softmax" else ""), "posts_per_s": s["posts_per_s"],
-           "tokens_per_s": s["tokens_per_s"], "timed_seconds": s["seconds"], "timed_posts": s["posts"]}
+    row = {
+        "variant": "ours-train" + ("-softmax" if head == "softmax" else ""),
+        "posts_per_s": s["posts_per_s"],
+        "tokens_per_s": s["tokens_per_s"],
+        "timed_seconds": s["seconds"],
+        "timed_posts": s["posts"],
+    }
     epoch = trainer.datamodule.steps_per_epoch(0)
     if args.warmup + args.steps > epoch:
-        row["note"] = (f"{args.warmup}+{args.steps} steps exceed one epoch ({epoch} batches): TrainThroughput skips "
-                       f"{args.warmup} steps again in every epoch, so fewer steps were timed")
+        row["note"] = (
+            f"{args.warmup}+{args.steps} steps exceed one epoch ({epoch} batches): TrainThroughput skips "
+            f"{args.warmup} steps again in every epoch, so fewer steps were timed"
+        )
     return [row]
 
 
@@ -214,10 +246,17 @@ def hf_trainer(args: argparse.Namespace) -> list[dict]:
     times, batches = hf_fit(cfg, args, feats, model, tok, max_steps=args.warmup + args.steps)
     w, n = args.warmup, args.steps  # step k (1-based) ends at times[k - 1] and consumed batches[k - 1]
     secs = times[w + n - 1] - times[w - 1]
-    posts = sum(b[0] for b in batches[w:w + n])
-    tokens = sum(b[1] for b in batches[w:w + n])
-    return [{"variant": "hf-trainer", "posts_per_s": posts / secs, "tokens_per_s": tokens / secs,
-             "timed_seconds": secs, "timed_posts": posts}]
+    posts = sum(b[0] for b in batches[w : w + n])
+    tokens = sum(b[1] for b in batches[w : w + n])
+    return [
+        {
+            "variant": "hf-trainer",
+            "posts_per_s": posts / secs,
+            "tokens_per_s": tokens / secs,
+            "timed_seconds": secs,
+            "timed_posts": posts,
+        }
+    ]
 
 
 def ours_infer(args: argparse.Namespace) -> list[dict]:
@@ -229,8 +268,15 @@ def ours_infer(args: argparse.Namespace) -> list[dict]:
     predictor.predict(dev[:8], progress=False)  # warm-up
     secs = seconds(lambda: predictor.predict(dev, progress=False))
     single = [seconds(lambda p=p: predictor.predict([p], progress=False)) for p in dev[:SINGLE]]
-    return [{"variant": "ours-infer (batch 64)", "posts_per_s": len(dev) / secs, "ms_per_post": 1e3 * secs / len(dev),
-             "single_post_ms": 1e3 * statistics.median(single), "timed_posts": len(dev)}]
+    return [
+        {
+            "variant": "ours-infer (batch 64)",
+            "posts_per_s": len(dev) / secs,
+            "ms_per_post": 1e3 * secs / len(dev),
+            "single_post_ms": 1e3 * statistics.median(single),
+            "timed_posts": len(dev),
+        }
+    ]
 
 
 def hf_pipeline(args: argparse.Namespace) -> list[dict]:
@@ -245,8 +291,15 @@ def hf_pipeline(args: argparse.Namespace) -> list[dict]:
     rows = []
     for name, kwargs in (("hf-pipeline (batch default)", {}), ("hf-pipeline (batch 64)", {"batch_size": 64})):
         secs = seconds(lambda kw=kwargs: pipe(texts, **kw))
-        rows.append({"variant": name, "posts_per_s": len(texts) / secs, "ms_per_post": 1e3 * secs / len(texts),
-                     "single_post_ms": single, "timed_posts": len(texts)})
+        rows.append(
+            {
+                "variant": name,
+                "posts_per_s": len(texts) / secs,
+                "ms_per_post": 1e3 * secs / len(texts),
+                "single_post_ms": single,
+                "timed_posts": len(texts),
+            }
+        )
     return rows
 
 
@@ -259,8 +312,14 @@ def quality_ours(args: argparse.Namespace) -> list[dict]:
     train_s = time.perf_counter() - start
     dev = dev_examples(cfg)
     preds = TaggerPredictor(module, batch_size=64, max_length=cfg.data.max_length).predict(dev, progress=False)
-    return [{"variant": "quality-ours (crf)", "epochs": args.epochs, "train_seconds": train_s,
-             **mner(dev, preds, list(cfg.data.types))}]
+    return [
+        {
+            "variant": "quality-ours (crf)",
+            "epochs": args.epochs,
+            "train_seconds": train_s,
+            **mner(dev, preds, list(cfg.data.types)),
+        }
+    ]
 
 
 def quality_hf(args: argparse.Namespace) -> list[dict]:
@@ -272,13 +331,25 @@ def quality_hf(args: argparse.Namespace) -> list[dict]:
     train_s = time.perf_counter() - start
     dev = dev_examples(cfg)
     preds = hf_decode(model, tok, dev, labels, cfg.data.max_length)
-    return [{"variant": "quality-hf (trainer)", "epochs": args.epochs, "train_seconds": train_s,
-             **mner(dev, preds, list(cfg.data.types))}]
+    return [
+        {
+            "variant": "quality-hf (trainer)",
+            "epochs": args.epochs,
+            "train_seconds": train_s,
+            **mner(dev, preds, list(cfg.data.types)),
+        }
+    ]
 
 
-RUNNERS = {"ours-train": lambda a: ours_train(a, "crf"), "ours-train-softmax": lambda a: ours_train(a, "softmax"),
-           "hf-trainer": hf_trainer, "ours-infer": ours_infer, "hf-pipeline": hf_pipeline,
-           "quality-ours": quality_ours, "quality-hf": quality_hf}
+RUNNERS = {
+    "ours-train": lambda a: ours_train(a, "crf"),
+    "ours-train-softmax": lambda a: ours_train(a, "softmax"),
+    "hf-trainer": hf_trainer,
+    "ours-infer": ours_infer,
+    "hf-pipeline": hf_pipeline,
+    "quality-ours": quality_ours,
+    "quality-hf": quality_hf,
+}
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -313,16 +384,24 @@ def run_variant(name: str) -> tuple[list[dict], int | None]:
     return [{**row, "process_wall_s": wall} for row in out["rows"]], out["threads"]
 
 
-COLUMNS = (("variant", "variant", "{}"), ("posts_per_s", "posts/s", "{:.1f}"), ("tokens_per_s", "tokens/s", "{:.0f}"),
-           ("ms_per_post", "ms/post (batched)", "{:.2f}"), ("single_post_ms", "1-post ms (median)", "{:.1f}"),
-           ("peak_rss_mib", "peak RSS MiB", "{:.0f}"), ("dev_mner_f1", "dev MNER F1", "{:.4f}"))
+COLUMNS = (
+    ("variant", "variant", "{}"),
+    ("posts_per_s", "posts/s", "{:.1f}"),
+    ("tokens_per_s", "tokens/s", "{:.0f}"),
+    ("ms_per_post", "ms/post (batched)", "{:.2f}"),
+    ("single_post_ms", "1-post ms (median)", "{:.1f}"),
+    ("peak_rss_mib", "peak RSS MiB", "{:.0f}"),
+    ("dev_mner_f1", "dev MNER F1", "{:.4f}"),
+)
 
 
 def markdown(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(c[1] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
-        cells = ["error" if "error" in row and key != "variant" else fmt.format(row[key]) if key in row else ""
-                 for key, _, fmt in COLUMNS]
+        cells = [
+            "error" if "error" in row and key != "variant" else fmt.format(row[key]) if key in row else ""
+            for key, _, fmt in COLUMNS
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -364,23 +443,38 @@ def main() -> None:
     import torch
     import transformers
 
-    meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "cpu_model": cpu_model(),
-            "cpu_count": os.cpu_count(), "torch_threads": threads, "torch": torch.__version__,
-            "transformers": transformers.__version__, "lightning": lightning.__version__,
-            "python": platform.python_version(), "data": args.data, "train_posts": args.posts or "all",
-            "batch_size": args.batch_size, "warmup_steps": args.warmup, "timed_steps": args.steps,
-            "infer_posts": args.infer_posts or "all", "quality_epochs": args.epochs if args.quality else None}
+    meta = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": threads,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "lightning": lightning.__version__,
+        "python": platform.python_version(),
+        "data": args.data,
+        "train_posts": args.posts or "all",
+        "batch_size": args.batch_size,
+        "warmup_steps": args.warmup,
+        "timed_steps": args.steps,
+        "infer_posts": args.infer_posts or "all",
+        "quality_epochs": args.epochs if args.quality else None,
+    }
     by = {r["variant"]: r for r in rows if "error" not in r}
-    ratios = {"ours-train / hf-trainer posts/s": ("ours-train", "hf-trainer"),
-              "ours-infer / hf-pipeline(batch 64) posts/s": ("ours-infer (batch 64)", "hf-pipeline (batch 64)")}
+    ratios = {
+        "ours-train / hf-trainer posts/s": ("ours-train", "hf-trainer"),
+        "ours-infer / hf-pipeline(batch 64) posts/s": ("ours-infer (batch 64)", "hf-pipeline (batch 64)"),
+    }
     speedups = {k: by[a]["posts_per_s"] / by[b]["posts_per_s"] for k, (a, b) in ratios.items() if a in by and b in by}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "results": rows, "speedups": speedups}, indent=2) + "\n")
-    print(f"\n{meta['cpu_model']}, {threads} torch threads, torch {meta['torch']}, transformers "
-          f"{meta['transformers']}, lightning {meta['lightning']}; data={args.data}, batch {args.batch_size}, "
-          f"{args.warmup} warm-up + {args.steps} timed steps\n")
+    print(
+        f"\n{meta['cpu_model']}, {threads} torch threads, torch {meta['torch']}, transformers "
+        f"{meta['transformers']}, lightning {meta['lightning']}; data={args.data}, batch {args.batch_size}, "
+        f"{args.warmup} warm-up + {args.steps} timed steps\n"
+    )
     print(markdown(rows))
     for row in rows:
         if "note" in row:

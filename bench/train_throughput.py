@@ -31,9 +31,16 @@ def make_encoder_folder() -> None:
     ENC_DIR.mkdir(parents=True, exist_ok=True)
     for f in TOK_DIR.iterdir():
         shutil.copy(f, ENC_DIR / f.name)
-    XLMRobertaConfig(vocab_size=250002, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                     intermediate_size=4096, max_position_embeddings=514, type_vocab_size=1,
-                     pad_token_id=0).save_pretrained(ENC_DIR)
+    XLMRobertaConfig(
+        vocab_size=250002,
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        intermediate_size=4096,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        pad_token_id=0,
+    ).save_pretrained(ENC_DIR)
 
 
 def matmul_tflops() -> float:
@@ -63,8 +70,12 @@ def profile_report(prof, steps: int, wall_s: float) -> dict:
     print(avgs.table(sort_by="self_device_time_total", row_limit=12))
     gpu_us = sum(e.self_device_time_total for e in avgs)
     kernels = sum(e.count for e in avgs if e.self_device_time_total > 0 and e.device_type.name == "CUDA")
-    return {"profiled_steps": steps, "wall_ms_per_step": 1e3 * wall_s / steps,
-            "gpu_busy_ms_per_step": gpu_us / 1e3 / steps, "kernels_per_step": kernels / steps}
+    return {
+        "profiled_steps": steps,
+        "wall_ms_per_step": 1e3 * wall_s / steps,
+        "gpu_busy_ms_per_step": gpu_us / 1e3 / steps,
+        "kernels_per_step": kernels / steps,
+    }
 
 
 class StepProfiler:
@@ -74,8 +85,9 @@ class StepProfiler:
         import torch
 
         self.wait, self.active, self.n = wait, active, 0
-        self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
-                                                       torch.profiler.ProfilerActivity.CUDA])
+        self.prof = torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        )
         self.report: dict = {}
         self._t0 = 0.0
 
@@ -104,13 +116,26 @@ def run_ours(args) -> dict:
     from refineg.datamodules.gmner import GMNERDataModule
     from refineg.modules.tagger_module import TaggerModule
 
-    cfg = load_config([f"data.root={DATA.parent}", "data.format=jsonl", "data.train=train.jsonl",
-                       "data.dev=train.jsonl", "data.test=null", "data.xml_dir=null", f"model.encoder={ENC_DIR}",
-                       "model.casing=false", f"data.batch_size={args.batch_size}", f"model.head={args.head}",
-                       f"data.bucket={str(not args.no_bucket).lower()}",
-                       f"data.pad_to_multiple_of={args.pad_multiple}", f"data.pack_length={args.pack}"])
-    module = TaggerModule(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim),
-                          list(cfg.data.types), pretrained=False)
+    cfg = load_config(
+        [
+            f"data.root={DATA.parent}",
+            "data.format=jsonl",
+            "data.train=train.jsonl",
+            "data.dev=train.jsonl",
+            "data.test=null",
+            "data.xml_dir=null",
+            f"model.encoder={ENC_DIR}",
+            "model.casing=false",
+            f"data.batch_size={args.batch_size}",
+            f"model.head={args.head}",
+            f"data.bucket={str(not args.no_bucket).lower()}",
+            f"data.pad_to_multiple_of={args.pad_multiple}",
+            f"data.pack_length={args.pack}",
+        ]
+    )
+    module = TaggerModule(
+        OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), list(cfg.data.types), pretrained=False
+    )
     torch.backends.cuda.enable_cudnn_sdp(not args.no_cudnn)
     if args.compile != "none":
         from refineg.modules.compile import compile_tagger
@@ -132,10 +157,20 @@ def run_ours(args) -> dict:
                 profiler.step()
 
         callbacks.append(ProfileSteps())
-    trainer = L.Trainer(accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=args.warmup + args.steps,
-                        limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        gradient_clip_val=None if args.cuda_graph else 1.0, callbacks=callbacks,
-                        use_distributed_sampler=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator="gpu",
+        devices=1,
+        precision="bf16-mixed",
+        max_steps=args.warmup + args.steps,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        gradient_clip_val=None if args.cuda_graph else 1.0,
+        callbacks=callbacks,
+        use_distributed_sampler=False,
+        enable_model_summary=False,
+    )
     torch.cuda.reset_peak_memory_stats()
     trainer.fit(module, datamodule=dm)
     out = dict(meter.summary)
@@ -194,21 +229,40 @@ def run_hf(args) -> dict:
                 profiler.step()
 
     meter = Meter()
-    targs = TrainingArguments(output_dir="/tmp/hf_out", per_device_train_batch_size=args.batch_size, bf16=True,
-                              max_steps=args.warmup + args.steps, logging_steps=10**6, save_strategy="no",
-                              report_to=[], dataloader_num_workers=0, max_grad_norm=1.0, seed=0)
+    targs = TrainingArguments(
+        output_dir="/tmp/hf_out",
+        per_device_train_batch_size=args.batch_size,
+        bf16=True,
+        max_steps=args.warmup + args.steps,
+        logging_steps=10**6,
+        save_strategy="no",
+        report_to=[],
+        dataloader_num_workers=0,
+        max_grad_norm=1.0,
+        seed=0,
+    )
     torch.cuda.reset_peak_memory_stats()
-    trainer = Trainer(model=model, args=targs, train_dataset=rows, callbacks=[meter],
-                      data_collator=DataCollatorForTokenClassification(tok))
+    trainer = Trainer(
+        model=model,
+        args=targs,
+        train_dataset=rows,
+        callbacks=[meter],
+        data_collator=DataCollatorForTokenClassification(tok),
+    )
     trainer.train()
     seconds = meter.t1 - meter.t0
     # posts are drawn by a seeded random sampler: count real tokens of an average post for tokens/s
     mean_tokens = sum(len(r["input_ids"]) for r in rows) / len(rows)
     posts = args.steps * args.batch_size
-    return {"posts_per_s": posts / seconds, "tokens_per_s": posts * mean_tokens / seconds, "seconds": seconds,
-            "posts": posts, "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "non_embedding_params": non_embedding_params(model.roberta),
-            **({"profile": profiler.report} if profiler is not None else {})}
+    return {
+        "posts_per_s": posts / seconds,
+        "tokens_per_s": posts * mean_tokens / seconds,
+        "seconds": seconds,
+        "posts": posts,
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "non_embedding_params": non_embedding_params(model.roberta),
+        **({"profile": profiler.report} if profiler is not None else {}),
+    }
 
 
 def main() -> None:
@@ -239,28 +293,56 @@ def main() -> None:
         return
     make_encoder_folder()
     rate = matmul_tflops()
-    base = [sys.executable, __file__, "--steps", str(args.steps), "--warmup", str(args.warmup), "--batch-size",
-            str(args.batch_size)] + (["--profile"] if args.profile else [])
+    base = [
+        sys.executable,
+        __file__,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--batch-size",
+        str(args.batch_size),
+    ] + (["--profile"] if args.profile else [])
     graph = ["--cuda-graph", "--pad-multiple", str(args.graph_pad), "--no-cudnn"]
-    plan = {"hf-trainer (linear head)": ["--variant", "hf"],
-            "ours (CRF, bucketed)": ["--variant", "ours"],
-            "ours (linear head, bucketed)": ["--variant", "ours", "--head", "softmax"],
-            "ours (CRF, no bucketing)": ["--variant", "ours", "--no-bucket"],
-            "ours (CRF, no cuDNN attention)": ["--variant", "ours", "--no-cudnn"],
-            "ours (CRF, compile backbone)": ["--variant", "ours", "--compile", "backbone", "--no-cudnn"],
-            "ours (CRF, compile layers)": ["--variant", "ours", "--compile", "layers", "--no-cudnn"],
-            "ours (CRF, compile tagger, pad 32)": ["--variant", "ours", "--compile", "tagger", "--pad-multiple", "32",
-                                                   "--no-cudnn"],
-            "ours (CRF, CUDA graphs, pad 32)": ["--variant", "ours", "--compile", "cudagraphs", "--pad-multiple",
-                                                "32", "--no-cudnn"],
-            "ours (CRF, step graph)": ["--variant", "ours", *graph],
-            "ours (CRF, packed)": ["--variant", "ours", "--no-bucket", "--pack", str(args.pack_length), "--no-cudnn"],
-            "ours (CRF, step graph, packed)": ["--variant", "ours", *graph, "--no-bucket", "--pack",
-                                               str(args.pack_length)]}
+    plan = {
+        "hf-trainer (linear head)": ["--variant", "hf"],
+        "ours (CRF, bucketed)": ["--variant", "ours"],
+        "ours (linear head, bucketed)": ["--variant", "ours", "--head", "softmax"],
+        "ours (CRF, no bucketing)": ["--variant", "ours", "--no-bucket"],
+        "ours (CRF, no cuDNN attention)": ["--variant", "ours", "--no-cudnn"],
+        "ours (CRF, compile backbone)": ["--variant", "ours", "--compile", "backbone", "--no-cudnn"],
+        "ours (CRF, compile layers)": ["--variant", "ours", "--compile", "layers", "--no-cudnn"],
+        "ours (CRF, compile tagger, pad 32)": [
+            "--variant",
+            "ours",
+            "--compile",
+            "tagger",
+            "--pad-multiple",
+            "32",
+            "--no-cudnn",
+        ],
+        "ours (CRF, CUDA graphs, pad 32)": [
+            "--variant",
+            "ours",
+            "--compile",
+            "cudagraphs",
+            "--pad-multiple",
+            "32",
+            "--no-cudnn",
+        ],
+        "ours (CRF, step graph)": ["--variant", "ours", *graph],
+        "ours (CRF, packed)": ["--variant", "ours", "--no-bucket", "--pack", str(args.pack_length), "--no-cudnn"],
+        "ours (CRF, step graph, packed)": ["--variant", "ours", *graph, "--no-bucket", "--pack", str(args.pack_length)],
+    }
     if args.only:
         plan = {k: v for k, v in plan.items() if any(o in k for o in args.only)}
-    results = {"bf16_matmul_tflops": rate, "batch_size": args.batch_size, "steps": args.steps,
-               "warmup": args.warmup, "runs": {}}
+    results = {
+        "bf16_matmul_tflops": rate,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "runs": {},
+    }
     for name, extra in plan.items():
         proc = subprocess.run(base + extra, capture_output=True, text=True)
         if args.log_dir:
@@ -281,8 +363,10 @@ def main() -> None:
         if "error" in r:
             print(f"| {name} | error: {r['error'].splitlines()[-1] if r['error'] else '?'} | | | |")
         else:
-            print(f"| {name} | {r['posts_per_s']:.0f} | {r['tokens_per_s']:.0f} | {r['peak_mem_gib']:.1f} | "
-                  f"{100 * r['mfu']:.1f}% |")
+            print(
+                f"| {name} | {r['posts_per_s']:.0f} | {r['tokens_per_s']:.0f} | {r['peak_mem_gib']:.1f} | "
+                f"{100 * r['mfu']:.1f}% |"
+            )
 
 
 if __name__ == "__main__":

@@ -63,8 +63,10 @@ class TrainThroughput(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
         self._close(trainer, pl_module)
         if self.seconds > 0:
-            pl_module.log_dict({"train/posts_per_s": self.posts / self.seconds,
-                                "train/tokens_per_s": self.tokens / self.seconds}, rank_zero_only=True)
+            pl_module.log_dict(
+                {"train/posts_per_s": self.posts / self.seconds, "train/tokens_per_s": self.tokens / self.seconds},
+                rank_zero_only=True,
+            )
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
         self._close(trainer, pl_module)
@@ -74,5 +76,9 @@ class TrainThroughput(L.Callback):
         """``posts_per_s``, ``tokens_per_s`` and the measured ``seconds`` / ``posts``."""
         if self.seconds == 0:
             return {}
-        return {"posts_per_s": self.posts / self.seconds, "tokens_per_s": self.tokens / self.seconds,
-                "seconds": self.seconds, "posts": self.posts}
+        return {
+            "posts_per_s": self.posts / self.seconds,
+            "tokens_per_s": self.tokens / self.seconds,
+            "seconds": self.seconds,
+            "posts": self.posts,
+        }

@@ -36,12 +36,14 @@ def _parse_type_map(items: list[str]) -> dict[str, str]:
 
 
 def _convert_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", required=True, help="input format: twitter-gmner, conll, ccks, jsonl or "
-                                                   "flickr30k-entities")
+    p.add_argument(
+        "--format", required=True, help="input format: twitter-gmner, conll, ccks, jsonl or flickr30k-entities"
+    )
     p.add_argument("--txt", help="CoNLL txt file (twitter-gmner, conll)")
     p.add_argument("--xml-dir", help="Pascal-VOC xml folder (twitter-gmner; required unless --text-only)")
-    p.add_argument("--text-only", action="store_true", help="twitter-gmner without --xml-dir: write every entity "
-                                                            "without boxes")
+    p.add_argument(
+        "--text-only", action="store_true", help="twitter-gmner without --xml-dir: write every entity without boxes"
+    )
     p.add_argument("--text-json", help="sample_text.json (ccks)")
     p.add_argument("--entity-json", help="sample_entity.json (ccks)")
     p.add_argument("--input", help="canonical JSONL (jsonl); the dataset folder (flickr30k-entities)")
@@ -52,8 +54,11 @@ def _convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-entity-json", help="sample_entity.json to write (--to ccks)")
 
 
-@subcommand("convert", "convert between Twitter-GMNER, CoNLL, CCKS2025 JSON and canonical JSONL (and read "
-            "Flickr30k Entities)", _convert_args)
+@subcommand(
+    "convert",
+    "convert between Twitter-GMNER, CoNLL, CCKS2025 JSON and canonical JSONL (and read Flickr30k Entities)",
+    _convert_args,
+)
 def convert(args: argparse.Namespace) -> int:
     """Reads ``--format`` input, writes ``--to`` output, prints counts and reader warnings."""
     report = ReadReport()
@@ -62,8 +67,10 @@ def convert(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: format {args.to!r} is read-only; choose another --to")
     if args.format == "twitter-gmner":
         if not args.xml_dir and not args.text_only:
-            raise UsageError("--xml-dir is required for --format twitter-gmner (its boxes are there); pass "
-                             "--text-only to convert the text without any box")
+            raise UsageError(
+                "--xml-dir is required for --format twitter-gmner (its boxes are there); pass "
+                "--text-only to convert the text without any box"
+            )
         examples = create_data_format("twitter-gmner").reader(_need(args, "txt"), args.xml_dir, report=report)
     elif args.format == "conll":
         examples = create_data_format("conll").reader(_need(args, "txt"), type_map=_parse_type_map(args.type_map))
@@ -99,8 +106,12 @@ def _need(args: argparse.Namespace, name: str) -> str:
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gold", required=True, help="gold canonical JSONL")
     p.add_argument("--pred", required=True, help="predicted canonical JSONL")
-    p.add_argument("--match", default="span", choices=["span", "name"],
-                   help="span: token spans (Twitter-GMNER); name: surface string + label (CCKS2025)")
+    p.add_argument(
+        "--match",
+        default="span",
+        choices=["span", "name"],
+        help="span: token spans (Twitter-GMNER); name: surface string + label (CCKS2025)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -125,8 +136,10 @@ def evaluate(args: argparse.Namespace) -> int:
         overlaps = result["overlapping_predictions"]
         if overlaps["entities"]:
             posts = f"{overlaps['posts']} post{'s' if overlaps['posts'] != 1 else ''}"
-            print(f"\nnote: {overlaps['entities']} predicted entities (in {posts}) overlap or repeat an earlier one; "
-                  "each was scored (a duplicate is a false positive)")
+            print(
+                f"\nnote: {overlaps['entities']} predicted entities (in {posts}) overlap or repeat an earlier one; "
+                "each was scored (a duplicate is a false positive)"
+            )
     return 0
 
 
@@ -142,12 +155,15 @@ def format_scores(result: dict) -> str:
         lines.append(f"{etype:<10}{100 * s['gmner_f1']:>10.2f}{100 * s['mner_f1']:>10.2f}{s['support']:>9}")
     grounding = result.get("grounding")
     if grounding and grounding["with_box"] + grounding["without_box"]:
+
         def pct(v: float | None) -> str:
             return "-" if v is None else f"{100 * v:.2f}"
 
         lines.append("")
-        lines.append(f"grounding: Acc@0.5 {pct(grounding['acc'])} of {grounding['with_box']} gold entities with a box, "
-                     f"none-accuracy {pct(grounding['none_acc'])} of {grounding['without_box']} without")
+        lines.append(
+            f"grounding: Acc@0.5 {pct(grounding['acc'])} of {grounding['with_box']} gold entities with a box, "
+            f"none-accuracy {pct(grounding['none_acc'])} of {grounding['without_box']} without"
+        )
     return "\n".join(lines)
 
 
@@ -163,16 +179,25 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--quantize", choices=["int8", "int8-per-tensor"], default=None,
-                   help="CPU only: dynamic int8 quantisation of the encoder; int8 = per-channel weights, within 0.1 "
-                        "F1 of float32 (int8-per-tensor: torch's default, ~2 F1 lower); see docs/benchmarks.md")
-    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
-                   help="onnx: run the encoder and emission layer in ONNX Runtime on the CPU (pip install "
-                        "'refineg[onnx]'); the export is cached by weights hash in $REFINEG_ONNX_CACHE or <tmp>")
+    p.add_argument(
+        "--quantize",
+        choices=["int8", "int8-per-tensor"],
+        default=None,
+        help="CPU only: dynamic int8 quantisation of the encoder; int8 = per-channel weights, within 0.1 "
+        "F1 of float32 (int8-per-tensor: torch's default, ~2 F1 lower); see docs/benchmarks.md",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=["torch", "onnx"],
+        default="torch",
+        help="onnx: run the encoder and emission layer in ONNX Runtime on the CPU (pip install "
+        "'refineg[onnx]'); the export is cached by weights hash in $REFINEG_ONNX_CACHE or <tmp>",
+    )
 
 
-@subcommand("predict", "tag posts with a trained tagger and write canonical JSONL with per-entity scores",
-            _predict_args)
+@subcommand(
+    "predict", "tag posts with a trained tagger and write canonical JSONL with per-entity scores", _predict_args
+)
 def predict(args: argparse.Namespace) -> int:
     """Tags ``--input`` (or ``--text``) and writes/prints the predictions."""
     import torch
@@ -198,15 +223,21 @@ def predict(args: argparse.Namespace) -> int:
         if args.limit is not None:
             if args.limit < 1:
                 raise SystemExit(f"--limit must be >= 1, got {args.limit}")
-            examples = examples[:args.limit]
+            examples = examples[: args.limit]
     if args.runtime == "onnx":
         from refineg.onnx_runtime import require_onnxruntime
 
         require_onnxruntime()  # before loading anything
     cpu_only = args.quantize or args.runtime == "onnx"
     device = args.device or ("cpu" if cpu_only else "cuda" if torch.cuda.is_available() else "cpu")
-    predictor = TaggerPredictor.from_checkpoint(args.ckpt, batch_size=args.batch_size, max_length=args.max_length,
-                                                device=device, quantize=args.quantize, runtime=args.runtime)
+    predictor = TaggerPredictor.from_checkpoint(
+        args.ckpt,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        device=device,
+        quantize=args.quantize,
+        runtime=args.runtime,
+    )
     preds = predictor.predict(examples, progress=args.text is None)
     if args.out:
         write_jsonl(preds, args.out)
@@ -224,22 +255,35 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", required=True, help="tagger checkpoint")
     p.add_argument("--data", required=True, help="gold canonical JSONL (dev)")
     p.add_argument("--out-dir", default=None, help="report folder (default: <ckpt folder>/calibration)")
-    p.add_argument("--heads", default=None,
-                   help="comma-separated uncertainty heads (default: every head that needs only the checkpoint)")
-    p.add_argument("--head-kwargs", default="{}", help='JSON {head: {kwarg: value}}, e.g. \'{"mc_dropout": '
-                                                     '{"samples": 16, "dropout": 0.1}}\'')
+    p.add_argument(
+        "--heads",
+        default=None,
+        help="comma-separated uncertainty heads (default: every head that needs only the checkpoint)",
+    )
+    p.add_argument(
+        "--head-kwargs",
+        default="{}",
+        help='JSON {head: {kwarg: value}}, e.g. \'{"mc_dropout": {"samples": 16, "dropout": 0.1}}\'',
+    )
     p.add_argument("--ensemble", nargs="*", default=None, help="member checkpoints: adds the ensemble head")
     p.add_argument("--evidential", default=None, help="trained Dirichlet layer: adds the evidential head")
-    p.add_argument("--fit-evidential", default=None, metavar="TRAIN_JSONL",
-                   help="train a Dirichlet layer on these labelled posts (saved as evidential.pt) and add the head")
+    p.add_argument(
+        "--fit-evidential",
+        default=None,
+        metavar="TRAIN_JSONL",
+        help="train a Dirichlet layer on these labelled posts (saved as evidential.pt) and add the head",
+    )
     p.add_argument("--fit-temperature", action="store_true", help="fit a temperature on --data, report heads again")
     p.add_argument("--bins", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, default=128)
 
 
-@subcommand("calibrate", "per uncertainty head: error-detection AUROC, ECE, risk-coverage/AURC; JSON + PNG plots",
-            _calibrate_args)
+@subcommand(
+    "calibrate",
+    "per uncertainty head: error-detection AUROC, ECE, risk-coverage/AURC; JSON + PNG plots",
+    _calibrate_args,
+)
 def calibrate_cmd(args: argparse.Namespace) -> int:
     """Scores the uncertainty heads of ``--ckpt`` on ``--data`` and writes the report."""
     from refineg.stages.refinement.calibrate import calibrate, default_heads, summary_table
@@ -268,8 +312,17 @@ def calibrate_cmd(args: argparse.Namespace) -> int:
             heads["evidential"] = {"path": str(out_dir / "evidential.pt")}
         elif args.evidential:
             heads["evidential"] = {"path": args.evidential}
-    report = calibrate(args.ckpt, examples, out_dir, heads, args.fit_temperature, args.bins, args.batch_size,
-                       args.max_length, progress=True)
+    report = calibrate(
+        args.ckpt,
+        examples,
+        out_dir,
+        heads,
+        args.fit_temperature,
+        args.bins,
+        args.batch_size,
+        args.max_length,
+        progress=True,
+    )
     print(summary_table(report))
     print(f"\nreport: {out_dir / 'calibration.json'}; plots: reliability.png, risk_coverage.png")
     return 0
@@ -287,8 +340,9 @@ def llm_exit_status(stage: str, total: dict | None, kept: str) -> int:
     if not total or not total.get("requests") or total.get("ok"):
         return 0
     kinds = ", ".join(f"{k}={v}" for k, v in sorted((total.get("failures_by_kind") or {}).items())) or "unknown"
-    print(f"error: {stage}: none of the {total['requests']} LLM requests got an answer ({kinds}); {kept}",
-          file=sys.stderr)
+    print(
+        f"error: {stage}: none of the {total['requests']} LLM requests got an answer ({kinds}); {kept}", file=sys.stderr
+    )
     return 1
 
 
@@ -299,14 +353,23 @@ def _usage_total(report: dict) -> dict | None:
 def _refine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pred", required=True, help="predicted canonical JSONL (with uncertainties, or set ckpt= head=)")
     p.add_argument("--out", required=True, help="refined canonical JSONL (a <out>.report.json is written next to it)")
-    p.add_argument("--gold", default=None, help="gold JSONL: print MNER/GMNER scores before and after; also the "
-                                                "answers of the simulated backends (oracle, noisy-oracle)")
-    p.add_argument("overrides", nargs="*", help="RefineConfig key=value overrides, e.g. tau=0.5 head=crf_marginal "
-                                                "ckpt=C backend=oracle gold=dev.jsonl llm.model=M llm.base_url=U")
+    p.add_argument(
+        "--gold",
+        default=None,
+        help="gold JSONL: print MNER/GMNER scores before and after; also the "
+        "answers of the simulated backends (oracle, noisy-oracle)",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="RefineConfig key=value overrides, e.g. tau=0.5 head=crf_marginal "
+        "ckpt=C backend=oracle gold=dev.jsonl llm.model=M llm.base_url=U",
+    )
 
 
-@subcommand("refine", "delegate uncertain entities to an MLLM (or a simulation) and merge its corrections",
-            _refine_args)
+@subcommand(
+    "refine", "delegate uncertain entities to an MLLM (or a simulation) and merge its corrections", _refine_args
+)
 def refine_cmd(args: argparse.Namespace) -> int:
     """Runs the refinement stage on ``--pred`` and writes ``--out``."""
     from refineg.metrics import evaluate_examples
@@ -321,9 +384,11 @@ def refine_cmd(args: argparse.Namespace) -> int:
     report = run_refine(cfg, args.pred, args.out)
     if report["simulated"]:
         print(f"SIMULATION: answers come from {report['backend']}, not from an MLLM")
-    print(f"{report['delegated']} of {report['entities']} entities delegated "
-          f"({100 * report['delegation_rate']:.1f}%), {report['over_budget']} over the call budget, "
-          f"{report['backend_failures_kept_small_model']} backend failures kept the small model's answer")
+    print(
+        f"{report['delegated']} of {report['entities']} entities delegated "
+        f"({100 * report['delegation_rate']:.1f}%), {report['over_budget']} over the call budget, "
+        f"{report['backend_failures_kept_small_model']} backend failures kept the small model's answer"
+    )
     for key, value in report["outcomes"].items():
         print(f"  {key:<28}{value:>7}")
     if args.gold:
@@ -337,19 +402,34 @@ def refine_cmd(args: argparse.Namespace) -> int:
 
 
 def _synthesize_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seeds", help="gold seed posts (canonical JSONL); default: the training split of the data "
-                                   "config (data=NAME data.root=... data.gold_limit=N seed=S pick it)")
-    p.add_argument("--out", required=True, help="output JSONL of synthetic training posts; the report "
-                                                "(<stem>.report.json/.txt), <stem>.dev.jsonl and <stem>_work/ go "
-                                                "next to it")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides, e.g. synthesizer=swap domain=ccks_military llm.model=NAME "
-                        "llm.base_url=URL n_reuse=20 n_new=10 dev_fraction=0.25 consistency.mode=drop "
-                        "(refineg/stages/synthesis/config.py lists every key)")
+    p.add_argument(
+        "--seeds",
+        help="gold seed posts (canonical JSONL); default: the training split of the data "
+        "config (data=NAME data.root=... data.gold_limit=N seed=S pick it)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output JSONL of synthetic training posts; the report "
+        "(<stem>.report.json/.txt), <stem>.dev.jsonl and <stem>_work/ go "
+        "next to it",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides, e.g. synthesizer=swap domain=ccks_military llm.model=NAME "
+        "llm.base_url=URL n_reuse=20 n_new=10 dev_fraction=0.25 consistency.mode=drop "
+        "(refineg/stages/synthesis/config.py lists every key)",
+    )
 
 
-@subcommand("synthesize", "make labelled synthetic posts from gold seeds (LLM or LLM-free swap synthesiser), "
-            "with generic-mention, length, duplicate and consistency filters", _synthesize_args)
+@subcommand(
+    "synthesize",
+    "make labelled synthetic posts from gold seeds (LLM or LLM-free swap synthesiser), "
+    "with generic-mention, length, duplicate and consistency filters",
+    _synthesize_args,
+)
 def synthesize(args: argparse.Namespace) -> int:
     """Runs the synthesis stage and prints the report table."""
     from refineg.stages.synthesis import load_synthesis_config, run_synthesis
@@ -365,8 +445,11 @@ def synthesize(args: argparse.Namespace) -> int:
     print(f"\nwrote {', '.join(written)}\nreport: {output.report_json}, {output.report_txt}")
     requests = {k: v for k, v in output.report.requests.items() if k != "malformed_answer"}
     failures = {k.removeprefix("failed:"): v for k, v in requests.items() if k not in ("ok", "cached")}
-    total = {"requests": sum(requests.values()), "ok": requests.get("ok", 0) + requests.get("cached", 0),
-             "failures_by_kind": failures}
+    total = {
+        "requests": sum(requests.values()),
+        "ok": requests.get("ok", 0) + requests.get("cached", 0),
+        "failures_by_kind": failures,
+    }
     return llm_exit_status("synthesize", total, f"wrote {sum(output.report.kept.values())} posts")
 
 
@@ -375,14 +458,21 @@ def _ground_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pool", required=True, help="labelled canonical JSONL (gold boxes): the demonstration pool")
     p.add_argument("--images", default=None, help="image folder (post images load lazily; missing ones answer none)")
     p.add_argument("--out", required=True, help="grounded canonical JSONL (a <stem>.summary.json goes next to it)")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="GroundConfig overrides, e.g. mllm.llm.model=M mllm.llm.base_url=URL selector.k=3 "
-                        "selector.mode=text groundability_threshold=0.5 grounder.name=clip "
-                        "(refineg/stages/grounding/config.py lists every key)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="GroundConfig overrides, e.g. mllm.llm.model=M mllm.llm.base_url=URL selector.k=3 "
+        "selector.mode=text groundability_threshold=0.5 grounder.name=clip "
+        "(refineg/stages/grounding/config.py lists every key)",
+    )
 
 
-@subcommand("ground", "ground each entity to boxes in the post image (MLLM with selected demonstrations, or "
-            "another registered grounder)", _ground_args)
+@subcommand(
+    "ground",
+    "ground each entity to boxes in the post image (MLLM with selected demonstrations, or another registered grounder)",
+    _ground_args,
+)
 def ground_cmd(args: argparse.Namespace) -> int:
     """Runs the grounding stage on ``--pred`` and writes ``--out``."""
     from refineg.stages.grounding import run_ground
@@ -394,37 +484,58 @@ def ground_cmd(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
     print(f"grounder: {summary['grounder']}\nselector: {summary['selector']}")
-    print(f"{summary['posts']} posts ({summary['posts_without_image']} without image), {summary['entities']} "
-          f"entities, {summary['grounded']} grounded ({summary['boxes']} boxes), {summary['posts_failed']} posts "
-          f"failed")
+    print(
+        f"{summary['posts']} posts ({summary['posts_without_image']} without image), {summary['entities']} "
+        f"entities, {summary['grounded']} grounded ({summary['boxes']} boxes), {summary['posts_failed']} posts "
+        f"failed"
+    )
     for reason, n in summary["none_by_reason"].items():
         print(f"  none: {reason:<22}{n:>7}")
     if summary.get("demos_without_image"):
-        print(f"demonstrations: {summary['demos_without_image']} of {summary['demos_selected']} without an image "
-              f"(left out); {summary['posts_without_usable_demos']} posts asked without any")
+        print(
+            f"demonstrations: {summary['demos_without_image']} of {summary['demos_selected']} without an image "
+            f"(left out); {summary['posts_without_usable_demos']} posts asked without any"
+        )
     if "mllm" in summary:
         m = summary["mllm"]
-        print(f"MLLM: {m['requests']} requests, {m['calls']} calls, {m['cache_hits']} cached, {m['failed']} failed, "
-              f"tokens {m['prompt_tokens']} prompt + {m['completion_tokens']} completion")
+        print(
+            f"MLLM: {m['requests']} requests, {m['calls']} calls, {m['cache_hits']} cached, {m['failed']} failed, "
+            f"tokens {m['prompt_tokens']} prompt + {m['completion_tokens']} completion"
+        )
     print(f"wrote {args.out} and {summary['summary_path']}")
     return llm_exit_status("ground", _usage_total(summary), f"{args.out} answers none for the asked entities")
 
 
 def _fit_region_scorer_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, help="labelled posts (canonical JSONL with gold boxes); split by image "
-                                                 "into train and dev unless --train is given (then it is dev)")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="labelled posts (canonical JSONL with gold boxes); split by image "
+        "into train and dev unless --train is given (then it is dev)",
+    )
     p.add_argument("--images", required=True, help="folder of post images (Example.image is relative to it)")
     p.add_argument("--out", required=True, help="state file to write (load it with the clip grounder's state=)")
-    p.add_argument("--train", default=None, help="labelled posts to train the scoring head on (default: a seeded "
-                                                 "split of --data by image)")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="e.g. model_name=ViT-B-32 pretrained=/path/open_clip.bin proposals=file "
-                        "proposal_kwargs.path=vinvl.jsonl head.epochs=20 limit=200 "
-                        "(refineg/stages/grounding/region_fit.py lists every key)")
+    p.add_argument(
+        "--train",
+        default=None,
+        help="labelled posts to train the scoring head on (default: a seeded split of --data by image)",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="e.g. model_name=ViT-B-32 pretrained=/path/open_clip.bin proposals=file "
+        "proposal_kwargs.path=vinvl.jsonl head.epochs=20 limit=200 "
+        "(refineg/stages/grounding/region_fit.py lists every key)",
+    )
 
 
-@subcommand("fit-region-scorer", "fit the open_clip region scorer (grounder 'clip'): propose and embed boxes, "
-            "train its scoring head, fit the none-threshold on dev", _fit_region_scorer_args)
+@subcommand(
+    "fit-region-scorer",
+    "fit the open_clip region scorer (grounder 'clip'): propose and embed boxes, "
+    "train its scoring head, fit the none-threshold on dev",
+    _fit_region_scorer_args,
+)
 def fit_region_scorer_cmd(args: argparse.Namespace) -> int:
     """Fits and saves the ``clip`` grounder's state, prints the dev report."""
     from refineg.stages.grounding.region_fit import fit_region_scorer, load_fit_config
@@ -438,17 +549,23 @@ def fit_region_scorer_cmd(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     dev = report["dev"]
-    print(f"{report['label']}: {report['dev_entities']} dev entities on {report['dev_images']} dev images "
-          f"({report['dev_posts_without_image']} posts without image left out)")
+    print(
+        f"{report['label']}: {report['dev_entities']} dev entities on {report['dev_images']} dev images "
+        f"({report['dev_posts_without_image']} posts without image left out)"
+    )
     if report.get("split", {}).get("dev") and report.get("dev_fraction") is not None:
         print(f"split by image (seed {report['split_seed']}): {report['split']['train']}, {report['split']['dev']}")
     threshold = report["threshold"]
-    print(f"threshold {'none (always answer)' if threshold is None else f'{threshold:.4f}'}: dev Acc@{cfg.iou} "
-          f"{_pct(dev['acc'])} of {dev['with_box']} phrases with a box, none-accuracy {_pct(dev['none_acc'])} of "
-          f"{dev['without_box']} without; overall {_pct(dev['accuracy'])} ({report['seconds']:.0f} s)")
+    print(
+        f"threshold {'none (always answer)' if threshold is None else f'{threshold:.4f}'}: dev Acc@{cfg.iou} "
+        f"{_pct(dev['acc'])} of {dev['with_box']} phrases with a box, none-accuracy {_pct(dev['none_acc'])} of "
+        f"{dev['without_box']} without; overall {_pct(dev['accuracy'])} ({report['seconds']:.0f} s)"
+    )
     for etype, row in dev["per_type"].items():
-        print(f"  {etype:<12} Acc {_pct(row['acc'])} ({row['with_box']})  none {_pct(row['none_acc'])} "
-              f"({row['without_box']})")
+        print(
+            f"  {etype:<12} Acc {_pct(row['acc'])} ({row['with_box']})  none {_pct(row['none_acc'])} "
+            f"({row['without_box']})"
+        )
     print(f"wrote {args.out}")
     return 0
 
@@ -459,13 +576,20 @@ def _pct(value: float | None) -> str:
 
 def _pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="experiment file, e.g. configs/experiment/refineg_sample.yaml")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="PipelineConfig overrides, e.g. refine.tau=0.3 stages.ground=false mode=zeroshot "
-                        "predict.head=entropy train+=model.head=softmax (refineg/stages/pipeline/config.py)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="PipelineConfig overrides, e.g. refine.tau=0.3 stages.ground=false mode=zeroshot "
+        "predict.head=entropy train+=model.head=softmax (refineg/stages/pipeline/config.py)",
+    )
 
 
-@subcommand("pipeline", "synthesise -> train -> predict -> refine -> ground -> evaluate in one run folder; "
-            "up-to-date stages are skipped", _pipeline_args)
+@subcommand(
+    "pipeline",
+    "synthesise -> train -> predict -> refine -> ground -> evaluate in one run folder; up-to-date stages are skipped",
+    _pipeline_args,
+)
 def pipeline_cmd(args: argparse.Namespace) -> int:
     """Runs the stage chain and prints one line per stage and the final scores."""
     from refineg.stages.pipeline import load_pipeline_config, run_pipeline
@@ -484,8 +608,10 @@ def pipeline_cmd(args: argparse.Namespace) -> int:
         print(f"\n{label}: " + "  ".join(f"{k.upper()} F1 {100 * v:.2f}" for k, v in scores.items()))
     if simulated:
         backend = next(iter(simulated.values()))
-        print(f"SIMULATION: the refine stage's answers come from {backend}, not from an MLLM; the scores of "
-              f"{' and '.join(simulated)} are simulated")
+        print(
+            f"SIMULATION: the refine stage's answers come from {backend}, not from an MLLM; the scores of "
+            f"{' and '.join(simulated)} are simulated"
+        )
     print(f"run folder: {summary['run_dir']} (summary.json, timings.json, evaluate/metrics.json)")
     return 0
 
@@ -496,13 +622,18 @@ def _zeroshot_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", default=None, help="folder of the posts' images (Example.image is relative to it)")
     p.add_argument("--gold", default=None, help="gold JSONL: print GMNER/MNER/EEG scores")
     p.add_argument("--match", default="span", choices=["span", "name"], help="scorer matching (with --gold)")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="ZeroShotConfig overrides, e.g. llm.model=M llm.base_url=U types=[PER,LOC,ORG,OTHER] "
-                        "max_posts=50 prompts_dir=DIR")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="ZeroShotConfig overrides, e.g. llm.model=M llm.base_url=U types=[PER,LOC,ORG,OTHER] "
+        "max_posts=50 prompts_dir=DIR",
+    )
 
 
-@subcommand("zeroshot", "the zero-shot MLLM baseline: the MLLM alone extracts entities, types and boxes",
-            _zeroshot_args)
+@subcommand(
+    "zeroshot", "the zero-shot MLLM baseline: the MLLM alone extracts entities, types and boxes", _zeroshot_args
+)
 def zeroshot_cmd(args: argparse.Namespace) -> int:
     """Runs the zero-shot baseline on ``--data`` and writes ``--out``."""
     from refineg.stages.zeroshot import load_zeroshot_config, run_zeroshot
@@ -512,10 +643,12 @@ def zeroshot_cmd(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     report = run_zeroshot(cfg, args.data, args.out)
-    print(f"{report['posts']} posts ({report['images_sent']} with image): {report['posts_ok']} answered, "
-          f"{report['posts_unparseable']} unparseable, {report['posts_failed']} failed; "
-          f"{report['entities_kept']} of {report['entities_returned']} returned entities kept "
-          f"({report['entities_boxed']} with a box)")
+    print(
+        f"{report['posts']} posts ({report['images_sent']} with image): {report['posts_ok']} answered, "
+        f"{report['posts_unparseable']} unparseable, {report['posts_failed']} failed; "
+        f"{report['entities_kept']} of {report['entities_returned']} returned entities kept "
+        f"({report['entities_boxed']} with a box)"
+    )
     for key, value in report["dropped_or_changed"].items():
         print(f"  {key:<20}{value:>7}")
     if args.gold:
@@ -524,6 +657,8 @@ def zeroshot_cmd(args: argparse.Namespace) -> int:
         print(format_scores(evaluate_examples(read_jsonl(args.gold), read_jsonl(args.out), match=args.match)))
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.report.json')}")
     return llm_exit_status("zeroshot", _usage_total(report), f"{args.out} has no entities for the failed posts")
+
+
 def _visualize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pred", required=True, help="predicted canonical JSONL")
     p.add_argument("--gold", required=True, help="gold canonical JSONL")
@@ -532,15 +667,25 @@ def _visualize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ids", nargs="*", default=None, help="only these post ids")
     p.add_argument("--limit", type=int, default=None, help="at most this many posts")
     p.add_argument("--max-side", type=int, default=640, help="longest image side per panel in pixels")
-    p.add_argument("--calibration", default=None, help="calibration.json of refineg calibrate: also draw its "
-                                                       "reliability and risk-coverage plots into --out")
-    p.add_argument("--wandb", action="store_true", help="also log the drawings (a table) and plots to W&B "
-                                                        "(offline unless WANDB_API_KEY or WANDB_MODE is set)")
+    p.add_argument(
+        "--calibration",
+        default=None,
+        help="calibration.json of refineg calibrate: also draw its reliability and risk-coverage plots into --out",
+    )
+    p.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also log the drawings (a table) and plots to W&B (offline unless WANDB_API_KEY or WANDB_MODE is set)",
+    )
     p.add_argument("--project", default="refineg", help="W&B project")
 
 
-@subcommand("visualize", "draw gold (left) and predicted (right) boxes with entity labels on the post images; "
-            "calibration plots; optionally to W&B", _visualize_args)
+@subcommand(
+    "visualize",
+    "draw gold (left) and predicted (right) boxes with entity labels on the post images; "
+    "calibration plots; optionally to W&B",
+    _visualize_args,
+)
 def visualize_cmd(args: argparse.Namespace) -> int:
     """Writes one side-by-side PNG per post (and the calibration plots)."""
     from refineg.viz import draw_posts
@@ -575,8 +720,11 @@ def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--project", default="refineg", help="W&B project")
 
 
-@subcommand("report", "write RUN_DIR/report.md: scores, per-type tables, calibration, delegation rate, MLLM calls "
-            "and tokens, drawings", _report_args)
+@subcommand(
+    "report",
+    "write RUN_DIR/report.md: scores, per-type tables, calibration, delegation rate, MLLM calls and tokens, drawings",
+    _report_args,
+)
 def report_cmd(args: argparse.Namespace) -> int:
     """Builds the run's Markdown report page."""
     from refineg.viz import build_report
@@ -604,19 +752,37 @@ def report_cmd(args: argparse.Namespace) -> int:
 def _sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="W&B sweep YAML, e.g. configs/sweeps/heads.yaml")
     p.add_argument("--out", default=None, help="output folder (default: sweeps/<sweep name>)")
-    p.add_argument("--count", type=int, default=None, help="trials (random search; default the file's run_cap) or "
-                                                           "the first N grid points")
+    p.add_argument(
+        "--count",
+        type=int,
+        default=None,
+        help="trials (random search; default the file's run_cap) or the first N grid points",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random search")
-    p.add_argument("--set", nargs="*", default=[], metavar="key=value",
-                   help="fix a parameter for every trial (replaces the file's values), e.g. data.root=/data/gmner")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="key=value",
+        help="fix a parameter for every trial (replaces the file's values), e.g. data.root=/data/gmner",
+    )
     p.add_argument("--timeout", type=float, default=None, help="per-trial time limit in seconds")
-    p.add_argument("--columns", nargs="*", default=[], metavar="METRIC",
-                   help="more metrics to tabulate next to the sweep metric, e.g. delegation_rate before/gmner_f1")
+    p.add_argument(
+        "--columns",
+        nargs="*",
+        default=[],
+        metavar="METRIC",
+        help="more metrics to tabulate next to the sweep metric, e.g. delegation_rate before/gmner_f1",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the trials' commands, run nothing")
 
 
-@subcommand("sweep", "run a W&B sweep file locally (grid/random), one process per trial; resumable; writes "
-            "results.csv and results.md ranked by the sweep metric", _sweep_args)
+@subcommand(
+    "sweep",
+    "run a W&B sweep file locally (grid/random), one process per trial; resumable; writes "
+    "results.csv and results.md ranked by the sweep metric",
+    _sweep_args,
+)
 def sweep_cmd(args: argparse.Namespace) -> int:
     """Runs or resumes the sweep and prints the ranked table."""
     from refineg.sweeps import last_error_line, load_sweep, rank, run_sweep
@@ -630,8 +796,7 @@ def sweep_cmd(args: argparse.Namespace) -> int:
     try:
         spec = load_sweep(args.spec, fixed)
         out = Path(args.out or Path("sweeps") / spec.name)
-        results = run_sweep(spec, out, args.count, args.seed, args.timeout, dry_run=args.dry_run,
-                            columns=args.columns)
+        results = run_sweep(spec, out, args.count, args.seed, args.timeout, dry_run=args.dry_run, columns=args.columns)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     if args.dry_run:
@@ -681,8 +846,9 @@ def main(argv: list[str] | None = None) -> int:
     zeroshot, ground, synthesize) sent requests and none got an answer (its outputs are written all the same).
     """
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     quiet_chatty_loggers(args.verbose)
     return run_reporting_errors(lambda: args.run(args))
 

@@ -145,8 +145,9 @@ def _prf(prefix: str, tp: torch.Tensor, npred: torch.Tensor, ngold: torch.Tensor
     return {f"{prefix}_precision": p, f"{prefix}_recall": r, f"{prefix}_f1": f}
 
 
-def evaluate_examples(golds: Sequence[Example], preds: Sequence[Example], types: Sequence[str] | None = None,
-                      match: str = "span") -> dict:
+def evaluate_examples(
+    golds: Sequence[Example], preds: Sequence[Example], types: Sequence[str] | None = None, match: str = "span"
+) -> dict:
     """Scores predictions against gold posts matched by id.
 
     A gold post with no prediction counts as predicted empty; a predicted id absent from gold is an error, and so
@@ -171,11 +172,14 @@ def evaluate_examples(golds: Sequence[Example], preds: Sequence[Example], types:
         for g in golds:
             p = by_id.get(g.id)
             if p is not None and list(p.tokens) != list(g.tokens):
-                at = next((i for i, (a, b) in enumerate(zip(p.tokens, g.tokens)) if a != b),
-                          min(len(p.tokens), len(g.tokens)))
-                raise ValueError(f"post {g.id}: predicted tokens differ from the gold tokens (from token {at}: "
-                                 f"{p.tokens[at:at + 3]} vs {g.tokens[at:at + 3]}); spans would not mean the same "
-                                 "words")
+                at = next(
+                    (i for i, (a, b) in enumerate(zip(p.tokens, g.tokens)) if a != b), min(len(p.tokens), len(g.tokens))
+                )
+                raise ValueError(
+                    f"post {g.id}: predicted tokens differ from the gold tokens (from token {at}: "
+                    f"{p.tokens[at : at + 3]} vs {g.tokens[at : at + 3]}); spans would not mean the same "
+                    "words"
+                )
     if types is None:
         types = sorted({e.type for ex in list(golds) + list(preds) for e in ex.entities})
     aligned = [by_id.get(g.id) or Example(id=g.id, tokens=g.tokens, source="predicted") for g in golds]
@@ -188,8 +192,9 @@ def evaluate_examples(golds: Sequence[Example], preds: Sequence[Example], types:
         t: {"gmner_f1": values[f"gmner_f1/{t}"], "mner_f1": values[f"mner_f1/{t}"], "support": int(counts[1, i, 2])}
         for i, t in enumerate(types)
     }
-    result["counts"] = {task: dict(zip(("tp", "predicted", "gold"), map(int, counts[t].sum(0))))
-                        for t, task in enumerate(TASKS)}
+    result["counts"] = {
+        task: dict(zip(("tp", "predicted", "gold"), map(int, counts[t].sum(0)))) for t, task in enumerate(TASKS)
+    }
     overlaps = [count_overlaps(p) for p in preds]
     result["overlapping_predictions"] = {"entities": sum(overlaps), "posts": sum(1 for n in overlaps if n)}
     result["grounding"] = grounding_accuracy(golds, aligned)
@@ -203,6 +208,7 @@ def count_overlaps(example: Example) -> int:
         n += ent.start < last_end
         last_end = max(last_end, ent.end)
     return n
+
 
 def grounding_accuracy(golds: Sequence[Example], preds: Sequence[Example], iou_threshold: float = 0.5) -> dict:
     """Phrase-grounding accuracy of predictions aligned with ``golds`` (same order).
@@ -220,8 +226,9 @@ def grounding_accuracy(golds: Sequence[Example], preds: Sequence[Example], iou_t
     return grounding_tally(records, iou_threshold)
 
 
-def grounding_tally(records: Iterable[tuple[str, Sequence[Box], Box | list | None]], iou_threshold: float = 0.5
-                    ) -> dict:
+def grounding_tally(
+    records: Iterable[tuple[str, Sequence[Box], Box | list | None]], iou_threshold: float = 0.5
+) -> dict:
     """Acc@``iou_threshold`` and none-accuracy of grounding answers, overall and per type.
 
     Args:
@@ -245,9 +252,13 @@ def grounding_tally(records: Iterable[tuple[str, Sequence[Box], Box | list | Non
             row[2] += int(answer == [])
 
     def rates(r: list[int]) -> dict:
-        return {"acc": r[0] / r[1] if r[1] else None, "with_box": r[1],
-                "none_acc": r[2] / r[3] if r[3] else None, "without_box": r[3],
-                "accuracy": (r[0] + r[2]) / (r[1] + r[3]) if r[1] + r[3] else None}
+        return {
+            "acc": r[0] / r[1] if r[1] else None,
+            "with_box": r[1],
+            "none_acc": r[2] / r[3] if r[3] else None,
+            "without_box": r[3],
+            "accuracy": (r[0] + r[2]) / (r[1] + r[3]) if r[1] + r[3] else None,
+        }
 
     total = [sum(r[i] for r in rows.values()) for i in range(4)]
     return {**rates(total), "per_type": {t: rates(r) for t, r in sorted(rows.items())}}

@@ -87,8 +87,9 @@ class EmissionGraph(nn.Module):
         self.tagger = tagger
         self.with_states = tagger.groundability is not None
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, word_index: Tensor,
-                casing: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, word_index: Tensor, casing: Tensor
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """``(B, S)`` ids/mask and ``(B, W)`` word starts/casing -> ``(B, W, K)`` emissions [, ``(B, S, H)`` states]."""
         states, words = self.tagger.encode(input_ids, attention_mask, word_index, casing)
         emissions = self.tagger.head(words)
@@ -126,8 +127,12 @@ def export_emission_graph(tagger: SequenceTagger, example: dict[str, Tensor], pa
     graph = EmissionGraph(tagger).eval()
     args = tuple(example[k].cpu() for k in INPUTS)
     batch, subwords, words = (torch.export.Dim(n) for n in ("batch", "subwords", "words"))
-    dynamic = {"input_ids": {0: batch, 1: subwords}, "attention_mask": {0: batch, 1: subwords},
-               "word_index": {0: batch, 1: words}, "casing": {0: batch, 1: words}}
+    dynamic = {
+        "input_ids": {0: batch, 1: subwords},
+        "attention_mask": {0: batch, 1: subwords},
+        "word_index": {0: batch, 1: words},
+        "casing": {0: batch, 1: words},
+    }
     outputs = ["emissions", "states"] if graph.with_states else ["emissions"]
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
@@ -137,8 +142,17 @@ def export_emission_graph(tagger: SequenceTagger, example: dict[str, Tensor], pa
         raise MissingExtraError(f"exporting to ONNX needs {err.name}; {INSTALL_HINT}") from None
     with warnings.catch_warnings(), torch.no_grad(), export_logs_as_debug():
         warnings.simplefilter("ignore")
-        torch.onnx.export(graph, args, str(tmp), input_names=list(INPUTS), output_names=outputs,
-                          dynamic_shapes=dynamic, dynamo=True, external_data=False, verbose=False)
+        torch.onnx.export(
+            graph,
+            args,
+            str(tmp),
+            input_names=list(INPUTS),
+            output_names=outputs,
+            dynamic_shapes=dynamic,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
     os.replace(tmp, path)
     return path
 
@@ -160,9 +174,15 @@ class OnnxEmissions:
         ValueError: The backbone takes images (only text-only taggers are exported), or unknown ``quantize``.
     """
 
-    def __init__(self, tagger: SequenceTagger, example: dict[str, Tensor], hparams: dict | None = None,
-                 cache_dir: str | Path | None = None, threads: int | None = None,
-                 quantize: str | None = None) -> None:
+    def __init__(
+        self,
+        tagger: SequenceTagger,
+        example: dict[str, Tensor],
+        hparams: dict | None = None,
+        cache_dir: str | Path | None = None,
+        threads: int | None = None,
+        quantize: str | None = None,
+    ) -> None:
         ort = require_onnxruntime()
         if hasattr(tagger.backbone, "image"):
             raise ValueError("runtime='onnx' supports text-only taggers (backbone 'hf'); this one takes images")
@@ -198,9 +218,15 @@ class OnnxEmissions:
 
             tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
             with export_logs_as_debug():
-                quantize_dynamic(str(path), str(tmp), per_channel=True, reduce_range=True, weight_type=QuantType.QInt8,
-                                 op_types_to_quantize=["MatMul"],
-                                 nodes_to_exclude=[_head_matmul(onnx.load(str(path)))])
+                quantize_dynamic(
+                    str(path),
+                    str(tmp),
+                    per_channel=True,
+                    reduce_range=True,
+                    weight_type=QuantType.QInt8,
+                    op_types_to_quantize=["MatMul"],
+                    nodes_to_exclude=[_head_matmul(onnx.load(str(path)))],
+                )
             os.replace(tmp, out)
         return out
 

@@ -35,8 +35,9 @@ def load_tagger(path: str | Path) -> TaggerModule:
     try:
         return TaggerModule.load_from_checkpoint(str(path), map_location="cpu", weights_only=False)
     except (KeyError, TypeError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-        raise DataFormatError(path, f"not a tagger checkpoint written by train.py ({type(err).__name__}: {err})") \
-            from None
+        raise DataFormatError(
+            path, f"not a tagger checkpoint written by train.py ({type(err).__name__}: {err})"
+        ) from None
 
 
 class TaggerPredictor:
@@ -57,9 +58,16 @@ class TaggerPredictor:
         onnx_cache_dir: Folder of cached ONNX exports (default ``$REFINEG_ONNX_CACHE`` or ``<tmp>/refineg-onnx``).
     """
 
-    def __init__(self, module: TaggerModule, batch_size: int = 64, max_length: int = 128,
-                 device: str | torch.device | None = None, quantize: str | None = None, runtime: str = "torch",
-                 onnx_cache_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        module: TaggerModule,
+        batch_size: int = 64,
+        max_length: int = 128,
+        device: str | torch.device | None = None,
+        quantize: str | None = None,
+        runtime: str = "torch",
+        onnx_cache_dir: str | Path | None = None,
+    ) -> None:
         from transformers import AutoTokenizer
 
         if runtime not in ("torch", "onnx"):
@@ -81,11 +89,14 @@ class TaggerPredictor:
             from refineg.onnx_runtime import OnnxEmissions
 
             # two posts of different lengths, so that no axis is traced at size 1 (torch.export specialises those)
-            probe = [Example("probe-0", ["An", "example", "post", "from", "Paris"], None, []),
-                     Example("probe-1", ["Another", "one"], None, [])]
+            probe = [
+                Example("probe-0", ["An", "example", "post", "from", "Paris"], None, []),
+                Example("probe-1", ["Another", "one"], None, []),
+            ]
             example = self.collate(encode_posts(probe, self.tokenizer, None, self.max_length))
-            self.onnx = OnnxEmissions(self.module.tagger, example, hparams=dict(module.hparams),
-                                      cache_dir=onnx_cache_dir, quantize=quantize)
+            self.onnx = OnnxEmissions(
+                self.module.tagger, example, hparams=dict(module.hparams), cache_dir=onnx_cache_dir, quantize=quantize
+            )
 
     def run(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(B, W, K)`` emissions and (groundability head only) ``(B, S, H)`` subword states of a batch."""
@@ -96,8 +107,9 @@ class TaggerPredictor:
         """Loads a Lightning checkpoint written by ``train.py`` (see :func:`load_tagger`)."""
         return cls(load_tagger(path), **kwargs)
 
-    def batches(self, examples: Sequence[Example], progress: bool = False, desc: str = "tagging",
-                labels: bool = False) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+    def batches(
+        self, examples: Sequence[Example], progress: bool = False, desc: str = "tagging", labels: bool = False
+    ) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
         """Longest-first collated batches on the module's device, with the indices of their posts.
 
         With ``labels`` the batches carry the gold BIO labels of ``examples`` (for fitting calibration layers).
@@ -108,7 +120,7 @@ class TaggerPredictor:
         device = self.module.device
         bar = tqdm(total=len(encoded), desc=desc, unit="post", disable=not progress)
         for lo in range(0, len(order), self.batch_size):
-            idx = order[lo:lo + self.batch_size]
+            idx = order[lo : lo + self.batch_size]
             yield idx, {k: v.to(device) for k, v in self.collate([encoded[i] for i in idx]).items()}
             bar.update(len(idx))
         bar.close()
@@ -179,8 +191,11 @@ def quantize_encoder(module: TaggerModule, scheme: str) -> TaggerModule:
             module.tagger.backbone = torch.ao.quantization.quantize_dynamic(backbone, {nn.Linear}, dtype=torch.qint8)
         else:
             module.tagger.backbone = torch.ao.quantization.quantize_dynamic(
-                backbone, {nn.Linear: _per_channel_qconfig()}, dtype=torch.qint8,
-                mapping={nn.Linear: FullRangeDynamicLinear})
+                backbone,
+                {nn.Linear: _per_channel_qconfig()},
+                dtype=torch.qint8,
+                mapping={nn.Linear: FullRangeDynamicLinear},
+            )
     return module
 
 
@@ -188,8 +203,9 @@ def _per_channel_qconfig() -> torch.ao.quantization.QConfig:
     """Per-output-channel symmetric int8 weights in [-64, 63] (7 bits); dynamic activation placeholder."""
     from torch.ao.quantization import PerChannelMinMaxObserver, QConfig, per_channel_dynamic_qconfig
 
-    weight = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
-                                                quant_min=-64, quant_max=63)
+    weight = PerChannelMinMaxObserver.with_args(
+        dtype=torch.qint8, qscheme=torch.per_channel_symmetric, quant_min=-64, quant_max=63
+    )
     return QConfig(activation=per_channel_dynamic_qconfig.activation, weight=weight)
 
 

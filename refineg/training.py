@@ -54,9 +54,16 @@ def _loggers(cfg: DictConfig, run_dir: Path) -> list:
     if cfg.logger.wandb:
         if not (os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE")):
             os.environ["WANDB_MODE"] = "offline"
-        loggers.append(WandbLogger(project=cfg.logger.project, entity=cfg.logger.entity, name=run_dir.name,
-                                   save_dir=str(run_dir), tags=list(cfg.logger.tags),
-                                   config=OmegaConf.to_container(cfg, resolve=True)))
+        loggers.append(
+            WandbLogger(
+                project=cfg.logger.project,
+                entity=cfg.logger.entity,
+                name=run_dir.name,
+                save_dir=str(run_dir),
+                tags=list(cfg.logger.tags),
+                config=OmegaConf.to_container(cfg, resolve=True),
+            )
+        )
     return loggers
 
 
@@ -85,8 +92,12 @@ def ddp_strategy(ddp: DictConfig) -> DDPStrategy:
     if ddp.comm_hook not in hooks:
         raise ValueError(f"ddp.comm_hook={ddp.comm_hook!r}: choose one of {', '.join(hooks)}")
     cls = DDPStrategy if ddp.side_stream else SameStreamDDPStrategy
-    return cls(ddp_comm_hook=hooks[ddp.comm_hook], bucket_cap_mb=ddp.bucket_cap_mb,
-                       gradient_as_bucket_view=ddp.gradient_as_bucket_view, static_graph=ddp.static_graph)
+    return cls(
+        ddp_comm_hook=hooks[ddp.comm_hook],
+        bucket_cap_mb=ddp.bucket_cap_mb,
+        gradient_as_bucket_view=ddp.gradient_as_bucket_view,
+        static_graph=ddp.static_graph,
+    )
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -102,28 +113,43 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.data.test and not has_test_split(cfg.data):
         cfg.data.test = None  # a release without txt/test.txt: the run folder's config.yaml says there was none
     if cfg.data.pack_length and cfg.model.groundability:
-        raise ValueError("data.pack_length does not combine with model.groundability=true (the head reads whole "
-                         "posts' subword states): set data.pack_length=0")
-    module = TaggerModule(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim),
-                          list(cfg.data.types))
+        raise ValueError(
+            "data.pack_length does not combine with model.groundability=true (the head reads whole "
+            "posts' subword states): set data.pack_length=0"
+        )
+    module = TaggerModule(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), list(cfg.data.types))
     if cfg.data.pack_length and not getattr(module.tagger.backbone, "supports_packing", False):
-        raise ValueError(f"data.pack_length needs model.backbone=hf with an encoder of a family in {PACKABLE} "
-                         f"(this run: {cfg.model.backbone}, {cfg.model.encoder}); the image-aware backbone and "
-                         "other encoders need one post per row: set data.pack_length=0")
+        raise ValueError(
+            f"data.pack_length needs model.backbone=hf with an encoder of a family in {PACKABLE} "
+            f"(this run: {cfg.model.backbone}, {cfg.model.encoder}); the image-aware backbone and "
+            "other encoders need one post per row: set data.pack_length=0"
+        )
     if cfg.model.init_from:
         module.load_tagger_weights(cfg.model.init_from)
-    dm = GMNERDataModule(cfg.data, cfg.model.encoder, cfg.model.word_dropout, cfg.seed, run_dir,
-                         image_transform=getattr(module.tagger.backbone, "image_transform", None))
+    dm = GMNERDataModule(
+        cfg.data,
+        cfg.model.encoder,
+        cfg.model.word_dropout,
+        cfg.seed,
+        run_dir,
+        image_transform=getattr(module.tagger.backbone, "image_transform", None),
+    )
     compile_tagger(module.tagger, cfg.compile)
     # a frozen tagger's MNER F1 never moves: pick the epoch by the head being trained
     monitor = "val/groundability_auroc" if cfg.model.freeze_tagger else "val/mner_f1"
     # the best checkpoint is for inference: weights and hyper-parameters only (a third of the size); last.ckpt keeps
     # the optimiser and scheduler state that resuming needs
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:02d}", monitor=monitor, mode="max",
-                                 save_top_k=1, auto_insert_metric_name=False, save_weights_only=True)
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="best-{epoch:02d}",
+        monitor=monitor,
+        mode="max",
+        save_top_k=1,
+        auto_insert_metric_name=False,
+        save_weights_only=True,
+    )
     # Lightning's save_last only copies when the best checkpoint changes; resuming needs every epoch's state.
-    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
-                           enable_version_counter=False)
+    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
     throughput = TrainThroughput()
     trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if v is not None}
     if trainer_kwargs.get("strategy") == "ddp":
@@ -132,27 +158,39 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if cfg.compile != "none":
             raise ValueError(f"cuda_graph=true records the eager step; it does not combine with compile={cfg.compile}")
         if str(cfg.trainer.precision) in ("16", "16-mixed"):
-            raise ValueError("cuda_graph=true does not scale the loss, so fp16's gradient scaler would divide unscaled "
-                             "gradients by its scale: use trainer.precision=bf16-mixed or 32-true")
+            raise ValueError(
+                "cuda_graph=true does not scale the loss, so fp16's gradient scaler would divide unscaled "
+                "gradients by its scale: use trainer.precision=bf16-mixed or 32-true"
+            )
         if cfg.model.gradient_checkpointing:
-            raise ValueError("cuda_graph=true does not combine with model.gradient_checkpointing (recomputation "
-                             "saves and restores RNG state, which a CUDA graph capture cannot)")
+            raise ValueError(
+                "cuda_graph=true does not combine with model.gradient_checkpointing (recomputation "
+                "saves and restores RNG state, which a CUDA graph capture cannot)"
+            )
         if cfg.trainer.accumulate_grad_batches != 1:
-            raise ValueError("cuda_graph=true needs trainer.accumulate_grad_batches=1 (each replay overwrites the "
-                             "gradients)")
+            raise ValueError(
+                "cuda_graph=true needs trainer.accumulate_grad_batches=1 (each replay overwrites the gradients)"
+            )
         module.use_step_graph(clip=trainer_kwargs.pop("gradient_clip_val", None), max_graphs=cfg.cuda_graph_shapes)
         if cfg.data.pad_to_multiple_of <= 1:
-            logger.warning("cuda_graph=true records one graph per batch shape: set data.pad_to_multiple_of "
-                           "(e.g. 16) so that few shapes occur")
-    trainer = L.Trainer(default_root_dir=str(run_dir), logger=_loggers(cfg, run_dir),
-                        callbacks=[checkpoint, last, LearningRateMonitor("step"), throughput],
-                        use_distributed_sampler=False,
-                        reload_dataloaders_every_n_epochs=1 if cfg.data.mixing == "two_stage" else 0,
-                        **trainer_kwargs)
+            logger.warning(
+                "cuda_graph=true records one graph per batch shape: set data.pad_to_multiple_of "
+                "(e.g. 16) so that few shapes occur"
+            )
+    trainer = L.Trainer(
+        default_root_dir=str(run_dir),
+        logger=_loggers(cfg, run_dir),
+        callbacks=[checkpoint, last, LearningRateMonitor("step"), throughput],
+        use_distributed_sampler=False,
+        reload_dataloaders_every_n_epochs=1 if cfg.data.mixing == "two_stage" else 0,
+        **trainer_kwargs,
+    )
     if cfg.cuda_graph and (trainer.world_size > 1 or not isinstance(trainer.strategy, SingleDeviceStrategy)):
-        raise ValueError(f"cuda_graph=true runs on one device without DDP; this run has {trainer.world_size} "
-                         f"device(s) with {type(trainer.strategy).__name__} (use trainer.devices=1 "
-                         "trainer.strategy=auto, or cuda_graph=false)")
+        raise ValueError(
+            f"cuda_graph=true runs on one device without DDP; this run has {trainer.world_size} "
+            f"device(s) with {type(trainer.strategy).__name__} (use trainer.devices=1 "
+            "trainer.strategy=auto, or cuda_graph=false)"
+        )
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / "config.yaml")
@@ -167,14 +205,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     best = checkpoint.best_model_path or last.best_model_path
     if "test" in dm.examples:
         trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
-    result: dict[str, Any] = {"run_dir": str(run_dir), "best_checkpoint": best,
-                              f"best_{monitor.replace('/', '_')}": float(checkpoint.best_model_score or 0.0),
-                              "train_throughput": throughput.summary}
+    result: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "best_checkpoint": best,
+        f"best_{monitor.replace('/', '_')}": float(checkpoint.best_model_score or 0.0),
+        "train_throughput": throughput.summary,
+    }
     if trainer.is_global_zero and not cfg.predict:
         (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
     if trainer.is_global_zero and cfg.predict:
-        predictor = TaggerPredictor.from_checkpoint(best, batch_size=cfg.data.eval_batch_size,
-                                                    max_length=cfg.data.max_length)
+        predictor = TaggerPredictor.from_checkpoint(
+            best, batch_size=cfg.data.eval_batch_size, max_length=cfg.data.max_length
+        )
         for split in ("dev", "test"):
             if split not in dm.examples:
                 continue
@@ -191,6 +233,5 @@ def print_summary(result: dict[str, Any]) -> None:
     for split in ("dev", "test"):
         if split in result:
             m = result[split]["mner"]
-            print(f"\n== {split}: MNER P {100 * m['precision']:.2f}  R {100 * m['recall']:.2f}  "
-                  f"F1 {100 * m['f1']:.2f}")
+            print(f"\n== {split}: MNER P {100 * m['precision']:.2f}  R {100 * m['recall']:.2f}  F1 {100 * m['f1']:.2f}")
             print(format_scores(result[split]))

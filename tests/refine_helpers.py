@@ -12,8 +12,9 @@ TYPES = ["PER", "LOC", "ORG", "OTHER"]
 OPTIM = {"encoder_lr": 1e-4, "head_lr": 1e-3, "crf_lr": 5e-2, "weight_decay": 0.0, "warmup_ratio": 0.1}
 
 
-def make_tiny_tagger(encoder: str, head: str = "crf", dropout: float = 0.1, seed: int = 0,
-                     gain: float = 6.0) -> TaggerModule:
+def make_tiny_tagger(
+    encoder: str, head: str = "crf", dropout: float = 0.1, seed: int = 0, gain: float = 6.0
+) -> TaggerModule:
     """A random tiny tagger whose emission layer is scaled by ``gain`` so that it predicts many entities."""
     torch.manual_seed(seed)
     model = {"backbone": "hf", "encoder": encoder, "head": head, "casing": True, "dropout": dropout}
@@ -29,8 +30,13 @@ def save_checkpoint(module: TaggerModule, path: Path) -> Path:
     """Writes a Lightning checkpoint that ``TaggerModule.load_from_checkpoint(path)`` reads."""
     import lightning as L
 
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu")
+    trainer = L.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     trainer.strategy.connect(module)
     trainer.save_checkpoint(path)
     return path

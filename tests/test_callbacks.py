@@ -46,8 +46,11 @@ class _SlowValidation(L.LightningModule):
 
 def _packed(posts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """All posts of a batch in one row, as ``data.pack_length`` batches them."""
-    return {"input_ids": torch.cat([p["input_ids"] for p in posts])[None],
-            "attention_mask": torch.cat([p["attention_mask"] for p in posts])[None], "weight": torch.ones(len(posts))}
+    return {
+        "input_ids": torch.cat([p["input_ids"] for p in posts])[None],
+        "attention_mask": torch.cat([p["attention_mask"] for p in posts])[None],
+        "weight": torch.ones(len(posts)),
+    }
 
 
 class _PackedRows(_SlowValidation):
@@ -60,9 +63,17 @@ class _PackedRows(_SlowValidation):
 
 def _measure(module: L.LightningModule | None = None, **trainer_kwargs) -> dict[str, float]:
     meter = TrainThroughput(warmup=2)
-    trainer = L.Trainer(max_epochs=2, callbacks=[meter], logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=1,
-                        accelerator="cpu", **trainer_kwargs)
+    trainer = L.Trainer(
+        max_epochs=2,
+        callbacks=[meter],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=1,
+        accelerator="cpu",
+        **trainer_kwargs,
+    )
     trainer.fit(module or _SlowValidation())
     return meter.summary
 

@@ -32,6 +32,7 @@ def _jsonl(path, *records):
 
 # ---- errors instead of tracebacks ------------------------------------------------------------------------------
 
+
 def test_convert_non_utf8_is_one_line(tmp_path, capsys):
     bad = tmp_path / "a.txt"
     bad.write_bytes(b"IMGID:1\nw\xe9rld\tO\n")
@@ -42,10 +43,25 @@ def test_convert_non_utf8_is_one_line(tmp_path, capsys):
 def test_convert_xml_entity_bomb_is_one_line(tmp_path, capsys):
     (tmp_path / "xml").mkdir()
     (tmp_path / "a.txt").write_text("IMGID:7\nObama\tB-PER\n")
-    (tmp_path / "xml" / "7.xml").write_text('<?xml version="1.0"?><!DOCTYPE a [<!ENTITY a "aa"><!ENTITY b "&a;&a;">]>'
-                                            "<annotation>&b;</annotation>")
-    assert main(["convert", "--format", "twitter-gmner", "--txt", str(tmp_path / "a.txt"), "--xml-dir",
-                 str(tmp_path / "xml"), "--out", str(tmp_path / "o.jsonl")]) == 2
+    (tmp_path / "xml" / "7.xml").write_text(
+        '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY a "aa"><!ENTITY b "&a;&a;">]><annotation>&b;</annotation>'
+    )
+    assert (
+        main(
+            [
+                "convert",
+                "--format",
+                "twitter-gmner",
+                "--txt",
+                str(tmp_path / "a.txt"),
+                "--xml-dir",
+                str(tmp_path / "xml"),
+                "--out",
+                str(tmp_path / "o.jsonl"),
+            ]
+        )
+        == 2
+    )
     one_error_line(capsys, "7.xml", "invalid xml")
 
 
@@ -85,29 +101,65 @@ def test_refine_without_uncertainty_is_one_line(tmp_path, capsys):
 
 def test_refine_replay_cache_miss_is_one_line(tmp_path, capsys):
     pred = _preds_with_uncertainty(tmp_path, 0.9)
-    assert main(["refine", "--pred", str(pred), "--out", str(tmp_path / "o.jsonl"), "llm.backend=replay",
-                 f"llm.cache_path={tmp_path / 'cache.sqlite'}", "llm.model=m"]) == 2
+    assert (
+        main(
+            [
+                "refine",
+                "--pred",
+                str(pred),
+                "--out",
+                str(tmp_path / "o.jsonl"),
+                "llm.backend=replay",
+                f"llm.cache_path={tmp_path / 'cache.sqlite'}",
+                "llm.model=m",
+            ]
+        )
+        == 2
+    )
     one_error_line(capsys, "replay: no cached answer")
 
 
-@pytest.mark.parametrize("train_text, needle", [
-    (b'{"id": "1", "tokens": ["Pizza"], "entities": [{"start": 0, "end": 1, "type": "FOOD"}]}\n',
-     "train.jsonl:1: post 1: unknown entity type 'FOOD'"),
-    (b'{"id": "1", "tokens": ["w\xe9"]}\n', "train.jsonl:1: not UTF-8"),
-    (b"", "train.jsonl: no posts to train on"),
-])
+@pytest.mark.parametrize(
+    "train_text, needle",
+    [
+        (
+            b'{"id": "1", "tokens": ["Pizza"], "entities": [{"start": 0, "end": 1, "type": "FOOD"}]}\n',
+            "train.jsonl:1: post 1: unknown entity type 'FOOD'",
+        ),
+        (b'{"id": "1", "tokens": ["w\xe9"]}\n', "train.jsonl:1: not UTF-8"),
+        (b"", "train.jsonl: no posts to train on"),
+    ],
+)
 def test_train_py_data_errors_are_one_line(tmp_path, tiny_encoder, train_text, needle):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "train.jsonl").write_bytes(train_text)
-    _jsonl(tmp_path / "data" / "dev.jsonl", {"id": "d1", "tokens": TOKENS,
-                                             "entities": [{"start": 0, "end": 1, "type": "PER"}]})
-    args = [f"model.encoder={tiny_encoder}", "data.format=jsonl", f"data.root={tmp_path / 'data'}",
-            "data.train=train.jsonl", "data.dev=dev.jsonl", "data.test=null", "logger.wandb=false",
-            "trainer.max_epochs=1", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
-            f"runs_dir={tmp_path / 'runs'}", "run_name=r"]
+    _jsonl(
+        tmp_path / "data" / "dev.jsonl",
+        {"id": "d1", "tokens": TOKENS, "entities": [{"start": 0, "end": 1, "type": "PER"}]},
+    )
+    args = [
+        f"model.encoder={tiny_encoder}",
+        "data.format=jsonl",
+        f"data.root={tmp_path / 'data'}",
+        "data.train=train.jsonl",
+        "data.dev=dev.jsonl",
+        "data.test=null",
+        "logger.wandb=false",
+        "trainer.max_epochs=1",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        f"runs_dir={tmp_path / 'runs'}",
+        "run_name=r",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "REFINEG_RUN_NAME"}
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], capture_output=True, text=True,
-                          cwd=tmp_path, env={**env, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**env, "HF_HUB_OFFLINE": "1"},
+        timeout=600,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and proc.stderr.rstrip().endswith(errors[0]) and needle in errors[0], proc.stderr
@@ -115,20 +167,50 @@ def test_train_py_data_errors_are_one_line(tmp_path, tiny_encoder, train_text, n
 
 # ---- paths -----------------------------------------------------------------------------------------------------
 
+
 def test_convert_to_twitter_gmner_refuses_ids_that_leave_the_xml_folder(tmp_path, capsys):
-    path = _jsonl(tmp_path / "a.jsonl", {"id": "../../escaped", "tokens": ["Obama"],
-                                         "entities": [{"start": 0, "end": 1, "type": "PER", "boxes": [[1, 1, 5, 5]]}]})
+    path = _jsonl(
+        tmp_path / "a.jsonl",
+        {
+            "id": "../../escaped",
+            "tokens": ["Obama"],
+            "entities": [{"start": 0, "end": 1, "type": "PER", "boxes": [[1, 1, 5, 5]]}],
+        },
+    )
     out = tmp_path / "o" / "p"
-    assert main(["convert", "--format", "jsonl", "--input", str(path), "--to", "twitter-gmner", "--out",
-                 str(out / "t.txt"), "--out-xml-dir", str(out / "xml")]) == 2
+    assert (
+        main(
+            [
+                "convert",
+                "--format",
+                "jsonl",
+                "--input",
+                str(path),
+                "--to",
+                "twitter-gmner",
+                "--out",
+                str(out / "t.txt"),
+                "--out-xml-dir",
+                str(out / "xml"),
+            ]
+        )
+        == 2
+    )
     one_error_line(capsys, "[id ../../escaped]", "'..' part")
     assert not list(tmp_path.rglob("*.xml"))
 
 
 def test_convert_twitter_gmner_without_xml_dir_needs_text_only(tmp_path, capsys):
     (tmp_path / "a.txt").write_text("IMGID:7\nObama\tB-PER\n")
-    args = ["convert", "--format", "twitter-gmner", "--txt", str(tmp_path / "a.txt"), "--out",
-            str(tmp_path / "o.jsonl")]
+    args = [
+        "convert",
+        "--format",
+        "twitter-gmner",
+        "--txt",
+        str(tmp_path / "a.txt"),
+        "--out",
+        str(tmp_path / "o.jsonl"),
+    ]
     assert main(args) == 2
     one_error_line(capsys, "--xml-dir", "--text-only")
     assert not (tmp_path / "o.jsonl").exists()
@@ -154,10 +236,23 @@ def test_ground_refuses_images_outside_the_image_folder(ground_data, capsys, ima
     write_jsonl([ok, bad], tmp_path / f"{where}.jsonl")
     if where == "pool":
         write_jsonl([ok], tmp_path / "pred.jsonl")
-    rc = main(["ground", "--pred", str(tmp_path / "pred.jsonl"), "--pool", str(tmp_path / "pool.jsonl"),
-               "--images", str(tmp_path / "img"), "--out", str(tmp_path / "out" / "g.jsonl"),
-               "mllm.llm.base_url=http://127.0.0.1:9/v1", "mllm.llm.model=m", "mllm.llm.max_retries=0",
-               "selector.mode=text"])
+    rc = main(
+        [
+            "ground",
+            "--pred",
+            str(tmp_path / "pred.jsonl"),
+            "--pool",
+            str(tmp_path / "pool.jsonl"),
+            "--images",
+            str(tmp_path / "img"),
+            "--out",
+            str(tmp_path / "out" / "g.jsonl"),
+            "mllm.llm.base_url=http://127.0.0.1:9/v1",
+            "mllm.llm.model=m",
+            "mllm.llm.max_retries=0",
+            "selector.mode=text",
+        ]
+    )
     assert rc == 2
     one_error_line(capsys, f"{tmp_path / (where + '.jsonl')} [id bad]: image")
     assert not (tmp_path / "out" / "g.jsonl").exists()
@@ -168,17 +263,33 @@ def test_visualize_refuses_images_outside_the_image_folder(tmp_path, capsys):
     Image.new("RGB", (20, 10), "red").save(tmp_path / "secret.png")
     write_jsonl([Example("a", TOKENS, "../secret.png", [])], tmp_path / "gold.jsonl")
     write_jsonl([], tmp_path / "pred.jsonl")
-    assert main(["visualize", "--pred", str(tmp_path / "pred.jsonl"), "--gold", str(tmp_path / "gold.jsonl"),
-                 "--images", str(tmp_path / "img"), "--out", str(tmp_path / "out")]) == 2
+    assert (
+        main(
+            [
+                "visualize",
+                "--pred",
+                str(tmp_path / "pred.jsonl"),
+                "--gold",
+                str(tmp_path / "gold.jsonl"),
+                "--images",
+                str(tmp_path / "img"),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     one_error_line(capsys, "[id a]: image '../secret.png'")
 
 
 # ---- silently accepted bad data, and scoring the way peers do ----------------------------------------------
 
+
 def test_evaluate_refuses_predictions_with_other_tokens(tmp_path, capsys):
     gold = _jsonl(tmp_path / "g.jsonl", {"id": "1", "tokens": TOKENS, "entities": []})
-    pred = _jsonl(tmp_path / "p.jsonl", {"id": "1", "tokens": ["Someone", "else"], "entities": [],
-                                         "source": "predicted"})
+    pred = _jsonl(
+        tmp_path / "p.jsonl", {"id": "1", "tokens": ["Someone", "else"], "entities": [], "source": "predicted"}
+    )
     assert main(["evaluate", "--gold", str(gold), "--pred", str(pred)]) == 2
     one_error_line(capsys, str(pred), "post 1", "tokens differ")
     assert main(["evaluate", "--gold", str(gold), "--pred", str(pred), "--match", "name"]) == 0  # names: allowed
@@ -187,9 +298,20 @@ def test_evaluate_refuses_predictions_with_other_tokens(tmp_path, capsys):
 def test_evaluate_scores_overlapping_and_duplicate_predictions(tmp_path, capsys):
     ents = [{"start": 0, "end": 1, "type": "PER"}, {"start": 2, "end": 3, "type": "PER"}]
     gold = _jsonl(tmp_path / "g.jsonl", {"id": "1", "tokens": TOKENS, "entities": ents})
-    pred = _jsonl(tmp_path / "p.jsonl", {"id": "1", "tokens": TOKENS, "source": "predicted", "entities": [
-        {"start": 0, "end": 1, "type": "PER"}, {"start": 0, "end": 1, "type": "PER"},  # a duplicate
-        {"start": 2, "end": 4, "type": "PER"}, {"start": 2, "end": 3, "type": "PER"}]})  # overlapping spans
+    pred = _jsonl(
+        tmp_path / "p.jsonl",
+        {
+            "id": "1",
+            "tokens": TOKENS,
+            "source": "predicted",
+            "entities": [
+                {"start": 0, "end": 1, "type": "PER"},
+                {"start": 0, "end": 1, "type": "PER"},  # a duplicate
+                {"start": 2, "end": 4, "type": "PER"},
+                {"start": 2, "end": 3, "type": "PER"},
+            ],
+        },
+    )  # overlapping spans
     assert main(["evaluate", "--gold", str(gold), "--pred", str(pred), "--json"]) == 0
     out = capsys.readouterr()
     result = json.loads(out.out)

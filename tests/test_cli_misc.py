@@ -54,18 +54,36 @@ def test_httpx_request_lines_only_with_verbose(tmp_path):
 def test_refine_gold_option_feeds_the_simulated_backend(tmp_path, capsys):
     tokens = ["Barack", "Obama", "visits", "Paris"]
     gold = [Example("p1", tokens, entities=[Entity(0, 2, "PER"), Entity(3, 4, "LOC")], source="gold")]
-    pred = [Example("p1", tokens, entities=[Entity(1, 2, "ORG", uncertainty=0.9), Entity(3, 4, "LOC", uncertainty=0.1)],
-                    source="predicted")]
+    pred = [
+        Example(
+            "p1",
+            tokens,
+            entities=[Entity(1, 2, "ORG", uncertainty=0.9), Entity(3, 4, "LOC", uncertainty=0.1)],
+            source="predicted",
+        )
+    ]
     write_jsonl(gold, tmp_path / "gold.jsonl")
     write_jsonl(pred, tmp_path / "pred.jsonl")
-    rc = main(["refine", "--pred", str(tmp_path / "pred.jsonl"), "--out", str(tmp_path / "out.jsonl"), "--gold",
-               str(tmp_path / "gold.jsonl"), "backend=oracle"])
+    rc = main(
+        [
+            "refine",
+            "--pred",
+            str(tmp_path / "pred.jsonl"),
+            "--out",
+            str(tmp_path / "out.jsonl"),
+            "--gold",
+            str(tmp_path / "gold.jsonl"),
+            "backend=oracle",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "SIMULATION: answers come from oracle (simulation)" in out
     assert "MNER F1: 50.00 -> 100.00  (simulation: oracle (simulation))" in out
-    assert [(e.start, e.end, e.type) for e in read_jsonl(tmp_path / "out.jsonl")[0].entities] == [(0, 2, "PER"),
-                                                                                                  (3, 4, "LOC")]
+    assert [(e.start, e.end, e.type) for e in read_jsonl(tmp_path / "out.jsonl")[0].entities] == [
+        (0, 2, "PER"),
+        (3, 4, "LOC"),
+    ]
     report = json.loads((tmp_path / "out.report.json").read_text())
     assert report["config"]["gold"] == str(tmp_path / "gold.jsonl")
 
@@ -73,16 +91,22 @@ def test_refine_gold_option_feeds_the_simulated_backend(tmp_path, capsys):
 def test_pipeline_console_says_when_scores_are_simulated(monkeypatch, capsys, tmp_path):
     import refineg.stages.pipeline as pipeline
 
-    summary = {"run_dir": str(tmp_path), "final": "ground", "scores": {"gmner": 0.5, "mner": 0.75, "eeg": 0.6},
-               "simulated": {"refine": "oracle (simulation)", "ground": "oracle (simulation)"},
-               "timings": {"stages": {"refine": {"status": "ran", "wall_s": 1.0, "last_run_wall_s": 1.0}}}}
+    summary = {
+        "run_dir": str(tmp_path),
+        "final": "ground",
+        "scores": {"gmner": 0.5, "mner": 0.75, "eeg": 0.6},
+        "simulated": {"refine": "oracle (simulation)", "ground": "oracle (simulation)"},
+        "timings": {"stages": {"refine": {"status": "ran", "wall_s": 1.0, "last_run_wall_s": 1.0}}},
+    }
     monkeypatch.setattr(pipeline, "load_pipeline_config", lambda config, overrides: None)
     monkeypatch.setattr(pipeline, "run_pipeline", lambda cfg: summary)
     assert main(["pipeline"]) == 0
     out = capsys.readouterr().out
     assert "ground (SIMULATION): GMNER F1 50.00  MNER F1 75.00" in out
-    assert ("SIMULATION: the refine stage's answers come from oracle (simulation), not from an MLLM; the scores of "
-            "refine and ground are simulated") in out
+    assert (
+        "SIMULATION: the refine stage's answers come from oracle (simulation), not from an MLLM; the scores of "
+        "refine and ground are simulated"
+    ) in out
     summary["simulated"] = {}
     assert main(["pipeline"]) == 0
     assert "SIMULATION" not in capsys.readouterr().out
@@ -90,12 +114,21 @@ def test_pipeline_console_says_when_scores_are_simulated(monkeypatch, capsys, tm
 
 def test_failed_sweep_trial_prints_its_last_error_line(tmp_path, capsys):
     script = tmp_path / "trial.py"
-    script.write_text("import sys\nprint('working...')\nprint('error: source=runs/x does not exist', file=sys.stderr)\n"
-                      "sys.exit(2)\n")
+    script.write_text(
+        "import sys\nprint('working...')\nprint('error: source=runs/x does not exist', file=sys.stderr)\nsys.exit(2)\n"
+    )
     spec = tmp_path / "s.yaml"
-    spec.write_text(yaml.safe_dump({"program": str(script), "method": "grid",
-                                    "metric": {"name": "m", "goal": "maximize"}, "parameters": {"x": {"value": 1}},
-                                    "command": ["${interpreter}", "${program}", "${args_no_hyphens}"]}))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "program": str(script),
+                "method": "grid",
+                "metric": {"name": "m", "goal": "maximize"},
+                "parameters": {"x": {"value": 1}},
+                "command": ["${interpreter}", "${program}", "${args_no_hyphens}"],
+            }
+        )
+    )
     assert main(["sweep", str(spec), "--out", str(tmp_path / "out")]) == 1
     lines = capsys.readouterr().out.splitlines()
     row = next(i for i, line in enumerate(lines) if line.rstrip().endswith("failed"))

@@ -41,8 +41,14 @@ def snippets():
 
 def test_every_section_has_a_snippet():
     titles = [t for t, _ in snippets()]
-    assert titles == ["A backbone", "A tagging head", "An uncertainty head", "An LLM / MLLM backend",
-                      "A data format", "A grounder"]
+    assert titles == [
+        "A backbone",
+        "A tagging head",
+        "An uncertainty head",
+        "An LLM / MLLM backend",
+        "A data format",
+        "A grounder",
+    ]
 
 
 def test_snippets_run():
@@ -50,8 +56,9 @@ def test_snippets_run():
     preamble = "import torch, transformers, refineg.modules.tagger_module, refineg.llm, refineg.stages.grounding\n"
     script = preamble + "torch.set_num_threads(1)\n" + RUNNER.format(blocks=snippets())
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+    )
     report = proc.stdout + proc.stderr
     assert proc.returncode == 0, report[-6000:]
     assert report.count(": ok") == 6, report[-6000:]

@@ -35,16 +35,22 @@ def test_iou_exactly_half_counts():
 
 def test_hand_computed_case():
     gold = [
-        ex("1", Entity(0, 2, "PER", [[0, 0, 10, 10], [50, 50, 60, 60]]),  # several gold boxes
+        ex(
+            "1",
+            Entity(0, 2, "PER", [[0, 0, 10, 10], [50, 50, 60, 60]]),  # several gold boxes
             Entity(3, 4, "LOC"),  # no box
-            Entity(4, 6, "ORG", [[0, 0, 4, 4]])),
+            Entity(4, 6, "ORG", [[0, 0, 4, 4]]),
+        ),
         ex("2", Entity(1, 2, "OTHER")),
     ]
     pred = [
-        ex("1", Entity(0, 2, "PER", [[51, 51, 60, 60]]),  # matches the 2nd gold box: all correct
+        ex(
+            "1",
+            Entity(0, 2, "PER", [[51, 51, 60, 60]]),  # matches the 2nd gold box: all correct
             Entity(3, 4, "LOC", [[0, 0, 5, 5]]),  # box vs none: MNER ok, GMNER/EEG wrong
             Entity(4, 6, "PER", [[0, 0, 4, 4]]),  # wrong type: EEG ok only
-            source="predicted"),
+            source="predicted",
+        ),
         ex("2", Entity(1, 3, "OTHER"), source="predicted"),  # partial span: wrong everywhere
     ]
     r = scores(gold, pred)
@@ -152,8 +158,13 @@ if __name__ == "__main__":
 def test_metric_sums_over_two_gloo_processes(tmp_path):
     script = tmp_path / "ddp_metric.py"
     script.write_text(DDP_SCRIPT)
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "store")], capture_output=True, text=True,
-                          timeout=180, cwd=Path(__file__).parents[1])
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=Path(__file__).parents[1],
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "DDP_OK" in proc.stdout
 

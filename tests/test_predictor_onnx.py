@@ -74,28 +74,48 @@ def test_cli_predict_with_onnx_runtime_writes_the_torch_predictions(tagger, onnx
     cache = onnx_predictor.onnx.path.parent
     before = {p.name for p in cache.iterdir()}
     monkeypatch.setenv("REFINEG_ONNX_CACHE", str(cache))
-    assert main(["predict", "--ckpt", str(ckpt), "--input", str(tmp_path / "posts.jsonl"), "--out",
-                 str(tmp_path / "pred.jsonl"), "--runtime", "onnx", "--batch-size", "3"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--ckpt",
+                str(ckpt),
+                "--input",
+                str(tmp_path / "posts.jsonl"),
+                "--out",
+                str(tmp_path / "pred.jsonl"),
+                "--runtime",
+                "onnx",
+                "--batch-size",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert {p.name for p in cache.iterdir()} == before  # same weights: the cached export was reused
     want = TaggerPredictor(tagger, batch_size=3).predict(posts, progress=False)
     got = read_jsonl(tmp_path / "pred.jsonl")
-    assert [[(e.start, e.end, e.type) for e in p.entities] for p in got] == \
-        [[(e.start, e.end, e.type) for e in p.entities] for p in want]
+    assert [[(e.start, e.end, e.type) for e in p.entities] for p in got] == [
+        [(e.start, e.end, e.type) for e in p.entities] for p in want
+    ]
 
 
 def test_onnx_int8_quantises_the_exported_matmuls_and_tags_nearly_the_same(tagger, onnx_predictor):
     import onnx
 
     posts = sample_posts(n=12)
-    int8 = TaggerPredictor(tagger, batch_size=4, runtime="onnx", quantize="int8",
-                           onnx_cache_dir=onnx_predictor.onnx.path.parent)
+    int8 = TaggerPredictor(
+        tagger, batch_size=4, runtime="onnx", quantize="int8", onnx_cache_dir=onnx_predictor.onnx.path.parent
+    )
     assert int8.onnx.path.name.endswith("-int8v1.onnx")
     ops = {n.op_type for n in onnx.load(str(int8.onnx.path)).graph.node}
     assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
     onnx_predictor.batch_size = 4
     a, b = onnx_predictor.predict(posts, progress=False), int8.predict(posts, progress=False)
-    same = sum([(e.start, e.end, e.type) for e in x.entities] == [(e.start, e.end, e.type) for e in y.entities]
-               for x, y in zip(a, b))
+    same = sum(
+        [(e.start, e.end, e.type) for e in x.entities] == [(e.start, e.end, e.type) for e in y.entities]
+        for x, y in zip(a, b)
+    )
     assert same >= len(posts) - 2
 
 

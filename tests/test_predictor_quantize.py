@@ -48,8 +48,12 @@ def test_full_range_linear_quantises_inputs_to_8_bits_and_weights_per_row():
     lin = torch.nn.Sequential(torch.nn.Linear(48, 16)).eval()
     with torch.no_grad():  # rows of very different magnitude, as in trained layers with outlier channels
         lin[0].weight.mul_(torch.logspace(-2, 0, 16).unsqueeze(1))
-    q = torch.ao.quantization.quantize_dynamic(lin, {torch.nn.Linear: _per_channel_qconfig()}, dtype=torch.qint8,
-                                               mapping={torch.nn.Linear: FullRangeDynamicLinear})[0]
+    q = torch.ao.quantization.quantize_dynamic(
+        lin,
+        {torch.nn.Linear: _per_channel_qconfig()},
+        dtype=torch.qint8,
+        mapping={torch.nn.Linear: FullRangeDynamicLinear},
+    )[0]
     per_tensor = torch.ao.quantization.quantize_dynamic(lin, {torch.nn.Linear}, dtype=torch.qint8)[0]
     x = torch.randn(10, 48) * 3
     w = q.weight().dequantize()

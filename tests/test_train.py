@@ -19,9 +19,17 @@ TYPES = ["PER", "LOC", "ORG", "OTHER"]
 
 def tiny_args(encoder, runs, name, **extra):
     args = {
-        "model.encoder": encoder, "model.dropout": 0.0, "data.gold_limit": 64, "data.batch_size": 16,
-        "data.eval_batch_size": 32, "trainer.max_epochs": 2, "logger.wandb": "false",
-        "trainer.enable_progress_bar": "false", "runs_dir": str(runs), "run_name": name, "optim.encoder_lr": 1e-3,
+        "model.encoder": encoder,
+        "model.dropout": 0.0,
+        "data.gold_limit": 64,
+        "data.batch_size": 16,
+        "data.eval_batch_size": 32,
+        "trainer.max_epochs": 2,
+        "logger.wandb": "false",
+        "trainer.enable_progress_bar": "false",
+        "runs_dir": str(runs),
+        "run_name": name,
+        "optim.encoder_lr": 1e-3,
         "trainer.accelerator": "cpu",
     }
     args.update(extra)
@@ -41,8 +49,14 @@ def trained(tiny_encoder, tmp_path_factory):
 
 def test_run_folder_contents(trained):
     run_dir, result = trained
-    for name in ("config.yaml", "metrics.json", "predictions_dev.jsonl", "predictions_test.jsonl", "gold_ids.json",
-                 "checkpoints/last.ckpt"):
+    for name in (
+        "config.yaml",
+        "metrics.json",
+        "predictions_dev.jsonl",
+        "predictions_test.jsonl",
+        "gold_ids.json",
+        "checkpoints/last.ckpt",
+    ):
         assert (run_dir / name).is_file(), name
     assert len(list((run_dir / "checkpoints").glob("best-*.ckpt"))) == 1
     assert len(json.loads((run_dir / "gold_ids.json").read_text())) == 64
@@ -112,8 +126,9 @@ def test_resume_from_last(trained, tiny_encoder, tmp_path):
     runs = run_dir.parent
     before = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
     os.environ.pop("REFINEG_RUN_NAME", None)
-    result = train(load_config(tiny_args(tiny_encoder, runs, "resumed", **{"trainer.max_epochs": 3,
-                                                                         "ckpt_path": "last"})))
+    result = train(
+        load_config(tiny_args(tiny_encoder, runs, "resumed", **{"trainer.max_epochs": 3, "ckpt_path": "last"}))
+    )
     after = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
     assert after["epoch"] == before["epoch"] + 1  # one more epoch on top of the saved ones
     assert after["global_step"] == before["global_step"] + 4  # 64 posts / batch 16
@@ -151,8 +166,9 @@ def _train_ddp(encoder, runs, name, **extra) -> Path:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "MASTER_PORT": str(port)}
     env.pop("REFINEG_RUN_NAME", None)
     args = tiny_args(encoder, runs, name, **{"trainer.devices": 2, "trainer.strategy": "ddp", **extra})
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], capture_output=True, text=True,
-                          timeout=600, env=env, cwd=runs)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args], capture_output=True, text=True, timeout=600, env=env, cwd=runs
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "Initializing distributed: GLOBAL_RANK: 1" in proc.stderr + proc.stdout
     return runs / name
@@ -176,8 +192,10 @@ def test_ddp_with_packed_batches_trains_the_single_process_weights(trained, tiny
 
     run_dir, _ = trained
     ddp_dir = _train_ddp(tiny_encoder, tmp_path, "ddp_packed", **{"data.pack_length": 128, "predict": "false"})
-    single, ddp = (torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-                   for d in (run_dir, ddp_dir))
+    single, ddp = (
+        torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+        for d in (run_dir, ddp_dir)
+    )
     floats = [k for k in single if single[k].is_floating_point()]
     assert len(floats) > 10
     for key in floats:

@@ -108,12 +108,14 @@ def installed(tmp_path_factory):
         shutil.copy(ROOT / name, src / name)
     shutil.copytree(ROOT / "refineg", src / "refineg", ignore=shutil.ignore_patterns("__pycache__"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(src)],
-                   check=True, cwd=tmp)
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(src)], check=True, cwd=tmp
+    )
     (wheel,) = (tmp / "dist").glob("refineg-*.whl")
     site = tmp / "site"
-    subprocess.run([*pip, "install", "--no-deps", "--no-compile", "--target", str(site), str(wheel)], check=True,
-                   cwd=tmp)
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--no-compile", "--target", str(site), str(wheel)], check=True, cwd=tmp
+    )
     shutil.rmtree(src)  # the copied sources must not be found instead of the installed package
     env = {**os.environ, "PYTHONPATH": str(site), "PYTHONNOUSERSITE": "1", "HF_HUB_OFFLINE": "1"}
     run = subprocess.run([sys.executable, "-c", CHILD], cwd=tmp, env=env, capture_output=True, text=True)

@@ -24,8 +24,19 @@ NODES = [
     ("llm", "LLM_BACKENDS: openai (vLLM), hf, replay\ncache, budget, usage", 4.12, 0.0, "llm"),
     ("viz", "refineg report / visualize / sweep", 10.75, 3.0, "step"),
 ]
-EDGES = [("raw", "gold"), ("gold", "syn"), ("syn", "synj"), ("gold", "train"), ("synj", "train"), ("train", "run"),
-         ("run", "unc"), ("unc", "ref"), ("ref", "gr"), ("gr", "out"), ("run", "viz")]
+EDGES = [
+    ("raw", "gold"),
+    ("gold", "syn"),
+    ("syn", "synj"),
+    ("gold", "train"),
+    ("synj", "train"),
+    ("train", "run"),
+    ("run", "unc"),
+    ("unc", "ref"),
+    ("ref", "gr"),
+    ("gr", "out"),
+    ("run", "viz"),
+]
 DASHED = [("llm", "ref"), ("llm", "gr")]
 COLOURS = {"data": "#e8f0fe", "step": "#fff4e0", "llm": "#eee8f8"}
 W, H = 1.9, 0.8
@@ -45,13 +56,18 @@ def main(out: str) -> None:
     fig, ax = plt.subplots(figsize=(13, 6))
     for _key, label, x, y, kind in NODES:
         w = 3.6 if kind == "llm" else W
-        ax.add_patch(FancyBboxPatch((x - w / 2, y - H / 2), w, H, boxstyle="round,pad=0.05", fc=COLOURS[kind],
-                                    ec="#555555"))
+        ax.add_patch(
+            FancyBboxPatch((x - w / 2, y - H / 2), w, H, boxstyle="round,pad=0.05", fc=COLOURS[kind], ec="#555555")
+        )
         ax.text(x, y, label, ha="center", va="center", fontsize=8)
     for edges, style in ((EDGES, "-"), (DASHED, "--")):
         for a, b in edges:
-            ax.annotate("", xy=_edge_point(pos[b], pos[a]), xytext=_edge_point(pos[a], pos[b]),
-                        arrowprops={"arrowstyle": "->", "ls": style, "color": "#333333"})
+            ax.annotate(
+                "",
+                xy=_edge_point(pos[b], pos[a]),
+                xytext=_edge_point(pos[a], pos[b]),
+                arrowprops={"arrowstyle": "->", "ls": style, "color": "#333333"},
+            )
     ax.set_xlim(-1.2, 12.0)
     ax.set_ylim(-0.7, 5.2)
     ax.axis("off")

@@ -34,8 +34,11 @@ def _parse_box(raw: Any, path: Path, post_id: str, report: ReadReport) -> list[f
     if raw in (None, "", "Null", "null", [], {}):
         return None
     try:
-        box = [float(raw[k]) for k in ("xmin", "ymin", "xmax", "ymax")] if isinstance(raw, dict) \
+        box = (
+            [float(raw[k]) for k in ("xmin", "ymin", "xmax", "ymax")]
+            if isinstance(raw, dict)
             else [float(v) for v in raw]
+        )
     except (KeyError, TypeError, ValueError):
         raise DataFormatError(path, f"non-numeric or incomplete box {raw!r}", record=post_id) from None
     problem = box_problem(box)
@@ -43,16 +46,21 @@ def _parse_box(raw: Any, path: Path, post_id: str, report: ReadReport) -> list[f
         raise DataFormatError(path, f"{problem} (from {raw!r})", record=post_id)
     clipped = clip_box(box, None)
     if clipped is None:
-        raise DataFormatError(path, f"box {box} lies entirely outside the image (negative coordinates)",
-                              record=post_id)
+        raise DataFormatError(path, f"box {box} lies entirely outside the image (negative coordinates)", record=post_id)
     if clipped != box:
-        report.warn("box_outside_image", f"{path} [id {post_id}]: box {box} has negative coordinates; clipped to "
-                                         f"{clipped}")
+        report.warn(
+            "box_outside_image", f"{path} [id {post_id}]: box {box} has negative coordinates; clipped to {clipped}"
+        )
     return clipped
 
 
-def read_ccks(text_json: str | Path, entity_json: str | Path | None, types: Iterable[str] | None = CCKS_TYPES,
-              report: ReadReport | None = None, source: str = "gold") -> list[Example]:
+def read_ccks(
+    text_json: str | Path,
+    entity_json: str | Path | None,
+    types: Iterable[str] | None = CCKS_TYPES,
+    report: ReadReport | None = None,
+    source: str = "gold",
+) -> list[Example]:
     """Reads CCKS2025-style JSON.
 
     Args:
@@ -74,14 +82,15 @@ def read_ccks(text_json: str | Path, entity_json: str | Path | None, types: Iter
     labels = _load_json(entity_path) if entity_path is not None else {}
     unknown_ids = sorted(set(labels) - set(texts))
     if unknown_ids:
-        raise DataFormatError(entity_path, f"post id(s) without text in {text_path.name}: {unknown_ids[:5]}",
-                              record=unknown_ids[0])
+        raise DataFormatError(
+            entity_path, f"post id(s) without text in {text_path.name}: {unknown_ids[:5]}", record=unknown_ids[0]
+        )
     allowed = set(types) if types is not None else None
     examples = []
     for post_id, value in texts.items():
         text = value.get("text") if isinstance(value, dict) else None
         if not isinstance(text, str):
-            raise DataFormatError(text_path, "expected {\"text\": str}", record=post_id)
+            raise DataFormatError(text_path, 'expected {"text": str}', record=post_id)
         tokens = word_tokenize(text)
         grouped: dict[tuple[str, str], list[list[float]]] = {}
         items = labels.get(post_id, [])
@@ -92,8 +101,9 @@ def read_ccks(text_json: str | Path, entity_json: str | Path | None, types: Iter
                 raise DataFormatError(entity_path, f"entity needs 'name' and 'label': {item!r}", record=post_id)
             label = str(item["label"])
             if allowed is not None and label not in allowed:
-                raise DataFormatError(entity_path, f"unknown label {label!r}; allowed: {sorted(allowed)}",
-                                      record=post_id)
+                raise DataFormatError(
+                    entity_path, f"unknown label {label!r}; allowed: {sorted(allowed)}", record=post_id
+                )
             boxes = grouped.setdefault((str(item["name"]), label), [])
             box = _parse_box(item.get("bnd", item.get("bndbox")), entity_path, post_id, report)
             if box is not None and box not in boxes:
@@ -102,17 +112,26 @@ def read_ccks(text_json: str | Path, entity_json: str | Path | None, types: Iter
         entities = []
         for (name, label), span in zip(keys, locate_spans(tokens, [k[0] for k in keys])):
             if span is None:
-                report.warn("entity_not_found", f"{entity_path} [id {post_id}]: entity {name!r} not found in the "
-                                                f"text; dropped")
+                report.warn(
+                    "entity_not_found", f"{entity_path} [id {post_id}]: entity {name!r} not found in the text; dropped"
+                )
                 continue
             entities.append(Entity(span[0], span[1], label, grouped[(name, label)]))
-        examples.append(Example(id=str(post_id), tokens=tokens, image=f"{post_id}.jpg",
-                                entities=sorted(entities, key=lambda e: e.start), source=source))
+        examples.append(
+            Example(
+                id=str(post_id),
+                tokens=tokens,
+                image=f"{post_id}.jpg",
+                entities=sorted(entities, key=lambda e: e.start),
+                source=source,
+            )
+        )
     return examples
 
 
-def write_ccks(examples: Iterable[Example], text_json: str | Path, entity_json: str | Path,
-               box_key: str = "bnd") -> None:
+def write_ccks(
+    examples: Iterable[Example], text_json: str | Path, entity_json: str | Path, box_key: str = "bnd"
+) -> None:
     """Writes CCKS2025-style JSON; one entry per box (``null`` box for ungroundable entities)."""
     texts, entities = {}, {}
     for ex in examples:

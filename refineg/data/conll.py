@@ -28,8 +28,9 @@ class ConllPost:
     line: int
 
 
-def iter_conll_posts(path: str | Path, type_map: Mapping[str, str] | None = None,
-                     types: Iterable[str] | None = None) -> list[ConllPost]:
+def iter_conll_posts(
+    path: str | Path, type_map: Mapping[str, str] | None = None, types: Iterable[str] | None = None
+) -> list[ConllPost]:
     """Parses a Twitter-style CoNLL file.
 
     Args:
@@ -53,10 +54,11 @@ def iter_conll_posts(path: str | Path, type_map: Mapping[str, str] | None = None
         if not line.strip():
             continue
         if line.startswith("IMGID:"):
-            post_id = line[len("IMGID:"):].strip()
+            post_id = line[len("IMGID:") :].strip()
             if post_id in seen:
-                raise DataFormatError(path, f"duplicate post id {post_id!r} (first on line {seen[post_id]})",
-                                      line=lineno)
+                raise DataFormatError(
+                    path, f"duplicate post id {post_id!r} (first on line {seen[post_id]})", line=lineno
+                )
             seen[post_id] = lineno
             current = ConllPost(post_id, [], [], lineno)
             posts.append(current)
@@ -65,14 +67,16 @@ def iter_conll_posts(path: str | Path, type_map: Mapping[str, str] | None = None
             raise DataFormatError(path, f"expected 'token<TAB>tag', found no tab in {line!r}", line=lineno)
         columns = line.split("\t")
         if len(columns) > 2:
-            raise DataFormatError(path, f"expected 'token<TAB>tag', found {len(columns)} tab-separated columns in "
-                                        f"{line!r}", line=lineno)
+            raise DataFormatError(
+                path, f"expected 'token<TAB>tag', found {len(columns)} tab-separated columns in {line!r}", line=lineno
+            )
         if current is None:
             raise DataFormatError(path, "token line before the first 'IMGID:' header", line=lineno)
         token, tag = columns
         if any(c.isspace() for c in token):
-            raise DataFormatError(path, f"token {token!r} contains whitespace (tokens are whitespace-free)",
-                                  line=lineno)
+            raise DataFormatError(
+                path, f"token {token!r} contains whitespace (tokens are whitespace-free)", line=lineno
+            )
         tag = tag.strip()
         try:
             prefix, etype = split_tag(tag)
@@ -81,16 +85,21 @@ def iter_conll_posts(path: str | Path, type_map: Mapping[str, str] | None = None
         if prefix != "O":
             etype = type_map.get(etype, etype)
             if allowed is not None and etype not in allowed:
-                raise DataFormatError(path, f"unknown entity type {etype!r} in tag {tag!r}; allowed: "
-                                            f"{sorted(allowed)}", line=lineno)
+                raise DataFormatError(
+                    path, f"unknown entity type {etype!r} in tag {tag!r}; allowed: {sorted(allowed)}", line=lineno
+                )
             tag = f"{prefix}-{etype}"
         current.tokens.append(token)
         current.tags.append(tag)
     return posts
 
 
-def read_conll(path: str | Path, type_map: Mapping[str, str] | None = None, types: Iterable[str] | None = None,
-               source: str = "gold") -> list[Example]:
+def read_conll(
+    path: str | Path,
+    type_map: Mapping[str, str] | None = None,
+    types: Iterable[str] | None = None,
+    source: str = "gold",
+) -> list[Example]:
     """Reads a Twitter-2015/2017-style CoNLL file into examples without boxes (image ``<id>.jpg``).
 
     ``type_map`` defaults to ``{"MISC": "OTHER"}``.
@@ -114,11 +123,15 @@ def write_conll(examples: Iterable[Example], path: str | Path) -> None:
     for ex in examples:
         bad = next((t for t in ex.tokens if any(c.isspace() for c in t)), None)
         if bad is not None:
-            raise DataFormatError(path, f"token {bad!r} contains whitespace; a CoNLL file could not hold it",
-                                  record=ex.id)
+            raise DataFormatError(
+                path, f"token {bad!r} contains whitespace; a CoNLL file could not hold it", record=ex.id
+            )
         if ex.id != ex.id.strip() or any(c in ex.id for c in "\r\n"):
-            raise DataFormatError(path, "the post id has a line break or surrounding whitespace; a CoNLL "
-                                        "'IMGID:' line could not hold it", record=repr(ex.id))
+            raise DataFormatError(
+                path,
+                "the post id has a line break or surrounding whitespace; a CoNLL 'IMGID:' line could not hold it",
+                record=repr(ex.id),
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as fh:
         for ex in examples:

@@ -19,8 +19,9 @@ _ESCAPED = re.compile("[\udc80-\udcff]")
 
 
 def _bad_byte(path: str | Path, line: int, column: int, byte: int) -> DataFormatError:
-    return DataFormatError(path, f"not UTF-8 text: byte 0x{byte:02x} at column {column} (re-encode the file as "
-                                 "UTF-8)", line=line)
+    return DataFormatError(
+        path, f"not UTF-8 text: byte 0x{byte:02x} at column {column} (re-encode the file as UTF-8)", line=line
+    )
 
 
 def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
@@ -55,8 +56,9 @@ def read_text(path: str | Path) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
         line_start = data.rfind(b"\n", 0, err.start) + 1
-        raise _bad_byte(path, data.count(b"\n", 0, err.start) + 1, err.start - line_start + 1,
-                        data[err.start]) from None
+        raise _bad_byte(
+            path, data.count(b"\n", 0, err.start) + 1, err.start - line_start + 1, data[err.start]
+        ) from None
 
 
 def parse_json(text: str, path: str | Path, line: int | None = None) -> Any:
@@ -69,8 +71,9 @@ def parse_json(text: str, path: str | Path, line: int | None = None) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as err:
         where = f" at column {err.colno}" if line is not None else ""
-        raise DataFormatError(path, f"invalid JSON ({err.msg}{where})",
-                              line=line if line is not None else err.lineno) from None
+        raise DataFormatError(
+            path, f"invalid JSON ({err.msg}{where})", line=line if line is not None else err.lineno
+        ) from None
     except RecursionError:
         raise DataFormatError(path, "invalid JSON (nested too deeply to read)", line=line) from None
 
@@ -80,8 +83,16 @@ def load_json(path: str | Path) -> Any:
     return parse_json(read_text(path), path)
 
 
-def inside_folder(folder: str | Path, name: Any, what: str = "name", *, file_name: bool = False,
-                  source: str | Path | None = None, line: int | None = None, record: str | None = None) -> Path:
+def inside_folder(
+    folder: str | Path,
+    name: Any,
+    what: str = "name",
+    *,
+    file_name: bool = False,
+    source: str | Path | None = None,
+    line: int | None = None,
+    record: str | None = None,
+) -> Path:
     r"""``folder / name`` for a ``name`` taken from data (an image name, a post id), which must stay inside ``folder``.
 
     Refused: anything but a non-empty string; a NUL character; an absolute name (``/x``, ``\x``, ``C:x``); a

@@ -25,8 +25,17 @@ from refineg.data.errors import DataFormatError, ReadReport
 from refineg.data.files import inside_folder, read_text
 from refineg.data.schema import Box, Entity, Example
 
-FLICKR30K_TYPES = ("people", "clothing", "bodyparts", "animals", "vehicles", "instruments", "scene", "other",
-                   "notvisual")
+FLICKR30K_TYPES = (
+    "people",
+    "clothing",
+    "bodyparts",
+    "animals",
+    "vehicles",
+    "instruments",
+    "scene",
+    "other",
+    "notvisual",
+)
 PHRASE_HEAD = re.compile(r"\[/EN#(\d+)/([^\s\[\]]+)")
 
 
@@ -119,8 +128,11 @@ def read_boxes(xml_path: Path, image_path: Path, report: ReadReport) -> tuple[di
         if clipped != box:
             if not (clipped[0] < clipped[2] and clipped[1] < clipped[3]):
                 raise DataFormatError(xml_path, f"{where}: box {raw} lies entirely outside the image")
-            report.warn("box_outside_image", f"{xml_path}: {where}: box {box} (scaled) outside the {width}x{height} "
-                                             f"image {image_path.name}; clipped to {clipped}")
+            report.warn(
+                "box_outside_image",
+                f"{xml_path}: {where}: box {box} (scaled) outside the {width}x{height} "
+                f"image {image_path.name}; clipped to {clipped}",
+            )
         for name in names:
             boxes.setdefault(name, []).append(clipped)
     return boxes, (width, height)
@@ -133,17 +145,23 @@ def read_image_ids(root: Path) -> list[str]:
     for lineno, line in enumerate(read_text(path).splitlines(), start=1):
         image_id = line.strip()
         if image_id in seen:
-            raise DataFormatError(path, f"duplicate image id {image_id!r} (first on line {seen[image_id]})",
-                                  line=lineno)
+            raise DataFormatError(
+                path, f"duplicate image id {image_id!r} (first on line {seen[image_id]})", line=lineno
+            )
         if image_id:
-            inside_folder(root / "images", f"{image_id}.jpg", "image id's file", file_name=True, source=path,
-                          line=lineno)
+            inside_folder(
+                root / "images", f"{image_id}.jpg", "image id's file", file_name=True, source=path, line=lineno
+            )
             seen[image_id] = lineno
     return list(seen)
 
 
-def read_flickr30k_entities(root: str | Path, report: ReadReport | None = None, ids: Iterable[str] | None = None,
-                            types: Iterable[str] = FLICKR30K_TYPES) -> list[Example]:
+def read_flickr30k_entities(
+    root: str | Path,
+    report: ReadReport | None = None,
+    ids: Iterable[str] | None = None,
+    types: Iterable[str] = FLICKR30K_TYPES,
+) -> list[Example]:
     """Reads Flickr30k Entities: one post per caption, in image order then caption order.
 
     Args:
@@ -163,19 +181,29 @@ def read_flickr30k_entities(root: str | Path, report: ReadReport | None = None, 
     report = report if report is not None else ReadReport()
     root, types = Path(root), set(types)
     examples = []
-    for image_id in (read_image_ids(root) if ids is None else [str(i) for i in ids]):
-        sentences, annotations, image = (inside_folder(root / folder, f"{image_id}{suffix}", "image id's file",
-                                                       file_name=True)
-                                         for folder, suffix in (("Sentences", ".txt"), ("Annotations", ".xml"),
-                                                                ("images", ".jpg")))
+    for image_id in read_image_ids(root) if ids is None else [str(i) for i in ids]:
+        sentences, annotations, image = (
+            inside_folder(root / folder, f"{image_id}{suffix}", "image id's file", file_name=True)
+            for folder, suffix in (("Sentences", ".txt"), ("Annotations", ".xml"), ("images", ".jpg"))
+        )
         captions = read_text(sentences).splitlines()
         boxes, size = read_boxes(annotations, image, report)
         for index, line in enumerate(captions):
             if not line.strip():
                 continue
             tokens, phrases = parse_caption(line, sentences, index + 1, types)
-            entities = [Entity(start, end, etype, [] if etype == "notvisual" or eid == "0"
-                               else [list(b) for b in boxes.get(eid, [])]) for start, end, eid, etype in phrases]
-            examples.append(Example(id=f"{image_id}_{index}", tokens=tokens, image=f"{image_id}.jpg",
-                                    entities=entities, image_size=size))
+            entities = [
+                Entity(
+                    start,
+                    end,
+                    etype,
+                    [] if etype == "notvisual" or eid == "0" else [list(b) for b in boxes.get(eid, [])],
+                )
+                for start, end, eid, etype in phrases
+            ]
+            examples.append(
+                Example(
+                    id=f"{image_id}_{index}", tokens=tokens, image=f"{image_id}.jpg", entities=entities, image_size=size
+                )
+            )
     return examples

@@ -12,8 +12,9 @@ from refineg.data.files import iter_lines, parse_json
 from refineg.data.schema import Example, clip_box
 
 
-def read_jsonl(path: str | Path, types: Iterable[str] | None = None, report: ReadReport | None = None,
-               allow_overlaps: bool = False) -> list[Example]:
+def read_jsonl(
+    path: str | Path, types: Iterable[str] | None = None, report: ReadReport | None = None, allow_overlaps: bool = False
+) -> list[Example]:
     """Reads canonical JSONL; blank lines are skipped.
 
     Boxes that stick out of the image (negative coordinates, or beyond ``image_size`` when it is given) are clipped
@@ -43,13 +44,17 @@ def read_jsonl(path: str | Path, types: Iterable[str] | None = None, report: Rea
         except ValueError as err:
             raise DataFormatError(path, str(err), line=lineno) from None
         if example.id in seen:
-            raise DataFormatError(path, f"duplicate post id {example.id!r} (first on line {seen[example.id]})",
-                                  line=lineno)
+            raise DataFormatError(
+                path, f"duplicate post id {example.id!r} (first on line {seen[example.id]})", line=lineno
+            )
         seen[example.id] = lineno
         for ent in example.entities:
             if allowed is not None and ent.type not in allowed:
-                raise DataFormatError(path, f"post {example.id}: unknown entity type {ent.type!r}; allowed: "
-                                            f"{sorted(allowed)}", line=lineno)
+                raise DataFormatError(
+                    path,
+                    f"post {example.id}: unknown entity type {ent.type!r}; allowed: {sorted(allowed)}",
+                    line=lineno,
+                )
             for k, box in enumerate(ent.boxes):
                 clipped = clip_box(box, example.image_size)
                 if clipped == box:

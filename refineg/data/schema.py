@@ -92,8 +92,9 @@ class Example:
             raise ValueError(f"post {self.id}: source {self.source!r} is not one of {SOURCES}")
         for i, token in enumerate(self.tokens):
             if any(c.isspace() for c in token):
-                raise ValueError(f"post {self.id}: token {i} ({token!r}) contains whitespace (tokens are "
-                                 "whitespace-free)")
+                raise ValueError(
+                    f"post {self.id}: token {i} ({token!r}) contains whitespace (tokens are whitespace-free)"
+                )
         last_end = 0
         for ent in sorted(self.entities, key=lambda e: e.start):
             if not 0 <= ent.start < ent.end <= len(self.tokens):
@@ -159,8 +160,9 @@ class Example:
                 if len(record["image_size"]) != 2 or min(size) <= 0:
                     raise ValueError("two positive integers expected")
             except (KeyError, TypeError, ValueError):
-                raise ValueError(f"post {post_id}: 'image_size' must be [width, height] in pixels, got "
-                                 f"{record['image_size']!r}") from None
+                raise ValueError(
+                    f"post {post_id}: 'image_size' must be [width, height] in pixels, got {record['image_size']!r}"
+                ) from None
         raw_entities = record.get("entities")
         if raw_entities is not None and not isinstance(raw_entities, list):
             raise ValueError(f"post {post_id}: 'entities' must be a list, got {raw_entities!r}")
@@ -199,8 +201,11 @@ class Example:
 
 def _integer(value: Any, what: str) -> int:
     """``value`` as an int: an int, or a float with an integral value; anything else raises ``TypeError``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-            isinstance(value, float) and not value.is_integer()):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (isinstance(value, float) and not value.is_integer())
+    ):
         raise TypeError(f"{what} {value!r} is not an integer")
     return int(value)
 

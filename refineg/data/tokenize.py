@@ -35,7 +35,7 @@ def locate_spans(tokens: Sequence[str], names: Sequence[str]) -> list[tuple[int,
         if n == 0:
             continue
         for start in range(len(tokens) - n + 1):
-            if list(tokens[start:start + n]) == needle and not any(taken[start:start + n]):
+            if list(tokens[start : start + n]) == needle and not any(taken[start : start + n]):
                 result[i] = (start, start + n)
                 for k in range(start, start + n):
                     taken[k] = True

@@ -68,11 +68,17 @@ def read_voc_xml(path: Path, report: ReadReport) -> tuple[tuple[int, int] | None
         if problem is not None:
             raise DataFormatError(path, f"{where}: {problem}")
         if size is not None:
-            clipped = [max(0.0, min(box[0], size[0])), max(0.0, min(box[1], size[1])),
-                       max(0.0, min(box[2], size[0])), max(0.0, min(box[3], size[1]))]
+            clipped = [
+                max(0.0, min(box[0], size[0])),
+                max(0.0, min(box[1], size[1])),
+                max(0.0, min(box[2], size[0])),
+                max(0.0, min(box[3], size[1])),
+            ]
             if clipped != box:
-                report.warn("box_outside_image", f"{path}: {where}: box {box} outside the {size[0]}x{size[1]} "
-                                                 f"image; clipped to {clipped}")
+                report.warn(
+                    "box_outside_image",
+                    f"{path}: {where}: box {box} outside the {size[0]}x{size[1]} image; clipped to {clipped}",
+                )
                 if not (clipped[0] < clipped[2] and clipped[1] < clipped[3]):
                     raise DataFormatError(path, f"{where}: box {box} lies entirely outside the image")
                 box = clipped
@@ -80,8 +86,12 @@ def read_voc_xml(path: Path, report: ReadReport) -> tuple[tuple[int, int] | None
     return size, objects
 
 
-def read_twitter_gmner(txt: str | Path, xml_dir: str | Path | None, types: Iterable[str] = TWITTER_GMNER_TYPES,
-                       report: ReadReport | None = None) -> list[Example]:
+def read_twitter_gmner(
+    txt: str | Path,
+    xml_dir: str | Path | None,
+    types: Iterable[str] = TWITTER_GMNER_TYPES,
+    report: ReadReport | None = None,
+) -> list[Example]:
     """Reads a Twitter-GMNER split.
 
     Args:
@@ -100,12 +110,12 @@ def read_twitter_gmner(txt: str | Path, xml_dir: str | Path | None, types: Itera
         raise DataFormatError(xml_dir, "xml folder not found")
     examples = []
     for post in iter_conll_posts(txt, types=types):
-        example = Example(id=post.id, tokens=post.tokens, image=f"{post.id}.jpg",
-                          entities=tags_to_entities(post.tags))
+        example = Example(id=post.id, tokens=post.tokens, image=f"{post.id}.jpg", entities=tags_to_entities(post.tags))
         xml_path = None
         if xml_dir is not None:
-            xml_path = inside_folder(xml_dir, f"{post.id}.xml", "post id's xml file", file_name=True, source=txt,
-                                     line=post.line)
+            xml_path = inside_folder(
+                xml_dir, f"{post.id}.xml", "post id's xml file", file_name=True, source=txt, line=post.line
+            )
         if xml_path is not None and xml_path.is_file():
             example.image_size, objects = read_voc_xml(xml_path, report)
             by_name: dict[str, list] = {}
@@ -114,8 +124,11 @@ def read_twitter_gmner(txt: str | Path, xml_dir: str | Path | None, types: Itera
             for name, box in objects:
                 matches = by_name.get(normalise_name(name))
                 if not matches:
-                    report.warn("xml_object_unmatched", f"{xml_path}: object {name!r} matches no entity of post "
-                                                        f"{post.id} (txt line {post.line}); box ignored")
+                    report.warn(
+                        "xml_object_unmatched",
+                        f"{xml_path}: object {name!r} matches no entity of post "
+                        f"{post.id} (txt line {post.line}); box ignored",
+                    )
                     continue
                 for ent in matches:
                     ent.boxes.append(box)
@@ -158,8 +171,12 @@ def write_twitter_gmner(examples: Iterable[Example], txt: str | Path, xml_dir: s
     """
     examples = list(examples)
     xml_dir = Path(xml_dir)
-    xml_paths = [inside_folder(xml_dir, f"{ex.id}.xml", "post id's xml file", file_name=True, record=ex.id)
-                 if any(ent.boxes for ent in ex.entities) else None for ex in examples]
+    xml_paths = [
+        inside_folder(xml_dir, f"{ex.id}.xml", "post id's xml file", file_name=True, record=ex.id)
+        if any(ent.boxes for ent in ex.entities)
+        else None
+        for ex in examples
+    ]
     write_conll(examples, txt)
     xml_dir.mkdir(parents=True, exist_ok=True)
     for ex, path in zip(examples, xml_paths):

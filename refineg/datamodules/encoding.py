@@ -72,9 +72,15 @@ class EncodedPost:
     entities: list[tuple[int, int, int, int]] = field(default_factory=list)
 
 
-def encode_posts(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase, label_ids: dict[str, int] | None,
-                 max_length: int = 128, weights: Sequence[float] | None = None,
-                 image_dir: str | Path | None = None, batch: int = 512) -> list[EncodedPost]:
+def encode_posts(
+    examples: Sequence[Example],
+    tokenizer: PreTrainedTokenizerBase,
+    label_ids: dict[str, int] | None,
+    max_length: int = 128,
+    weights: Sequence[float] | None = None,
+    image_dir: str | Path | None = None,
+    batch: int = 512,
+) -> list[EncodedPost]:
     """Tokenises posts (pre-split words) with a fast tokenizer and aligns each word to its first subword.
 
     Words cut off by ``max_length`` are dropped from the encoding (the decoder tags them ``O``).
@@ -88,9 +94,10 @@ def encode_posts(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase
     out: list[EncodedPost] = []
     type_ids = {t[2:]: i for i, t in enumerate(t for t in (label_ids or {}) if t.startswith("B-"))}
     for lo in range(0, len(examples), batch):
-        chunk = examples[lo:lo + batch]
-        enc = tokenizer([list(ex.tokens) for ex in chunk], is_split_into_words=True, truncation=True,
-                        max_length=max_length)
+        chunk = examples[lo : lo + batch]
+        enc = tokenizer(
+            [list(ex.tokens) for ex in chunk], is_split_into_words=True, truncation=True, max_length=max_length
+        )
         for k, ex in enumerate(chunk):
             word_ids = enc.word_ids(k)
             firsts: dict[int, int] = {}
@@ -113,20 +120,33 @@ def encode_posts(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase
                 tags = entities_to_tags(len(ex.tokens), ex.entities)[:kept]
                 unknown = next((t for t in tags if t not in label_ids), None)
                 if unknown is not None:
-                    raise KeyError(f"post {ex.id}: entity type {unknown[2:]!r} is not one of the tagger's types "
-                                   f"{sorted(type_ids)}")
+                    raise KeyError(
+                        f"post {ex.id}: entity type {unknown[2:]!r} is not one of the tagger's types {sorted(type_ids)}"
+                    )
                 labels = [label_ids[t] for t in tags]
-                entities = [(e.start, e.end, type_ids[e.type], int(bool(e.boxes))) for e in ex.entities
-                            if e.end <= kept and e.type in type_ids]
+                entities = [
+                    (e.start, e.end, type_ids[e.type], int(bool(e.boxes)))
+                    for e in ex.entities
+                    if e.end <= kept and e.type in type_ids
+                ]
             else:
                 labels = [-100] * kept
-            out.append(EncodedPost(
-                index=lo + k, input_ids=enc["input_ids"][k], word_starts=starts, word_pieces=pieces,
-                casing=[casing_class(t) for t in ex.tokens[:kept]], labels=labels,
-                weight=1.0 if weights is None else float(weights[lo + k]),
-                image=str(inside_folder(image_dir, ex.image, "image", record=ex.id)) if image_dir and ex.image
-                else None,
-                word_ends=[max(hi, first + 1) for (_, hi), first in zip(pieces, starts)], entities=entities))
+            out.append(
+                EncodedPost(
+                    index=lo + k,
+                    input_ids=enc["input_ids"][k],
+                    word_starts=starts,
+                    word_pieces=pieces,
+                    casing=[casing_class(t) for t in ex.tokens[:kept]],
+                    labels=labels,
+                    weight=1.0 if weights is None else float(weights[lo + k]),
+                    image=str(inside_folder(image_dir, ex.image, "image", record=ex.id))
+                    if image_dir and ex.image
+                    else None,
+                    word_ends=[max(hi, first + 1) for (_, hi), first in zip(pieces, starts)],
+                    entities=entities,
+                )
+            )
     return out
 
 
@@ -138,8 +158,9 @@ def _scatter(rows: Iterable[Sequence[int]], mask: np.ndarray, fill: int) -> np.n
     out = np.full(mask.shape, fill, dtype=np.int64)
     flat = np.fromiter(chain.from_iterable(rows), np.int64)
     if flat.size != int(mask.sum()):  # a field longer or shorter than its post's words/subwords would shift rows
-        raise ValueError(f"collator: {flat.size} values for {int(mask.sum())} positions (a post's fields disagree "
-                         "in length)")
+        raise ValueError(
+            f"collator: {flat.size} values for {int(mask.sum())} positions (a post's fields disagree in length)"
+        )
     out[mask] = flat
     return out
 
@@ -159,8 +180,10 @@ def pack_rows(lengths: Sequence[int], row_length: int) -> tuple[np.ndarray, np.n
     for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
         n = lengths[i]
         if n > row_length:
-            raise ValueError(f"a post of {n} subwords does not fit a packed row of {row_length} (data.pack_length "
-                             "must be at least data.max_length)")
+            raise ValueError(
+                f"a post of {n} subwords does not fit a packed row of {row_length} (data.pack_length "
+                "must be at least data.max_length)"
+            )
         k = bisect.bisect_left(rooms, (n, -1))  # the fullest row that still has room
         if k == len(rooms):
             r = len(fill)
@@ -191,9 +214,15 @@ class PostCollator:
             subwords; see :meth:`refineg.modules.tagger.SequenceTagger.encode`.
     """
 
-    def __init__(self, pad_id: int, unk_id: int | None = None, word_dropout: float = 0.0,
-                 image_transform: Callable[[Image.Image], torch.Tensor] | None = None,
-                 pad_to_multiple_of: int = 0, pack_length: int = 0) -> None:
+    def __init__(
+        self,
+        pad_id: int,
+        unk_id: int | None = None,
+        word_dropout: float = 0.0,
+        image_transform: Callable[[Image.Image], torch.Tensor] | None = None,
+        pad_to_multiple_of: int = 0,
+        pack_length: int = 0,
+    ) -> None:
         self.pad_id, self.unk_id, self.word_dropout = pad_id, unk_id, word_dropout
         self.image_transform = image_transform
         self.multiple = pad_to_multiple_of
@@ -261,8 +290,13 @@ class PostCollator:
         if self.word_dropout > 0 and self.unk_id is not None:
             # One random.random() per word with pieces, posts and words in order (as a per-post loop would draw);
             # the flat positions of every piece of the dropped words take the unknown id.
-            dropped = [start[b] + i for b, p in enumerate(posts) for lo, hi in p.word_pieces
-                       if hi > lo and random.random() < self.word_dropout for i in range(lo, hi)]
+            dropped = [
+                start[b] + i
+                for b, p in enumerate(posts)
+                for lo, hi in p.word_pieces
+                if hi > lo and random.random() < self.word_dropout
+                for i in range(lo, hi)
+            ]
             input_ids.reshape(-1)[dropped] = self.unk_id
         word_index = _scatter((p.word_starts for p in posts), words, 0)
         if self.pack_length:
@@ -273,14 +307,23 @@ class PostCollator:
         # A post whose words were all cut keeps one masked-in position so CRF masks stay valid.
         words[:, 0] = True
         ents = [(b, s, e, t, g) for b, p in enumerate(posts) for s, e, t, g in p.entities]
-        arrays = {"input_ids": input_ids, "attention_mask": tokens.astype(np.int64), "word_index": word_index,
-                  "word_mask": words, "casing": casing, "labels": labels}
+        arrays = {
+            "input_ids": input_ids,
+            "attention_mask": tokens.astype(np.int64),
+            "word_index": word_index,
+            "word_mask": words,
+            "casing": casing,
+            "labels": labels,
+        }
         batch = {k: torch.from_numpy(v) for k, v in {**arrays, **packed}.items()}
-        batch.update(weight=torch.tensor([p.weight for p in posts]), index=torch.tensor([p.index for p in posts]),
-                     word_end=torch.from_numpy(word_end),
-                     entity_spans=torch.tensor([r[:3] for r in ents], dtype=torch.long).reshape(-1, 3),
-                     entity_types=torch.tensor([r[3] for r in ents], dtype=torch.long),
-                     entity_grounded=torch.tensor([float(r[4]) for r in ents]))
+        batch.update(
+            weight=torch.tensor([p.weight for p in posts]),
+            index=torch.tensor([p.index for p in posts]),
+            word_end=torch.from_numpy(word_end),
+            entity_spans=torch.tensor([r[:3] for r in ents], dtype=torch.long).reshape(-1, 3),
+            entity_types=torch.tensor([r[3] for r in ents], dtype=torch.long),
+            entity_grounded=torch.tensor([float(r[4]) for r in ents]),
+        )
         if self.image_transform is not None:
             batch["pixel_values"], batch["image_mask"] = self._images(posts)
         return batch

@@ -48,8 +48,9 @@ def read_split(data: DictConfig, split: str) -> list[Example]:
     elif data.format == "jsonl":
         examples = read_jsonl(path, types=list(data.types), report=report)
     else:
-        raise ValueError(f"data.format {data.format!r} is not a training format; convert it to jsonl first "
-                         f"(refineg convert)")
+        raise ValueError(
+            f"data.format {data.format!r} is not a training format; convert it to jsonl first (refineg convert)"
+        )
     if report.counts:
         logger.warning("%s: reader warnings\n%s", path, report.summary())
     return examples
@@ -70,8 +71,9 @@ def has_test_split(data: DictConfig) -> bool:
     if path.is_file():
         return True
     if data.test == DataConfig.test:
-        logger.warning("%s does not exist: no test split, only dev scores (data.test=null says so and silences this)",
-                       path)
+        logger.warning(
+            "%s does not exist: no test split, only dev scores (data.test=null says so and silences this)", path
+        )
         return False
     raise FileNotFoundError(f"{path}: test split not found; set data.test=null to train without a test split")
 
@@ -102,16 +104,25 @@ class GMNERDataModule(L.LightningDataModule):
         image_transform: The image-aware model's preprocessing; images are loaded only when it is given.
     """
 
-    def __init__(self, data: DictConfig, encoder: str, word_dropout: float = 0.0, seed: int = 42,
-                 run_dir: str | Path | None = None, image_transform=None) -> None:
+    def __init__(
+        self,
+        data: DictConfig,
+        encoder: str,
+        word_dropout: float = 0.0,
+        seed: int = 42,
+        run_dir: str | Path | None = None,
+        image_transform=None,
+    ) -> None:
         super().__init__()
         if data.mixing not in MIXING_MODES:
             raise ValueError(f"data.mixing must be one of {MIXING_MODES}, got {data.mixing!r}")
         if data.mixing != "gold_only" and not data.synthetic:
             raise ValueError(f"data.mixing={data.mixing} needs data.synthetic=<file.jsonl>")
         if 0 < data.pack_length < data.max_length:
-            raise ValueError(f"data.pack_length={data.pack_length} is shorter than data.max_length={data.max_length}: "
-                             "a post of max_length subwords must fit a packed row")
+            raise ValueError(
+                f"data.pack_length={data.pack_length} is shorter than data.max_length={data.max_length}: "
+                "a post of max_length subwords must fit a packed row"
+            )
         self.cfg, self.encoder, self.word_dropout, self.seed = data, encoder, word_dropout, seed
         self.run_dir = Path(run_dir) if run_dir else None
         self.image_transform = image_transform
@@ -143,8 +154,9 @@ class GMNERDataModule(L.LightningDataModule):
             if self.run_dir is not None:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 (self.run_dir / "gold_ids.json").write_text(json.dumps([e.id for e in train]))
-        synthetic = read_jsonl(cfg.synthetic, types=list(cfg.types)) if cfg.synthetic and cfg.mixing != "gold_only" \
-            else []
+        synthetic = (
+            read_jsonl(cfg.synthetic, types=list(cfg.types)) if cfg.synthetic and cfg.mixing != "gold_only" else []
+        )
         self.examples = {"train": train, "synthetic": synthetic, "dev": read_split(cfg, "dev")}
         self._check_not_empty()
         if has_test_split(cfg):
@@ -162,8 +174,9 @@ class GMNERDataModule(L.LightningDataModule):
         """Raises :class:`DataFormatError` when a training stage or the dev split would have no posts."""
         cfg, root = self.cfg, resolve_data_root(self.cfg)
         train, synthetic = self.examples["train"], self.examples["synthetic"]
-        gold_file = str(root / cfg.train) + (f" (data.gold_limit={cfg.gold_limit})" if cfg.gold_limit is not None
-                                             else "")
+        gold_file = str(root / cfg.train) + (
+            f" (data.gold_limit={cfg.gold_limit})" if cfg.gold_limit is not None else ""
+        )
         stages = {"gold_only": [(train, gold_file)], "two_stage": [(synthetic, cfg.synthetic), (train, gold_file)]}
         for posts, source in stages.get(cfg.mixing, [(train + synthetic, f"{gold_file} and {cfg.synthetic}")]):
             if not posts:
@@ -177,9 +190,14 @@ class GMNERDataModule(L.LightningDataModule):
 
     def _collator(self, train: bool) -> PostCollator:
         tok = self._tokenizer()
-        return PostCollator(tok.pad_token_id, tok.unk_token_id, self.word_dropout if train else 0.0,
-                            self.image_transform, pad_to_multiple_of=self.cfg.pad_to_multiple_of,
-                            pack_length=self.cfg.pack_length)
+        return PostCollator(
+            tok.pad_token_id,
+            tok.unk_token_id,
+            self.word_dropout if train else 0.0,
+            self.image_transform,
+            pad_to_multiple_of=self.cfg.pad_to_multiple_of,
+            pack_length=self.cfg.pack_length,
+        )
 
     def train_posts(self, epoch: int) -> tuple[list[EncodedPost], int]:
         """Posts of the training pool for ``epoch`` and how many of them (the first ones) are gold."""
@@ -196,11 +214,19 @@ class GMNERDataModule(L.LightningDataModule):
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         posts, n_gold = self.train_posts(epoch)
         if self.cfg.mixing == "ratio":
-            sampler = RatioBatchSampler(n_gold, len(posts) - n_gold, self.cfg.batch_size, self.cfg.synthetic_ratio,
-                                        rank, world, self.seed)
+            sampler = RatioBatchSampler(
+                n_gold, len(posts) - n_gold, self.cfg.batch_size, self.cfg.synthetic_ratio, rank, world, self.seed
+            )
         else:
-            sampler = BucketBatchSampler([len(p.input_ids) for p in posts], self.cfg.batch_size, shuffle=True,
-                                         bucket=self.cfg.bucket, rank=rank, world=world, seed=self.seed)
+            sampler = BucketBatchSampler(
+                [len(p.input_ids) for p in posts],
+                self.cfg.batch_size,
+                shuffle=True,
+                bucket=self.cfg.bucket,
+                rank=rank,
+                world=world,
+                seed=self.seed,
+            )
         return self._loader(posts, sampler, train=True)
 
     def _eval_loader(self, split: str) -> DataLoader:
@@ -210,9 +236,14 @@ class GMNERDataModule(L.LightningDataModule):
         return self._loader(posts, sampler, train=False)
 
     def _loader(self, posts: list[EncodedPost], sampler, train: bool) -> DataLoader:
-        return DataLoader(EncodedDataset(posts), batch_sampler=sampler, collate_fn=self._collator(train),
-                          num_workers=self.cfg.num_workers, pin_memory=self._pin(),
-                          persistent_workers=self.cfg.num_workers > 0)
+        return DataLoader(
+            EncodedDataset(posts),
+            batch_sampler=sampler,
+            collate_fn=self._collator(train),
+            num_workers=self.cfg.num_workers,
+            pin_memory=self._pin(),
+            persistent_workers=self.cfg.num_workers > 0,
+        )
 
     def _pin(self) -> bool:
         import torch
@@ -231,4 +262,3 @@ class GMNERDataModule(L.LightningDataModule):
         if self.cfg.mixing == "ratio":
             return len(RatioBatchSampler(n_gold, len(posts) - n_gold, self.cfg.batch_size, self.cfg.synthetic_ratio))
         return len(BucketBatchSampler([0] * len(posts), self.cfg.batch_size, world=self._world()[1]))
-

@@ -32,8 +32,17 @@ class BucketBatchSampler(Sampler[list[int]]):
         pool_factor: Global batches per sorting pool.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool = True, bucket: bool = True,
-                 rank: int = 0, world: int = 1, seed: int = 0, pool_factor: int = 50) -> None:
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        shuffle: bool = True,
+        bucket: bool = True,
+        rank: int = 0,
+        world: int = 1,
+        seed: int = 0,
+        pool_factor: int = 50,
+    ) -> None:
         if batch_size < world:
             raise ValueError(f"global batch size {batch_size} is smaller than the world size {world}")
         self.lengths, self.batch_size, self.shuffle, self.bucket = list(lengths), batch_size, shuffle, bucket
@@ -52,9 +61,12 @@ class BucketBatchSampler(Sampler[list[int]]):
             rng.shuffle(order)
         if self.bucket:
             pool = self.batch_size * self.pool_factor if self.shuffle else len(order) or 1
-            order = [i for lo in range(0, len(order), pool)
-                     for i in sorted(order[lo:lo + pool], key=lambda i: self.lengths[i])]
-        batches = [order[lo:lo + self.batch_size] for lo in range(0, len(order), self.batch_size)]
+            order = [
+                i
+                for lo in range(0, len(order), pool)
+                for i in sorted(order[lo : lo + pool], key=lambda i: self.lengths[i])
+            ]
+        batches = [order[lo : lo + self.batch_size] for lo in range(0, len(order), self.batch_size)]
         # every rank needs at least one item of every batch
         batches = [b for b in batches if len(b) >= self.world]
         if self.shuffle:
@@ -87,8 +99,9 @@ class RatioBatchSampler(Sampler[list[int]]):
         seed: Base seed.
     """
 
-    def __init__(self, n_gold: int, n_synthetic: int, batch_size: int, ratio: float, rank: int = 0, world: int = 1,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, n_gold: int, n_synthetic: int, batch_size: int, ratio: float, rank: int = 0, world: int = 1, seed: int = 0
+    ) -> None:
         if not 0 < ratio < 1:
             raise ValueError(f"synthetic_ratio must be in (0, 1), got {ratio}")
         if n_synthetic == 0:
@@ -115,8 +128,8 @@ class RatioBatchSampler(Sampler[list[int]]):
                 more = list(range(self.n_gold, self.n_gold + self.n_syn))
                 rng.shuffle(more)
                 syn += more
-            batch = gold[k * self.n_gold_per_batch:(k + 1) * self.n_gold_per_batch] + syn[:self.n_syn_per_batch]
-            syn = syn[self.n_syn_per_batch:]
+            batch = gold[k * self.n_gold_per_batch : (k + 1) * self.n_gold_per_batch] + syn[: self.n_syn_per_batch]
+            syn = syn[self.n_syn_per_batch :]
             rng.shuffle(batch)
             yield _shard(batch, self.rank, self.world)
 
@@ -136,7 +149,7 @@ class EvalBatchSampler(Sampler[list[int]]):
     def __init__(self, lengths: Sequence[int], batch_size: int, rank: int = 0, world: int = 1) -> None:
         mine = list(range(rank, len(lengths), world))
         mine.sort(key=lambda i: -lengths[i])
-        self.batches = [mine[lo:lo + batch_size] for lo in range(0, len(mine), batch_size)]
+        self.batches = [mine[lo : lo + batch_size] for lo in range(0, len(mine), batch_size)]
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches)

@@ -268,8 +268,9 @@ class ChatBackend(ABC):
             for i, j in duplicates:
                 src = results[j]
                 assert src is not None
-                results[i] = replace(src, cached=src.ok, attempts=0, latency_s=0.0, parsed=copy.deepcopy(src.parsed),
-                                     retried={})
+                results[i] = replace(
+                    src, cached=src.ok, attempts=0, latency_s=0.0, parsed=copy.deepcopy(src.parsed), retried={}
+                )
                 bar.update(1)
         finally:
             bar.close()

@@ -50,7 +50,7 @@ def strip_reasoning(text: str) -> str:
     first_open = _REASONING_OPEN.search(text)
     first_close = _REASONING_CLOSE.search(text)
     if first_close is not None and (first_open is None or first_close.start() < first_open.start()):
-        text = text[first_close.end():]
+        text = text[first_close.end() :]
     out = []
     pos = 0
     while True:
@@ -58,7 +58,7 @@ def strip_reasoning(text: str) -> str:
         if opened is None:
             out.append(text[pos:])
             break
-        out.append(text[pos:opened.start()])
+        out.append(text[pos : opened.start()])
         closed = _REASONING_CLOSE.search(text, opened.end())
         if closed is None:
             break
@@ -210,8 +210,7 @@ def _first_fit(value: Any, fits: Callable[[Any], bool]) -> tuple[bool, Any]:
     return False, None
 
 
-def extract_json(text: str | None, expect: JSONType = (dict, list),
-                 accept: Callable[[Any], bool] | None = None) -> Any:
+def extract_json(text: str | None, expect: JSONType = (dict, list), accept: Callable[[Any], bool] | None = None) -> Any:
     """Extracts the JSON value an LLM answer carries.
 
     Reasoning blocks (``<think>...</think>``, see :func:`strip_reasoning`) are removed first. Then the candidates
@@ -281,8 +280,9 @@ def extract_json(text: str | None, expect: JSONType = (dict, list),
     snippet = stripped[:80].replace("\n", " ")
     if seen:
         shown = ", ".join(_short(v) for v in seen)
-        raise JSONExtractionError(f"no JSON {_describe(expect)} that fits the expected answer (found {shown}) in "
-                                  f"answer starting {snippet!r}")
+        raise JSONExtractionError(
+            f"no JSON {_describe(expect)} that fits the expected answer (found {shown}) in answer starting {snippet!r}"
+        )
     raise JSONExtractionError(f"no JSON {_describe(expect)} in answer starting {snippet!r}")
 
 

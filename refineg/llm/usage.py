@@ -107,8 +107,13 @@ class UsageMeter:
         """A copy of ``stage``'s totals (zeros if it has none)."""
         with self._lock:
             s = self._stages.get(stage, StageUsage())
-            return StageUsage(**{**asdict(s), "failures_by_kind": dict(s.failures_by_kind),
-                                 "retries_by_kind": dict(s.retries_by_kind)})
+            return StageUsage(
+                **{
+                    **asdict(s),
+                    "failures_by_kind": dict(s.failures_by_kind),
+                    "retries_by_kind": dict(s.retries_by_kind),
+                }
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Totals per stage plus ``total`` and the first failures, JSON-ready."""
@@ -214,8 +219,9 @@ class Budget:
         earlier_tokens: Tokens the ledger held when the budget was created.
     """
 
-    def __init__(self, max_calls: int | None = None, max_tokens: int | None = None,
-                 ledger: str | Path | None = None) -> None:
+    def __init__(
+        self, max_calls: int | None = None, max_tokens: int | None = None, ledger: str | Path | None = None
+    ) -> None:
         self.max_calls = max_calls
         self.max_tokens = max_tokens
         self.ledger = Path(ledger) if ledger is not None else None
@@ -239,8 +245,11 @@ class Budget:
             os.write(self._fd, line.encode())
         except OSError as err:
             self._ledger_failed = True
-            log.error("LLM spend ledger %s cannot be written (%s): spend of this run will not count in reruns",
-                      self.ledger, err)
+            log.error(
+                "LLM spend ledger %s cannot be written (%s): spend of this run will not count in reruns",
+                self.ledger,
+                err,
+            )
 
     def close(self) -> None:
         """Closes the ledger file (it is reopened on the next call)."""
@@ -252,9 +261,15 @@ class Budget:
     def to_dict(self) -> dict[str, Any]:
         """Caps and spend, earlier runs included, JSON-ready."""
         with self._lock:
-            return {"max_calls": self.max_calls, "max_tokens": self.max_tokens, "calls": self.calls,
-                    "tokens": self.tokens, "earlier_calls": self.earlier_calls,
-                    "earlier_tokens": self.earlier_tokens, "ledger": str(self.ledger) if self.ledger else None}
+            return {
+                "max_calls": self.max_calls,
+                "max_tokens": self.max_tokens,
+                "calls": self.calls,
+                "tokens": self.tokens,
+                "earlier_calls": self.earlier_calls,
+                "earlier_tokens": self.earlier_tokens,
+                "ledger": str(self.ledger) if self.ledger else None,
+            }
 
     def try_acquire_call(self) -> bool:
         """Reserves one call; ``False`` (and a single warning) once either cap is reached."""
@@ -264,8 +279,11 @@ class Budget:
             if over_calls or over_tokens:
                 if not self._warned:
                     self._warned = True
-                    earlier = (f"; {self.earlier_calls} calls and {self.earlier_tokens} tokens by earlier runs "
-                               f"({self.ledger})" if self.earlier_calls or self.earlier_tokens else "")
+                    earlier = (
+                        f"; {self.earlier_calls} calls and {self.earlier_tokens} tokens by earlier runs ({self.ledger})"
+                        if self.earlier_calls or self.earlier_tokens
+                        else ""
+                    )
                     log.warning(
                         "LLM budget exhausted (%d/%s calls, %d/%s tokens%s): further requests are not sent",
                         self.calls,

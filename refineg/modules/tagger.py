@@ -25,8 +25,14 @@ class SequenceTagger(nn.Module):
         groundability: Optional groundability head (``states, attention_mask, subword spans, types -> logits``).
     """
 
-    def __init__(self, backbone: nn.Module, head: TaggingHead, casing: bool = True, dropout: float = 0.1,
-                 groundability: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: TaggingHead,
+        casing: bool = True,
+        dropout: float = 0.1,
+        groundability: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -37,10 +43,18 @@ class SequenceTagger(nn.Module):
             self.casing.weight.data[0].zero_()
         self.dropout = nn.Dropout(dropout)
 
-    def encode(self, input_ids: Tensor, attention_mask: Tensor, word_index: Tensor, casing: Tensor | None = None,
-               pixel_values: Tensor | None = None, image_mask: Tensor | None = None,
-               position_ids: Tensor | None = None, segment_ids: Tensor | None = None,
-               **_: object) -> tuple[Tensor, Tensor]:
+    def encode(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        word_index: Tensor,
+        casing: Tensor | None = None,
+        pixel_values: Tensor | None = None,
+        image_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        segment_ids: Tensor | None = None,
+        **_: object,
+    ) -> tuple[Tensor, Tensor]:
         """Returns ``(B, S, H)`` subword states and ``(B, W, H)`` word states (first subword + casing).
 
         Packed batches (``segment_ids`` given) return the ``(R, L, H)`` states of the packed rows, and
@@ -67,8 +81,9 @@ class SequenceTagger(nn.Module):
         """Returns ``(B, W, H)`` word states (first subword + casing), before dropout and the head."""
         return self.encode(**batch)[1]
 
-    def groundability_logits(self, states: Tensor, attention_mask: Tensor, word_index: Tensor, word_end: Tensor,
-                             spans: Tensor, types: Tensor) -> Tensor:
+    def groundability_logits(
+        self, states: Tensor, attention_mask: Tensor, word_index: Tensor, word_end: Tensor, spans: Tensor, types: Tensor
+    ) -> Tensor:
         """``(N,)`` groundability logits of word spans ``(N, 3)`` ``[post, start, end_exclusive]`` of types ``(N,)``.
 
         Raises:

@@ -26,22 +26,33 @@ warnings.filterwarnings("ignore", message=r".*when logging on epoch level in dis
 
 def build_tagger(model: dict[str, Any], labels: list[str], pretrained: bool = True) -> SequenceTagger:
     """Builds the tagger described by a ``model`` config dict for a BIO label inventory."""
-    kwargs: dict[str, Any] = {"encoder": model["encoder"], "pretrained": pretrained,
-                              "gradient_checkpointing": model.get("gradient_checkpointing", False)}
+    kwargs: dict[str, Any] = {
+        "encoder": model["encoder"],
+        "pretrained": pretrained,
+        "gradient_checkpointing": model.get("gradient_checkpointing", False),
+    }
     if model["backbone"] == "hf_image":
-        kwargs.update(image_encoder=model["image_encoder"], image_model=model["image_model"],
-                      image_pretrained=model.get("image_pretrained"), freeze_image=model.get("freeze_image", True),
-                      image_size=model.get("image_size"))
+        kwargs.update(
+            image_encoder=model["image_encoder"],
+            image_model=model["image_model"],
+            image_pretrained=model.get("image_pretrained"),
+            freeze_image=model.get("freeze_image", True),
+            image_size=model.get("image_size"),
+        )
     backbone = create_backbone(model["backbone"], **kwargs)
     head = create_head(model["head"], hidden_size=backbone.hidden_size, labels=labels)
     groundability = None
     if model.get("groundability", False):
         groundability = create_groundability_head(
-            model.get("groundability_head", "span_mlp"), hidden_size=backbone.hidden_size,
-            num_types=(len(labels) - 1) // 2, hidden=model.get("groundability_hidden", 256),
-            dropout=model.get("dropout", 0.1))
-    tagger = SequenceTagger(backbone, head, casing=model.get("casing", True), dropout=model.get("dropout", 0.1),
-                            groundability=groundability)
+            model.get("groundability_head", "span_mlp"),
+            hidden_size=backbone.hidden_size,
+            num_types=(len(labels) - 1) // 2,
+            hidden=model.get("groundability_hidden", 256),
+            dropout=model.get("dropout", 0.1),
+        )
+    tagger = SequenceTagger(
+        backbone, head, casing=model.get("casing", True), dropout=model.get("dropout", 0.1), groundability=groundability
+    )
     return tagger.train()  # from_pretrained leaves encoders in eval mode
 
 
@@ -57,8 +68,7 @@ class TaggerModule(L.LightningModule):
     All arguments are saved as hyper-parameters, so ``TaggerModule.load_from_checkpoint(path)`` needs nothing else.
     """
 
-    def __init__(self, model: dict[str, Any], optim: dict[str, Any], types: list[str],
-                 pretrained: bool = True) -> None:
+    def __init__(self, model: dict[str, Any], optim: dict[str, Any], types: list[str], pretrained: bool = True) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.types = list(types)
@@ -97,7 +107,7 @@ class TaggerModule(L.LightningModule):
             ValueError: The checkpoint's tagger does not fit this one (other than in the groundability head).
         """
         state = torch.load(str(path), map_location="cpu", weights_only=False)["state_dict"]
-        tagger_state = {k[len("tagger."):]: v for k, v in state.items() if k.startswith("tagger.")}
+        tagger_state = {k[len("tagger.") :]: v for k, v in state.items() if k.startswith("tagger.")}
         missing, unexpected = self.tagger.load_state_dict(tagger_state, strict=False)
         bad = [k for k in missing + unexpected if not k.startswith("groundability.")]
         if bad:
@@ -111,19 +121,26 @@ class TaggerModule(L.LightningModule):
         states, words = self.tagger.encode(**batch)
         return self.tagger.head(self.tagger.dropout(words)), states
 
-    def groundability_logits(self, batch: dict[str, torch.Tensor], states: torch.Tensor, spans: torch.Tensor,
-                             types: torch.Tensor) -> torch.Tensor:
+    def groundability_logits(
+        self, batch: dict[str, torch.Tensor], states: torch.Tensor, spans: torch.Tensor, types: torch.Tensor
+    ) -> torch.Tensor:
         """``(N,)`` logits of word spans ``(N, 3)`` ``[post, start, end]`` with type ids ``(N,)`` in a batch."""
-        return self.tagger.groundability_logits(states, batch["attention_mask"], batch["word_index"],
-                                                batch["word_end"], spans, types)
+        return self.tagger.groundability_logits(
+            states, batch["attention_mask"], batch["word_index"], batch["word_end"], spans, types
+        )
 
-    def score_groundability(self, batch: dict[str, torch.Tensor], states: torch.Tensor,
-                            entities: list[list[Entity]]) -> list[list[float | None]]:
+    def score_groundability(
+        self, batch: dict[str, torch.Tensor], states: torch.Tensor, entities: list[list[Entity]]
+    ) -> list[list[float | None]]:
         """Probability that each entity is shown, per post of the batch (None: type unknown or span cut off)."""
         kept = batch["word_mask"].sum(1).tolist()
         type_ids = {t: i for i, t in enumerate(self.types)}
-        rows = [(b, e.start, e.end, type_ids[e.type], k) for b, ents in enumerate(entities)
-                for k, e in enumerate(ents) if e.type in type_ids and e.end <= kept[b]]
+        rows = [
+            (b, e.start, e.end, type_ids[e.type], k)
+            for b, ents in enumerate(entities)
+            for k, e in enumerate(ents)
+            if e.type in type_ids and e.end <= kept[b]
+        ]
         out: list[list[float | None]] = [[None] * len(ents) for ents in entities]
         if not rows:
             return out
@@ -194,7 +211,8 @@ class TaggerModule(L.LightningModule):
         if len(spans):
             logits = self.groundability_logits(batch, states, spans, batch["entity_types"]).float()
             per_entity = torch.nn.functional.binary_cross_entropy_with_logits(
-                logits, batch["entity_grounded"].float(), reduction="none")
+                logits, batch["entity_grounded"].float(), reduction="none"
+            )
             w = weight[spans[:, 0]].float()
             bce = (per_entity * w).sum() / w.sum().clamp(min=1e-8)
             self.log("train/groundability_loss", bce, batch_size=len(weight))
@@ -204,8 +222,12 @@ class TaggerModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(weight))
         return loss
 
-    def decode(self, batch: dict[str, torch.Tensor], examples: list[Example],
-               outputs: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> list[Example]:
+    def decode(
+        self,
+        batch: dict[str, torch.Tensor],
+        examples: list[Example],
+        outputs: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    ) -> list[Example]:
         """Predicted posts (entities with confidence scores) for a batch of the given examples.
 
         With a groundability head each entity also gets ``groundable``. ``outputs`` reuses a :meth:`run` result.
@@ -274,9 +296,11 @@ class TaggerModule(L.LightningModule):
             else:
                 groups["head"].append(param)
         lrs = {"encoder": opt["encoder_lr"], "crf": opt["crf_lr"], "head": opt["head_lr"]}
-        param_groups = [{"params": ps, "lr": lrs[k], "name": k,
-                         "weight_decay": 0.0 if k == "crf" else opt["weight_decay"]}
-                        for k, ps in groups.items() if ps]
+        param_groups = [
+            {"params": ps, "lr": lrs[k], "name": k, "weight_decay": 0.0 if k == "crf" else opt["weight_decay"]}
+            for k, ps in groups.items()
+            if ps
+        ]
         fused = opt.get("fused")
         if fused is None:  # fused AdamW (CUDA and CPU kernels), except with fp16's gradient scaler
             fused = self.device.type in ("cuda", "cpu") and not str(self.trainer.precision).startswith("16")

@@ -102,8 +102,11 @@ class ZeroShotPrompts:
 
     def render(self, tokens: Sequence[str], types: Sequence[str], sent_size: tuple[int, int] | None) -> tuple[str, str]:
         """``(system text, user text)`` for one post (``sent_size``: the image as the model sees it, or ``None``)."""
-        note = (f"The post's image is attached ({sent_size[0]} x {sent_size[1]} pixels)." if sent_size else
-                "This post has no image: every bounding_box is [].")
+        note = (
+            f"The post's image is attached ({sent_size[0]} x {sent_size[1]} pixels)."
+            if sent_size
+            else "This post has no image: every bounding_box is []."
+        )
         values = {"types": ", ".join(types), "sentence": " ".join(tokens), "image_note": note}
         return self.system.safe_substitute(values), self.user.safe_substitute(values)
 
@@ -124,7 +127,7 @@ def map_spans(tokens: Sequence[str], names: Sequence[str], max_words: int = 16) 
     taken = [False] * len(tokens)
     for span in spans:
         if span is not None:
-            taken[span[0]:span[1]] = [True] * (span[1] - span[0])
+            taken[span[0] : span[1]] = [True] * (span[1] - span[0])
     for i in sorted((i for i, s in enumerate(spans) if s is None), key=lambda i: -len(names[i])):
         target = _norm(names[i])
         if not target:
@@ -141,7 +144,7 @@ def map_spans(tokens: Sequence[str], names: Sequence[str], max_words: int = 16) 
                     break
             if hit is not None:
                 spans[i] = hit
-                taken[hit[0]:hit[1]] = [True] * (hit[1] - hit[0])
+                taken[hit[0] : hit[1]] = [True] * (hit[1] - hit[0])
                 break
     return spans
 
@@ -170,15 +173,25 @@ def _box(raw: Any) -> list[float] | None | str:
         return None
     if isinstance(raw, list) and len(raw) == 1 and isinstance(raw[0], list):
         raw = raw[0]  # one box wrapped in a list
-    if (isinstance(raw, list) and len(raw) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                        for v in raw) and raw[0] < raw[2] and raw[1] < raw[3]):
+    if (
+        isinstance(raw, list)
+        and len(raw) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw)
+        and raw[0] < raw[2]
+        and raw[1] < raw[3]
+    ):
         return [float(v) for v in raw]
     return "invalid"
 
 
-def entities_from_answer(items: Sequence[Any], tokens: Sequence[str], types: Sequence[str],
-                         type_map: dict[str, str], scale: ImageScale | None,
-                         counts: Counter[str]) -> list[Entity]:
+def entities_from_answer(
+    items: Sequence[Any],
+    tokens: Sequence[str],
+    types: Sequence[str],
+    type_map: dict[str, str],
+    scale: ImageScale | None,
+    counts: Counter[str],
+) -> list[Entity]:
     """Turns the answered items of one post into entities (counting every item dropped or changed).
 
     Args:
@@ -234,8 +247,9 @@ def entities_from_answer(items: Sequence[Any], tokens: Sequence[str], types: Seq
     return sorted(out, key=lambda e: e.start)
 
 
-def zeroshot_examples(posts: Sequence[Example], cfg: ZeroShotConfig, llm: Any,
-                      progress: bool = True) -> tuple[list[Example], dict[str, Any]]:
+def zeroshot_examples(
+    posts: Sequence[Example], cfg: ZeroShotConfig, llm: Any, progress: bool = True
+) -> tuple[list[Example], dict[str, Any]]:
     """Asks ``llm`` (a :mod:`refineg.llm` backend) for the entities of every post.
 
     Returns:
@@ -245,14 +259,24 @@ def zeroshot_examples(posts: Sequence[Example], cfg: ZeroShotConfig, llm: Any,
     prompts = ZeroShotPrompts.load(cfg.prompts_dir)
     convs, scales = [], []
     for post in posts:
-        path = inside_folder(cfg.images_dir, post.image, "image", record=post.id) if cfg.images_dir and post.image \
+        path = (
+            inside_folder(cfg.images_dir, post.image, "image", record=post.id)
+            if cfg.images_dir and post.image
             else None
+        )
         scale = llm.image_scale(path) if path is not None and path.is_file() else None
         sys_text, user_text = prompts.render(post.tokens, cfg.types, scale.sent_size if scale else None)
         convs.append([system(sys_text), user(path, user_text) if scale else user(user_text)])
         scales.append(scale)
-    results = llm.chat_many(convs, stage="zeroshot", expect_json=True, json_type=(list, dict),
-                            json_accept=is_zeroshot_answer, items=[p.id for p in posts], progress=progress)
+    results = llm.chat_many(
+        convs,
+        stage="zeroshot",
+        expect_json=True,
+        json_type=(list, dict),
+        json_accept=is_zeroshot_answer,
+        items=[p.id for p in posts],
+        progress=progress,
+    )
     counts: Counter[str] = Counter()
     preds = []
     for post, scale, result in zip(posts, scales, results):
@@ -262,32 +286,54 @@ def zeroshot_examples(posts: Sequence[Example], cfg: ZeroShotConfig, llm: Any,
             counts["returned"] += len(items)
             ents = entities_from_answer(items, post.tokens, cfg.types, cfg.type_map, scale, counts)
         else:
-            status = "failed" if not result.ok and not (result.error or "").startswith(
-                ("invalid_json", "truncated")) else "unparseable"
+            status = (
+                "failed"
+                if not result.ok and not (result.error or "").startswith(("invalid_json", "truncated"))
+                else "unparseable"
+            )
             ents = []
         counts[f"posts_{status}"] += 1
         size = scale.original_size if scale else post.image_size
-        preds.append(Example(post.id, list(post.tokens), post.image, ents, source="predicted", image_size=size,
-                             meta={"zeroshot": {"status": status, "image_sent": scale is not None}}))
-    report = {"posts": len(posts), "images_sent": sum(s is not None for s in scales),
-              "posts_ok": counts.pop("posts_ok", 0), "posts_unparseable": counts.pop("posts_unparseable", 0),
-              "posts_failed": counts.pop("posts_failed", 0), "entities_returned": counts.pop("returned", 0),
-              "entities_kept": counts.pop("kept", 0), "entities_boxed": counts.pop("boxed", 0),
-              "dropped_or_changed": dict(sorted(counts.items()))}
+        preds.append(
+            Example(
+                post.id,
+                list(post.tokens),
+                post.image,
+                ents,
+                source="predicted",
+                image_size=size,
+                meta={"zeroshot": {"status": status, "image_sent": scale is not None}},
+            )
+        )
+    report = {
+        "posts": len(posts),
+        "images_sent": sum(s is not None for s in scales),
+        "posts_ok": counts.pop("posts_ok", 0),
+        "posts_unparseable": counts.pop("posts_unparseable", 0),
+        "posts_failed": counts.pop("posts_failed", 0),
+        "entities_returned": counts.pop("returned", 0),
+        "entities_kept": counts.pop("kept", 0),
+        "entities_boxed": counts.pop("boxed", 0),
+        "dropped_or_changed": dict(sorted(counts.items())),
+    }
     if report["posts_unparseable"] or report["posts_failed"]:
-        logger.warning("zeroshot: %d unparseable and %d failed answer(s) gave their posts no entities",
-                       report["posts_unparseable"], report["posts_failed"])
+        logger.warning(
+            "zeroshot: %d unparseable and %d failed answer(s) gave their posts no entities",
+            report["posts_unparseable"],
+            report["posts_failed"],
+        )
     return preds, report
 
 
-def run_zeroshot(cfg: ZeroShotConfig, data_path: str | Path, out_path: str | Path,
-                 progress: bool = True) -> dict[str, Any]:
+def run_zeroshot(
+    cfg: ZeroShotConfig, data_path: str | Path, out_path: str | Path, progress: bool = True
+) -> dict[str, Any]:
     """``refineg zeroshot``: reads posts, asks the MLLM, writes ``out_path`` and ``<out>.report.json``."""
     cfg.validate()
     out_path = Path(out_path)
     posts = read_jsonl(data_path)
     if cfg.max_posts is not None:
-        posts = posts[:cfg.max_posts]
+        posts = posts[: cfg.max_posts]
     llm = build_llm_backend(cfg.llm, run_dir=cfg.run_dir or out_path.parent)
     try:
         preds, report = zeroshot_examples(posts, cfg, llm, progress)

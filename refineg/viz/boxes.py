@@ -26,8 +26,13 @@ LINE = 16
 GAP = 8
 PAD = 4
 BLANK_SIZE = (640, 480)
-TYPE_COLOURS = {"PER": (230, 25, 75), "ORG": (0, 130, 200), "LOC": (60, 180, 75), "OTHER": (245, 130, 48),
-                "MISC": (245, 130, 48)}
+TYPE_COLOURS = {
+    "PER": (230, 25, 75),
+    "ORG": (0, 130, 200),
+    "LOC": (60, 180, 75),
+    "OTHER": (245, 130, 48),
+    "MISC": (245, 130, 48),
+}
 _EXTRA_COLOURS = [(145, 30, 180), (70, 240, 240), (240, 50, 230), (128, 128, 0), (0, 128, 128), (170, 110, 40)]
 
 
@@ -74,8 +79,9 @@ def panel_size(image_size: tuple[int, int], n_lines: int, max_side: int) -> tupl
     return round(w * scale), HEADER + round(h * scale) + n_lines * LINE + PAD
 
 
-def draw_panel(image: Image.Image, post: Example, entities: Sequence[Entity], title: str, n_lines: int,
-               max_side: int = 640) -> Image.Image:
+def draw_panel(
+    image: Image.Image, post: Example, entities: Sequence[Entity], title: str, n_lines: int, max_side: int = 640
+) -> Image.Image:
     """One panel: title, the image with ``entities``' boxes, and the entity list.
 
     Args:
@@ -113,8 +119,9 @@ def draw_panel(image: Image.Image, post: Example, entities: Sequence[Entity], ti
     return panel
 
 
-def draw_comparison(gold: Example, pred: Example | None, images_dir: str | Path | None = None,
-                    max_side: int = 640) -> Image.Image:
+def draw_comparison(
+    gold: Example, pred: Example | None, images_dir: str | Path | None = None, max_side: int = 640
+) -> Image.Image:
     """Gold (left) and predicted (right) entities of one post on its image.
 
     Args:
@@ -138,9 +145,15 @@ def draw_comparison(gold: Example, pred: Example | None, images_dir: str | Path 
     return canvas
 
 
-def draw_posts(golds: Sequence[Example], preds: Sequence[Example], out_dir: str | Path,
-               images_dir: str | Path | None = None, ids: Sequence[str] | None = None, limit: int | None = None,
-               max_side: int = 640) -> list[Path]:
+def draw_posts(
+    golds: Sequence[Example],
+    preds: Sequence[Example],
+    out_dir: str | Path,
+    images_dir: str | Path | None = None,
+    ids: Sequence[str] | None = None,
+    limit: int | None = None,
+    max_side: int = 640,
+) -> list[Path]:
     """Writes ``<out_dir>/<id>.png`` for each selected gold post.
 
     Args:

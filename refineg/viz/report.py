@@ -69,8 +69,9 @@ def score_tables(result: dict[str, Any], title: str) -> list[str]:
     if result.get("per_type"):
         lines += ["", "| type | GMNER F1 | MNER F1 | support |", "|---|---|---|---|"]
         for etype, s in result["per_type"].items():
-            lines.append(f"| {etype} | {_pct(s.get('gmner_f1'))} | {_pct(s.get('mner_f1'))} "
-                         f"| {s.get('support', '-')} |")
+            lines.append(
+                f"| {etype} | {_pct(s.get('gmner_f1'))} | {_pct(s.get('mner_f1'))} | {s.get('support', '-')} |"
+            )
     return lines + [""]
 
 
@@ -83,17 +84,25 @@ def _config_section(run_dir: Path) -> list[str]:
     cfg = OmegaConf.load(path)
     if "mode" in cfg and "stages" in cfg:  # a refineg pipeline run folder
         switches = ", ".join(f"{k}={v}" for k, v in OmegaConf.to_container(cfg.stages).items())
-        rows = [("pipeline", f"{cfg.get('name')} (mode {cfg.mode}, seed {cfg.get('seed')})"),
-                ("stages", switches), ("images", str(cfg.get("images")))]
+        rows = [
+            ("pipeline", f"{cfg.get('name')} (mode {cfg.mode}, seed {cfg.get('seed')})"),
+            ("stages", switches),
+            ("images", str(cfg.get("images"))),
+        ]
         return ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
     if "model" not in cfg or "trainer" not in cfg:
         return [f"`config.yaml` keys: {', '.join(str(k) for k in cfg)}", ""]
     data = cfg.data
-    rows = [("data", f"{data.get('name')} (mixing {data.get('mixing')}, gold_limit {data.get('gold_limit')})"),
-            ("model", f"{cfg.model.get('backbone')} / {cfg.model.get('encoder')} / head {cfg.model.get('head')}"),
-            ("trainer", f"{cfg.trainer.get('max_epochs')} epochs, precision {cfg.trainer.get('precision')}, "
-                        f"batch {cfg.data.get('batch_size')}"),
-            ("seed", str(cfg.get("seed")))]
+    rows = [
+        ("data", f"{data.get('name')} (mixing {data.get('mixing')}, gold_limit {data.get('gold_limit')})"),
+        ("model", f"{cfg.model.get('backbone')} / {cfg.model.get('encoder')} / head {cfg.model.get('head')}"),
+        (
+            "trainer",
+            f"{cfg.trainer.get('max_epochs')} epochs, precision {cfg.trainer.get('precision')}, "
+            f"batch {cfg.data.get('batch_size')}",
+        ),
+        ("seed", str(cfg.get("seed"))),
+    ]
     return ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
 
 
@@ -112,20 +121,27 @@ def _pipeline_scores(path: Path) -> list[str]:
     by_stage = metrics.get("by_stage") or {}
     simulated = _pipeline_simulated(path, metrics)
     final = metrics.get("final")
-    lines = [f"`refineg pipeline` scores on {metrics.get('posts')} {metrics.get('split')} posts "
-             f"(match {metrics.get('match')}); final: **{final}**{' (simulation)' if final in simulated else ''}", ""]
+    lines = [
+        f"`refineg pipeline` scores on {metrics.get('posts')} {metrics.get('split')} posts "
+        f"(match {metrics.get('match')}); final: **{final}**{' (simulation)' if final in simulated else ''}",
+        "",
+    ]
     if simulated:
         backend = _backend_label(next(iter(simulated.values())), True)
-        lines += [f"**Simulation:** the refine stage's answers come from {backend}, not from an MLLM; the rows "
-                  "marked *(simulation)* are not MLLM results.", ""]
+        lines += [
+            f"**Simulation:** the refine stage's answers come from {backend}, not from an MLLM; the rows "
+            "marked *(simulation)* are not MLLM results.",
+            "",
+        ]
     lines += ["| stage output | GMNER F1 | MNER F1 | EEG F1 |", "|---|---|---|---|"]
     for stage, r in by_stage.items():
         name = f"{stage} *(simulation)*" if stage in simulated else stage
         lines.append(f"| {name} | {_pct(r['gmner']['f1'])} | {_pct(r['mner']['f1'])} | {_pct(r['eeg']['f1'])} |")
     lines.append("")
     if final in by_stage:
-        lines += score_tables(by_stage[final], f"final ({final}{', simulation' if final in simulated else ''}) "
-                                               "scores (%)")
+        lines += score_tables(
+            by_stage[final], f"final ({final}{', simulation' if final in simulated else ''}) scores (%)"
+        )
     return lines
 
 
@@ -138,8 +154,11 @@ def _metrics_section(run_dir: Path) -> list[str]:
     metrics = json.loads(path.read_text())
     lines: list[str] = []
     if "best_val_mner_f1" in metrics:
-        lines += [f"Best validation MNER F1: **{_pct(metrics['best_val_mner_f1'])}**"
-                  f" (checkpoint `{Path(metrics.get('best_checkpoint') or '-').name}`)", ""]
+        lines += [
+            f"Best validation MNER F1: **{_pct(metrics['best_val_mner_f1'])}**"
+            f" (checkpoint `{Path(metrics.get('best_checkpoint') or '-').name}`)",
+            "",
+        ]
     tp = metrics.get("train_throughput") or {}
     if tp.get("posts_per_s"):
         lines += [f"Training throughput: {tp['posts_per_s']:.1f} posts/s", ""]
@@ -149,15 +168,23 @@ def _metrics_section(run_dir: Path) -> list[str]:
     if "refined" in metrics:  # a refinement trial (refineg.sweeps.refine_trial)
         title = "### refinement trial (%)"
         if metrics.get("simulated"):
-            title = (f"### refinement trial, simulation (%)\n\n**Simulation:** the refined scores come from "
-                     f"{_backend_label(metrics.get('backend'), True)}, not from an MLLM.")
+            title = (
+                f"### refinement trial, simulation (%)\n\n**Simulation:** the refined scores come from "
+                f"{_backend_label(metrics.get('backend'), True)}, not from an MLLM."
+            )
         lines += [title, "", "| task | before | refined | gain |", "|---|---|---|---|"]
         for task in TASKS:
             key = f"{task}_f1"
-            lines.append(f"| {task.upper()} F1 | {_pct(metrics['before'][key])} | {_pct(metrics['refined'][key])} "
-                         f"| {100 * metrics['gain'][key]:+.2f} |")
-        lines += ["", f"Delegation rate {_pct(metrics.get('delegation_rate'))}%, backend "
-                  f"{_backend_label(metrics.get('backend'), metrics.get('simulated'))}.", ""]
+            lines.append(
+                f"| {task.upper()} F1 | {_pct(metrics['before'][key])} | {_pct(metrics['refined'][key])} "
+                f"| {100 * metrics['gain'][key]:+.2f} |"
+            )
+        lines += [
+            "",
+            f"Delegation rate {_pct(metrics.get('delegation_rate'))}%, backend "
+            f"{_backend_label(metrics.get('backend'), metrics.get('simulated'))}.",
+            "",
+        ]
     if not lines:
         lines = [f"- `metrics.json` has no score tables (keys: {', '.join(sorted(metrics))})", ""]
     return lines
@@ -172,14 +199,20 @@ def _calibration_section(run_dir: Path, assets: Path) -> list[str]:
     lines = []
     for i, (path, report) in enumerate(files):
         heads = report.get("heads") or {}
-        lines += [f"From `{_rel(path, run_dir)}`: {report.get('posts')} posts, {report.get('entities')} predicted "
-                  f"entities, temperature {_num(report.get('temperature'))}.", "",
-                  "| head | field | n | error % | AUROC | ECE | AURC |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"From `{_rel(path, run_dir)}`: {report.get('posts')} posts, {report.get('entities')} predicted "
+            f"entities, temperature {_num(report.get('temperature'))}.",
+            "",
+            "| head | field | n | error % | AUROC | ECE | AURC |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for name, rep in heads.items():
             for field, r in rep.items():
                 err = None if r.get("error_rate") is None else r["error_rate"]
-                lines.append(f"| {name} | {field} | {r.get('n')} | {_pct(err)} | {_num(r.get('auroc'))} | "
-                             f"{_num(r.get('ece'))} | {_num(r.get('aurc'))} |")
+                lines.append(
+                    f"| {name} | {field} | {r.get('n')} | {_pct(err)} | {_num(r.get('auroc'))} | "
+                    f"{_num(r.get('ece'))} | {_num(r.get('aurc'))} |"
+                )
         if heads:
             rel = plot_reliability(heads, assets / f"reliability_{i}.png")
             rc = plot_risk_coverage(heads, assets / f"risk_coverage_{i}.png")
@@ -192,37 +225,52 @@ def _usage_rows(usage: dict[str, Any]) -> list[str]:
     rows = []
     for name, s in [*(usage.get("stages") or {}).items(), ("total", usage.get("total") or {})]:
         if s:
-            rows.append(f"| {name} | {s.get('requests', 0)} | {s.get('calls', 0)} | {s.get('cache_hits', 0)} | "
-                        f"{s.get('failed', 0)} | {s.get('budget_exhausted', 0)} | {s.get('prompt_tokens', 0)} | "
-                        f"{s.get('completion_tokens', 0)} |")
+            rows.append(
+                f"| {name} | {s.get('requests', 0)} | {s.get('calls', 0)} | {s.get('cache_hits', 0)} | "
+                f"{s.get('failed', 0)} | {s.get('budget_exhausted', 0)} | {s.get('prompt_tokens', 0)} | "
+                f"{s.get('completion_tokens', 0)} |"
+            )
     return rows
 
 
-USAGE_HEADER = ["| stage | requests | calls | cached | failed | over budget | prompt tokens | completion tokens |",
-                "|---|---|---|---|---|---|---|---|"]
+USAGE_HEADER = [
+    "| stage | requests | calls | cached | failed | over budget | prompt tokens | completion tokens |",
+    "|---|---|---|---|---|---|---|---|",
+]
 
 
 def _refinement_section(run_dir: Path) -> list[str]:
     reports = _json_files(run_dir, "*.report.json", "delegation_rate")
     if not reports:
         return ["- no refinement report (`<out>.report.json` of `refineg refine`)", ""]
-    lines = ["| report | backend | entities | delegated | delegation % | over budget | backend failures |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| report | backend | entities | delegated | delegation % | over budget | backend failures |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for path, r in reports:
         backend = _backend_label(r.get("backend"), r.get("simulated"))
-        lines.append(f"| `{_rel(path, run_dir)}` | {backend} | {r.get('entities')} | {r.get('delegated')} | "
-                     f"{_pct(r.get('delegation_rate'))} | {r.get('over_budget', 0)} | "
-                     f"{r.get('backend_failures_kept_small_model', 0)} |")
+        lines.append(
+            f"| `{_rel(path, run_dir)}` | {backend} | {r.get('entities')} | {r.get('delegated')} | "
+            f"{_pct(r.get('delegation_rate'))} | {r.get('over_budget', 0)} | "
+            f"{r.get('backend_failures_kept_small_model', 0)} |"
+        )
     for path, r in reports:
         trial = path.parent / "metrics.json"  # a refinement sweep trial keeps its before/after scores there
         if trial.is_file() and "refined" in (scores := json.loads(trial.read_text())):
             label = "Simulated scores" if r.get("simulated") else "Scores"
-            lines += ["", f"{label} of `{_rel(path, run_dir)}` (%): " + ", ".join(
-                f"{t.upper()} F1 {_pct(scores['before'][f'{t}_f1'])} -> {_pct(scores['refined'][f'{t}_f1'])}"
-                for t in TASKS)]
+            lines += [
+                "",
+                f"{label} of `{_rel(path, run_dir)}` (%): "
+                + ", ".join(
+                    f"{t.upper()} F1 {_pct(scores['before'][f'{t}_f1'])} -> {_pct(scores['refined'][f'{t}_f1'])}"
+                    for t in TASKS
+                ),
+            ]
         if r.get("outcomes"):
-            lines += ["", f"Outcomes of `{_rel(path, run_dir)}`: "
-                      + ", ".join(f"{k} {v}" for k, v in r["outcomes"].items())]
+            lines += [
+                "",
+                f"Outcomes of `{_rel(path, run_dir)}`: " + ", ".join(f"{k} {v}" for k, v in r["outcomes"].items()),
+            ]
         if (r.get("usage") or {}).get("total"):
             lines += ["", f"MLLM usage of `{_rel(path, run_dir)}`:", "", *USAGE_HEADER, *_usage_rows(r["usage"])]
     return lines + [""]
@@ -232,16 +280,23 @@ def _grounding_section(run_dir: Path) -> list[str]:
     summaries = _json_files(run_dir, "*.summary.json", "grounder")
     if not summaries:
         return ["- no grounding summary (`<out stem>.summary.json` of `refineg ground`)", ""]
-    lines = ["| summary | grounder | selector | posts | without image | entities | grounded | boxes | posts failed |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| summary | grounder | selector | posts | without image | entities | grounded | boxes | posts failed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for path, g in summaries:
-        lines.append(f"| `{_rel(path, run_dir)}` | {g.get('grounder')} | {g.get('selector', '-')} | {g.get('posts')} | "
-                     f"{g.get('posts_without_image', '-')} | {g.get('entities')} | {g.get('grounded')} | "
-                     f"{g.get('boxes', '-')} | {g.get('posts_failed', '-')} |")
+        lines.append(
+            f"| `{_rel(path, run_dir)}` | {g.get('grounder')} | {g.get('selector', '-')} | {g.get('posts')} | "
+            f"{g.get('posts_without_image', '-')} | {g.get('entities')} | {g.get('grounded')} | "
+            f"{g.get('boxes', '-')} | {g.get('posts_failed', '-')} |"
+        )
     for path, g in summaries:
         if g.get("none_by_reason"):
-            lines += ["", f"Entities answered none in `{_rel(path, run_dir)}`: "
-                      + ", ".join(f"{k} {v}" for k, v in g["none_by_reason"].items())]
+            lines += [
+                "",
+                f"Entities answered none in `{_rel(path, run_dir)}`: "
+                + ", ".join(f"{k} {v}" for k, v in g["none_by_reason"].items()),
+            ]
         if (g.get("usage") or {}).get("total"):
             lines += ["", f"MLLM usage of `{_rel(path, run_dir)}`:", "", *USAGE_HEADER, *_usage_rows(g["usage"])]
     return lines + [""]
@@ -288,8 +343,9 @@ def _pipeline_predictions(run_dir: Path) -> tuple[str, Path] | None:
     return f"{final} output", run_dir / PREDICTION_FILES[final]
 
 
-def _examples_section(run_dir: Path, assets: Path, n_posts: int, images_dir: str | None,
-                      gold_path: str | Path | None) -> list[str]:
+def _examples_section(
+    run_dir: Path, assets: Path, n_posts: int, images_dir: str | None, gold_path: str | Path | None
+) -> list[str]:
     from .boxes import draw_posts
 
     pipeline = _pipeline_predictions(run_dir)
@@ -299,8 +355,12 @@ def _examples_section(run_dir: Path, assets: Path, n_posts: int, images_dir: str
     elif split is not None:
         pred_path = run_dir / f"predictions_{split}.jsonl"
     if split is None or n_posts <= 0:
-        return ["- no `predictions_dev.jsonl` / `predictions_test.jsonl`: no drawings" if split is None
-                else "- drawings turned off", ""]
+        return [
+            "- no `predictions_dev.jsonl` / `predictions_test.jsonl`: no drawings"
+            if split is None
+            else "- drawings turned off",
+            "",
+        ]
     golds = read_jsonl(run_dir / "data" / "eval.jsonl") if pipeline else _gold_for(run_dir, split, gold_path)
     if golds is None:
         return [f"- no gold posts for {split} (pass --gold): no drawings", ""]
@@ -313,8 +373,11 @@ def _examples_section(run_dir: Path, assets: Path, n_posts: int, images_dir: str
     # posts with a gold box first: they show the most
     chosen = [g.id for g in golds if any(e.boxes for e in g.entities)][:n_posts] or [g.id for g in golds][:n_posts]
     paths = draw_posts(golds, preds, assets / "posts", images_dir, ids=chosen)
-    lines = [f"Gold (left) and predicted (right) entities of {len(paths)} posts ({split})"
-             f"{'' if images_dir else ' (no image folder: grey canvases of the image size)'}:", ""]
+    lines = [
+        f"Gold (left) and predicted (right) entities of {len(paths)} posts ({split})"
+        f"{'' if images_dir else ' (no image folder: grey canvases of the image size)'}:",
+        "",
+    ]
     return lines + [f"![{p.stem}]({_rel(p, run_dir)})" for p in paths] + [""]
 
 
@@ -324,13 +387,18 @@ def score_rows(run_dir: str | Path) -> list[list]:
     if not path.is_file():
         return []
     metrics = json.loads(path.read_text())
-    return [[split, task, s["precision"], s["recall"], s["f1"]]
-            for split in ("dev", "test") if isinstance(metrics.get(split), dict)
-            for task in TASKS if isinstance(s := metrics[split].get(task), dict)]
+    return [
+        [split, task, s["precision"], s["recall"], s["f1"]]
+        for split in ("dev", "test")
+        if isinstance(metrics.get(split), dict)
+        for task in TASKS
+        if isinstance(s := metrics[split].get(task), dict)
+    ]
 
 
-def build_report(run_dir: str | Path, n_posts: int = 3, images_dir: str | None = None,
-                 gold: str | Path | None = None) -> Path:
+def build_report(
+    run_dir: str | Path, n_posts: int = 3, images_dir: str | None = None, gold: str | Path | None = None
+) -> Path:
     """Writes ``<run_dir>/report.md`` (and ``report_assets/``) from the artifacts found in ``run_dir``.
 
     Args:
@@ -351,13 +419,33 @@ def build_report(run_dir: str | Path, n_posts: int = 3, images_dir: str | None =
         raise FileNotFoundError(f"{run_dir} is not a folder")
     assets = run_dir / ASSETS
     assets.mkdir(exist_ok=True)
-    lines = [f"# Run report: `{run_dir.name}`", "", f"Folder: `{run_dir}`", "", "## Configuration", "",
-             *_config_section(run_dir), "## Scores", "", *_metrics_section(run_dir),
-             "## Uncertainty and calibration", "", *_calibration_section(run_dir, assets),
-             "## Refinement (delegation to the MLLM)", "", *_refinement_section(run_dir),
-             "## Grounding", "", *_grounding_section(run_dir),
-             "## MLLM calls and tokens", "", *_usage_section(run_dir),
-             "## Predictions", "", *_examples_section(run_dir, assets, n_posts, images_dir, gold)]
+    lines = [
+        f"# Run report: `{run_dir.name}`",
+        "",
+        f"Folder: `{run_dir}`",
+        "",
+        "## Configuration",
+        "",
+        *_config_section(run_dir),
+        "## Scores",
+        "",
+        *_metrics_section(run_dir),
+        "## Uncertainty and calibration",
+        "",
+        *_calibration_section(run_dir, assets),
+        "## Refinement (delegation to the MLLM)",
+        "",
+        *_refinement_section(run_dir),
+        "## Grounding",
+        "",
+        *_grounding_section(run_dir),
+        "## MLLM calls and tokens",
+        "",
+        *_usage_section(run_dir),
+        "## Predictions",
+        "",
+        *_examples_section(run_dir, assets, n_posts, images_dir, gold),
+    ]
     out = run_dir / "report.md"
     out.write_text("\n".join(lines).rstrip() + "\n")
     return out

@@ -22,9 +22,15 @@ def _entities(post: Example | None) -> str:
     return "; ".join(f"{e.text(post.tokens)} ({e.type}{', box' if e.boxes else ''})" for e in post.entities)
 
 
-def log_visuals(posts: Sequence[tuple[Example, Example | None, Path]], plots: dict[str, Path], save_dir: str | Path,
-                project: str = "refineg", name: str | None = None, config: dict[str, Any] | None = None,
-                tables: dict[str, tuple[list[str], list[list[Any]]]] | None = None) -> str:
+def log_visuals(
+    posts: Sequence[tuple[Example, Example | None, Path]],
+    plots: dict[str, Path],
+    save_dir: str | Path,
+    project: str = "refineg",
+    name: str | None = None,
+    config: dict[str, Any] | None = None,
+    tables: dict[str, tuple[list[str], list[list[Any]]]] | None = None,
+) -> str:
     """Logs post drawings as a ``wandb.Table`` (``posts``) and each plot as an image; returns the run's folder.
 
     Args:

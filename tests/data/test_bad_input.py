@@ -37,6 +37,7 @@ def _jsonl_error(tmp_path, line, message):
 
 # ---- non-UTF-8 bytes: every reader names file and line ---------------------------------------------------------
 
+
 def test_non_utf8_conll_and_twitter_gmner_txt(tmp_path):
     path = _write(tmp_path / "a.txt", b"IMGID:1\nhello\tO\nw\xe9rld\tO\n")
     for read in (lambda: read_conll(path), lambda: read_twitter_gmner(path, None)):
@@ -82,10 +83,14 @@ def test_non_utf8_flickr30k(tmp_path):
 
 # ---- XML: entity bombs and external entities are data errors ---------------------------------------------------
 
-@pytest.mark.parametrize("xml", [
-    '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;&a;">]><annotation>&b;</annotation>',
-    '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY e SYSTEM "file:///etc/passwd">]><annotation>&e;</annotation>',
-])
+
+@pytest.mark.parametrize(
+    "xml",
+    [
+        '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;&a;">]><annotation>&b;</annotation>',
+        '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY e SYSTEM "file:///etc/passwd">]><annotation>&e;</annotation>',
+    ],
+)
 def test_xml_entities_are_a_data_format_error(tmp_path, xml):
     txt = _write(tmp_path / "a.txt", "IMGID:7\nObama\tB-PER\n")
     _write(tmp_path / "xml" / "7.xml", xml)
@@ -96,20 +101,24 @@ def test_xml_entities_are_a_data_format_error(tmp_path, xml):
 
 # ---- mistyped JSONL fields, deep nesting, CCKS shapes ----------------------------------------------------------
 
-@pytest.mark.parametrize("line, message", [
-    (_line(image_size=5), "image_size"),
-    (_line(image_size=["a", 3]), "image_size"),
-    (_line(meta=[1, 2]), "'meta' must be a JSON object"),
-    (_line(image=12345), "'image' must be a string or null"),
-    (_line(id=None), "'id' must be a string"),
-    (_line(entities=5), "'entities' must be a list"),
-    (_line(entities=[{"start": 0.7, "end": 1, "type": "PER"}]), "start"),
-    (_line(entities=[{"start": 0, "end": 1, "type": None}]), "type"),
-    (_line(tokens=["Obama", "New York"]), r"token 1 \('New York'\) contains whitespace"),
-    (_line(tokens=["Obama", "a\tb"]), "contains whitespace"),
-    (_line(tokens=["Obama", "a\nb"]), "contains whitespace"),
-    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
-])
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        (_line(image_size=5), "image_size"),
+        (_line(image_size=["a", 3]), "image_size"),
+        (_line(meta=[1, 2]), "'meta' must be a JSON object"),
+        (_line(image=12345), "'image' must be a string or null"),
+        (_line(id=None), "'id' must be a string"),
+        (_line(entities=5), "'entities' must be a list"),
+        (_line(entities=[{"start": 0.7, "end": 1, "type": "PER"}]), "start"),
+        (_line(entities=[{"start": 0, "end": 1, "type": None}]), "type"),
+        (_line(tokens=["Obama", "New York"]), r"token 1 \('New York'\) contains whitespace"),
+        (_line(tokens=["Obama", "a\tb"]), "contains whitespace"),
+        (_line(tokens=["Obama", "a\nb"]), "contains whitespace"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ],
+)
 def test_mistyped_jsonl_fields(tmp_path, line, message):
     _jsonl_error(tmp_path, line, message)
 
@@ -135,18 +144,26 @@ def test_unknown_type_in_jsonl_with_an_inventory(tmp_path):
 
 # ---- silently accepted bad data --------------------------------------------------------------------------------
 
+
 def test_infinite_coordinates_are_errors_everywhere(tmp_path):
     inf_box = [{"start": 0, "end": 1, "type": "PER", "boxes": [[0, 0, float("inf"), 5]]}]
     _jsonl_error(tmp_path, _line(entities=inf_box), "finite")
     _jsonl_error(tmp_path, _line(entities=inf_box).replace("Infinity", "1e999"), "finite")
     _write(tmp_path / "t.json", json.dumps({"1": {"text": "the F-35 flew"}}))
-    _write(tmp_path / "e.json", json.dumps({"1": [{"name": "F-35", "label": "aircraft",
-                                                   "bnd": {"xmin": 0, "ymin": 0, "xmax": "inf", "ymax": 5}}]}))
+    _write(
+        tmp_path / "e.json",
+        json.dumps(
+            {"1": [{"name": "F-35", "label": "aircraft", "bnd": {"xmin": 0, "ymin": 0, "xmax": "inf", "ymax": 5}}]}
+        ),
+    )
     with pytest.raises(DataFormatError, match=r"\[id 1\].*finite"):
         read_ccks(tmp_path / "t.json", tmp_path / "e.json")
     txt = _write(tmp_path / "a.txt", "IMGID:7\nObama\tB-PER\n")
-    _write(tmp_path / "xml" / "7.xml", "<annotation><object><name>Obama</name><bndbox><xmin>0</xmin><ymin>0</ymin>"
-                                       "<xmax>inf</xmax><ymax>5</ymax></bndbox></object></annotation>")
+    _write(
+        tmp_path / "xml" / "7.xml",
+        "<annotation><object><name>Obama</name><bndbox><xmin>0</xmin><ymin>0</ymin>"
+        "<xmax>inf</xmax><ymax>5</ymax></bndbox></object></annotation>",
+    )
     with pytest.raises(DataFormatError, match="finite"):
         read_twitter_gmner(txt, tmp_path / "xml")
     with pytest.raises(ValueError, match="finite"):
@@ -154,8 +171,10 @@ def test_infinite_coordinates_are_errors_everywhere(tmp_path):
 
 
 def test_jsonl_boxes_outside_the_image_are_clipped_with_a_warning(tmp_path):
-    ents = [{"start": 0, "end": 1, "type": "PER", "boxes": [[-5, 10, 50, 60]]},
-            {"start": 2, "end": 3, "type": "LOC", "boxes": [[20, 20, 150, 90]]}]
+    ents = [
+        {"start": 0, "end": 1, "type": "PER", "boxes": [[-5, 10, 50, 60]]},
+        {"start": 2, "end": 3, "type": "LOC", "boxes": [[20, 20, 150, 90]]},
+    ]
     path = _write(tmp_path / "a.jsonl", _line(entities=ents, image_size=[100, 80]) + "\n")
     report = ReadReport()
     post = read_jsonl(path, report=report)[0]
@@ -169,20 +188,29 @@ def test_jsonl_boxes_outside_the_image_are_clipped_with_a_warning(tmp_path):
     assert report.counts == {"box_outside_image": 1}
     # wholly outside: an error, as in the xml reader
     for box, size in (([-50, -50, -10, -10], None), ([200, 10, 300, 60], [100, 80])):
-        line = _line(entities=[{"start": 0, "end": 1, "type": "PER", "boxes": [box]}],
-                     **({"image_size": size} if size else {}))
+        line = _line(
+            entities=[{"start": 0, "end": 1, "type": "PER", "boxes": [box]}], **({"image_size": size} if size else {})
+        )
         _jsonl_error(tmp_path, line, "entirely outside the image")
 
 
 def test_ccks_negative_boxes_are_clipped_with_a_warning(tmp_path):
     _write(tmp_path / "t.json", json.dumps({"1": {"text": "the F-35 flew"}}))
-    _write(tmp_path / "e.json", json.dumps({"1": [{"name": "F-35", "label": "aircraft",
-                                                   "bnd": {"xmin": -4, "ymin": 2, "xmax": 30, "ymax": 40}}]}))
+    _write(
+        tmp_path / "e.json",
+        json.dumps(
+            {"1": [{"name": "F-35", "label": "aircraft", "bnd": {"xmin": -4, "ymin": 2, "xmax": 30, "ymax": 40}}]}
+        ),
+    )
     report = ReadReport()
     post = read_ccks(tmp_path / "t.json", tmp_path / "e.json", report=report)[0]
     assert post.entities[0].boxes == [[0, 2, 30, 40]] and report.counts == {"box_outside_image": 1}
-    _write(tmp_path / "e.json", json.dumps({"1": [{"name": "F-35", "label": "aircraft",
-                                                   "bnd": {"xmin": -40, "ymin": -20, "xmax": -3, "ymax": -1}}]}))
+    _write(
+        tmp_path / "e.json",
+        json.dumps(
+            {"1": [{"name": "F-35", "label": "aircraft", "bnd": {"xmin": -40, "ymin": -20, "xmax": -3, "ymax": -1}}]}
+        ),
+    )
     with pytest.raises(DataFormatError, match=r"\[id 1\].*entirely outside the image"):
         read_ccks(tmp_path / "t.json", tmp_path / "e.json")
 
@@ -206,16 +234,24 @@ def test_conll_writer_refuses_tokens_it_could_not_read_back(tmp_path):
 
 # ---- paths: names from data stay inside their folder -----------------------------------------------------------
 
+
 def test_inside_folder_helper(tmp_path):
     from refineg.data.files import inside_folder
 
     assert inside_folder(tmp_path, "a.jpg") == tmp_path / "a.jpg"
     assert inside_folder(tmp_path, "2015/a.jpg") == tmp_path / "2015" / "a.jpg"
     assert inside_folder(tmp_path, "..a.jpg", file_name=True) == tmp_path / "..a.jpg"
-    for name, message in (("../x.jpg", r"'\.\.' part"), ("a/../../x.jpg", r"'\.\.' part"),
-                          ("..\\x.jpg", r"'\.\.' part"), ("/etc/passwd", "absolute"), ("\\\\host\\x", "absolute"),
-                          ("C:x.jpg", "absolute"), ("a\0.jpg", "NUL"), (12345, "not a non-empty string"),
-                          ("", "not a non-empty string")):
+    for name, message in (
+        ("../x.jpg", r"'\.\.' part"),
+        ("a/../../x.jpg", r"'\.\.' part"),
+        ("..\\x.jpg", r"'\.\.' part"),
+        ("/etc/passwd", "absolute"),
+        ("\\\\host\\x", "absolute"),
+        ("C:x.jpg", "absolute"),
+        ("a\0.jpg", "NUL"),
+        (12345, "not a non-empty string"),
+        ("", "not a non-empty string"),
+    ):
         with pytest.raises(DataFormatError, match=message) as err:
             inside_folder(tmp_path, name, "image", source="p.jsonl", record="7")
         assert str(err.value).startswith("p.jsonl [id 7]: image ")
@@ -225,8 +261,11 @@ def test_inside_folder_helper(tmp_path):
 
 def test_twitter_gmner_reader_refuses_ids_that_leave_the_xml_folder(tmp_path):
     (tmp_path / "xml").mkdir()
-    _write(tmp_path / "secret.xml", "<annotation><object><name>Obama</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
-                                    "<xmax>5</xmax><ymax>5</ymax></bndbox></object></annotation>")
+    _write(
+        tmp_path / "secret.xml",
+        "<annotation><object><name>Obama</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
+        "<xmax>5</xmax><ymax>5</ymax></bndbox></object></annotation>",
+    )
     txt = _write(tmp_path / "a.txt", "IMGID:1\nhi\tO\n\nIMGID:../secret\nObama\tB-PER\n")
     with pytest.raises(DataFormatError, match=r"'\.\.' part") as err:
         read_twitter_gmner(txt, tmp_path / "xml")
@@ -235,8 +274,10 @@ def test_twitter_gmner_reader_refuses_ids_that_leave_the_xml_folder(tmp_path):
 
 
 def test_twitter_gmner_writer_refuses_ids_that_leave_the_xml_folder(tmp_path):
-    posts = [Example("1", ["Obama"], entities=[Entity(0, 1, "PER", [[1, 1, 5, 5]])]),
-             Example("../../evil", ["Obama"], entities=[Entity(0, 1, "PER", [[1, 1, 5, 5]])])]
+    posts = [
+        Example("1", ["Obama"], entities=[Entity(0, 1, "PER", [[1, 1, 5, 5]])]),
+        Example("../../evil", ["Obama"], entities=[Entity(0, 1, "PER", [[1, 1, 5, 5]])]),
+    ]
     out = tmp_path / "deep" / "er"
     with pytest.raises(DataFormatError, match=r"\[id \.\./\.\./evil\]: post id"):
         write_twitter_gmner(posts, out / "o.txt", out / "xml")
@@ -244,12 +285,30 @@ def test_twitter_gmner_writer_refuses_ids_that_leave_the_xml_folder(tmp_path):
 
 
 def test_jsonl_round_trip_keeps_valid_data(tmp_path):
-    posts = [Example("1", ["Obama", "in", "Paris"], "1.jpg", [Entity(0, 1, "PER", [[0, 0, 10.5, 20]], score=0.5)],
-                     image_size=(100, 80), meta={"k": [1]}),
-             Example("2", ["x"], None, [])]
+    posts = [
+        Example(
+            "1",
+            ["Obama", "in", "Paris"],
+            "1.jpg",
+            [Entity(0, 1, "PER", [[0, 0, 10.5, 20]], score=0.5)],
+            image_size=(100, 80),
+            meta={"k": [1]},
+        ),
+        Example("2", ["x"], None, []),
+    ]
     write_jsonl(posts, tmp_path / "a.jsonl")
     assert [p.to_dict() for p in read_jsonl(tmp_path / "a.jsonl")] == [p.to_dict() for p in posts]
-    path = _write(tmp_path / "b.jsonl", json.dumps({"id": 5, "tokens": ["a"], "entities": [
-        {"start": 0.0, "end": 1, "type": "PER", "boxes": [[0, 0, 2, 2]]}], "meta": None}) + "\n")
+    path = _write(
+        tmp_path / "b.jsonl",
+        json.dumps(
+            {
+                "id": 5,
+                "tokens": ["a"],
+                "entities": [{"start": 0.0, "end": 1, "type": "PER", "boxes": [[0, 0, 2, 2]]}],
+                "meta": None,
+            }
+        )
+        + "\n",
+    )
     post = read_jsonl(path)[0]
     assert post.id == "5" and post.entities[0].start == 0 and post.meta == {}

@@ -15,9 +15,9 @@ SHARED_F30K = Path(__file__).resolve().parents[2].parent / "shared/data/flickr30
 
 SENTENCES = {
     "100": "[/EN#1/people A man] in [/EN#2/clothing a red hat] rides [/EN#3/animals/scene a horse] .\n"
-           "[/EN#4/people Two riders] near [/EN#0/notvisual each other] on [/EN#5/scene the beach]\n",
+    "[/EN#4/people Two riders] near [/EN#0/notvisual each other] on [/EN#5/scene the beach]\n",
     "200": "[/EN#7/vehicles A bus] passes [/EN#8/other a sign]\n\n"
-           "[/EN#7/vehicles/scene The bus] is [/EN#9/other red] .\n",
+    "[/EN#7/vehicles/scene The bus] is [/EN#9/other red] .\n",
 }
 
 
@@ -30,18 +30,31 @@ def _object(names, box=None):
 
 
 def _xml(size, objects):
-    return (f"<annotation>\n<filename>x.jpg</filename>\n<size><width>{size[0]}</width><height>{size[1]}</height>"
-            f"<depth>3</depth></size>\n" + "\n".join(objects) + "\n</annotation>\n")
+    return (
+        f"<annotation>\n<filename>x.jpg</filename>\n<size><width>{size[0]}</width><height>{size[1]}</height>"
+        f"<depth>3</depth></size>\n" + "\n".join(objects) + "\n</annotation>\n"
+    )
 
 
 ANNOTATIONS = {
     # stated 400x300, file 200x100: x scaled by 1/2, y by 1/3
-    "100": ((400, 300), (200, 100), [_object([1, 4], [10, 20, 110, 220]), _object([4], [201, 21, 301, 121]),
-                                     _object([2], [30, 15, 90, 45]), _object([3], [150, 100, 420, 310]),
-                                     _object([5])]),
+    "100": (
+        (400, 300),
+        (200, 100),
+        [
+            _object([1, 4], [10, 20, 110, 220]),
+            _object([4], [201, 21, 301, 121]),
+            _object([2], [30, 15, 90, 45]),
+            _object([3], [150, 100, 420, 310]),
+            _object([5]),
+        ],
+    ),
     # file matches the stated size
-    "200": ((120, 90), (120, 90), [_object([7], [1, 2, 60, 50]), _object([8], [70, 10, 110, 40]),
-                                   _object([8], [5, 60, 20, 85])]),
+    "200": (
+        (120, 90),
+        (120, 90),
+        [_object([7], [1, 2, 60, 50]), _object([8], [70, 10, 110, 40]), _object([8], [5, 60, 20, 85])],
+    ),
 }
 
 
@@ -85,8 +98,10 @@ def test_reads_posts_spans_types_and_scaled_boxes(root):
     ]
     assert posts["100_1"].tokens == ["Two", "riders", "near", "each", "other", "on", "the", "beach"]
     assert posts["200_0"].image_size == (120, 90)
-    assert _summary(posts["200_0"]) == [("A bus", "vehicles", [[1.0, 2.0, 60.0, 50.0]]),
-                                        ("a sign", "other", [[70.0, 10.0, 110.0, 40.0], [5.0, 60.0, 20.0, 85.0]])]
+    assert _summary(posts["200_0"]) == [
+        ("A bus", "vehicles", [[1.0, 2.0, 60.0, 50.0]]),
+        ("a sign", "other", [[70.0, 10.0, 110.0, 40.0], [5.0, 60.0, 20.0, 85.0]]),
+    ]
     assert _summary(posts["200_2"]) == [("The bus", "vehicles", [[1.0, 2.0, 60.0, 50.0]]), ("red", "other", [])]
     # the entities of different captions do not share box lists
     posts["200_0"].entities[0].boxes[0][0] = 0.0
@@ -101,17 +116,20 @@ def test_ids_filter_and_registry(root):
     assert create_data_format("flickr30k-entities").writer is None
 
 
-@pytest.mark.parametrize("name, text, line, message", [
-    ("Sentences/100.txt", "ok .\n[/EN#1/people A man .\n", 2, "not closed"),
-    ("Sentences/100.txt", "A man] .\n", 1, "unbalanced bracket"),
-    ("Sentences/100.txt", "ok .\nok .\n[/EN#1/robots A robot] .\n", 3, r"unknown type\(s\) \['robots'\]"),
-    ("Sentences/100.txt", "[/EN#1/people/robots A robot] .\n", 1, "unknown type"),
-    ("Sentences/100.txt", "[/EN#1/people A [/EN#2/other b] c] .\n", 1, "nested phrase"),
-    ("Sentences/100.txt", "[/EN#1/people ] .\n", 1, "empty phrase"),
-    ("Sentences/100.txt", "[/EN#x/people A man] .\n", 1, "malformed phrase head"),
-    ("Annotations/100.xml", "<annotation>\n<size>\n</annotation>\n", 3, "invalid xml"),
-    ("ids.txt", "100\n200\n100\n", 3, "duplicate image id '100'"),
-])
+@pytest.mark.parametrize(
+    "name, text, line, message",
+    [
+        ("Sentences/100.txt", "ok .\n[/EN#1/people A man .\n", 2, "not closed"),
+        ("Sentences/100.txt", "A man] .\n", 1, "unbalanced bracket"),
+        ("Sentences/100.txt", "ok .\nok .\n[/EN#1/robots A robot] .\n", 3, r"unknown type\(s\) \['robots'\]"),
+        ("Sentences/100.txt", "[/EN#1/people/robots A robot] .\n", 1, "unknown type"),
+        ("Sentences/100.txt", "[/EN#1/people A [/EN#2/other b] c] .\n", 1, "nested phrase"),
+        ("Sentences/100.txt", "[/EN#1/people ] .\n", 1, "empty phrase"),
+        ("Sentences/100.txt", "[/EN#x/people A man] .\n", 1, "malformed phrase head"),
+        ("Annotations/100.xml", "<annotation>\n<size>\n</annotation>\n", 3, "invalid xml"),
+        ("ids.txt", "100\n200\n100\n", 3, "duplicate image id '100'"),
+    ],
+)
 def test_bad_text_names_file_and_line(root, name, text, line, message):
     (root / name).write_text(text)
     with pytest.raises(DataFormatError, match=message) as err:
@@ -154,8 +172,19 @@ def test_convert_command_writes_jsonl(root, tmp_path, capsys):
     assert f"wrote 4 posts, 10 entities (7 with boxes) to {out}" in printed and "box_outside_image: 1" in printed
     assert [p.to_dict() for p in read_jsonl(out)] == [p.to_dict() for p in read_flickr30k_entities(root)]
     with pytest.raises(SystemExit, match="read-only"):
-        main(["convert", "--format", "jsonl", "--input", str(out), "--out", str(tmp_path / "x"),
-              "--to", "flickr30k-entities"])
+        main(
+            [
+                "convert",
+                "--format",
+                "jsonl",
+                "--input",
+                str(out),
+                "--out",
+                str(tmp_path / "x"),
+                "--to",
+                "flickr30k-entities",
+            ]
+        )
 
 
 @pytest.mark.skipif(not SHARED_F30K.is_dir(), reason=f"Flickr30k Entities not found at {SHARED_F30K}")
@@ -167,8 +196,16 @@ def test_real_set_counts():
     # "tied to at least one box": the phrase's entity id has a <bndbox> in the image's xml
     assert sum(1 for e in entities if e.boxes) == 10959
     assert Counter(e.type for e in entities) == {
-        "people": 3516, "other": 2685, "scene": 2423, "clothing": 1328, "animals": 1230, "notvisual": 559,
-        "bodyparts": 497, "vehicles": 320, "instruments": 24}
+        "people": 3516,
+        "other": 2685,
+        "scene": 2423,
+        "clothing": 1328,
+        "animals": 1230,
+        "notvisual": 559,
+        "bodyparts": 497,
+        "vehicles": 320,
+        "instruments": 24,
+    }
     # 5,087 <bndbox>es; one (entity 206 of 1007129816) is named by no phrase
     assert len({(p.image, tuple(b)) for p in posts for e in p.entities for b in e.boxes}) == 5086
     assert not report.counts

@@ -71,13 +71,19 @@ def test_conll_twitter2015_type_map_and_round_trip(tmp_path):
 
 def test_ccks_reader_bnd_and_bndbox_and_round_trip(tmp_path):
     report = ReadReport()
-    posts = {e.id: e for e in read_ccks(FIXTURES / "ccks" / "sample_text.json",
-                                       FIXTURES / "ccks" / "sample_entity.json", report=report)}
+    posts = {
+        e.id: e
+        for e in read_ccks(
+            FIXTURES / "ccks" / "sample_text.json", FIXTURES / "ccks" / "sample_entity.json", report=report
+        )
+    }
     c1 = posts["c1"]
     got = {(e.text(c1.tokens), e.type): e.boxes for e in c1.entities}
-    assert got == {("USS Nimitz", "vessel"): [[10, 10, 200, 120]],
-                   ("F-35", "aircraft"): [[220, 5, 300, 60], [310, 5, 380, 60]],
-                   ("Taiwan Strait", "location"): []}
+    assert got == {
+        ("USS Nimitz", "vessel"): [[10, 10, 200, 120]],
+        ("F-35", "aircraft"): [[220, 5, 300, 60], [310, 5, 380, 60]],
+        ("Taiwan Strait", "location"): [],
+    }
     c2 = posts["c2"]
     assert [(e.start, e.end) for e in c2.entities] == [(1, 3)]
     assert posts["c3"].entities == [] and not report.counts
@@ -94,19 +100,23 @@ def test_format_registry_lists_and_rejects_unknown():
 
 # ---- bad input: each names file and line (or id) -------------------------------------------------------------
 
+
 def _write(tmp_path, name, text):
     path = tmp_path / name
     path.write_text(text)
     return path
 
 
-@pytest.mark.parametrize("text, line, message", [
-    ("IMGID:1\nhello world\n", 2, "no tab"),
-    ("IMGID:1\nhello\tB-FOO\n", 2, "unknown entity type 'FOO'"),
-    ("IMGID:1\nhello\tX-PER\n", 2, "unknown tag 'X-PER'"),
-    ("IMGID:1\na\tO\n\nIMGID:1\nb\tO\n", 4, "duplicate post id '1'"),
-    ("a\tO\n", 1, "before the first 'IMGID:'"),
-])
+@pytest.mark.parametrize(
+    "text, line, message",
+    [
+        ("IMGID:1\nhello world\n", 2, "no tab"),
+        ("IMGID:1\nhello\tB-FOO\n", 2, "unknown entity type 'FOO'"),
+        ("IMGID:1\nhello\tX-PER\n", 2, "unknown tag 'X-PER'"),
+        ("IMGID:1\na\tO\n\nIMGID:1\nb\tO\n", 4, "duplicate post id '1'"),
+        ("a\tO\n", 1, "before the first 'IMGID:'"),
+    ],
+)
 def test_bad_conll(tmp_path, text, line, message):
     path = _write(tmp_path, "bad.txt", text)
     with pytest.raises(DataFormatError, match=message) as err:
@@ -114,16 +124,23 @@ def test_bad_conll(tmp_path, text, line, message):
     assert str(err.value).startswith(f"{path}:{line}:")
 
 
-@pytest.mark.parametrize("bndbox, message", [
-    ("<xmin>a</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax>", "non-numeric"),
-    ("<xmin>9</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax>", "inverted"),
-    ("<xmin>900</xmin><ymin>1</ymin><xmax>950</xmax><ymax>5</ymax>", "entirely outside"),
-])
+@pytest.mark.parametrize(
+    "bndbox, message",
+    [
+        ("<xmin>a</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax>", "non-numeric"),
+        ("<xmin>9</xmin><ymin>1</ymin><xmax>5</xmax><ymax>5</ymax>", "inverted"),
+        ("<xmin>900</xmin><ymin>1</ymin><xmax>950</xmax><ymax>5</ymax>", "entirely outside"),
+    ],
+)
 def test_bad_xml_box(tmp_path, bndbox, message):
     txt = _write(tmp_path, "a.txt", "IMGID:7\nObama\tB-PER\n")
     (tmp_path / "xml").mkdir()
-    _write(tmp_path / "xml", "7.xml", "<annotation><size><width>100</width><height>100</height></size><object>"
-                                     f"<name>Obama</name><bndbox>{bndbox}</bndbox></object></annotation>")
+    _write(
+        tmp_path / "xml",
+        "7.xml",
+        "<annotation><size><width>100</width><height>100</height></size><object>"
+        f"<name>Obama</name><bndbox>{bndbox}</bndbox></object></annotation>",
+    )
     with pytest.raises(DataFormatError, match=message) as err:
         read_twitter_gmner(txt, tmp_path / "xml")
     assert "7.xml" in str(err.value) and "Obama" in str(err.value)
@@ -132,8 +149,7 @@ def test_bad_xml_box(tmp_path, bndbox, message):
 def test_xml_is_parsed_safely(tmp_path):
     txt = _write(tmp_path, "a.txt", "IMGID:7\nObama\tB-PER\n")
     (tmp_path / "xml").mkdir()
-    _write(tmp_path / "xml", "7.xml", '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY e "x">]><annotation>&e;'
-                                     "</annotation>")
+    _write(tmp_path / "xml", "7.xml", '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY e "x">]><annotation>&e;</annotation>')
     with pytest.raises(Exception, match="(?i)entit"):
         read_twitter_gmner(txt, tmp_path / "xml")
 
@@ -152,10 +168,12 @@ def test_bad_jsonl_lines(tmp_path):
     cases = {
         "{not json": "invalid JSON",
         json.dumps({"id": "2", "tokens": ["a"], "entities": [{"start": 0, "end": 3, "type": "PER"}]}): "outside",
-        json.dumps({"id": "2", "tokens": ["a"], "entities": [{"start": 0, "end": 1, "type": "PER",
-                                                              "boxes": [[5, 5, 1, 1]]}]}): "inverted",
-        json.dumps({"id": "2", "tokens": ["a"], "entities": [{"start": 0, "end": 1, "type": "P",
-                                                              "boxes": [["x", 1, 2, 3]]}]}): "bad entity",
+        json.dumps(
+            {"id": "2", "tokens": ["a"], "entities": [{"start": 0, "end": 1, "type": "PER", "boxes": [[5, 5, 1, 1]]}]}
+        ): "inverted",
+        json.dumps(
+            {"id": "2", "tokens": ["a"], "entities": [{"start": 0, "end": 1, "type": "P", "boxes": [["x", 1, 2, 3]]}]}
+        ): "bad entity",
         json.dumps({"tokens": ["a"]}): "missing field",
         good: "duplicate post id '1'",
     }

@@ -6,8 +6,7 @@ from refineg.data import ReadReport
 from refineg.data.twitter_gmner import read_twitter_gmner
 from tests.conftest import SHARED_GMNER
 
-pytestmark = pytest.mark.skipif(not SHARED_GMNER.is_dir(),
-                                reason=f"Twitter-GMNER release not found at {SHARED_GMNER}")
+pytestmark = pytest.mark.skipif(not SHARED_GMNER.is_dir(), reason=f"Twitter-GMNER release not found at {SHARED_GMNER}")
 
 
 @pytest.mark.parametrize("split, posts, entities", [("train", 7000, 11779), ("dev", 1500, 2450)])

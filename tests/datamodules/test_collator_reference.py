@@ -87,13 +87,17 @@ def posts(tok):
     out = encode_posts(train, tok, IDS, max_length=128, weights=[0.5 + (i % 3) for i in range(len(train))])
     out += encode_posts(dev[:60], tok, IDS, max_length=12)  # truncated posts
     out += encode_posts(dev[60:80], tok, None, max_length=64)  # unlabelled (prediction) posts
-    out += encode_posts([Example("cut", ["x"] * 5), Example("zw", ["hello", "\u200b", "world"])], tok, IDS,
-                        max_length=2)  # no word kept
+    out += encode_posts(
+        [Example("cut", ["x"] * 5), Example("zw", ["hello", "\u200b", "world"])], tok, IDS, max_length=2
+    )  # no word kept
     out += encode_posts([Example("zw2", ["a", "\u200b", "b", "\u200b"])], tok, IDS, max_length=16)  # pieceless words
     assert any(not p.word_starts for p in out) and any(p.entities for p in out)
     assert any(hi == lo for p in out for lo, hi in p.word_pieces)
-    out.append(EncodedPost(index=999, input_ids=[101, 7592, 102], word_starts=[1], word_pieces=[(1, 2)], casing=[1],
-                           labels=[0]))  # no word_ends: falls back to start + 1
+    out.append(
+        EncodedPost(
+            index=999, input_ids=[101, 7592, 102], word_starts=[1], word_pieces=[(1, 2)], casing=[1], labels=[0]
+        )
+    )  # no word_ends: falls back to start + 1
     return out
 
 
@@ -119,8 +123,9 @@ def test_matches_reference(tok, posts, word_dropout, multiple):
 
 def test_matches_reference_with_images(tok, posts, tmp_path):
     Image.new("RGB", (20, 10), (200, 30, 10)).save(tmp_path / "a.jpg")
-    batch = [EncodedPost(**{**vars(p), "image": str(tmp_path / "a.jpg") if i % 2 else None})
-             for i, p in enumerate(posts[:6])]
+    batch = [
+        EncodedPost(**{**vars(p), "image": str(tmp_path / "a.jpg") if i % 2 else None}) for i, p in enumerate(posts[:6])
+    ]
 
     def transform(img):
         return torch.tensor(list(img.resize((4, 4)).getdata()), dtype=torch.float32).T.reshape(3, 4, 4)

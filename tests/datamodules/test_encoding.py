@@ -37,7 +37,15 @@ def test_truncation_drops_trailing_words_and_empty_words_keep_alignment():
 
 def test_casing_classes():
     assert [CASING[casing_class(w)] for w in ["obama", "Obama", "NASA", "iPhone", "2024", "A1", "!!", "I"]] == [
-        "lower", "title", "upper", "mixed", "numeric", "has_digit", "other", "title"]
+        "lower",
+        "title",
+        "upper",
+        "mixed",
+        "numeric",
+        "has_digit",
+        "other",
+        "title",
+    ]
 
 
 def test_collator_pads_and_word_dropout():

@@ -11,15 +11,23 @@ from refineg.datamodules.gmner import GMNERDataModule
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     path = tmp_path_factory.mktemp("syn") / "synthetic.jsonl"
-    posts = [Example(f"s{i}", ["Obama", "visits", "Paris", str(i)], entities=[Entity(0, 1, "PER"), Entity(2, 3, "LOC")],
-                     source="synthetic") for i in range(40)]
+    posts = [
+        Example(
+            f"s{i}",
+            ["Obama", "visits", "Paris", str(i)],
+            entities=[Entity(0, 1, "PER"), Entity(2, 3, "LOC")],
+            source="synthetic",
+        )
+        for i in range(40)
+    ]
     write_jsonl(posts, path)
     return str(path)
 
 
 def make_dm(**overrides):
-    cfg = OmegaConf.merge(OmegaConf.structured(DataConfig), {"test": None, "gold_limit": 32, "batch_size": 8,
-                                                             **overrides})
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(DataConfig), {"test": None, "gold_limit": 32, "batch_size": 8, **overrides}
+    )
     dm = GMNERDataModule(cfg, "minilm", seed=1)
     dm.trainer = SimpleNamespace(global_rank=0, world_size=1, current_epoch=0)
     dm.setup()
@@ -83,8 +91,9 @@ def test_images_loaded_only_for_image_models(tmp_path):
     enc = create_image_encoder("timm", model_name="test_resnet", img_size=32)
     dm_text = make_dm(image_dir=str(tmp_path))
     assert "pixel_values" not in next(iter(dm_text.train_dataloader()))
-    cfg = OmegaConf.merge(OmegaConf.structured(DataConfig), {"test": None, "gold_limit": 8, "batch_size": 8,
-                                                             "image_dir": str(tmp_path)})
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(DataConfig), {"test": None, "gold_limit": 8, "batch_size": 8, "image_dir": str(tmp_path)}
+    )
     dm = GMNERDataModule(cfg, "minilm", seed=1, image_transform=enc.transform)
     dm.trainer = SimpleNamespace(global_rank=0, world_size=1, current_epoch=0)
     dm.setup()

@@ -129,26 +129,33 @@ class GroundingOracle:
         size = image.size
         stated = _SIZE.search(text)
         if stated is None or (int(stated.group(1)), int(stated.group(2))) != size:
-            raise BadRequest(f"{role} {gold.sentence!r}: prompt states "
-                             f"{stated.group(0) if stated else 'no image size'}, image received is {size}")
+            raise BadRequest(
+                f"{role} {gold.sentence!r}: prompt states "
+                f"{stated.group(0) if stated else 'no image size'}, image received is {size}"
+            )
         self._check_picture(gold, image, role)
         return gold, size, text
 
     def _check_picture(self, gold: GoldPost, image: Image.Image, role: str) -> None:
         (w, h), (fw, fh) = image.size, gold.frame
         if abs(w * fh / fw - h) > 1 and abs(h * fw / fh - w) > 1:
-            raise BadRequest(f"{role} {gold.sentence!r}: image received {w}x{h} does not have the aspect of "
-                             f"the {fw}x{fh} frame")
+            raise BadRequest(
+                f"{role} {gold.sentence!r}: image received {w}x{h} does not have the aspect of the {fw}x{fh} frame"
+            )
         if gold.picture is None:
             return
         # compared as area averages at most 64 px on the long side: JPEG and resampling noise average out
         small = (max(1, round(w * min(1.0, 64 / max(w, h)))), max(1, round(h * min(1.0, 64 / max(w, h)))))
-        ref, got = (np.asarray(im.convert("RGB").resize(small, Image.Resampling.BOX), dtype=np.float32)
-                    for im in (gold.picture, image))
+        ref, got = (
+            np.asarray(im.convert("RGB").resize(small, Image.Resampling.BOX), dtype=np.float32)
+            for im in (gold.picture, image)
+        )
         diff = float(np.abs(ref - got).mean())
         if diff > self.pixel_tolerance:
-            raise BadRequest(f"{role} {gold.sentence!r}: the image received is not this post's picture "
-                             f"(mean absolute difference {diff:.1f})")
+            raise BadRequest(
+                f"{role} {gold.sentence!r}: the image received is not this post's picture "
+                f"(mean absolute difference {diff:.1f})"
+            )
         with self.lock:
             self.pixel_diffs.append(diff)
 
@@ -167,12 +174,15 @@ class GroundingOracle:
                 raise BadRequest(f"{role} {gold.sentence!r}, {name!r}: {len(sent)} boxes for {len(boxes)} gold")
             for box, gold_box in zip(sent, boxes, strict=True):
                 if not (0 <= box[0] < box[2] <= w and 0 <= box[1] < box[3] <= h):
-                    raise BadRequest(f"{role} {gold.sentence!r}, {name!r}: box {box} is not inside the "
-                                     f"{w}x{h} image received")
+                    raise BadRequest(
+                        f"{role} {gold.sentence!r}, {name!r}: box {box} is not inside the {w}x{h} image received"
+                    )
                 want = _scaled(gold_box, gold.frame, size)
                 if max(abs(a - b) for a, b in zip(box, want, strict=True)) > self.demo_tolerance_px:
-                    raise BadRequest(f"{role} {gold.sentence!r}, {name!r}: box {box} is not the gold box "
-                                     f"{[round(v, 1) for v in want]} in the {w}x{h} image received")
+                    raise BadRequest(
+                        f"{role} {gold.sentence!r}, {name!r}: box {box} is not the gold box "
+                        f"{[round(v, 1) for v in want]} in the {w}x{h} image received"
+                    )
 
     def _answer(self, gold: GoldPost, size: tuple[int, int], text: str) -> str:
         asked_line = _ENTITIES.search(text)
@@ -187,8 +197,13 @@ class GroundingOracle:
                 raise BadRequest(f"query {gold.sentence!r}: entity {item['entity']!r} is not in the gold post")
             free.remove(match)
             boxes = [[round(v) for v in _scaled(b, gold.frame, size)] for b in match[2]]
-            items.append({"entity": item["entity"], "entity_type": item["entity_type"],
-                          "bounding_box": boxes[0] if len(boxes) == 1 else boxes})
+            items.append(
+                {
+                    "entity": item["entity"],
+                    "entity_type": item["entity_type"],
+                    "bounding_box": boxes[0] if len(boxes) == 1 else boxes,
+                }
+            )
         return json.dumps(items)
 
     def __call__(self, body: dict[str, Any]) -> str:

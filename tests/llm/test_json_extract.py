@@ -22,8 +22,9 @@ def prose_with_brackets(n=176_000):
     return (unit * (n // len(unit) + 1))[:n]
 
 
-@pytest.mark.parametrize("text", ["[" * 50_000, "[" * 50_000 + "]" * 50_000, '{"a":' * 30_000,
-                                  "Sure: " + "[" * 5_000 + "1" + "]" * 5_000])
+@pytest.mark.parametrize(
+    "text", ["[" * 50_000, "[" * 50_000 + "]" * 50_000, '{"a":' * 30_000, "Sure: " + "[" * 5_000 + "1" + "]" * 5_000]
+)
 def test_deeply_nested_answer_is_invalid_not_a_crash(text):
     with pytest.raises(JSONExtractionError):
         extract_json(text)
@@ -36,8 +37,17 @@ def test_nesting_up_to_the_limit_is_read():
 
 
 @pytest.mark.parametrize("accept", [None, grounding_like])
-@pytest.mark.parametrize("unit", ["The box [x] of {y} is near the [left, side] and {the note}. ", "[1] ", '[{"a":1} x',
-                                  '{"a": [', '["', "```json\n[1,"])
+@pytest.mark.parametrize(
+    "unit",
+    [
+        "The box [x] of {y} is near the [left, side] and {the note}. ",
+        "[1] ",
+        '[{"a":1} x',
+        '{"a": [',
+        '["',
+        "```json\n[1,",
+    ],
+)
 def test_extraction_is_linear_in_the_answer_length(unit, accept):
     text = (unit * (176_000 // len(unit) + 1))[:176_000]
     start = time.perf_counter()
@@ -82,24 +92,39 @@ def test_the_value_that_fits_the_expected_answer_is_preferred():
 def test_broken_containers_give_up_their_complete_parts():
     assert extract_json('[{"entity": "A"} and then some prose]') == {"entity": "A"}
     assert extract_json('Answer: [{"entity": "A", "bounding_box": [1, 2, 3, 4]}, {"entity": "B", "boun') == {
-        "entity": "A", "bounding_box": [1, 2, 3, 4]}
+        "entity": "A",
+        "bounding_box": [1, 2, 3, 4],
+    }
     assert extract_json('{"text": "line one\nline two",}') == {"text": "line one\nline two"}  # raw newline, comma
     assert extract_json('Look [here]: {"a": [1, 2,], "b": "x ] y"}') == {"a": [1, 2], "b": "x ] y"}
 
 
 def _backend(server, tmp_path, **kw):
-    return create_llm_backend("openai", model="m", base_url=server.base_url, api_key_env="", max_retries=1,
-                              backoff_base_s=0.01, backoff_max_s=0.02, cache_path=str(tmp_path / "c.sqlite"),
-                              run_dir=tmp_path, **kw)
+    return create_llm_backend(
+        "openai",
+        model="m",
+        base_url=server.base_url,
+        api_key_env="",
+        max_retries=1,
+        backoff_base_s=0.01,
+        backoff_max_s=0.02,
+        cache_path=str(tmp_path / "c.sqlite"),
+        run_dir=tmp_path,
+        **kw,
+    )
 
 
 def test_a_hostile_answer_is_an_invalid_answer_and_is_counted(chat_server, tmp_path):
-    answers = {"deep": ["[" * 50_000, "[" * 50_000], "think": ["<think>[10, 10]</think> " + json.dumps(GROUNDING)],
-               "quoted": ["{'entity': 'Obama', 'bounding_box': [1, 2, 3, 4]}", json.dumps(GROUNDING)]}
+    answers = {
+        "deep": ["[" * 50_000, "[" * 50_000],
+        "think": ["<think>[10, 10]</think> " + json.dumps(GROUNDING)],
+        "quoted": ["{'entity': 'Obama', 'bounding_box': [1, 2, 3, 4]}", json.dumps(GROUNDING)],
+    }
     chat_server.responder = lambda prompt, n: answers[prompt].pop(0)
     llm = _backend(chat_server, tmp_path)
-    results = llm.chat_many([[user(p)] for p in answers], progress=False, stage="grounding", expect_json=True,
-                            json_accept=grounding_like)
+    results = llm.chat_many(
+        [[user(p)] for p in answers], progress=False, stage="grounding", expect_json=True, json_accept=grounding_like
+    )
     deep, think, quoted = results
     assert deep.status == "failed" and deep.error_kind == "invalid_json" and deep.attempts == 2
     assert think.ok and think.parsed == GROUNDING and think.attempts == 1
@@ -109,6 +134,7 @@ def test_a_hostile_answer_is_an_invalid_answer_and_is_counted(chat_server, tmp_p
     assert usage["failures_by_kind"] == {"invalid_json": 1} and usage["retries_by_kind"] == {"invalid_json": 2}
     # a rerun answers the good ones from the cache and asks the deep one again, without crashing
     answers["deep"] = ["[" * 50_000] * 2
-    again = _backend(chat_server, tmp_path).chat_many([[user(p)] for p in answers], progress=False,
-                                                      expect_json=True, json_accept=grounding_like)
+    again = _backend(chat_server, tmp_path).chat_many(
+        [[user(p)] for p in answers], progress=False, expect_json=True, json_accept=grounding_like
+    )
     assert [r.cached for r in again] == [False, True, True] and again[0].error_kind == "invalid_json"

@@ -14,8 +14,10 @@ LABELS = bio_labels(["PER", "LOC"])
 
 
 def _posts():
-    posts = [Example("a", ["Justin", "Bieber", "in", "NYC", "tonight", "!"], entities=[Entity(0, 2, "PER")]),
-             Example("b", ["hi", "Paris"], entities=[Entity(1, 2, "LOC")])]
+    posts = [
+        Example("a", ["Justin", "Bieber", "in", "NYC", "tonight", "!"], entities=[Entity(0, 2, "PER")]),
+        Example("b", ["hi", "Paris"], entities=[Entity(1, 2, "LOC")]),
+    ]
     return posts
 
 

@@ -26,9 +26,14 @@ def tokenizer(tiny_encoder):
 
 
 def test_collator_carries_entity_targets_and_subword_spans(tokenizer):
-    posts = [Example("a", ["Justin", "Bieberization", "in", "NYC"],
-                     entities=[Entity(0, 2, "PER", boxes=[[1, 2, 30, 40]]), Entity(3, 4, "LOC")]),
-             Example("b", ["hi", "Paris"], entities=[Entity(1, 2, "LOC", boxes=[[0, 0, 5, 5]])])]
+    posts = [
+        Example(
+            "a",
+            ["Justin", "Bieberization", "in", "NYC"],
+            entities=[Entity(0, 2, "PER", boxes=[[1, 2, 30, 40]]), Entity(3, 4, "LOC")],
+        ),
+        Example("b", ["hi", "Paris"], entities=[Entity(1, 2, "LOC", boxes=[[0, 0, 5, 5]])]),
+    ]
     enc = encode_posts(posts, tokenizer, LABEL_IDS, 32)
     batch = PostCollator(tokenizer.pad_token_id)(enc)
     assert batch["entity_spans"].tolist() == [[0, 0, 2], [0, 3, 4], [1, 1, 2]]
@@ -83,9 +88,19 @@ def _toy_posts(n, seed):
 
 def test_head_learns_groundability_from_a_visible_word(tiny_encoder, tokenizer):
     torch.manual_seed(0)
-    module = TaggerModule({"backbone": "hf", "encoder": tiny_encoder, "head": "crf", "groundability": True,
-                           "groundability_hidden": 32, "dropout": 0.0, "freeze_tagger": True},
-                          {}, TYPES)
+    module = TaggerModule(
+        {
+            "backbone": "hf",
+            "encoder": tiny_encoder,
+            "head": "crf",
+            "groundability": True,
+            "groundability_hidden": 32,
+            "dropout": 0.0,
+            "freeze_tagger": True,
+        },
+        {},
+        TYPES,
+    )
     assert not module.tagger.backbone.training and module.tagger.groundability.training  # as built
     module.train()
     assert not any(p.requires_grad for n, p in module.tagger.named_parameters() if not n.startswith("groundab"))
@@ -112,10 +127,20 @@ def test_head_learns_groundability_from_a_visible_word(tiny_encoder, tokenizer):
 
 
 def _tiny_args(encoder, runs, name, **extra):
-    args = {"model.encoder": encoder, "model.dropout": 0.0, "data.gold_limit": 48, "data.batch_size": 16,
-            "data.eval_batch_size": 64, "trainer.max_epochs": 1, "logger.wandb": "false", "data.test": "null",
-            "trainer.enable_progress_bar": "false", "runs_dir": str(runs), "run_name": name,
-            "trainer.accelerator": "cpu"}
+    args = {
+        "model.encoder": encoder,
+        "model.dropout": 0.0,
+        "data.gold_limit": 48,
+        "data.batch_size": 16,
+        "data.eval_batch_size": 64,
+        "trainer.max_epochs": 1,
+        "logger.wandb": "false",
+        "data.test": "null",
+        "trainer.enable_progress_bar": "false",
+        "runs_dir": str(runs),
+        "run_name": name,
+        "trainer.accelerator": "cpu",
+    }
     args.update(extra)
     return [f"{k}={v}" for k, v in args.items()]
 
@@ -128,10 +153,22 @@ def test_frozen_tagger_head_training_checkpoint_and_predictor(tiny_encoder, tmp_
     os.environ.pop("REFINEG_RUN_NAME", None)
     base = train(load_config(_tiny_args(tiny_encoder, tmp_path, "tagger", predict="false")))
     os.environ.pop("REFINEG_RUN_NAME", None)
-    result = train(load_config(_tiny_args(
-        tiny_encoder, tmp_path, "head", **{"model.groundability": "true", "model.freeze_tagger": "true",
-                                           "model.init_from": base["best_checkpoint"], "trainer.max_epochs": 2,
-                                           "optim.head_lr": 1e-2})))
+    result = train(
+        load_config(
+            _tiny_args(
+                tiny_encoder,
+                tmp_path,
+                "head",
+                **{
+                    "model.groundability": "true",
+                    "model.freeze_tagger": "true",
+                    "model.init_from": base["best_checkpoint"],
+                    "trainer.max_epochs": 2,
+                    "optim.head_lr": 1e-2,
+                },
+            )
+        )
+    )
     assert "best_val_groundability_auroc" in result and 0.0 <= result["best_val_groundability_auroc"] <= 1.0
     rows = list(csv.DictReader(open(next((tmp_path / "head" / "csv").glob("version_*/metrics.csv")))))
     aurocs = [float(r["val/groundability_auroc"]) for r in rows if r.get("val/groundability_auroc")]
@@ -163,16 +200,27 @@ def test_frozen_tagger_head_training_checkpoint_and_predictor(tiny_encoder, tmp_
         for a, b in zip(p.entities, s.entities):
             assert b.groundable == pytest.approx(a.groundable, abs=1e-5)
     plain = TaggerModule.load_from_checkpoint(base["best_checkpoint"], map_location="cpu", weights_only=False)
-    assert all(e.groundable is None for p in TaggerPredictor(plain).predict(preds[:5], progress=False)
-               for e in p.entities)
+    assert all(
+        e.groundable is None for p in TaggerPredictor(plain).predict(preds[:5], progress=False) for e in p.entities
+    )
     with pytest.raises(RuntimeError, match="no groundability head"):
         TaggerPredictor(plain).score_groundability(preds[:1])
 
 
 def test_joint_training_step_updates_tagger_and_head(tiny_encoder, tokenizer):
     torch.manual_seed(0)
-    module = TaggerModule({"backbone": "hf", "encoder": tiny_encoder, "head": "crf", "groundability": True,
-                           "groundability_weight": 0.5, "dropout": 0.0}, {}, TYPES).train()
+    module = TaggerModule(
+        {
+            "backbone": "hf",
+            "encoder": tiny_encoder,
+            "head": "crf",
+            "groundability": True,
+            "groundability_weight": 0.5,
+            "dropout": 0.0,
+        },
+        {},
+        TYPES,
+    ).train()
     assert all(p.requires_grad for p in module.parameters()) and module.tagger.backbone.training
     batch = PostCollator(tokenizer.pad_token_id)(encode_posts(_toy_posts(8, 3), tokenizer, LABEL_IDS, 32))
     loss = module._groundability_training_step(batch)

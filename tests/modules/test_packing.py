@@ -28,7 +28,7 @@ def test_pack_rows_places_every_sequence_once_without_overlap():
     used = np.zeros((rows, 64), int)
     for n, r, o in zip(lengths, row, offset):
         assert o + n <= 64
-        used[r, o:o + n] += 1
+        used[r, o : o + n] += 1
     assert used.max() == 1 and used.sum() == sum(lengths)
     assert rows == -(-sum(lengths) // 64)  # here best fit decreasing needs no row more than the subwords fill
     with pytest.raises(ValueError, match="does not fit a packed row of 64"):
@@ -47,9 +47,17 @@ def tiny_xlmr(tiny_encoder, tmp_path_factory):
     tok = AutoTokenizer.from_pretrained(tiny_encoder)
     tok.save_pretrained(folder)
     torch.manual_seed(1)
-    config = XLMRobertaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                              intermediate_size=64, max_position_embeddings=160, hidden_dropout_prob=0.0,
-                              attention_probs_dropout_prob=0.0, pad_token_id=1)
+    config = XLMRobertaConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=160,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        pad_token_id=1,
+    )
     XLMRobertaModel(config).save_pretrained(folder)
     return str(folder)
 
@@ -96,7 +104,7 @@ def test_packed_word_dropout_drops_the_same_words(tiny_encoder):
     dropped = 0
     for b, post in enumerate(enc):
         row = flat[seg == b + 1]  # a post's subwords stay contiguous and in order
-        assert torch.equal(row, plain["input_ids"][b, :len(post.input_ids)])
+        assert torch.equal(row, plain["input_ids"][b, : len(post.input_ids)])
         assert torch.equal(packed["position_ids"].reshape(-1)[seg == b + 1], torch.arange(len(post.input_ids)))
         dropped += int((row == tok.unk_token_id).sum()) - post.input_ids.count(tok.unk_token_id)
     assert dropped > 20
@@ -106,8 +114,19 @@ def _train(encoder, runs, name, **extra):
     from refineg.training import train
 
     os.environ.pop("REFINEG_RUN_NAME", None)
-    args = tiny_args(encoder, runs, name, **{"data.gold_limit": 128, "data.batch_size": 16, "trainer.max_epochs": 3,
-                                             "predict": "false", "optim.head_lr": 1e-2, **extra})
+    args = tiny_args(
+        encoder,
+        runs,
+        name,
+        **{
+            "data.gold_limit": 128,
+            "data.batch_size": 16,
+            "trainer.max_epochs": 3,
+            "predict": "false",
+            "optim.head_lr": 1e-2,
+            **extra,
+        },
+    )
     score = train(load_config(args))["best_val_mner_f1"]
     ckpt = torch.load(runs / name / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     return ckpt["state_dict"], ckpt["global_step"], score
@@ -125,9 +144,20 @@ def test_packed_training_and_validation_match_unpacked(tiny_encoder, tmp_path):
 def test_unchecked_encoder_families_refuse_packed_rows(tmp_path):
     from transformers import ModernBertConfig, ModernBertModel
 
-    config = ModernBertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                              intermediate_size=64, local_attention=8, max_position_embeddings=64, pad_token_id=0,
-                              bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
+    config = ModernBertConfig(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        local_attention=8,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        cls_token_id=1,
+        sep_token_id=2,
+    )
     ModernBertModel(config).save_pretrained(tmp_path)
     backbone = HFTextEncoder(str(tmp_path), pretrained=False)
     assert not backbone.supports_packing
@@ -143,9 +173,24 @@ def test_packing_refusals(tiny_encoder, tmp_path):
     with pytest.raises(ValueError, match="shorter than data.max_length=128"):
         train(load_config(tiny_args(tiny_encoder, tmp_path, "short", **{"data.pack_length": 64})))
     with pytest.raises(ValueError, match="groundability"):
-        train(load_config(tiny_args(tiny_encoder, tmp_path, "gr", **{"data.pack_length": 128,
-                                                                     "model.groundability": "true"})))
+        train(
+            load_config(
+                tiny_args(tiny_encoder, tmp_path, "gr", **{"data.pack_length": 128, "model.groundability": "true"})
+            )
+        )
     with pytest.raises(ValueError, match="needs model.backbone=hf.*the image-aware backbone"):
-        train(load_config(tiny_args(tiny_encoder, tmp_path, "img", **{
-            "data.pack_length": 128, "model.backbone": "hf_image", "model.image_model": "test_resnet",
-            "model.image_size": 32})))
+        train(
+            load_config(
+                tiny_args(
+                    tiny_encoder,
+                    tmp_path,
+                    "img",
+                    **{
+                        "data.pack_length": 128,
+                        "model.backbone": "hf_image",
+                        "model.image_model": "test_resnet",
+                        "model.image_size": 32,
+                    },
+                )
+            )
+        )

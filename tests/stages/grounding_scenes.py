@@ -105,6 +105,9 @@ def chance_rate(scenes: list[Scene], iou: float = 0.5) -> float:
     """Expected top-1 accuracy of picking a uniformly random candidate, over all entities."""
     from refineg.metrics import box_iou
 
-    rates = [sum(box_iou(c, e.boxes[0]) >= iou for c in s.candidates) / len(s.candidates)
-             for s in scenes for e in s.post.entities]
+    rates = [
+        sum(box_iou(c, e.boxes[0]) >= iou for c in s.candidates) / len(s.candidates)
+        for s in scenes
+        for e in s.post.entities
+    ]
     return float(np.mean(rates))

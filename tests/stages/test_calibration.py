@@ -35,11 +35,16 @@ def test_risk_coverage_and_aurc_hand_computed():
 
 def test_entity_errors_per_field():
     gold = [Example("a", ["x"] * 5, entities=[Entity(0, 2, "PER"), Entity(3, 4, "LOC")])]
-    pred = [Example("a", ["x"] * 5, entities=[Entity(0, 2, "PER"), Entity(3, 4, "ORG"), Entity(4, 5, "LOC")],
-                    source="predicted")]
-    assert entity_errors(pred, gold) == [{"total": False, "span": False, "type": False},
-                                         {"total": True, "span": False, "type": True},
-                                         {"total": True, "span": True, "type": None}]
+    pred = [
+        Example(
+            "a", ["x"] * 5, entities=[Entity(0, 2, "PER"), Entity(3, 4, "ORG"), Entity(4, 5, "LOC")], source="predicted"
+        )
+    ]
+    assert entity_errors(pred, gold) == [
+        {"total": False, "span": False, "type": False},
+        {"total": True, "span": False, "type": True},
+        {"total": True, "span": True, "type": None},
+    ]
 
 
 def test_calibrate_cli_writes_report_and_pngs(tiny_encoder, tmp_path, capsys):
@@ -48,15 +53,35 @@ def test_calibrate_cli_writes_report_and_pngs(tiny_encoder, tmp_path, capsys):
     from refineg.predictor import TaggerPredictor
 
     posts = sample_posts(n=12)
-    write_jsonl(gold_from_predictions(TaggerPredictor(module).predict(posts, progress=False), every=2),
-                tmp_path / "dev.jsonl")
-    rc = main(["calibrate", "--ckpt", str(ckpt), "--data", str(tmp_path / "dev.jsonl"), "--out-dir",
-               str(tmp_path / "cal"), "--heads", "max_prob_mean,crf_marginal,mc_dropout", "--head-kwargs",
-               '{"mc_dropout": {"samples": 2}}', "--fit-temperature"])
+    write_jsonl(
+        gold_from_predictions(TaggerPredictor(module).predict(posts, progress=False), every=2), tmp_path / "dev.jsonl"
+    )
+    rc = main(
+        [
+            "calibrate",
+            "--ckpt",
+            str(ckpt),
+            "--data",
+            str(tmp_path / "dev.jsonl"),
+            "--out-dir",
+            str(tmp_path / "cal"),
+            "--heads",
+            "max_prob_mean,crf_marginal,mc_dropout",
+            "--head-kwargs",
+            '{"mc_dropout": {"samples": 2}}',
+            "--fit-temperature",
+        ]
+    )
     assert rc == 0
     report = json.loads((tmp_path / "cal" / "calibration.json").read_text())
-    assert set(report["heads"]) == {"max_prob_mean", "crf_marginal", "mc_dropout", "max_prob_mean@T",
-                                    "crf_marginal@T", "mc_dropout@T"}
+    assert set(report["heads"]) == {
+        "max_prob_mean",
+        "crf_marginal",
+        "mc_dropout",
+        "max_prob_mean@T",
+        "crf_marginal@T",
+        "mc_dropout@T",
+    }
     for rep in report["heads"].values():
         for field in ("total", "span", "type"):
             r = rep[field]
@@ -79,14 +104,29 @@ def test_refine_cli_with_oracle_improves_f1(tiny_encoder, tmp_path, capsys):
     posts = sample_posts(n=8)
     write_jsonl(posts, tmp_path / "dev.jsonl")
     write_jsonl(TaggerPredictor(module).predict(posts, progress=False), tmp_path / "pred.jsonl")
-    rc = main(["refine", "--pred", str(tmp_path / "pred.jsonl"), "--out", str(tmp_path / "ref.jsonl"), "--gold",
-               str(tmp_path / "dev.jsonl"), f"ckpt={ckpt}", "head=crf_marginal", "delegation_rate=1.0",
-               "backend=oracle", f"gold={tmp_path / 'dev.jsonl'}"])
+    rc = main(
+        [
+            "refine",
+            "--pred",
+            str(tmp_path / "pred.jsonl"),
+            "--out",
+            str(tmp_path / "ref.jsonl"),
+            "--gold",
+            str(tmp_path / "dev.jsonl"),
+            f"ckpt={ckpt}",
+            "head=crf_marginal",
+            "delegation_rate=1.0",
+            "backend=oracle",
+            f"gold={tmp_path / 'dev.jsonl'}",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "SIMULATION" in out
-    before, after = [float(line.split()[2]) for line in out.splitlines() if line.startswith("MNER F1")][0], \
-        [float(line.split()[4]) for line in out.splitlines() if line.startswith("MNER F1")][0]
+    before, after = (
+        [float(line.split()[2]) for line in out.splitlines() if line.startswith("MNER F1")][0],
+        [float(line.split()[4]) for line in out.splitlines() if line.startswith("MNER F1")][0],
+    )
     assert after > before
     report = json.loads((tmp_path / "ref.report.json").read_text())
     assert report["simulated"] and report["backend"] == "oracle (simulation)" and report["delegation_rate"] == 1.0

@@ -85,9 +85,18 @@ def test_mtcnn_finds_the_astronauts_face_for_per_only(astronaut):
 def test_file_proposals_jsonl_json_lookup_and_errors(tmp_path):
     img = Image.new("RGB", (100, 80))
     jsonl = tmp_path / "props.jsonl"
-    jsonl.write_text(json.dumps({"image": "1015763.jpg", "boxes": [[0, 0, 10, 10], [5, 5, 150, 60], [1, 1, 1, 9]],
-                                 "scores": [0.2, 0.9, 0.5]}) + "\n\n"
-                     + json.dumps({"image": "post7", "boxes": [[10, 10, 20, 20]]}) + "\n")
+    jsonl.write_text(
+        json.dumps(
+            {
+                "image": "1015763.jpg",
+                "boxes": [[0, 0, 10, 10], [5, 5, 150, 60], [1, 1, 1, 9]],
+                "scores": [0.2, 0.9, 0.5],
+            }
+        )
+        + "\n\n"
+        + json.dumps({"image": "post7", "boxes": [[10, 10, 20, 20]]})
+        + "\n"
+    )
     src = create_proposals("file", path=str(jsonl), min_score=0.1)
     # sorted by score, clipped to the image, the zero-width box dropped
     assert src.propose(img, ["x/1015763.jpg", "1015763.jpg"], "PER") == [[5, 5, 100, 60], [0, 0, 10, 10]]
@@ -95,7 +104,8 @@ def test_file_proposals_jsonl_json_lookup_and_errors(tmp_path):
     assert src.propose(img, ["nope"], "PER") == []
     assert len(create_proposals("file", path=str(jsonl), fallback="grid").propose(img, ["nope"], "PER")) == 35
     assert create_proposals("file", path=str(jsonl), min_score=0.3).propose(img, ["1015763.jpg"], "PER") == [
-        [5, 5, 100, 60]]
+        [5, 5, 100, 60]
+    ]
     as_json = tmp_path / "props.json"
     as_json.write_text(json.dumps({"a": [[1, 2, 30, 40]]}))
     assert create_proposals("file", path=str(as_json)).propose(img, ["a"], "LOC") == [[1, 2, 30, 40]]
@@ -109,8 +119,12 @@ def test_file_proposals_jsonl_json_lookup_and_errors(tmp_path):
 
 
 def _post():
-    return Example("p1", "Astronaut Eileen Collins with NASA".split(), image="a.jpg",
-                   entities=[Entity(1, 3, "PER"), Entity(4, 5, "ORG")])
+    return Example(
+        "p1",
+        "Astronaut Eileen Collins with NASA".split(),
+        image="a.jpg",
+        entities=[Entity(1, 3, "PER"), Entity(4, 5, "ORG")],
+    )
 
 
 def test_clip_grounder_answers_a_candidate_box_or_none(astronaut):
@@ -119,8 +133,9 @@ def test_clip_grounder_answers_a_candidate_box_or_none(astronaut):
     assert grounder.embedder.pretrained is None and grounder.head is None and grounder.threshold is None
     grid = create_proposals("grid").propose(astronaut, [], "")
     small = astronaut.resize((200, 120))
-    ok, missing, other = grounder.ground([GroundingQuery(_post(), astronaut), GroundingQuery(_post(), None),
-                                          GroundingQuery(_post(), small)])
+    ok, missing, other = grounder.ground(
+        [GroundingQuery(_post(), astronaut), GroundingQuery(_post(), None), GroundingQuery(_post(), small)]
+    )
     assert ok.status == "ok" and len(ok.boxes) == 2
     # answered boxes are proposals, rounded to 0.01 px
     assert all(len(b) == 1 and any(b[0] == pytest.approx(g, abs=0.005) for g in grid) for b in ok.boxes)
@@ -175,8 +190,9 @@ def test_clip_grounder_answers_a_candidate_box_or_none(astronaut):
 def test_prompts_use_text_and_type_word():
     from refineg.stages.grounding.clip_scorer import DEFAULT_TYPE_WORDS, entity_prompts
 
-    prompts = entity_prompts("Eileen Collins", "PER", ["a photo of {text}, a {type_word}.", "{type}: {text}"],
-                             DEFAULT_TYPE_WORDS)
+    prompts = entity_prompts(
+        "Eileen Collins", "PER", ["a photo of {text}, a {type_word}.", "{type}: {text}"], DEFAULT_TYPE_WORDS
+    )
     assert prompts == ["a photo of Eileen Collins, a person.", "PER: Eileen Collins"]
     assert entity_prompts("Lisbon", "CITY", ["{text}, a {type_word}"], DEFAULT_TYPE_WORDS) == ["Lisbon, a city"]
 
@@ -191,8 +207,9 @@ def test_weights_are_never_fetched_silently(monkeypatch, tmp_path):
 
 def test_fit_threshold_maximises_grounding_accuracy():
     # answering the two best (both right) and none for the rest (gold none) is perfect
-    thr, acc = fit_threshold([0.9, 0.8, 0.7, 0.6, None], [True, True, False, False, False],
-                             [False, False, True, True, True])
+    thr, acc = fit_threshold(
+        [0.9, 0.8, 0.7, 0.6, None], [True, True, False, False, False], [False, False, True, True, True]
+    )
     assert thr == pytest.approx(0.75) and acc == 1.0
     thr, acc = fit_threshold([0.3, 0.2], [True, True], [False, False])
     assert thr is None and acc == 1.0  # always answer
@@ -210,29 +227,42 @@ def test_fit_threshold_maximises_grounding_accuracy():
 
 
 def test_grounding_report_counts_acc_none_accuracy_and_types():
-    gold = [("PER", [[0, 0, 10, 10]]), ("PER", [[0, 0, 10, 10]]), ("LOC", [[20, 20, 40, 40]]), ("LOC", []),
-            ("PER", [])]
-    answers = [(0.9, [0, 0, 10, 9]),  # IoU 0.9: hit
-               (0.8, [5, 0, 15, 10]),  # IoU 1/3: miss
-               (0.2, [20, 20, 40, 40]),  # right box, but below a 0.5 threshold
-               (0.7, [0, 0, 5, 5]),  # gold none, answered above 0.5: wrong
-               (None, None)]  # no candidate: none, right
+    gold = [("PER", [[0, 0, 10, 10]]), ("PER", [[0, 0, 10, 10]]), ("LOC", [[20, 20, 40, 40]]), ("LOC", []), ("PER", [])]
+    answers = [
+        (0.9, [0, 0, 10, 9]),  # IoU 0.9: hit
+        (0.8, [5, 0, 15, 10]),  # IoU 1/3: miss
+        (0.2, [20, 20, 40, 40]),  # right box, but below a 0.5 threshold
+        (0.7, [0, 0, 5, 5]),  # gold none, answered above 0.5: wrong
+        (None, None),
+    ]  # no candidate: none, right
     rep = grounding_report(answers, gold, threshold=0.5)
     assert (rep["acc"], rep["with_box"], rep["none_acc"], rep["without_box"]) == (pytest.approx(1 / 3), 3, 0.5, 2)
     assert rep["accuracy"] == pytest.approx(2 / 5)
-    assert rep["per_type"]["PER"] == {"acc": 0.5, "with_box": 2, "none_acc": 1.0, "without_box": 1,
-                                      "accuracy": pytest.approx(2 / 3)}
+    assert rep["per_type"]["PER"] == {
+        "acc": 0.5,
+        "with_box": 2,
+        "none_acc": 1.0,
+        "without_box": 1,
+        "accuracy": pytest.approx(2 / 3),
+    }
     assert rep["per_type"]["LOC"] == {"acc": 0.0, "with_box": 1, "none_acc": 0.0, "without_box": 1, "accuracy": 0.0}
     always = grounding_report(answers, gold, threshold=None)
     assert (always["acc"], always["none_acc"]) == (pytest.approx(2 / 3), 0.5)
-    assert grounding_report([], [], None) == {"acc": None, "with_box": 0, "none_acc": None, "without_box": 0,
-                                              "accuracy": None, "per_type": {}}
+    assert grounding_report([], [], None) == {
+        "acc": None,
+        "with_box": 0,
+        "none_acc": None,
+        "without_box": 0,
+        "accuracy": None,
+        "per_type": {},
+    }
 
 
 def test_split_by_image_keeps_each_image_on_one_side():
     rng = np.random.default_rng(0)
-    posts = [Example(f"p{i}-{k}", ["x"], image=f"img{i}.jpg")
-             for i in range(20) for k in range(int(rng.integers(1, 4)))]  # 1-3 captions per image
+    posts = [
+        Example(f"p{i}-{k}", ["x"], image=f"img{i}.jpg") for i in range(20) for k in range(int(rng.integers(1, 4)))
+    ]  # 1-3 captions per image
     posts += [Example("noimg-a", ["x"]), Example("noimg-b", ["x"])]  # no image: each post is its own group
     train, dev = split_by_image(posts, dev_fraction=0.25, seed=3)
     key = lambda p: p.image or p.id  # noqa: E731
@@ -272,13 +302,32 @@ def test_cli_fit_region_scorer_trains_head_saves_state_and_grounder_loads_it(tmp
     # one dev post without image; one entity with no gold box, on an image another post also asks about
     lines = dev_posts.read_text().splitlines()
     extra = Example("noimg", ["the", "rocket"], image="gone.png", entities=[Entity(1, 2, "OTHER", boxes=[])])
-    absent = Example("absent", ["no", "telescope", "here"], image=dev_scenes[0].post.image,
-                     entities=[Entity(1, 2, "OTHER", boxes=[])])
+    absent = Example(
+        "absent",
+        ["no", "telescope", "here"],
+        image=dev_scenes[0].post.image,
+        entities=[Entity(1, 2, "OTHER", boxes=[])],
+    )
     dev_posts.write_text("\n".join(lines + [json.dumps(extra.to_dict()), json.dumps(absent.to_dict())]) + "\n")
     out = tmp_path / "scorer.pt"
-    rc = main(["fit-region-scorer", "--data", str(dev_posts), "--images", str(tmp_path), "--out", str(out),
-               "--train", str(train_posts), f"model_name={TINY}", "proposals=file", f"proposal_kwargs.path={props}",
-               "head.epochs=3", "head.hidden=32"])
+    rc = main(
+        [
+            "fit-region-scorer",
+            "--data",
+            str(dev_posts),
+            "--images",
+            str(tmp_path),
+            "--out",
+            str(out),
+            "--train",
+            str(train_posts),
+            f"model_name={TINY}",
+            "proposals=file",
+            f"proposal_kwargs.path={props}",
+            "head.epochs=3",
+            "head.hidden=32",
+        ]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "(1 posts without image left out)" in printed and "trained head" in printed
@@ -343,8 +392,18 @@ def test_cli_fit_region_scorer_trains_head_saves_state_and_grounder_loads_it(tmp
     with pytest.raises(ValueError, match="not a region scorer state file"):
         create_grounder("clip", state=str(not_state))
     with pytest.raises(SystemExit, match="bad fit-region-scorer configuration"):
-        main(["fit-region-scorer", "--data", str(dev_posts), "--images", str(tmp_path), "--out", str(out),
-              "heads.epochs=3"])
+        main(
+            [
+                "fit-region-scorer",
+                "--data",
+                str(dev_posts),
+                "--images",
+                str(tmp_path),
+                "--out",
+                str(out),
+                "heads.epochs=3",
+            ]
+        )
 
 
 def test_fit_without_train_splits_by_image_and_ground_uses_the_state(tmp_path, capsys):
@@ -352,14 +411,34 @@ def test_fit_without_train_splits_by_image_and_ground_uses_the_state(tmp_path, c
     scenes = make_scenes(6, seed=7)
     posts_path, props = write_scenes(scenes, tmp_path, "all")
     # two more captions of two photos: the split must keep them with their image
-    second = [Example(f"{s.post.id}-b", s.post.tokens, image=s.post.image, entities=s.post.entities[:1])
-              for s in scenes[:2]]
+    second = [
+        Example(f"{s.post.id}-b", s.post.tokens, image=s.post.image, entities=s.post.entities[:1]) for s in scenes[:2]
+    ]
     posts_path.write_text(posts_path.read_text() + "".join(json.dumps(p.to_dict()) + "\n" for p in second))
     posts = read_jsonl(posts_path)
     state = tmp_path / "fit" / "scorer.pt"
-    assert main(["fit-region-scorer", "--data", str(posts_path), "--images", str(tmp_path), "--out", str(state),
-                 f"model_name={TINY}", "proposals=file", f"proposal_kwargs.path={props}", "dev_fraction=0.34",
-                 "split_seed=1", "head.epochs=3", "head.hidden=32", "head.refine=false"]) == 0
+    assert (
+        main(
+            [
+                "fit-region-scorer",
+                "--data",
+                str(posts_path),
+                "--images",
+                str(tmp_path),
+                "--out",
+                str(state),
+                f"model_name={TINY}",
+                "proposals=file",
+                f"proposal_kwargs.path={props}",
+                "dev_fraction=0.34",
+                "split_seed=1",
+                "head.epochs=3",
+                "head.hidden=32",
+                "head.refine=false",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     train_path, dev_path = state.with_suffix(".train.jsonl"), state.with_suffix(".dev.jsonl")
     assert f"split by image (seed 1): {train_path}, {dev_path}" in printed
@@ -376,19 +455,37 @@ def test_fit_without_train_splits_by_image_and_ground_uses_the_state(tmp_path, c
     assert fit["config"]["head"]["refine"] is False
 
     out = tmp_path / "grounded.jsonl"
-    rc = main(["ground", "--pred", str(posts_path), "--pool", str(posts_path), "--images", str(tmp_path),
-               "--out", str(out), "grounder.name=clip", f"grounder.kwargs.state={state}", "selector.mode=none",
-               "never_grounded=[]"])
+    rc = main(
+        [
+            "ground",
+            "--pred",
+            str(posts_path),
+            "--pool",
+            str(posts_path),
+            "--images",
+            str(tmp_path),
+            "--out",
+            str(out),
+            "grounder.name=clip",
+            f"grounder.kwargs.state={state}",
+            "selector.mode=none",
+            "never_grounded=[]",
+        ]
+    )
     assert rc == 0
     gold = {p.id: p for p in posts}
     grounded = read_jsonl(out)
     assert [p.id for p in grounded] == list(gold)
     summary = json.loads(out.with_suffix(".summary.json").read_text())
     assert summary["entities"] == sum(len(p.entities) for p in posts)
-    candidates = {tuple(round(float(v), 2) for v in b) for line in props.read_text().splitlines()
-                  for b in json.loads(line)["boxes"]}  # answers are rounded to 0.01 px
+    candidates = {
+        tuple(round(float(v), 2) for v in b)
+        for line in props.read_text().splitlines()
+        for b in json.loads(line)["boxes"]
+    }  # answers are rounded to 0.01 px
     for post in grounded:
-        assert [(e.start, e.end, e.type) for e in post.entities] == \
-            [(e.start, e.end, e.type) for e in gold[post.id].entities]
+        assert [(e.start, e.end, e.type) for e in post.entities] == [
+            (e.start, e.end, e.type) for e in gold[post.id].entities
+        ]
         for ent in post.entities:  # without refinement, an answer is one of the proposals
             assert len(ent.boxes) <= 1 and all(tuple(b) in candidates for b in ent.boxes)

@@ -22,10 +22,14 @@ OPEN_CLIP_ASSETS = Path(__file__).resolve().parents[1] / "assets" / "open_clip"
 
 # canned answers in the pixels of the sent image (200 x 100 originals sent at max_side 100: factor 0.5)
 ANSWERS = {
-    "Obama visits Apple in Paris": [{"entity": "Obama", "entity_type": "PER", "bounding_box": [[10, 5, 40, 45]]},
-                                    {"entity": "Apple", "entity_type": "ORG", "bounding_box": []}],
-    "Musk and Tesla": [{"entity": "Tesla", "entity_type": "ORG", "bounding_box": [[0, 0, 60, 30], [50, 20, 100, 60]]},
-                       {"entity": "Musk", "entity_type": "PER", "bounding_box": [1, 1, 9, 9]}],  # Musk: not asked
+    "Obama visits Apple in Paris": [
+        {"entity": "Obama", "entity_type": "PER", "bounding_box": [[10, 5, 40, 45]]},
+        {"entity": "Apple", "entity_type": "ORG", "bounding_box": []},
+    ],
+    "Musk and Tesla": [
+        {"entity": "Tesla", "entity_type": "ORG", "bounding_box": [[0, 0, 60, 30], [50, 20, 100, 60]]},
+        {"entity": "Musk", "entity_type": "PER", "bounding_box": [1, 1, 9, 9]},
+    ],  # Musk: not asked
 }
 
 
@@ -36,8 +40,7 @@ def _ent(tokens, name, etype, boxes=(), groundable=None):
 
 def _post(pid, text, ents, image=True, source="predicted"):
     tokens = text.split()
-    return Example(pid, tokens, f"{pid}.jpg" if image else None,
-                   [_ent(tokens, *e) for e in ents], source=source)
+    return Example(pid, tokens, f"{pid}.jpg" if image else None, [_ent(tokens, *e) for e in ents], source=source)
 
 
 @pytest.fixture
@@ -89,9 +92,19 @@ def server():
 
 
 def _overrides(base_url, *extra):
-    return [f"mllm.llm.base_url={base_url}", "mllm.llm.model=test-vl", "mllm.llm.api_key_env=''",
-            "mllm.llm.max_side=100", "mllm.llm.max_retries=0", "mllm.llm.backoff_base_s=0.01", "mllm.max_boxes=2",
-            "groundability_threshold=0.5", "selector.k=2", "selector.image_model=refineg-tiny-vit", *extra]
+    return [
+        f"mllm.llm.base_url={base_url}",
+        "mllm.llm.model=test-vl",
+        "mllm.llm.api_key_env=''",
+        "mllm.llm.max_side=100",
+        "mllm.llm.max_retries=0",
+        "mllm.llm.backoff_base_s=0.01",
+        "mllm.max_boxes=2",
+        "groundability_threshold=0.5",
+        "selector.k=2",
+        "selector.image_model=refineg-tiny-vit",
+        *extra,
+    ]
 
 
 def test_run_ground_end_to_end_and_rerun_repeats_no_answered_call(data, server):
@@ -114,8 +127,14 @@ def test_run_ground_end_to_end_and_rerun_repeats_no_answered_call(data, server):
 
     assert summary["posts"] == 5 and summary["entities"] == 9 and summary["posts_without_image"] == 1
     assert summary["grounded"] == 2 and summary["boxes"] == 3 and summary["posts_failed"] == 1
-    assert summary["none_by_reason"] == {"never_grounded_type": 2, "below_groundability": 1, "no_image": 1,
-                                         "model_none": 1, "answer_problem": 0, "failed": 2}
+    assert summary["none_by_reason"] == {
+        "never_grounded_type": 2,
+        "below_groundability": 1,
+        "no_image": 1,
+        "model_none": 1,
+        "answer_problem": 0,
+        "failed": 2,
+    }
     assert summary["mllm"]["requests"] == 3 and summary["mllm"]["ok"] == 2 and summary["mllm"]["failed"] == 1
     assert summary["mllm"]["prompt_tokens"] > 0 and "random weights" in summary["selector"]
     assert json.loads((data / "run" / "G.summary.json").read_text())["grounded"] == 2
@@ -137,8 +156,9 @@ def test_run_ground_end_to_end_and_rerun_repeats_no_answered_call(data, server):
     again = run_ground(data / "pred.jsonl", data / "pool.jsonl", out, data / "img", _overrides(server.base_url))
     assert server.total == before + 1
     assert again["mllm"]["cache_hits"] == 2 and again["grounded"] == 2
-    assert [[e.boxes for e in p.entities] for p in read_jsonl(out)] == [[e.boxes for e in p.entities]
-                                                                        for p in posts.values()]
+    assert [[e.boxes for e in p.entities] for p in read_jsonl(out)] == [
+        [e.boxes for e in p.entities] for p in posts.values()
+    ]
 
 
 def test_crash_resumes_from_the_partial_output(data, server, monkeypatch):
@@ -154,13 +174,15 @@ def test_crash_resumes_from_the_partial_output(data, server, monkeypatch):
 
     monkeypatch.setattr(MLLMGrounder, "ground", flaky)
     with pytest.raises(KeyboardInterrupt):
-        run_ground(data / "pred.jsonl", data / "pool.jsonl", out, data / "img",
-                   _overrides(server.base_url, "chunk_size=2"))
+        run_ground(
+            data / "pred.jsonl", data / "pool.jsonl", out, data / "img", _overrides(server.base_url, "chunk_size=2")
+        )
     assert [p.id for p in read_jsonl(out.with_name("G.jsonl.partial"))] == ["p1", "p2", "p3", "p4"]
     monkeypatch.setattr(MLLMGrounder, "ground", real)
     asked_before = sorted(s for s, _ in server.seen)
-    summary = run_ground(data / "pred.jsonl", data / "pool.jsonl", out, data / "img",
-                         _overrides(server.base_url, "chunk_size=2"))
+    summary = run_ground(
+        data / "pred.jsonl", data / "pool.jsonl", out, data / "img", _overrides(server.base_url, "chunk_size=2")
+    )
     assert sorted(s for s, _ in server.seen) == sorted([*asked_before, "Biden meets Macron"])  # only p5 again
     assert summary["resumed_posts"] == 4 and summary["posts"] == 5 and summary["grounded"] == 2
     assert [p.id for p in read_jsonl(out)] == ["p1", "p2", "p3", "p4", "p5"]
@@ -171,9 +193,20 @@ def test_failing_backend_keeps_none_counts_it_and_exits_nonzero_via_cli(data, ca
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
     out = data / "dead" / "G.jsonl"
-    rc = main(["ground", "--pred", str(data / "pred.jsonl"), "--pool", str(data / "pool.jsonl"),
-               "--images", str(data / "img"), "--out", str(out), *_overrides(dead, "selector.mode=text",
-                                                                              "mllm.llm.timeout_s=2")])
+    rc = main(
+        [
+            "ground",
+            "--pred",
+            str(data / "pred.jsonl"),
+            "--pool",
+            str(data / "pool.jsonl"),
+            "--images",
+            str(data / "img"),
+            "--out",
+            str(out),
+            *_overrides(dead, "selector.mode=text", "mllm.llm.timeout_s=2"),
+        ]
+    )
     assert rc == 1  # no request got an answer: an error, though the output is written
     summary = json.loads((data / "dead" / "G.summary.json").read_text())
     assert summary["posts_failed"] == 3 and summary["entities_failed"] == 5 and summary["grounded"] == 0
@@ -181,13 +214,20 @@ def test_failing_backend_keeps_none_counts_it_and_exits_nonzero_via_cli(data, ca
     assert all(not e.boxes for p in read_jsonl(out) for e in p.entities)
     printed = capsys.readouterr()
     assert "3 posts failed" in printed.out and "none: failed" in printed.out
-    assert printed.err.strip().splitlines()[-1] == (f"error: ground: none of the 3 LLM requests got an answer "
-                                                    f"(connection=3); {out} answers none for the asked entities")
+    assert printed.err.strip().splitlines()[-1] == (
+        f"error: ground: none of the 3 LLM requests got an answer "
+        f"(connection=3); {out} answers none for the asked entities"
+    )
 
 
 def test_missing_image_folder_answers_none_without_calls(data, server):
-    summary = run_ground(data / "pred.jsonl", data / "pool.jsonl", data / "noimg" / "G.jsonl", None,
-                         _overrides(server.base_url, "selector.mode=random"))
+    summary = run_ground(
+        data / "pred.jsonl",
+        data / "pool.jsonl",
+        data / "noimg" / "G.jsonl",
+        None,
+        _overrides(server.base_url, "selector.mode=random"),
+    )
     assert server.total == 0 and summary["posts_without_image"] == 5 and summary["grounded"] == 0
     assert summary["none_by_reason"]["no_image"] == 6  # every entity the grounder would have been asked about
     assert "mllm" not in summary or summary["mllm"]["requests"] == 0
@@ -198,8 +238,13 @@ def test_groundability_threshold_warns_about_entities_without_a_value(data, serv
     from refineg.stages.grounding.run import _check_groundability_input
 
     with caplog.at_level(logging.WARNING, logger="refineg.stages.grounding.run"):
-        summary = run_ground(data / "pred.jsonl", data / "pool.jsonl", data / "gt" / "G.jsonl", data / "img",
-                             _overrides(server.base_url, "selector.mode=random"))
+        summary = run_ground(
+            data / "pred.jsonl",
+            data / "pool.jsonl",
+            data / "gt" / "G.jsonl",
+            data / "img",
+            _overrides(server.base_url, "selector.mode=random"),
+        )
     # 7 entities of grounded types (LOC never is), 2 of them (p2's) with a groundable value
     assert summary["entities_without_groundable"] == 5
     assert "groundability_threshold=0.5: 5 of 7 entities have no groundable value" in caplog.text
@@ -218,8 +263,13 @@ def test_demonstrations_without_images_are_counted_and_warned_about(data, server
         post.image = f"elsewhere-{post.id}.jpg"  # the pool's images are not in the image folder
     write_jsonl(pool, data / "pool_noimg.jsonl")
     with caplog.at_level(logging.WARNING, logger="refineg.stages.grounding.run"):
-        summary = run_ground(data / "pred.jsonl", data / "pool_noimg.jsonl", data / "nd" / "G.jsonl", data / "img",
-                             _overrides(server.base_url, "selector.mode=random"))
+        summary = run_ground(
+            data / "pred.jsonl",
+            data / "pool_noimg.jsonl",
+            data / "nd" / "G.jsonl",
+            data / "img",
+            _overrides(server.base_url, "selector.mode=random"),
+        )
     # p1, p2 and p5 are asked, each with k=2 random demonstrations, none of which has an image
     assert summary["demos_selected"] == 6 and summary["demos_without_image"] == 6
     assert summary["posts_without_usable_demos"] == 3
@@ -232,8 +282,13 @@ def test_demonstrations_without_images_are_counted_and_warned_about(data, server
 
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="refineg.stages.grounding.run"):
-        summary = run_ground(data / "pred.jsonl", data / "pool.jsonl", data / "wd" / "G.jsonl", data / "img",
-                             _overrides(server.base_url, "selector.mode=random"))
+        summary = run_ground(
+            data / "pred.jsonl",
+            data / "pool.jsonl",
+            data / "wd" / "G.jsonl",
+            data / "img",
+            _overrides(server.base_url, "selector.mode=random"),
+        )
     assert summary["demos_selected"] == 6 and summary["demos_without_image"] == 0
     assert "demonstrations" not in caplog.text
 
@@ -243,15 +298,20 @@ def test_hostile_answers_are_invalid_or_counted_never_a_crash(data, chat_server)
     none), and a 50,000-bracket answer fails its post cleanly, in the first run and in the rerun."""
     answers = {
         "Obama visits Apple in Paris": "<think>Obama stands at [10, 10], Apple is a logo.</think>\n"
-                                       + json.dumps(ANSWERS["Obama visits Apple in Paris"]),
+        + json.dumps(ANSWERS["Obama visits Apple in Paris"]),
         "Musk and Tesla": json.dumps([{"entity": "Tesla", "entity_type": "ORG", "region": [0, 0, 60, 30]}]),
         "Biden meets Macron": "[" * 50_000,
     }
     chat_server.responder = lambda prompt, n: answers[re.search(r"Post: (.*)", prompt).group(1)]
     out = data / "hostile" / "G.jsonl"
     for _ in range(2):
-        summary = run_ground(data / "pred.jsonl", data / "pool.jsonl", out, data / "img",
-                             _overrides(chat_server.base_url, "selector.mode=random"))
+        summary = run_ground(
+            data / "pred.jsonl",
+            data / "pool.jsonl",
+            out,
+            data / "img",
+            _overrides(chat_server.base_url, "selector.mode=random"),
+        )
         posts = {p.id: p for p in read_jsonl(out)}
         assert [e.boxes for e in posts["p1"].entities] == [[[20.0, 10.0, 80.0, 90.0]], [], []]
         assert posts["p1"].meta["grounding"]["reasons"] == ["grounded", "model_none", "never_grounded_type"]

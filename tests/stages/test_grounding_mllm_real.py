@@ -27,8 +27,7 @@ from tests.llm.grounding_oracle import GoldPost, GroundingOracle
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SHARED_FLICKR = Path(__file__).resolve().parents[3] / "shared" / "data" / "flickr30k-entities"
 OPEN_CLIP_ASSETS = Path(__file__).resolve().parents[1] / "assets" / "open_clip"
-FLICKR_TYPES = ["people", "clothing", "bodyparts", "animals", "vehicles", "instruments", "scene", "other",
-                "notvisual"]
+FLICKR_TYPES = ["people", "clothing", "bodyparts", "animals", "vehicles", "instruments", "scene", "other", "notvisual"]
 
 _PHRASE = re.compile(r"\[/EN#(\d+)/([^\s\]]+) ([^\]]*)\]")
 
@@ -53,7 +52,7 @@ def flickr_post(root: Path, fid: str, caption: int = 0) -> tuple[Example, GoldPo
     spans = []
     pos = 0
     for m in _PHRASE.finditer(line):
-        tokens += line[pos:m.start()].split()
+        tokens += line[pos : m.start()].split()
         start = len(tokens)
         tokens += m.group(3).split()
         etype = m.group(2).split("/")[0]
@@ -91,29 +90,62 @@ def drawn_post(pid: str, size: tuple[int, int], text: str, ents, seed: int) -> t
         start = tokens.index(word)
         entities.append(Entity(start, start + n, etype, [[float(v) for v in b] for b in boxes]))
     post = Example(pid, tokens, f"{pid}.png", entities, source="gold")
-    gold = GoldPost(text, size, [(" ".join(tokens[e.start:e.end]), e.type, e.boxes) for e in entities], picture)
+    gold = GoldPost(text, size, [(" ".join(tokens[e.start : e.end]), e.type, e.boxes) for e in entities], picture)
     return post, gold
 
 
 def drawn_posts() -> tuple[list[tuple[Example, GoldPost]], list[tuple[Example, GoldPost]]]:
     """Queries of mixed sizes (wide, tall, odd) and a pool of demonstrations, all drawn here."""
     queries = [
-        drawn_post("q-wide", (1600, 900), "Obama meets Merkel near the Reichstag in Berlin",
-                   [("Obama", 1, "PER", [(100, 150, 520, 860)]), ("Merkel", 1, "PER", [(700, 120, 1130, 880)]),
-                    ("Reichstag", 1, "ORG", [(1200, 40, 1590, 400), (1250, 500, 1500, 700)]),
-                    ("Berlin", 1, "LOC", [])], 1),
-        drawn_post("q-tall", (300, 500), "Messi lifts the World Cup trophy",
-                   [("Messi", 1, "PER", [(20, 60, 190, 490)]), ("World", 3, "OTHER", [])], 2),
-        drawn_post("q-odd", (999, 1001), "A Tesla car parked by Apple headquarters",
-                   [("Tesla", 1, "ORG", [(33, 517, 611, 987)]), ("Apple", 1, "ORG", [(640, 11, 998, 473)])], 3),
+        drawn_post(
+            "q-wide",
+            (1600, 900),
+            "Obama meets Merkel near the Reichstag in Berlin",
+            [
+                ("Obama", 1, "PER", [(100, 150, 520, 860)]),
+                ("Merkel", 1, "PER", [(700, 120, 1130, 880)]),
+                ("Reichstag", 1, "ORG", [(1200, 40, 1590, 400), (1250, 500, 1500, 700)]),
+                ("Berlin", 1, "LOC", []),
+            ],
+            1,
+        ),
+        drawn_post(
+            "q-tall",
+            (300, 500),
+            "Messi lifts the World Cup trophy",
+            [("Messi", 1, "PER", [(20, 60, 190, 490)]), ("World", 3, "OTHER", [])],
+            2,
+        ),
+        drawn_post(
+            "q-odd",
+            (999, 1001),
+            "A Tesla car parked by Apple headquarters",
+            [("Tesla", 1, "ORG", [(33, 517, 611, 987)]), ("Apple", 1, "ORG", [(640, 11, 998, 473)])],
+            3,
+        ),
     ]
     pool = [
-        drawn_post("g-vga", (640, 480), "Merkel speaks at the Bundestag",
-                   [("Merkel", 1, "PER", [(50, 40, 300, 470)]), ("Bundestag", 1, "ORG", [(320, 10, 630, 300)])], 4),
-        drawn_post("g-tiny", (120, 80), "Obama waves in Chicago",
-                   [("Obama", 1, "PER", [(10, 5, 60, 78)]), ("Chicago", 1, "LOC", [])], 5),
-        drawn_post("g-big", (1200, 1300), "Tesla opens a factory near Apple offices",
-                   [("Tesla", 1, "ORG", [(100, 700, 1100, 1250)]), ("Apple", 1, "ORG", [])], 6),
+        drawn_post(
+            "g-vga",
+            (640, 480),
+            "Merkel speaks at the Bundestag",
+            [("Merkel", 1, "PER", [(50, 40, 300, 470)]), ("Bundestag", 1, "ORG", [(320, 10, 630, 300)])],
+            4,
+        ),
+        drawn_post(
+            "g-tiny",
+            (120, 80),
+            "Obama waves in Chicago",
+            [("Obama", 1, "PER", [(10, 5, 60, 78)]), ("Chicago", 1, "LOC", [])],
+            5,
+        ),
+        drawn_post(
+            "g-big",
+            (1200, 1300),
+            "Tesla opens a factory near Apple offices",
+            [("Tesla", 1, "ORG", [(100, 700, 1100, 1250)]), ("Apple", 1, "ORG", [])],
+            6,
+        ),
     ]
     return queries, pool
 
@@ -125,8 +157,9 @@ def oracle_server():
     server.stop()
 
 
-def _ground(tmp_path: Path, server: ChatServer, queries, pool, images: Path, *extra: str,
-            image_of: dict[str, str] | None = None) -> tuple[dict, list, GroundingOracle]:
+def _ground(
+    tmp_path: Path, server: ChatServer, queries, pool, images: Path, *extra: str, image_of: dict[str, str] | None = None
+) -> tuple[dict, list, GroundingOracle]:
     """Writes the posts, installs the oracle, runs `refineg ground`; returns the summary, grounded posts, oracle.
 
     The predicted posts are the gold queries without boxes (``image_of`` swaps their image files).
@@ -143,18 +176,35 @@ def _ground(tmp_path: Path, server: ChatServer, queries, pool, images: Path, *ex
     write_jsonl(preds, tmp_path / "pred.jsonl")
     write_jsonl([p for p, _ in pool], tmp_path / "pool.jsonl")
     out = tmp_path / "run" / "G.jsonl"
-    rc = main(["ground", "--pred", str(tmp_path / "pred.jsonl"), "--pool", str(tmp_path / "pool.jsonl"),
-               "--images", str(images), "--out", str(out),
-               f"mllm.llm.base_url={server.base_url}", "mllm.llm.model=test-vl", "mllm.llm.api_key_env=''",
-               "mllm.llm.max_retries=0", "mllm.max_boxes=10", "selector.k=2", *extra])
+    rc = main(
+        [
+            "ground",
+            "--pred",
+            str(tmp_path / "pred.jsonl"),
+            "--pool",
+            str(tmp_path / "pool.jsonl"),
+            "--images",
+            str(images),
+            "--out",
+            str(out),
+            f"mllm.llm.base_url={server.base_url}",
+            "mllm.llm.model=test-vl",
+            "mllm.llm.api_key_env=''",
+            "mllm.llm.max_retries=0",
+            "mllm.max_boxes=10",
+            "selector.k=2",
+            *extra,
+        ]
+    )
     summary = json.loads(out.with_name("G.summary.json").read_text())
     # rc 1 only when every request failed (the outputs are written all the same)
     assert rc == (1 if summary["posts_asked"] and summary["posts_failed"] == summary["posts_asked"] else 0)
     return summary, read_jsonl(out), oracle
 
 
-def _check_on_gold(summary: dict, grounded: list[Example], queries, never_grounded: set[str],
-                   max_side: int) -> list[float]:
+def _check_on_gold(
+    summary: dict, grounded: list[Example], queries, never_grounded: set[str], max_side: int
+) -> list[float]:
     """Every box on its gold box, none where gold has none, and the summary counts; returns the IoUs.
 
     On gold: IoU >= 0.95, and each coordinate within what whole pixels allow: half a sent pixel (the model
@@ -195,10 +245,16 @@ def _check_on_gold(summary: dict, grounded: list[Example], queries, never_ground
     assert summary["posts_failed"] == 0 and summary["posts_without_image"] == 0
     assert summary["posts_with_answer_problems"] == 0 and summary["entities_failed"] == 0
     assert {k: summary[k] for k in ("entities", "grounded", "boxes")} == {
-        k: counts[k] for k in ("entities", "grounded", "boxes")}
-    assert summary["none_by_reason"] == {"never_grounded_type": counts["never_grounded_type"],
-                                         "below_groundability": 0, "no_image": 0,
-                                         "model_none": counts["model_none"], "answer_problem": 0, "failed": 0}
+        k: counts[k] for k in ("entities", "grounded", "boxes")
+    }
+    assert summary["none_by_reason"] == {
+        "never_grounded_type": counts["never_grounded_type"],
+        "below_groundability": 0,
+        "no_image": 0,
+        "model_none": counts["model_none"],
+        "answer_problem": 0,
+        "failed": 0,
+    }
     assert summary["mllm"]["requests"] == len(queries) and summary["mllm"]["ok"] == len(queries)
     return ious
 
@@ -230,8 +286,14 @@ def _check_received(oracle: GroundingOracle, queries, pool, sizes: dict[str, tup
 # ones (417 x 279, 375 x 500, 500 x 332), with entities of one to five boxes, without box and `notvisual` ones;
 # demonstrations from four other photos of both kinds. max_side 150 resizes every photo, 256 the full-size ones,
 # 1000 none.
-REAL_QUERIES = [("1248940539", 0), ("1253264731", 0), ("114051287", 1), ("1732436777", 2), ("1802092493", 0),
-                ("2074244690", 0)]
+REAL_QUERIES = [
+    ("1248940539", 0),
+    ("1253264731", 0),
+    ("114051287", 1),
+    ("1732436777", 2),
+    ("1802092493", 0),
+    ("2074244690", 0),
+]
 REAL_POOL = [("1024138940", 1), ("1056359656", 1), ("172092461", 0), ("1773928579", 0)]
 
 
@@ -239,8 +301,7 @@ REAL_POOL = [("1024138940", 1), ("1056359656", 1), ("172092461", 0), ("177392857
 def flickr():
     if not (SHARED_FLICKR / "images").is_dir():
         pytest.skip(f"Flickr30k Entities photos not found at {SHARED_FLICKR}")
-    return ([flickr_post(SHARED_FLICKR, *q) for q in REAL_QUERIES],
-            [flickr_post(SHARED_FLICKR, *q) for q in REAL_POOL])
+    return ([flickr_post(SHARED_FLICKR, *q) for q in REAL_QUERIES], [flickr_post(SHARED_FLICKR, *q) for q in REAL_POOL])
 
 
 @pytest.mark.parametrize("max_side", [150, 256, 1000])
@@ -248,17 +309,27 @@ def test_real_photos_come_back_on_gold(tmp_path, oracle_server, flickr, max_side
     queries, pool = flickr
     sizes = {p.id: g.picture.size for p, g in queries + pool}
     assert {max(s) for s in sizes.values()} >= {200, 500}  # both shrunk and full-size photos
-    summary, grounded, oracle = _ground(tmp_path, oracle_server, queries, pool, SHARED_FLICKR / "images",
-                                        f"mllm.llm.max_side={max_side}", "selector.mode=text",
-                                        f"types=[{','.join(FLICKR_TYPES)}]", "never_grounded=[notvisual]")
+    summary, grounded, oracle = _ground(
+        tmp_path,
+        oracle_server,
+        queries,
+        pool,
+        SHARED_FLICKR / "images",
+        f"mllm.llm.max_side={max_side}",
+        "selector.mode=text",
+        f"types=[{','.join(FLICKR_TYPES)}]",
+        "never_grounded=[notvisual]",
+    )
     assert oracle_server.errors == []
     _check_received(oracle, queries, pool, sizes, max_side)
     resized = [p.id for p, g in queries if max(g.picture.size) > max_side]
     assert len(resized) == {150: 6, 256: 3, 1000: 0}[max_side]
     ious = _check_on_gold(summary, grounded, queries, {"notvisual"}, max_side)
     assert summary["grounded"] >= 12 and summary["none_by_reason"]["never_grounded_type"] >= 1
-    print(f"max_side {max_side}: {len(ious)} boxes, min IoU {min(ious):.4f}, resized queries {resized}, "
-          f"largest pixel difference {max(oracle.pixel_diffs):.2f}")
+    print(
+        f"max_side {max_side}: {len(ious)} boxes, min IoU {min(ious):.4f}, resized queries {resized}, "
+        f"largest pixel difference {max(oracle.pixel_diffs):.2f}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- drawn images
@@ -309,17 +380,25 @@ def test_oracle_rejects_what_a_real_model_would_get_wrong(tmp_path, oracle_serve
     image_of = None
     real = prompts.demo_answer
     if fault == "unscaled_demo_boxes":
-        monkeypatch.setattr(prompts, "demo_answer",
-                            lambda post, scale: real(post, ImageScale(scale.original_size, scale.original_size)))
+        monkeypatch.setattr(
+            prompts, "demo_answer", lambda post, scale: real(post, ImageScale(scale.original_size, scale.original_size))
+        )
     elif fault == "demo_boxes_for_another_size":
-        monkeypatch.setattr(prompts, "demo_answer", lambda post, scale: real(post, ImageScale(
-            scale.original_size, (round(scale.sent_size[0] * 0.9), round(scale.sent_size[1] * 0.9)))))
+        monkeypatch.setattr(
+            prompts,
+            "demo_answer",
+            lambda post, scale: real(
+                post,
+                ImageScale(scale.original_size, (round(scale.sent_size[0] * 0.9), round(scale.sent_size[1] * 0.9))),
+            ),
+        )
     else:  # q-wide gets q-odd's picture (another aspect), q-odd a different drawing of its own size
         _, decoy = drawn_post("decoy", (999, 1001), "decoy", [], 7)
         decoy.picture.save(folder / "decoy.png")
         image_of = {"q-wide": "q-odd.png", "q-odd": "decoy.png"}
-    summary, grounded, _ = _ground(tmp_path, oracle_server, queries, pool, folder, *_drawn_overrides(100),
-                                   image_of=image_of)
+    summary, grounded, _ = _ground(
+        tmp_path, oracle_server, queries, pool, folder, *_drawn_overrides(100), image_of=image_of
+    )
     errors = oracle_server.errors
     if fault != "wrong_images":  # every demonstration image is resized at max_side 100
         assert summary["posts_failed"] == 3 and len(errors) == 3

@@ -34,7 +34,7 @@ def _post(pid, text, ents, image=None):
     entities = []
     for name, etype in ents:
         words = name.split()
-        start = next(i for i in range(len(tokens)) if tokens[i:i + len(words)] == words)
+        start = next(i for i in range(len(tokens)) if tokens[i : i + len(words)] == words)
         entities.append(Entity(start, start + len(words), etype))
     return Example(pid, tokens, image, entities)
 
@@ -88,15 +88,15 @@ def test_multimodal_scores_follow_the_formula_and_exclude_the_query(encoders, po
 def test_text_mode_and_entity_pooling(encoders, pool_and_images):
     text_enc, image_enc = encoders
     pool, images = pool_and_images
-    query = _post("x", "Messi scores a goal in the football match as Apple fans watch",
-                  [("Messi", "PER"), ("Apple", "ORG")])
+    query = _post(
+        "x", "Messi scores a goal in the football match as Apple fans watch", [("Messi", "PER"), ("Apple", "ORG")]
+    )
     text_sel = ContextSelector(pool, SelectorConfig(mode="text", k=2), images, text_encoder=text_enc)
     assert text_sel.image_encoder is None
     assert text_sel.select([query])[0][0] == 0  # the football post is the nearest text
     by_pool = {}
     for pooling in ("max", "mean"):
-        sel = ContextSelector(pool, SelectorConfig(entity_pooling=pooling, w_image=0.0), images,
-                              text_encoder=text_enc)
+        sel = ContextSelector(pool, SelectorConfig(entity_pooling=pooling, w_image=0.0), images, text_encoder=text_enc)
         by_pool[pooling] = sel._entity_scores([query], sel.build_index())[0]
     cross = float(text_enc.encode(["Messi"])[0] @ text_enc.encode(["Apple"])[0])
     assert float(by_pool["max"][0]) == pytest.approx(1.0, abs=1e-5)  # "Messi" is a's gold entity
@@ -125,14 +125,19 @@ def test_index_is_saved_reused_and_rebuilt_when_stale(encoders, pool_and_images,
     assert built["has_image"].tolist() == [True, True, True, False, True, True]
     calls = []
     real = TextEncoder.encode
-    monkeypatch.setattr(TextEncoder, "encode", lambda self, texts, progress=False: calls.append(len(texts))
-                        or real(self, texts, progress))
+    monkeypatch.setattr(
+        TextEncoder,
+        "encode",
+        lambda self, texts, progress=False: calls.append(len(texts)) or real(self, texts, progress),
+    )
     again = ContextSelector(pool, SelectorConfig(), images, path, text_enc, image_enc).build_index()
     assert calls == [] and again["fingerprint"] == built["fingerprint"]
     assert torch.equal(again["text"], built["text"])
     # the pool changed (one gold entity type): rebuilt and saved again
-    changed = [Example(p.id, p.tokens, p.image, [Entity(e.start, e.end, "ORG") for e in p.entities]) if p.id == "a"
-               else p for p in pool]
+    changed = [
+        Example(p.id, p.tokens, p.image, [Entity(e.start, e.end, "ORG") for e in p.entities]) if p.id == "a" else p
+        for p in pool
+    ]
     rebuilt = ContextSelector(changed, SelectorConfig(), images, path, text_enc, image_enc).build_index()
     assert calls and rebuilt["fingerprint"] != built["fingerprint"]
     assert torch.load(path, weights_only=True)["fingerprint"] == rebuilt["fingerprint"]

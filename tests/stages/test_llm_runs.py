@@ -19,8 +19,16 @@ NAMES = [f"Name{i}" for i in range(12)]
 
 
 def _preds(path):
-    posts = [Example(f"p{i}", [name, "visits", "Paris", "today"], None, [Entity(0, 1, "PER", uncertainty=0.9)],
-                     source="predicted") for i, name in enumerate(NAMES)]
+    posts = [
+        Example(
+            f"p{i}",
+            [name, "visits", "Paris", "today"],
+            None,
+            [Entity(0, 1, "PER", uncertainty=0.9)],
+            source="predicted",
+        )
+        for i, name in enumerate(NAMES)
+    ]
     write_jsonl(posts, path)
     return path
 
@@ -33,8 +41,7 @@ def _refine_answers(prompt, n_images):
 
 
 def _llm(server, *extra):
-    return [f"llm.base_url={server.base_url}", "llm.model=test-vl", "llm.api_key_env=''", "llm.max_retries=0",
-            *extra]
+    return [f"llm.base_url={server.base_url}", "llm.model=test-vl", "llm.api_key_env=''", "llm.max_retries=0", *extra]
 
 
 def test_refine_killed_mid_run_repeats_no_answered_call(chat_server, tmp_path):
@@ -43,8 +50,17 @@ def test_refine_killed_mid_run_repeats_no_answered_call(chat_server, tmp_path):
     chat_server.responder = _refine_answers
     chat_server.delay_s = 0.3
     pred, out = _preds(tmp_path / "pred.jsonl"), tmp_path / "run" / "refined.jsonl"
-    cmd = [sys.executable, "-m", "refineg.cli", "refine", "--pred", str(pred), "--out", str(out),
-           *_llm(chat_server, "llm.concurrency=1")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "refineg.cli",
+        "refine",
+        "--pred",
+        str(pred),
+        "--out",
+        str(out),
+        *_llm(chat_server, "llm.concurrency=1"),
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 600  # starting the CLI (torch, scipy) takes minutes on a loaded machine
@@ -77,8 +93,9 @@ def test_refine_killed_mid_run_repeats_no_answered_call(chat_server, tmp_path):
 
 
 def test_zeroshot_rerun_is_answered_from_the_default_cache(chat_server, tmp_path, capsys):
-    chat_server.responder = lambda prompt, n: json.dumps([{"entity": "Paris", "entity_type": "LOC",
-                                                           "bounding_box": []}])
+    chat_server.responder = lambda prompt, n: json.dumps(
+        [{"entity": "Paris", "entity_type": "LOC", "bounding_box": []}]
+    )
     posts = tmp_path / "posts.jsonl"
     write_jsonl([Example(f"z{i}", ["Hello", "Paris", str(i)]) for i in range(3)], posts)
     args = ["zeroshot", "--data", str(posts), "--out", str(tmp_path / "run" / "z.jsonl"), *_llm(chat_server)]
@@ -92,8 +109,14 @@ def test_zeroshot_rerun_is_answered_from_the_default_cache(chat_server, tmp_path
 def test_refine_budget_counts_spend_across_reruns(chat_server, tmp_path):
     """Three runs of one refine run folder with llm.max_calls=10 spend 10 calls in all, not 10 per run."""
     chat_server.responder = _refine_answers
-    args = ["refine", "--pred", str(_preds(tmp_path / "pred.jsonl")), "--out", str(tmp_path / "run" / "r.jsonl"),
-            *_llm(chat_server, "llm.max_calls=10", "llm.concurrency=1")]
+    args = [
+        "refine",
+        "--pred",
+        str(_preds(tmp_path / "pred.jsonl")),
+        "--out",
+        str(tmp_path / "run" / "r.jsonl"),
+        *_llm(chat_server, "llm.max_calls=10", "llm.concurrency=1"),
+    ]
     budgets = []
     for _ in range(3):
         assert main(args) == 0
@@ -101,8 +124,11 @@ def test_refine_budget_counts_spend_across_reruns(chat_server, tmp_path):
         report = json.loads((tmp_path / "run" / "r.report.json").read_text())
         assert report["outcomes"]["span/kept"] == 10 and report["outcomes"]["span/budget_exhausted"] == 2
         budgets.append(json.loads((tmp_path / "run" / "llm_usage.json").read_text()).get("budget"))
-    assert [(b["calls"], b["earlier_calls"], b["max_calls"]) for b in budgets] == [(10, 0, 10), (10, 10, 10),
-                                                                                  (10, 10, 10)]
+    assert [(b["calls"], b["earlier_calls"], b["max_calls"]) for b in budgets] == [
+        (10, 0, 10),
+        (10, 10, 10),
+        (10, 10, 10),
+    ]
 
 
 def _dead_url():
@@ -116,8 +142,10 @@ def test_refine_and_zeroshot_exit_nonzero_when_no_request_succeeds(tmp_path, cap
     out = tmp_path / "r" / "refined.jsonl"
     assert main(["refine", "--pred", str(_preds(tmp_path / "pred.jsonl")), "--out", str(out), *dead]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err == (f"error: refine: none of the 24 LLM requests got an answer (connection=24); {out} keeps the "
-                   "small model's answers")
+    assert err == (
+        f"error: refine: none of the 24 LLM requests got an answer (connection=24); {out} keeps the "
+        "small model's answers"
+    )
     assert [len(p.entities) for p in read_jsonl(out)] == [1] * len(NAMES)  # written all the same
     posts = tmp_path / "posts.jsonl"
     write_jsonl([Example(f"z{i}", ["Hello", "Paris", str(i)]) for i in range(3)], posts)
@@ -129,6 +157,12 @@ def test_refine_and_zeroshot_exit_nonzero_when_no_request_succeeds(tmp_path, cap
 
 def test_a_partly_answered_run_exits_zero(chat_server, tmp_path):
     chat_server.responder = _refine_answers
-    args = ["refine", "--pred", str(_preds(tmp_path / "pred.jsonl")), "--out", str(tmp_path / "r.jsonl"),
-            *_llm(chat_server, "llm.max_calls=3")]
+    args = [
+        "refine",
+        "--pred",
+        str(_preds(tmp_path / "pred.jsonl")),
+        "--out",
+        str(tmp_path / "r.jsonl"),
+        *_llm(chat_server, "llm.max_calls=3"),
+    ]
     assert main(args) == 0  # 3 answers, the rest over budget: something succeeded

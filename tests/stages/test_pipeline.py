@@ -35,11 +35,26 @@ def server():
 
 
 def _overrides(encoder, runs, server, *extra):
-    return [f"runs_dir={runs}", "name=run", "progress=false", f"train+=model.encoder={encoder}",
-            "train+=data.gold_limit=48", "train+=trainer.max_epochs=1", "train+=data.test=null",
-            "train+=data.eval_batch_size=64", "data.eval_limit=24", "refine.backend=mllm",
-            "refine.delegation_rate=0.2", "refine.allow_drop=false", f"mllm.base_url={server.base_url}",
-            "mllm.model=test-vl", "mllm.api_key_env=''", "mllm.max_retries=0", "stages.ground=false", *extra]
+    return [
+        f"runs_dir={runs}",
+        "name=run",
+        "progress=false",
+        f"train+=model.encoder={encoder}",
+        "train+=data.gold_limit=48",
+        "train+=trainer.max_epochs=1",
+        "train+=data.test=null",
+        "train+=data.eval_batch_size=64",
+        "data.eval_limit=24",
+        "refine.backend=mllm",
+        "refine.delegation_rate=0.2",
+        "refine.allow_drop=false",
+        f"mllm.base_url={server.base_url}",
+        "mllm.model=test-vl",
+        "mllm.api_key_env=''",
+        "mllm.max_retries=0",
+        "stages.ground=false",
+        *extra,
+    ]
 
 
 def _status(summary):
@@ -51,8 +66,14 @@ def test_pipeline_killed_resumed_skipped_and_rerun_from_refine(tiny_encoder, tmp
     overrides = _overrides(tiny_encoder, tmp_path, server)
     run_dir = tmp_path / "run"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "refineg.cli", "pipeline", "--config", str(SAMPLE), *overrides],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "refineg.cli", "pipeline", "--config", str(SAMPLE), *overrides],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     stamp = run_dir / "stages" / "train.json"
     deadline = time.time() + 240
     while not stamp.is_file() and proc.poll() is None and time.time() < deadline:
@@ -96,8 +117,13 @@ def test_pipeline_killed_resumed_skipped_and_rerun_from_refine(tiny_encoder, tmp
 
     # one refine key changed: refine and evaluate run again, nothing upstream; the oracle simulation is scored
     summary = run_pipeline(load_pipeline_config(SAMPLE, [*overrides, "refine.backend=oracle"]))
-    assert _status(summary) == {"data": "skipped", "train": "skipped", "predict": "skipped", "refine": "ran",
-                                "evaluate": "ran"}
+    assert _status(summary) == {
+        "data": "skipped",
+        "train": "skipped",
+        "predict": "skipped",
+        "refine": "ran",
+        "evaluate": "ran",
+    }
     assert server.total == asked
     metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
     before, after = metrics["by_stage"]["predict"]["counts"]["mner"], metrics["by_stage"]["refine"]["counts"]["mner"]
@@ -109,14 +135,22 @@ def test_pipeline_killed_resumed_skipped_and_rerun_from_refine(tiny_encoder, tmp
 def test_grounded_pipeline(tiny_encoder, tmp_path, server):
     if importlib.util.find_spec("refineg.stages.grounding.run") is None:
         pytest.skip("grounding runner refineg.stages.grounding.run.run_ground is not merged yet")
-    overrides = _overrides(tiny_encoder, tmp_path, server, "stages.ground=true", "stages.refine=false",
-                           "ground.grounder=mllm", "ground.selector=random")
+    overrides = _overrides(
+        tiny_encoder,
+        tmp_path,
+        server,
+        "stages.ground=true",
+        "stages.refine=false",
+        "ground.grounder=mllm",
+        "ground.selector=random",
+    )
     summary = run_pipeline(load_pipeline_config(SAMPLE, overrides))
     assert _status(summary)["ground"] == "ran"
     run_dir = tmp_path / "run"
     preds, grounded = (read_jsonl(run_dir / f) for f in ("predict/predictions.jsonl", "ground/grounded.jsonl"))
-    assert [[(e.start, e.end) for e in p.entities] for p in preds] == \
-        [[(e.start, e.end) for e in p.entities] for p in grounded]
+    assert [[(e.start, e.end) for e in p.entities] for p in preds] == [
+        [(e.start, e.end) for e in p.entities] for p in grounded
+    ]
     summary = run_pipeline(load_pipeline_config(SAMPLE, [*overrides, "ground.selector=none"]))
     assert _status(summary)["predict"] == "skipped" and _status(summary)["ground"] == "ran"
 
@@ -127,15 +161,28 @@ def test_zeroshot_mode(tmp_path):
 
     def respond(prompt, n_images):
         post = next(p for p in gold.values() if f"Post: {' '.join(p.tokens)}\n" in prompt)
-        return json.dumps([{"entity": e.text(post.tokens), "entity_type": e.type, "bounding_box": []}
-                           for e in post.entities])
+        return json.dumps(
+            [{"entity": e.text(post.tokens), "entity_type": e.type, "bounding_box": []} for e in post.entities]
+        )
 
     srv = ChatServer().start()
     srv.responder = respond
     try:
-        summary = run_pipeline(load_pipeline_config(SAMPLE, [
-            f"runs_dir={tmp_path}", "name=z", "mode=zeroshot", "data.eval_limit=6", "progress=false",
-            f"mllm.base_url={srv.base_url}", "mllm.model=test-vl", "mllm.api_key_env=''"]))
+        summary = run_pipeline(
+            load_pipeline_config(
+                SAMPLE,
+                [
+                    f"runs_dir={tmp_path}",
+                    "name=z",
+                    "mode=zeroshot",
+                    "data.eval_limit=6",
+                    "progress=false",
+                    f"mllm.base_url={srv.base_url}",
+                    "mllm.model=test-vl",
+                    "mllm.api_key_env=''",
+                ],
+            )
+        )
     finally:
         srv.stop()
     assert list(summary["timings"]["stages"]) == ["data", "zeroshot", "evaluate"]

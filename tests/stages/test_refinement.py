@@ -21,8 +21,14 @@ TOKENS = ["Barack", "Obama", "visits", "New", "York", "City", "today"]
 
 
 def _pred(*ents, pid="p1", tokens=TOKENS, image=None):
-    return Example(pid, list(tokens), image, [Entity(s, e, t, uncertainty=u) for s, e, t, u in ents],
-                   source="predicted", image_size=(100, 80) if image else None)
+    return Example(
+        pid,
+        list(tokens),
+        image,
+        [Entity(s, e, t, uncertainty=u) for s, e, t, u in ents],
+        source="predicted",
+        image_size=(100, 80) if image else None,
+    )
 
 
 class Scripted(RefinementBackend):
@@ -38,8 +44,13 @@ class Scripted(RefinementBackend):
         for q in queries:
             self.calls.append((check, q.entity.start, q.entity.end))
             a = self.answers.get((check, q.entity.start, q.entity.end))
-            out.append(a if isinstance(a, Answer) else Answer("ok", a) if a is not None else Answer("failed", None,
-                                                                                                    "server_error"))
+            out.append(
+                a
+                if isinstance(a, Answer)
+                else Answer("ok", a)
+                if a is not None
+                else Answer("failed", None, "server_error")
+            )
         return out
 
     def span_check(self, queries, types):
@@ -81,16 +92,21 @@ def test_locate_span_rules():
 
 
 def test_merge_outcomes_on_hand_made_cases():
-    preds = [_pred((0, 1, "PER", 0.9), (3, 5, "ORG", 0.8), (6, 7, "OTHER", 0.7)),
-             _pred((0, 2, "PER", 0.95), pid="p2")]
-    backend = Scripted({
-        ("span", 0, 1): {"reasoning_process": "..", "corrected_entity": "Barack Obama"},
-        ("span", 3, 5): {"reasoning_process": "..", "corrected_entity": "Mars Base Alpha"},  # invented
-        ("span", 6, 7): {"reasoning_process": "..", "corrected_entity": "Null"},
-        ("type", 0, 2): {"reasoning_process": "..", "corrected_type": "per", "corrected_bounding_box": "Null"},
-        ("type", 3, 5): {"reasoning_process": "..", "corrected_type": "LOC", "corrected_bounding_box": [1, 2, 3, 4]},
-        # p2: span check fails (no answer scripted), type check answers an unknown type
-    })
+    preds = [_pred((0, 1, "PER", 0.9), (3, 5, "ORG", 0.8), (6, 7, "OTHER", 0.7)), _pred((0, 2, "PER", 0.95), pid="p2")]
+    backend = Scripted(
+        {
+            ("span", 0, 1): {"reasoning_process": "..", "corrected_entity": "Barack Obama"},
+            ("span", 3, 5): {"reasoning_process": "..", "corrected_entity": "Mars Base Alpha"},  # invented
+            ("span", 6, 7): {"reasoning_process": "..", "corrected_entity": "Null"},
+            ("type", 0, 2): {"reasoning_process": "..", "corrected_type": "per", "corrected_bounding_box": "Null"},
+            ("type", 3, 5): {
+                "reasoning_process": "..",
+                "corrected_type": "LOC",
+                "corrected_bounding_box": [1, 2, 3, 4],
+            },
+            # p2: span check fails (no answer scripted), type check answers an unknown type
+        }
+    )
     backend.answers[("type", 0, 2)] = backend.answers[("type", 0, 2)]
     out, report = refine_examples(preds, RefineConfig(tau=0.5), backend)
     assert [(e.start, e.end, e.type) for e in out[0].entities] == [(0, 2, "PER"), (3, 5, "LOC")]
@@ -110,8 +126,9 @@ def test_merge_outcomes_on_hand_made_cases():
 
 def test_overlapping_correction_is_rejected_and_drop_can_be_refused():
     preds = [_pred((0, 2, "PER", 0.9), (3, 5, "LOC", 0.1))]
-    backend = Scripted({("span", 0, 2): {"corrected_entity": "Obama visits New"},
-                        ("type", 0, 2): {"corrected_type": "PER"}})
+    backend = Scripted(
+        {("span", 0, 2): {"corrected_entity": "Obama visits New"}, ("type", 0, 2): {"corrected_type": "PER"}}
+    )
     out, report = refine_examples(preds, RefineConfig(), backend)
     assert report["outcomes"]["span/rejected_overlap"] == 1 and out[0].entities[0].span == (0, 2)
     backend = Scripted({("span", 0, 2): {"corrected_entity": None}, ("type", 0, 2): {"corrected_type": "PER"}})
@@ -121,11 +138,17 @@ def test_overlapping_correction_is_rejected_and_drop_can_be_refused():
 
 def test_missed_candidates_are_added_only_when_confirmed():
     pred = _pred((0, 2, "PER", 0.1))
-    pred.meta["missed_candidates"] = [{"start": 3, "end": 5, "type": "LOC", "score": 0.7},
-                                      {"start": 6, "end": 7, "type": "OTHER", "score": 0.6}]
-    backend = Scripted({("span", 3, 5): {"corrected_entity": "New York City"},
-                        ("span", 6, 7): {"corrected_entity": "Null"},
-                        ("type", 3, 6): {"corrected_type": "LOC"}})
+    pred.meta["missed_candidates"] = [
+        {"start": 3, "end": 5, "type": "LOC", "score": 0.7},
+        {"start": 6, "end": 7, "type": "OTHER", "score": 0.6},
+    ]
+    backend = Scripted(
+        {
+            ("span", 3, 5): {"corrected_entity": "New York City"},
+            ("span", 6, 7): {"corrected_entity": "Null"},
+            ("type", 3, 6): {"corrected_type": "LOC"},
+        }
+    )
     out, report = refine_examples([pred], RefineConfig(), backend)
     assert [(e.start, e.end, e.type) for e in out[0].entities] == [(0, 2, "PER")]  # detector off by default
     out, report = refine_examples([pred], RefineConfig(missed=True), backend)
@@ -134,8 +157,13 @@ def test_missed_candidates_are_added_only_when_confirmed():
 
 
 def _gold():
-    return Example("p1", list(TOKENS), "p1.jpg", [Entity(0, 2, "PER", [[10, 10, 50, 60]]), Entity(3, 6, "LOC")],
-                   image_size=(100, 80))
+    return Example(
+        "p1",
+        list(TOKENS),
+        "p1.jpg",
+        [Entity(0, 2, "PER", [[10, 10, 50, 60]]), Entity(3, 6, "LOC")],
+        image_size=(100, 80),
+    )
 
 
 def test_oracle_fixes_what_it_sees_and_is_labelled_simulation(tmp_path):
@@ -147,8 +175,10 @@ def test_oracle_fixes_what_it_sees_and_is_labelled_simulation(tmp_path):
     backend = create_refinement_backend(cfg)
     assert isinstance(backend, OracleBackend) and backend.simulated
     out, report = refine_examples(preds, cfg, backend)
-    assert [(e.start, e.end, e.type, e.boxes) for e in out[0].entities] == [(0, 2, "PER", [[10, 10, 50, 60]]),
-                                                                             (3, 6, "LOC", [])]
+    assert [(e.start, e.end, e.type, e.boxes) for e in out[0].entities] == [
+        (0, 2, "PER", [[10, 10, 50, 60]]),
+        (3, 6, "LOC", []),
+    ]
     assert report["backend"] == "oracle (simulation)" and report["simulated"]
     assert out[0].meta["refinement_backend"] == "oracle (simulation)"
     with pytest.raises(ValueError, match="gold"):
@@ -178,23 +208,34 @@ def test_mllm_path_against_loopback_server(tmp_path):
     to original pixels; a server failure keeps the small model's answer; the call budget stops cleanly."""
     server = ChatServer().start()
     try:
+
         def respond(prompt, n_images):
             if "corrected_entity" in prompt:
                 assert n_images == 1
                 text = "Barack Obama" if '"Obama"' in prompt else "New York"
                 return "Let me think.\n" + json.dumps({"reasoning_process": "r", "corrected_entity": text})
             assert "50 x 40" in prompt  # the 100 x 80 image is sent at max_side 50
-            return json.dumps({"reasoning_process": "r", "corrected_type": "PER",
-                               "corrected_bounding_box": [5, 5, 25, 30]})
+            return json.dumps(
+                {"reasoning_process": "r", "corrected_type": "PER", "corrected_bounding_box": [5, 5, 25, 30]}
+            )
 
         server.responder = respond
         (tmp_path / "img").mkdir()
         Image.new("RGB", (100, 80), "white").save(tmp_path / "img" / "p1.jpg")
-        preds = [_pred((1, 2, "ORG", 0.9), (3, 5, "LOC", 0.1), image="p1.jpg"),
-                 _pred((3, 5, "LOC", 0.8), pid="p2", image="p1.jpg")]
+        preds = [
+            _pred((1, 2, "ORG", 0.9), (3, 5, "LOC", 0.1), image="p1.jpg"),
+            _pred((3, 5, "LOC", 0.8), pid="p2", image="p1.jpg"),
+        ]
         write_jsonl(preds, tmp_path / "pred.jsonl")
-        llm = [f"llm.base_url={server.base_url}", "llm.model=test-vl", "llm.api_key_env=''", "llm.max_side=50",
-               "llm.backoff_base_s=0.01", "llm.backoff_max_s=0.02", "llm.max_retries=0"]
+        llm = [
+            f"llm.base_url={server.base_url}",
+            "llm.model=test-vl",
+            "llm.api_key_env=''",
+            "llm.max_side=50",
+            "llm.backoff_base_s=0.01",
+            "llm.backoff_max_s=0.02",
+            "llm.max_retries=0",
+        ]
         cfg = load_refine_config([f"images_dir={tmp_path / 'img'}", *llm])
         from refineg.stages.refinement import RefinementPrompts, run_refine
 
@@ -210,11 +251,13 @@ def test_mllm_path_against_loopback_server(tmp_path):
         assert report["usage"]["total"]["ok"] >= 2 and not report["simulated"]
         assert (tmp_path / "out.report.json").is_file() and (tmp_path / "llm_usage.json").is_file()
         # call budget of the backend: the first request is answered, the rest come back budget_exhausted
-        cfg = load_refine_config([f"images_dir={tmp_path / 'img'}", *llm, "llm.max_calls=1", "run_dir=" +
-                                  str(tmp_path / "b")])
+        cfg = load_refine_config(
+            [f"images_dir={tmp_path / 'img'}", *llm, "llm.max_calls=1", "run_dir=" + str(tmp_path / "b")]
+        )
         report = run_refine(cfg, tmp_path / "pred.jsonl", tmp_path / "b" / "out.jsonl")
-        assert report["outcomes"].get("span/budget_exhausted", 0) + report["outcomes"].get(
-            "type/budget_exhausted", 0) >= 2
+        assert (
+            report["outcomes"].get("span/budget_exhausted", 0) + report["outcomes"].get("type/budget_exhausted", 0) >= 2
+        )
         assert len(read_jsonl(tmp_path / "b" / "out.jsonl")) == 2
     finally:
         server.stop()
@@ -223,11 +266,14 @@ def test_mllm_path_against_loopback_server(tmp_path):
 def test_mllm_hostile_answers_are_invalid_answers_not_crashes(tmp_path, chat_server):
     """A 50,000-bracket answer is an invalid answer (the small model's answer stays, the run finishes), the object
     with the check's key wins over other JSON in the answer, and a type answer without a box key is counted."""
+
     def respond(prompt, n_images):
         if "corrected_entity" in prompt:
             if '"Obama"' in prompt:
-                return '{"step": 1, "note": "first the name"} so {"reasoning_process": "r", ' \
-                       '"corrected_entity": "Barack Obama"}'
+                return (
+                    '{"step": 1, "note": "first the name"} so {"reasoning_process": "r", '
+                    '"corrected_entity": "Barack Obama"}'
+                )
             return "[" * 50_000  # New York's span check
         return json.dumps({"reasoning_process": "r", "corrected_type": "PER", "region": [5, 5, 25, 30]})
 
@@ -237,9 +283,17 @@ def test_mllm_hostile_answers_are_invalid_answers_not_crashes(tmp_path, chat_ser
     write_jsonl([_pred((1, 2, "ORG", 0.9), (3, 5, "LOC", 0.8), image="p1.jpg")], tmp_path / "pred.jsonl")
     from refineg.stages.refinement import run_refine
 
-    cfg = load_refine_config([f"images_dir={tmp_path / 'img'}", f"llm.base_url={chat_server.base_url}",
-                              "llm.model=test-vl", "llm.api_key_env=''", "llm.max_retries=1",
-                              "llm.backoff_base_s=0.01", "llm.backoff_max_s=0.02"])
+    cfg = load_refine_config(
+        [
+            f"images_dir={tmp_path / 'img'}",
+            f"llm.base_url={chat_server.base_url}",
+            "llm.model=test-vl",
+            "llm.api_key_env=''",
+            "llm.max_retries=1",
+            "llm.backoff_base_s=0.01",
+            "llm.backoff_max_s=0.02",
+        ]
+    )
     for _ in range(2):  # the rerun (the invalid answer is asked again) must not crash either
         report = run_refine(cfg, tmp_path / "pred.jsonl", tmp_path / "out.jsonl")
         out = read_jsonl(tmp_path / "out.jsonl")[0]

@@ -71,12 +71,14 @@ def test_box_deltas_and_apply_deltas_round_trip():
         assert apply_deltas(box, delta, 300, 300) == pytest.approx(g, abs=1e-3)
     assert box_deltas(gold, gold).abs().max() < 1e-6  # already on gold: no move
     # by hand: move right by half a width, up by a quarter height, twice as wide, same height
-    assert box_deltas(torch.tensor([[10.0, 20, 30, 60]]), torch.tensor([[10.0, 10, 50, 50]]))[0].tolist() == \
-        pytest.approx([0.5, -0.25, math.log(2), 0.0])
+    assert box_deltas(torch.tensor([[10.0, 20, 30, 60]]), torch.tensor([[10.0, 10, 50, 50]]))[
+        0
+    ].tolist() == pytest.approx([0.5, -0.25, math.log(2), 0.0])
     assert apply_deltas([10, 20, 30, 60], [0.5, -0.25, math.log(2), 0.0], 100, 100) == pytest.approx([10, 10, 50, 50])
     # clipped to the image
     assert apply_deltas([80, 80, 100, 100], [0.5, 0.5, math.log(3), 0.0], 100, 100) == pytest.approx(
-        [70.0, 90.0, 100.0, 100.0])
+        [70.0, 90.0, 100.0, 100.0]
+    )
 
 
 def test_regression_target_matches_each_box_to_its_best_gold_box():
@@ -100,9 +102,16 @@ def test_collate_pads_images_and_skips_unlearnable_entities():
 
     head = RegionHead(6, 5, types=["PER", "LOC"], hidden=8)
     a, b = group(2), group(4)
-    items = [(a, [(torch.randn(5), "PER", [[0, 0, 20, 20]]), (torch.randn(5), "LOC", [])]),
-             (b, [(torch.randn(5), "MISC", [[90, 60, 99, 79]]),  # no candidate matches: skipped
-                  (torch.randn(5), "LOC", [[3, 0, 23, 20]])])]
+    items = [
+        (a, [(torch.randn(5), "PER", [[0, 0, 20, 20]]), (torch.randn(5), "LOC", [])]),
+        (
+            b,
+            [
+                (torch.randn(5), "MISC", [[90, 60, 99, 79]]),  # no candidate matches: skipped
+                (torch.randn(5), "LOC", [[3, 0, 23, 20]]),
+            ],
+        ),
+    ]
     batch = collate_groups(items, head)
     assert int(batch["skipped"]) == 1
     assert batch["regions"].shape == (2, 4, 6) and batch["mask"].tolist() == [[True, True, False, False], [True] * 4]
@@ -110,8 +119,9 @@ def test_collate_pads_images_and_skips_unlearnable_entities():
     assert head.type_ids(["MISC"]).tolist() == [0]  # unknown type
     assert batch["target"].shape == (3, 5) and batch["target"][1].tolist() == [1, 0, 0, 0, 0]
     assert batch["target"][0, 3:].tolist() == [0, 0]  # padding gets no mass
-    logits, deltas = head(**{k: batch[k] for k in ("regions", "geometry", "mask", "image", "text", "type_ids",
-                                                   "group")})
+    logits, deltas = head(
+        **{k: batch[k] for k in ("regions", "geometry", "mask", "image", "text", "type_ids", "group")}
+    )
     assert logits.shape == (3, 5) and deltas.shape == (3, 4, 4)
     assert torch.isinf(logits[:2, 3:]).all() and torch.isfinite(logits[2]).all()
 
@@ -124,8 +134,13 @@ def test_training_survives_a_batch_of_only_unlearnable_entities():
     boxes = [[0.0, 0.0, 20.0, 20.0], [30.0, 0.0, 50.0, 20.0]]
 
     def group():
-        return ImageCandidates(boxes, torch.randn(2, 6, generator=gen), torch.randn(6, generator=gen),
-                               box_geometry(boxes, 100, 80), (100, 80))
+        return ImageCandidates(
+            boxes,
+            torch.randn(2, 6, generator=gen),
+            torch.randn(6, generator=gen),
+            box_geometry(boxes, 100, 80),
+            (100, 80),
+        )
 
     items = [(group(), [(torch.randn(5, generator=gen), "PER", [boxes[i % 2]])]) for i in range(4)]
     items.append((group(), [(torch.randn(5, generator=gen), "PER", [[60.0, 50.0, 90.0, 79.0]])]))
@@ -171,8 +186,7 @@ def test_refinement_moves_the_answered_box():
         assert answer[0] != pytest.approx(cand.boxes[best], abs=1.0)  # moved off the proposal
 
     # without refinement the answer is the proposal itself
-    grounder.head = _head_with_fixed_deltas(grounder.embedder.image_dim, grounder.text_dim, delta,
-                                            refine=False)
+    grounder.head = _head_with_fixed_deltas(grounder.embedder.image_dim, grounder.text_dim, delta, refine=False)
     result = grounder.ground([GroundingQuery(scene.post, scene.image)])[0]
     probs, deltas = grounder.head.predict(cands)
     assert not deltas.any()
@@ -181,8 +195,11 @@ def test_refinement_moves_the_answered_box():
 
 
 def _accuracy(scenes, results):
-    ok = [bool(boxes) and box_iou(boxes[0], ent.boxes[0]) >= 0.5
-          for s, r in zip(scenes, results) for ent, boxes in zip(s.post.entities, r.boxes)]
+    ok = [
+        bool(boxes) and box_iou(boxes[0], ent.boxes[0]) >= 0.5
+        for s, r in zip(scenes, results)
+        for ent, boxes in zip(s.post.entities, r.boxes)
+    ]
     return float(np.mean(ok))
 
 
@@ -209,8 +226,9 @@ def test_trained_head_picks_the_named_photo_far_above_chance(tmp_path):
     queries = [GroundingQuery(s.post, s.image) for s in test]
     cosine_acc = _accuracy(test, scorer.ground(queries))
     types = sorted({e.type for s in train for e in s.post.entities})
-    scorer.head, metrics = train_region_head(groups, [], scorer.embedder.image_dim, scorer.text_dim, types,
-                                             RegionHeadConfig(epochs=20, lr=3e-3), seed=0)
+    scorer.head, metrics = train_region_head(
+        groups, [], scorer.embedder.image_dim, scorer.text_dim, types, RegionHeadConfig(epochs=20, lr=3e-3), seed=0
+    )
     assert not scorer.head.training and scorer.head.config["types"] == ["OTHER", "PER"]
     results = scorer.ground(queries)
     head_acc = _accuracy(test, results)

@@ -23,26 +23,38 @@ MAPPER = TypeMapper(["PER", "LOC", "ORG", "OTHER"], {"PERSON": "PER", "CITY": "L
 
 
 def spans(entities, tokens):
-    return [(" ".join(tokens[e.start:e.end]), e.type) for e in entities]
+    return [(" ".join(tokens[e.start : e.end]), e.type) for e in entities]
 
 
 def test_labelling_longest_first_without_overlaps():
     report = SynthesisReport()
-    tokens, ents = label_text("Michelle Obama and Obama met in New York , not York",
-                              [("Obama", "PER"), ("Michelle Obama", "PER"), ("York", "LOC"), ("New York", "LOC")],
-                              MAPPER, report)
+    tokens, ents = label_text(
+        "Michelle Obama and Obama met in New York , not York",
+        [("Obama", "PER"), ("Michelle Obama", "PER"), ("York", "LOC"), ("New York", "LOC")],
+        MAPPER,
+        report,
+    )
     # "Michelle Obama" claims tokens 0-1 first, so "Obama" takes its next free occurrence; same for York
-    assert spans(ents, tokens) == [("Michelle Obama", "PER"), ("Obama", "PER"), ("New York", "LOC"),
-                                   ("York", "LOC")]
+    assert spans(ents, tokens) == [("Michelle Obama", "PER"), ("Obama", "PER"), ("New York", "LOC"), ("York", "LOC")]
     assert [e.start for e in ents] == [0, 3, 6, 10]
     assert not report.dropped_entities
 
 
 def test_labelling_type_mapping_and_not_found_counted():
     report = SynthesisReport()
-    tokens, ents = label_text("Obama flew from Chicago to the Louvre yesterday",
-                              [("Obama", "person"), ("Chicago", "City"), ("Louvre", "MUSEUM"), ("Paris", "LOC"),
-                               ("Chicago", "LOC"), ("  ", "PER")], MAPPER, report)
+    tokens, ents = label_text(
+        "Obama flew from Chicago to the Louvre yesterday",
+        [
+            ("Obama", "person"),
+            ("Chicago", "City"),
+            ("Louvre", "MUSEUM"),
+            ("Paris", "LOC"),
+            ("Chicago", "LOC"),
+            ("  ", "PER"),
+        ],
+        MAPPER,
+        report,
+    )
     assert spans(ents, tokens) == [("Obama", "PER"), ("Chicago", "LOC"), ("Louvre", "OTHER")]
     # second "Chicago" has no free occurrence left; "Paris" is not in the text
     assert report.dropped_entities == {"not_found": 2, "empty_name": 1}
@@ -51,8 +63,9 @@ def test_labelling_type_mapping_and_not_found_counted():
 
 def test_labelling_unknown_type_dropped_without_default():
     report = SynthesisReport()
-    _, ents = label_text("Obama likes Louvre", [("Obama", "PER"), ("Louvre", "MUSEUM")],
-                         TypeMapper(["PER"], {}, None), report)
+    _, ents = label_text(
+        "Obama likes Louvre", [("Obama", "PER"), ("Louvre", "MUSEUM")], TypeMapper(["PER"], {}, None), report
+    )
     assert [e.type for e in ents] == ["PER"] and report.dropped_entities == {"type_unknown": 1}
 
 
@@ -66,8 +79,10 @@ def test_generic_rule_lexicon_strip_and_patterns():
 @pytest.mark.parametrize("action", ["drop_entity", "drop_post"])
 def test_generic_mentions_rejected(action):
     rule = GenericMentionRule(["police"], [], ["the"])
-    examples = [post("a", "the police arrested Smith", (0, 2, "ORG"), (3, 4, "PER")),
-                post("b", "Smith called NASA", (0, 1, "PER"), (2, 3, "ORG"))]
+    examples = [
+        post("a", "the police arrested Smith", (0, 2, "ORG"), (3, 4, "PER")),
+        post("b", "Smith called NASA", (0, 1, "PER"), (2, 3, "ORG")),
+    ]
     report = SynthesisReport()
     kept = reject_generic(examples, rule, action, report)
     if action == "drop_entity":
@@ -134,11 +149,13 @@ def consistency_cases():
         # both labels contradicted (generic "army" labelled ORG, wrong boundary): disagreement 1.0
         post("bad", "the army of Kim Jong Un", (1, 2, "ORG"), (4, 6, "PER"), source="synthetic"),
     ]
-    predictor = FakePredictor({
-        "agree": [(0, 1, "PER", 0.99), (2, 3, "PER", 0.9), (4, 5, "LOC", 0.8)],
-        "half": [(0, 1, "PER", 0.95), (2, 3, "ORG", 0.7), (4, 5, "LOC", 0.3)],
-        "bad": [(3, 6, "PER", 0.9)],
-    })
+    predictor = FakePredictor(
+        {
+            "agree": [(0, 1, "PER", 0.99), (2, 3, "PER", 0.9), (4, 5, "LOC", 0.8)],
+            "half": [(0, 1, "PER", 0.95), (2, 3, "ORG", 0.7), (4, 5, "LOC", 0.3)],
+            "bad": [(3, 6, "PER", 0.9)],
+        }
+    )
     return examples, predictor
 
 

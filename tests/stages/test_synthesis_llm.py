@@ -12,23 +12,42 @@ from refineg.stages.synthesis.report import SynthesisReport
 from tests.stages.conftest import post
 
 OBAMA = [
-    {"text": "Obama spoke in London about jobs and the economy this morning",
-     "entity": [{"name": "Obama", "type": "PER"}, {"name": "London", "type": "LOC"}]},
-    {"text": "Barack Obama met the police chief in Chicago last night after the game",
-     "entity": [{"name": "Barack Obama", "type": "PERSON"}, {"name": "police", "type": "ORG"},
-                {"name": "Chicago", "type": "CITY"}]},
-    {"text": "Fans cheered for Obama at the rally near Wembley Stadium on Sunday",
-     "entity": [{"name": "Obama", "type": "PER"}, {"name": "Wembley Arena", "type": "LOC"}]},
-    {"text": "Obama spoke in London about jobs and the economy this morning",  # duplicate
-     "entity": [{"name": "Obama", "type": "PER"}]},
+    {
+        "text": "Obama spoke in London about jobs and the economy this morning",
+        "entity": [{"name": "Obama", "type": "PER"}, {"name": "London", "type": "LOC"}],
+    },
+    {
+        "text": "Barack Obama met the police chief in Chicago last night after the game",
+        "entity": [
+            {"name": "Barack Obama", "type": "PERSON"},
+            {"name": "police", "type": "ORG"},
+            {"name": "Chicago", "type": "CITY"},
+        ],
+    },
+    {
+        "text": "Fans cheered for Obama at the rally near Wembley Stadium on Sunday",
+        "entity": [{"name": "Obama", "type": "PER"}, {"name": "Wembley Arena", "type": "LOC"}],
+    },
+    {
+        "text": "Obama spoke in London about jobs and the economy this morning",  # duplicate
+        "entity": [{"name": "Obama", "type": "PER"}],
+    },
     {"text": "Obama !", "entity": [{"name": "Obama", "type": "PER"}]},  # too short
     {"entity": []},  # no text
-    {"text": "Michelle Obama and Obama visited the Louvre in Paris during their trip this week",
-     "entity": [{"name": "Obama", "type": "PER"}, {"name": "Michelle Obama", "type": "PER"},
-                {"name": "Louvre", "type": "MUSEUM"}, "Paris"]},
+    {
+        "text": "Michelle Obama and Obama visited the Louvre in Paris during their trip this week",
+        "entity": [
+            {"name": "Obama", "type": "PER"},
+            {"name": "Michelle Obama", "type": "PER"},
+            {"name": "Louvre", "type": "MUSEUM"},
+            "Paris",
+        ],
+    },
 ]
-BEACH = [{"text": "such a lovely lazy afternoon at the beach with my friends", "entity": []},
-         {"text": "the sea was cold but the sun was warm and the ice cream was great", "entity": []}]
+BEACH = [
+    {"text": "such a lovely lazy afternoon at the beach with my friends", "entity": []},
+    {"text": "the sea was cold but the sun was warm and the ice cream was great", "entity": []},
+]
 
 
 def respond(prompt, n_images):
@@ -50,9 +69,19 @@ SEEDS = [
 
 
 def overrides(server, tmp_path, *extra):
-    return [f"llm.base_url={server.base_url}", "llm.model=canned-llm", "llm.api_key_env=''", "llm.max_retries=1",
-            "llm.backoff_base_s=0.01", "llm.backoff_max_s=0.02", "llm.timeout_s=5", "n_reuse=5", "n_new=3",
-            "progress=false", *extra]
+    return [
+        f"llm.base_url={server.base_url}",
+        "llm.model=canned-llm",
+        "llm.api_key_env=''",
+        "llm.max_retries=1",
+        "llm.backoff_base_s=0.01",
+        "llm.backoff_max_s=0.02",
+        "llm.timeout_s=5",
+        "n_reuse=5",
+        "n_new=3",
+        "progress=false",
+        *extra,
+    ]
 
 
 @pytest.fixture
@@ -73,11 +102,16 @@ def test_llm_path_end_to_end(canned, tmp_path):
     assert r.mapped_types == {"PERSON->PER": 1, "CITY->LOC": 1, "MUSEUM->OTHER": 1}
     posts = read_jsonl(out.train)
     assert len(posts) == 6 and r.kept == {"train": 6}
-    by_text = {" ".join(p.tokens): [(" ".join(p.tokens[e.start:e.end]), e.type) for e in p.entities] for p in posts}
+    by_text = {" ".join(p.tokens): [(" ".join(p.tokens[e.start : e.end]), e.type) for e in p.entities] for p in posts}
     assert by_text["Barack Obama met the police chief in Chicago last night after the game"] == [
-        ("Barack Obama", "PER"), ("Chicago", "LOC")]
+        ("Barack Obama", "PER"),
+        ("Chicago", "LOC"),
+    ]
     assert by_text["Michelle Obama and Obama visited the Louvre in Paris during their trip this week"] == [
-        ("Michelle Obama", "PER"), ("Obama", "PER"), ("Louvre", "OTHER")]
+        ("Michelle Obama", "PER"),
+        ("Obama", "PER"),
+        ("Louvre", "OTHER"),
+    ]
     assert by_text["such a lovely lazy afternoon at the beach with my friends"] == []
     prompt_hash = PromptSet.load(default_prompt_dir("twitter_gmner")).hash
     for p in posts:
@@ -124,23 +158,35 @@ def test_rerun_after_success_sends_nothing(chat_server, tmp_path):
 def test_parse_answer_shapes():
     report = SynthesisReport()
     assert parse_answer({"text": "a b", "entities": [{"name": "a", "type": "PER"}]}, report) == [
-        ("a b", [("a", "PER")])]
+        ("a b", [("a", "PER")])
+    ]
     assert parse_answer("just a string", report) is None
     assert parse_answer({"posts": [{"text": "x", "entity": {"name": "x", "type": "LOC"}}]}, report) == [
-        ("x", [("x", "LOC")])]
+        ("x", [("x", "LOC")])
+    ]
     assert parse_answer([1, {"text": ""}], report) == [] and report.rejected_posts == {"malformed_sample": 2}
 
 
 def test_cli_llm_and_swap(canned, tmp_path, capsys):
     seeds = tmp_path / "gold.jsonl"
     write_jsonl(SEEDS, seeds)
-    rc = main(["synthesize", "--seeds", str(seeds), "--out", str(tmp_path / "llm.jsonl"),
-               *overrides(canned, tmp_path)])
+    rc = main(["synthesize", "--seeds", str(seeds), "--out", str(tmp_path / "llm.jsonl"), *overrides(canned, tmp_path)])
     printed = capsys.readouterr().out
     assert rc == 0 and "requested 32" in printed and "generic_mention" in printed
     assert len(read_jsonl(tmp_path / "llm.jsonl")) == 6
-    rc = main(["synthesize", "--seeds", str(seeds), "--out", str(tmp_path / "swap.jsonl"), "synthesizer=swap",
-               "swap.per_seed=3", "progress=false", "dev_fraction=0.25"])
+    rc = main(
+        [
+            "synthesize",
+            "--seeds",
+            str(seeds),
+            "--out",
+            str(tmp_path / "swap.jsonl"),
+            "synthesizer=swap",
+            "swap.per_seed=3",
+            "progress=false",
+            "dev_fraction=0.25",
+        ]
+    )
     assert rc == 0 and read_jsonl(tmp_path / "swap.jsonl") and read_jsonl(tmp_path / "swap.dev.jsonl")
     assert json.loads((tmp_path / "swap.report.json").read_text())["requested"] == 12
     with pytest.raises(SystemExit, match="n_reuze"):
@@ -180,10 +226,23 @@ def test_cli_exits_nonzero_when_no_request_succeeds(tmp_path, capsys):
         dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
     seeds = tmp_path / "gold.jsonl"
     write_jsonl(SEEDS, seeds)
-    rc = main(["synthesize", "--seeds", str(seeds), "--out", str(tmp_path / "syn.jsonl"), f"llm.base_url={dead}",
-               "llm.model=m", "llm.api_key_env=''", "llm.max_retries=0", "progress=false"])
+    rc = main(
+        [
+            "synthesize",
+            "--seeds",
+            str(seeds),
+            "--out",
+            str(tmp_path / "syn.jsonl"),
+            f"llm.base_url={dead}",
+            "llm.model=m",
+            "llm.api_key_env=''",
+            "llm.max_retries=0",
+            "progress=false",
+        ]
+    )
     printed = capsys.readouterr()
     assert rc == 1 and "wrote" in printed.out
-    assert printed.err.strip().splitlines()[-1] == ("error: synthesize: none of the 4 LLM requests got an answer "
-                                                    "(connection=4); wrote 0 posts")
+    assert printed.err.strip().splitlines()[-1] == (
+        "error: synthesize: none of the 4 LLM requests got an answer (connection=4); wrote 0 posts"
+    )
     assert read_jsonl(tmp_path / "syn.jsonl") == [] and (tmp_path / "syn.report.json").is_file()

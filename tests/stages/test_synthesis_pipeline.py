@@ -7,12 +7,20 @@ from refineg.stages.synthesis import load_synthesis_config, run_synthesis
 
 
 def test_swap_with_trained_consistency_tagger(tiny_encoder, tmp_path):
-    cfg = load_synthesis_config([
-        "synthesizer=swap", "data=sample", "max_seeds=24", "swap.per_seed=2", "progress=false",
-        "consistency.mode=relabel", "consistency.threshold=0.5", "consistency.fill_min_score=0.99",
-        f"consistency.train_overrides=[model.encoder={tiny_encoder},trainer.max_epochs=1,data.batch_size=8,"
-        "trainer.enable_progress_bar=false,trainer.accelerator=cpu,model.head=softmax]",
-    ])
+    cfg = load_synthesis_config(
+        [
+            "synthesizer=swap",
+            "data=sample",
+            "max_seeds=24",
+            "swap.per_seed=2",
+            "progress=false",
+            "consistency.mode=relabel",
+            "consistency.threshold=0.5",
+            "consistency.fill_min_score=0.99",
+            f"consistency.train_overrides=[model.encoder={tiny_encoder},trainer.max_epochs=1,data.batch_size=8,"
+            "trainer.enable_progress_bar=false,trainer.accelerator=cpu,model.head=softmax]",
+        ]
+    )
     out = run_synthesis(cfg, tmp_path / "syn.jsonl")
     ckpts = list((tmp_path / "syn_work" / "consistency" / "tagger" / "checkpoints").glob("best-*.ckpt"))
     assert len(ckpts) == 1

@@ -13,8 +13,9 @@ TYPES = ["PER", "LOC", "ORG", "OTHER"]
 def seeds():
     return [
         post("1", "Obama visits London with Michelle Obama today", (0, 1, "PER"), (2, 3, "LOC"), (4, 6, "PER")),
-        post("2", "Taylor Swift plays Wembley Stadium tonight with Coldplay", (0, 2, "PER"), (3, 5, "LOC"),
-             (7, 8, "ORG")),
+        post(
+            "2", "Taylor Swift plays Wembley Stadium tonight with Coldplay", (0, 2, "PER"), (3, 5, "LOC"), (7, 8, "ORG")
+        ),
         post("3", "NASA launches a new rocket from Florida this morning", (0, 1, "ORG"), (6, 7, "LOC")),
         post("4", "what a lovely day at the beach with friends"),
         post("5", "so tired after work , going to bed early tonight"),
@@ -28,8 +29,11 @@ def test_swap_mentions_spans_follow_new_lengths():
     gaz = {"PER": [("Obama",), ("Kim", "Jong", "Un")], "LOC": [("London",), ("New", "York")]}
     tokens, ents, swaps = swap_mentions(s.tokens, s.entities, gaz, random.Random(0))
     assert tokens[:4] == ["Kim", "Jong", "Un", "visits"]
-    assert [(" ".join(tokens[e.start:e.end]), e.type) for e in ents] == [
-        ("Kim Jong Un", "PER"), ("New York", "LOC"), ("Obama", "PER")]
+    assert [(" ".join(tokens[e.start : e.end]), e.type) for e in ents] == [
+        ("Kim Jong Un", "PER"),
+        ("New York", "LOC"),
+        ("Obama", "PER"),
+    ]
     assert swaps == [["Obama", "Kim Jong Un"], ["London", "New York"], ["Michelle Obama", "Obama"]]
 
 
@@ -40,8 +44,8 @@ def test_recombine_cuts_outside_entities():
     for seed in range(20):
         tokens, ents = recombine(a, b, random.Random(seed))
         for e in ents:  # every entity is a whole mention of a or b
-            surface = tuple(tokens[e.start:e.end])
-            assert surface in {tuple(s.tokens[x.start:x.end]) for s in (a, b) for x in s.entities}
+            surface = tuple(tokens[e.start : e.end])
+            assert surface in {tuple(s.tokens[x.start : x.end]) for s in (a, b) for x in s.entities}
 
 
 def test_swap_output_valid_types_preserved_and_deterministic():
@@ -57,9 +61,9 @@ def test_swap_output_valid_types_preserved_and_deterministic():
         assert ex.source == "synthetic" and tuple(ex.tokens) not in seed_tokens
         assert ex.meta["seed_id"] in {"1", "2", "3", "4", "5"} and ex.meta["synthesizer"] == "swap"
         for ent in ex.entities:  # each label is a gazetteer mention of the same type
-            assert tuple(ex.tokens[ent.start:ent.end]) in gaz[ent.type]
+            assert tuple(ex.tokens[ent.start : ent.end]) in gaz[ent.type]
         new_mentions = [new for _, new in ex.meta["swaps"]]
-        surfaces = [" ".join(ex.tokens[e.start:e.end]) for e in ex.entities]
+        surfaces = [" ".join(ex.tokens[e.start : e.end]) for e in ex.entities]
         assert all(m in surfaces for m in new_mentions)
     entity_free = [ex for ex in out if ex.meta["seed_id"] in {"4", "5"}]
     assert entity_free and all(not ex.entities and "partner_id" in ex.meta for ex in entity_free)

@@ -22,22 +22,39 @@ POSTS = {
 
 ANSWERS = {
     # exact + case-blind + renamed type + invented + unknown type + malformed box
-    "a": json.dumps([
-        {"entity": "Barack Obama", "entity_type": "PER", "bounding_box": [10, 10, 50, 40]},
-        {"entity": "angela  merkel", "entity_type": "person", "bounding_box": []},
-        {"entity": "Berlin", "entity_type": "LOC", "bounding_box": [5, 5]},
-        {"entity": "Paris", "entity_type": "LOC", "bounding_box": []},
-        {"entity": "today", "entity_type": "TIME", "bounding_box": []},
-        "not an object",
-    ]),
-    "c": "Sure, here you go:\n```json\n" + json.dumps({"entities": [
-        {"entity": "@nasa", "entity_type": "ORG", "bounding_box": [[0, 0, 100, 50]]},
-        {"entity": "Artemis", "entity_type": "OTHER", "bounding_box": "Null"},
-        {"entity": "Florida", "entity_type": "LOC", "bounding_box": [60, 20, 40, 10]}]}) + "\n```",
-    "d": json.dumps([{"entity": "Messi", "entity_type": "PER", "bounding_box": [1, 2, 30, 40]},
-                     {"entity": "Inter Miami", "entity_type": "ORG", "bounding_box": None}]),
-    "f": json.dumps([{"entity": "apple", "entity_type": "ORG", "bounding_box": []},
-                     {"entity": "Apple", "entity_type": "ORG", "bounding_box": []}]),
+    "a": json.dumps(
+        [
+            {"entity": "Barack Obama", "entity_type": "PER", "bounding_box": [10, 10, 50, 40]},
+            {"entity": "angela  merkel", "entity_type": "person", "bounding_box": []},
+            {"entity": "Berlin", "entity_type": "LOC", "bounding_box": [5, 5]},
+            {"entity": "Paris", "entity_type": "LOC", "bounding_box": []},
+            {"entity": "today", "entity_type": "TIME", "bounding_box": []},
+            "not an object",
+        ]
+    ),
+    "c": "Sure, here you go:\n```json\n"
+    + json.dumps(
+        {
+            "entities": [
+                {"entity": "@nasa", "entity_type": "ORG", "bounding_box": [[0, 0, 100, 50]]},
+                {"entity": "Artemis", "entity_type": "OTHER", "bounding_box": "Null"},
+                {"entity": "Florida", "entity_type": "LOC", "bounding_box": [60, 20, 40, 10]},
+            ]
+        }
+    )
+    + "\n```",
+    "d": json.dumps(
+        [
+            {"entity": "Messi", "entity_type": "PER", "bounding_box": [1, 2, 30, 40]},
+            {"entity": "Inter Miami", "entity_type": "ORG", "bounding_box": None},
+        ]
+    ),
+    "f": json.dumps(
+        [
+            {"entity": "apple", "entity_type": "ORG", "bounding_box": []},
+            {"entity": "Apple", "entity_type": "ORG", "bounding_box": []},
+        ]
+    ),
 }
 
 
@@ -71,8 +88,16 @@ def test_zeroshot_against_loopback_server(server, tmp_path):
         Image.new("RGB", (200, 100), "white").save(images / f"{pid}.jpg")
     posts = [Example(pid, text.split(), f"{pid}.jpg") for pid, text in POSTS.items()]
     write_jsonl(posts, tmp_path / "posts.jsonl")
-    cfg = load_zeroshot_config([f"llm.base_url={server.base_url}", "llm.model=test-vl", "llm.api_key_env=''",
-                                "llm.max_side=100", "llm.max_retries=0", f"images_dir={images}"])
+    cfg = load_zeroshot_config(
+        [
+            f"llm.base_url={server.base_url}",
+            "llm.model=test-vl",
+            "llm.api_key_env=''",
+            "llm.max_side=100",
+            "llm.max_retries=0",
+            f"images_dir={images}",
+        ]
+    )
     # b's answer is prose (unparseable), e's request fails with a server error
     from refineg.stages.zeroshot import ZeroShotPrompts
 
@@ -94,8 +119,13 @@ def test_zeroshot_against_loopback_server(server, tmp_path):
     assert report["posts"] == 6 and report["images_sent"] == 5
     assert (report["posts_ok"], report["posts_unparseable"], report["posts_failed"]) == (4, 1, 1)
     assert report["entities_returned"] == 6 + 3 + 2 + 2 and report["entities_kept"] == 3 + 3 + 2 + 2
-    assert report["dropped_or_changed"] == {"item_invalid": 1, "type_invalid": 1, "unlocated": 1, "box_invalid": 2,
-                                            "box_without_image": 1}
+    assert report["dropped_or_changed"] == {
+        "item_invalid": 1,
+        "type_invalid": 1,
+        "unlocated": 1,
+        "box_invalid": 2,
+        "box_without_image": 1,
+    }
     assert report["usage"]["total"]["requests"] == 6
     # one image per request that had one; the system prompt lists the inventory
     assert sorted(len(s) for s in server.image_sizes) == [0, 1, 1, 1, 1]  # e's failed request is not recorded
@@ -103,9 +133,15 @@ def test_zeroshot_against_loopback_server(server, tmp_path):
     assert (tmp_path / "z.report.json").is_file() and (tmp_path / "llm_usage.json").is_file()
 
     # the same scorer as every other system
-    gold = [Example("a", POSTS["a"].split(), "a.jpg", [Entity(0, 2, "PER", [[18, 22, 100, 80]]),
-                                                       Entity(3, 5, "PER"), Entity(6, 7, "LOC", [[0, 0, 10, 10]])]),
-            Example("d", POSTS["d"].split(), None, [Entity(0, 1, "PER")])]
+    gold = [
+        Example(
+            "a",
+            POSTS["a"].split(),
+            "a.jpg",
+            [Entity(0, 2, "PER", [[18, 22, 100, 80]]), Entity(3, 5, "PER"), Entity(6, 7, "LOC", [[0, 0, 10, 10]])],
+        ),
+        Example("d", POSTS["d"].split(), None, [Entity(0, 1, "PER")]),
+    ]
     write_jsonl(gold, tmp_path / "gold.jsonl")
     scores = evaluate_examples(gold, [out["a"], out["d"]])
     assert scores["counts"]["mner"] == {"tp": 4, "predicted": 5, "gold": 4}
@@ -115,11 +151,26 @@ def test_zeroshot_against_loopback_server(server, tmp_path):
 def test_zeroshot_cli_uses_the_cache(server, tmp_path, capsys):
     posts = [Example("d", POSTS["d"].split()), Example("f", POSTS["f"].split())]
     write_jsonl(posts, tmp_path / "posts.jsonl")
-    write_jsonl([Example("d", POSTS["d"].split(), None, [Entity(0, 1, "PER"), Entity(4, 6, "ORG")]),
-                 Example("f", POSTS["f"].split(), None, [Entity(0, 1, "ORG")])], tmp_path / "gold.jsonl")
-    args = ["zeroshot", "--data", str(tmp_path / "posts.jsonl"), "--out", str(tmp_path / "z.jsonl"),
-            "--gold", str(tmp_path / "gold.jsonl"), f"llm.base_url={server.base_url}", "llm.model=test-vl",
-            "llm.api_key_env=''", f"llm.cache_path={tmp_path / 'cache.sqlite'}"]
+    write_jsonl(
+        [
+            Example("d", POSTS["d"].split(), None, [Entity(0, 1, "PER"), Entity(4, 6, "ORG")]),
+            Example("f", POSTS["f"].split(), None, [Entity(0, 1, "ORG")]),
+        ],
+        tmp_path / "gold.jsonl",
+    )
+    args = [
+        "zeroshot",
+        "--data",
+        str(tmp_path / "posts.jsonl"),
+        "--out",
+        str(tmp_path / "z.jsonl"),
+        "--gold",
+        str(tmp_path / "gold.jsonl"),
+        f"llm.base_url={server.base_url}",
+        "llm.model=test-vl",
+        "llm.api_key_env=''",
+        f"llm.cache_path={tmp_path / 'cache.sqlite'}",
+    ]
     with pytest.raises(SystemExit):
         main(["zeroshot", "--data", "x", "--out", "y", "llm.modle=x"])
     assert main(args) == 0
@@ -136,9 +187,11 @@ def test_hostile_answers_are_unparseable_not_crashes(tmp_path):
     """Single-quoted JSON is not read as its inner box list, a 50,000-bracket answer is unparseable, and an item
     without a bounding_box key (an image was sent) is counted."""
     srv = ChatServer().start()
-    answers = {"a": "{'entity': 'Barack Obama', 'entity_type': 'PER', 'bounding_box': [10, 10, 50, 40]}",
-               "b": "[" * 50_000,
-               "d": json.dumps([{"entity": "Messi", "entity_type": "PER", "region": [1, 2, 30, 40]}])}
+    answers = {
+        "a": "{'entity': 'Barack Obama', 'entity_type': 'PER', 'bounding_box': [10, 10, 50, 40]}",
+        "b": "[" * 50_000,
+        "d": json.dumps([{"entity": "Messi", "entity_type": "PER", "region": [1, 2, 30, 40]}]),
+    }
     srv.responder = lambda prompt, n: next(answers[pid] for pid, text in POSTS.items() if f"Post: {text}\n" in prompt)
     try:
         images = tmp_path / "img"
@@ -146,8 +199,16 @@ def test_hostile_answers_are_unparseable_not_crashes(tmp_path):
         for pid in answers:
             Image.new("RGB", (200, 100), "white").save(images / f"{pid}.jpg")
         write_jsonl([Example(pid, POSTS[pid].split(), f"{pid}.jpg") for pid in answers], tmp_path / "posts.jsonl")
-        cfg = load_zeroshot_config([f"llm.base_url={srv.base_url}", "llm.model=test-vl", "llm.api_key_env=''",
-                                    "llm.max_retries=1", "llm.backoff_base_s=0.01", f"images_dir={images}"])
+        cfg = load_zeroshot_config(
+            [
+                f"llm.base_url={srv.base_url}",
+                "llm.model=test-vl",
+                "llm.api_key_env=''",
+                "llm.max_retries=1",
+                "llm.backoff_base_s=0.01",
+                f"images_dir={images}",
+            ]
+        )
         report = run_zeroshot(cfg, tmp_path / "posts.jsonl", tmp_path / "z.jsonl", progress=False)
         out = {p.id: p for p in read_jsonl(tmp_path / "z.jsonl")}
         assert out["a"].meta["zeroshot"]["status"] == "unparseable" and out["a"].entities == []

@@ -20,21 +20,42 @@ def posts(tmp_path):
     Image.new("RGB", (320, 240), BG).save(images / "a.jpg", quality=100)
     Image.new("RGB", (1280, 960), BG).save(images / "big.jpg", quality=100)
     tokens = ["Obama", "meets", "Merkel", "in", "Berlin"]
-    gold = [Example("a", tokens, "a.jpg", [Entity(0, 1, "PER", [[20, 30, 120, 200]]), Entity(2, 3, "PER"),
-                                           Entity(4, 5, "LOC")], image_size=(320, 240)),
-            Example("big", tokens, "big.jpg", [Entity(0, 1, "PER", [[100, 100, 700, 900]])]),
-            Example("gone", tokens, "missing.jpg", [Entity(0, 1, "ORG", [[10, 10, 50, 50]])], image_size=(200, 100)),
-            Example("noimg", tokens, None, [])]
-    pred = [Example("a", tokens, "a.jpg", [Entity(0, 1, "PER", [[200, 30, 300, 200]], score=0.9)], source="predicted"),
-            Example("big", tokens, "big.jpg", [], source="predicted")]
+    gold = [
+        Example(
+            "a",
+            tokens,
+            "a.jpg",
+            [Entity(0, 1, "PER", [[20, 30, 120, 200]]), Entity(2, 3, "PER"), Entity(4, 5, "LOC")],
+            image_size=(320, 240),
+        ),
+        Example("big", tokens, "big.jpg", [Entity(0, 1, "PER", [[100, 100, 700, 900]])]),
+        Example("gone", tokens, "missing.jpg", [Entity(0, 1, "ORG", [[10, 10, 50, 50]])], image_size=(200, 100)),
+        Example("noimg", tokens, None, []),
+    ]
+    pred = [
+        Example("a", tokens, "a.jpg", [Entity(0, 1, "PER", [[200, 30, 300, 200]], score=0.9)], source="predicted"),
+        Example("big", tokens, "big.jpg", [], source="predicted"),
+    ]
     write_jsonl(gold, tmp_path / "gold.jsonl")
     write_jsonl(pred, tmp_path / "pred.jsonl")
     return tmp_path
 
 
 def run_visualize(tmp_path, *extra):
-    return main(["visualize", "--pred", str(tmp_path / "pred.jsonl"), "--gold", str(tmp_path / "gold.jsonl"),
-                 "--images", str(tmp_path / "img"), "--out", str(tmp_path / "out"), *extra])
+    return main(
+        [
+            "visualize",
+            "--pred",
+            str(tmp_path / "pred.jsonl"),
+            "--gold",
+            str(tmp_path / "gold.jsonl"),
+            "--images",
+            str(tmp_path / "img"),
+            "--out",
+            str(tmp_path / "out"),
+            *extra,
+        ]
+    )
 
 
 def close(a, b, tol=40):

@@ -110,6 +110,7 @@ class HFBackend(ChatBackend):
                     raise BackendError("bad_request", f"text-only model {self.config.model!r} got an image")
                 conversation.append({"role": m.role, "content": m.text})
                 continue
+
             def image_part(p: ImagePart) -> dict[str, Any]:
                 images.append(prepare_image(p.image, self.config.max_side).image)
                 return {"type": "image"}

@@ -137,7 +137,7 @@ def per_post(values: list[Any], spans: list[list[Span]]) -> list[list[Any]]:
     """Splits a flat list (one value per span, posts in order) back into posts."""
     out, k = [], 0
     for post in spans:
-        out.append(values[k:k + len(post)])
+        out.append(values[k : k + len(post)])
         k += len(post)
     return out
 

@@ -34,6 +34,7 @@ class CRFMarginalHead(UncertaintyHead):
         for k, (_, _, t) in enumerate(s for post in ctx.spans for s in post):
             p_t = float(probs[k, head.types.index(t)])
             p_any = float(probs[k].sum())
-            flat.append(EntityUncertainty(clamp01(1 - p_t), clamp01(1 - p_any),
-                                          clamp01(1 - p_t / p_any) if p_any > 0 else 1.0))
+            flat.append(
+                EntityUncertainty(clamp01(1 - p_t), clamp01(1 - p_any), clamp01(1 - p_t / p_any) if p_any > 0 else 1.0)
+            )
         return per_post(flat, ctx.spans)

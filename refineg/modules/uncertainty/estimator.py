@@ -32,16 +32,27 @@ class UncertaintyEstimator:
     (one dict per entity) and, with several heads, ``meta["uncertainty_by_head"] = {name: [total per entity]}``.
     """
 
-    def __init__(self, predictor: TaggerPredictor, heads: dict[str, UncertaintyHead],
-                 temperature: TemperatureScaler | None = None, missed: MissedEntityDetector | None = None) -> None:
+    def __init__(
+        self,
+        predictor: TaggerPredictor,
+        heads: dict[str, UncertaintyHead],
+        temperature: TemperatureScaler | None = None,
+        missed: MissedEntityDetector | None = None,
+    ) -> None:
         if not heads:
             raise ValueError("at least one uncertainty head is needed")
         self.predictor, self.heads, self.temperature, self.missed = predictor, dict(heads), temperature, missed
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, head: str = "crf_marginal", head_kwargs: dict[str, Any] | None = None,
-                        temperature: str | Path | None = None, missed: MissedEntityDetector | None = None,
-                        **predictor_kwargs: Any) -> UncertaintyEstimator:
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        head: str = "crf_marginal",
+        head_kwargs: dict[str, Any] | None = None,
+        temperature: str | Path | None = None,
+        missed: MissedEntityDetector | None = None,
+        **predictor_kwargs: Any,
+    ) -> UncertaintyEstimator:
         """Loads a tagger checkpoint and builds one head by name (``temperature``: a saved scaler JSON)."""
         predictor = TaggerPredictor.from_checkpoint(path, **predictor_kwargs)
         scaler = TemperatureScaler.load(temperature) if temperature else None
@@ -52,8 +63,9 @@ class UncertaintyEstimator:
         """The tagger (``TaggerModule``)."""
         return self.predictor.module
 
-    def contexts(self, examples: Sequence[Example], progress: bool = False,
-                 desc: str = "uncertainty") -> Iterator[tuple[list[int], list[list[tuple]], BatchContext]]:
+    def contexts(
+        self, examples: Sequence[Example], progress: bool = False, desc: str = "uncertainty"
+    ) -> Iterator[tuple[list[int], list[list[tuple]], BatchContext]]:
         """Tags ``examples`` batch by batch (call under ``torch.inference_mode()``).
 
         Yields:
@@ -70,12 +82,16 @@ class UncertaintyEstimator:
             for i, post in zip(idx, decoded):
                 n = len(examples[i].tokens)
                 kept.append([(s, e, t, c) for s, e, t, c in post if e <= n])
-            yield idx, kept, BatchContext(module, batch, scale(emissions), mask, [[x[:3] for x in p] for p in kept],
-                                          scale)
+            yield (
+                idx,
+                kept,
+                BatchContext(module, batch, scale(emissions), mask, [[x[:3] for x in p] for p in kept], scale),
+            )
 
     @torch.inference_mode()
-    def score(self, examples: Sequence[Example],
-              progress: bool = False) -> tuple[list[Example], dict[str, list[list[EntityUncertainty]]]]:
+    def score(
+        self, examples: Sequence[Example], progress: bool = False
+    ) -> tuple[list[Example], dict[str, list[list[EntityUncertainty]]]]:
         """Predicted posts plus every head's :class:`EntityUncertainty` per entity (posts in input order)."""
         examples = list(examples)
         spans: list[Any] = [None] * len(examples)
@@ -95,9 +111,12 @@ class UncertaintyEstimator:
         return self.score(examples, progress)[0]
 
 
-def assemble_predictions(examples: Sequence[Example], spans: Sequence[list[tuple]],
-                         scores: dict[str, list[list[EntityUncertainty]]],
-                         missed: Sequence[list[dict] | None] | None = None) -> list[Example]:
+def assemble_predictions(
+    examples: Sequence[Example],
+    spans: Sequence[list[tuple]],
+    scores: dict[str, list[list[EntityUncertainty]]],
+    missed: Sequence[list[dict] | None] | None = None,
+) -> list[Example]:
     """Predicted posts from decoded ``(start, end, type, confidence)`` spans and the heads' scores.
 
     The meta written is described in :class:`UncertaintyEstimator`; the first head of ``scores`` fills

@@ -66,9 +66,12 @@ def dirichlet_kl_to_uniform(alpha: Tensor) -> Tensor:
     """``KL(Dir(alpha) || Dir(1, ..., 1))`` over the last dimension."""
     k = alpha.shape[-1]
     s = alpha.sum(-1)
-    return (torch.lgamma(s) - torch.lgamma(torch.tensor(float(k), device=alpha.device))
-            - torch.lgamma(alpha).sum(-1)
-            + ((alpha - 1) * (torch.digamma(alpha) - torch.digamma(s).unsqueeze(-1))).sum(-1))
+    return (
+        torch.lgamma(s)
+        - torch.lgamma(torch.tensor(float(k), device=alpha.device))
+        - torch.lgamma(alpha).sum(-1)
+        + ((alpha - 1) * (torch.digamma(alpha) - torch.digamma(s).unsqueeze(-1))).sum(-1)
+    )
 
 
 def evidential_loss(alpha: Tensor, tags: Tensor, mask: Tensor, kl_weight: float) -> Tensor:
@@ -91,9 +94,16 @@ def evidential_loss(alpha: Tensor, tags: Tensor, mask: Tensor, kl_weight: float)
     return per_word.sum() / mask.sum().clamp(min=1)
 
 
-def fit_evidential(module: Any, examples: Sequence[Example], epochs: int = 10, lr: float = 1e-2,
-                   kl_anneal_epochs: int = 5, batch_size: int = 32, max_length: int = 128,
-                   seed: int = 0) -> DirichletTagger:
+def fit_evidential(
+    module: Any,
+    examples: Sequence[Example],
+    epochs: int = 10,
+    lr: float = 1e-2,
+    kl_anneal_epochs: int = 5,
+    batch_size: int = 32,
+    max_length: int = 128,
+    seed: int = 0,
+) -> DirichletTagger:
     """Trains a :class:`DirichletTagger` on the frozen word states of a trained tagger.
 
     The tagger runs once (no gradients) to cache every post's word states; the Dirichlet layer is then trained
@@ -122,7 +132,7 @@ def fit_evidential(module: Any, examples: Sequence[Example], epochs: int = 10, l
     cached = []
     with torch.no_grad():
         for lo in range(0, len(encoded), batch_size):
-            batch = {k: v.to(module.device) for k, v in predictor.collate(encoded[lo:lo + batch_size]).items()}
+            batch = {k: v.to(module.device) for k, v in predictor.collate(encoded[lo : lo + batch_size]).items()}
             states = module.tagger.word_states(**batch).float().cpu()
             cached.append((states, batch["labels"].cpu(), (batch["word_mask"] & (batch["labels"] >= 0)).cpu()))
     gen = torch.Generator().manual_seed(seed)
@@ -177,9 +187,13 @@ class EvidentialHead(UncertaintyHead):
             row = []
             for s, e, t in post:
                 w = entity_word_probs(probs[b], s, e, t, ctx.labels, index, ctx.types)
-                row.append(EntityUncertainty(clamp01(float(vacuity[b, s:e].mean())),
-                                             clamp01(1 - float(w["prefix"].mean())),
-                                             clamp01(1 - float(w["type"].mean()))))
+                row.append(
+                    EntityUncertainty(
+                        clamp01(float(vacuity[b, s:e].mean())),
+                        clamp01(1 - float(w["prefix"].mean())),
+                        clamp01(1 - float(w["type"].mean())),
+                    )
+                )
             out.append(row)
         return out
 

@@ -47,8 +47,14 @@ logger = logging.getLogger(__name__)
 
 TARGETS = ("total", *FIELDS)
 #: Casing groups of the entity's words (``numeric`` and ``has_digit`` are one group).
-CASE_GROUPS = {"lower": ("lower",), "title": ("title",), "upper": ("upper",), "mixed": ("mixed",),
-               "digit": ("numeric", "has_digit"), "other": ("other",)}
+CASE_GROUPS = {
+    "lower": ("lower",),
+    "title": ("title",),
+    "upper": ("upper",),
+    "mixed": ("mixed",),
+    "digit": ("numeric", "has_digit"),
+    "other": ("other",),
+}
 EPS = 1e-4
 
 
@@ -66,8 +72,9 @@ def feature_names(members: Sequence[str], member_fields: dict[str, Sequence[str]
     return names
 
 
-def entity_features(ctx: BatchContext, member_scores: dict[str, list[list[EntityUncertainty]]],
-                    member_fields: dict[str, Sequence[str]]) -> list[list[list[float]]]:
+def entity_features(
+    ctx: BatchContext, member_scores: dict[str, list[list[EntityUncertainty]]], member_fields: dict[str, Sequence[str]]
+) -> list[list[list[float]]]:
     """One feature vector per predicted entity of the batch (columns as :func:`feature_names`).
 
     Args:
@@ -153,15 +160,33 @@ def _fit_one(x: np.ndarray, y: np.ndarray, c: float) -> dict[str, Any]:
     z = (x - mean) / scale
     if y.min() == y.max():  # one class only: a constant model
         p = min(1 - EPS, max(EPS, float(y.mean())))
-        return {"mean": mean.tolist(), "scale": scale.tolist(), "coef": [0.0] * x.shape[1],
-                "intercept": math.log(p / (1 - p)), "n": int(len(y)), "errors": int(y.sum())}
+        return {
+            "mean": mean.tolist(),
+            "scale": scale.tolist(),
+            "coef": [0.0] * x.shape[1],
+            "intercept": math.log(p / (1 - p)),
+            "n": int(len(y)),
+            "errors": int(y.sum()),
+        }
     lr = LogisticRegression(C=c, max_iter=2000).fit(z, y)
-    return {"mean": mean.tolist(), "scale": scale.tolist(), "coef": lr.coef_[0].tolist(),
-            "intercept": float(lr.intercept_[0]), "n": int(len(y)), "errors": int(y.sum())}
+    return {
+        "mean": mean.tolist(),
+        "scale": scale.tolist(),
+        "coef": lr.coef_[0].tolist(),
+        "intercept": float(lr.intercept_[0]),
+        "n": int(len(y)),
+        "errors": int(y.sum()),
+    }
 
 
-def fit_error_predictor(x: np.ndarray, errors: dict[str, Sequence[bool | None]], members: dict[str, dict[str, Any]],
-                        member_fields: dict[str, list[str]], names: list[str], c: float = 1.0) -> ErrorPredictor:
+def fit_error_predictor(
+    x: np.ndarray,
+    errors: dict[str, Sequence[bool | None]],
+    members: dict[str, dict[str, Any]],
+    member_fields: dict[str, list[str]],
+    names: list[str],
+    c: float = 1.0,
+) -> ErrorPredictor:
     """Fits one logistic regression per target on feature rows ``x`` ``(N, D)``.
 
     Args:
@@ -188,9 +213,17 @@ def fit_error_predictor(x: np.ndarray, errors: dict[str, Sequence[bool | None]],
     return pred
 
 
-def cross_fit(x: np.ndarray, errors: dict[str, Sequence[bool | None]], groups: Sequence[Any],
-              members: dict[str, dict[str, Any]], member_fields: dict[str, list[str]], names: list[str],
-              folds: int = 5, seed: int = 0, c: float = 1.0) -> dict[str, np.ndarray]:
+def cross_fit(
+    x: np.ndarray,
+    errors: dict[str, Sequence[bool | None]],
+    groups: Sequence[Any],
+    members: dict[str, dict[str, Any]],
+    member_fields: dict[str, list[str]],
+    names: list[str],
+    folds: int = 5,
+    seed: int = 0,
+    c: float = 1.0,
+) -> dict[str, np.ndarray]:
     """Out-of-fold error probabilities (no row is scored by a model that saw it).
 
     Groups (posts) are split into ``folds`` random folds; each fold is scored by models fitted on the other folds.
@@ -231,9 +264,12 @@ def default_member_fields(scores: dict[str, list[list[EntityUncertainty]]]) -> d
 
 
 @torch.inference_mode()
-def collect_features(estimator: Any, examples: Sequence[Example], member_fields: dict[str, list[str]] | None = None,
-                     progress: bool = False) -> tuple[list[Example], dict[str, list[list[EntityUncertainty]]],
-                                                      np.ndarray, list[str], dict[str, list[str]]]:
+def collect_features(
+    estimator: Any,
+    examples: Sequence[Example],
+    member_fields: dict[str, list[str]] | None = None,
+    progress: bool = False,
+) -> tuple[list[Example], dict[str, list[list[EntityUncertainty]]], np.ndarray, list[str], dict[str, list[str]]]:
     """Runs an :class:`~refineg.modules.uncertainty.UncertaintyEstimator` whose heads are the members, once.
 
     Returns:
@@ -292,12 +328,20 @@ class LearnedErrorHead(UncertaintyHead):
                 continue
             x = np.asarray(post, dtype=float)
             if x.shape[1] != expected:
-                raise ValueError(f"learned head: {x.shape[1]} features, the model expects {expected} "
-                                 "(another tagger's types?)")
+                raise ValueError(
+                    f"learned head: {x.shape[1]} features, the model expects {expected} (another tagger's types?)"
+                )
             p = {t: self.predictor.predict(x, t) for t in self.predictor.models}
-            out.append([EntityUncertainty(clamp01(p["total"][k]),
-                                          clamp01(p["span"][k]) if "span" in p else None,
-                                          clamp01(p["type"][k]) if "type" in p else None) for k in range(len(x))])
+            out.append(
+                [
+                    EntityUncertainty(
+                        clamp01(p["total"][k]),
+                        clamp01(p["span"][k]) if "span" in p else None,
+                        clamp01(p["type"][k]) if "type" in p else None,
+                    )
+                    for k in range(len(x))
+                ]
+            )
         return out
 
     def config(self) -> dict[str, Any]:  # noqa: D102

@@ -43,8 +43,14 @@ class MissedEntityDetector:
                 elif not hot and start is not None:
                     if i - start <= self.max_words:
                         mass = (probs[b, start:i] @ type_of.T).sum(0)
-                        found.append({"start": start, "end": i, "type": ctx.types[int(mass.argmax())],
-                                      "score": round(float(non_o[start:i].mean()), 6)})
+                        found.append(
+                            {
+                                "start": start,
+                                "end": i,
+                                "type": ctx.types[int(mass.argmax())],
+                                "score": round(float(non_o[start:i].mean()), 6),
+                            }
+                        )
                     start = None
             out.append(found)
         return out

@@ -36,8 +36,9 @@ def type_field_probs(probs: Tensor, index: dict[str, Tensor]) -> Tensor:
     return per_type / per_type.sum(-1, keepdim=True).clamp(min=1e-12)
 
 
-def entity_word_probs(probs: Tensor, start: int, end: int, etype: str, labels: list[str],
-                      index: dict[str, Tensor], types: list[str]) -> dict[str, Tensor]:
+def entity_word_probs(
+    probs: Tensor, start: int, end: int, etype: str, labels: list[str], index: dict[str, Tensor], types: list[str]
+) -> dict[str, Tensor]:
     """Per-word probabilities of a predicted span.
 
     Returns:
@@ -85,8 +86,13 @@ class MaxProbMeanHead(UncertaintyHead):
             for s, e, t in post:
                 w = entity_word_probs(probs[b], s, e, t, ctx.labels, index, ctx.types)
                 top = probs[b, s:e].max(-1).values
-                row.append(EntityUncertainty(clamp01(1 - self._agg(top)), clamp01(1 - self._agg(w["prefix"])),
-                                             clamp01(1 - self._agg(w["type"]))))
+                row.append(
+                    EntityUncertainty(
+                        clamp01(1 - self._agg(top)),
+                        clamp01(1 - self._agg(w["prefix"])),
+                        clamp01(1 - self._agg(w["type"])),
+                    )
+                )
             out.append(row)
         return out
 
@@ -117,8 +123,12 @@ class EntropyHead(UncertaintyHead):
             row = []
             for s, e, _ in post:
                 p = probs[b, s:e]
-                row.append(EntityUncertainty(clamp01(float(_entropy(p).mean())),
-                                             clamp01(float(_entropy(span_field_probs(p, index)).mean())),
-                                             clamp01(float(_entropy(type_field_probs(p, index)).mean()))))
+                row.append(
+                    EntityUncertainty(
+                        clamp01(float(_entropy(p).mean())),
+                        clamp01(float(_entropy(span_field_probs(p, index)).mean())),
+                        clamp01(float(_entropy(type_field_probs(p, index)).mean())),
+                    )
+                )
             out.append(row)
         return out

@@ -50,8 +50,7 @@ def vote(spans: list[list[Span]], samples: Sequence[list[list[Span]]]) -> list[l
         for s, e, t in post:
             hits = sum((s, e, t) in x for x in sets)
             span_hits = sum((s, e) in x for x in bounds)
-            row.append(EntityUncertainty(1 - hits / k, 1 - span_hits / k,
-                                         1 - hits / span_hits if span_hits else 1.0))
+            row.append(EntityUncertainty(1 - hits / k, 1 - span_hits / k, 1 - hits / span_hits if span_hits else 1.0))
         out.append(row)
     return out
 
@@ -67,8 +66,10 @@ def probability_variance(ctx: BatchContext, probs: Sequence[Tensor]) -> list[lis
         row = []
         for s, e, t in post:
             per = [entity_word_probs(p[b].float(), s, e, t, ctx.labels, index, ctx.types) for p in probs]
-            var = {f: float(torch.stack([x[f] for x in per]).var(0, unbiased=False).mean()) * 4
-                   for f in ("label", "prefix", "type")}
+            var = {
+                f: float(torch.stack([x[f] for x in per]).var(0, unbiased=False).mean()) * 4
+                for f in ("label", "prefix", "type")
+            }
             row.append(EntityUncertainty(clamp01(var["label"]), clamp01(var["prefix"]), clamp01(var["type"])))
         out.append(row)
     return out
@@ -109,8 +110,9 @@ class MCDropoutHead(UncertaintyHead):
         seed: Seed of the dropout masks (scores are repeatable).
     """
 
-    def __init__(self, samples: int = 8, dropout: float | None = None, measure: str = "disagreement",
-                 seed: int = 0) -> None:
+    def __init__(
+        self, samples: int = 8, dropout: float | None = None, measure: str = "disagreement", seed: int = 0
+    ) -> None:
         if samples < 2:
             raise ValueError("mc_dropout needs at least 2 samples")
         self.samples, self.dropout, self.measure, self.seed = samples, dropout, _check_measure(measure), seed
@@ -122,14 +124,14 @@ class MCDropoutHead(UncertaintyHead):
         decodes, probs = [], []
         try:
             with dropout_active(ctx.module, self.dropout) as n_layers:
-                if n_layers == 0 or (self.dropout is None and all(
-                        m.p == 0 for m in ctx.module.modules() if isinstance(m, nn.Dropout))):
+                if n_layers == 0 or (
+                    self.dropout is None and all(m.p == 0 for m in ctx.module.modules() if isinstance(m, nn.Dropout))
+                ):
                     raise ValueError("mc_dropout: the tagger has no active dropout layer; pass dropout=<rate>")
                 for _ in range(self.samples):
                     em = ctx.module(ctx.batch)
                     if self.measure == "disagreement":
-                        decodes.append([[(s, e, t) for s, e, t, _ in post]
-                                        for post in head.decode_spans(em, ctx.mask)])
+                        decodes.append([[(s, e, t) for s, e, t, _ in post] for post in head.decode_spans(em, ctx.mask)])
                     else:
                         probs.append(token_probabilities(ctx.module, ctx.scale(em), ctx.mask))
         finally:
@@ -153,8 +155,9 @@ class EnsembleHead(UncertaintyHead):
         measure: ``disagreement`` or ``variance`` (see the module docstring).
     """
 
-    def __init__(self, checkpoints: Sequence[str | Path] = (), members: Sequence[Any] = (),
-                 measure: str = "disagreement") -> None:
+    def __init__(
+        self, checkpoints: Sequence[str | Path] = (), members: Sequence[Any] = (), measure: str = "disagreement"
+    ) -> None:
         self.checkpoints = [str(c) for c in checkpoints]
         self._members = list(members)
         if len(self.checkpoints) + len(self._members) < 2:
@@ -166,8 +169,9 @@ class EnsembleHead(UncertaintyHead):
         if self.checkpoints:
             from refineg.modules.tagger_module import TaggerModule
 
-            self._members += [TaggerModule.load_from_checkpoint(c, map_location="cpu", weights_only=False)
-                              for c in self.checkpoints]
+            self._members += [
+                TaggerModule.load_from_checkpoint(c, map_location="cpu", weights_only=False) for c in self.checkpoints
+            ]
             self.checkpoints = []
         for m in self._members:
             if m.hparams.model["encoder"] != like.hparams.model["encoder"] or list(m.types) != list(like.types):
@@ -180,8 +184,9 @@ class EnsembleHead(UncertaintyHead):
         for m in self.members(ctx.module):
             em = m(ctx.batch)
             if self.measure == "disagreement":
-                decodes.append([[(s, e, t) for s, e, t, _ in post]
-                                for post in m.tagger.head.decode_spans(em, ctx.mask)])
+                decodes.append(
+                    [[(s, e, t) for s, e, t, _ in post] for post in m.tagger.head.decode_spans(em, ctx.mask)]
+                )
             else:
                 probs.append(token_probabilities(m, ctx.scale(em), ctx.mask))
         return vote(ctx.spans, decodes) if self.measure == "disagreement" else probability_variance(ctx, probs)

@@ -41,8 +41,9 @@ class TemperatureScaler(nn.Module):
         """``emissions / T`` (any shape)."""
         return emissions / self.log_t.exp().to(emissions.dtype)
 
-    def fit_emissions(self, head: nn.Module, batches: Sequence[tuple[Tensor, Tensor, Tensor]],
-                      max_iter: int = 100) -> float:
+    def fit_emissions(
+        self, head: nn.Module, batches: Sequence[tuple[Tensor, Tensor, Tensor]], max_iter: int = 100
+    ) -> float:
         """Fits ``T`` by L-BFGS on precomputed ``(emissions, tags, mask)`` batches, minimising ``head.loss``.
 
         Returns:

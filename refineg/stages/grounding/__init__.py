@@ -2,8 +2,15 @@
 
 from .base import GROUNDERS, Grounder, GroundingQuery, GroundingResult, create_grounder, image_path, list_grounders
 
-__all__ = ["GROUNDERS", "Grounder", "GroundingQuery", "GroundingResult", "create_grounder", "image_path",
-           "list_grounders"]
+__all__ = [
+    "GROUNDERS",
+    "Grounder",
+    "GroundingQuery",
+    "GroundingResult",
+    "create_grounder",
+    "image_path",
+    "list_grounders",
+]
 
 from . import mllm  # noqa: E402,F401  (registers the "mllm" grounder)
 from .config import GroundConfig, load_ground_config  # noqa: E402

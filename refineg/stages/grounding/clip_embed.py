@@ -48,9 +48,16 @@ class ClipEmbedder:
         ValueError: A download would be needed and ``allow_download`` is off.
     """
 
-    def __init__(self, model_name: str = BUILTIN_MODEL, pretrained: str | None = PACKAGED,
-                 allow_download: bool = False, device: str = "cpu", batch_size: int = 64,
-                 region_side: int = 512, fine_level: int | None = 3) -> None:
+    def __init__(
+        self,
+        model_name: str = BUILTIN_MODEL,
+        pretrained: str | None = PACKAGED,
+        allow_download: bool = False,
+        device: str = "cpu",
+        batch_size: int = 64,
+        region_side: int = 512,
+        fine_level: int | None = 3,
+    ) -> None:
         from open_clip.timm_model import TimmModel
 
         self.clip: OpenClip = load_open_clip(model_name, pretrained, allow_download, device)
@@ -60,8 +67,9 @@ class ClipEmbedder:
         self.batch_size = int(batch_size)
         self.region_side = int(region_side)
         self.fine_level = fine_level
-        self.roi_mode = isinstance(self.model.visual, TimmModel) and hasattr(self.model.visual.trunk,
-                                                                              "forward_features")
+        self.roi_mode = isinstance(self.model.visual, TimmModel) and hasattr(
+            self.model.visual.trunk, "forward_features"
+        )
         if not self.roi_mode or not hasattr(self.model.visual.trunk, "forward_intermediates"):
             self.fine_level = None
         self._mean = torch.tensor(self.clip.mean).view(1, 3, 1, 1)
@@ -82,8 +90,7 @@ class ClipEmbedder:
         scale = 1.0
         if side is not None:
             scale = side / max(rgb.size)
-            rgb = rgb.resize((max(1, round(rgb.size[0] * scale)), max(1, round(rgb.size[1] * scale))),
-                             Image.BICUBIC)
+            rgb = rgb.resize((max(1, round(rgb.size[0] * scale)), max(1, round(rgb.size[1] * scale))), Image.BICUBIC)
         pixels = pil_to_tensor(rgb).unsqueeze(0).float() / 255.0
         return ((pixels - self._mean) / self._std).to(self.device), scale
 
@@ -92,7 +99,7 @@ class ClipEmbedder:
         """``(N, D)`` features of whole images (see :func:`~refineg.modules.open_clip_loader.image_features`)."""
         out = []
         for i in range(0, len(images), self.batch_size):
-            pixels = torch.stack([self.clip.preprocess(im.convert("RGB")) for im in images[i: i + self.batch_size]])
+            pixels = torch.stack([self.clip.preprocess(im.convert("RGB")) for im in images[i : i + self.batch_size]])
             out.append(image_features(self.clip, pixels.to(self.device)).float().cpu())
         return torch.cat(out) if out else torch.zeros(0, self.image_dim)
 
@@ -109,12 +116,24 @@ class ClipEmbedder:
                 fmap, fine = trunk.forward_features(pixels), None  # (1, C, h, w)
             whole = fmap.mean((2, 3))[0].float().cpu()
             rois = rois.to(fmap.device)
-            pooled = roi_align(fmap, [rois], output_size=2, spatial_scale=scale * fmap.shape[-1] / pixels.shape[-1],
-                               sampling_ratio=2, aligned=True).mean((2, 3))
+            pooled = roi_align(
+                fmap,
+                [rois],
+                output_size=2,
+                spatial_scale=scale * fmap.shape[-1] / pixels.shape[-1],
+                sampling_ratio=2,
+                aligned=True,
+            ).mean((2, 3))
             if fine is not None:  # the 2x2 layout of a finer level: where inside the box things are
                 whole = torch.cat([whole, fine.mean((2, 3))[0].float().cpu().repeat(4)])
-                cells = roi_align(fine, [rois], output_size=2, spatial_scale=scale * fine.shape[-1] / pixels.shape[-1],
-                                  sampling_ratio=2, aligned=True)
+                cells = roi_align(
+                    fine,
+                    [rois],
+                    output_size=2,
+                    spatial_scale=scale * fine.shape[-1] / pixels.shape[-1],
+                    sampling_ratio=2,
+                    aligned=True,
+                )
                 pooled = torch.cat([pooled, cells.flatten(1)], 1)
             return whole, pooled.float().cpu()
         whole = self.image_features([image])[0]
@@ -124,8 +143,14 @@ class ClipEmbedder:
         side = self.clip.image_size
         crops = []
         for i in range(0, len(rois), self.batch_size):
-            batch = roi_align(pixels, [rois[i: i + self.batch_size].to(pixels.device)], output_size=side,
-                              spatial_scale=1.0, sampling_ratio=2, aligned=True)
+            batch = roi_align(
+                pixels,
+                [rois[i : i + self.batch_size].to(pixels.device)],
+                output_size=side,
+                spatial_scale=1.0,
+                sampling_ratio=2,
+                aligned=True,
+            )
             crops.append(image_features(self.clip, batch).float().cpu())
         return whole, torch.cat(crops)
 
@@ -139,10 +164,15 @@ class ClipEmbedder:
         order = sorted(range(len(flat)), key=lambda i: len(flat[i]))  # similar lengths share a batch
         parts = []
         for lo in range(0, len(order), self.batch_size):
-            texts = [flat[i] for i in order[lo: lo + self.batch_size]]
+            texts = [flat[i] for i in order[lo : lo + self.batch_size]]
             if hf is not None:  # pad to the longest prompt of the batch only
-                tokens = hf(texts, padding=True, truncation=True, max_length=self.clip.tokenizer.context_length,
-                            return_tensors="pt").input_ids
+                tokens = hf(
+                    texts,
+                    padding=True,
+                    truncation=True,
+                    max_length=self.clip.tokenizer.context_length,
+                    return_tensors="pt",
+                ).input_ids
             else:
                 tokens = self.clip.tokenizer(texts)
             parts.append(text_features(self.clip, tokens.to(self.device)).float().cpu())

@@ -96,13 +96,23 @@ class ClipRegionScorer(Grounder):
         ValueError: ``state`` was fitted with another ``model_name``, or a bad state file.
     """
 
-    def __init__(self, model_name: str | None = None, pretrained: str | None = PACKAGED,
-                 allow_download: bool = False, proposals: str | None = None,
-                 proposal_kwargs: dict[str, Any] | None = None, templates: list[str] | None = None,
-                 type_words: dict[str, str] | None = None, threshold: float | None = None,
-                 state: str | None = None, device: str = "cpu", batch_size: int = 64,
-                 region_side: int | None = None, fine_level: int | None = -1,
-                 sentence_context: bool | None = None) -> None:
+    def __init__(
+        self,
+        model_name: str | None = None,
+        pretrained: str | None = PACKAGED,
+        allow_download: bool = False,
+        proposals: str | None = None,
+        proposal_kwargs: dict[str, Any] | None = None,
+        templates: list[str] | None = None,
+        type_words: dict[str, str] | None = None,
+        threshold: float | None = None,
+        state: str | None = None,
+        device: str = "cpu",
+        batch_size: int = 64,
+        region_side: int | None = None,
+        fine_level: int | None = -1,
+        sentence_context: bool | None = None,
+    ) -> None:
         saved: dict[str, Any] = {}
         if state is not None:
             saved = torch.load(state, map_location="cpu", weights_only=True)
@@ -117,9 +127,15 @@ class ClipRegionScorer(Grounder):
         name = model_name or saved.get("model_name", BUILTIN_MODEL)
         if name != BUILTIN_MODEL and pretrained == PACKAGED:
             pretrained = None
-        self.embedder = ClipEmbedder(name, pretrained, allow_download=allow_download, device=device,
-                                     batch_size=batch_size, region_side=region_side or saved.get("region_side", 512),
-                                     fine_level=saved.get("fine_level", 3) if fine_level == -1 else fine_level)
+        self.embedder = ClipEmbedder(
+            name,
+            pretrained,
+            allow_download=allow_download,
+            device=device,
+            batch_size=batch_size,
+            region_side=region_side or saved.get("region_side", 512),
+            fine_level=saved.get("fine_level", 3) if fine_level == -1 else fine_level,
+        )
         self.proposal_name = proposals or saved.get("proposals", "grid")
         kwargs = proposal_kwargs if proposal_kwargs is not None else saved.get("proposal_kwargs", {})
         self.proposal_kwargs = plain(kwargs or {})
@@ -127,8 +143,9 @@ class ClipRegionScorer(Grounder):
         self.templates = [str(t) for t in (templates or saved.get("templates") or DEFAULT_TEMPLATES)]
         self.type_words = {**DEFAULT_TYPE_WORDS, **(saved.get("type_words") or {}), **plain(type_words or {})}
         self.threshold = threshold if threshold is not None else saved.get("threshold")
-        self.sentence_context = bool(saved.get("sentence_context", True) if sentence_context is None
-                                     else sentence_context)
+        self.sentence_context = bool(
+            saved.get("sentence_context", True) if sentence_context is None else sentence_context
+        )
         self.head: RegionHead | None = None
         if saved.get("head") is not None:
             self.head = RegionHead(**saved["head"]["config"])
@@ -138,8 +155,10 @@ class ClipRegionScorer(Grounder):
     @property
     def label(self) -> str:  # type: ignore[override]
         """``"clip mobilenetv2-minilm packaged, selective_search proposals, trained head"``, ..."""
-        return (f"clip {self.embedder.label}, {self.proposal_name} proposals, "
-                f"{'trained head' if self.head is not None else 'cosine'} scores")
+        return (
+            f"clip {self.embedder.label}, {self.proposal_name} proposals, "
+            f"{'trained head' if self.head is not None else 'cosine'} scores"
+        )
 
     def image_candidates(self, post: Example, image: Image.Image, entity_type: str) -> ImageCandidates:
         """Proposals of ``image`` for an entity of ``entity_type`` with their features."""
@@ -168,13 +187,18 @@ class ClipRegionScorer(Grounder):
         sizes = [len(sets) for sets in prompt_sets]
         per_post = list(feats[: sum(sizes)].split(sizes))
         if self.sentence_context:
-            sentences = feats[sum(sizes):]
+            sentences = feats[sum(sizes) :]
             per_post = [torch.cat([f, sentences[i].expand(len(f), -1)], 1) for i, f in enumerate(per_post)]
         return per_post
 
-    def candidates(self, post: Example, image: Image.Image, entities: Sequence[Entity] | None = None,
-                   cache: dict[str, ImageCandidates] | None = None, texts: torch.Tensor | None = None
-                   ) -> list[EntityCandidates]:
+    def candidates(
+        self,
+        post: Example,
+        image: Image.Image,
+        entities: Sequence[Entity] | None = None,
+        cache: dict[str, ImageCandidates] | None = None,
+        texts: torch.Tensor | None = None,
+    ) -> list[EntityCandidates]:
         """Candidate boxes and frozen features of each entity of ``post`` (default: all its entities).
 
         Proposals and region features are computed once per image (per proposal key for type-dependent sources);
@@ -237,8 +261,12 @@ class ClipRegionScorer(Grounder):
                 best_scores.append(round(float(score[best]), 6))
                 keep = self.threshold is None or float(score[best]) >= self.threshold
                 boxes.append([[round(v, 2) for v in cand_boxes[best]]] if keep else [])
-            info = {"grounder": self.label, "best_scores": best_scores, "candidates": n_cands,
-                    "threshold": self.threshold}
+            info = {
+                "grounder": self.label,
+                "best_scores": best_scores,
+                "candidates": n_cands,
+                "threshold": self.threshold,
+            }
             results.append(GroundingResult(boxes, "ok", info))
         return results
 
@@ -246,13 +274,24 @@ class ClipRegionScorer(Grounder):
         """What :meth:`save` writes and ``state=`` loads."""
         head = None
         if self.head is not None:
-            head = {"config": dict(self.head.config),
-                    "state_dict": {k: v.detach().cpu() for k, v in self.head.state_dict().items()}}
-        return {"format": STATE_FORMAT, "model_name": self.embedder.model_name, "pretrained": self.embedder.pretrained,
-                "region_side": self.embedder.region_side, "fine_level": self.embedder.fine_level,
-                "proposals": self.proposal_name,
-                "proposal_kwargs": self.proposal_kwargs, "templates": self.templates, "type_words": self.type_words,
-                "sentence_context": self.sentence_context, "threshold": self.threshold, "head": head}
+            head = {
+                "config": dict(self.head.config),
+                "state_dict": {k: v.detach().cpu() for k, v in self.head.state_dict().items()},
+            }
+        return {
+            "format": STATE_FORMAT,
+            "model_name": self.embedder.model_name,
+            "pretrained": self.embedder.pretrained,
+            "region_side": self.embedder.region_side,
+            "fine_level": self.embedder.fine_level,
+            "proposals": self.proposal_name,
+            "proposal_kwargs": self.proposal_kwargs,
+            "templates": self.templates,
+            "type_words": self.type_words,
+            "sentence_context": self.sentence_context,
+            "threshold": self.threshold,
+            "head": head,
+        }
 
     def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
         """Writes the state file (``extra`` adds JSON-like fields such as dev scores)."""

@@ -143,8 +143,9 @@ class GroundConfig:
         return self
 
 
-def load_ground_config(overrides: list[str] | tuple[str, ...] | None = None,
-                       base: str | Path | None = DEFAULT_CONFIG) -> GroundConfig:
+def load_ground_config(
+    overrides: list[str] | tuple[str, ...] | None = None, base: str | Path | None = DEFAULT_CONFIG
+) -> GroundConfig:
     """Builds a :class:`GroundConfig` from the schema, the YAML file ``base`` and ``key=value`` overrides.
 
     Raises:

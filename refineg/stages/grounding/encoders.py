@@ -53,10 +53,16 @@ class TextEncoder:
     def encode(self, texts: Sequence[str], progress: bool = False) -> Tensor:
         """``texts (N,) -> (N, dim)`` normalised embeddings (``(0, dim)`` for no text)."""
         out = []
-        for lo in tqdm(range(0, len(texts), self.batch_size), desc="encode text", unit="batch",
-                       disable=not progress, leave=False):
-            batch = self.tokenizer(list(texts[lo:lo + self.batch_size]), padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt").to(self.device)
+        for lo in tqdm(
+            range(0, len(texts), self.batch_size), desc="encode text", unit="batch", disable=not progress, leave=False
+        ):
+            batch = self.tokenizer(
+                list(texts[lo : lo + self.batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self.device)
             hidden = self.model(**batch).last_hidden_state  # (B, T, dim)
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
             mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
@@ -78,8 +84,13 @@ class ImageEncoder:
         device: Torch device.
     """
 
-    def __init__(self, model: str = "mobilenetv2-minilm", pretrained: str | None = "packaged", batch_size: int = 32,
-                 device: str = "cpu"):
+    def __init__(
+        self,
+        model: str = "mobilenetv2-minilm",
+        pretrained: str | None = "packaged",
+        batch_size: int = 32,
+        device: str = "cpu",
+    ):
         from refineg.modules.open_clip_loader import load_open_clip
 
         self.clip = load_open_clip(model, pretrained, allow_download=False, device=device)
@@ -89,8 +100,11 @@ class ImageEncoder:
         self.batch_size, self.device = batch_size, device
         self.label = f"image open_clip {model} ({pretrained if pretrained else 'random weights'})"
         if not pretrained:
-            log.warning("context selection: the open_clip %s image tower has random weights; image similarity is "
-                        "not meaningful (set selector.image_pretrained)", model)
+            log.warning(
+                "context selection: the open_clip %s image tower has random weights; image similarity is "
+                "not meaningful (set selector.image_pretrained)",
+                model,
+            )
 
     @property
     def fingerprint(self) -> str:
@@ -106,9 +120,14 @@ class ImageEncoder:
         from refineg.modules.open_clip_loader import image_features
 
         out = []
-        for lo in tqdm(range(0, len(images), self.batch_size), desc="encode images", unit="batch",
-                       disable=not progress, leave=False):
-            pixels = torch.stack([self.preprocess(_rgb(img)) for img in images[lo:lo + self.batch_size]])
+        for lo in tqdm(
+            range(0, len(images), self.batch_size),
+            desc="encode images",
+            unit="batch",
+            disable=not progress,
+            leave=False,
+        ):
+            pixels = torch.stack([self.preprocess(_rgb(img)) for img in images[lo : lo + self.batch_size]])
             emb = image_features(self.clip, pixels.to(self.device))
             out.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu())
         if out:

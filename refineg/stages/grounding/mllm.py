@@ -41,11 +41,18 @@ class MLLMGrounder(Grounder):
     #: The run asks the context selector for demonstrations for this grounder.
     uses_demos = True
 
-    def __init__(self, llm: LLMConfig | Mapping[str, Any] | Any = None,
-                 prompts_dir: str | Path = CONFIG_DIR / "prompts" / "grounding",
-                 types: Sequence[str] = ("PER", "LOC", "ORG", "OTHER"), never_grounded: Sequence[str] = ("LOC",),
-                 max_boxes: int = 1, min_box_side: float = 2.0, max_area_fraction: float | None = None,
-                 run_dir: str | Path | None = None, usage: UsageMeter | None = None) -> None:
+    def __init__(
+        self,
+        llm: LLMConfig | Mapping[str, Any] | Any = None,
+        prompts_dir: str | Path = CONFIG_DIR / "prompts" / "grounding",
+        types: Sequence[str] = ("PER", "LOC", "ORG", "OTHER"),
+        never_grounded: Sequence[str] = ("LOC",),
+        max_boxes: int = 1,
+        min_box_side: float = 2.0,
+        max_area_fraction: float | None = None,
+        run_dir: str | Path | None = None,
+        usage: UsageMeter | None = None,
+    ) -> None:
         self.prompts = GroundingPrompts.load(prompts_dir)
         self.llm = build_llm_backend(llm if llm is not None else LLMConfig(), usage=usage, run_dir=run_dir)
         self.types, self.never_grounded = list(types), list(never_grounded)
@@ -73,9 +80,15 @@ class MLLMGrounder(Grounder):
             scales.append(scale)
             demo_ids.append([d.id for d, _, _ in demos])
         if convs:
-            answers = self.llm.chat_many(convs, stage="grounding", expect_json=True, json_type=(list, dict),
-                                         json_accept=is_grounding_answer, items=[queries[i].post.id for i in asked],
-                                         progress=False)
+            answers = self.llm.chat_many(
+                convs,
+                stage="grounding",
+                expect_json=True,
+                json_type=(list, dict),
+                json_accept=is_grounding_answer,
+                items=[queries[i].post.id for i in asked],
+                progress=False,
+            )
         else:
             answers = []
         for i, scale, demos, answer in zip(asked, scales, demo_ids, answers, strict=True):
@@ -87,8 +100,9 @@ class MLLMGrounder(Grounder):
                 results[i] = GroundingResult(empty, "failed", info)
                 continue
             names = [(e.text(post.tokens), e.type) for e in post.entities]
-            parsed = parse_answer(answer.parsed, names, scale, self.max_boxes, self.min_box_side,
-                                  self.max_area_fraction)
+            parsed = parse_answer(
+                answer.parsed, names, scale, self.max_boxes, self.min_box_side, self.max_area_fraction
+            )
             info["answer"] = answer.text
             if parsed.problems:
                 info["problems"] = parsed.problems

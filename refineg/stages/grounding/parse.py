@@ -106,8 +106,13 @@ def raw_boxes(value: Any) -> tuple[list[list[float]], list[str]]:
     return boxes, problems
 
 
-def clean_boxes(candidates: Sequence[Sequence[float]], scale: ImageScale, max_boxes: int, min_side: float = 1.0,
-                max_area_fraction: float | None = None) -> tuple[list[Box], list[str]]:
+def clean_boxes(
+    candidates: Sequence[Sequence[float]],
+    scale: ImageScale,
+    max_boxes: int,
+    min_side: float = 1.0,
+    max_area_fraction: float | None = None,
+) -> tuple[list[Box], list[str]]:
     """Maps sent-pixel boxes to original pixels (rounded), clips them to the image and keeps the usable ones.
 
     Args:
@@ -139,8 +144,14 @@ def clean_boxes(candidates: Sequence[Sequence[float]], scale: ImageScale, max_bo
     return kept, problems
 
 
-def parse_answer(answer: Any, entities: Sequence[tuple[str, str]], scale: ImageScale, max_boxes: int = 1,
-                 min_side: float = 1.0, max_area_fraction: float | None = None) -> ParsedAnswer:
+def parse_answer(
+    answer: Any,
+    entities: Sequence[tuple[str, str]],
+    scale: ImageScale,
+    max_boxes: int = 1,
+    min_side: float = 1.0,
+    max_area_fraction: float | None = None,
+) -> ParsedAnswer:
     """Boxes per asked entity from a decoded answer.
 
     Args:
@@ -179,8 +190,9 @@ def parse_answer(answer: Any, entities: Sequence[tuple[str, str]], scale: ImageS
         assigned[target] = True
         key = next((k for k in _BOX_KEYS if k in item), None)
         if key is None:
-            out.problems.append(f"item {pos}: no box key (keys {sorted(map(str, item))[:6]}; expected "
-                                f"{' / '.join(_BOX_KEYS)})")
+            out.problems.append(
+                f"item {pos}: no box key (keys {sorted(map(str, item))[:6]}; expected {' / '.join(_BOX_KEYS)})"
+            )
             out.unusable.append(target)
             continue
         cands, bad = raw_boxes(item[key])

@@ -49,21 +49,35 @@ class GroundingPrompts:
     def query_text(self, post: Example, sent_size: tuple[int, int]) -> str:
         """The user text of ``post`` (its entities are the ones to ground)."""
         ents = [{"entity": e.text(post.tokens), "entity_type": e.type} for e in post.entities]
-        return self.query.safe_substitute(sentence=" ".join(post.tokens), entities=json.dumps(ents, ensure_ascii=False),
-                                          image_size=f"{sent_size[0]} x {sent_size[1]}")
+        return self.query.safe_substitute(
+            sentence=" ".join(post.tokens),
+            entities=json.dumps(ents, ensure_ascii=False),
+            image_size=f"{sent_size[0]} x {sent_size[1]}",
+        )
 
 
 def demo_answer(post: Example, scale: ImageScale) -> str:
     """The gold answer of a demonstration as JSON, boxes scaled to the sent image and rounded to whole pixels."""
-    items = [{"entity": e.text(post.tokens), "entity_type": e.type,
-              "bounding_box": [[int(v) for v in scale.to_sent(b, round_to_int=True)] for b in e.boxes]}
-             for e in post.entities]
+    items = [
+        {
+            "entity": e.text(post.tokens),
+            "entity_type": e.type,
+            "bounding_box": [[int(v) for v in scale.to_sent(b, round_to_int=True)] for b in e.boxes],
+        }
+        for e in post.entities
+    ]
     return json.dumps(items, ensure_ascii=False)
 
 
-def build_chat(prompts: GroundingPrompts, query: Example, image: Image.Image, scale: ImageScale,
-               demos: Sequence[tuple[Example, Image.Image, ImageScale]], types: Sequence[str],
-               never_grounded: Sequence[str]) -> list[Message]:
+def build_chat(
+    prompts: GroundingPrompts,
+    query: Example,
+    image: Image.Image,
+    scale: ImageScale,
+    demos: Sequence[tuple[Example, Image.Image, ImageScale]],
+    types: Sequence[str],
+    never_grounded: Sequence[str],
+) -> list[Message]:
     """The grounding conversation of one post.
 
     Args:

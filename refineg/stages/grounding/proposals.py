@@ -46,8 +46,13 @@ def list_proposals(pattern: str = "*") -> list[str]:
     return PROPOSALS.list(pattern)
 
 
-def clean_boxes(boxes: Sequence[Sequence[float]] | np.ndarray, width: int, height: int, min_size: float = 1.0,
-                max_boxes: int | None = None) -> list[Box]:
+def clean_boxes(
+    boxes: Sequence[Sequence[float]] | np.ndarray,
+    width: int,
+    height: int,
+    min_size: float = 1.0,
+    max_boxes: int | None = None,
+) -> list[Box]:
     """Clips boxes to the image, drops degenerate ones and exact duplicates, keeps the order.
 
     Args:
@@ -156,15 +161,18 @@ class SelectiveSearchProposals(ProposalSource):
         ImportError: ``cv2.ximgproc`` is missing (install ``opencv-contrib-python-headless``).
     """
 
-    def __init__(self, max_boxes: int = 100, max_side: int = 384, min_area: float = 0.01,
-                 include_full: bool = True) -> None:
+    def __init__(
+        self, max_boxes: int = 100, max_side: int = 384, min_area: float = 0.01, include_full: bool = True
+    ) -> None:
         try:
             import cv2
 
             cv2.ximgproc.segmentation.createSelectiveSearchSegmentation  # noqa: B018
         except (ImportError, AttributeError):
-            raise ImportError("selective search needs cv2.ximgproc: pip install "
-                              "'opencv-contrib-python-headless>=4.8' (or refineg[grounding])") from None
+            raise ImportError(
+                "selective search needs cv2.ximgproc: pip install "
+                "'opencv-contrib-python-headless>=4.8' (or refineg[grounding])"
+            ) from None
         self.max_boxes = int(max_boxes)
         self.max_side = int(max_side)
         self.min_area = float(min_area)
@@ -204,8 +212,14 @@ class FileProposals(ProposalSource):
         ValueError: A malformed line or entry (names file and line).
     """
 
-    def __init__(self, path: str, max_boxes: int = 100, min_score: float | None = None, fallback: str | None = None,
-                 fallback_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        max_boxes: int = 100,
+        min_score: float | None = None,
+        fallback: str | None = None,
+        fallback_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"proposals file not found: {self.path}")
@@ -289,14 +303,24 @@ class MtcnnProposals(ProposalSource):
 
     per_type = True
 
-    def __init__(self, types: Sequence[str] = ("PER",), fallback: str | None = "grid",
-                 fallback_kwargs: dict[str, Any] | None = None, min_face_size: int = 20, min_prob: float = 0.9,
-                 person_boxes: bool = True, add_fallback: bool = False, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        types: Sequence[str] = ("PER",),
+        fallback: str | None = "grid",
+        fallback_kwargs: dict[str, Any] | None = None,
+        min_face_size: int = 20,
+        min_prob: float = 0.9,
+        person_boxes: bool = True,
+        add_fallback: bool = False,
+        device: str = "cpu",
+    ) -> None:
         try:
             from facenet_pytorch import MTCNN
         except ImportError:
-            raise ImportError(f"the mtcnn proposal source needs facenet-pytorch; install it without its "
-                              f"dependencies (its pins would replace torch): {FACENET_INSTALL}") from None
+            raise ImportError(
+                f"the mtcnn proposal source needs facenet-pytorch; install it without its "
+                f"dependencies (its pins would replace torch): {FACENET_INSTALL}"
+            ) from None
         self.types = set(types)
         self.detector = MTCNN(keep_all=True, min_face_size=int(min_face_size), device=device)
         self.min_prob = float(min_prob)

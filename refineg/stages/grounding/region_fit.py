@@ -135,8 +135,9 @@ def load_fit_config(overrides: Sequence[str] | None = None) -> RegionScorerFitCo
     return build_typed_config(RegionScorerFitConfig, overrides, what="fit-region-scorer")
 
 
-def fit_threshold(best_scores: Sequence[float | None], box_correct: Sequence[bool], gold_none: Sequence[bool]
-                  ) -> tuple[float | None, float]:
+def fit_threshold(
+    best_scores: Sequence[float | None], box_correct: Sequence[bool], gold_none: Sequence[bool]
+) -> tuple[float | None, float]:
     """The none-threshold that maximises grounding accuracy on labelled entities.
 
     An entity counts as correct when it is answered (best score >= threshold) and its best box matches gold, or
@@ -195,8 +196,9 @@ def split_by_image(posts: Sequence[Example], dev_fraction: float, seed: int) -> 
     return [p for p in posts if image_key(p) not in dev_keys], [p for p in posts if image_key(p) in dev_keys]
 
 
-def build_groups(scorer: ClipRegionScorer, posts: Sequence[Example], images_dir: str | Path | None,
-                 desc: str = "features") -> tuple[list[GroupItem], list[tuple[int, int]], int]:
+def build_groups(
+    scorer: ClipRegionScorer, posts: Sequence[Example], images_dir: str | Path | None, desc: str = "features"
+) -> tuple[list[GroupItem], list[tuple[int, int]], int]:
     """Candidates of every image asked about, with each of its entities' ``(text, type, gold boxes)``.
 
     Returns:
@@ -226,17 +228,32 @@ def build_groups(scorer: ClipRegionScorer, posts: Sequence[Example], images_dir:
     return items, [(order[g], k) for g, k in index], missing
 
 
-def train_region_head(train: Sequence[GroupItem], val: Sequence[GroupItem], image_dim: int, text_dim: int,
-                      types: Sequence[str], cfg: RegionHeadConfig | None = None, seed: int = 0, iou: float = 0.5,
-                      accelerator: str = "cpu") -> tuple[RegionHead, dict[str, float]]:
+def train_region_head(
+    train: Sequence[GroupItem],
+    val: Sequence[GroupItem],
+    image_dim: int,
+    text_dim: int,
+    types: Sequence[str],
+    cfg: RegionHeadConfig | None = None,
+    seed: int = 0,
+    iou: float = 0.5,
+    accelerator: str = "cpu",
+) -> tuple[RegionHead, dict[str, float]]:
     """Trains a head with Lightning; returns it in eval mode and the last logged metrics."""
     import lightning as L
     from torch.utils.data import DataLoader
 
     cfg = cfg or RegionHeadConfig()
     L.seed_everything(seed, workers=True, verbose=False)
-    head_config = {"image_dim": image_dim, "text_dim": text_dim, "types": list(types), "hidden": cfg.hidden,
-                   "dropout": cfg.dropout, "use_geometry": cfg.use_geometry, "refine": cfg.refine}
+    head_config = {
+        "image_dim": image_dim,
+        "text_dim": text_dim,
+        "types": list(types),
+        "hidden": cfg.hidden,
+        "dropout": cfg.dropout,
+        "use_geometry": cfg.use_geometry,
+        "refine": cfg.refine,
+    }
     module = RegionHeadModule(head_config, cfg.lr, cfg.weight_decay, cfg.box_weight, cfg.epochs)
 
     def collate(items):
@@ -247,16 +264,25 @@ def train_region_head(train: Sequence[GroupItem], val: Sequence[GroupItem], imag
         raise ValueError(f"no training entity has a candidate box with IoU >= {iou} with its gold box")
     train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate)
     val_dl = DataLoader(val_ds, batch_size=32, collate_fn=collate) if len(val_ds) else None
-    trainer = L.Trainer(max_epochs=cfg.epochs, accelerator=accelerator, devices=1, logger=False,
-                        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=True,
-                        num_sanity_val_steps=0, check_val_every_n_epoch=max(1, cfg.epochs // 4))
+    trainer = L.Trainer(
+        max_epochs=cfg.epochs,
+        accelerator=accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=True,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=max(1, cfg.epochs // 4),
+    )
     trainer.fit(module, train_dl, val_dl)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return module.head.eval(), metrics
 
 
-def grounding_answers(scorer: ClipRegionScorer, groups: Sequence[GroupItem], index: Sequence[tuple[int, int]]
-                      ) -> list[tuple[float | None, Box | None]]:
+def grounding_answers(
+    scorer: ClipRegionScorer, groups: Sequence[GroupItem], index: Sequence[tuple[int, int]]
+) -> list[tuple[float | None, Box | None]]:
     """Per indexed entity: the best box's score and the box answered (``(None, None)`` without candidates)."""
     from .region_head import EntityCandidates
 
@@ -272,8 +298,12 @@ def grounding_answers(scorer: ClipRegionScorer, groups: Sequence[GroupItem], ind
     return [answers[i] for i in index]
 
 
-def grounding_report(answers: Sequence[tuple[float | None, Box | None]], gold: Sequence[tuple[str, list[Box]]],
-                     threshold: float | None, iou: float = 0.5) -> dict[str, Any]:
+def grounding_report(
+    answers: Sequence[tuple[float | None, Box | None]],
+    gold: Sequence[tuple[str, list[Box]]],
+    threshold: float | None,
+    iou: float = 0.5,
+) -> dict[str, Any]:
     """Acc@``iou`` and none-accuracy of the answers at ``threshold`` (:func:`~refineg.metrics.grounding_tally`)."""
     records = []
     for (score, box), (etype, gboxes) in zip(answers, gold):
@@ -282,8 +312,9 @@ def grounding_report(answers: Sequence[tuple[float | None, Box | None]], gold: S
     return grounding_tally(records, iou)
 
 
-def fit_region_scorer(cfg: RegionScorerFitConfig, data: str | Path, images_dir: str | Path, out: str | Path
-                      ) -> dict[str, Any]:
+def fit_region_scorer(
+    cfg: RegionScorerFitConfig, data: str | Path, images_dir: str | Path, out: str | Path
+) -> dict[str, Any]:
     """Splits (unless ``cfg.train``), embeds, trains the head, fits the threshold on dev and saves ``out``.
 
     Returns:
@@ -305,18 +336,34 @@ def fit_region_scorer(cfg: RegionScorerFitConfig, data: str | Path, images_dir: 
         out.parent.mkdir(parents=True, exist_ok=True)
         write_jsonl(train_posts, split["train"])
         write_jsonl(dev_posts, split["dev"])
-    scorer = ClipRegionScorer(cfg.model_name, cfg.pretrained, cfg.allow_download, cfg.proposals,
-                              {**DEFAULT_PROPOSAL_KWARGS.get(cfg.proposals, {}), **cfg.proposal_kwargs},
-                              list(cfg.templates), dict(cfg.type_words),
-                              device=cfg.device, batch_size=cfg.batch_size, region_side=cfg.region_side,
-                              fine_level=cfg.fine_level, sentence_context=cfg.sentence_context)
+    scorer = ClipRegionScorer(
+        cfg.model_name,
+        cfg.pretrained,
+        cfg.allow_download,
+        cfg.proposals,
+        {**DEFAULT_PROPOSAL_KWARGS.get(cfg.proposals, {}), **cfg.proposal_kwargs},
+        list(cfg.templates),
+        dict(cfg.type_words),
+        device=cfg.device,
+        batch_size=cfg.batch_size,
+        region_side=cfg.region_side,
+        fine_level=cfg.fine_level,
+        sentence_context=cfg.sentence_context,
+    )
     dev, dev_index, dev_missing = build_groups(scorer, dev_posts, images_dir, "dev features")
     if not dev:
         raise ValueError(f"no dev entity of {data} has an image under {images_dir}")
-    report: dict[str, Any] = {"data": str(data), "images": str(images_dir), "split": split,
-                              "dev_fraction": None if cfg.train else cfg.dev_fraction, "split_seed": cfg.split_seed,
-                              "dev_posts": len(dev_posts), "dev_posts_without_image": dev_missing,
-                              "dev_images": len({image_key(p) for p in dev_posts}), "dev_entities": len(dev_index)}
+    report: dict[str, Any] = {
+        "data": str(data),
+        "images": str(images_dir),
+        "split": split,
+        "dev_fraction": None if cfg.train else cfg.dev_fraction,
+        "split_seed": cfg.split_seed,
+        "dev_posts": len(dev_posts),
+        "dev_posts_without_image": dev_missing,
+        "dev_images": len({image_key(p) for p in dev_posts}),
+        "dev_entities": len(dev_index),
+    }
     if cfg.head.enabled:
         train, _, train_missing = build_groups(scorer, train_posts, images_dir, "train features")
         if not train:
@@ -324,24 +371,39 @@ def fit_region_scorer(cfg: RegionScorerFitConfig, data: str | Path, images_dir: 
         types = sorted({etype for _, ents in train for _, etype, _ in ents})
         trained_at = time.perf_counter()
         accelerator = "gpu" if cfg.device.startswith("cuda") else "cpu"
-        scorer.head, metrics = train_region_head(train, dev, scorer.embedder.image_dim, scorer.text_dim,
-                                                 types, cfg.head, cfg.seed, cfg.iou, accelerator)
+        scorer.head, metrics = train_region_head(
+            train, dev, scorer.embedder.image_dim, scorer.text_dim, types, cfg.head, cfg.seed, cfg.iou, accelerator
+        )
         scorer.head.to("cpu")
-        report.update({"train_posts": len(train_posts), "train_posts_without_image": train_missing,
-                       "train_images": len({image_key(p) for p in train_posts}),
-                       "train_entities": sum(len(e) for _, e in train), "types": types, "head_metrics": metrics,
-                       "head_train_seconds": round(time.perf_counter() - trained_at, 1)})
+        report.update(
+            {
+                "train_posts": len(train_posts),
+                "train_posts_without_image": train_missing,
+                "train_images": len({image_key(p) for p in train_posts}),
+                "train_entities": sum(len(e) for _, e in train),
+                "types": types,
+                "head_metrics": metrics,
+                "head_train_seconds": round(time.perf_counter() - trained_at, 1),
+            }
+        )
     answers = grounding_answers(scorer, dev, dev_index)
     gold = [(ents[k][1], ents[k][2]) for g, k in dev_index for ents in [dev[g][1]]]
     scores = [s for s, _ in answers]
     correct = [b is not None and any(box_iou(b, g) >= cfg.iou for g in gb) for (_, b), (_, gb) in zip(answers, gold)]
     threshold, accuracy = fit_threshold(scores, correct, [not gb for _, gb in gold])
     scorer.threshold = threshold
-    report.update({"label": scorer.label, "threshold": threshold, "dev_accuracy": accuracy,
-                   "dev": grounding_report(answers, gold, threshold, cfg.iou),
-                   "dev_always_answer": grounding_report(answers, gold, None, cfg.iou),
-                   "dev_mean_candidates": sum(len(g.boxes) for g, _ in dev) / len(dev),
-                   "seconds": round(time.perf_counter() - started, 1), "config": _plain_config(cfg)})
+    report.update(
+        {
+            "label": scorer.label,
+            "threshold": threshold,
+            "dev_accuracy": accuracy,
+            "dev": grounding_report(answers, gold, threshold, cfg.iou),
+            "dev_always_answer": grounding_report(answers, gold, None, cfg.iou),
+            "dev_mean_candidates": sum(len(g.boxes) for g, _ in dev) / len(dev),
+            "seconds": round(time.perf_counter() - started, 1),
+            "config": _plain_config(cfg),
+        }
+    )
     report = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in report.items()}
     scorer.save(out, {"fit": report})
     return report

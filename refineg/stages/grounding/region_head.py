@@ -77,8 +77,9 @@ class EntityCandidates:
         return self.group.boxes
 
 
-def soft_target(boxes: Sequence[Box], gold: Sequence[Box], iou_threshold: float = 0.5, sharpness: float = 10.0
-                ) -> torch.Tensor | None:
+def soft_target(
+    boxes: Sequence[Box], gold: Sequence[Box], iou_threshold: float = 0.5, sharpness: float = 10.0
+) -> torch.Tensor | None:
     """Training target over ``[none, box_1 .. box_N]``.
 
     Gold none puts all mass on none. Otherwise the mass goes to the boxes whose best IoU with a gold box reaches
@@ -122,8 +123,9 @@ def apply_deltas(box: Box, delta: Sequence[float], width: int, height: int) -> B
     return [max(0.0, cx - w / 2), max(0.0, cy - h / 2), min(float(width), cx + w / 2), min(float(height), cy + h / 2)]
 
 
-def regression_target(boxes: Sequence[Box], gold: Sequence[Box], iou_threshold: float = 0.5
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def regression_target(
+    boxes: Sequence[Box], gold: Sequence[Box], iou_threshold: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per box: deltas to its best-matching gold box ``(N, 4)`` and whether it matches (IoU >= threshold) ``(N,)``."""
     n = len(boxes)
     if not gold or not n:
@@ -147,11 +149,26 @@ class RegionHead(nn.Module):
         refine: Also predict box deltas.
     """
 
-    def __init__(self, image_dim: int, text_dim: int, types: Sequence[str] = (), hidden: int = 128,
-                 dropout: float = 0.1, use_geometry: bool = True, refine: bool = True) -> None:
+    def __init__(
+        self,
+        image_dim: int,
+        text_dim: int,
+        types: Sequence[str] = (),
+        hidden: int = 128,
+        dropout: float = 0.1,
+        use_geometry: bool = True,
+        refine: bool = True,
+    ) -> None:
         super().__init__()
-        self.config = {"image_dim": image_dim, "text_dim": text_dim, "types": list(types), "hidden": hidden,
-                       "dropout": dropout, "use_geometry": use_geometry, "refine": refine}
+        self.config = {
+            "image_dim": image_dim,
+            "text_dim": text_dim,
+            "types": list(types),
+            "hidden": hidden,
+            "dropout": dropout,
+            "use_geometry": use_geometry,
+            "refine": refine,
+        }
         self.type_index = {t: i + 1 for i, t in enumerate(types)}
         self.use_geometry, self.refine = use_geometry, refine
         self.region = nn.Sequential(nn.LayerNorm(image_dim), nn.Linear(image_dim, hidden))
@@ -163,15 +180,24 @@ class RegionHead(nn.Module):
         self.box_context = nn.Linear(hidden, hidden, bias=False)
         self.dropout = nn.Dropout(dropout)
         self.box_out = nn.Linear(hidden, 5 if refine else 1)
-        self.none_mlp = nn.Sequential(nn.Linear(3 * hidden, hidden), nn.GELU(), nn.Dropout(dropout),
-                                      nn.Linear(hidden, 1))
+        self.none_mlp = nn.Sequential(
+            nn.Linear(3 * hidden, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1)
+        )
 
     def type_ids(self, types: Sequence[str]) -> torch.Tensor:
         """``(E,)`` embedding index of each type (0 = unknown)."""
         return torch.tensor([self.type_index.get(t, 0) for t in types], dtype=torch.long)
 
-    def forward(self, regions: torch.Tensor, geometry: torch.Tensor, mask: torch.Tensor, image: torch.Tensor,
-                text: torch.Tensor, type_ids: torch.Tensor, group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        regions: torch.Tensor,
+        geometry: torch.Tensor,
+        mask: torch.Tensor,
+        image: torch.Tensor,
+        text: torch.Tensor,
+        type_ids: torch.Tensor,
+        group: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits over ``[none, box_1 .. box_N]`` and box deltas per entity.
 
         Args:
@@ -242,8 +268,9 @@ class GroupDataset(Dataset):
         return self.items[idx]
 
 
-def entity_targets(boxes: Sequence[Box], gold: Sequence[Box] | None, iou: float = 0.5
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+def entity_targets(
+    boxes: Sequence[Box], gold: Sequence[Box] | None, iou: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """``(soft target (N + 1,), deltas (N, 4), positive (N,))`` of one entity.
 
     ``None`` when no gold is given, or when it is unlearnable (gold boxes that no candidate matches).
@@ -287,14 +314,18 @@ def collate_groups(items: Sequence, head: RegionHead, iou: float = 0.5) -> dict[
             texts.append(text.float())
             types.append(etype)
             groups.append(gi)
-    batch = {"regions": regions, "geometry": geometry, "mask": mask,
-             "image": torch.stack([item[0].image.float() for item in items]),
-             "text": torch.stack(texts) if texts else torch.zeros(0, head.config["text_dim"]),
-             "type_ids": head.type_ids(types), "group": torch.tensor(groups, dtype=torch.long),
-             "skipped": torch.tensor(skipped)}
+    batch = {
+        "regions": regions,
+        "geometry": geometry,
+        "mask": mask,
+        "image": torch.stack([item[0].image.float() for item in items]),
+        "text": torch.stack(texts) if texts else torch.zeros(0, head.config["text_dim"]),
+        "type_ids": head.type_ids(types),
+        "group": torch.tensor(groups, dtype=torch.long),
+        "skipped": torch.tensor(skipped),
+    }
     if targets:
-        batch.update({"target": torch.stack(targets), "deltas": torch.stack(deltas),
-                      "positive": torch.stack(positive)})
+        batch.update({"target": torch.stack(targets), "deltas": torch.stack(deltas), "positive": torch.stack(positive)})
     return batch
 
 
@@ -312,8 +343,9 @@ class RegionHeadModule(L.LightningModule):
         epochs: Training epochs (cosine decay over them).
     """
 
-    def __init__(self, head_config: dict, lr: float = 1e-3, weight_decay: float = 0.01, box_weight: float = 1.0,
-                 epochs: int = 20) -> None:
+    def __init__(
+        self, head_config: dict, lr: float = 1e-3, weight_decay: float = 0.01, box_weight: float = 1.0, epochs: int = 20
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.head = RegionHead(**head_config)

@@ -32,8 +32,15 @@ log = logging.getLogger(__name__)
 #: Why an entity has no box (``meta["grounding"]["reasons"]``); ``grounded`` when it has one. ``model_none``: the
 #: answer said none; ``answer_problem``: the answer's part for the entity was missing or unusable (no box key,
 #: malformed or dropped boxes; see ``meta["grounding"]["problems"]``).
-REASONS = ("grounded", "never_grounded_type", "below_groundability", "no_image", "model_none", "answer_problem",
-           "failed")
+REASONS = (
+    "grounded",
+    "never_grounded_type",
+    "below_groundability",
+    "no_image",
+    "model_none",
+    "answer_problem",
+    "failed",
+)
 
 
 def grounder_kwargs(cfg: GroundConfig, run_dir: Path) -> dict[str, Any]:
@@ -48,9 +55,16 @@ def grounder_kwargs(cfg: GroundConfig, run_dir: Path) -> dict[str, Any]:
         llm = dataclasses.replace(m.llm)
         if llm.cache_path is None:
             llm.cache_path = str(run_dir / "grounding_llm_cache.sqlite")
-        kwargs = {"llm": llm, "prompts_dir": m.prompts_dir, "types": list(cfg.types),
-                  "never_grounded": list(cfg.never_grounded), "max_boxes": m.max_boxes,
-                  "min_box_side": m.min_box_side, "max_area_fraction": m.max_area_fraction, "run_dir": run_dir}
+        kwargs = {
+            "llm": llm,
+            "prompts_dir": m.prompts_dir,
+            "types": list(cfg.types),
+            "never_grounded": list(cfg.never_grounded),
+            "max_boxes": m.max_boxes,
+            "min_box_side": m.min_box_side,
+            "max_area_fraction": m.max_area_fraction,
+            "run_dir": run_dir,
+        }
     kwargs.update(cfg.grounder.kwargs)
     return kwargs
 
@@ -64,8 +78,12 @@ def _file_sha(path: Path) -> str:
 
 
 def _run_fingerprint(cfg: GroundConfig, pred: Path, pool: Path, images: str | Path | None) -> str:
-    material = {"cfg": dataclasses.asdict(cfg), "pred": _file_sha(pred), "pool": _file_sha(pool),
-                "images": str(Path(images).resolve()) if images is not None else None}
+    material = {
+        "cfg": dataclasses.asdict(cfg),
+        "pred": _file_sha(pred),
+        "pool": _file_sha(pool),
+        "images": str(Path(images).resolve()) if images is not None else None,
+    }
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -93,8 +111,11 @@ def _decide(post: Example, cfg: GroundConfig, has_image: bool) -> tuple[list[str
     for j, ent in enumerate(post.entities):
         if ent.type in cfg.never_grounded:
             reasons.append("never_grounded_type")
-        elif (cfg.groundability_threshold is not None and ent.groundable is not None
-              and ent.groundable < cfg.groundability_threshold):
+        elif (
+            cfg.groundability_threshold is not None
+            and ent.groundable is not None
+            and ent.groundable < cfg.groundability_threshold
+        ):
             reasons.append("below_groundability")
         elif not has_image:
             reasons.append("no_image")
@@ -115,16 +136,32 @@ def _check_groundability_input(preds: Sequence[Example], cfg: GroundConfig) -> i
     missing = sum(1 for e in judged if e.groundable is None)
     hint = "the value comes from a tagger trained with model.groundability=true"
     if missing and missing == len(judged):
-        log.warning("groundability_threshold=%s does nothing: none of the %d entities has a groundable value, so "
-                    "every one is asked (%s)", cfg.groundability_threshold, missing, hint)
+        log.warning(
+            "groundability_threshold=%s does nothing: none of the %d entities has a groundable value, so "
+            "every one is asked (%s)",
+            cfg.groundability_threshold,
+            missing,
+            hint,
+        )
     elif missing:
-        log.warning("groundability_threshold=%s: %d of %d entities have no groundable value and are always asked "
-                    "(%s)", cfg.groundability_threshold, missing, len(judged), hint)
+        log.warning(
+            "groundability_threshold=%s: %d of %d entities have no groundable value and are always asked (%s)",
+            cfg.groundability_threshold,
+            missing,
+            len(judged),
+            hint,
+        )
     return missing
 
 
-def ground_chunk(posts: Sequence[Example], cfg: GroundConfig, grounder: Grounder, images: PostImages,
-                 selector: ContextSelector | None, pool: Sequence[Example]) -> list[Example]:
+def ground_chunk(
+    posts: Sequence[Example],
+    cfg: GroundConfig,
+    grounder: Grounder,
+    images: PostImages,
+    selector: ContextSelector | None,
+    pool: Sequence[Example],
+) -> list[Example]:
     """Grounds a chunk of posts; returns copies with boxes and ``meta["grounding"]``."""
     out = [copy.deepcopy(p) for p in posts]
     plans = []
@@ -161,14 +198,15 @@ def ground_chunk(posts: Sequence[Example], cfg: GroundConfig, grounder: Grounder
         res = by_post.get(i)
         if res is not None:
             if len(res.boxes) != len(ask):
-                raise RuntimeError(f"grounder {grounder.label!r}: post {post.id} got {len(res.boxes)} box lists "
-                                   f"for {len(ask)} entities")
+                raise RuntimeError(
+                    f"grounder {grounder.label!r}: post {post.id} got {len(res.boxes)} box lists "
+                    f"for {len(ask)} entities"
+                )
             unusable = set(res.info.get("unusable", ()))
             for k, (j, boxes) in enumerate(zip(ask, res.boxes, strict=True)):
                 post.entities[j].boxes = [list(map(float, b)) for b in boxes]
                 none = "answer_problem" if k in unusable else "model_none"
-                reasons[j] = ("grounded" if boxes else
-                              {"failed": "failed", "no_image": "no_image"}.get(res.status, none))
+                reasons[j] = "grounded" if boxes else {"failed": "failed", "no_image": "no_image"}.get(res.status, none)
             meta["status"] = res.status
             meta.update({k: v for k, v in res.info.items() if k not in ("cached", "unusable")})
         else:
@@ -209,10 +247,15 @@ def demo_summary(posts: Sequence[Example]) -> dict[str, int]:
     ``demos_selected``; ``demos_without_image``, whose image is missing (a grounder that shows images, like
     ``mllm``, leaves them out); ``posts_without_usable_demos``, asked posts left with none that has an image.
     """
-    counts = [(g.get("demos_selected", 0), g.get("demos_without_image", 0))
-              for g in (p.meta.get("grounding", {}) for p in posts)]
-    return {"demos_selected": sum(n for n, _ in counts), "demos_without_image": sum(m for _, m in counts),
-            "posts_without_usable_demos": sum(1 for n, m in counts if n and n == m)}
+    counts = [
+        (g.get("demos_selected", 0), g.get("demos_without_image", 0))
+        for g in (p.meta.get("grounding", {}) for p in posts)
+    ]
+    return {
+        "demos_selected": sum(n for n, _ in counts),
+        "demos_without_image": sum(m for _, m in counts),
+        "posts_without_usable_demos": sum(1 for n, m in counts if n and n == m),
+    }
 
 
 def _usage_summary(grounder: Grounder) -> dict[str, Any]:
@@ -220,13 +263,13 @@ def _usage_summary(grounder: Grounder) -> dict[str, Any]:
     g = (usage.get("stages") or {}).get("grounding")
     if not g:
         return {"usage": usage} if usage else {}
-    keys = ("requests", "calls", "cache_hits", "ok", "failed", "budget_exhausted", "prompt_tokens",
-            "completion_tokens")
+    keys = ("requests", "calls", "cache_hits", "ok", "failed", "budget_exhausted", "prompt_tokens", "completion_tokens")
     return {"mllm": {k: g[k] for k in keys}, "usage": usage}
 
 
-def run_ground(pred: str | Path, pool: str | Path, out: str | Path, images: str | Path | None = None,
-               overrides: Sequence[str] = ()) -> dict[str, Any]:
+def run_ground(
+    pred: str | Path, pool: str | Path, out: str | Path, images: str | Path | None = None, overrides: Sequence[str] = ()
+) -> dict[str, Any]:
     """Grounds the entities of predicted posts and writes ``out`` and ``<out stem>.summary.json``.
 
     Args:
@@ -275,13 +318,18 @@ def run_ground(pred: str | Path, pool: str | Path, out: str | Path, images: str 
             index_path = cfg.selector.index_path or run_dir / "grounding_index.pt"
             selector = ContextSelector(pool_posts, cfg.selector, store, index_path)  # index built on first use
             if images is not None and pool_posts and not any(store.exists(p) for p in pool_posts):
-                log.warning("context selection: none of the %d pool posts has its image in %s, so the grounder "
-                            "gets no demonstrations (the pool's images must be in the same folder as the posts')",
-                            len(pool_posts), images)
-        with partial.open("a", encoding="utf-8") as fh, \
-                tqdm(total=len(preds), initial=len(done), desc="ground", unit="post") as bar:
+                log.warning(
+                    "context selection: none of the %d pool posts has its image in %s, so the grounder "
+                    "gets no demonstrations (the pool's images must be in the same folder as the posts')",
+                    len(pool_posts),
+                    images,
+                )
+        with (
+            partial.open("a", encoding="utf-8") as fh,
+            tqdm(total=len(preds), initial=len(done), desc="ground", unit="post") as bar,
+        ):
             for lo in range(0, len(todo), cfg.chunk_size):
-                chunk = todo[lo:lo + cfg.chunk_size]
+                chunk = todo[lo : lo + cfg.chunk_size]
                 for post in ground_chunk(chunk, cfg, grounder, store, selector, pool_posts):
                     fh.write(json.dumps(post.to_dict(), ensure_ascii=False) + "\n")
                 fh.flush()
@@ -306,12 +354,18 @@ def run_ground(pred: str | Path, pool: str | Path, out: str | Path, images: str 
         "config": dataclasses.asdict(cfg),
     }
     if summary["demos_without_image"]:
-        log.warning("context selection: %d of %d chosen demonstrations have no image in %s and were left out; %d "
-                    "asked post(s) got no demonstration at all", summary["demos_without_image"],
-                    summary["demos_selected"], images, summary["posts_without_usable_demos"])
+        log.warning(
+            "context selection: %d of %d chosen demonstrations have no image in %s and were left out; %d "
+            "asked post(s) got no demonstration at all",
+            summary["demos_without_image"],
+            summary["demos_selected"],
+            images,
+            summary["posts_without_usable_demos"],
+        )
     summary_path = out.with_name(out.stem + ".summary.json")
     summary_path.write_text(json.dumps(summary, indent=2, default=str))
     summary["summary_path"] = str(summary_path)
-    log.info("grounding: %d of %d entities grounded; summary %s", summary["grounded"], summary["entities"],
-             summary_path)
+    log.info(
+        "grounding: %d of %d entities grounded; summary %s", summary["grounded"], summary["entities"], summary_path
+    )
     return summary

@@ -58,9 +58,15 @@ class ContextSelector:
             ``w_image > 0``).
     """
 
-    def __init__(self, pool: Sequence[Example], cfg: SelectorConfig, images: PostImages,
-                 index_path: str | Path | None = None, text_encoder: TextEncoder | None = None,
-                 image_encoder: ImageEncoder | None = None) -> None:
+    def __init__(
+        self,
+        pool: Sequence[Example],
+        cfg: SelectorConfig,
+        images: PostImages,
+        index_path: str | Path | None = None,
+        text_encoder: TextEncoder | None = None,
+        image_encoder: ImageEncoder | None = None,
+    ) -> None:
         self.pool, self.cfg, self.images = list(pool), cfg, images
         self.index_path = Path(index_path) if index_path is not None else None
         self.text_encoder = text_encoder
@@ -79,8 +85,10 @@ class ContextSelector:
         """What selects: mode, k and the encoders (the image tower says when its weights are random)."""
         parts = [f"{self.cfg.mode} k={self.cfg.k}"]
         if self.cfg.mode == "multimodal":
-            parts.append(f"w=({self.cfg.w_text}, {self.cfg.w_image}, {self.cfg.w_entity}) "
-                         f"entity pooling {self.cfg.entity_pooling}")
+            parts.append(
+                f"w=({self.cfg.w_text}, {self.cfg.w_image}, {self.cfg.w_entity}) "
+                f"entity pooling {self.cfg.entity_pooling}"
+            )
         for enc in (self.text_encoder, self.image_encoder):
             if enc is not None:
                 parts.append(enc.label)
@@ -91,8 +99,7 @@ class ContextSelector:
         """SHA-256 of the pool content, its image availability, the mode and the encoders."""
         h = hashlib.sha256()
         for post, present in zip(self.pool, has_image, strict=True):
-            record = [post.id, post.tokens, post.image, present,
-                      [(e.start, e.end, e.type) for e in post.entities]]
+            record = [post.id, post.tokens, post.image, present, [(e.start, e.end, e.type) for e in post.entities]]
             h.update(json.dumps(record, ensure_ascii=False).encode())
         h.update(f"|{self.cfg.mode}|{self.cfg.text_max_length}".encode())
         if self.text_encoder is not None:
@@ -223,8 +230,7 @@ class ContextSelector:
         out[has] = pooled[has]
         return out
 
-    def select(self, queries: Sequence[Example], images: Sequence[Image.Image | None] | None = None
-               ) -> list[list[int]]:
+    def select(self, queries: Sequence[Example], images: Sequence[Image.Image | None] | None = None) -> list[list[int]]:
         """Pool indices of the demonstrations of each query, best first (the query's own post never).
 
         Args:

@@ -7,5 +7,13 @@ from .config import PipelineConfig, load_pipeline_config
 from .runner import Stage, StageOutcome, StageRunner, run_pipeline
 from .stages import build_stages, call_run_ground
 
-__all__ = ["PipelineConfig", "Stage", "StageOutcome", "StageRunner", "build_stages", "call_run_ground",
-           "load_pipeline_config", "run_pipeline"]
+__all__ = [
+    "PipelineConfig",
+    "Stage",
+    "StageOutcome",
+    "StageRunner",
+    "build_stages",
+    "call_run_ground",
+    "load_pipeline_config",
+    "run_pipeline",
+]

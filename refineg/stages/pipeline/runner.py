@@ -59,8 +59,9 @@ def file_signature(path: str | Path | None) -> Any:
 
 def fingerprint(name: str, section: Any, inputs: dict[str, str], external: dict[str, Any]) -> str:
     """SHA-256 (hex) of a stage's name, config section, input fingerprints and outside-file signatures."""
-    material = json.dumps({"stage": name, "config": section, "inputs": inputs, "external": external},
-                          sort_keys=True, default=str)
+    material = json.dumps(
+        {"stage": name, "config": section, "inputs": inputs, "external": external}, sort_keys=True, default=str
+    )
     return hashlib.sha256(material.encode()).hexdigest()
 
 
@@ -158,8 +159,9 @@ class StageRunner:
             fp = fingerprint(stage.name, stage.section, {i: fps[i] for i in stage.inputs}, stage.external)
             stamp = self.up_to_date(stage, fp)
             if stamp is not None:
-                outcome = StageOutcome(stage.name, "skipped", 0.0, float(stamp.get("wall_s", 0.0)), fp,
-                                       stamp.get("info") or {})
+                outcome = StageOutcome(
+                    stage.name, "skipped", 0.0, float(stamp.get("wall_s", 0.0)), fp, stamp.get("info") or {}
+                )
                 logger.info("stage %-10s skipped (up to date)", stage.name)
             else:
                 if before_first_run is not None:
@@ -170,10 +172,18 @@ class StageRunner:
                 start = time.perf_counter()
                 info = stage.run(fp) or {}
                 wall = time.perf_counter() - start
-                write_json_atomic(self.stamp_path(stage.name), {
-                    "stage": stage.name, "fingerprint": fp, "wall_s": round(wall, 3),
-                    "artifacts": list(stage.artifacts),
-                    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "inputs": list(stage.inputs), "info": info})
+                write_json_atomic(
+                    self.stamp_path(stage.name),
+                    {
+                        "stage": stage.name,
+                        "fingerprint": fp,
+                        "wall_s": round(wall, 3),
+                        "artifacts": list(stage.artifacts),
+                        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                        "inputs": list(stage.inputs),
+                        "info": info,
+                    },
+                )
                 outcome = StageOutcome(stage.name, "ran", wall, wall, fp, info)
                 logger.info("stage %-10s ran in %.1f s", stage.name, wall)
             fps[stage.name] = fp
@@ -209,19 +219,29 @@ def run_pipeline(cfg: Any) -> dict[str, Any]:
         import transformers  # noqa: F401
 
         import refineg.metrics  # noqa: F401
+
         startup["import_s"] = round(time.perf_counter() - t0, 3)
 
     outcomes = StageRunner(run_dir).run(build_stages(cfg), import_libraries)
     total = time.perf_counter() - start
-    timings = {"total_wall_s": round(total, 3), "library_import_s": startup.get("import_s", 0.0),
-               "stages": {o.name: {"status": o.status, "wall_s": round(o.wall_s, 3),
-                                   "last_run_wall_s": round(o.last_run_wall_s, 3)} for o in outcomes}}
+    timings = {
+        "total_wall_s": round(total, 3),
+        "library_import_s": startup.get("import_s", 0.0),
+        "stages": {
+            o.name: {"status": o.status, "wall_s": round(o.wall_s, 3), "last_run_wall_s": round(o.last_run_wall_s, 3)}
+            for o in outcomes
+        },
+    }
     write_json_atomic(run_dir / "timings.json", timings)
     evaluate = next((o.info for o in outcomes if o.name == "evaluate"), {})
-    summary = {"run_dir": str(run_dir), "mode": cfg.mode, "timings": timings,
-               "stages": {o.name: {"status": o.status, "fingerprint": o.fingerprint, "info": o.info}
-                          for o in outcomes},
-               "final": evaluate.get("final"), "scores": evaluate.get("f1", {}).get(evaluate.get("final"), {}),
-               "simulated": evaluate.get("simulated", {})}
+    summary = {
+        "run_dir": str(run_dir),
+        "mode": cfg.mode,
+        "timings": timings,
+        "stages": {o.name: {"status": o.status, "fingerprint": o.fingerprint, "info": o.info} for o in outcomes},
+        "final": evaluate.get("final"),
+        "scores": evaluate.get("f1", {}).get(evaluate.get("final"), {}),
+        "simulated": evaluate.get("simulated", {}),
+    }
     write_json_atomic(run_dir / "summary.json", summary)
     return summary

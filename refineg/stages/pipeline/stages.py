@@ -35,8 +35,12 @@ from .runner import Stage, file_signature, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
-PREDICTION_FILES = {"predict": "predict/predictions.jsonl", "refine": "refine/refined.jsonl",
-                    "ground": "ground/grounded.jsonl", "zeroshot": "zeroshot/zeroshot.jsonl"}
+PREDICTION_FILES = {
+    "predict": "predict/predictions.jsonl",
+    "refine": "refine/refined.jsonl",
+    "ground": "ground/grounded.jsonl",
+    "zeroshot": "zeroshot/zeroshot.jsonl",
+}
 
 
 def train_config(cfg: PipelineConfig, extra: list[str] | None = None) -> DictConfig:
@@ -69,12 +73,13 @@ def run_data(cfg: PipelineConfig, run_dir: Path) -> dict[str, Any]:
         write_jsonl(posts, out / f"{split}.jsonl")
         counts[split] = len(posts)
         if split == cfg.data.eval_split:
-            posts = posts[:cfg.data.eval_limit] if cfg.data.eval_limit is not None else posts
+            posts = posts[: cfg.data.eval_limit] if cfg.data.eval_limit is not None else posts
             write_jsonl(posts, out / "eval.jsonl")
             counts["eval"] = len(posts)
     if "eval" not in counts:
-        raise ValueError(f"data.eval_split={cfg.data.eval_split} but the data config has no {cfg.data.eval_split} "
-                         "split")
+        raise ValueError(
+            f"data.eval_split={cfg.data.eval_split} but the data config has no {cfg.data.eval_split} split"
+        )
     return {"posts": counts, "types": list(data.types)}
 
 
@@ -87,17 +92,29 @@ def run_synthesize(cfg: PipelineConfig, run_dir: Path) -> dict[str, Any]:
         return {"reused": cfg.synthesis.reuse, "posts": len(posts)}
     from refineg.stages.synthesis import load_synthesis_config, run_synthesis
 
-    scfg = load_synthesis_config([*cfg.synthesis.overrides, f"seeds={run_dir / 'data' / 'train.jsonl'}",
-                                  f"seed={cfg.seed}", f"progress={cfg.progress}"])
+    scfg = load_synthesis_config(
+        [
+            *cfg.synthesis.overrides,
+            f"seeds={run_dir / 'data' / 'train.jsonl'}",
+            f"seed={cfg.seed}",
+            f"progress={cfg.progress}",
+        ]
+    )
     result = run_synthesis(scfg, out)
     return {"posts": len(read_jsonl(out)), "report": str(result.report_json)}
 
 
 def _train_data_overrides(cfg: PipelineConfig, run_dir: Path) -> list[str]:
     data_dir = run_dir / "data"
-    items = ["data.format=jsonl", f"data.root={data_dir}", "data.train=train.jsonl", "data.dev=dev.jsonl",
-             "data.test=" + ("test.jsonl" if (data_dir / "test.jsonl").is_file() else "null"), "data.xml_dir=null",
-             "data.gold_limit=null"]
+    items = [
+        "data.format=jsonl",
+        f"data.root={data_dir}",
+        "data.train=train.jsonl",
+        "data.dev=dev.jsonl",
+        "data.test=" + ("test.jsonl" if (data_dir / "test.jsonl").is_file() else "null"),
+        "data.xml_dir=null",
+        "data.gold_limit=null",
+    ]
     if cfg.stages.synthesize:
         items += [f"data.synthetic={run_dir / 'synthesize' / 'synthetic.jsonl'}", f"data.mixing={cfg.train.mixing}"]
     return items
@@ -117,20 +134,35 @@ def run_train(cfg: PipelineConfig, run_dir: Path, fp: str) -> dict[str, Any]:
 
     tagger_dir = run_dir / "train" / "tagger"
     attempt = run_dir / "train" / "attempt.json"
-    resume = (tagger_dir / "checkpoints" / "last.ckpt").is_file() and attempt.is_file() and \
-        json.loads(attempt.read_text()).get("fingerprint") == fp
+    resume = (
+        (tagger_dir / "checkpoints" / "last.ckpt").is_file()
+        and attempt.is_file()
+        and json.loads(attempt.read_text()).get("fingerprint") == fp
+    )
     if not resume and tagger_dir.exists():
         shutil.rmtree(tagger_dir)
     write_json_atomic(attempt, {"fingerprint": fp})
-    tcfg = train_config(cfg, [*_train_data_overrides(cfg, run_dir), f"runs_dir={run_dir / 'train'}",
-                              "run_name=tagger", "predict=false",
-                              *(["ckpt_path=last"] if resume else []),
-                              f"trainer.enable_progress_bar={cfg.progress}"])
+    tcfg = train_config(
+        cfg,
+        [
+            *_train_data_overrides(cfg, run_dir),
+            f"runs_dir={run_dir / 'train'}",
+            "run_name=tagger",
+            "predict=false",
+            *(["ckpt_path=last"] if resume else []),
+            f"trainer.enable_progress_bar={cfg.progress}",
+        ],
+    )
     if resume:
         logger.info("train: resuming the interrupted training from %s", tagger_dir / "checkpoints" / "last.ckpt")
     result = train(tcfg)
-    info = {"checkpoint": result["best_checkpoint"], "trained": True, "resumed": resume,
-            "best_val_mner_f1": result["best_val_mner_f1"], "train_throughput": result.get("train_throughput")}
+    info = {
+        "checkpoint": result["best_checkpoint"],
+        "trained": True,
+        "resumed": resume,
+        "best_val_mner_f1": result["best_val_mner_f1"],
+        "train_throughput": result.get("train_throughput"),
+    }
     write_json_atomic(out, info)
     return info
 
@@ -145,8 +177,14 @@ def run_predict(cfg: PipelineConfig, run_dir: Path) -> dict[str, Any]:
     from refineg.modules.uncertainty import UncertaintyEstimator
 
     p = cfg.predict
-    est = UncertaintyEstimator.from_checkpoint(checkpoint_of(run_dir), p.head, dict(p.head_kwargs), p.temperature,
-                                               batch_size=p.batch_size, max_length=p.max_length)
+    est = UncertaintyEstimator.from_checkpoint(
+        checkpoint_of(run_dir),
+        p.head,
+        dict(p.head_kwargs),
+        p.temperature,
+        batch_size=p.batch_size,
+        max_length=p.max_length,
+    )
     preds = est.predict(read_jsonl(run_dir / "data" / "eval.jsonl"), progress=cfg.progress)
     write_jsonl(preds, run_dir / PREDICTION_FILES["predict"])
     return {"posts": len(preds), "entities": sum(len(x.entities) for x in preds), "head": p.head}
@@ -174,10 +212,25 @@ def run_refine_stage(cfg: PipelineConfig, run_dir: Path, source: str, types: lis
     """Delegates uncertain entities of ``source``'s predictions and merges the answers."""
     from refineg.stages.refinement import run_refine
 
-    report = run_refine(refine_settings(cfg, run_dir, types), run_dir / PREDICTION_FILES[source],
-                        run_dir / PREDICTION_FILES["refine"], types)
-    return {k: report[k] for k in ("backend", "simulated", "entities", "delegated", "delegation_rate",
-                                    "backend_failures_kept_small_model", "usage") if k in report}
+    report = run_refine(
+        refine_settings(cfg, run_dir, types),
+        run_dir / PREDICTION_FILES[source],
+        run_dir / PREDICTION_FILES["refine"],
+        types,
+    )
+    return {
+        k: report[k]
+        for k in (
+            "backend",
+            "simulated",
+            "entities",
+            "delegated",
+            "delegation_rate",
+            "backend_failures_kept_small_model",
+            "usage",
+        )
+        if k in report
+    }
 
 
 def _override_value(value: Any) -> str:
@@ -193,8 +246,12 @@ def ground_overrides(cfg: PipelineConfig, run_dir: Path) -> list[str]:
     """The grounding runner's overrides: grounder, selector, the shared MLLM, then ``ground.overrides``."""
     llm = _cache_default(cfg.mllm, run_dir)
     llm_items = [f"mllm.llm.{k}={_override_value(v)}" for k, v in vars(llm).items() if v != getattr(type(llm)(), k)]
-    return [f"grounder.name={cfg.ground.grounder}", f"selector.mode={cfg.ground.selector}", *llm_items,
-            *cfg.ground.overrides]
+    return [
+        f"grounder.name={cfg.ground.grounder}",
+        f"selector.mode={cfg.ground.selector}",
+        *llm_items,
+        *cfg.ground.overrides,
+    ]
 
 
 def call_run_ground(pred: Path, pool: Path, out: Path, images: str | None, overrides: list[str]) -> dict[str, Any]:
@@ -206,15 +263,22 @@ def call_run_ground(pred: Path, pool: Path, out: Path, images: str | None, overr
     try:
         from refineg.stages.grounding.run import run_ground
     except ImportError as err:
-        raise RuntimeError("the grounding runner refineg.stages.grounding.run.run_ground is not available "
-                           f"({err}); run with stages.ground=false") from None
+        raise RuntimeError(
+            "the grounding runner refineg.stages.grounding.run.run_ground is not available "
+            f"({err}); run with stages.ground=false"
+        ) from None
     return run_ground(str(pred), str(pool), str(out), images=images, overrides=tuple(overrides)) or {}
 
 
 def run_ground_stage(cfg: PipelineConfig, run_dir: Path, source: str) -> dict[str, Any]:
     """Grounds the entities of ``source``'s predictions with the gold training posts as the demonstration pool."""
-    summary = call_run_ground(run_dir / PREDICTION_FILES[source], run_dir / "data" / "train.jsonl",
-                              run_dir / PREDICTION_FILES["ground"], cfg.images, ground_overrides(cfg, run_dir))
+    summary = call_run_ground(
+        run_dir / PREDICTION_FILES[source],
+        run_dir / "data" / "train.jsonl",
+        run_dir / PREDICTION_FILES["ground"],
+        cfg.images,
+        ground_overrides(cfg, run_dir),
+    )
     return json.loads(json.dumps(summary, default=str))
 
 
@@ -227,8 +291,9 @@ def run_zeroshot_stage(cfg: PipelineConfig, run_dir: Path, types: list[str]) -> 
     z.images_dir = z.images_dir or cfg.images
     z.run_dir = str(run_dir / "zeroshot")
     z.llm = _cache_default(z.llm, run_dir)
-    report = run_zeroshot(z, run_dir / "data" / "eval.jsonl", run_dir / PREDICTION_FILES["zeroshot"],
-                          progress=cfg.progress)
+    report = run_zeroshot(
+        z, run_dir / "data" / "eval.jsonl", run_dir / PREDICTION_FILES["zeroshot"], progress=cfg.progress
+    )
     return {k: v for k, v in report.items() if k != "llm"}
 
 
@@ -243,7 +308,7 @@ def simulated_outputs(run_dir: Path, sources: list[str]) -> dict[str, str]:
     report = json.loads(path.read_text()) if path.is_file() else {}
     if not report.get("simulated"):
         return {}
-    return {s: str(report.get("backend")) for s in sources[sources.index("refine"):]}
+    return {s: str(report.get("backend")) for s in sources[sources.index("refine") :]}
 
 
 def run_evaluate(cfg: PipelineConfig, run_dir: Path, sources: list[str], types: list[str]) -> dict[str, Any]:
@@ -251,14 +316,24 @@ def run_evaluate(cfg: PipelineConfig, run_dir: Path, sources: list[str], types: 
     from refineg.metrics import evaluate_examples
 
     golds = read_jsonl(run_dir / "data" / "eval.jsonl")
-    by_stage = {s: evaluate_examples(golds, read_jsonl(run_dir / PREDICTION_FILES[s]), types, cfg.match)
-                for s in sources}
+    by_stage = {
+        s: evaluate_examples(golds, read_jsonl(run_dir / PREDICTION_FILES[s]), types, cfg.match) for s in sources
+    }
     simulated = simulated_outputs(run_dir, sources)
-    metrics = {"final": sources[-1], "split": cfg.data.eval_split, "posts": len(golds), "match": cfg.match,
-               "by_stage": by_stage, "simulated": simulated}
+    metrics = {
+        "final": sources[-1],
+        "split": cfg.data.eval_split,
+        "posts": len(golds),
+        "match": cfg.match,
+        "by_stage": by_stage,
+        "simulated": simulated,
+    }
     write_json_atomic(run_dir / "evaluate" / "metrics.json", metrics)
-    return {"final": sources[-1], "simulated": simulated,
-            "f1": {s: {t: r[t]["f1"] for t in ("gmner", "mner", "eeg")} for s, r in by_stage.items()}}
+    return {
+        "final": sources[-1],
+        "simulated": simulated,
+        "f1": {s: {t: r[t]["f1"] for t in ("gmner", "mner", "eeg")} for s, r in by_stage.items()},
+    }
 
 
 def _section(obj: Any, drop: tuple[str, ...] = ()) -> Any:
@@ -276,55 +351,112 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
     run_dir = cfg.run_dir
     tcfg = train_config(cfg)
     types = list(tcfg.data.types)
-    data_section = {"data": OmegaConf.to_container(tcfg.data, resolve=True), "seed": cfg.seed,
-                    "eval": _section(cfg.data)}
-    stages = [Stage("data", data_section, [], ["data/train.jsonl", "data/dev.jsonl", "data/eval.jsonl"],
-                    lambda fp: run_data(cfg, run_dir), data_sources(tcfg.data))]
+    data_section = {
+        "data": OmegaConf.to_container(tcfg.data, resolve=True),
+        "seed": cfg.seed,
+        "eval": _section(cfg.data),
+    }
+    stages = [
+        Stage(
+            "data",
+            data_section,
+            [],
+            ["data/train.jsonl", "data/dev.jsonl", "data/eval.jsonl"],
+            lambda fp: run_data(cfg, run_dir),
+            data_sources(tcfg.data),
+        )
+    ]
     if cfg.mode == "zeroshot":
         z = _section(cfg.zeroshot, ("run_dir", "llm", "types"))
-        stages.append(Stage("zeroshot", {"zeroshot": z, "llm": _llm_section(cfg.zeroshot.llm), "images": cfg.images},
-                            ["data"], [PREDICTION_FILES["zeroshot"]],
-                            lambda fp: run_zeroshot_stage(cfg, run_dir, types),
-                            {"images": file_signature(cfg.images),
-                             "prompts": file_signature(cfg.zeroshot.prompts_dir)}))
+        stages.append(
+            Stage(
+                "zeroshot",
+                {"zeroshot": z, "llm": _llm_section(cfg.zeroshot.llm), "images": cfg.images},
+                ["data"],
+                [PREDICTION_FILES["zeroshot"]],
+                lambda fp: run_zeroshot_stage(cfg, run_dir, types),
+                {"images": file_signature(cfg.images), "prompts": file_signature(cfg.zeroshot.prompts_dir)},
+            )
+        )
         sources = ["zeroshot"]
     else:
         train_inputs = ["data"]
         if cfg.stages.synthesize:
-            stages.append(Stage("synthesize", _section(cfg.synthesis), ["data"], ["synthesize/synthetic.jsonl"],
-                                lambda fp: run_synthesize(cfg, run_dir),
-                                {"reuse": file_signature(cfg.synthesis.reuse)}))
+            stages.append(
+                Stage(
+                    "synthesize",
+                    _section(cfg.synthesis),
+                    ["data"],
+                    ["synthesize/synthetic.jsonl"],
+                    lambda fp: run_synthesize(cfg, run_dir),
+                    {"reuse": file_signature(cfg.synthesis.reuse)},
+                )
+            )
             train_inputs.append("synthesize")
-        train_section = {"overrides": list(cfg.train.overrides), "checkpoint": cfg.train.checkpoint,
-                         "mixing": cfg.train.mixing if cfg.stages.synthesize else None,
-                         "resolved": OmegaConf.to_container(tcfg, resolve=True)}
+        train_section = {
+            "overrides": list(cfg.train.overrides),
+            "checkpoint": cfg.train.checkpoint,
+            "mixing": cfg.train.mixing if cfg.stages.synthesize else None,
+            "resolved": OmegaConf.to_container(tcfg, resolve=True),
+        }
         for volatile in ("run_name", "runs_dir", "ckpt_path", "predict", "logger"):
             train_section["resolved"].pop(volatile, None)
         train_section["resolved"].get("trainer", {}).pop("enable_progress_bar", None)
-        stages.append(Stage("train", train_section, train_inputs, ["train/tagger.json"],
-                            lambda fp: run_train(cfg, run_dir, fp),
-                            {"checkpoint": file_signature(cfg.train.checkpoint)}))
-        stages.append(Stage("predict", _section(cfg.predict), ["data", "train"], [PREDICTION_FILES["predict"]],
-                            lambda fp: run_predict(cfg, run_dir),
-                            {"temperature": file_signature(cfg.predict.temperature)}))
+        stages.append(
+            Stage(
+                "train",
+                train_section,
+                train_inputs,
+                ["train/tagger.json"],
+                lambda fp: run_train(cfg, run_dir, fp),
+                {"checkpoint": file_signature(cfg.train.checkpoint)},
+            )
+        )
+        stages.append(
+            Stage(
+                "predict",
+                _section(cfg.predict),
+                ["data", "train"],
+                [PREDICTION_FILES["predict"]],
+                lambda fp: run_predict(cfg, run_dir),
+                {"temperature": file_signature(cfg.predict.temperature)},
+            )
+        )
         sources = ["predict"]
         if cfg.stages.refine:
             r = _section(cfg.refine, ("run_dir", "llm", "head", "ckpt"))
             src = sources[-1]
-            stages.append(Stage("refine", {"refine": r, "llm": _llm_section(cfg.refine.llm), "images": cfg.images},
-                                ["data", src], [PREDICTION_FILES["refine"]],
-                                lambda fp, src=src: run_refine_stage(cfg, run_dir, src, types),
-                                {"gold": file_signature(cfg.refine.gold),
-                                 "prompts": file_signature(cfg.refine.prompts_dir)}))
+            stages.append(
+                Stage(
+                    "refine",
+                    {"refine": r, "llm": _llm_section(cfg.refine.llm), "images": cfg.images},
+                    ["data", src],
+                    [PREDICTION_FILES["refine"]],
+                    lambda fp, src=src: run_refine_stage(cfg, run_dir, src, types),
+                    {"gold": file_signature(cfg.refine.gold), "prompts": file_signature(cfg.refine.prompts_dir)},
+                )
+            )
             sources.append("refine")
         if cfg.stages.ground:
             src = sources[-1]
-            stages.append(Stage("ground", {"ground": _section(cfg.ground), "llm": _llm_section(cfg.mllm),
-                                           "images": cfg.images},
-                                ["data", src], [PREDICTION_FILES["ground"]],
-                                lambda fp, src=src: run_ground_stage(cfg, run_dir, src),
-                                {"images": file_signature(cfg.images)}))
+            stages.append(
+                Stage(
+                    "ground",
+                    {"ground": _section(cfg.ground), "llm": _llm_section(cfg.mllm), "images": cfg.images},
+                    ["data", src],
+                    [PREDICTION_FILES["ground"]],
+                    lambda fp, src=src: run_ground_stage(cfg, run_dir, src),
+                    {"images": file_signature(cfg.images)},
+                )
+            )
             sources.append("ground")
-    stages.append(Stage("evaluate", {"match": cfg.match, "sources": sources}, ["data", *sources],
-                        ["evaluate/metrics.json"], lambda fp: run_evaluate(cfg, run_dir, sources, types)))
+    stages.append(
+        Stage(
+            "evaluate",
+            {"match": cfg.match, "sources": sources},
+            ["data", *sources],
+            ["evaluate/metrics.json"],
+            lambda fp: run_evaluate(cfg, run_dir, sources, types),
+        )
+    )
     return stages

@@ -116,8 +116,15 @@ class MLLMBackend(RefinementBackend):
         items = [f"{q.post.id}:{q.entity.start}-{q.entity.end}" for q in queries]
         # the answer is the JSON object with one of the check's keys (not an object from the reasoning); an
         # answer without one is invalid, retried and counted by the LLM layer
-        results = self.llm.chat_many(convs, stage="refinement", expect_json=True, json_type=dict,
-                                     json_accept=lambda v: any(k in v for k in keys), items=items, progress=False)
+        results = self.llm.chat_many(
+            convs,
+            stage="refinement",
+            expect_json=True,
+            json_type=dict,
+            json_accept=lambda v: any(k in v for k in keys),
+            items=items,
+            progress=False,
+        )
         return [Answer("ok", r.parsed) if r.ok else Answer(r.status, None, r.error) for r in results]
 
     def span_check(self, queries: Sequence[Query], types: list[str]) -> list[Answer]:  # noqa: D102
@@ -132,8 +139,9 @@ class MLLMBackend(RefinementBackend):
         convs, scales = [], []
         for q in queries:
             scale = self.llm.image_scale(q.image) if q.image is not None else None
-            text = self.prompts.type_box(q.post.tokens, q.entity.text(q.post.tokens), q.entity.type, types,
-                                         scale.sent_size if scale else None)
+            text = self.prompts.type_box(
+                q.post.tokens, q.entity.text(q.post.tokens), q.entity.type, types, scale.sent_size if scale else None
+            )
             parts = [q.image, text] if q.image is not None else [text]
             convs.append([system(self.prompts.system), user(*parts)])
             scales.append(scale)
@@ -155,8 +163,13 @@ class MLLMBackend(RefinementBackend):
 
 
 def _is_box(box: Any) -> bool:
-    return (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)
-            and box[0] < box[2] and box[1] < box[3])
+    return (
+        isinstance(box, list)
+        and len(box) == 4
+        and all(isinstance(v, (int, float)) for v in box)
+        and box[0] < box[2]
+        and box[1] < box[3]
+    )
 
 
 def _overlap(a: Entity, b: Entity) -> int:
@@ -198,10 +211,16 @@ class OracleBackend(RefinementBackend):
         g = self._gold_post(q)
         same = next((e for e in g.entities if e.span == q.entity.span), None)
         if same is None:
-            return {"reasoning_process": "simulation: span not in gold", "corrected_type": q.entity.type,
-                    "corrected_bounding_box": "Null"}
-        return {"reasoning_process": "simulation: gold entity", "corrected_type": same.type,
-                "corrected_bounding_box": list(same.boxes[0]) if same.boxes else "Null"}
+            return {
+                "reasoning_process": "simulation: span not in gold",
+                "corrected_type": q.entity.type,
+                "corrected_bounding_box": "Null",
+            }
+        return {
+            "reasoning_process": "simulation: gold entity",
+            "corrected_type": same.type,
+            "corrected_bounding_box": list(same.boxes[0]) if same.boxes else "Null",
+        }
 
     def span_check(self, queries: Sequence[Query], types: list[str]) -> list[Answer]:  # noqa: D102
         return [Answer("ok", self.gold_span(q)) for q in queries]
@@ -242,7 +261,7 @@ class NoisyOracleBackend(OracleBackend):
                 moves = [(e.start - 1, e.end), (e.start + 1, e.end), (e.start, e.end - 1), (e.start, e.end + 1)]
                 moves = [(s, t) for s, t in moves if 0 <= s < t <= n] + [None]
                 pick = rng.choice(moves)
-                text = "Null" if pick is None else " ".join(q.post.tokens[pick[0]:pick[1]])
+                text = "Null" if pick is None else " ".join(q.post.tokens[pick[0] : pick[1]])
             out.append(Answer("ok", {"reasoning_process": "simulation: noise", "corrected_entity": text}))
         return out
 
@@ -255,6 +274,14 @@ class NoisyOracleBackend(OracleBackend):
                 continue
             others = [t for t in types if t != q.entity.type]
             etype = q.entity.type if rng.random() < 0.5 or not others else rng.choice(others)
-            out.append(Answer("ok", {"reasoning_process": "simulation: noise", "corrected_type": etype,
-                                     "corrected_bounding_box": "Null"}))
+            out.append(
+                Answer(
+                    "ok",
+                    {
+                        "reasoning_process": "simulation: noise",
+                        "corrected_type": etype,
+                        "corrected_bounding_box": "Null",
+                    },
+                )
+            )
         return out

@@ -33,9 +33,17 @@ def default_heads(module: Any) -> dict[str, dict[str, Any]]:
     return heads
 
 
-def calibrate(ckpt: str | Path, examples: Sequence[Example], out_dir: str | Path,
-              heads: dict[str, dict[str, Any]] | None = None, fit_temperature: bool = False, bins: int = 10,
-              batch_size: int = 64, max_length: int = 128, progress: bool = False) -> dict[str, Any]:
+def calibrate(
+    ckpt: str | Path,
+    examples: Sequence[Example],
+    out_dir: str | Path,
+    heads: dict[str, dict[str, Any]] | None = None,
+    fit_temperature: bool = False,
+    bins: int = 10,
+    batch_size: int = 64,
+    max_length: int = 128,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Per head: entity-level error-detection AUROC, ECE, risk-coverage and AURC on ``examples``.
 
     Args:
@@ -76,13 +84,26 @@ def calibrate(ckpt: str | Path, examples: Sequence[Example], out_dir: str | Path
         preds, scores = UncertaintyEstimator(predictor, built, scaler).score(examples, progress)
         for name, per_post in scores.items():
             flat = [u for post in per_post for u in post]
-            reports[name + suffix] = head_report(preds, examples, [u.total for u in flat],
-                                                 [u.fields() for u in flat], bins)
-            logger.info("%s%s: AUROC %s  ECE %s  AURC %s", name, suffix, reports[name + suffix]["total"]["auroc"],
-                        reports[name + suffix]["total"]["ece"], reports[name + suffix]["total"]["aurc"])
-    report = {"checkpoint": str(ckpt), "posts": len(examples), "entities": sum(len(p.entities) for p in preds),
-              "temperature": temperature, "bins": bins,
-              "head_settings": {n: h.config() for n, h in built.items()}, "heads": reports}
+            reports[name + suffix] = head_report(
+                preds, examples, [u.total for u in flat], [u.fields() for u in flat], bins
+            )
+            logger.info(
+                "%s%s: AUROC %s  ECE %s  AURC %s",
+                name,
+                suffix,
+                reports[name + suffix]["total"]["auroc"],
+                reports[name + suffix]["total"]["ece"],
+                reports[name + suffix]["total"]["aurc"],
+            )
+    report = {
+        "checkpoint": str(ckpt),
+        "posts": len(examples),
+        "entities": sum(len(p.entities) for p in preds),
+        "temperature": temperature,
+        "bins": bins,
+        "head_settings": {n: h.config() for n, h in built.items()},
+        "heads": reports,
+    }
     (out_dir / "calibration.json").write_text(json.dumps(report, indent=1))
     plot_reliability(reports, out_dir / "reliability.png")
     plot_risk_coverage(reports, out_dir / "risk_coverage.png")

@@ -33,7 +33,7 @@ def auroc(uncertainty: Sequence[float], error: Sequence[bool]) -> float | None:
         j = i
         while j + 1 < len(u) and sorted_u[j + 1] == sorted_u[i]:
             j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
         i = j + 1
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
@@ -88,8 +88,8 @@ def risk_coverage(uncertainty: Sequence[float], error: Sequence[bool]) -> dict[s
         j = i
         while j + 1 < n and su[j + 1] == su[i]:
             j += 1
-        m, r = j - i + 1, sy[i:j + 1].sum()
-        expected_errors[i:j + 1] = done + np.arange(1, m + 1) * r / m
+        m, r = j - i + 1, sy[i : j + 1].sum()
+        expected_errors[i : j + 1] = done + np.arange(1, m + 1) * r / m
         done += r
         i = j + 1
     k = np.arange(1, n + 1)
@@ -112,22 +112,33 @@ def entity_errors(preds: Sequence[Example], golds: Sequence[Example]) -> list[di
         spans = {(g.start, g.end): g.type for g in gold}
         for e in p.entities:
             gtype = spans.get((e.start, e.end))
-            out.append({"total": gtype != e.type, "span": gtype is None,
-                        "type": None if gtype is None else gtype != e.type})
+            out.append(
+                {"total": gtype != e.type, "span": gtype is None, "type": None if gtype is None else gtype != e.type}
+            )
     return out
 
 
 def field_report(uncertainty: Sequence[float], error: Sequence[bool], bins: int = 10) -> dict:
     """AUROC, ECE, AURC, error rate, the reliability bins and the risk-coverage curve of one field."""
     rc = risk_coverage(uncertainty, error)
-    return {"n": len(uncertainty), "error_rate": float(np.mean(error)) if len(error) else None,
-            "auroc": auroc(uncertainty, error), "ece": ece(uncertainty, error, bins), "aurc": rc["aurc"],
-            "reliability": reliability(uncertainty, error, bins),
-            "risk_coverage": {"coverage": rc["coverage"], "risk": rc["risk"]}}
+    return {
+        "n": len(uncertainty),
+        "error_rate": float(np.mean(error)) if len(error) else None,
+        "auroc": auroc(uncertainty, error),
+        "ece": ece(uncertainty, error, bins),
+        "aurc": rc["aurc"],
+        "reliability": reliability(uncertainty, error, bins),
+        "risk_coverage": {"coverage": rc["coverage"], "risk": rc["risk"]},
+    }
 
 
-def head_report(preds: Sequence[Example], golds: Sequence[Example], totals: Sequence[float],
-                fields: Sequence[dict[str, float]] | None = None, bins: int = 10) -> dict:
+def head_report(
+    preds: Sequence[Example],
+    golds: Sequence[Example],
+    totals: Sequence[float],
+    fields: Sequence[dict[str, float]] | None = None,
+    bins: int = 10,
+) -> dict:
     """Report of one head: ``{"total": field_report, "span": ..., "type": ...}`` (fields only when given).
 
     Args:

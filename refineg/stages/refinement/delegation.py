@@ -56,14 +56,16 @@ def select_delegated(preds: Sequence[Example], cfg: RefineConfig) -> tuple[list[
     for i, post in enumerate(preds):
         for j, ent in enumerate(post.entities):
             if ent.uncertainty is None:
-                raise ValueError(f"post {post.id}: entity {ent.text(post.tokens)!r} has no uncertainty; "
-                                 "compute one with ckpt=<checkpoint> head=<name>")
+                raise ValueError(
+                    f"post {post.id}: entity {ent.text(post.tokens)!r} has no uncertainty; "
+                    "compute one with ckpt=<checkpoint> head=<name>"
+                )
             items.append((i, j, float(ent.uncertainty)))
     n = len(items)
     ranked = sorted(items, key=lambda x: -x[2])  # stable: ties keep file order
     base_checks = tuple(c for c in ("span", "type") if c in cfg.checks)
     if cfg.delegation_rate is not None:
-        chosen = [(i, j, u, base_checks) for i, j, u in ranked[:int(round(cfg.delegation_rate * n))]]
+        chosen = [(i, j, u, base_checks) for i, j, u in ranked[: int(round(cfg.delegation_rate * n))]]
     elif cfg.per_field:
         chosen = []
         for i, j, u in ranked:

@@ -47,8 +47,9 @@ def locate_span(tokens: list[str], text: str, entity: Entity, max_change: int) -
     return None if best is None else (best[1], best[2])
 
 
-def merge_span(entities: list[Entity | None], j: int, tokens: list[str], answer: Answer, max_change: int,
-               allow_drop: bool) -> str:
+def merge_span(
+    entities: list[Entity | None], j: int, tokens: list[str], answer: Answer, max_change: int, allow_drop: bool
+) -> str:
     """Applies a span-check answer to ``entities[j]`` in place (``None`` marks a dropped entity).
 
     Returns:
@@ -89,8 +90,9 @@ def _clip_box(box: list[float], size: tuple[int, int] | None) -> list[float] | N
     return [round(x1, 2), round(y1, 2), round(x2, 2), round(y2, 2)] if x1 < x2 and y1 < y2 else None
 
 
-def merge_type(ent: Entity, answer: Answer, types: list[str], use_boxes: bool, has_image: bool,
-               image_size: tuple[int, int] | None) -> list[str]:
+def merge_type(
+    ent: Entity, answer: Answer, types: list[str], use_boxes: bool, has_image: bool, image_size: tuple[int, int] | None
+) -> list[str]:
     """Applies a type-and-box answer to ``ent`` in place.
 
     Returns:

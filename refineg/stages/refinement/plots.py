@@ -19,8 +19,13 @@ def plot_reliability(reports: dict[str, dict], path: str | Path, field: str = "t
         pts = [(c, a) for c, a in zip(rel["confidence"], rel["accuracy"]) if c is not None]
         if pts:
             ax.plot(*zip(*pts), marker="o", label=f"{name} (ECE {rep[field]['ece']:.3f})")
-    ax.set(xlabel="confidence (1 - uncertainty)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
-           title=f"reliability ({field})")
+    ax.set(
+        xlabel="confidence (1 - uncertainty)",
+        ylabel="accuracy",
+        xlim=(0, 1),
+        ylim=(0, 1),
+        title=f"reliability ({field})",
+    )
     ax.legend(fontsize=7)
     return _save(fig, path)
 
@@ -32,8 +37,12 @@ def plot_risk_coverage(reports: dict[str, dict], path: str | Path, field: str = 
         rc = rep[field]["risk_coverage"]
         if rc["coverage"]:
             ax.plot(rc["coverage"], rc["risk"], label=f"{name} (AURC {rep[field]['aurc']:.3f})")
-    ax.set(xlabel="coverage (share of entities kept)", ylabel="risk (error rate of kept)", xlim=(0, 1),
-           title=f"risk-coverage ({field})")
+    ax.set(
+        xlabel="coverage (share of entities kept)",
+        ylabel="risk (error rate of kept)",
+        xlim=(0, 1),
+        title=f"risk-coverage ({field})",
+    )
     ax.legend(fontsize=7)
     return _save(fig, path)
 
@@ -44,8 +53,15 @@ def plot_delegation_curves(curves: dict[str, dict[str, list[float]]], path: str 
     colors = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20").colors
     for k, (name, c) in enumerate(curves.items()):
         ls = "--" if name.startswith("random") else ":" if "@" in name or name.startswith("ceiling") else "-"
-        ax.plot([100 * r for r in c["rate"]], [100 * f for f in c["f1"]], marker="o", ms=3, ls=ls,
-                color=colors[k % len(colors)], label=name)
+        ax.plot(
+            [100 * r for r in c["rate"]],
+            [100 * f for f in c["f1"]],
+            marker="o",
+            ms=3,
+            ls=ls,
+            color=colors[k % len(colors)],
+            label=name,
+        )
     ax.set(xlabel="delegated entities (%)", ylabel="MNER F1 (%)", title=title)
     ax.legend(fontsize=7, loc="lower right")
     return _save(fig, path)

@@ -35,14 +35,21 @@ class RefinementPrompts:
 
     def span(self, tokens: list[str], entity: str, etype: str, types: list[str]) -> str:
         """The span-check user text."""
-        return self.span_check.safe_substitute(sentence=" ".join(tokens), entity=entity, type=etype,
-                                               types=", ".join(types))
+        return self.span_check.safe_substitute(
+            sentence=" ".join(tokens), entity=entity, type=etype, types=", ".join(types)
+        )
 
-    def type_box(self, tokens: list[str], entity: str, etype: str, types: list[str],
-                 sent_size: tuple[int, int] | None) -> str:
+    def type_box(
+        self, tokens: list[str], entity: str, etype: str, types: list[str], sent_size: tuple[int, int] | None
+    ) -> str:
         """The type-and-box-check user text (``sent_size``: the image as the model sees it, or ``None``)."""
-        note = ("The image of the post is attached." if sent_size else
-                "This post has no image: the box is Null.")
+        note = "The image of the post is attached." if sent_size else "This post has no image: the box is Null."
         size = f"{sent_size[0]} x {sent_size[1]}" if sent_size else "no image"
-        return self.type_box_check.safe_substitute(sentence=" ".join(tokens), entity=entity, type=etype,
-                                                   types=", ".join(types), image_note=note, image_size=size)
+        return self.type_box_check.safe_substitute(
+            sentence=" ".join(tokens),
+            entity=entity,
+            type=etype,
+            types=", ".join(types),
+            image_note=note,
+            image_size=size,
+        )

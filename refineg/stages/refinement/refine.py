@@ -28,8 +28,9 @@ def _image(post: Example, images_dir: str | None) -> Path | None:
     return path if path.is_file() else None
 
 
-def refine_examples(preds: Sequence[Example], cfg: RefineConfig, backend: RefinementBackend,
-                    types: list[str] | None = None) -> tuple[list[Example], dict[str, Any]]:
+def refine_examples(
+    preds: Sequence[Example], cfg: RefineConfig, backend: RefinementBackend, types: list[str] | None = None
+) -> tuple[list[Example], dict[str, Any]]:
     """Refines predicted posts (returns copies; the input is not changed).
 
     Args:
@@ -51,8 +52,14 @@ def refine_examples(preds: Sequence[Example], cfg: RefineConfig, backend: Refine
     entry: dict[tuple[int, int], dict[str, Any]] = {}
     for d in delegated:
         ent = work[d.post][d.entity]
-        entry[(d.post, d.entity)] = {"start": ent.start, "end": ent.end, "type": ent.type,
-                                     "uncertainty": d.uncertainty, "checks": list(d.checks), "outcomes": []}
+        entry[(d.post, d.entity)] = {
+            "start": ent.start,
+            "end": ent.end,
+            "type": ent.type,
+            "uncertainty": d.uncertainty,
+            "checks": list(d.checks),
+            "outcomes": [],
+        }
         logs[d.post].append(entry[(d.post, d.entity)])
     candidates: list[tuple[int, int]] = []
     if cfg.missed:
@@ -63,8 +70,14 @@ def refine_examples(preds: Sequence[Example], cfg: RefineConfig, backend: Refine
                 work[i].append(Entity(int(c["start"]), int(c["end"]), c["type"], score=c.get("score")))
                 j = len(work[i]) - 1
                 candidates.append((i, j))
-                entry[(i, j)] = {"start": c["start"], "end": c["end"], "type": c["type"], "missed_candidate": True,
-                                 "checks": ["span"] + (["type"] if "type" in cfg.checks else []), "outcomes": []}
+                entry[(i, j)] = {
+                    "start": c["start"],
+                    "end": c["end"],
+                    "type": c["type"],
+                    "missed_candidate": True,
+                    "checks": ["span"] + (["type"] if "type" in cfg.checks else []),
+                    "outcomes": [],
+                }
                 logs[i].append(entry[(i, j)])
     counts: Counter[str] = Counter()
 
@@ -72,8 +85,9 @@ def refine_examples(preds: Sequence[Example], cfg: RefineConfig, backend: Refine
     span_jobs = [(d.post, d.entity) for d in delegated if "span" in d.checks] + candidates
     queries = [Query(posts[i], copy.deepcopy(work[i][j]), _image(posts[i], cfg.images_dir)) for i, j in span_jobs]
     for (i, j), answer in zip(span_jobs, backend.span_check(queries, types)):
-        outcome = merge_span(work[i], j, posts[i].tokens, answer, cfg.max_boundary_change,
-                             cfg.allow_drop or (i, j) in candidates)
+        outcome = merge_span(
+            work[i], j, posts[i].tokens, answer, cfg.max_boundary_change, cfg.allow_drop or (i, j) in candidates
+        )
         entry[(i, j)]["outcomes"].append(outcome)
         counts[f"{'missed' if (i, j) in candidates else 'span'}/{outcome}"] += 1
     confirmed = set()
@@ -114,8 +128,9 @@ def refine_examples(preds: Sequence[Example], cfg: RefineConfig, backend: Refine
         "outcomes": dict(sorted(counts.items())),
     }
     if n_failed:
-        logger.warning("refinement: %d check(s) got no usable backend answer; the small model's answer was kept",
-                       n_failed)
+        logger.warning(
+            "refinement: %d check(s) got no usable backend answer; the small model's answer was kept", n_failed
+        )
     return posts, report
 
 
@@ -130,16 +145,21 @@ def with_uncertainty(preds: Sequence[Example], cfg: RefineConfig) -> list[Exampl
     missed = MissedEntityDetector(cfg.missed_threshold) if cfg.missed else None
     est = UncertaintyEstimator.from_checkpoint(cfg.ckpt, cfg.head, dict(cfg.head_kwargs), cfg.temperature, missed)
     scored = est.predict(preds)
-    changed = sum(1 for a, b in zip(preds, scored)
-                  if [(e.start, e.end, e.type) for e in a.entities] != [(e.start, e.end, e.type) for e in b.entities])
+    changed = sum(
+        1
+        for a, b in zip(preds, scored)
+        if [(e.start, e.end, e.type) for e in a.entities] != [(e.start, e.end, e.type) for e in b.entities]
+    )
     if changed:
-        logger.warning("%d post(s) of the prediction file differ from %s's predictions; using the checkpoint's",
-                       changed, cfg.ckpt)
+        logger.warning(
+            "%d post(s) of the prediction file differ from %s's predictions; using the checkpoint's", changed, cfg.ckpt
+        )
     return scored
 
 
-def run_refine(cfg: RefineConfig, pred_path: str | Path, out_path: str | Path,
-               types: list[str] | None = None) -> dict[str, Any]:
+def run_refine(
+    cfg: RefineConfig, pred_path: str | Path, out_path: str | Path, types: list[str] | None = None
+) -> dict[str, Any]:
     """``refineg refine``: reads predictions, refines them, writes ``out_path`` and ``<out>.report.json``.
 
     Raises:
@@ -155,8 +175,12 @@ def run_refine(cfg: RefineConfig, pred_path: str | Path, out_path: str | Path,
         post = next((p for p in preds if any(e.uncertainty is None for e in p.entities)), None)
         if post is not None:
             ent = next(e for e in post.entities if e.uncertainty is None)
-            raise DataFormatError(pred_path, f"entity {ent.text(post.tokens)!r} has no uncertainty; compute one with "
-                                             "ckpt=<tagger checkpoint> head=<name>", record=post.id)
+            raise DataFormatError(
+                pred_path,
+                f"entity {ent.text(post.tokens)!r} has no uncertainty; compute one with "
+                "ckpt=<tagger checkpoint> head=<name>",
+                record=post.id,
+            )
     preds = with_uncertainty(preds, cfg)
     if types is None and cfg.ckpt:
         import torch

@@ -50,8 +50,24 @@ class FilterConfig:
     generic_action: str = "drop_entity"
     generic_lexicon: list[str] = field(default_factory=list)
     generic_patterns: list[str] = field(default_factory=list)
-    generic_strip: list[str] = field(default_factory=lambda: ["the", "a", "an", "this", "that", "these", "those",
-                                                               "my", "our", "your", "their", "his", "her", "its"])
+    generic_strip: list[str] = field(
+        default_factory=lambda: [
+            "the",
+            "a",
+            "an",
+            "this",
+            "that",
+            "these",
+            "those",
+            "my",
+            "our",
+            "your",
+            "their",
+            "his",
+            "her",
+            "its",
+        ]
+    )
     min_tokens: int = 5
     max_tokens: int = 64
     dedup: bool = True

@@ -40,9 +40,16 @@ def _overlaps(ent: Entity, others: Sequence[Entity]) -> bool:
     return any(ent.start < o.end and o.start < ent.end for o in others)
 
 
-def check_consistency(examples: Sequence[Example], predictor: Predictor, mode: str, threshold: float,
-                      fill_unlabelled: bool, fill_min_score: float, report: SynthesisReport,
-                      progress: bool = False) -> list[Example]:
+def check_consistency(
+    examples: Sequence[Example],
+    predictor: Predictor,
+    mode: str,
+    threshold: float,
+    fill_unlabelled: bool,
+    fill_min_score: float,
+    report: SynthesisReport,
+    progress: bool = False,
+) -> list[Example]:
     """Applies the consistency filter.
 
     Args:
@@ -65,8 +72,9 @@ def check_consistency(examples: Sequence[Example], predictor: Predictor, mode: s
     out = []
     for ex, pred in zip(examples, predictions, strict=True):
         predicted = [Entity(e.start, e.end, e.type) for e in pred.entities]
-        confident = [Entity(e.start, e.end, e.type) for e in pred.entities
-                     if e.score is None or e.score >= fill_min_score]
+        confident = [
+            Entity(e.start, e.end, e.type) for e in pred.entities if e.score is None or e.score >= fill_min_score
+        ]
         if disagreement(ex.entities, predicted) > threshold:
             if mode == "drop":
                 report.reject("inconsistent_with_tagger")
@@ -83,8 +91,9 @@ def check_consistency(examples: Sequence[Example], predictor: Predictor, mode: s
     return out
 
 
-def train_seed_tagger(seeds: Sequence[Example], types: Sequence[str], work_dir: Path, dev: str | None,
-                      overrides: Sequence[str], seed: int) -> str:
+def train_seed_tagger(
+    seeds: Sequence[Example], types: Sequence[str], work_dir: Path, dev: str | None, overrides: Sequence[str], seed: int
+) -> str:
     """Trains a tagger on the seeds (``refineg.training.train``) and returns its best checkpoint.
 
     Args:
@@ -102,11 +111,23 @@ def train_seed_tagger(seeds: Sequence[Example], types: Sequence[str], work_dir: 
     seeds_path = work_dir / "seeds.jsonl"
     write_jsonl(seeds, seeds_path)
     dev_path = Path(dev).resolve() if dev else seeds_path
-    base = ["data.format=jsonl", f"data.root={work_dir.resolve()}", f"data.train={seeds_path.name}",
-            f"data.dev={dev_path}", "data.test=null", "data.xml_dir=null", "data.gold_limit=null",
-            f"data.types=[{','.join(types)}]", "data.mixing=gold_only", "data.synthetic=null",
-            f"runs_dir={work_dir.resolve()}", "run_name=tagger", "predict=false", "logger.wandb=false",
-            f"seed={seed}"]
+    base = [
+        "data.format=jsonl",
+        f"data.root={work_dir.resolve()}",
+        f"data.train={seeds_path.name}",
+        f"data.dev={dev_path}",
+        "data.test=null",
+        "data.xml_dir=null",
+        "data.gold_limit=null",
+        f"data.types=[{','.join(types)}]",
+        "data.mixing=gold_only",
+        "data.synthetic=null",
+        f"runs_dir={work_dir.resolve()}",
+        "run_name=tagger",
+        "predict=false",
+        "logger.wandb=false",
+        f"seed={seed}",
+    ]
     cfg = load_config(base + list(overrides))
     logger.info("training the consistency tagger on %d seeds (%s)", len(seeds), work_dir / "tagger")
     previous = os.environ.get(RUN_ENV)

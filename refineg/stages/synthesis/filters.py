@@ -44,8 +44,9 @@ class GenericMentionRule:
         return False
 
 
-def reject_generic(examples: Sequence[Example], rule: GenericMentionRule, action: str,
-                   report: SynthesisReport) -> list[Example]:
+def reject_generic(
+    examples: Sequence[Example], rule: GenericMentionRule, action: str, report: SynthesisReport
+) -> list[Example]:
     """Removes generic mentions: their label (``action="drop_entity"``) or their post (``"drop_post"``).
 
     Counted as ``generic_mention`` in ``report.dropped_entities`` or ``report.rejected_posts``.
@@ -63,8 +64,9 @@ def reject_generic(examples: Sequence[Example], rule: GenericMentionRule, action
     return out
 
 
-def within_length(examples: Sequence[Example], min_tokens: int, max_tokens: int,
-                  report: SynthesisReport) -> list[Example]:
+def within_length(
+    examples: Sequence[Example], min_tokens: int, max_tokens: int, report: SynthesisReport
+) -> list[Example]:
     """Keeps posts with ``min_tokens <= len(tokens) <= max_tokens`` (rejections: ``too_short``, ``too_long``)."""
     out = []
     for ex in examples:
@@ -86,7 +88,7 @@ def shingles(words: Sequence[str], n: int = 3) -> set[tuple[str, ...]]:
     """Word ``n``-grams of ``words`` (the whole sequence when it is shorter than ``n``)."""
     if len(words) < n:
         return {tuple(words)}
-    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
 class NearDuplicateIndex:
@@ -137,8 +139,9 @@ class NearDuplicateIndex:
             self._postings[gram].append(idx)
 
 
-def remove_duplicates(examples: Sequence[Example], seeds: Sequence[Example], threshold: float | None,
-                      report: SynthesisReport) -> list[Example]:
+def remove_duplicates(
+    examples: Sequence[Example], seeds: Sequence[Example], threshold: float | None, report: SynthesisReport
+) -> list[Example]:
     """Keeps the first of each group of (near-)duplicate posts; posts that copy a seed are removed too.
 
     Rejection reasons: ``duplicate``, ``near_duplicate``, ``copy_of_seed``, ``near_copy_of_seed``.

@@ -21,8 +21,9 @@ class TypeMapper:
         default_type: Type of any other name, or ``None``.
     """
 
-    def __init__(self, types: Sequence[str], type_map: Mapping[str, str] | None = None,
-                 default_type: str | None = None) -> None:
+    def __init__(
+        self, types: Sequence[str], type_map: Mapping[str, str] | None = None, default_type: str | None = None
+    ) -> None:
         self.types = list(types)
         self._lookup = {t.casefold(): t for t in self.types}
         self._map = {k.casefold(): v for k, v in (type_map or {}).items()}
@@ -38,8 +39,9 @@ class TypeMapper:
         return self.default_type, self.default_type is not None
 
 
-def label_text(text: str, mentions: Sequence[tuple[str, str]], mapper: TypeMapper,
-               report: SynthesisReport) -> tuple[list[str], list[Entity]]:
+def label_text(
+    text: str, mentions: Sequence[tuple[str, str]], mapper: TypeMapper, report: SynthesisReport
+) -> tuple[list[str], list[Entity]]:
     """Tokenises ``text`` and labels its mentions.
 
     Mentions are located by exact token match, longest first, without overlaps

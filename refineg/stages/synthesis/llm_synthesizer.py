@@ -85,9 +85,18 @@ class LLMSynthesizer:
 
     name = "llm"
 
-    def __init__(self, llm: LLMConfig | Any, prompts: PromptSet, types: Sequence[str],
-                 type_map: dict[str, str] | None = None, default_type: str | None = None, n_reuse: int = 20,
-                 n_new: int = 10, run_dir: str | Path | None = None, progress: bool = True) -> None:
+    def __init__(
+        self,
+        llm: LLMConfig | Any,
+        prompts: PromptSet,
+        types: Sequence[str],
+        type_map: dict[str, str] | None = None,
+        default_type: str | None = None,
+        n_reuse: int = 20,
+        n_new: int = 10,
+        run_dir: str | Path | None = None,
+        progress: bool = True,
+    ) -> None:
         self.config = LLMConfig.from_options(llm)
         self.prompts, self.types = prompts, list(types)
         self.mapper = TypeMapper(types, type_map, default_type)
@@ -105,8 +114,17 @@ class LLMSynthesizer:
         if llm["cache_path"] is None:
             llm["cache_path"] = str(work_dir / "llm_cache.sqlite")
         prompts = PromptSet.load(cfg.prompts or default_prompt_dir(cfg.domain))
-        return cls(llm, prompts, list(cfg.types), dict(cfg.type_map), cfg.default_type, cfg.n_reuse, cfg.n_new,
-                   work_dir, cfg.progress)
+        return cls(
+            llm,
+            prompts,
+            list(cfg.types),
+            dict(cfg.type_map),
+            cfg.default_type,
+            cfg.n_reuse,
+            cfg.n_new,
+            work_dir,
+            cfg.progress,
+        )
 
     def synthesize(self, seeds: Sequence[Example], report: SynthesisReport) -> list[Example]:
         """Asks the LLM once per seed and labels the parsed samples (see the class docstring)."""
@@ -115,13 +133,23 @@ class LLMSynthesizer:
         conversations = [self.prompts.conversation(s, self.n_reuse, self.n_new, self.types) for s in seeds]
         backend = build_llm_backend(self.config, run_dir=self.run_dir)
         try:
-            results = backend.chat_many(conversations, stage="synthesis", expect_json=True, json_type=(list, dict),
-                                        json_accept=is_samples_answer, items=[s.id for s in seeds],
-                                        progress=self.progress)
+            results = backend.chat_many(
+                conversations,
+                stage="synthesis",
+                expect_json=True,
+                json_type=(list, dict),
+                json_accept=is_samples_answer,
+                items=[s.id for s in seeds],
+                progress=self.progress,
+            )
         finally:
             backend.close()
-        base_meta = {"synthesizer": self.name, "backend": self.config.backend, "model": self.config.model,
-                     "prompt_hash": self.prompts.hash}
+        base_meta = {
+            "synthesizer": self.name,
+            "backend": self.config.backend,
+            "model": self.config.model,
+            "prompt_hash": self.prompts.hash,
+        }
         out: list[Example] = []
         for seed, result in zip(seeds, results, strict=True):
             if not result.ok:

@@ -55,7 +55,7 @@ def load_seeds(cfg: DictConfig) -> list[Example]:
 
         seeds = sample_gold(read_split(cfg.data, "train"), cfg.data.gold_limit, cfg.seed)
     if cfg.max_seeds is not None:
-        seeds = seeds[:cfg.max_seeds]
+        seeds = seeds[: cfg.max_seeds]
     bad = sorted({e.type for s in seeds for e in s.entities} - set(cfg.types))
     if bad:
         raise ValueError(f"seed entity types {bad} are not in types {list(cfg.types)}; pick the matching domain")
@@ -76,14 +76,19 @@ def split_by_seed(examples: list[Example], dev_fraction: float, seed: int) -> tu
         return examples, []
     seed_ids = sorted({ex.meta.get("seed_id", ex.id) for ex in examples})
     random.Random(seed).shuffle(seed_ids)
-    dev_ids = set(seed_ids[:round(dev_fraction * len(seed_ids))])
+    dev_ids = set(seed_ids[: round(dev_fraction * len(seed_ids))])
     dev = [ex for ex in examples if ex.meta.get("seed_id", ex.id) in dev_ids]
     train = [ex for ex in examples if ex.meta.get("seed_id", ex.id) not in dev_ids]
     return train, dev
 
 
-def apply_filters(candidates: list[Example], seeds: list[Example], cfg: DictConfig, report: SynthesisReport,
-                  predictor: Predictor | None = None) -> list[Example]:
+def apply_filters(
+    candidates: list[Example],
+    seeds: list[Example],
+    cfg: DictConfig,
+    report: SynthesisReport,
+    predictor: Predictor | None = None,
+) -> list[Example]:
     """Generic mentions, length bounds, duplicates, then (when enabled) the consistency filter."""
     f = cfg.filters
     kept = candidates
@@ -97,8 +102,9 @@ def apply_filters(candidates: list[Example], seeds: list[Example], cfg: DictConf
         c = cfg.consistency
         if predictor is None:
             raise ValueError("consistency filter enabled without a predictor")
-        kept = check_consistency(kept, predictor, c.mode, c.threshold, c.fill_unlabelled, c.fill_min_score, report,
-                                 progress=cfg.progress)
+        kept = check_consistency(
+            kept, predictor, c.mode, c.threshold, c.fill_unlabelled, c.fill_min_score, report, progress=cfg.progress
+        )
     for ex in kept:
         ex.validate()
     return kept
@@ -108,8 +114,9 @@ def _consistency_predictor(cfg: DictConfig, seeds: list[Example], work_dir: Path
     from refineg.predictor import TaggerPredictor
 
     c = cfg.consistency
-    ckpt = c.checkpoint or train_seed_tagger(seeds, list(cfg.types), work_dir / "consistency", c.dev,
-                                             list(c.train_overrides), cfg.seed)
+    ckpt = c.checkpoint or train_seed_tagger(
+        seeds, list(cfg.types), work_dir / "consistency", c.dev, list(c.train_overrides), cfg.seed
+    )
     return TaggerPredictor.from_checkpoint(ckpt, batch_size=c.batch_size, device="cpu")
 
 

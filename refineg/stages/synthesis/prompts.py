@@ -78,5 +78,7 @@ class PromptSet:
         }
         task = self.task if seed.entities else self.task_no_entities
         fill = lambda text: Template(text).substitute(values)  # noqa: E731
-        return [system(fill(self.role) + "\n\n" + fill(self.guideline)),
-                user(fill(task) + "\n\n" + fill(self.output_format))]
+        return [
+            system(fill(self.role) + "\n\n" + fill(self.guideline)),
+            user(fill(task) + "\n\n" + fill(self.output_format)),
+        ]

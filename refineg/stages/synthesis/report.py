@@ -104,15 +104,19 @@ class SynthesisReport:
         if types:
             lines += ["", f"{'type':<12}" + "".join(f"{s:>8}" for s in splits)]
             lines += [f"{t:<12}" + "".join(f"{self.per_type[s].get(t, 0):>8}" for s in splits) for t in types]
-        for title, counter in (("rejected posts", self.rejected_posts), ("dropped entity labels",
-                                                                          self.dropped_entities),
-                               ("mapped types", self.mapped_types)):
+        for title, counter in (
+            ("rejected posts", self.rejected_posts),
+            ("dropped entity labels", self.dropped_entities),
+            ("mapped types", self.mapped_types),
+        ):
             if counter:
                 lines += ["", f"{title:<28}{'count':>8}"]
                 lines += [f"  {reason:<26}{n:>8}" for reason, n in counter.most_common()]
         if self.relabelled_posts or self.filled_entities:
-            lines += ["", f"consistency: relabelled posts {self.relabelled_posts}, filled entities "
-                          f"{self.filled_entities}"]
+            lines += [
+                "",
+                f"consistency: relabelled posts {self.relabelled_posts}, filled entities {self.filled_entities}",
+            ]
         return "\n".join(lines)
 
     def write(self, stem: Path) -> tuple[Path, Path]:

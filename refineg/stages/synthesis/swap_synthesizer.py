@@ -23,8 +23,9 @@ from refineg.stages.synthesis.report import SynthesisReport
 Mention = tuple[str, ...]
 
 
-def build_gazetteer(seeds: Sequence[Example], types: Sequence[str], extra_file: str | Path | None = None
-                    ) -> dict[str, list[Mention]]:
+def build_gazetteer(
+    seeds: Sequence[Example], types: Sequence[str], extra_file: str | Path | None = None
+) -> dict[str, list[Mention]]:
     """Mentions per type, in first-seen order: the seeds' entities, then ``extra_file`` (``TYPE<TAB>mention``).
 
     Raises:
@@ -33,7 +34,7 @@ def build_gazetteer(seeds: Sequence[Example], types: Sequence[str], extra_file: 
     gazetteer: dict[str, dict[Mention, None]] = {t: {} for t in types}
     for seed in seeds:
         for ent in seed.entities:
-            gazetteer.setdefault(ent.type, {})[tuple(seed.tokens[ent.start:ent.end])] = None
+            gazetteer.setdefault(ent.type, {})[tuple(seed.tokens[ent.start : ent.end])] = None
     if extra_file is not None:
         for lineno, line in enumerate(Path(extra_file).read_text(encoding="utf-8").splitlines(), start=1):
             if not line.strip():
@@ -69,8 +70,9 @@ def recombine(head: Example, tail: Example, rng: random.Random) -> tuple[list[st
     return tokens, entities
 
 
-def swap_mentions(tokens: Sequence[str], entities: Sequence[Entity], gazetteer: dict[str, list[Mention]],
-                  rng: random.Random) -> tuple[list[str], list[Entity], list[list[str]]]:
+def swap_mentions(
+    tokens: Sequence[str], entities: Sequence[Entity], gazetteer: dict[str, list[Mention]], rng: random.Random
+) -> tuple[list[str], list[Entity], list[list[str]]]:
     """Replaces each mention by another gazetteer mention of its type (the same surface gets the same new one).
 
     Returns:
@@ -82,8 +84,8 @@ def swap_mentions(tokens: Sequence[str], entities: Sequence[Entity], gazetteer: 
     swaps: list[list[str]] = []
     pos = 0
     for ent in sorted(entities, key=lambda e: e.start):
-        out_tokens.extend(tokens[pos:ent.start])
-        old = tuple(tokens[ent.start:ent.end])
+        out_tokens.extend(tokens[pos : ent.start])
+        old = tuple(tokens[ent.start : ent.end])
         key = (old, ent.type)
         if key not in chosen:
             options = [m for m in gazetteer.get(ent.type, []) if m != old]
@@ -120,8 +122,16 @@ class SwapSynthesizer:
 
     name = "swap"
 
-    def __init__(self, types: Sequence[str], per_seed: int = 10, gazetteer: str | Path | None = None,
-                 recombine_prob: float = 0.3, max_tries: int = 5, seed: int = 0, progress: bool = True) -> None:
+    def __init__(
+        self,
+        types: Sequence[str],
+        per_seed: int = 10,
+        gazetteer: str | Path | None = None,
+        recombine_prob: float = 0.3,
+        max_tries: int = 5,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
         self.types, self.per_seed, self.gazetteer_file = list(types), per_seed, gazetteer
         self.recombine_prob, self.max_tries, self.seed, self.progress = recombine_prob, max_tries, seed, progress
 
@@ -152,14 +162,21 @@ class SwapSynthesizer:
                     continue
                 tokens, entities, meta = made
                 seen.add(tuple(tokens))
-                meta = {"synthesizer": self.name, "backend": None, "model": None, "prompt_hash": None,
-                        "seed_id": seed.id, **meta}
+                meta = {
+                    "synthesizer": self.name,
+                    "backend": None,
+                    "model": None,
+                    "prompt_hash": None,
+                    "seed_id": seed.id,
+                    **meta,
+                }
                 out.append(Example(f"swap-{seed.id}-{j}", tokens, None, entities, "synthetic", meta=meta))
         report.produced += len(out)
         return out
 
-    def _variant(self, seed: Example, partners: Sequence[Example], gazetteer: dict[str, list[Mention]],
-                 rng: random.Random) -> tuple[list[str], list[Entity], dict[str, Any]] | None:
+    def _variant(
+        self, seed: Example, partners: Sequence[Example], gazetteer: dict[str, list[Mention]], rng: random.Random
+    ) -> tuple[list[str], list[Entity], dict[str, Any]] | None:
         tokens, entities, meta = list(seed.tokens), list(seed.entities), {}
         if partners and (not seed.entities or rng.random() < self.recombine_prob):
             partner = rng.choice(partners)

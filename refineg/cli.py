@@ -122,7 +122,7 @@ def evaluate(args: argparse.Namespace) -> int:
     Gold files are strict; predictions may hold overlapping or duplicate entities, which are scored (each
     predicted triple counts, a duplicate is a false positive) and counted.
     """
-    from refineg.metrics import evaluate_examples
+    from refineg.metrics import evaluate_examples, format_scores
 
     golds, preds = read_jsonl(args.gold), read_jsonl(args.pred, allow_overlaps=True)
     try:
@@ -141,30 +141,6 @@ def evaluate(args: argparse.Namespace) -> int:
                 "each was scored (a duplicate is a false positive)"
             )
     return 0
-
-
-def format_scores(result: dict) -> str:
-    """Readable table of an :func:`refineg.metrics.evaluate_examples` result (percentages)."""
-    lines = [f"{'task':<8}{'P':>8}{'R':>8}{'F1':>8}"]
-    for task in ("gmner", "mner", "eeg"):
-        s = result[task]
-        lines.append(f"{task.upper():<8}{100 * s['precision']:>8.2f}{100 * s['recall']:>8.2f}{100 * s['f1']:>8.2f}")
-    lines.append("")
-    lines.append(f"{'type':<10}{'GMNER F1':>10}{'MNER F1':>10}{'support':>9}")
-    for etype, s in result["per_type"].items():
-        lines.append(f"{etype:<10}{100 * s['gmner_f1']:>10.2f}{100 * s['mner_f1']:>10.2f}{s['support']:>9}")
-    grounding = result.get("grounding")
-    if grounding and grounding["with_box"] + grounding["without_box"]:
-
-        def pct(v: float | None) -> str:
-            return "-" if v is None else f"{100 * v:.2f}"
-
-        lines.append("")
-        lines.append(
-            f"grounding: Acc@0.5 {pct(grounding['acc'])} of {grounding['with_box']} gold entities with a box, "
-            f"none-accuracy {pct(grounding['none_acc'])} of {grounding['without_box']} without"
-        )
-    return "\n".join(lines)
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
@@ -204,7 +180,7 @@ def predict(args: argparse.Namespace) -> int:
 
     from refineg.data import Example, write_jsonl
     from refineg.data.tokenize import word_tokenize
-    from refineg.predictor import TaggerPredictor
+    from refineg.inference.predictor import TaggerPredictor
 
     if args.text is not None:
         examples = [Example("text-0", word_tokenize(args.text), source="predicted")]
@@ -225,7 +201,7 @@ def predict(args: argparse.Namespace) -> int:
                 raise SystemExit(f"--limit must be >= 1, got {args.limit}")
             examples = examples[: args.limit]
     if args.runtime == "onnx":
-        from refineg.onnx_runtime import require_onnxruntime
+        from refineg.inference.onnx_runtime import require_onnxruntime
 
         require_onnxruntime()  # before loading anything
     cpu_only = args.quantize or args.runtime == "onnx"
@@ -303,7 +279,7 @@ def calibrate_cmd(args: argparse.Namespace) -> int:
         if args.ensemble:
             heads["ensemble"] = {"checkpoints": list(args.ensemble), **extra.get("ensemble", {})}
         if args.fit_evidential:
-            from refineg.modules.uncertainty import fit_evidential
+            from refineg.inference.uncertainty import fit_evidential
 
             module = TaggerModule.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=False).eval()
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -652,7 +628,7 @@ def zeroshot_cmd(args: argparse.Namespace) -> int:
     for key, value in report["dropped_or_changed"].items():
         print(f"  {key:<20}{value:>7}")
     if args.gold:
-        from refineg.metrics import evaluate_examples
+        from refineg.metrics import evaluate_examples, format_scores
 
         print(format_scores(evaluate_examples(read_jsonl(args.gold), read_jsonl(args.out), match=args.match)))
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.report.json')}")

@@ -16,7 +16,7 @@ from refineg.data import DataFormatError, Example, ReadReport, bio_labels, read_
 from refineg.data.formats import create_data_format
 from refineg.datamodules.encoding import EncodedPost, PostCollator, encode_posts
 from refineg.datamodules.samplers import BucketBatchSampler, EvalBatchSampler, RatioBatchSampler
-from refineg.modules.backbones import resolve_encoder
+from refineg.weights import load_tokenizer
 
 logger = logging.getLogger(__name__)
 MIXING_MODES = ("gold_only", "concat", "ratio", "two_stage")
@@ -136,9 +136,7 @@ class GMNERDataModule(L.LightningDataModule):
 
     def _tokenizer(self):
         if self.tokenizer is None:
-            from transformers import AutoTokenizer
-
-            self.tokenizer = AutoTokenizer.from_pretrained(resolve_encoder(self.encoder))
+            self.tokenizer = load_tokenizer(self.encoder)
             if not self.tokenizer.is_fast:
                 raise ValueError(f"encoder {self.encoder!r} has no fast tokenizer (needed for word alignment)")
         return self.tokenizer

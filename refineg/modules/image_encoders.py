@@ -218,7 +218,7 @@ class OpenClipImageEncoder(ImageEncoder):
 
     def __init__(self, model_name: str, pretrained: str | None = None, freeze: bool = True) -> None:
         super().__init__(freeze)
-        from refineg.modules.open_clip_loader import load_open_clip
+        from refineg.weights import load_open_clip
 
         # A tag may be fetched here as timm's pretrained=True may be (the tagger's documented behaviour).
         clip = load_open_clip(model_name, pretrained, allow_download=True)

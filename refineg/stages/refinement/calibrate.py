@@ -63,8 +63,8 @@ def calibrate(
     Returns:
         The report written to ``calibration.json``.
     """
-    from refineg.modules.uncertainty import TemperatureScaler, UncertaintyEstimator, create_uncertainty_head
-    from refineg.predictor import TaggerPredictor
+    from refineg.inference.predictor import TaggerPredictor
+    from refineg.inference.uncertainty import TemperatureScaler, UncertaintyEstimator, create_uncertainty_head
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -270,7 +270,7 @@ def collect_features(
     member_fields: dict[str, list[str]] | None = None,
     progress: bool = False,
 ) -> tuple[list[Example], dict[str, list[list[EntityUncertainty]]], np.ndarray, list[str], dict[str, list[str]]]:
-    """Runs an :class:`~refineg.modules.uncertainty.UncertaintyEstimator` whose heads are the members, once.
+    """Runs an :class:`~refineg.inference.uncertainty.UncertaintyEstimator` whose heads are the members, once.
 
     Returns:
         The predicted posts, every member's scores (as ``estimator.score`` gives them), the ``(N, D)`` feature

@@ -123,7 +123,7 @@ def fit_evidential(
         The trained layer (on CPU, eval mode).
     """
     from refineg.datamodules.encoding import encode_posts
-    from refineg.predictor import TaggerPredictor
+    from refineg.inference.predictor import TaggerPredictor
 
     # batches in file order (not TaggerPredictor.batches' longest-first): the documented runs were trained this way
     predictor = TaggerPredictor(module, batch_size=batch_size, max_length=max_length)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from refineg.data import DataFormatError, ReadReport, create_data_format, read_jsonl
 from refineg.errors import UsageError, run_reporting_errors
+from refineg.logs import CHATTY_LOGGERS, quiet_chatty_loggers  # noqa: F401  (CHATTY_LOGGERS: public name)
 
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
@@ -802,16 +803,6 @@ def build_parser() -> argparse.ArgumentParser:
         add_args(sub)
         sub.set_defaults(run=run)
     return parser
-
-
-#: Libraries that log routine detail at INFO: httpx one line per HTTP request (every MLLM call).
-CHATTY_LOGGERS = ("httpx",)
-
-
-def quiet_chatty_loggers(verbose: bool) -> None:
-    """Shows the INFO lines of :data:`CHATTY_LOGGERS` only with debug logging (``-v``)."""
-    for name in CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel
@@ -91,9 +93,11 @@ class HFTextEncoder(nn.Module):
 
 
 @BACKBONES.register("hf")
-def hf_backbone(encoder: str, **kwargs) -> HFTextEncoder:
-    """Text-only Hugging Face encoder."""
-    return HFTextEncoder(encoder, **kwargs)
+def hf_backbone(
+    encoder: str, pretrained: bool = True, gradient_checkpointing: bool = False, attn_implementation: str = "sdpa"
+) -> HFTextEncoder:
+    """Text-only Hugging Face encoder (arguments as :class:`HFTextEncoder`)."""
+    return HFTextEncoder(encoder, pretrained, gradient_checkpointing, attn_implementation)
 
 
 class ImageAwareEncoder(nn.Module):
@@ -103,15 +107,18 @@ class ImageAwareEncoder(nn.Module):
 
     Args:
         encoder: Text encoder (see :class:`HFTextEncoder`).
-        image_encoder: Image tower registry name: ``timm`` or ``open_clip``.
-        image_model: timm model name or open_clip architecture.
-        image_pretrained: timm: ``"true"`` for timm's weights or a local checkpoint path; open_clip: a pretrained
-            tag or a local checkpoint path. ``None``: random weights.
+        image_encoder: Image tower name in :data:`refineg.modules.image_encoders.IMAGE_ENCODERS` (``timm``,
+            ``open_clip``, ...).
+        image_model: The tower's ``model_name`` (timm model name, open_clip architecture).
+        image_pretrained: The tower's ``pretrained`` (timm: ``"true"`` for timm's weights, a local checkpoint path
+            or ``imagenet-mobilenetv2``; open_clip: a pretrained tag or a local checkpoint path). ``None``: random
+            weights.
         freeze_image: Keep the image tower frozen.
-        image_size: Input resolution for timm towers (``None``: the model's default).
+        image_size: The tower's ``img_size`` input resolution (``None``: the model's default; not passed then).
         num_heads: Cross-attention heads.
         pretrained: Load pretrained text encoder weights.
         gradient_checkpointing: Passed to the text encoder.
+        image_kwargs: More keyword arguments for the image tower's factory.
     """
 
     def __init__(
@@ -125,6 +132,7 @@ class ImageAwareEncoder(nn.Module):
         num_heads: int = 4,
         pretrained: bool = True,
         gradient_checkpointing: bool = False,
+        image_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         from refineg.modules.fusion import ImageTextFusion
@@ -132,16 +140,11 @@ class ImageAwareEncoder(nn.Module):
 
         self.text = HFTextEncoder(encoder, pretrained=pretrained, gradient_checkpointing=gradient_checkpointing)
         self.hidden_size = self.text.hidden_size
-        if image_encoder == "timm":
-            flag = str(image_pretrained).lower() if image_pretrained is not None else "false"
-            kwargs = {
-                "pretrained": flag == "true",
-                "img_size": image_size,
-                "checkpoint_path": None if flag in ("true", "false") else image_pretrained,
-            }
-        else:
-            kwargs = {"pretrained": image_pretrained}
-        self.image = create_image_encoder(image_encoder, model_name=image_model, freeze=freeze_image, **kwargs)
+        kwargs: dict[str, Any] = {"model_name": image_model, "pretrained": image_pretrained, "freeze": freeze_image}
+        if image_size is not None:
+            kwargs["img_size"] = image_size
+        kwargs.update(image_kwargs or {})
+        self.image = create_image_encoder(image_encoder, **kwargs)
         self.image_transform = self.image.transform
         self.fusion = ImageTextFusion(self.hidden_size, self.image.out_dim, num_heads=num_heads)
 
@@ -167,10 +170,7 @@ class ImageAwareEncoder(nn.Module):
         return self.fusion(states, self.image(pixel_values), image_mask)
 
 
-@BACKBONES.register("hf_image")
-def hf_image_backbone(encoder: str, **kwargs) -> ImageAwareEncoder:
-    """Image-aware Hugging Face encoder (timm or open_clip image tower + gated cross-attention)."""
-    return ImageAwareEncoder(encoder, **kwargs)
+BACKBONES.register("hf_image")(ImageAwareEncoder)
 
 
 def create_backbone(name: str, **kwargs) -> nn.Module:

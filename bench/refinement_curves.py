@@ -40,13 +40,13 @@ from refineg.inference.uncertainty import (
     collect_features,
     create_uncertainty_head,
     cross_fit,
+    default_heads,
     fit_error_predictor,
     fit_evidential,
 )
 from refineg.inference.uncertainty.base import per_post as split_by_post
 from refineg.metrics import evaluate_examples
 from refineg.stages.refinement import RefineConfig, create_refinement_backend, head_report, refine_examples
-from refineg.stages.refinement.calibrate import default_heads
 from refineg.stages.refinement.calibration import entity_errors
 from refineg.stages.refinement.plots import plot_delegation_curves
 

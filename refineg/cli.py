@@ -243,17 +243,32 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
         help='JSON {head: {kwarg: value}}, e.g. \'{"mc_dropout": {"samples": 16, "dropout": 0.1}}\'',
     )
     p.add_argument("--ensemble", nargs="*", default=None, help="member checkpoints: adds the ensemble head")
-    p.add_argument("--evidential", default=None, help="trained Dirichlet layer: adds the evidential head")
     p.add_argument(
-        "--fit-evidential",
+        "--fit",
+        action="append",
         default=None,
-        metavar="TRAIN_JSONL",
-        help="train a Dirichlet layer on these labelled posts (saved as evidential.pt) and add the head",
+        metavar="HEAD=TRAIN_JSONL",
+        help="fit an uncertainty head that learns (evidential, learned) on these labelled posts, save it in the "
+        "report folder as <head>.pt/.json and add it; its fit settings come from --head-kwargs' fit_<head> entry",
     )
+    p.add_argument("--evidential", default=None, help='alias: --head-kwargs \'{"evidential": {"path": E}}\'')
+    p.add_argument("--fit-evidential", default=None, metavar="TRAIN_JSONL", help="alias: --fit evidential=TRAIN_JSONL")
     p.add_argument("--fit-temperature", action="store_true", help="fit a temperature on --data, report heads again")
     p.add_argument("--bins", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, default=128)
+
+
+def _fit_item(raw: str) -> tuple[str, str]:
+    """``HEAD=TRAIN_JSONL`` of ``refineg calibrate --fit``.
+
+    Raises:
+        UsageError: No ``=`` or an empty side.
+    """
+    name, sep, path = raw.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise UsageError(f"--fit {raw!r}: expected HEAD=TRAIN_JSONL, e.g. --fit evidential=train.jsonl")
+    return name.strip(), path.strip()
 
 
 @subcommand(
@@ -268,26 +283,30 @@ def calibrate_cmd(args: argparse.Namespace) -> int:
     examples = read_jsonl(args.data)
     out_dir = Path(args.out_dir) if args.out_dir else Path(args.ckpt).resolve().parent / "calibration"
     extra = json.loads(args.head_kwargs)
+    fits = [_fit_item(raw) for raw in args.fit or []]
+    if args.fit_evidential:  # kept as an alias: docs/results.md and docs/refinement.md use it
+        fits.append(("evidential", args.fit_evidential))
     heads = None
     if args.heads:
         heads = {h.strip(): dict(extra.get(h.strip(), {})) for h in args.heads.split(",") if h.strip()}
-    if args.ensemble or args.evidential or args.fit_evidential or (extra and heads is None):
+    if args.ensemble or args.evidential or fits or (extra and heads is None):
+        from refineg.inference.uncertainty import UNCERTAINTY_HEADS
         from refineg.modules.tagger_module import TaggerModule
 
+        module = TaggerModule.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=False).eval()
         if heads is None:
-            module = TaggerModule.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=False)
             heads = {k: {**v, **extra.get(k, {})} for k, v in default_heads(module).items()}
         if args.ensemble:
             heads["ensemble"] = {"checkpoints": list(args.ensemble), **extra.get("ensemble", {})}
-        if args.fit_evidential:
-            from refineg.inference.uncertainty import fit_evidential
-
-            module = TaggerModule.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=False).eval()
+        for name, train in fits:
+            head_cls = UNCERTAINTY_HEADS.get(name)
+            if not head_cls.needs_fit:
+                raise UsageError(f"--fit {name}: this uncertainty head learns nothing; list it in --heads instead")
             out_dir.mkdir(parents=True, exist_ok=True)
-            layer = fit_evidential(module, read_jsonl(args.fit_evidential), **extra.get("fit_evidential", {}))
-            layer.save(out_dir / "evidential.pt")
-            heads["evidential"] = {"path": str(out_dir / "evidential.pt")}
-        elif args.evidential:
+            path = out_dir / f"{name}{head_cls.state_suffix}"
+            head_cls.fit(module, read_jsonl(train), **extra.get(f"fit_{name}", {})).save(path)
+            heads[name] = {"path": str(path)}
+        if args.evidential and "evidential" not in dict(fits):  # alias of the evidential head's path= setting
             heads["evidential"] = {"path": args.evidential}
     report = calibrate(
         args.ckpt,

@@ -62,6 +62,7 @@ class ModelConfig:
     encoder: str = "minilm"  # Hugging Face hub name or local folder; "minilm" = packaged all-MiniLM-L6-v2
     head: str = "crf"  # registry name: softmax | crf (refineg.modules.heads.HEADS)
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # more keyword arguments for the backbone factory
+    imports: list[str] = field(default_factory=list)  # modules imported first: they register new components by name
     head_kwargs: dict[str, Any] = field(default_factory=dict)  # more keyword arguments for the head factory
     casing: bool = True  # casing-feature embedding (the default encoder is uncased)
     dropout: float = 0.1

@@ -286,3 +286,24 @@ def format_scores(result: dict) -> str:
             f"none-accuracy {pct(grounding['none_acc'])} of {grounding['without_box']} without"
         )
     return "\n".join(lines)
+
+
+def entity_errors(preds: Sequence[Example], golds: Sequence[Example]) -> list[dict[str, bool]]:
+    """Per predicted entity (posts in ``preds`` order): ``{"total": error, "span": error, "type": error or None}``.
+
+    Raises:
+        ValueError: A predicted post id is not in the gold data.
+    """
+    by_id = {g.id: g for g in golds}
+    out = []
+    for p in preds:
+        if p.id not in by_id:
+            raise ValueError(f"predicted post {p.id!r} is not in the gold data")
+        gold = by_id[p.id].entities
+        spans = {(g.start, g.end): g.type for g in gold}
+        for e in p.entities:
+            gtype = spans.get((e.start, e.end))
+            out.append(
+                {"total": gtype != e.type, "span": gtype is None, "type": None if gtype is None else gtype != e.type}
+            )
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 import warnings
@@ -42,11 +43,15 @@ def build_tagger(model: dict[str, Any], labels: list[str], pretrained: bool = Tr
     """Builds the tagger described by a ``model`` config dict for a BIO label inventory.
 
     Every component comes from its registry by name with keyword arguments; nothing here knows a component name.
+    The modules of ``model.imports`` are imported first, so a component in a file of its own registers itself (and a
+    checkpoint, which saves this dict, finds it again).
     The backbone factory gets ``encoder``, ``pretrained``, ``gradient_checkpointing``, those of
     :data:`BACKBONE_KEY_ALIASES` its signature names, then ``model.backbone_kwargs``; the head gets
     ``hidden_size``, ``labels`` and ``model.head_kwargs``; the optional groundability head gets ``hidden_size``,
     ``num_types``, ``hidden``, ``dropout`` and ``model.groundability_kwargs``.
     """
+    for name in model.get("imports") or []:
+        importlib.import_module(name)
     factory = BACKBONES.get(model["backbone"])
     kwargs: dict[str, Any] = {
         "encoder": model["encoder"],

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from refineg.config import CONFIG_DIR, load_config
+from refineg.modules.backbones import BACKBONES
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "extending.md"
@@ -35,6 +36,9 @@ def test_one_file_and_one_config_train_and_reload(tiny_encoder, tmp_path, monkey
     (configs / "model" / "minilm_bilstm.yaml").write_text(yaml)
     monkeypatch.syspath_prepend(str(src))
     monkeypatch.delenv("REFINEG_RUN_NAME", raising=False)
+    # the registration lands in a copy of the registry, so that later tests see the built-in backbones only
+    monkeypatch.setattr(BACKBONES, "_factories", dict(BACKBONES._factories))
+    monkeypatch.delitem(sys.modules, "bilstm", raising=False)  # a module of that name from elsewhere
 
     overrides = [
         "model=minilm_bilstm",

@@ -137,8 +137,10 @@ def run_ours(args) -> dict:
     module = TaggerModule(
         OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), list(cfg.data.types), pretrained=False
     )
-    if args.dense_mask:  # plain SDPA: packed rows get the dense block-diagonal mask (before variable-length attention)
-        module.tagger.backbone.model.set_attn_implementation("sdpa")
+    if args.varlen:  # packed rows through variable-length FlashAttention instead of a dense block-diagonal mask
+        from refineg.modules import packed_attention
+
+        module.tagger.backbone.model.set_attn_implementation(packed_attention.register())
     torch.backends.cuda.enable_cudnn_sdp(not args.no_cudnn)
     if args.compile != "none":
         from refineg.modules.compile import compile_tagger
@@ -283,7 +285,7 @@ def main() -> None:
     p.add_argument("--no-bucket", action="store_true")
     p.add_argument("--pack", type=int, default=0, help="data.pack_length (0: one post per row)")
     p.add_argument("--pack-length", type=int, default=128, help="pack_length of the packed variants")
-    p.add_argument("--dense-mask", action="store_true", help="packed rows through SDPA with a dense mask")
+    p.add_argument("--varlen", action="store_true", help="packed rows through variable-length FlashAttention")
     p.add_argument("--workers", type=int, default=0, help="data.num_workers (collation in worker processes)")
     p.add_argument("--profile", action="store_true", help="profile 5 steps of each variant")
     p.add_argument("--log-dir", help="write each variant's stdout/stderr (profiles) here")
@@ -339,14 +341,14 @@ def main() -> None:
         ],
         "ours (CRF, step graph)": ["--variant", "ours", *graph],
         "ours (CRF, packed)": ["--variant", "ours", "--no-bucket", "--pack", str(args.pack_length), "--no-cudnn"],
-        "ours (CRF, step graph, packed, dense mask)": [
+        "ours (CRF, step graph, packed, varlen)": [
             "--variant",
             "ours",
             *graph,
             "--no-bucket",
             "--pack",
             str(args.pack_length),
-            "--dense-mask",
+            "--varlen",
         ],
         "ours (CRF, step graph, packed)": ["--variant", "ours", *graph, "--no-bucket", "--pack", str(args.pack_length)],
         "ours (CRF, step graph, packed, workers)": [

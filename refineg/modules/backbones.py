@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel
 
-from refineg.modules import packed_attention
+from refineg.modules import packed_attention as packed_attention_module
 from refineg.modules.packed_attention import PACKED_ATTENTION
 from refineg.registry import Registry
 from refineg.weights import resolve_encoder
@@ -28,6 +28,9 @@ class HFTextEncoder(nn.Module):
         pretrained: Load weights (``False``: random init from the config, for throughput benchmarks).
         gradient_checkpointing: Trade compute for memory.
         attn_implementation: ``"sdpa"`` (default) or ``"eager"``.
+        packed_attention: How packed rows (``data.pack_length``) attend within their posts: ``"mask"`` (SDPA with a
+            dense block-diagonal mask; faster for short posts on an H200, see docs/benchmarks.md) or ``"varlen"``
+            (variable-length FlashAttention on the GPU, no mask: :mod:`refineg.modules.packed_attention`).
     """
 
     def __init__(
@@ -36,11 +39,16 @@ class HFTextEncoder(nn.Module):
         pretrained: bool = True,
         gradient_checkpointing: bool = False,
         attn_implementation: str = "sdpa",
+        packed_attention: str = "mask",
     ) -> None:
         super().__init__()
         path = resolve_encoder(encoder)
-        if attn_implementation == "sdpa":  # SDPA for ordinary batches, variable-length flash for packed rows
-            attn_implementation = packed_attention.register()
+        if packed_attention not in ("mask", "varlen"):
+            raise ValueError(f"packed_attention must be 'mask' or 'varlen', not {packed_attention!r}")
+        if packed_attention == "varlen":
+            if attn_implementation != "sdpa":
+                raise ValueError(f"packed_attention=varlen runs with sdpa attention, not {attn_implementation!r}")
+            attn_implementation = packed_attention_module.register()  # SDPA for ordinary batches
         if pretrained:
             # fp32 master weights even when the checkpoint is stored in bf16/fp16 (mixed precision casts per op)
             self.model = AutoModel.from_pretrained(path, attn_implementation=attn_implementation, dtype=torch.float32)
@@ -79,8 +87,8 @@ class HFTextEncoder(nn.Module):
 
         Packed rows (see :class:`refineg.datamodules.encoding.PostCollator`) also pass ``(B, S)`` ``position_ids``
         (counted from 0 within each post) and ``segment_ids``: each subword attends only to its own segment. With
-        SDPA, the collator's ``cu_seqlens`` let a GPU run variable-length FlashAttention instead of a dense mask
-        (:mod:`refineg.modules.packed_attention`).
+        ``packed_attention="varlen"``, the collator's ``cu_seqlens`` let a GPU run variable-length FlashAttention
+        instead of a dense mask (:mod:`refineg.modules.packed_attention`).
 
         Raises:
             ValueError: Packed rows for an encoder outside :data:`PACKABLE` (see :attr:`supports_packing`).

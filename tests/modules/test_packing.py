@@ -62,12 +62,16 @@ def tiny_xlmr(tiny_encoder, tmp_path_factory):
     return str(folder)
 
 
-@pytest.mark.parametrize("which,attn", [("bert", "sdpa"), ("bert", "eager"), ("xlmr", "sdpa"), ("xlmr", "eager")])
-def test_packed_emissions_loss_and_gradients_equal_unpacked(tiny_encoder, tiny_xlmr, which, attn):
+@pytest.mark.parametrize(
+    "which,attn,packed",
+    [("bert", "sdpa", "mask"), ("bert", "eager", "mask"), ("xlmr", "sdpa", "mask"), ("xlmr", "eager", "mask")]
+    + [("bert", "sdpa", "varlen"), ("xlmr", "sdpa", "varlen")],  # off the GPU: block-diagonal SDPA from segments
+)
+def test_packed_emissions_loss_and_gradients_equal_unpacked(tiny_encoder, tiny_xlmr, which, attn, packed):
     encoder = tiny_encoder if which == "bert" else tiny_xlmr
     tok = AutoTokenizer.from_pretrained(encoder)
     enc = encode_posts(_sample_posts(), tok, {t: i for i, t in enumerate(LABELS)}, 48)
-    backbone = HFTextEncoder(encoder, attn_implementation=attn)
+    backbone = HFTextEncoder(encoder, attn_implementation=attn, packed_attention=packed)
     assert backbone.position_offset == (0 if which == "bert" else 2)
     tagger = SequenceTagger(backbone, create_head("crf", hidden_size=32, labels=LABELS), dropout=0.0)
     plain = PostCollator(tok.pad_token_id)(enc)
@@ -196,6 +200,14 @@ def test_packing_refusals(tiny_encoder, tmp_path):
         )
 
 
+def test_packed_attention_choices_are_checked(tiny_encoder):
+    with pytest.raises(ValueError, match="'mask' or 'varlen', not 'flex'"):
+        HFTextEncoder(tiny_encoder, packed_attention="flex")
+    with pytest.raises(ValueError, match="runs with sdpa attention, not 'eager'"):
+        HFTextEncoder(tiny_encoder, attn_implementation="eager", packed_attention="varlen")
+    assert HFTextEncoder(tiny_encoder, packed_attention="varlen").model.config._attn_implementation == "refineg_packed"
+
+
 def test_cu_seqlens_mark_every_post_and_padding_tail_with_a_fixed_length():
     from refineg.datamodules.encoding import packed_cu_seqlens
 
@@ -224,7 +236,7 @@ def _packed_and_plain_on_gpu(encoder, training):
     tok = AutoTokenizer.from_pretrained(encoder)
     enc = encode_posts(_sample_posts(), tok, {t: i for i, t in enumerate(LABELS)}, 48)
     torch.manual_seed(0)
-    backbone = HFTextEncoder(encoder)
+    backbone = HFTextEncoder(encoder, packed_attention="varlen")
     tagger = SequenceTagger(backbone, create_head("crf", hidden_size=32, labels=LABELS), dropout=0.0).cuda()
     tagger.train(training)
     batches = [PostCollator(tok.pad_token_id, pack_length=p)(enc) for p in (0, 64)]

@@ -120,10 +120,14 @@ class HFTextEncoder(nn.Module):
 
 @BACKBONES.register("hf")
 def hf_backbone(
-    encoder: str, pretrained: bool = True, gradient_checkpointing: bool = False, attn_implementation: str = "sdpa"
+    encoder: str,
+    pretrained: bool = True,
+    gradient_checkpointing: bool = False,
+    attn_implementation: str = "sdpa",
+    packed_attention: str = "mask",
 ) -> HFTextEncoder:
     """Text-only Hugging Face encoder (arguments as :class:`HFTextEncoder`)."""
-    return HFTextEncoder(encoder, pretrained, gradient_checkpointing, attn_implementation)
+    return HFTextEncoder(encoder, pretrained, gradient_checkpointing, attn_implementation, packed_attention)
 
 
 class ImageAwareEncoder(nn.Module):

@@ -1,6 +1,9 @@
-"""Train a small GMNER tagger: ``python train.py [group=name] [key=value ...]`` (see configs/ and README)."""
+"""Train a small GMNER tagger: ``python train.py [group=name] [key=value ...]`` = ``refineg train ...``.
 
-import logging
+A thin entry point kept for ``wandb sweep`` files (``program: train.py``, ``${args_no_hyphens}``) and the README;
+configs/ and refineg/config.py document the arguments.
+"""
+
 import os
 import sys
 
@@ -8,30 +11,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def main(argv: list[str]) -> int:
-    """Loads the config from ``key=value`` overrides and runs training.
+    """Runs ``refineg train`` with ``argv``; returns its exit status (2 with one ``error: ...`` line on bad input)."""
+    from refineg.cli import main as cli_main
 
-    A config error and the expected errors of :mod:`refineg.errors` (bad data, an empty training file, a missing
-    file) print one ``error: ...`` line and return 2.
-    """
-    from refineg.config import load_config
-    from refineg.errors import run_reporting_errors
-
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(argv)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return run_reporting_errors(lambda: _train(cfg))
-
-
-def _train(cfg) -> int:
-    from refineg.training import print_summary, train
-
-    result = train(cfg)
-    if "dev" in result:
-        print_summary(result)
-    return 0
+    return cli_main(["train", *argv])
 
 
 if __name__ == "__main__":

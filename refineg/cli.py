@@ -346,6 +346,41 @@ def _usage_total(report: dict) -> dict | None:
     return (report.get("usage") or {}).get("total")
 
 
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="training config: groups data=NAME model=NAME experiment=NAME (configs/), dotted keys "
+        "data.root=DIR trainer.max_epochs=15, lists logger.tags+=TAG; None means null "
+        "(refineg/config.py lists every key)",
+    )
+
+
+@subcommand("train", "train the small GMNER tagger (the same arguments as python train.py)", _train_args)
+def train_cmd(args: argparse.Namespace) -> int:
+    """Loads the training config from the overrides, trains and prints the dev/test scores.
+
+    A config error prints one ``error: ...`` line and returns 2 (as every expected error of :mod:`refineg.errors`).
+    """
+    import os
+
+    from refineg.config import load_config
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        cfg = load_config(args.overrides)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from refineg.training import print_summary, train
+
+    result = train(cfg)
+    if "dev" in result:
+        print_summary(result)
+    return 0
+
+
 def _refine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pred", required=True, help="predicted canonical JSONL (with uncertainties, or set ckpt= head=)")
     p.add_argument("--out", required=True, help="refined canonical JSONL (a <out>.report.json is written next to it)")
@@ -831,7 +866,12 @@ def main(argv: list[str] | None = None) -> int:
     extra, a replay cache miss: :mod:`refineg.errors`); 1 with a one-line message when an LLM stage (refine,
     zeroshot, ground, synthesize) sent requests and none got an answer (its outputs are written all the same).
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # train takes --key=value too (W&B's ${args}); everywhere else an unknown option is an error
+        if args.command != "train" or not all(item.startswith("--") and "=" in item for item in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )

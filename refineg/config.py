@@ -1,29 +1,190 @@
-"""Typed training configuration: dataclass schemas, YAML group files and ``key=value`` overrides.
+"""One configuration grammar and one loader for every command.
 
-``load_config(["data=twitter_gmner", "data.root=/data/gmner", "trainer.max_epochs=15"])`` starts from the
-schema defaults (the embedded default run), merges ``configs/default.yaml``, then each group file named by a
-``group=name`` override (``configs/<group>/<name>.yaml``), then the dotted overrides. A key that the schema does not
-have is an error. The string ``None`` means null (W&B's ``${args_no_hyphens}`` writes Python ``str()`` values).
+train, synthesize, refine, ground, zeroshot, fit-region-scorer and pipeline all load their settings here.
+
+A command's settings are a typed dataclass schema (an OmegaConf structured config) whose ``validate()`` method, next
+to the fields, checks what the types cannot. :func:`load_typed` builds one from, in this order:
+
+1. the schema's defaults, then its ``BASE`` file (``configs/default.yaml`` for training);
+2. the files of its config groups (``GROUPS``): ``data=twitter_gmner`` merges ``configs/data/twitter_gmner.yaml``
+   into ``data``; ``experiment=paper_tagger`` merges ``configs/experiment/paper_tagger.yaml`` at the top;
+3. layers: YAML files (an experiment file), dicts or dataclass objects; a ``defaults: [group=name, ...]`` list in a
+   layer chooses groups of the node it sits in;
+4. ``key=value`` overrides: ``group=name``, dotted keys ``a.b=value`` (YAML values: ``[a, b]``, ``{k: v}``,
+   ``null``), ``a.b+=value`` appends to a list; the value ``None`` means null (W&B's ``${args_no_hyphens}`` writes
+   Python ``str()`` values); a leading ``--`` is ignored.
+
+Nested schemas keep their groups and base file under their own key: the pipeline nests a whole training config, so
+``train.data=twitter_gmner train.data.root=/data`` configures it. A key the schema does not have is an error naming
+the key; so is a mandatory value (``???``) left unset. Every loader returns the dataclass object.
+
 ``configs/`` is the package's own tree (``refineg/configs``, see ``refineg.resources``), wherever refineg is installed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import typing
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from refineg.resources import config_root
+from refineg.resources import config_root, resolve_path
 
 T = TypeVar("T")
 
 CONFIG_DIR = config_root()  # the packaged configs; the stages' built-in prompt folders are under CONFIG_DIR/prompts
 SAMPLE_ROOT = Path(__file__).resolve().parent / "assets" / "sample" / "twitter-gmner"
-GROUPS = ("data", "model", "experiment")
+
+
+@dataclass(frozen=True)
+class Group:
+    """A config group of a schema: ``KEY=NAME`` merges ``configs/<folder>/NAME.yaml`` at ``node``.
+
+    Attributes:
+        folder: Folder of the group's files under ``configs/``.
+        node: Dotted key inside the schema where a file merges; ``""`` = the schema itself.
+        default: Name chosen when none is given (``None``: no file).
+        record: A field of the schema that keeps the chosen name (synthesis ``domain``).
+    """
+
+    folder: str
+    node: str = ""
+    default: str | None = None
+    record: str | None = None
+
+
+class Override(NamedTuple):
+    """One parsed ``key=value`` (or ``key+=value``) item."""
+
+    key: str
+    value: str
+    append: bool = False
+
+
+def parse_override(raw: str) -> Override:
+    """Splits a ``key=value``, ``key+=value`` (append) or ``--key=value`` item; the value ``None`` becomes ``null``.
+
+    Raises:
+        ValueError: No ``=`` in the item, or no key.
+    """
+    item = raw.lstrip("-")
+    if "=" not in item:
+        raise ValueError(f"override {raw!r} is not key=value")
+    key, value = item.split("=", 1)
+    append = key.endswith("+")
+    key = key[:-1] if append else key
+    if not key:
+        raise ValueError(f"override {raw!r} has no key")
+    return Override(key, "null" if value == "None" else value, append)
+
+
+def config_error_message(err: Exception, what: str = "") -> str:
+    """``bad <what> configuration: <reason> (key <dotted key>)`` on one line, for an OmegaConf or YAML error."""
+    text = str(getattr(err, "msg", None) or err)
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
+    if isinstance(err, yaml.YAMLError):
+        first = f"a value is not valid YAML ({' '.join(part.strip() for part in text.splitlines() if part.strip())})"
+    key = getattr(err, "full_key", None)
+    where = f" (key {key})" if key and str(key) not in first else ""
+    return f"bad {what + ' ' if what else ''}configuration: {first}{where}"
+
+
+def group_file(group: str, name: str, config_dir: Path) -> Path:
+    """``configs/<group>/<name>.yaml``; an unknown name raises and lists the known ones."""
+    path = config_dir / group / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+        raise ValueError(f"unknown {group} config {name!r}; known: {', '.join(known) or '(none)'}")
+    return path
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix and key else prefix or key
+
+
+def _nested_types(schema: type) -> Iterable[tuple[str, type]]:
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        if dataclasses.is_dataclass(hints.get(f.name)):
+            yield f.name, hints[f.name]
+
+
+def schema_layout(schema: type, prefix: str = "") -> tuple[list[tuple[str, str]], dict[str, tuple[str, Group]]]:
+    """The base files and groups of ``schema`` and of every schema nested in it, keyed by their dotted path.
+
+    Returns:
+        ``[(node, base file)]`` deepest first, and ``{group key: (node of the schema, Group)}``.
+    """
+    bases: list[tuple[str, str]] = []
+    groups: dict[str, tuple[str, Group]] = {}
+    for name, sub in _nested_types(schema):
+        sub_bases, sub_groups = schema_layout(sub, _join(prefix, name))
+        bases += sub_bases
+        groups.update(sub_groups)
+    if getattr(schema, "BASE", None):
+        bases.append((prefix, schema.BASE))
+    for key, group in getattr(schema, "GROUPS", {}).items():
+        groups[_join(prefix, key)] = (prefix, group)
+    return bases, groups
+
+
+def _at(node: str, value: Any) -> Any:
+    for part in reversed(node.split(".") if node else []):
+        value = {part: value}
+    return value
+
+
+def _as_layer(layer: Any) -> DictConfig:
+    if isinstance(layer, (str, Path)):
+        path = resolve_path(layer)
+        if not path.is_file():
+            raise ValueError(f"config file {layer} not found")
+        return OmegaConf.load(path)
+    if dataclasses.is_dataclass(layer):
+        return OmegaConf.structured(layer)
+    return OmegaConf.create(layer)
+
+
+def _pop_defaults(node: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """Removes every ``defaults: [group=name]`` list from a layer; returns ``(dotted group key, name)`` pairs."""
+    found: list[tuple[str, str]] = []
+    if not isinstance(node, DictConfig):
+        return found
+    if "defaults" in node and not OmegaConf.is_interpolation(node, "defaults"):
+        items = node.pop("defaults")
+        if not isinstance(items, ListConfig):
+            raise ValueError(f"{_join(prefix, 'defaults')} must be a list of group=name items")
+        for raw in items:
+            ov = parse_override(str(raw))
+            found.append((_join(prefix, ov.key), ov.value))
+    for key in list(node.keys()):
+        if not OmegaConf.is_interpolation(node, key) and isinstance(node._get_node(key), DictConfig):
+            found += _pop_defaults(node[key], _join(prefix, str(key)))
+    return found
+
+
+def validate_tree(obj: Any, path: str = "") -> None:
+    """Calls ``validate()`` on every nested config object, innermost first; errors name the node.
+
+    Raises:
+        ValueError: ``<node>: <problem>`` from the first ``validate()`` that fails.
+    """
+    if not dataclasses.is_dataclass(obj):
+        return
+    for f in dataclasses.fields(obj):
+        validate_tree(getattr(obj, f.name), _join(path, f.name))
+    check = getattr(obj, "validate", None)
+    if callable(check):
+        try:
+            check()
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}" if path and not str(err).startswith(path) else str(err)) from None
 
 
 @dataclass
@@ -136,7 +297,18 @@ class LoggerConfig:
 
 @dataclass
 class TrainConfig:
-    """Everything ``train.py`` needs."""
+    """Everything ``refineg train`` (``train.py``) needs.
+
+    ``configs/default.yaml`` is merged first; groups: ``data=NAME``, ``model=NAME`` (``configs/data``,
+    ``configs/model``) and ``experiment=NAME`` (``configs/experiment``: a whole training recipe).
+    """
+
+    BASE: ClassVar[str] = "default.yaml"
+    GROUPS: ClassVar[dict[str, Group]] = {
+        "data": Group("data", node="data"),
+        "model": Group("model", node="model"),
+        "experiment": Group("experiment"),
+    }
 
     seed: int = 42
     run_name: str | None = None  # default: <data>-<head>-<timestamp>
@@ -155,82 +327,108 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
-def parse_override(raw: str) -> tuple[str, str]:
-    """Splits a ``key=value`` (or ``--key=value``) override; the value ``None`` becomes ``null``.
-
-    Raises:
-        ValueError: No ``=`` in the override.
-    """
-    item = raw.lstrip("-")
-    if "=" not in item:
-        raise ValueError(f"override {raw!r} is not key=value")
-    key, value = item.split("=", 1)
-    return key, "null" if value == "None" else value
-
-
-def build_typed_config(schema: type[T], overrides: Sequence[str] | None = None, *layers: Any, what: str = "") -> T:
-    """A typed config object: the dataclass ``schema``, then each layer, then ``key=value`` overrides.
+def load_typed(
+    schema: type[T],
+    overrides: Sequence[str] | None = None,
+    *layers: Any,
+    config_dir: str | Path | None = None,
+    what: str = "",
+) -> T:
+    """The one loader: a validated ``schema`` object from its base file, groups, ``layers`` and overrides.
 
     Args:
-        schema: A dataclass whose fields type-check every value.
-        overrides: ``key=value`` items (dotted keys; ``None`` means null).
-        layers: Dicts, ``DictConfig`` objects or YAML file paths merged in order; ``None`` layers are skipped.
-        what: Name used in error messages (``"grounding"`` -> "bad grounding configuration: ...").
+        schema: A dataclass (fields typed for OmegaConf; optional ``BASE``, ``GROUPS`` and ``validate()``).
+        overrides: ``group=name``, ``a.b=value`` and ``a.b+=value`` items (see the module docstring).
+        layers: YAML file paths, dicts or dataclass objects merged in order after the group files; ``None`` skipped.
+        config_dir: Folder of ``default.yaml`` and the group folders (default: the packaged ``configs``).
+        what: Name in error messages (``"grounding"`` -> ``bad grounding configuration: ...``).
 
     Raises:
-        ValueError: A misspelt key, a wrongly typed value or a malformed override.
+        ValueError: A misspelt key, a wrongly typed value, an unknown group name, a malformed override, a mandatory
+            value left unset or a value its schema's ``validate()`` refuses.
+        FileNotFoundError: A schema's base file is missing (for the packaged one: a broken install).
     """
-    cfg = OmegaConf.structured(schema)
-    dotlist = ["=".join(parse_override(raw)) for raw in overrides or []]
+    config_dir = Path(config_dir) if config_dir is not None else CONFIG_DIR
+    bases, groups = schema_layout(schema)
+    chosen = {key: group.default for key, (_, group) in groups.items() if group.default is not None}
+    bodies, dotlist, appends = [], [], []
     try:
         for layer in layers:
-            if layer is not None:
-                cfg = OmegaConf.merge(cfg, OmegaConf.load(layer) if isinstance(layer, (str, Path)) else layer)
+            if layer is None:
+                continue
+            body = _as_layer(layer)
+            for key, name in _pop_defaults(body):
+                if key not in groups:
+                    raise ValueError(f"defaults: {key} is not a config group; known: {', '.join(groups) or '(none)'}")
+                chosen[key] = name
+            bodies.append(body)
+        for raw in overrides or []:
+            ov = parse_override(raw)
+            if ov.key in groups and not ov.append:
+                chosen.pop(ov.key, None)  # the last choice of a group is merged where it was named
+                chosen[ov.key] = ov.value
+            elif ov.append:
+                appends.append(ov)
+            else:
+                dotlist.append(f"{ov.key}={ov.value}")
+        cfg = OmegaConf.structured(schema)
+        for node, rel in sorted(bases, key=lambda b: -b[0].count(".") - bool(b[0])):
+            path = config_dir / rel
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} not found: the default settings of {schema.__name__} are missing")
+            cfg = OmegaConf.merge(cfg, _at(node, OmegaConf.load(path)))
+        for key, name in chosen.items():
+            if name in (None, "null"):
+                continue
+            node, group = groups[key]
+            cfg = OmegaConf.merge(
+                cfg, _at(_join(node, group.node), OmegaConf.load(group_file(group.folder, name, config_dir)))
+            )
+            if group.record:
+                OmegaConf.update(cfg, _join(node, group.record), name)
+        for body in bodies:
+            cfg = OmegaConf.merge(cfg, body)
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
-    except (ConfigKeyError, ValidationError) as err:
-        name = f"{what} " if what else ""
-        raise ValueError(f"bad {name}configuration: {err.msg if hasattr(err, 'msg') else err}") from None
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+        for ov in appends:
+            target = OmegaConf.select(cfg, ov.key, throw_on_missing=False)
+            if not isinstance(target, ListConfig):
+                hint = f" (a section: set {ov.key}.KEY=VALUE)" if isinstance(target, DictConfig) else ""
+                raise ValueError(f"{ov.key}+={ov.value}: '+=' appends to a list, {ov.key} is not one{hint}")
+            target.append(OmegaConf.from_dotlist([f"v={ov.value}"]).v)
+        missing = _missing_keys(cfg)
+        if missing:
+            raise ValueError(f"{missing[0]} is not set (??? in its file): add {missing[0]}=VALUE")
+        out = OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as err:
+        raise ValueError(config_error_message(err, what)) from None
+    except (OmegaConfBaseException, yaml.YAMLError) as err:
+        raise ValueError(config_error_message(err, what)) from None
+    validate_tree(out)
+    return out  # type: ignore[return-value]
 
 
-def group_file(group: str, name: str, config_dir: Path) -> Path:
-    """``configs/<group>/<name>.yaml``; an unknown name raises and lists the known ones."""
-    path = config_dir / group / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
-        raise ValueError(f"unknown {group} config {name!r}; known: {', '.join(known) or '(none)'}")
-    return path
+def _missing_keys(cfg: DictConfig) -> list[str]:
+    return sorted(OmegaConf.missing_keys(cfg))
 
 
-def load_config(overrides: list[str] | None = None, config_dir: str | Path = CONFIG_DIR) -> DictConfig:
-    """Builds the typed config from defaults, YAML files and ``key=value`` overrides.
+def as_dictconfig(cfg: Any) -> DictConfig:
+    """A typed ``DictConfig`` view of a config object; a ``DictConfig`` is returned as it is.
+
+    Lightning's hyper-parameters, ``OmegaConf.save`` and the data readers take this view of the training config.
+    """
+    return cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
+
+
+def load_config(overrides: Sequence[str] | None = None, config_dir: str | Path | None = None) -> TrainConfig:
+    """The training config (:class:`TrainConfig`) from ``configs/default.yaml``, groups and ``key=value`` overrides.
 
     Raises:
         ValueError: A misspelt key, a value of the wrong type, an unknown group name or a malformed override.
         FileNotFoundError: ``config_dir`` has no ``default.yaml`` (for the packaged one: a broken install).
     """
-    config_dir = Path(config_dir)
-    cfg = OmegaConf.structured(TrainConfig)
-    if not (config_dir / "default.yaml").is_file():
-        raise FileNotFoundError(f"{config_dir / 'default.yaml'} not found: the default run's settings are missing")
-    files: list[tuple[str | None, Path]] = [(None, config_dir / "default.yaml")]
-    dotlist = []
-    for raw in overrides or []:
-        key, value = parse_override(raw)
-        if key in GROUPS:
-            files.append((None if key == "experiment" else key, group_file(key, value, config_dir)))
-        else:
-            dotlist.append(f"{key}={value}")
-    try:
-        for node, path in files:
-            loaded = OmegaConf.load(path)
-            cfg = OmegaConf.merge(cfg, loaded if node is None else {node: loaded})
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
-    except (ConfigKeyError, ValidationError) as err:
-        raise ValueError(f"bad configuration: {err.msg if hasattr(err, 'msg') else err}") from None
-    return cfg
+    return load_typed(TrainConfig, overrides, config_dir=config_dir)
 
 
-def resolve_data_root(data: DictConfig) -> Path:
+def resolve_data_root(data: Any) -> Path:
     """The folder the split paths of a ``data`` node are relative to (the bundled sample when ``root`` is null)."""
     return Path(data.root).expanduser() if data.root else SAMPLE_ROOT

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from refineg.callbacks import TrainThroughput
+from refineg.config import TrainConfig, as_dictconfig
 from refineg.data import write_jsonl
 from refineg.datamodules.gmner import GMNERDataModule, has_test_split
 from refineg.inference.predictor import TaggerPredictor
@@ -99,8 +100,13 @@ def ddp_strategy(ddp: DictConfig) -> DDPStrategy:
     )
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Trains, tests and writes the run folder; returns the metrics written to ``metrics.json``."""
+def train(cfg: TrainConfig | DictConfig) -> dict[str, Any]:
+    """Trains, tests and writes the run folder; returns the metrics written to ``metrics.json``.
+
+    Args:
+        cfg: The training config (:func:`refineg.config.load_config`; a ``DictConfig`` view of one also works).
+    """
+    cfg = as_dictconfig(cfg)
     run_dir = resolve_run_dir(cfg)
     L.seed_everything(cfg.seed, workers=True)
     ckpt_dir = run_dir / "checkpoints"

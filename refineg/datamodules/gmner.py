@@ -11,7 +11,7 @@ import lightning as L
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
-from refineg.config import DataConfig, resolve_data_root
+from refineg.config import DataConfig, as_dictconfig, resolve_data_root
 from refineg.data import DataFormatError, Example, ReadReport, bio_labels, read_jsonl
 from refineg.data.formats import create_data_format
 from refineg.datamodules.encoding import EncodedPost, PostCollator, encode_posts
@@ -44,6 +44,7 @@ def read_split(data: DictConfig, split: str) -> list[Example]:
         KeyError: ``data.format`` is not a registered format (the message lists them).
         ValueError: The format has no split reader (convert it to JSONL first).
     """
+    data = as_dictconfig(data)
     root = resolve_data_root(data)
     path = root / data[split]
     report = ReadReport()
@@ -67,6 +68,7 @@ def has_test_split(data: DictConfig) -> bool:
     Raises:
         FileNotFoundError: ``data.test`` names a file other than the default that does not exist.
     """
+    data = as_dictconfig(data)
     if not data.get("test"):
         return False
     path = resolve_data_root(data) / data.test

@@ -18,7 +18,7 @@ from pathlib import Path
 from string import Template
 from typing import Any, Optional
 
-from refineg.config import CONFIG_DIR, build_typed_config
+from refineg.config import CONFIG_DIR, load_typed
 from refineg.data import Entity, Example, read_jsonl, write_jsonl
 from refineg.data.files import inside_folder
 from refineg.data.spans import map_spans
@@ -79,7 +79,7 @@ def load_zeroshot_config(overrides: list[str] | None = None, base: dict[str, Any
     Raises:
         ValueError: Unknown key, wrong type, malformed override or a value out of range.
     """
-    return build_typed_config(ZeroShotConfig, overrides, base or None, what="zeroshot").validate()
+    return load_typed(ZeroShotConfig, overrides, base, what="zeroshot")
 
 
 @dataclass(frozen=True)

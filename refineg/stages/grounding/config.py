@@ -1,17 +1,17 @@
 """Typed configuration of ``refineg ground`` (an OmegaConf structured config with ``key=value`` overrides).
 
 ``load_ground_config(["selector.k=5", "mllm.llm.model=Qwen/Qwen2.5-VL-72B-Instruct"])`` starts from the schema
-defaults, merges ``configs/grounding/default.yaml``, then the overrides. A misspelt key is an error; the string
-``None`` means null.
+defaults, merges ``configs/grounding/default.yaml`` (the schema's ``BASE``), then the overrides, through the one loader
+of :mod:`refineg.config` (a misspelt key is an error; the string ``None`` means null).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
-from refineg.config import CONFIG_DIR, build_typed_config
+from refineg.config import CONFIG_DIR, load_typed
 from refineg.llm import LLMConfig
 
 # Optional[...] rather than ``X | None``: OmegaConf reads these annotations at run time (see refineg/llm/config.py).
@@ -110,6 +110,8 @@ class GroundConfig:
         run_dir: Folder for ``llm_usage.json`` and the default index (default: the output file's folder).
     """
 
+    BASE: ClassVar[str] = "grounding/default.yaml"
+
     grounder: GrounderSpec = field(default_factory=GrounderSpec)
     mllm: MLLMGrounderConfig = field(default_factory=MLLMGrounderConfig)
     selector: SelectorConfig = field(default_factory=SelectorConfig)
@@ -143,13 +145,14 @@ class GroundConfig:
         return self
 
 
-def load_ground_config(
-    overrides: list[str] | tuple[str, ...] | None = None, base: str | Path | None = DEFAULT_CONFIG
-) -> GroundConfig:
-    """Builds a :class:`GroundConfig` from the schema, the YAML file ``base`` and ``key=value`` overrides.
+def load_ground_config(overrides: Sequence[str] | None = None, *layers: Any) -> GroundConfig:
+    """Builds a :class:`GroundConfig` from ``configs/grounding/default.yaml``, ``layers`` and ``key=value`` overrides.
+
+    Args:
+        overrides: ``key=value`` items.
+        layers: YAML files, dicts or :class:`GroundConfig` objects merged before the overrides.
 
     Raises:
         ValueError: Unknown key, wrong type, malformed override or value out of range.
     """
-    base = base if base is not None and Path(base).is_file() else None
-    return build_typed_config(GroundConfig, overrides, base, what="grounding").validate()
+    return load_typed(GroundConfig, overrides, *layers, what="grounding")

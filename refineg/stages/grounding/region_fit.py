@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from refineg.config import build_typed_config
+from refineg.config import load_typed
 from refineg.data import Example, read_jsonl, write_jsonl
 from refineg.data.images import load_image as read_image
 from refineg.data.schema import Box
@@ -133,7 +133,7 @@ def load_fit_config(overrides: Sequence[str] | None = None) -> RegionScorerFitCo
     Raises:
         ValueError: Unknown key, wrong type or malformed override.
     """
-    return build_typed_config(RegionScorerFitConfig, overrides, what="fit-region-scorer")
+    return load_typed(RegionScorerFitConfig, overrides, what="fit-region-scorer")
 
 
 def fit_threshold(

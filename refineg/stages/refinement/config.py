@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from refineg.config import CONFIG_DIR, build_typed_config
+from refineg.config import CONFIG_DIR, load_typed
 from refineg.llm import LLMConfig
 
 # Optional[...] rather than ``X | None``: OmegaConf reads these annotations at run time (see refineg/llm/config.py).
@@ -99,9 +99,9 @@ class RefineConfig:
 def load_refine_config(overrides: list[str] | None = None, base: dict[str, Any] | None = None) -> RefineConfig:
     """Builds a :class:`RefineConfig` from ``base`` values and ``key=value`` overrides (``llm.model=...``).
 
-    The string ``None`` means null. A misspelt key is an error.
+    The grammar of :mod:`refineg.config` (``None`` means null, ``checks+=type`` appends, a misspelt key is an error).
 
     Raises:
         ValueError: Unknown key, wrong type, malformed override or value out of range.
     """
-    return build_typed_config(RefineConfig, overrides, base or None, what="refine").validate()
+    return load_typed(RefineConfig, overrides, base, what="refine")

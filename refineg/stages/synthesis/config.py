@@ -8,14 +8,12 @@ dotted overrides. A key the schema does not have is an error; the string ``None`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
-
-from refineg.config import CONFIG_DIR, DataConfig, group_file, parse_override
+from refineg.config import DataConfig, Group, load_typed
 from refineg.llm.config import LLMConfig
 
 # OmegaConf reads these annotations at run time; ``Optional`` keeps Python 3.10 happy (as in LLMConfig).
@@ -147,6 +145,11 @@ class SynthesisConfig:
         progress: Show progress bars.
     """
 
+    GROUPS: ClassVar[dict[str, Group]] = {
+        "domain": Group("synthesis", default="twitter_gmner", record="domain"),
+        "data": Group("data", node="data"),
+    }
+
     synthesizer: str = "llm"
     domain: str = "twitter_gmner"
     prompts: Optional[str] = None  # noqa: UP045
@@ -166,51 +169,42 @@ class SynthesisConfig:
     swap: SwapConfig = field(default_factory=SwapConfig)
     progress: bool = True
 
+    def validate(self) -> SynthesisConfig:
+        """Checks values the schema's types cannot catch (unknown modes, bad ranges); returns ``self``.
 
-def load_synthesis_config(overrides: list[str] | None = None, config_dir: str | Path = CONFIG_DIR) -> DictConfig:
+        Raises:
+            ValueError: The first such value.
+        """
+        cfg = self
+        if cfg.filters.generic_action not in ("drop_entity", "drop_post"):
+            raise ValueError(
+                f"filters.generic_action must be drop_entity or drop_post, got {cfg.filters.generic_action!r}"
+            )
+        if cfg.consistency.mode not in ("off", "drop", "relabel"):
+            raise ValueError(f"consistency.mode must be off, drop or relabel, got {cfg.consistency.mode!r}")
+        if not 0.0 <= cfg.dev_fraction < 1.0:
+            raise ValueError(f"dev_fraction must be in [0, 1), got {cfg.dev_fraction}")
+        if cfg.n_reuse < 0 or cfg.n_new < 0 or cfg.n_reuse + cfg.n_new == 0:
+            raise ValueError("n_reuse and n_new must be >= 0 and not both 0")
+        if cfg.default_type is not None and cfg.default_type not in cfg.types:
+            raise ValueError(f"default_type {cfg.default_type!r} is not in types {list(cfg.types)}")
+        bad = {k: v for k, v in cfg.type_map.items() if v not in cfg.types}
+        if bad:
+            raise ValueError(f"type_map targets outside types {list(cfg.types)}: {bad}")
+        return self
+
+
+def load_synthesis_config(
+    overrides: Sequence[str] | None = None, *layers: Any, config_dir: str | Path | None = None
+) -> SynthesisConfig:
     """Builds the typed synthesis config from the schema, the domain preset, a data group and overrides.
 
     Args:
         overrides: ``key=value`` items; ``domain=NAME`` and ``data=NAME`` pick preset files.
-        config_dir: Folder holding ``synthesis/`` and ``data/``.
+        layers: YAML files, dicts or config objects merged before the overrides.
+        config_dir: Folder holding ``synthesis/`` and ``data/`` (default: the packaged ``configs``).
 
     Raises:
         ValueError: A misspelt key, a wrongly typed value, an unknown preset or a malformed override.
     """
-    config_dir = Path(config_dir)
-    cfg = OmegaConf.structured(SynthesisConfig)
-    domain, data_file, dotlist = cfg.domain, None, []
-    for raw in overrides or []:
-        key, value = parse_override(raw)
-        if key == "domain":
-            domain = value
-        elif key == "data":
-            data_file = group_file("data", value, config_dir)
-        else:
-            dotlist.append(f"{key}={value}")
-    try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.load(group_file("synthesis", domain, config_dir)), {"domain": domain})
-        if data_file is not None:
-            cfg = OmegaConf.merge(cfg, {"data": OmegaConf.load(data_file)})
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
-    except (ConfigKeyError, ValidationError) as err:
-        raise ValueError(f"bad configuration: {err.msg if hasattr(err, 'msg') else err}") from None
-    check_synthesis_config(cfg)
-    return cfg
-
-
-def check_synthesis_config(cfg: Any) -> None:
-    """Raises ``ValueError`` on values the schema's types cannot catch (unknown modes, bad ranges)."""
-    if cfg.filters.generic_action not in ("drop_entity", "drop_post"):
-        raise ValueError(f"filters.generic_action must be drop_entity or drop_post, got {cfg.filters.generic_action!r}")
-    if cfg.consistency.mode not in ("off", "drop", "relabel"):
-        raise ValueError(f"consistency.mode must be off, drop or relabel, got {cfg.consistency.mode!r}")
-    if not 0.0 <= cfg.dev_fraction < 1.0:
-        raise ValueError(f"dev_fraction must be in [0, 1), got {cfg.dev_fraction}")
-    if cfg.n_reuse < 0 or cfg.n_new < 0 or cfg.n_reuse + cfg.n_new == 0:
-        raise ValueError("n_reuse and n_new must be >= 0 and not both 0")
-    if cfg.default_type is not None and cfg.default_type not in cfg.types:
-        raise ValueError(f"default_type {cfg.default_type!r} is not in types {list(cfg.types)}")
-    bad = {k: v for k, v in cfg.type_map.items() if v not in cfg.types}
-    if bad:
-        raise ValueError(f"type_map targets outside types {list(cfg.types)}: {bad}")
+    return load_typed(SynthesisConfig, overrides, *layers, config_dir=config_dir, what="synthesis")

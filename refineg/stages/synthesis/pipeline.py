@@ -9,8 +9,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from refineg.config import as_dictconfig
 from refineg.data import Example, read_jsonl, write_jsonl
 from refineg.stages.synthesis.base import SYNTHESIZERS, Synthesizer
+from refineg.stages.synthesis.config import SynthesisConfig
 from refineg.stages.synthesis.consistency import Predictor, check_consistency, train_seed_tagger
 from refineg.stages.synthesis.filters import GenericMentionRule, reject_generic, remove_duplicates, within_length
 from refineg.stages.synthesis.report import SynthesisReport
@@ -120,14 +122,17 @@ def _consistency_predictor(cfg: DictConfig, seeds: list[Example], work_dir: Path
     return TaggerPredictor.from_checkpoint(ckpt, batch_size=c.batch_size, device="cpu")
 
 
-def run_synthesis(cfg: DictConfig, out: str | Path, seeds: list[Example] | None = None) -> SynthesisOutput:
+def run_synthesis(
+    cfg: SynthesisConfig | DictConfig, out: str | Path, seeds: list[Example] | None = None
+) -> SynthesisOutput:
     """Runs the stage and writes ``out``, ``<stem>.dev.jsonl`` (with ``dev_fraction``) and the report files.
 
     Args:
-        cfg: A :class:`~refineg.stages.synthesis.config.SynthesisConfig` node.
+        cfg: A :class:`~refineg.stages.synthesis.config.SynthesisConfig` (or a ``DictConfig`` view of one).
         out: Output JSONL of synthetic training posts.
         seeds: Gold seeds; default :func:`load_seeds`.
     """
+    cfg = as_dictconfig(cfg)
     out = Path(out)
     stem = out.with_suffix("") if out.suffix == ".jsonl" else out
     work_dir = stem.with_name(stem.name + "_work")

@@ -43,14 +43,14 @@ SINGLE = 20  # posts for the single-post latency median
 
 # ---------------------------------------------------------------------------------------------- shared helpers
 def config(args: argparse.Namespace, head: str = "crf"):
-    from refineg.config import load_config
+    from refineg.config import as_dictconfig, load_config
 
     over = [f"model.head={head}", f"data.batch_size={args.batch_size}", "data.test=null"]
     if args.data == "full":
         over = ["data=twitter_gmner", f"data.root={args.data_root}"] + over
     if args.posts:
         over.append(f"data.gold_limit={args.posts}")
-    return load_config(over)
+    return as_dictconfig(load_config(over))
 
 
 def train_examples(cfg) -> list:

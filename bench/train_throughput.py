@@ -112,28 +112,30 @@ def run_ours(args) -> dict:
     from omegaconf import OmegaConf
 
     from refineg.callbacks import TrainThroughput
-    from refineg.config import load_config
+    from refineg.config import as_dictconfig, load_config
     from refineg.datamodules.gmner import GMNERDataModule
     from refineg.modules.tagger_module import TaggerModule
 
-    cfg = load_config(
-        [
-            f"data.root={DATA.parent}",
-            "data.format=jsonl",
-            "data.train=train.jsonl",
-            "data.dev=train.jsonl",
-            "data.test=null",
-            "data.xml_dir=null",
-            f"model.encoder={ENC_DIR}",
-            "model.casing=false",
-            f"data.batch_size={args.batch_size}",
-            f"model.head={args.head}",
-            f"data.bucket={str(not args.no_bucket).lower()}",
-            f"data.pad_to_multiple_of={args.pad_multiple}",
-            f"data.pack_length={args.pack}",
-            f"data.num_workers={args.workers}",
-        ]
-        + (["model.backbone_kwargs.packed_attention=varlen"] if args.varlen else [])
+    cfg = as_dictconfig(
+        load_config(
+            [
+                f"data.root={DATA.parent}",
+                "data.format=jsonl",
+                "data.train=train.jsonl",
+                "data.dev=train.jsonl",
+                "data.test=null",
+                "data.xml_dir=null",
+                f"model.encoder={ENC_DIR}",
+                "model.casing=false",
+                f"data.batch_size={args.batch_size}",
+                f"model.head={args.head}",
+                f"data.bucket={str(not args.no_bucket).lower()}",
+                f"data.pad_to_multiple_of={args.pad_multiple}",
+                f"data.pack_length={args.pack}",
+                f"data.num_workers={args.workers}",
+            ]
+            + (["model.backbone_kwargs.packed_attention=varlen"] if args.varlen else [])
+        )
     )
     module = TaggerModule(
         OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), list(cfg.data.types), pretrained=False

@@ -606,13 +606,13 @@ def _pct(value: float | None) -> str:
 
 
 def _pipeline_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="experiment file, e.g. configs/experiment/refineg_sample.yaml")
+    p.add_argument("--config", default=None, help="experiment file, e.g. configs/pipeline/refineg_sample.yaml")
     p.add_argument(
         "overrides",
         nargs="*",
         metavar="key=value",
         help="PipelineConfig overrides, e.g. refine.tau=0.3 stages.ground=false mode=zeroshot "
-        "predict.head=entropy train+=model.head=softmax (refineg/stages/pipeline/config.py)",
+        "predict.head=entropy train.model.head=softmax train.data=twitter_gmner (refineg/stages/pipeline/config.py)",
     )
 
 

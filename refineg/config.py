@@ -392,7 +392,8 @@ def load_typed(
         for ov in appends:
             target = OmegaConf.select(cfg, ov.key, throw_on_missing=False)
             if not isinstance(target, ListConfig):
-                hint = f" (a section: set {ov.key}.KEY=VALUE)" if isinstance(target, DictConfig) else ""
+                example = ov.value if "=" in ov.value else "KEY=VALUE"
+                hint = f" (a section: set {ov.key}.{example})" if isinstance(target, DictConfig) else ""
                 raise ValueError(f"{ov.key}+={ov.value}: '+=' appends to a list, {ov.key} is not one{hint}")
             target.append(OmegaConf.from_dotlist([f"v={ov.value}"]).v)
         missing = _missing_keys(cfg)

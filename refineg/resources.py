@@ -2,7 +2,7 @@
 
 The YAML files and prompt folders live in ``refineg/configs/`` (the repository's top-level ``configs`` is a link to
 it) and are found through ``importlib.resources``, so a wheel, an editable install and a checkout read the same files
-from any working folder. A path a user passes (``--config configs/experiment/x.yaml``, ``prompts_dir=...``) is used
+from any working folder. A path a user passes (``--config configs/pipeline/x.yaml``, ``prompts_dir=...``) is used
 as given when it exists, absolute or relative to the working folder; only when it does not, a relative path that
 starts with ``configs/`` is looked up in the packaged tree, so the README's commands also work outside a checkout.
 """

@@ -55,7 +55,7 @@ for f in sorted((root / "experiment").glob("*.yaml")):
     if set(OmegaConf.load(f)) <= set(TrainConfig.__dataclass_fields__):  # a training experiment (train.py)
         out["configs"][f"experiment/{f.name}"] = plain(load_config([f"experiment={f.stem}"]))
     else:  # a pipeline experiment; full-data ones need a data folder
-        cfg = plain(load_pipeline_config(f"configs/experiment/{f.name}", ["train+=data.root=/data/x"]))
+        cfg = plain(load_pipeline_config(f"configs/experiment/{f.name}", ["train.data.root=/data/x"]))
         cfg["train"]["overrides"].pop()
         out["configs"][f"experiment/{f.name}"] = cfg
 for f in sorted((root / "synthesis").glob("*.yaml")):

@@ -118,6 +118,7 @@ class GMNERDataModule(L.LightningDataModule):
         image_transform=None,
     ) -> None:
         super().__init__()
+        data = as_dictconfig(data)
         if data.mixing not in MIXING_MODES:
             raise ValueError(f"data.mixing must be one of {MIXING_MODES}, got {data.mixing!r}")
         if data.mixing != "gold_only" and not data.synthetic:

@@ -53,11 +53,11 @@ def run_refine_trial(argv: list[str]) -> dict[str, Any]:
     trial = dict(TRIAL_KEYS)
     refine_overrides = []
     for raw in argv:
-        key, value = parse_override(raw)
-        if key in trial:
-            trial[key] = value
+        ov = parse_override(raw)
+        if ov.key in trial and not ov.append:
+            trial[ov.key] = ov.value
         else:
-            refine_overrides.append(f"{key}={value}")
+            refine_overrides.append(f"{ov.key}{'+' if ov.append else ''}={ov.value}")
     if not trial["source"] or trial["source"] == "null":
         raise ValueError("source=<train.py run folder> is required")
     source = Path(trial["source"])

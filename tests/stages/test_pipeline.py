@@ -17,7 +17,7 @@ from refineg.stages.pipeline import load_pipeline_config, run_pipeline
 from tests.llm.chat_server import ChatServer
 
 ROOT = Path(__file__).resolve().parents[2]
-SAMPLE = ROOT / "configs" / "experiment" / "refineg_sample.yaml"
+SAMPLE = ROOT / "configs" / "pipeline" / "refineg_sample.yaml"
 
 
 def _respond(prompt, n_images):
@@ -39,11 +39,11 @@ def _overrides(encoder, runs, server, *extra):
         f"runs_dir={runs}",
         "name=run",
         "progress=false",
-        f"train+=model.encoder={encoder}",
-        "train+=data.gold_limit=48",
-        "train+=trainer.max_epochs=1",
-        "train+=data.test=null",
-        "train+=data.eval_batch_size=64",
+        f"train.model.encoder={encoder}",
+        "train.data.gold_limit=48",
+        "train.trainer.max_epochs=1",
+        "train.data.test=null",
+        "train.data.eval_batch_size=64",
         "data.eval_limit=24",
         "refine.backend=mllm",
         "refine.delegation_rate=0.2",
@@ -141,8 +141,8 @@ def test_grounded_pipeline(tiny_encoder, tmp_path, server):
         server,
         "stages.ground=true",
         "stages.refine=false",
-        "ground.grounder=mllm",
-        "ground.selector=random",
+        "ground.grounder.name=mllm",
+        "ground.selector.mode=random",
     )
     summary = run_pipeline(load_pipeline_config(SAMPLE, overrides))
     assert _status(summary)["ground"] == "ran"
@@ -151,7 +151,7 @@ def test_grounded_pipeline(tiny_encoder, tmp_path, server):
     assert [[(e.start, e.end) for e in p.entities] for p in preds] == [
         [(e.start, e.end) for e in p.entities] for p in grounded
     ]
-    summary = run_pipeline(load_pipeline_config(SAMPLE, [*overrides, "ground.selector=none"]))
+    summary = run_pipeline(load_pipeline_config(SAMPLE, [*overrides, "ground.selector.mode=none"]))
     assert _status(summary)["predict"] == "skipped" and _status(summary)["ground"] == "ran"
 
 
@@ -203,10 +203,10 @@ def test_config_errors():
     with pytest.raises(ValueError, match="tau"):
         load_pipeline_config(SAMPLE, ["refine.tua=0.3"])
     with pytest.raises(ValueError, match="max_epoch"):
-        load_pipeline_config(SAMPLE, ["train+=trainer.max_epoch=2"])
+        load_pipeline_config(SAMPLE, ["train.trainer.max_epoch=2"])
     with pytest.raises(ValueError, match="data.root"):
-        load_pipeline_config(ROOT / "configs" / "experiment" / "refineg_twitter_full.yaml")
+        load_pipeline_config(ROOT / "configs" / "pipeline" / "refineg_twitter_full.yaml")
     with pytest.raises(ValueError, match="mode"):
         load_pipeline_config(SAMPLE, ["mode=gpt4o"])
-    cfg = load_pipeline_config(SAMPLE, ["mllm.model=M", "train+=model.head=softmax"])
-    assert cfg.refine.llm.model == cfg.zeroshot.llm.model == "M" and cfg.train.overrides[-1] == "model.head=softmax"
+    cfg = load_pipeline_config(SAMPLE, ["mllm.model=M", "train.model.head=softmax"])
+    assert cfg.refine.llm.model == cfg.zeroshot.llm.model == "M" and cfg.train.model.head == "softmax"

@@ -206,7 +206,7 @@ def test_report_of_a_pipeline_run(tmp_path):
     try:
         run_pipeline(
             load_pipeline_config(
-                ROOT / "configs/experiment/refineg_sample.yaml",
+                ROOT / "configs/pipeline/refineg_sample.yaml",
                 [
                     f"runs_dir={tmp_path}",
                     "name=z",

@@ -268,7 +268,12 @@ def _usage_summary(grounder: Grounder) -> dict[str, Any]:
 
 
 def run_ground(
-    pred: str | Path, pool: str | Path, out: str | Path, images: str | Path | None = None, overrides: Sequence[str] = ()
+    pred: str | Path,
+    pool: str | Path,
+    out: str | Path,
+    images: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    cfg: GroundConfig | None = None,
 ) -> dict[str, Any]:
     """Grounds the entities of predicted posts and writes ``out`` and ``<out stem>.summary.json``.
 
@@ -277,7 +282,8 @@ def run_ground(
         pool: Labelled posts (canonical JSONL with gold boxes) to draw demonstrations from.
         out: Output canonical JSONL: the same posts, entity boxes in original pixels, ``meta["grounding"]``.
         images: Image folder (``Example.image`` is relative to it); ``None``: every image counts as missing.
-        overrides: :class:`GroundConfig` ``key=value`` overrides.
+        overrides: :class:`GroundConfig` ``key=value`` overrides (applied over ``cfg``).
+        cfg: The settings (default: ``configs/grounding/default.yaml``).
 
     Returns:
         The summary: counts (posts, entities, grounded, none by reason, failures), the grounder and selector
@@ -287,7 +293,7 @@ def run_ground(
         DataFormatError: A post of ``pred`` or ``pool`` whose image name would leave ``images`` (checked before
             anything is asked).
     """
-    cfg = load_ground_config(list(overrides))
+    cfg = load_ground_config(list(overrides), cfg)
     pred, pool, out = Path(pred), Path(pool), Path(out)
     run_dir = Path(cfg.run_dir) if cfg.run_dir else out.parent
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,32 +1,33 @@
-"""Typed configuration of ``refineg pipeline``: one section per stage, stage switches and ``key=value`` overrides.
+"""Typed configuration of ``refineg pipeline``: one section per stage, each the typed config of that stage.
 
-``load_pipeline_config("configs/experiment/refineg_sample.yaml", ["refine.tau=0.3", "stages.ground=false"])``
-starts from the schema defaults, merges the experiment file, then the dotted overrides. A key the schema does not
-have is an error; the string ``None`` means null. ``train+=KEY=VALUE`` (also ``synthesis+=``, ``ground+=``) appends
-one item to that section's ``overrides`` list instead of replacing the list. Sections that hold another command's
-overrides (``train.overrides``, ``synthesis.overrides``) are checked by loading that command's config at once, so
-their typos fail early too.
+``load_pipeline_config("configs/pipeline/refineg_sample.yaml", ["refine.tau=0.3", "train.trainer.max_epochs=2"])``
+starts from the schema defaults (with ``configs/default.yaml`` under ``train`` and ``configs/grounding/default.yaml``
+under ``ground``), merges the experiment file, then the overrides, with the one grammar of :mod:`refineg.config`:
+``train`` is a whole training config (``train.data=twitter_gmner train.data.root=/data train.model=minilm_crf``),
+``synthesis`` a whole synthesis config (``synthesis.domain=ccks_military``), ``refine``, ``ground`` and ``zeroshot``
+those of their commands. In an experiment file a section chooses its groups with ``defaults: [data=NAME, ...]``. A
+key the schema does not have is an error naming the key; the string ``None`` means null.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import OmegaConf
-from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, ValidationError
-
-from refineg.config import parse_override
+from refineg.config import TrainConfig, load_typed
 from refineg.llm import LLMConfig
-from refineg.resources import resolve_path
+from refineg.resources import builtin_path, resolve_path
+from refineg.stages.grounding.config import GroundConfig
 from refineg.stages.refinement.config import RefineConfig
+from refineg.stages.synthesis.config import SynthesisConfig
 from refineg.stages.zeroshot import ZeroShotConfig
 
 # Optional[...]: OmegaConf reads these annotations at run time (see refineg/llm/config.py).
 
 MODES = ("refineg", "zeroshot")
-APPENDABLE = ("train", "synthesis", "ground")
+GROUNDERS = ("mllm", "clip")
 STAGE_NAMES = ("data", "synthesize", "train", "predict", "refine", "ground", "zeroshot", "evaluate")
 
 
@@ -59,36 +60,38 @@ class DataStage:
 
 
 @dataclass
-class SynthesisStage:
-    """``refineg synthesize`` inside the pipeline.
+class SynthesisStage(SynthesisConfig):
+    """``refineg synthesize`` inside the pipeline: every synthesis key, plus ``reuse``.
+
+    The seeds are always the run's gold training posts; ``seed`` and ``progress`` are the pipeline's.
 
     Attributes:
-        overrides: ``key=value`` items of the synthesis config (``synthesizer=swap``, ``domain=ccks_military``,
-            ``llm.model=...``); the seeds are always the run's gold training posts.
         reuse: An existing synthetic JSONL to use instead of synthesising (its size and mtime enter the
             fingerprint).
     """
 
-    overrides: list[str] = field(default_factory=list)
     reuse: Optional[str] = None  # noqa: UP045
 
 
 @dataclass
-class TrainStage:
-    """``train.py`` inside the pipeline.
+class TrainStage(TrainConfig):
+    """The tagger's training inside the pipeline: every ``refineg train`` key, plus ``checkpoint`` and ``mixing``.
+
+    The run folder, the gold files and the seed are set by the pipeline.
 
     Attributes:
-        overrides: ``key=value`` items of the training config (``data=twitter_gmner``, ``data.root=...``,
-            ``model=minilm_crf``, ``trainer.max_epochs=15``); the run folder and the gold files are set by the
-            pipeline.
         checkpoint: A trained tagger checkpoint to load instead of training (its size and mtime enter the
             fingerprint).
         mixing: How synthetic posts join the gold ones when ``stages.synthesize`` is on (``data.mixing``).
     """
 
-    overrides: list[str] = field(default_factory=list)
     checkpoint: Optional[str] = None  # noqa: UP045
     mixing: str = "concat"
+
+    def training_config(self, overrides: list[str] | None = None) -> TrainConfig:
+        """The plain :class:`TrainConfig` of this section, with ``overrides`` applied."""
+        values = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("checkpoint", "mixing")}
+        return load_typed(TrainConfig, overrides, values, what="training")
 
 
 @dataclass
@@ -108,22 +111,6 @@ class PredictStage:
     temperature: Optional[str] = None  # noqa: UP045
     batch_size: int = 64
     max_length: int = 128
-
-
-@dataclass
-class GroundStage:
-    """The grounding stage (``refineg.stages.grounding``).
-
-    Attributes:
-        grounder: ``mllm`` (in-context MLLM grounding) or ``clip`` (the open_clip region scorer).
-        selector: Demonstration choice: ``multimodal`` (text + image + entity similarity), ``text``, ``random`` or
-            ``none`` (no demonstrations).
-        overrides: Further ``key=value`` items of the grounding config.
-    """
-
-    grounder: str = "mllm"
-    selector: str = "multimodal"
-    overrides: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -148,7 +135,7 @@ class PipelineConfig:
         predict: Prediction stage.
         refine: Refinement settings (every ``refineg refine`` key; ``head``/``ckpt`` are not used: the predict
             stage computes uncertainties; ``gold`` defaults to the evaluated gold posts for the simulations).
-        ground: Grounding stage.
+        ground: Grounding stage (every ``refineg ground`` key; its ``mllm.llm`` takes the values that ``mllm`` sets).
         zeroshot: Zero-shot baseline settings (``mode=zeroshot``).
     """
 
@@ -166,8 +153,27 @@ class PipelineConfig:
     train: TrainStage = field(default_factory=TrainStage)
     predict: PredictStage = field(default_factory=PredictStage)
     refine: RefineConfig = field(default_factory=RefineConfig)
-    ground: GroundStage = field(default_factory=GroundStage)
+    ground: GroundConfig = field(default_factory=GroundConfig)
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
+
+    def validate(self) -> PipelineConfig:
+        """Checks values the schema's types cannot (the nested sections validate themselves); returns ``self``.
+
+        Raises:
+            ValueError: Unknown mode, split, scorer or grounder, or a full-data training config without its folder.
+        """
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.data.eval_split not in ("dev", "test"):
+            raise ValueError(f"data.eval_split must be dev or test, got {self.data.eval_split!r}")
+        if self.match not in ("span", "name"):
+            raise ValueError(f"match must be span or name, got {self.match!r}")
+        if self.ground.grounder.name not in GROUNDERS:
+            raise ValueError(f"ground.grounder.name must be one of {GROUNDERS}, got {self.ground.grounder.name!r}")
+        if self.train.data.root is None and self.train.data.name != "sample":
+            # a null root means the bundled sample: never let a full-data experiment fall back to it silently
+            raise ValueError(f"data {self.train.data.name!r} needs its folder: add train.data.root=/path/to/data")
+        return self
 
     @property
     def run_dir(self) -> Path:
@@ -175,69 +181,19 @@ class PipelineConfig:
         return Path(self.runs_dir) / self.name
 
 
-def check_pipeline_config(cfg: PipelineConfig) -> PipelineConfig:
-    """Checks values the schema's types cannot, and the overrides of the nested commands; returns ``cfg``.
-
-    Raises:
-        ValueError: Unknown mode, split, scorer, grounder or selector, or a bad nested override.
-    """
-    from refineg.config import load_config
-    from refineg.stages.synthesis import load_synthesis_config
-
-    if cfg.mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {cfg.mode!r}")
-    if cfg.data.eval_split not in ("dev", "test"):
-        raise ValueError(f"data.eval_split must be dev or test, got {cfg.data.eval_split!r}")
-    if cfg.match not in ("span", "name"):
-        raise ValueError(f"match must be span or name, got {cfg.match!r}")
-    if cfg.ground.grounder not in ("mllm", "clip"):
-        raise ValueError(f"ground.grounder must be mllm or clip, got {cfg.ground.grounder!r}")
-    if cfg.ground.selector not in ("multimodal", "text", "random", "none"):
-        raise ValueError(f"ground.selector must be multimodal, text, random or none, got {cfg.ground.selector!r}")
-    tcfg = load_config(list(cfg.train.overrides))  # raises ValueError on a bad training key
-    missing = sorted(OmegaConf.missing_keys(tcfg))
-    if missing:
-        raise ValueError(f"the training config leaves {missing} unset (???): add e.g. train+={missing[0]}=VALUE")
-    if tcfg.data.root is None and tcfg.data.name != "sample":
-        # a null root means the bundled sample: never let a full-data experiment fall back to it silently
-        raise ValueError(f"data {tcfg.data.name!r} needs its folder: add train+=data.root=/path/to/data")
-    if cfg.stages.synthesize and cfg.synthesis.reuse is None:
-        load_synthesis_config(list(cfg.synthesis.overrides))
-    cfg.refine.validate()
-    cfg.zeroshot.validate()
-    return cfg
-
-
 def load_pipeline_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
     """Builds the typed pipeline config from the schema, an experiment YAML file and ``key=value`` overrides.
 
     Args:
-        path: Experiment file (``configs/experiment/refineg_*.yaml``: used as given where it exists, else the
+        path: Experiment file (``configs/pipeline/refineg_*.yaml``: used as given where it exists, else the
             packaged copy); ``None`` for the schema defaults.
-        overrides: ``key=value`` items (dotted keys; list values in YAML syntax, e.g. ``train.overrides=[a=1]``).
+        overrides: ``key=value`` items (the grammar of :mod:`refineg.config`).
 
     Raises:
         ValueError: A misspelt key, a wrongly typed value, a bad value or a malformed override.
     """
-    cfg = OmegaConf.structured(PipelineConfig)
-    dotlist, appended = [], []
-    for raw in overrides or []:
-        key, value = parse_override(raw)
-        if key.endswith("+"):
-            if key[:-1] not in APPENDABLE:
-                raise ValueError(f"{raw!r}: '+=' appends to {', '.join(APPENDABLE)} only")
-            appended.append((key[:-1], value))
-        else:
-            dotlist.append(f"{key}={value}")
-    try:
-        if path is not None:
-            if not resolve_path(path).is_file():
-                raise ValueError(f"experiment file {path} not found")
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(resolve_path(path)))
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
-        for section, item in appended:
-            cfg[section].overrides.append(item)
-        out: PipelineConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
-    except (ConfigKeyError, ValidationError, InterpolationResolutionError) as err:
-        raise ValueError(f"bad pipeline configuration: {err.msg if hasattr(err, 'msg') else err}") from None
-    return check_pipeline_config(out)
+    if path is not None and not resolve_path(path).is_file():
+        moved = builtin_path(Path("pipeline") / Path(path).name)
+        hint = f" (pipeline experiments moved to configs/pipeline/{moved.name})" if moved.is_file() else ""
+        raise ValueError(f"experiment file {path} not found{hint}")
+    return load_typed(PipelineConfig, overrides, path, what="pipeline")

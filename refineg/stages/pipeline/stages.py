@@ -25,10 +25,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
-from refineg.config import load_config, resolve_data_root
+from refineg.config import TrainConfig, as_dictconfig, resolve_data_root
 from refineg.data import read_jsonl, write_jsonl
+from refineg.stages.grounding.config import GroundConfig
 
 from .config import PipelineConfig
 from .runner import Stage, file_signature, write_json_atomic
@@ -43,13 +42,14 @@ PREDICTION_FILES = {
 }
 
 
-def train_config(cfg: PipelineConfig, extra: list[str] | None = None) -> DictConfig:
-    """The training config of the run: ``train.overrides``, the pipeline's seed, then ``extra``."""
-    return load_config([*cfg.train.overrides, f"seed={cfg.seed}", *(extra or [])])
+def train_config(cfg: PipelineConfig, extra: list[str] | None = None) -> TrainConfig:
+    """The training config of the run: the ``train`` section, the pipeline's seed, then ``extra`` overrides."""
+    return cfg.train.training_config([f"seed={cfg.seed}", *(extra or [])])
 
 
-def data_sources(data: DictConfig) -> dict[str, Any]:
+def data_sources(data: Any) -> dict[str, Any]:
     """Signatures of the gold files a ``data`` node reads (see :func:`file_signature`)."""
+    data = as_dictconfig(data)
     root = resolve_data_root(data)
     out = {split: file_signature(root / data[split]) for split in ("train", "dev", "test") if data.get(split)}
     if data.format == "twitter-gmner" and data.xml_dir:
@@ -61,7 +61,7 @@ def run_data(cfg: PipelineConfig, run_dir: Path) -> dict[str, Any]:
     """Writes the gold posts of the run as canonical JSONL (``data/``)."""
     from refineg.datamodules.gmner import has_test_split, read_split, sample_gold
 
-    data = train_config(cfg).data
+    data = as_dictconfig(train_config(cfg).data)
     out = run_dir / "data"
     counts = {}
     for split in ("train", "dev", "test"):
@@ -90,16 +90,10 @@ def run_synthesize(cfg: PipelineConfig, run_dir: Path) -> dict[str, Any]:
         posts = read_jsonl(cfg.synthesis.reuse)
         write_jsonl(posts, out)
         return {"reused": cfg.synthesis.reuse, "posts": len(posts)}
-    from refineg.stages.synthesis import load_synthesis_config, run_synthesis
+    from refineg.stages.synthesis import run_synthesis
 
-    scfg = load_synthesis_config(
-        [
-            *cfg.synthesis.overrides,
-            f"seeds={run_dir / 'data' / 'train.jsonl'}",
-            f"seed={cfg.seed}",
-            f"progress={cfg.progress}",
-        ]
-    )
+    scfg = copy.deepcopy(cfg.synthesis)
+    scfg.seeds, scfg.seed, scfg.progress = str(run_dir / "data" / "train.jsonl"), cfg.seed, cfg.progress
     result = run_synthesis(scfg, out)
     return {"posts": len(read_jsonl(out)), "report": str(result.report_json)}
 
@@ -233,28 +227,20 @@ def run_refine_stage(cfg: PipelineConfig, run_dir: Path, source: str, types: lis
     }
 
 
-def _override_value(value: Any) -> str:
-    """``value`` as the right-hand side of a ``key=value`` override (``null``, ``''``, JSON for containers)."""
-    if value is None:
-        return "null"
-    if value == "":
-        return "''"
-    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+def ground_settings(cfg: PipelineConfig, run_dir: Path) -> GroundConfig:
+    """The :class:`GroundConfig` the ground stage runs with.
 
-
-def ground_overrides(cfg: PipelineConfig, run_dir: Path) -> list[str]:
-    """The grounding runner's overrides: grounder, selector, the shared MLLM, then ``ground.overrides``."""
+    That is the ``ground`` section, whose ``mllm.llm`` takes every value that the shared ``mllm`` sets away from its
+    default (and the run folder's answer cache).
+    """
+    g = copy.deepcopy(cfg.ground)
     llm = _cache_default(cfg.mllm, run_dir)
-    llm_items = [f"mllm.llm.{k}={_override_value(v)}" for k, v in vars(llm).items() if v != getattr(type(llm)(), k)]
-    return [
-        f"grounder.name={cfg.ground.grounder}",
-        f"selector.mode={cfg.ground.selector}",
-        *llm_items,
-        *cfg.ground.overrides,
-    ]
+    default = type(llm)()
+    g.mllm.llm = dataclasses.replace(g.mllm.llm, **{k: v for k, v in vars(llm).items() if v != getattr(default, k)})
+    return g
 
 
-def call_run_ground(pred: Path, pool: Path, out: Path, images: str | None, overrides: list[str]) -> dict[str, Any]:
+def call_run_ground(pred: Path, pool: Path, out: Path, images: str | None, settings: GroundConfig) -> dict[str, Any]:
     """The one place the pipeline calls the grounding stage (adjust here if its runner's signature changes).
 
     Raises:
@@ -267,7 +253,7 @@ def call_run_ground(pred: Path, pool: Path, out: Path, images: str | None, overr
             "the grounding runner refineg.stages.grounding.run.run_ground is not available "
             f"({err}); run with stages.ground=false"
         ) from None
-    return run_ground(str(pred), str(pool), str(out), images=images, overrides=tuple(overrides)) or {}
+    return run_ground(str(pred), str(pool), str(out), images=images, cfg=settings) or {}
 
 
 def run_ground_stage(cfg: PipelineConfig, run_dir: Path, source: str) -> dict[str, Any]:
@@ -277,7 +263,7 @@ def run_ground_stage(cfg: PipelineConfig, run_dir: Path, source: str) -> dict[st
         run_dir / "data" / "train.jsonl",
         run_dir / PREDICTION_FILES["ground"],
         cfg.images,
-        ground_overrides(cfg, run_dir),
+        ground_settings(cfg, run_dir),
     )
     return json.loads(json.dumps(summary, default=str))
 
@@ -352,7 +338,7 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
     tcfg = train_config(cfg)
     types = list(tcfg.data.types)
     data_section = {
-        "data": OmegaConf.to_container(tcfg.data, resolve=True),
+        "data": dataclasses.asdict(tcfg.data),
         "seed": cfg.seed,
         "eval": _section(cfg.data),
     }
@@ -394,10 +380,9 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
             )
             train_inputs.append("synthesize")
         train_section = {
-            "overrides": list(cfg.train.overrides),
             "checkpoint": cfg.train.checkpoint,
             "mixing": cfg.train.mixing if cfg.stages.synthesize else None,
-            "resolved": OmegaConf.to_container(tcfg, resolve=True),
+            "resolved": dataclasses.asdict(tcfg),
         }
         for volatile in ("run_name", "runs_dir", "ckpt_path", "predict", "logger"):
             train_section["resolved"].pop(volatile, None)

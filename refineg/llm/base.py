@@ -24,6 +24,8 @@ from typing import Any, ClassVar
 
 from tqdm.auto import tqdm
 
+from .answers import AnswerFormat, structured_params
+from .boxes import BoxConvention
 from .cache import CachedResponse, ResponseCache, request_key, request_material
 from .config import LLMConfig
 from .faults import BackendError, RetryPolicy, redact
@@ -146,8 +148,9 @@ class ChatBackend(ABC):
 
     # ------------------------------------------------------------------------------------------------ public API
     def image_scale(self, image: Any) -> ImageScale:
-        """How this backend scales ``image`` (a PIL image, path or ``(w, h)``): map boxes with it."""
-        return ImageScale.for_image(image, self.config.max_side)
+        """How this backend scales ``image`` (a PIL image, path or ``(w, h)``) and in which coordinates its model
+        answers boxes (``config.box_format``): map boxes with it."""
+        return ImageScale.for_image(image, self.config.max_side, BoxConvention.from_config(self.config))
 
     def sampling_params(self, **overrides: Any) -> dict[str, Any]:
         """The sampling parameters of a request: config values, ``config.extra``, then ``overrides``."""
@@ -169,6 +172,7 @@ class ChatBackend(ABC):
         expect_json: bool = False,
         json_type: Any = (dict, list),
         json_accept: Callable[[Any], bool] | None = None,
+        answer: AnswerFormat | None = None,
         item: Any = None,
         **params: Any,
     ) -> ChatResult:
@@ -190,7 +194,7 @@ class ChatBackend(ABC):
         Returns:
             The result; ``status`` tells success, failure or an exhausted budget.
         """
-        req = self._request(messages, params, expect_json, json_type, json_accept)
+        req = self._request(messages, params, expect_json, json_type, json_accept, answer)
         result = self._lookup(req)
         if result is None:
             result = self._run(req)
@@ -208,6 +212,7 @@ class ChatBackend(ABC):
         expect_json: bool = False,
         json_type: Any = (dict, list),
         json_accept: Callable[[Any], bool] | None = None,
+        answer: AnswerFormat | None = None,
         items: Sequence[Any] | None = None,
         **params: Any,
     ) -> list[ChatResult]:
@@ -224,6 +229,7 @@ class ChatBackend(ABC):
             expect_json: See :meth:`chat`.
             json_type: See :meth:`chat`.
             json_accept: See :meth:`chat`.
+            answer: See :meth:`chat`.
             items: Identifiers of the conversations for the failure summary (default their indices).
             **params: Per-call sampling overrides.
 
@@ -239,7 +245,7 @@ class ChatBackend(ABC):
         bar = tqdm(total=n, desc=f"llm {stage}", unit="req", disable=not progress, leave=False)
         try:
             for i, messages in enumerate(conversations):
-                req = self._request(messages, params, expect_json, json_type, json_accept)
+                req = self._request(messages, params, expect_json, json_type, json_accept, answer)
                 if req.key in first_of:
                     duplicates.append((i, first_of[req.key]))
                     continue
@@ -326,12 +332,21 @@ class ChatBackend(ABC):
         expect_json: bool,
         json_type: Any,
         json_accept: Callable[[Any], bool] | None = None,
+        answer: AnswerFormat | None = None,
     ) -> _Request:
         messages = list(messages)
         if not messages or not all(isinstance(m, Message) for m in messages):
             raise TypeError("a conversation is a non-empty sequence of refineg.llm.Message")
         params = self.sampling_params(**overrides)
+        if answer is not None:
+            expect_json, json_type = True, (dict, list)
+            json_accept = _both(answer.accepts, json_accept)
+            mode = self.config.structured_output
+            params.update(structured_params(answer, mode))
         key_params = dict(params)
+        if answer is not None:
+            # the schema decides which answers are valid even when it is not sent: a changed one asks again
+            key_params["answer_format"] = {"name": answer.name, "schema": answer.fingerprint, "mode": mode}
         if any(isinstance(p, ImagePart) for m in messages for p in m.parts):
             # How images are prepared changes what the model sees; it matters only when there are images.
             key_params["image_max_side"] = self.config.max_side
@@ -527,6 +542,12 @@ class ChatBackend(ABC):
     def _maybe_write_usage(self) -> None:
         if self.usage.run_dir is not None and time.monotonic() - self._last_usage_write > _USAGE_WRITE_EVERY_S:
             self.write_usage()
+
+
+def _both(first: Callable[[Any], bool], second: Callable[[Any], bool] | None) -> Callable[[Any], bool]:
+    if second is None:
+        return first
+    return lambda value: first(value) and second(value)
 
 
 def _rebuild_backend(cls: type[ChatBackend], config: dict[str, Any]) -> ChatBackend:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 _NONE_WORDS = {"", "null", "none", "n/a", "na", "no", "[]"}
 _BOX_KEYS = ("bounding_box", "bounding_boxes", "boxes", "box", "bbox")
@@ -344,9 +344,7 @@ class AnswerFormat:
         try:
             return self.model.model_validate(value)
         except ValidationError as err:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'answer'}: {e['msg']}" for e in err.errors()[:3]
-            )
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'answer'}: {e['msg']}" for e in err.errors()[:3])
             raise ValueError(f"answer does not fit the {self.name} schema ({problems})") from None
 
     def accepts(self, value: Any) -> bool:

@@ -148,8 +148,10 @@ class ChatBackend(ABC):
 
     # ------------------------------------------------------------------------------------------------ public API
     def image_scale(self, image: Any) -> ImageScale:
-        """How this backend scales ``image`` (a PIL image, path or ``(w, h)``) and in which coordinates its model
-        answers boxes (``config.box_format``): map boxes with it."""
+        """How this backend scales ``image`` (a PIL image, path or ``(w, h)``), in its model's box coordinates.
+
+        The scale carries ``config.box_format``: map boxes between original pixels and the model with it.
+        """
         return ImageScale.for_image(image, self.config.max_side, BoxConvention.from_config(self.config))
 
     def sampling_params(self, **overrides: Any) -> dict[str, Any]:
@@ -187,6 +189,10 @@ class ChatBackend(ABC):
             json_accept: When ``expect_json``: whether a decoded value fits the expected answer (its shape, its
                 keys). The first JSON value in the answer that fits is taken (so a box list in the model's
                 reasoning is passed over); an answer with none is invalid (``invalid_json``) and retried.
+            answer: The typed answer of the prompt (:mod:`refineg.llm.answers`). It implies ``expect_json``; the
+                answer must validate against its model (as well as fit ``json_accept``), and unless
+                ``config.structured_output`` is ``off`` its schema is sent with the request. The schema and the
+                mode are part of the cache key, so a changed schema never replays an old answer.
             item: Identifier kept with a failure in the usage summary.
             **params: Per-call sampling overrides (``temperature``, ``max_tokens``, ...); ``None`` keeps the
                 configured value.

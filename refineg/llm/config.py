@@ -99,6 +99,9 @@ class LLMConfig:
             raise ValueError("max_retries must be >= 0")
         if self.concurrency < 1 or self.batch_size < 1:
             raise ValueError("concurrency and batch_size must be >= 1")
+        if str(self.structured_output).lower() == "false":
+            # YAML 1.1 (OmegaConf's override parser) reads a bare `off` as false: the user wrote `off`
+            self.structured_output = "off"
         if self.structured_output not in STRUCTURED_OUTPUT_MODES:
             raise ValueError(
                 f"unknown structured_output {self.structured_output!r}; choose one of {list(STRUCTURED_OUTPUT_MODES)}"

@@ -2,9 +2,10 @@
 
 Per post one chat with the image and the post's words asks for a JSON list
 ``[{"entity", "entity_type", "bounding_box"}]``. Entity strings are mapped back to token spans (exact tokens first,
-then ignoring case and spaces; longest first, no overlaps), types to the inventory, boxes from the model's coordinates
-(``llm.box_format``) to original pixels. Whatever cannot be used is dropped and counted; an unparseable or failed answer gives the
-post no entities. The output is canonical JSONL, scored by ``refineg evaluate`` like every other system.
+then ignoring case and spaces; longest first, no overlaps), types to the inventory, boxes from the model's
+coordinates (``llm.box_format``) to original pixels. Whatever cannot be used is dropped and counted; an unparseable
+or failed answer gives the post no entities. The output is canonical JSONL, scored by ``refineg evaluate`` like
+every other system.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from refineg.data import Entity, Example, read_jsonl, write_jsonl
 from refineg.data.files import inside_folder
 from refineg.data.tokenize import locate_spans
 from refineg.llm import ImageScale, LLMConfig, build_llm_backend, system, user
-from refineg.llm.boxes import BoxConvention
 from refineg.llm.answers import ZEROSHOT
+from refineg.llm.boxes import BoxConvention
 from refineg.llm.prompt_files import read_prompt_folder
 
 logger = logging.getLogger(__name__)

@@ -193,6 +193,7 @@ def ignoring(answer: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any
 
     def respond(body: dict[str, Any]) -> str:
         value = json.dumps(answer(body))
-        return f"Let me look at the post first (draft numbers: [1, 2]).\nHere is my answer:\n```json\n{value}\n```\nDone."
+        prose = "Let me look at the post first (draft numbers: [1, 2]).\nHere is my answer:"
+        return f"{prose}\n```json\n{value}\n```\nDone."
 
     return respond

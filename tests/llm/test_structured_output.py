@@ -216,3 +216,16 @@ def test_cache_key_holds_mode_and_schema(chat_server, tmp_path):
     keys = {m["params"]["answer_format"]["schema"] for _, m in iter_materials(llm.cache)}
     assert keys == {SPAN_CHECK.fingerprint, changed.fingerprint}
     llm.close()
+
+
+def test_off_survives_the_override_parser():
+    """`llm.structured_output=off` on the command line: YAML reads a bare off as false; the config means off."""
+    from refineg.llm import LLMConfig
+    from refineg.stages.zeroshot import load_zeroshot_config
+
+    cfg = load_zeroshot_config(["llm.structured_output=off", "llm.box_format=norm1000"])
+    llm = LLMConfig.from_options(cfg.llm)
+    assert (llm.structured_output, llm.box_format) == ("off", "norm1000")
+    assert LLMConfig().structured_output == "json_schema"
+    with pytest.raises(ValueError, match="structured_output"):
+        LLMConfig(structured_output="grammar")

@@ -68,8 +68,10 @@ class GroundingPrompts:
 
 
 def demo_answer(post: Example, scale: ImageScale) -> str:
-    """The gold answer of a demonstration as JSON, boxes in the model's coordinates, rounded as a model writes them
-    (whole numbers; 4 decimals for ``norm1``)."""
+    """The gold answer of a demonstration as JSON, boxes in the model's coordinates.
+
+    Boxes are rounded as a model writes them: whole numbers, 4 decimals for ``norm1``.
+    """
     items = [
         {
             "entity": e.text(post.tokens),

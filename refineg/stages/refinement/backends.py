@@ -112,9 +112,7 @@ class MLLMBackend(RefinementBackend):
         self.llm = build_llm_backend(cfg.llm, run_dir=run_dir)
         self.label = f"mllm {cfg.llm.backend}:{cfg.llm.model}"
 
-    def _ask(
-        self, convs: list, queries: Sequence[Query], keys: tuple[str, ...], answer: AnswerFormat
-    ) -> list[Answer]:
+    def _ask(self, convs: list, queries: Sequence[Query], keys: tuple[str, ...], answer: AnswerFormat) -> list[Answer]:
         if not convs:
             return []
         items = [f"{q.post.id}:{q.entity.start}-{q.entity.end}" for q in queries]

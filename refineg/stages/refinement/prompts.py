@@ -41,9 +41,7 @@ class RefinementPrompts:
             sentence=" ".join(tokens), entity=entity, type=etype, types=", ".join(types)
         )
 
-    def type_box(
-        self, tokens: list[str], entity: str, etype: str, types: list[str], scale: ImageScale | None
-    ) -> str:
+    def type_box(self, tokens: list[str], entity: str, etype: str, types: list[str], scale: ImageScale | None) -> str:
         """The type-and-box-check user text (``scale``: the image as sent and the box convention, or ``None``)."""
         note = "The image of the post is attached." if scale else "This post has no image: the box is Null."
         size = f"{scale.sent_size[0]} x {scale.sent_size[1]}" if scale else "no image"

@@ -355,9 +355,6 @@ class AnswerFormat:
             return False
         return True
 
-    def __hash__(self) -> int:
-        return hash(self.name)
-
 
 SPAN_CHECK = AnswerFormat("refineg_span_check", SpanCheckAnswer)
 TYPE_BOX_CHECK = AnswerFormat("refineg_type_box_check", TypeBoxCheckAnswer)

@@ -70,6 +70,7 @@ class _Request:
     expect_json: bool
     json_type: Any
     json_accept: Callable[[Any], bool] | None = None
+    answer: AnswerFormat | None = None
 
 
 class ChatBackend(ABC):
@@ -358,7 +359,8 @@ class ChatBackend(ABC):
             key_params["image_max_side"] = self.config.max_side
             key_params["image_jpeg_quality"] = self.config.jpeg_quality
         material = request_material(self._cache_identity(), self.config.model, messages, key_params)
-        return _Request(messages, params, material, request_key(material), expect_json, json_type, json_accept)
+        key = request_key(material)
+        return _Request(messages, params, material, key, expect_json, json_type, json_accept, answer)
 
     def _lookup(self, req: _Request) -> ChatResult | None:
         if self.cache is None:
@@ -415,7 +417,14 @@ class ChatBackend(ABC):
         """The JSON value of ``text`` that fits ``req``; any failure is a :class:`JSONExtractionError`."""
         try:
             return extract_json(text, req.json_type, req.json_accept)
-        except JSONExtractionError:
+        except JSONExtractionError as err:
+            if req.answer is None:
+                raise
+            try:  # say why the answer's first JSON value is not a valid answer
+                req.answer.validate(extract_json(text, req.json_type))
+            except (ValueError, JSONExtractionError) as why:
+                if not isinstance(why, JSONExtractionError):
+                    raise JSONExtractionError(f"{err}; {why}") from None
             raise
         except Exception as err:  # never let an odd answer crash the caller's batch
             raise JSONExtractionError(f"unreadable answer ({type(err).__name__})") from None

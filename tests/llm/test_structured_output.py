@@ -229,3 +229,12 @@ def test_off_survives_the_override_parser():
     assert LLMConfig().structured_output == "json_schema"
     with pytest.raises(ValueError, match="structured_output"):
         LLMConfig(structured_output="grammar")
+
+
+def test_an_invalid_answer_says_why(chat_server):
+    chat_server.body_responder = ignoring(lambda body: WRONG["refineg_grounding"])
+    llm = make(chat_server)
+    result = llm.chat([user("where is Obama?")], answer=GROUNDING)
+    assert result.error_kind == "invalid_json"
+    assert "does not fit the refineg_grounding schema" in result.error and "bounding_box" in result.error
+    llm.close()

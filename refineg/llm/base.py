@@ -393,9 +393,11 @@ class ChatBackend(ABC):
     def _miss_message(self, req: _Request) -> str:
         first_text = next((m.text for m in req.messages if m.role == "user"), "")[:60]
         size = len(self.cache) if self.cache is not None else 0
+        # the schema itself is long; its fingerprint is in params["answer_format"]
+        params = {k: v for k, v in req.material["params"].items() if k not in ("response_format", "guided_json")}
         return (
             f"replay: no cached answer for request {req.key[:16]} (backend={req.material['backend']!r}, "
-            f"model={req.material['model']!r}, params={req.material['params']}, first user text {first_text!r}); "
+            f"model={req.material['model']!r}, params={params}, first user text {first_text!r}); "
             f"the cache {self.cache!r} holds {size} answers. Record it by running the live backend with the same "
             "config, or check that model, sampling parameters and max_side match the recorded run."
         )

@@ -238,3 +238,26 @@ def test_an_invalid_answer_says_why(chat_server):
     assert result.error_kind == "invalid_json"
     assert "does not fit the refineg_grounding schema" in result.error and "bounding_box" in result.error
     llm.close()
+
+
+def test_replay_reproduces_a_structured_run_and_misses_another_mode(chat_server, tmp_path):
+    from refineg.llm import ReplayMissError
+
+    chat_server.body_responder = SchemaEnforcer(lambda body, name: CANONICAL[name])
+    conv = [user("is New York an entity?")]
+    live = make(chat_server, tmp_path)
+    assert live.chat(conv, answer=SPAN_CHECK).parsed == CANONICAL["refineg_span_check"]
+    live.close()
+    cache = str(tmp_path / "cache.sqlite")
+    replay = create_llm_backend("replay", model="test-vl", cache_path=cache)
+    hit = replay.chat(conv, answer=SPAN_CHECK)
+    assert hit.cached and hit.parsed == CANONICAL["refineg_span_check"]
+    replay.close()
+    other = create_llm_backend("replay", model="test-vl", cache_path=cache, structured_output="guided_json")
+    with pytest.raises(ReplayMissError) as err:
+        other.chat(conv, answer=SPAN_CHECK)
+    message = str(err.value)
+    assert "'mode': 'guided_json'" in message and SPAN_CHECK.fingerprint in message
+    assert "'properties'" not in message  # the schema is named by its fingerprint, not printed
+    other.close()
+    assert chat_server.total == 1

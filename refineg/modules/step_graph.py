@@ -48,6 +48,7 @@ STEP_KEYS = (
     "image_mask",
     "position_ids",
     "segment_ids",
+    "cu_seqlens",
 )
 
 

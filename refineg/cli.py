@@ -866,12 +866,13 @@ def main(argv: list[str] | None = None) -> int:
     extra, a replay cache miss: :mod:`refineg.errors`); 1 with a one-line message when an LLM stage (refine,
     zeroshot, ground, synthesize) sent requests and none got an answer (its outputs are written all the same).
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra:  # train takes --key=value too (W&B's ${args}); everywhere else an unknown option is an error
-        if args.command != "train" or not all(item.startswith("--") and "=" in item for item in extra):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.overrides = [*args.overrides, *extra]
+    if args.command == "train":  # every item after the command, in order: key=value and W&B's --key=value
+        args.overrides = argv[argv.index("train") + 1 :]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -1,10 +1,10 @@
 """``refineg pipeline``: synthesise -> train -> predict with uncertainty -> refine -> ground -> evaluate.
 
-Each stage is skipped when its artifact is up to date (see :mod:`refineg.stages.pipeline.runner`).
+Each stage is skipped when its artifact is up to date (see :mod:`refineg.stages.pipeline.run`).
 """
 
 from .config import PipelineConfig, load_pipeline_config
-from .runner import Stage, StageOutcome, StageRunner, run_pipeline
+from .run import Stage, StageOutcome, StageRunner, run_pipeline
 from .stages import build_stages, call_run_ground
 
 __all__ = [

@@ -30,7 +30,7 @@ from refineg.data import read_jsonl, write_jsonl
 from refineg.stages.grounding.config import GroundConfig
 
 from .config import PipelineConfig
-from .runner import Stage, file_signature, write_json_atomic
+from .run import Stage, file_signature, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

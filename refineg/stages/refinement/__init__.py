@@ -5,7 +5,7 @@ answer; the others get a span check and a type-and-box check by the MLLM (or by 
 ``noisy-oracle``), whose answers are merged under strict rules (:mod:`.merge`).
 """
 
-from .backends import (
+from .base import (
     REFINEMENT_BACKENDS,
     Answer,
     MLLMBackend,
@@ -21,7 +21,7 @@ from .config import RefineConfig, load_refine_config
 from .delegation import Delegation, select_delegated
 from .merge import locate_span, merge_span, merge_type
 from .prompts import RefinementPrompts
-from .refine import refine_examples, run_refine, with_uncertainty
+from .run import refine_examples, run_refine, with_uncertainty
 
 __all__ = [
     "REFINEMENT_BACKENDS",

@@ -13,7 +13,7 @@ from typing import Any
 from refineg.data import Entity
 from refineg.data.spans import locate_span
 
-from .backends import Answer
+from .base import Answer
 
 NULLS = (None, "", "null", "none", "n/a")
 

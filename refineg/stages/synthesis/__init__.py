@@ -25,7 +25,9 @@ from refineg.stages.synthesis.filters import (
 )
 from refineg.stages.synthesis.labelling import TypeMapper, label_text
 from refineg.stages.synthesis.llm_synthesizer import LLMSynthesizer, parse_answer
-from refineg.stages.synthesis.pipeline import (
+from refineg.stages.synthesis.prompts import PromptSet, default_prompt_dir
+from refineg.stages.synthesis.report import SynthesisReport
+from refineg.stages.synthesis.run import (
     SynthesisOutput,
     apply_filters,
     build_synthesizer,
@@ -33,8 +35,6 @@ from refineg.stages.synthesis.pipeline import (
     run_synthesis,
     split_by_seed,
 )
-from refineg.stages.synthesis.prompts import PromptSet, default_prompt_dir
-from refineg.stages.synthesis.report import SynthesisReport
 from refineg.stages.synthesis.swap_synthesizer import SwapSynthesizer, build_gazetteer
 
 __all__ = [

@@ -13,7 +13,7 @@ from typing import Any
 from refineg.data import DataFormatError, Entity, Example, read_jsonl, write_jsonl
 from refineg.data.files import inside_folder
 
-from .backends import Query, RefinementBackend, create_refinement_backend
+from .base import Query, RefinementBackend, create_refinement_backend
 from .config import RefineConfig
 from .delegation import select_delegated
 from .merge import merge_span, merge_type

@@ -14,118 +14,20 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from string import Template
-from typing import Any, Optional
+from typing import Any
 
-from refineg.config import CONFIG_DIR, load_typed
 from refineg.data import Entity, Example, read_jsonl, write_jsonl
 from refineg.data.files import inside_folder
 from refineg.data.spans import map_spans
-from refineg.llm import ImageScale, LLMConfig, build_llm_backend, system, user
+from refineg.llm import ImageScale, build_llm_backend, system, user
 from refineg.llm.answers import ZEROSHOT
 from refineg.llm.boxes import BoxConvention
-from refineg.llm.prompt_files import read_prompt_folder
+
+from .config import ZeroShotConfig
+from .prompts import ZeroShotPrompts
 
 logger = logging.getLogger(__name__)
-
-# Optional[...]: OmegaConf reads these annotations at run time (see refineg/llm/config.py).
-
-
-def _default_type_map() -> dict[str, str]:
-    return {"PERSON": "PER", "LOCATION": "LOC", "ORGANIZATION": "ORG", "ORGANISATION": "ORG", "MISC": "OTHER"}
-
-
-@dataclass
-class ZeroShotConfig:
-    """Settings of the zero-shot baseline.
-
-    Attributes:
-        llm: The MLLM (see docs/llm-backends.md).
-        types: Entity type inventory (answers with another type are dropped after ``type_map``).
-        type_map: Case-insensitive renames applied to answered types before the inventory check (a target
-            outside ``types`` is dropped like any unknown type).
-        prompts_dir: Folder with ``system.txt`` and ``user.txt`` (placeholders ``$types``, ``$sentence``,
-            ``$image_note``, ``$box_format``).
-        images_dir: Folder of post images (``Example.image`` is relative to it); ``None`` sends text only.
-        max_posts: Only the first this many posts (pilots); ``None`` for all.
-        run_dir: The run folder (default: the output file's folder): ``llm_usage.json``, the spend ledger that
-            ``llm.max_calls`` counts across reruns, and the response cache ``llm_cache.sqlite`` unless
-            ``llm.cache_path`` is set.
-    """
-
-    llm: LLMConfig = field(default_factory=LLMConfig)
-    types: list[str] = field(default_factory=lambda: ["PER", "LOC", "ORG", "OTHER"])
-    type_map: dict[str, str] = field(default_factory=_default_type_map)
-    prompts_dir: str = str(CONFIG_DIR / "prompts" / "zeroshot")
-    images_dir: Optional[str] = None  # noqa: UP045
-    max_posts: Optional[int] = None  # noqa: UP045
-    run_dir: Optional[str] = None  # noqa: UP045
-
-    def validate(self) -> ZeroShotConfig:
-        """Checks values; returns ``self``.
-
-        Raises:
-            ValueError: Empty type inventory or a negative ``max_posts``.
-        """
-        if not self.types:
-            raise ValueError("types must not be empty")
-        if self.max_posts is not None and self.max_posts < 0:
-            raise ValueError("max_posts must be >= 0")
-        return self
-
-
-def load_zeroshot_config(overrides: list[str] | None = None, base: dict[str, Any] | None = None) -> ZeroShotConfig:
-    """Builds a :class:`ZeroShotConfig` from ``base`` values and ``key=value`` overrides (``llm.model=...``).
-
-    Raises:
-        ValueError: Unknown key, wrong type, malformed override or a value out of range.
-    """
-    return load_typed(ZeroShotConfig, overrides, base, what="zeroshot")
-
-
-@dataclass(frozen=True)
-class ZeroShotPrompts:
-    """``system.txt`` and ``user.txt`` of a prompts folder (``string.Template`` placeholders)."""
-
-    system: Template
-    user: Template
-
-    @classmethod
-    def load(cls, folder: str | Path) -> ZeroShotPrompts:
-        """Reads both files from ``folder``.
-
-        Raises:
-            FileNotFoundError: A file is missing (the message names it).
-        """
-        text = read_prompt_folder(folder, ("system.txt", "user.txt"))
-        return cls(Template(text["system.txt"]), Template(text["user.txt"]))
-
-    def render(
-        self, tokens: Sequence[str], types: Sequence[str], scale: ImageScale | None, convention: BoxConvention
-    ) -> tuple[str, str]:
-        """``(system text, user text)`` for one post.
-
-        Args:
-            tokens: The post's words.
-            types: Type inventory.
-            scale: The image as sent and the model's box coordinates, or ``None`` without an image.
-            convention: The model's box coordinates (``$box_format`` in the rules).
-        """
-        note = (
-            f"The post's image is attached ({scale.sent_size[0]} x {scale.sent_size[1]} pixels; box coordinates: "
-            f"{scale.convention.describe_range(scale.sent_size)})."
-            if scale
-            else "This post has no image: every bounding_box is []."
-        )
-        values = {
-            "types": ", ".join(types),
-            "sentence": " ".join(tokens),
-            "image_note": note,
-            "box_format": convention.describe(),
-        }
-        return self.system.safe_substitute(values), self.user.safe_substitute(values)
 
 
 def _as_items(parsed: Any) -> list[Any] | None:

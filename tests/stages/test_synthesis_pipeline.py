@@ -17,8 +17,12 @@ def test_swap_with_trained_consistency_tagger(tiny_encoder, tmp_path):
             "consistency.mode=relabel",
             "consistency.threshold=0.5",
             "consistency.fill_min_score=0.99",
-            f"consistency.train_overrides=[model.encoder={tiny_encoder},trainer.max_epochs=1,data.batch_size=8,"
-            "trainer.enable_progress_bar=false,trainer.accelerator=cpu,model.head=softmax]",
+            f"consistency.train.model.encoder={tiny_encoder}",
+            "consistency.train.trainer.max_epochs=1",
+            "consistency.train.data.batch_size=8",
+            "consistency.train.trainer.enable_progress_bar=false",
+            "consistency.train.trainer.accelerator=cpu",
+            "consistency.train.model.head=softmax",
         ]
     )
     out = run_synthesis(cfg, tmp_path / "syn.jsonl")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
-from refineg.config import DataConfig, Group, load_typed
+from refineg.config import DataConfig, Group, TrainConfig, load_typed
 from refineg.llm.config import LLMConfig
 
 # OmegaConf reads these annotations at run time; ``Optional`` keeps Python 3.10 happy (as in LLMConfig).
@@ -86,7 +86,9 @@ class ConsistencyConfig:
         fill_min_score: Lowest tagger confidence for a filled entity.
         checkpoint: A trained tagger checkpoint; ``None`` trains one on the seeds first.
         dev: Canonical JSONL of dev posts to pick the tagger's best epoch; ``None`` uses the seeds themselves.
-        train_overrides: ``key=value`` overrides of the tagger's training config (e.g. ``trainer.max_epochs=5``).
+        train: The tagger's training config (every ``refineg train`` key and group, e.g.
+            ``consistency.train.trainer.max_epochs=5``, ``consistency.train.model=minilm_softmax``); its data files,
+            types, run folder and seed are set by the stage.
         batch_size: Posts per tagging batch.
     """
 
@@ -96,7 +98,7 @@ class ConsistencyConfig:
     fill_min_score: float = 0.5
     checkpoint: Optional[str] = None  # noqa: UP045
     dev: Optional[str] = None  # noqa: UP045
-    train_overrides: list[str] = field(default_factory=list)
+    train: TrainConfig = field(default_factory=TrainConfig)
     batch_size: int = 64
 
 

@@ -92,7 +92,7 @@ def check_consistency(
 
 
 def train_seed_tagger(
-    seeds: Sequence[Example], types: Sequence[str], work_dir: Path, dev: str | None, overrides: Sequence[str], seed: int
+    seeds: Sequence[Example], types: Sequence[str], work_dir: Path, dev: str | None, train_cfg: Any, seed: int
 ) -> str:
     """Trains a tagger on the seeds (``refineg.training.train``) and returns its best checkpoint.
 
@@ -101,10 +101,11 @@ def train_seed_tagger(
         types: Entity types.
         work_dir: Folder for the seeds file and the run (``work_dir/tagger``).
         dev: Canonical JSONL for choosing the best epoch; ``None`` uses the seeds (no held-out data).
-        overrides: Extra training-config overrides.
+        train_cfg: The training config (a :class:`~refineg.config.TrainConfig` or a ``DictConfig`` view of one)
+            whose data files, types, run folder and seed this function sets.
         seed: Training seed.
     """
-    from refineg.config import load_config
+    from refineg.config import TrainConfig, load_typed
     from refineg.training import RUN_ENV, train
 
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -128,7 +129,7 @@ def train_seed_tagger(
         "logger.wandb=false",
         f"seed={seed}",
     ]
-    cfg = load_config(base + list(overrides))
+    cfg = load_typed(TrainConfig, base, train_cfg, what="consistency tagger")
     logger.info("training the consistency tagger on %d seeds (%s)", len(seeds), work_dir / "tagger")
     previous = os.environ.get(RUN_ENV)
     try:

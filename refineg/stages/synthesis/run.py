@@ -116,9 +116,7 @@ def _consistency_predictor(cfg: DictConfig, seeds: list[Example], work_dir: Path
     from refineg.inference.predictor import TaggerPredictor
 
     c = cfg.consistency
-    ckpt = c.checkpoint or train_seed_tagger(
-        seeds, list(cfg.types), work_dir / "consistency", c.dev, list(c.train_overrides), cfg.seed
-    )
+    ckpt = c.checkpoint or train_seed_tagger(seeds, list(cfg.types), work_dir / "consistency", c.dev, c.train, cfg.seed)
     return TaggerPredictor.from_checkpoint(ckpt, batch_size=c.batch_size, device="cpu")
 
 

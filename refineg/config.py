@@ -51,6 +51,7 @@ class DataConfig:
     unlabeled_format: str | None = None  # None: from the name (.jsonl, .json = ccks, .txt = data.format or conll)
     unlabeled_from_train: bool = False  # experiments: the training posts outside gold_limit, labels hidden
     unlabeled_limit: int | None = None  # seeded sample of this many unlabelled posts
+    unlabeled_hidden_gold: bool = False  # score pseudo-labels against the labels data.unlabeled carries (never trained)
     batch_size: int = 32  # global; divided by the world size
     eval_batch_size: int = 64
     max_length: int = 128  # subword tokens per post
@@ -147,6 +148,7 @@ class SelfTrainConfig:
     uncertain: str = "mask"  # entity selection, posts with uncertain entities: mask | drop_entity | drop_post
     empty_posts: bool = True  # keep pool posts where the teacher finds no entity (all words O)
     soft_targets: bool = False  # train on the teacher's per-word CRF marginals instead of its decoded labels
+    epochs: int | None = None  # trainer.max_epochs of the pseudo-labelling rounds (None: the same as round 0)
     init: str = "scratch"  # scratch: every round starts from the pretrained encoder | teacher: from the teacher
     teacher: str = "best"  # best: the best round so far labels the pool | last: the previous round
     patience: int = 1  # stop after this many rounds without a dev MNER F1 gain of more than min_delta

@@ -28,7 +28,8 @@ class UnlabeledPool:
     Attributes:
         posts: The pool's posts; every one has no entities.
         hidden: The withheld gold posts by id when the pool comes from the training split
-            (``data.unlabeled_from_train``): used only to measure pseudo-label precision, never for training.
+            (``data.unlabeled_from_train``), or the file's own labels with ``data.unlabeled_hidden_gold``: used
+            only to measure pseudo-label precision, never for training.
         source: Where the posts come from (for reports).
     """
 
@@ -108,6 +109,8 @@ def build_pool(data: DictConfig, seed: int) -> UnlabeledPool:
         source = str(data.unlabeled)
         if len({e.id for e in rest}) != len(rest):
             raise UsageError(f"data.unlabeled={data.unlabeled}: post ids must be unique")
+        if data.unlabeled_hidden_gold:  # e.g. the training posts themselves (self-distillation on full data)
+            hidden = {e.id: e for e in rest}
     else:
         raise UsageError("self-training needs unlabelled posts: data.unlabeled=FILE or data.unlabeled_from_train=true")
     if data.unlabeled_limit is not None and data.unlabeled_limit < len(rest):

@@ -60,8 +60,8 @@ def check_config(cfg: DictConfig) -> None:
         raise UsageError(f"selftrain.teacher must be best or last, got {st.teacher!r}")
     if not 0 <= st.tau <= 1:
         raise UsageError(f"selftrain.tau must be in [0, 1], got {st.tau}")
-    if st.rounds < 0 or st.patience < 1:
-        raise UsageError("selftrain.rounds must be >= 0 and selftrain.patience >= 1")
+    if st.rounds < 0 or st.patience < 1 or (st.epochs is not None and st.epochs < 1):
+        raise UsageError("selftrain.rounds must be >= 0, selftrain.patience >= 1 and selftrain.epochs >= 1")
     if st.soft_targets and cfg.model.head != "crf":
         raise UsageError("selftrain.soft_targets=true uses CRF marginals: it needs model.head=crf")
     if cfg.cuda_graph:
@@ -178,6 +178,8 @@ def _round_cfg(cfg: DictConfig, run_dir: Path, r: int, pseudo: Path | None, init
             rc.data.mixing = "concat"
     if init is not None:
         rc.model.init_from = init
+    if r > 0 and cfg.selftrain.epochs is not None:
+        rc.trainer.max_epochs = cfg.selftrain.epochs
     last = run_dir / f"round{r}" / "checkpoints" / "last.ckpt"
     rc.ckpt_path = "last" if last.is_file() else None
     return rc

@@ -215,7 +215,10 @@ def run_selftrain(cfg: DictConfig) -> dict[str, Any]:
     else:
         state = {"fingerprint": fingerprint, "config": OmegaConf.to_container(cfg, resolve=True), "rounds": []}
     state.pop("stopped", None)
-    pool: UnlabeledPool | None = None
+    # the pool is read before any training, so that a bad pool setting fails at once
+    pool: UnlabeledPool | None = build_pool(cfg.data, cfg.seed) if st.rounds > 0 else None
+    if pool is not None and pool.hidden is not None and st.refine_backend in ("oracle", "noisy-oracle"):
+        write_jsonl(pool.hidden.values(), run_dir / "pool_gold.jsonl")
     types = list(cfg.data.types)
     while True:
         rounds = state["rounds"]
@@ -229,10 +232,7 @@ def run_selftrain(cfg: DictConfig) -> dict[str, Any]:
         if r == 0:
             rc = _round_cfg(cfg, run_dir, 0, None, None)
         else:
-            if pool is None:
-                pool = build_pool(cfg.data, cfg.seed)
-                if pool.hidden is not None and st.refine_backend in ("oracle", "noisy-oracle"):
-                    write_jsonl(pool.hidden.values(), run_dir / "pool_gold.jsonl")
+            assert pool is not None
             teacher = pick_teacher(rounds, st.teacher)
             record["teacher_round"] = teacher
             ckpt = rounds[teacher]["checkpoint"]

@@ -1,15 +1,17 @@
 """Self-training experiment (issue 20): dev MNER F1 of gold only vs self-training, per round and training seed.
 
-Two groups of ``refineg selftrain`` runs, all started at once (one process each, ``--parallel`` at a time):
+Two groups of ``refineg selftrain`` runs, each in one or more pseudo-label variants (``--g500-variants``,
+``--full-variants``; see ``VARIANTS``) and seeds, all started at once (one process each, ``--parallel`` at a time):
 
 - ``g500``: 500 gold posts (``data.gold_limit=500``); the pool is the other training posts with their labels hidden
   (``data.unlabeled_from_train=true``). Round 0 of each run is the gold-only baseline, trained in the same run.
 - ``full``: all training posts; there is no other unlabelled post in the release, so the pool is the training posts
   themselves (self-distillation, ``data.unlabeled=<train file> data.unlabeled_hidden_gold=true``).
 
-Each run writes its per-round ``selftrain.json``; this script copies it to ``<out>/runs/<name>.json`` (with the
-command, exit status and wall time) and writes ``<out>/summary.json`` and ``<out>/summary.md`` (per group and round:
-dev MNER F1 mean ± sample std over seeds, the gain over round 0, pseudo-label counts and precision). The summary is
+Each run writes its per-round ``selftrain.json``; this script copies it to ``<out>/runs/<group>-<variant>-s<seed>.json``
+(with the command, exit status and wall time) and writes ``<out>/summary.json`` and ``<out>/summary.md`` (per group,
+variant and round: dev MNER F1 mean ± sample std over seeds, the gain over round 0, pseudo-label counts and
+precision). The summary is
 rewritten whenever a run ends. At ``--budget-s`` the runs still going are stopped and the summary keeps every round
 they finished (a rerun with the same ``--runs-dir`` continues them: ``refineg selftrain`` resumes by run name).
 
@@ -38,16 +40,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: The self-training settings of both groups (any of them can be overridden with --common/--g500/--full).
+#: The self-training settings of every run (any of them can be overridden with --common/--g500/--full).
 SELFTRAIN = [
     "selftrain.head=crf_marginal",
     "selftrain.tau=0.2",
     "selftrain.selection=entity",
     "selftrain.uncertain=mask",
-    "selftrain.soft_targets=true",
+    "selftrain.outside_min=0.9",
     "selftrain.init=scratch",
     "selftrain.patience=1",
 ]
+#: Pseudo-label variants: ``partial`` trains on the teacher's confident entities and confident O words (hard labels,
+#: the rest unlabelled); ``soft`` trains on its CRF marginals there instead. More with --variant NAME=k=v,k=v.
+VARIANTS = {
+    "partial": ["selftrain.soft_targets=false"],
+    "soft": ["selftrain.soft_targets=true"],
+}
 #: Round 0 trains 6 epochs at batch 16 (as the gold-only rows of docs/results.md); pseudo-labelling rounds see 14x
 #: (g500) or 2x (full) as many posts per epoch and train 3. Full data trains at batch 32 to fit the time budget.
 GROUPS = {
@@ -68,7 +76,7 @@ GROUPS = {
 }
 
 
-def run_command(args: argparse.Namespace, group: str, seed: int, name: str) -> list[str]:
+def run_command(args: argparse.Namespace, group: str, variant: str, seed: int, name: str) -> list[str]:
     """The ``refineg selftrain`` command line of one run."""
     data = Path(args.data_root).resolve()
     cmd = [
@@ -91,6 +99,7 @@ def run_command(args: argparse.Namespace, group: str, seed: int, name: str) -> l
         f"run_name={name}",
         *SELFTRAIN,
         *GROUPS[group],
+        *VARIANTS[variant],
     ]
     cmd += [f"data.gold_limit={args.gold}"] if group == "g500" else [f"data.unlabeled={data / args.train}"]
     return cmd + list(args.common) + list(getattr(args, group))
@@ -116,7 +125,7 @@ def mean_std(values: list[float]) -> dict:
 def summarise(args: argparse.Namespace, jobs: dict[str, dict]) -> dict:
     """Per group and round: dev MNER F1 over seeds, gain over round 0, pseudo-label counts and precision."""
     out: dict = {"groups": {}}
-    for group in args.groups:
+    for group in dict.fromkeys(j["group"] for j in jobs.values()):  # group-variant, in launch order
         runs = {n: j for n, j in jobs.items() if j["group"] == group}
         states = {n: load_state(args, n) for n in runs}
         by_round: dict[int, list[dict]] = {}
@@ -164,6 +173,7 @@ def write_outputs(args: argparse.Namespace, jobs: dict[str, dict], started: floa
         "wall_s": round(time.time() - started, 1),
         "selftrain_settings": SELFTRAIN,
         "group_settings": GROUPS,
+        "variants": VARIANTS,
         "note": "dev MNER F1 on the dev split; round 0 = gold only (g500) / all gold (full); "
         "best_round_on_dev picks the round on dev itself, so it is optimistic; the per-round rows are not",
     }
@@ -226,15 +236,28 @@ def main() -> int:
     p.add_argument("--common", nargs="*", default=[], help="overrides for every run")
     p.add_argument("--g500", nargs="*", default=[], help="overrides for the g500 runs")
     p.add_argument("--full", nargs="*", default=[], help="overrides for the full-data runs")
+    p.add_argument("--g500-variants", nargs="+", default=["partial", "soft"], help="variants of the g500 group")
+    p.add_argument("--full-variants", nargs="+", default=["soft"], help="variants of the full-data group")
+    p.add_argument("--variant", nargs="*", default=[], help="extra variants NAME=key=value,key=value")
     args = p.parse_args()
     out = Path(args.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
+    for item in args.variant:
+        vname, _, overrides = item.partition("=")
+        VARIANTS[vname] = [o for o in overrides.split(",") if o]
     jobs: dict[str, dict] = {}
     for group in args.groups:
-        for seed in args.seeds:
-            name = f"{group}-s{seed}"
-            jobs[name] = {"group": group, "seed": seed, "command": run_command(args, group, seed, name)}
+        for variant in getattr(args, f"{group}_variants"):
+            if variant not in VARIANTS:
+                raise SystemExit(f"error: unknown variant {variant!r}; known: {', '.join(VARIANTS)} (--variant adds)")
+            for seed in args.seeds:
+                name = f"{group}-{variant}-s{seed}"
+                jobs[name] = {
+                    "group": f"{group}-{variant}",
+                    "seed": seed,
+                    "command": run_command(args, group, variant, seed, name),
+                }
     parallel = args.parallel or len(jobs)
     threads = args.threads or max(1, (os.cpu_count() or 2) // parallel)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")

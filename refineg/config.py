@@ -148,6 +148,9 @@ class SelfTrainConfig:
     uncertain: str = "mask"  # entity selection, posts with uncertain entities: mask | drop_entity | drop_post
     empty_posts: bool = True  # keep pool posts where the teacher finds no entity (all words O)
     soft_targets: bool = False  # train on the teacher's per-word CRF marginals instead of its decoded labels
+    # a word outside the kept entities counts as O only when the teacher's P(O) >= outside_min, else it is left
+    # unlabelled (the teacher's missed entities then do not train as O); None: every such word is O
+    outside_min: float | None = None
     epochs: int | None = None  # trainer.max_epochs of the pseudo-labelling rounds (None: the same as round 0)
     init: str = "scratch"  # scratch: every round starts from the pretrained encoder | teacher: from the teacher
     teacher: str = "best"  # best: the best round so far labels the pool | last: the previous round

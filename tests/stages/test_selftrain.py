@@ -186,6 +186,22 @@ def test_soft_targets_carry_the_marginals_with_uncertain_words_per_policy():
     assert kept[0].meta["pseudo"]["word_targets"][2] == rows[2]  # masked later, by the data module
 
 
+def test_outside_min_leaves_words_the_teacher_doubts_unlabelled():
+    post = scored_post()  # words: Obama met Merkel in Berlin and Paris; entities on 0, 2, 4, 6
+    p_outside = [0.0, 0.95, 0.1, 0.5, 0.0, 0.89, 0.3]
+    rows = [[p, 1 - p, 0.0, 0.0, 0.0] for p in p_outside]
+    kept, counts = select_pseudo_labels([post], 0.2, marginals=[rows], labels=LABELS, soft=False, outside_min=0.9)
+    info = kept[0].meta["pseudo"]
+    # uncertain entities (2, 6) masked; outside words: "met" is O (0.95), "in" (0.5) and "and" (0.89) unlabelled
+    assert info["unlabeled"] == [[2, 3], [3, 4], [5, 6], [6, 7]] and "word_targets" not in info
+    assert counts["unsure_outside_words"] == 2
+    kept, _ = select_pseudo_labels([post], 0.2, uncertain="drop_entity", marginals=[rows], labels=LABELS, soft=False,
+                                   outside_min=0.9)  # fmt: skip
+    assert kept[0].meta["pseudo"]["unlabeled"] == [[3, 4], [5, 6]]  # dropped entities' words stay O
+    with pytest.raises(ValueError, match="need the teacher's marginals"):
+        select_pseudo_labels([post], 0.2, outside_min=0.9)
+
+
 GOLD_P1 = [Entity(0, 1, "PER"), Entity(2, 3, "PER"), Entity(4, 5, "ORG")]
 
 

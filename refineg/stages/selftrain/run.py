@@ -60,6 +60,8 @@ def check_config(cfg: DictConfig) -> None:
         raise UsageError(f"selftrain.teacher must be best or last, got {st.teacher!r}")
     if not 0 <= st.tau <= 1:
         raise UsageError(f"selftrain.tau must be in [0, 1], got {st.tau}")
+    if st.outside_min is not None and not 0 <= st.outside_min <= 1:
+        raise UsageError(f"selftrain.outside_min must be in [0, 1], got {st.outside_min}")
     if st.rounds < 0 or st.patience < 1 or (st.epochs is not None and st.epochs < 1):
         raise UsageError("selftrain.rounds must be >= 0, selftrain.patience >= 1 and selftrain.epochs >= 1")
     if st.soft_targets and cfg.model.head != "crf":
@@ -94,7 +96,8 @@ def label_pool(
 
     Returns:
         Predicted posts (entities with ``uncertainty``), per post one label distribution per word when
-        ``selftrain.soft_targets`` (words cut off by ``data.max_length`` get ``O``), and the label inventory.
+        ``selftrain.soft_targets`` or ``selftrain.outside_min`` needs them (words cut off by ``data.max_length``
+        get ``O``; CRF marginals, or softmax probabilities for a softmax head), and the label inventory.
     """
     from refineg.modules.uncertainty import UncertaintyEstimator
     from refineg.modules.uncertainty.estimator import assemble_predictions
@@ -113,11 +116,12 @@ def label_pool(
     scores: list[Any] = [None] * len(posts)
     rows: list[Any] = [None] * len(posts)
     head = est.heads[st.head]
+    need_rows = st.soft_targets or st.outside_min is not None
     with torch.inference_mode():
         for idx, kept, ctx in est.contexts(posts, progress=bool(cfg.trainer.enable_progress_bar), desc="pool"):
             for i, post_scores in zip(idx, head.score(ctx)):
                 scores[i] = post_scores
-            probs = ctx.token_probs.float().cpu() if st.soft_targets else None
+            probs = ctx.token_probs.float().cpu() if need_rows else None
             for b, (i, post_spans) in enumerate(zip(idx, kept)):
                 spans[i] = post_spans
                 if probs is not None:
@@ -127,7 +131,7 @@ def label_pool(
                     rows[i] = probs[b, :words].tolist() + [list(outside) for _ in range(n - words)]
     preds = assemble_predictions(posts, spans, {st.head: scores})
     est.module.to("cpu")
-    return preds, (rows if st.soft_targets else None), labels
+    return preds, (rows if need_rows else None), labels
 
 
 def delegate(
@@ -244,7 +248,16 @@ def run_selftrain(cfg: DictConfig) -> dict[str, Any]:
                 if report["simulated"]:
                     record["refinement_note"] = f"SIMULATION: {report['backend']} answered, not an MLLM"
             kept, counts = select_pseudo_labels(
-                preds, st.tau, st.selection, st.uncertain, st.empty_posts, marginals, labels or bio_labels(types), r
+                preds,
+                st.tau,
+                st.selection,
+                st.uncertain,
+                st.empty_posts,
+                marginals,
+                labels or bio_labels(types),
+                r,
+                soft=st.soft_targets,
+                outside_min=st.outside_min,
             )
             record["pseudo"] = counts
             if pool.hidden is not None:

@@ -7,6 +7,8 @@ A pool post predicted by the teacher carries entities with an ``uncertainty`` (f
 - ``selection="entity"``: confident entities are kept; a post with uncertain entities is handled by ``uncertain``:
   ``mask`` keeps the post and leaves the uncertain entities' words unlabelled (no loss there: the CRF sums over
   every labelling of them), ``drop_entity`` keeps the post with those words labelled ``O``, ``drop_post`` drops it.
+- ``outside_min``: the other words count as ``O`` only where the teacher's ``P(O) >= outside_min``; the rest are
+  unlabelled too, so that entities the teacher missed (or half-saw) do not train as ``O``.
 
 Kept posts are canonical posts whose ``meta["pseudo"]`` the training data module reads
 (:func:`refineg.datamodules.gmner.apply_pseudo_labels`): ``unlabeled`` spans and, with soft targets, the teacher's
@@ -39,6 +41,8 @@ def select_pseudo_labels(
     marginals: Sequence[list[list[float]] | None] | None = None,
     labels: Sequence[str] | None = None,
     round_index: int = 0,
+    soft: bool | None = None,
+    outside_min: float | None = None,
 ) -> tuple[list[Example], dict[str, int]]:
     """Pseudo-labelled training posts from the teacher's scored predictions.
 
@@ -50,17 +54,22 @@ def select_pseudo_labels(
         uncertain: Policy for posts with uncertain entities under entity selection: ``mask``, ``drop_entity``,
             ``drop_post``.
         empty_posts: Keep posts in which the teacher found no entity (every word ``O``).
-        marginals: Per post, one label distribution per word (soft targets), or ``None`` for hard labels.
+        marginals: Per post, the teacher's label distribution per word (needed by ``soft`` and ``outside_min``).
         labels: The label inventory of ``marginals`` (``labels[0]`` is ``O``).
         round_index: Recorded in ``meta["pseudo"]["round"]``.
+        soft: Write ``marginals`` as soft targets (default: whenever ``marginals`` is given).
+        outside_min: Least teacher ``P(O)`` of a word outside the entities for it to count as ``O`` (module
+            docstring); ``None``: every such word is ``O``.
 
     Returns:
         The kept posts (entities = the confident ones) and counts: ``pool_posts``, ``posts``, ``entities``
         (kept), ``predicted_entities``, ``uncertain_entities``, ``masked_entities``, ``dropped_entities``,
-        ``dropped_posts``, ``empty_posts`` (kept without entities), ``dropped_empty_posts``.
+        ``dropped_posts``, ``empty_posts`` (kept without entities), ``dropped_empty_posts``, ``unsure_outside_words``
+        (left unlabelled by ``outside_min``).
 
     Raises:
-        ValueError: Unknown ``selection``/``uncertain``, or ``marginals`` without ``labels``.
+        ValueError: Unknown ``selection``/``uncertain``, ``marginals`` without ``labels``, or ``soft``/``outside_min``
+            without ``marginals``.
     """
     if selection not in SELECTIONS:
         raise ValueError(f"selftrain.selection must be one of {SELECTIONS}, got {selection!r}")
@@ -68,6 +77,9 @@ def select_pseudo_labels(
         raise ValueError(f"selftrain.uncertain must be one of {UNCERTAIN_POLICIES}, got {uncertain!r}")
     if marginals is not None and labels is None:
         raise ValueError("soft targets need the label inventory")
+    soft = marginals is not None if soft is None else soft
+    if (soft or outside_min is not None) and marginals is None:
+        raise ValueError("soft targets and outside_min need the teacher's marginals")
     counts: Counter[str] = Counter(pool_posts=len(preds))
     out = []
     for i, pred in enumerate(preds):
@@ -83,12 +95,20 @@ def select_pseudo_labels(
             counts["dropped_posts"] += 1
             continue
         info: dict[str, Any] = {"round": round_index}
+        unlabeled = []
         if doubtful and uncertain == "mask":
-            info["unlabeled"] = [[e.start, e.end] for e in doubtful]
+            unlabeled = [[e.start, e.end] for e in doubtful]
             counts["masked_entities"] += len(doubtful)
         elif doubtful:
             counts["dropped_entities"] += len(doubtful)
-        if marginals is not None:
+        if outside_min is not None:
+            covered = {w for e in pred.entities for w in range(e.start, e.end)}
+            unsure = [w for w, r in enumerate(marginals[i]) if w not in covered and r[0] < outside_min]
+            counts["unsure_outside_words"] += len(unsure)
+            unlabeled += [[w, w + 1] for w in unsure]
+        if unlabeled:
+            info["unlabeled"] = sorted(unlabeled)
+        if soft:
             rows = [list(r) for r in marginals[i]]
             if doubtful and uncertain == "drop_entity":
                 outside = [1.0] + [0.0] * (len(labels) - 1)

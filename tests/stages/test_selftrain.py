@@ -309,6 +309,54 @@ def test_pseudo_posts_reach_the_batch_as_partial_and_soft_targets(tiny_encoder, 
         apply_pseudo_labels([EncodedPost(0, [101, 1, 102], [1], [(1, 2)], [0], [0])], [bad], LABELS, "pseudo.jsonl")
 
 
+def test_gold_synthetic_and_pseudo_posts_share_the_non_gold_pool(tiny_encoder, tmp_path):
+    rome = ["Anna", "went", "to", "Rome"]
+    synthetic = [Example(f"s{i}", rome, None, [Entity(0, 1, "PER")], "synthetic") for i in range(3)]
+    write_jsonl(synthetic, tmp_path / "syn.jsonl")
+    kept, _ = select_pseudo_labels([scored_post(), confident_post()], 0.2)
+    write_jsonl(kept, tmp_path / "pseudo.jsonl")
+    cfg = load_config(
+        [
+            "data.gold_limit=20",
+            "data.mixing=concat",
+            f"data.synthetic={tmp_path / 'syn.jsonl'}",
+            "data.synthetic_weight=0.5",
+            f"data.pseudo={tmp_path / 'pseudo.jsonl'}",
+            "data.pseudo_weight=0.25",
+            "data.types=[PER,LOC,ORG,OTHER]",
+        ]
+    )
+    dm = GMNERDataModule(cfg.data, tiny_encoder, seed=0)
+    dm.setup("fit")
+    pool = dm.encoded["synthetic"]
+    assert [p.weight for p in pool] == [0.5, 0.5, 0.5, 0.25, 0.25]
+    assert [p.index for p in pool] == [20, 21, 22, 23, 24]
+    assert pool[3].labels[2] == -100 and pool[3].labels[0] == dm.label_ids["B-PER"]  # Merkel masked, Obama kept
+    posts, n_gold = dm.train_posts(0)
+    assert n_gold == 20 and len(posts) == 25
+    batch = dm._collator(train=True)(posts[18:25])
+    assert batch["targets"].shape[2] == 9 and batch["targets"][5, 2].sum() == 0
+
+
+def test_uncertain_pseudo_labels_delegated_to_the_oracle_simulation_become_confident(tmp_path):
+    from omegaconf import OmegaConf
+
+    from refineg.stages.selftrain.run import delegate
+
+    gold = Example("p1", scored_post().tokens, None, [Entity(0, 1, "PER"), Entity(2, 3, "PER"), Entity(4, 5, "LOC")])
+    write_jsonl([gold], tmp_path / "pool_gold.jsonl")
+    cfg = load_config(["selftrain.refine_backend=oracle", "selftrain.tau=0.2"])
+    refined, report = delegate([scored_post()], cfg, tmp_path / "round1", ["PER", "LOC"], tmp_path / "pool_gold.jsonl")
+    assert report["simulated"] and report["backend"] == "oracle (simulation)" and report["delegated"] == 2
+    # Merkel (0.5) confirmed; Paris (0.21) is no gold entity: dropped by the span check
+    assert spans(refined[0]) == [(0, 1, "PER"), (2, 3, "PER"), (4, 5, "LOC")]
+    assert refined[0].meta["verified"] == [1]
+    kept, counts = select_pseudo_labels(refined, tau=0.2)
+    assert spans(kept[0]) == [(0, 1, "PER"), (2, 3, "PER"), (4, 5, "LOC")] and "unlabeled" not in kept[0].meta["pseudo"]
+    assert counts["uncertain_entities"] == 0
+    assert OmegaConf.select(cfg, "selftrain.refine_overrides") == []
+
+
 # ------------------------------------------------------------------------------------------------ the rounds
 
 

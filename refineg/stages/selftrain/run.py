@@ -66,6 +66,8 @@ def check_config(cfg: DictConfig) -> None:
         raise UsageError("selftrain.rounds must be >= 0, selftrain.patience >= 1 and selftrain.epochs >= 1")
     if st.soft_targets and cfg.model.head != "crf":
         raise UsageError("selftrain.soft_targets=true uses CRF marginals: it needs model.head=crf")
+    if cfg.trainer.strategy == "ddp":
+        raise UsageError("self-training runs on one device (DDP relaunches the whole command): trainer.strategy=auto")
     if cfg.cuda_graph:
         raise UsageError("self-training batches carry soft/partial targets that cuda_graph=true does not record")
     if cfg.data.pseudo:

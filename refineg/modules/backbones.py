@@ -8,6 +8,8 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel
 
+from refineg.modules import packed_attention as packed_attention_module
+from refineg.modules.packed_attention import PACKED_ATTENTION
 from refineg.registry import Registry
 
 BACKBONES = Registry("backbone")
@@ -45,6 +47,9 @@ class HFTextEncoder(nn.Module):
         pretrained: Load weights (``False``: random init from the config, for throughput benchmarks).
         gradient_checkpointing: Trade compute for memory.
         attn_implementation: ``"sdpa"`` (default) or ``"eager"``.
+        packed_attention: How packed rows (``data.pack_length``) attend within their posts: ``"mask"`` (SDPA with a
+            dense block-diagonal mask; faster for short posts on an H200, see docs/benchmarks.md) or ``"varlen"``
+            (variable-length FlashAttention on the GPU, no mask: :mod:`refineg.modules.packed_attention`).
     """
 
     def __init__(
@@ -53,9 +58,16 @@ class HFTextEncoder(nn.Module):
         pretrained: bool = True,
         gradient_checkpointing: bool = False,
         attn_implementation: str = "sdpa",
+        packed_attention: str = "mask",
     ) -> None:
         super().__init__()
         path = resolve_encoder(encoder)
+        if packed_attention not in ("mask", "varlen"):
+            raise ValueError(f"packed_attention must be 'mask' or 'varlen', not {packed_attention!r}")
+        if packed_attention == "varlen":
+            if attn_implementation != "sdpa":
+                raise ValueError(f"packed_attention=varlen runs with sdpa attention, not {attn_implementation!r}")
+            attn_implementation = packed_attention_module.register()  # SDPA for ordinary batches
         if pretrained:
             # fp32 master weights even when the checkpoint is stored in bf16/fp16 (mixed precision casts per op)
             self.model = AutoModel.from_pretrained(path, attn_implementation=attn_implementation, dtype=torch.float32)
@@ -75,7 +87,11 @@ class HFTextEncoder(nn.Module):
         """Whether packed rows give the same states as one post per row (checked model families only)."""
         config = self.model.config
         windowed = getattr(config, "sliding_window", None) or getattr(config, "local_attention", None)
-        return config.model_type in PACKABLE and not windowed and config._attn_implementation in ("sdpa", "eager")
+        return (
+            config.model_type in PACKABLE
+            and not windowed
+            and config._attn_implementation in ("sdpa", "eager", PACKED_ATTENTION)
+        )
 
     def forward(
         self,
@@ -83,12 +99,15 @@ class HFTextEncoder(nn.Module):
         attention_mask: Tensor,
         position_ids: Tensor | None = None,
         segment_ids: Tensor | None = None,
+        cu_seqlens: Tensor | None = None,
         **_: object,
     ) -> Tensor:
         """``(B, S)`` ids and mask -> ``(B, S, H)`` last hidden states.
 
         Packed rows (see :class:`refineg.datamodules.encoding.PostCollator`) also pass ``(B, S)`` ``position_ids``
-        (counted from 0 within each post) and ``segment_ids``: each subword attends only to its own segment.
+        (counted from 0 within each post) and ``segment_ids``: each subword attends only to its own segment. With
+        ``packed_attention="varlen"``, the collator's ``cu_seqlens`` let a GPU run variable-length FlashAttention
+        instead of a dense mask (:mod:`refineg.modules.packed_attention`).
 
         Raises:
             ValueError: Packed rows for an encoder outside :data:`PACKABLE` (see :attr:`supports_packing`).
@@ -102,13 +121,20 @@ class HFTextEncoder(nn.Module):
                 f"{self.model.config.model_type!r} with {self.model.config._attn_implementation!r} "
                 "attention: set data.pack_length=0"
             )
+        positions = position_ids + self.position_offset
+        if self.model.config._attn_implementation == PACKED_ATTENTION:
+            # a 4D "mask" passes through transformers untouched: the attention reads the segments from it
+            return self.model(
+                input_ids=input_ids,
+                attention_mask=segment_ids[:, None, None, :],
+                position_ids=positions,
+                packed_cu_seqlens=cu_seqlens,
+            ).last_hidden_state
         same = (segment_ids[:, :, None] == segment_ids[:, None, :]).unsqueeze(1)  # (B, 1, S, S); pads see pads
         if self.model.config._attn_implementation == "eager":  # eager attention adds the mask to its scores
             dtype = self.model.dtype
             same = torch.zeros(same.shape, dtype=dtype, device=same.device).masked_fill(~same, torch.finfo(dtype).min)
-        return self.model(
-            input_ids=input_ids, attention_mask=same, position_ids=position_ids + self.position_offset
-        ).last_hidden_state
+        return self.model(input_ids=input_ids, attention_mask=same, position_ids=positions).last_hidden_state
 
 
 @BACKBONES.register("hf")

@@ -145,6 +145,7 @@ def summarise(args: argparse.Namespace, jobs: dict[str, dict]) -> dict:
                 "pseudo_entities": [r.get("pseudo", {}).get("entities") for r in recs],
                 "pseudo_precision_kept": [None if p is None else round(100 * p, 2) for p in prec],
                 "seconds": [r["seconds"] for r in recs],
+                "train_posts_per_s": [(r.get("train_throughput") or {}).get("posts_per_s") for r in recs],
             }
         best = [s["rounds"][s["best_round"]]["dev_mner_f1"] for s in states.values() if s and "best_round" in s]
         best_gain = [

@@ -819,9 +819,9 @@ def _selftrain_args(p: argparse.ArgumentParser) -> None:
         nargs="*",
         metavar="key=value",
         help="training overrides as for train.py (data=NAME data.root=... data.gold_limit=500 run_name=NAME) plus "
-        "data.unlabeled=FILE or data.unlabeled_from_train=true, selftrain.* (rounds, head, tau, selection, "
-        "uncertain, soft_targets, init, patience, refine_backend; refineg/config.py) and refine.KEY=VALUE for "
-        "the delegation backend (refine.llm.model=M, refine.gold=FILE)",
+        "data.unlabeled=FILE or data.unlabeled_from_train=true, selftrain.* (rounds, epochs, head, tau, "
+        "selection, uncertain, outside_min, soft_targets, init, patience, refine_backend; refineg/config.py) "
+        "and refine.KEY=VALUE for the delegation backend (refine.llm.model=M, refine.gold=FILE)",
     )
 
 

@@ -133,14 +133,11 @@ def run_ours(args) -> dict:
             f"data.pack_length={args.pack}",
             f"data.num_workers={args.workers}",
         ]
+        + (["model.backbone_kwargs.packed_attention=varlen"] if args.varlen else [])
     )
     module = TaggerModule(
         OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), list(cfg.data.types), pretrained=False
     )
-    if args.varlen:  # packed rows through variable-length FlashAttention instead of a dense block-diagonal mask
-        from refineg.modules import packed_attention
-
-        module.tagger.backbone.model.set_attn_implementation(packed_attention.register())
     torch.backends.cuda.enable_cudnn_sdp(not args.no_cudnn)
     if args.compile != "none":
         from refineg.modules.compile import compile_tagger

@@ -18,14 +18,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from refineg.callbacks import TrainThroughput
-from refineg.cli import format_scores
 from refineg.data import write_jsonl
 from refineg.datamodules.gmner import GMNERDataModule, has_test_split
-from refineg.metrics import evaluate_examples
+from refineg.inference.predictor import TaggerPredictor
+from refineg.metrics import evaluate_examples, format_scores
 from refineg.modules.backbones import PACKABLE
 from refineg.modules.compile import compile_tagger
 from refineg.modules.tagger_module import TaggerModule
-from refineg.predictor import TaggerPredictor
 
 logger = logging.getLogger(__name__)
 RUN_ENV = "REFINEG_RUN_NAME"

@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from refineg.data.bio import entities_to_tags
 from refineg.data.files import inside_folder
+from refineg.data.images import load_image
 from refineg.data.schema import Example
 
 logger = logging.getLogger(__name__)
@@ -280,8 +281,7 @@ class PostCollator:
             img = None
             if p.image and Path(p.image).is_file():
                 try:
-                    with Image.open(p.image) as raw:
-                        img = self.image_transform(raw.convert("RGB"))
+                    img = self.image_transform(load_image(p.image))
                 except OSError as err:
                     logger.warning("%s: unreadable image (%s); post tagged text-only", p.image, err)
             if img is None:

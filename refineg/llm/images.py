@@ -16,17 +16,7 @@ from pathlib import Path
 
 from PIL import Image
 
-
-def load_image(source: Image.Image | str | Path) -> Image.Image:
-    """Returns ``source`` as a PIL image (files are opened and fully read).
-
-    EXIF orientation is deliberately *not* applied: GMNER boxes are annotated in the stored pixel grid.
-    """
-    if isinstance(source, Image.Image):
-        return source
-    with Image.open(source) as img:
-        img.load()
-        return img.copy()
+from refineg.data.images import image_size, load_image
 
 
 def fit_longest_side(width: int, height: int, max_side: int | None) -> tuple[int, int]:
@@ -63,11 +53,8 @@ class ImageScale:
         """The scale a backend with ``max_side`` applies to ``source`` (an image, a path, or a ``(w, h)`` size)."""
         if isinstance(source, tuple):
             width, height = source
-        elif isinstance(source, Image.Image):
-            width, height = source.size
         else:
-            with Image.open(source) as img:  # reads the header only
-                width, height = img.size
+            width, height = image_size(source)
         return cls((width, height), fit_longest_side(width, height, max_side))
 
     @property
@@ -143,7 +130,7 @@ class PreparedImage:
 
 def prepare_image(source: Image.Image | str | Path, max_side: int | None) -> PreparedImage:
     """Loads ``source``, converts it to RGB and shrinks it to ``max_side``."""
-    img = load_image(source)
+    img = load_image(source, rgb=False)
     original = img.size
     if img.mode != "RGB":
         img = img.convert("RGB")
@@ -153,7 +140,7 @@ def prepare_image(source: Image.Image | str | Path, max_side: int | None) -> Pre
 
 def image_content_hash(source: Image.Image | str | Path) -> str:
     """SHA-256 of an image's decoded pixels (mode, size and bytes), so a path and the same image in memory agree."""
-    img = load_image(source)
+    img = load_image(source, rgb=False)
     h = hashlib.sha256()
     h.update(f"{img.mode}:{img.size[0]}x{img.size[1]}:".encode())
     h.update(img.tobytes())

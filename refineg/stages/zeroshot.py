@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from typing import Any, Optional
 from refineg.config import CONFIG_DIR, build_typed_config
 from refineg.data import Entity, Example, read_jsonl, write_jsonl
 from refineg.data.files import inside_folder
-from refineg.data.tokenize import locate_spans
+from refineg.data.spans import map_spans
 from refineg.llm import ImageScale, LLMConfig, build_llm_backend, system, user
 from refineg.llm.prompt_files import read_prompt_folder
 
@@ -109,44 +108,6 @@ class ZeroShotPrompts:
         )
         values = {"types": ", ".join(types), "sentence": " ".join(tokens), "image_note": note}
         return self.system.safe_substitute(values), self.user.safe_substitute(values)
-
-
-def _norm(text: str) -> str:
-    return re.sub(r"\s+", "", text).lower()
-
-
-def map_spans(tokens: Sequence[str], names: Sequence[str], max_words: int = 16) -> list[tuple[int, int] | None]:
-    """Token spans of answered entity strings: the project's exact locator, then a case- and space-blind pass.
-
-    Both passes take the first free occurrence, longest name first, so spans never overlap.
-
-    Returns:
-        One ``(start, end_exclusive)`` or ``None`` per name, in input order.
-    """
-    spans = list(locate_spans(tokens, names))
-    taken = [False] * len(tokens)
-    for span in spans:
-        if span is not None:
-            taken[span[0] : span[1]] = [True] * (span[1] - span[0])
-    for i in sorted((i for i, s in enumerate(spans) if s is None), key=lambda i: -len(names[i])):
-        target = _norm(names[i])
-        if not target:
-            continue
-        for start in range(len(tokens)):
-            hit = None
-            for end in range(start + 1, min(len(tokens), start + max_words) + 1):
-                if any(taken[start:end]):
-                    break
-                joined = _norm("".join(tokens[start:end]))
-                if joined == target:
-                    hit = (start, end)
-                if not target.startswith(joined):
-                    break
-            if hit is not None:
-                spans[i] = hit
-                taken[hit[0] : hit[1]] = [True] * (hit[1] - hit[0])
-                break
-    return spans
 
 
 def _as_items(parsed: Any) -> list[Any] | None:

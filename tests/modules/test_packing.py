@@ -136,9 +136,11 @@ def _train(encoder, runs, name, **extra):
     return ckpt["state_dict"], ckpt["global_step"], score
 
 
-def test_packed_training_and_validation_match_unpacked(tiny_encoder, tmp_path):
+@pytest.mark.parametrize("attention", ["mask", "varlen"])
+def test_packed_training_and_validation_match_unpacked(tiny_encoder, tmp_path, attention):
     plain, steps, plain_f1 = _train(tiny_encoder, tmp_path, "plain")
-    packed, packed_steps, packed_f1 = _train(tiny_encoder, tmp_path, "packed", **{"data.pack_length": 128})
+    extra = {"data.pack_length": 128, "model.backbone_kwargs.packed_attention": attention}
+    packed, packed_steps, packed_f1 = _train(tiny_encoder, tmp_path, "packed", **extra)
     assert steps == packed_steps == 24
     for key in plain:
         torch.testing.assert_close(packed[key], plain[key], rtol=1e-4, atol=1e-5, msg=key)

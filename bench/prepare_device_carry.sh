@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModel
 
-from refineg.modules.backbones import resolve_encoder
+from refineg.weights import resolve_encoder
 
 src, dst = Path(resolve_encoder("minilm")), Path(".devcarry/minilm")
 AutoModel.from_pretrained(src, dtype=torch.float32).half().save_pretrained(dst)

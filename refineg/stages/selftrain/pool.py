@@ -56,27 +56,27 @@ def read_unlabeled(data: DictConfig) -> list[Example]:
 
     Raises:
         FileNotFoundError: The file does not exist.
-        UsageError: Unknown format.
+        UsageError: A name whose format cannot be told.
+        KeyError: An unknown ``data.unlabeled_format`` (the message lists the registered formats).
         DataFormatError: Unreadable content (named by file and line).
     """
     path = resolve_data_root(data) / str(data.unlabeled)
     if not path.exists():
         raise FileNotFoundError(f"data.unlabeled={data.unlabeled}: {path} not found")
     fmt = unlabeled_format(data, path)
+    data_format = create_data_format(fmt)  # an unknown name raises and lists the registered formats
     report = ReadReport()
+    # every reader with the type check off: the labels are dropped anyway
     if fmt == "jsonl":
         posts = read_jsonl(path, report=report, allow_overlaps=True)
-    elif fmt == "twitter-gmner":
-        posts = create_data_format(fmt).reader(path, None, types=None, report=report)
+    elif fmt in ("twitter-gmner", "ccks"):
+        posts = data_format.reader(path, None, types=None, report=report)
     elif fmt == "conll":
-        posts = create_data_format(fmt).reader(path, types=None)
-    elif fmt == "ccks":
-        posts = create_data_format(fmt).reader(path, None, types=None, report=report)
+        posts = data_format.reader(path, types=None)
     elif fmt == "flickr30k-entities":
-        posts = create_data_format(fmt).reader(path, report=report)
+        posts = data_format.reader(path, report=report)
     else:
-        known = "jsonl, twitter-gmner, conll, ccks or flickr30k-entities"
-        raise UsageError(f"data.unlabeled_format={fmt!r}: choose {known}")
+        posts = data_format.reader(path)
     return posts
 
 

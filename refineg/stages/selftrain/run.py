@@ -101,8 +101,8 @@ def label_pool(
         ``selftrain.soft_targets`` or ``selftrain.outside_min`` needs them (words cut off by ``data.max_length``
         get ``O``; CRF marginals, or softmax probabilities for a softmax head), and the label inventory.
     """
-    from refineg.modules.uncertainty import UncertaintyEstimator
-    from refineg.modules.uncertainty.estimator import assemble_predictions
+    from refineg.inference.uncertainty import UncertaintyEstimator
+    from refineg.inference.uncertainty.estimator import assemble_predictions
 
     st = cfg.selftrain
     est = UncertaintyEstimator.from_checkpoint(

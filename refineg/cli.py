@@ -851,8 +851,8 @@ def _selftrain_args(p: argparse.ArgumentParser) -> None:
         metavar="key=value",
         help="training overrides as for train.py (data=NAME data.root=... data.gold_limit=500 run_name=NAME) plus "
         "data.unlabeled=FILE or data.unlabeled_from_train=true, selftrain.* (rounds, epochs, head, tau, "
-        "selection, uncertain, outside_min, soft_targets, init, patience, refine_backend; refineg/config.py) "
-        "and refine.KEY=VALUE for the delegation backend (refine.llm.model=M, refine.gold=FILE)",
+        "selection, uncertain, outside_min, soft_targets, init, patience, refine_backend) and refine.* for the "
+        "delegation (refine.llm.model=M, refine.gold=FILE; refineg/stages/selftrain/config.py)",
     )
 
 
@@ -864,16 +864,12 @@ def _selftrain_args(p: argparse.ArgumentParser) -> None:
 )
 def selftrain_cmd(args: argparse.Namespace) -> int:
     """Runs (or continues, same ``run_name``) the self-training rounds and prints one line per round."""
-    from refineg.config import load_config
-    from refineg.stages.selftrain import run_selftrain
+    from refineg.stages.selftrain import load_selftrain_config, run_selftrain
 
-    refine = [o.split(".", 1)[1] for o in args.overrides if o.lstrip("-").startswith("refine.")]
-    rest = [o for o in args.overrides if not o.lstrip("-").startswith("refine.")]
     try:
-        cfg = load_config(rest)
+        cfg = load_selftrain_config(args.overrides)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    cfg.selftrain.refine_overrides = list(cfg.selftrain.refine_overrides) + refine
     state = run_selftrain(cfg)
     print(f"{'round':<7}{'dev MNER F1':>12}{'pseudo posts':>14}{'entities':>10}{'precision':>11}{'seconds':>9}")
     for r in state["rounds"]:

@@ -303,31 +303,6 @@ class LoggerConfig:
 
 
 @dataclass
-class SelfTrainConfig:
-    """Self-training rounds of ``refineg selftrain`` (see :mod:`refineg.stages.selftrain`)."""
-
-    rounds: int = 3  # most pseudo-labelling rounds after the round-0 model (trained on gold + synthetic only)
-    head: str = "crf_marginal"  # uncertainty head (registry name) that scores each pseudo-labelled entity
-    head_kwargs: dict[str, Any] = field(default_factory=dict)
-    tau: float = 0.2  # an entity with uncertainty <= tau is confident
-    selection: str = "entity"  # entity: keep confident entities | post: keep posts whose entities are all confident
-    uncertain: str = "mask"  # entity selection, posts with uncertain entities: mask | drop_entity | drop_post
-    empty_posts: bool = True  # keep pool posts where the teacher finds no entity (all words O)
-    soft_targets: bool = False  # train on the teacher's per-word CRF marginals instead of its decoded labels
-    # a word outside the kept entities counts as O only when the teacher's P(O) >= outside_min, else it is left
-    # unlabelled (the teacher's missed entities then do not train as O); None: every such word is O
-    outside_min: float | None = None
-    epochs: int | None = None  # trainer.max_epochs of the pseudo-labelling rounds (None: the same as round 0)
-    init: str = "scratch"  # scratch: every round starts from the pretrained encoder | teacher: from the teacher
-    teacher: str = "best"  # best: the best round so far labels the pool | last: the previous round
-    patience: int = 1  # stop after this many rounds without a dev MNER F1 gain of more than min_delta
-    min_delta: float = 0.0
-    refine_backend: str = "none"  # none | mllm | oracle | noisy-oracle: delegate uncertain pseudo-labels
-    # RefineConfig key=value items for the delegation (the CLI takes them as refine.KEY=VALUE)
-    refine_overrides: list[str] = field(default_factory=list)
-
-
-@dataclass
 class TrainConfig:
     """Everything ``refineg train`` (``train.py``) needs.
 
@@ -357,7 +332,6 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     ddp: DDPConfig = field(default_factory=DDPConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    selftrain: SelfTrainConfig = field(default_factory=SelfTrainConfig)
 
 
 def load_typed(

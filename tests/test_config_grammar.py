@@ -21,6 +21,7 @@ from refineg.stages.grounding.config import load_ground_config
 from refineg.stages.grounding.region_fit import load_fit_config
 from refineg.stages.pipeline import load_pipeline_config
 from refineg.stages.refinement import load_refine_config
+from refineg.stages.selftrain import load_selftrain_config
 from refineg.stages.synthesis import load_synthesis_config
 from refineg.stages.zeroshot import load_zeroshot_config
 
@@ -213,6 +214,7 @@ LOADERS = {
     "zeroshot": (load_zeroshot_config, "max_posts=2", "types", "images_dir"),
     "fit-region-scorer": (load_fit_config, "head.epochs=2", "templates", "train"),
     "pipeline": (lambda o: load_pipeline_config(SAMPLE, o), "refine.tau=0.25", "train.logger.tags", "images"),
+    "selftrain": (load_selftrain_config, "selftrain.rounds=2", "refine.types", "selftrain.epochs"),
 }
 
 
@@ -290,3 +292,17 @@ def test_a_bad_training_key_is_one_line_and_status_2(entry, tmp_path):
         env=env,
     )
     assert proc.returncode == 2 and "unrecognized arguments: --bogus=1" in proc.stderr  # only train takes --key=v
+
+
+def test_selftrain_nests_the_delegations_refine_config():
+    cfg = load_selftrain_config(["selftrain.refine_backend=oracle", "refine.llm.model=M", "refine.checks=[span]"])
+    assert cfg.refine.llm.model == "M" and cfg.refine.checks == ["span"] and cfg.selftrain.refine_backend == "oracle"
+    assert cfg.data.batch_size == load_config([]).data.batch_size  # the training keys come from the same files
+    with pytest.raises(ValueError, match=r"\(key refine.tua\)"):
+        load_selftrain_config(["refine.tua=0.3"])
+    with pytest.raises(ValueError, match="refine: tau must be in"):
+        load_selftrain_config(["refine.tau=3"])  # the nested RefineConfig validates itself
+    with pytest.raises(ValueError, match="selftrain.soft_targets=true uses CRF marginals"):
+        load_selftrain_config(["selftrain.soft_targets=true", "model.head=softmax"])
+    with pytest.raises(ValueError, match=r"Key 'selftrain' not in 'TrainConfig'"):
+        load_config(["selftrain.rounds=2"])  # refineg train has no self-training keys

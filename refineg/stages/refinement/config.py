@@ -96,12 +96,14 @@ class RefineConfig:
         return self
 
 
-def load_refine_config(overrides: list[str] | None = None, base: dict[str, Any] | None = None) -> RefineConfig:
-    """Builds a :class:`RefineConfig` from ``base`` values and ``key=value`` overrides (``llm.model=...``).
+def load_refine_config(
+    overrides: list[str] | None = None, *layers: Any, base: dict[str, Any] | None = None
+) -> RefineConfig:
+    """Builds a :class:`RefineConfig` from ``base``, ``layers`` (dicts, YAML files) and ``key=value`` overrides.
 
     The grammar of :mod:`refineg.config` (``None`` means null, ``checks+=type`` appends, a misspelt key is an error).
 
     Raises:
         ValueError: Unknown key, wrong type, malformed override or value out of range.
     """
-    return load_typed(RefineConfig, overrides, base, what="refine")
+    return load_typed(RefineConfig, overrides, base, *layers, what="refine")

@@ -4,11 +4,15 @@ The small tagger pseudo-labels them, its uncertainty keeps the confident labels 
 masked or delegated to an MLLM), and it retrains on gold + pseudo-labels.
 """
 
+from .config import SelfTrainConfig, SelfTrainSettings, load_selftrain_config
 from .pool import UnlabeledPool, build_pool, read_unlabeled
 from .run import label_pool, pick_teacher, run_selftrain, stop_reason
 from .select import SELECTIONS, UNCERTAIN_POLICIES, pseudo_label_quality, select_pseudo_labels
 
 __all__ = [
+    "SelfTrainConfig",
+    "SelfTrainSettings",
+    "load_selftrain_config",
     "SELECTIONS",
     "UNCERTAIN_POLICIES",
     "UnlabeledPool",

@@ -29,51 +29,33 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from refineg.config import as_dictconfig
 from refineg.data import Example, bio_labels, write_jsonl
 from refineg.errors import UsageError
 
+from .config import SelfTrainConfig
 from .pool import UnlabeledPool, build_pool
-from .select import SELECTIONS, UNCERTAIN_POLICIES, pseudo_label_quality, select_pseudo_labels
+from .select import pseudo_label_quality, select_pseudo_labels
 
 logger = logging.getLogger(__name__)
 
 STATE = "selftrain.json"
 #: Config sections that must not change when a run is continued.
-FIXED = ("seed", "data", "model", "optim", "selftrain")
+FIXED = ("seed", "data", "model", "optim", "selftrain", "refine")
 UNVERIFIED = ("failed", "budget_exhausted", "invalid")
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Checks the ``selftrain`` section.
+def check_config(cfg: Any) -> SelfTrainConfig:
+    """The :class:`SelfTrainConfig` of ``cfg`` (an object or a ``DictConfig`` view), checked by its ``validate()``.
 
     Raises:
-        UsageError: A value out of range or an unknown choice.
+        UsageError: A value out of range, an unknown choice or a training setting the rounds cannot use.
     """
-    st = cfg.selftrain
-    if st.selection not in SELECTIONS:
-        raise UsageError(f"selftrain.selection must be one of {SELECTIONS}, got {st.selection!r}")
-    if st.uncertain not in UNCERTAIN_POLICIES:
-        raise UsageError(f"selftrain.uncertain must be one of {UNCERTAIN_POLICIES}, got {st.uncertain!r}")
-    if st.init not in ("scratch", "teacher"):
-        raise UsageError(f"selftrain.init must be scratch or teacher, got {st.init!r}")
-    if st.teacher not in ("best", "last"):
-        raise UsageError(f"selftrain.teacher must be best or last, got {st.teacher!r}")
-    if not 0 <= st.tau <= 1:
-        raise UsageError(f"selftrain.tau must be in [0, 1], got {st.tau}")
-    if st.outside_min is not None and not 0 <= st.outside_min <= 1:
-        raise UsageError(f"selftrain.outside_min must be in [0, 1], got {st.outside_min}")
-    if st.rounds < 0 or st.patience < 1 or (st.epochs is not None and st.epochs < 1):
-        raise UsageError("selftrain.rounds must be >= 0, selftrain.patience >= 1 and selftrain.epochs >= 1")
-    if st.soft_targets and cfg.model.head != "crf":
-        raise UsageError("selftrain.soft_targets=true uses CRF marginals: it needs model.head=crf")
-    if cfg.trainer.strategy == "ddp":
-        raise UsageError("self-training runs on one device (DDP relaunches the whole command): trainer.strategy=auto")
-    if cfg.cuda_graph:
-        raise UsageError("self-training batches carry soft/partial targets that cuda_graph=true does not record")
-    if cfg.data.pseudo:
-        raise UsageError("data.pseudo is set by each self-training round; leave it unset")
-    if cfg.model.groundability:
-        raise UsageError("self-training trains the tagger only: set model.groundability=false")
+    obj = cfg if isinstance(cfg, SelfTrainConfig) else OmegaConf.to_object(OmegaConf.merge(SelfTrainConfig, cfg))
+    try:
+        return obj.validate()
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def _fingerprint(cfg: DictConfig) -> dict[str, Any]:
@@ -148,14 +130,15 @@ def delegate(
     """
     from refineg.stages.refinement import create_refinement_backend, load_refine_config, refine_examples
 
+    cfg = as_dictconfig(cfg)
     st = cfg.selftrain
-    base: dict[str, Any] = {"backend": st.refine_backend, "tau": st.tau, "types": types, "run_dir": str(work_dir)}
-    if pool_gold is not None and pool_gold.is_file():
-        base["gold"] = str(pool_gold)
+    fixed: dict[str, Any] = {"backend": st.refine_backend, "tau": st.tau, "types": types, "run_dir": str(work_dir)}
+    if cfg.refine.gold is None and pool_gold is not None and pool_gold.is_file():
+        fixed["gold"] = str(pool_gold)
     try:
-        rcfg = load_refine_config(list(st.refine_overrides), base=base)
+        rcfg = load_refine_config([], OmegaConf.to_container(cfg.refine, resolve=True), fixed)
     except ValueError as err:
-        raise UsageError(f"selftrain.refine_overrides: {err}") from None
+        raise UsageError(f"refine: {err}") from None
     work_dir.mkdir(parents=True, exist_ok=True)
     backend = create_refinement_backend(rcfg, run_dir=work_dir)
     try:
@@ -201,9 +184,13 @@ def _train_round(rc: DictConfig) -> dict[str, Any]:
     return train(rc)
 
 
-def run_selftrain(cfg: DictConfig) -> dict[str, Any]:
-    """Runs (or continues) the self-training rounds of ``cfg``; returns the state written to ``selftrain.json``."""
-    check_config(cfg)
+def run_selftrain(cfg: SelfTrainConfig | DictConfig) -> dict[str, Any]:
+    """Runs (or continues) the self-training rounds of ``cfg``; returns the state written to ``selftrain.json``.
+
+    Args:
+        cfg: The settings (:func:`~refineg.stages.selftrain.config.load_selftrain_config`).
+    """
+    cfg = as_dictconfig(check_config(cfg))
     st = cfg.selftrain
     name = cfg.run_name or f"selftrain-{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = Path(cfg.runs_dir) / name

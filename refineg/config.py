@@ -164,7 +164,9 @@ def _pop_defaults(node: Any, prefix: str = "") -> list[tuple[str, str]]:
             ov = parse_override(str(raw))
             found.append((_join(prefix, ov.key), ov.value))
     for key in list(node.keys()):
-        if not OmegaConf.is_interpolation(node, key) and isinstance(node._get_node(key), DictConfig):
+        if OmegaConf.is_missing(node, key) or OmegaConf.is_interpolation(node, key):
+            continue
+        if isinstance(node[key], DictConfig):
             found += _pop_defaults(node[key], _join(prefix, str(key)))
     return found
 

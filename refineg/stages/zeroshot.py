@@ -2,9 +2,10 @@
 
 Per post one chat with the image and the post's words asks for a JSON list
 ``[{"entity", "entity_type", "bounding_box"}]``. Entity strings are mapped back to token spans (exact tokens first,
-then ignoring case and spaces; longest first, no overlaps), types to the inventory, boxes from the pixels of the sent
-image to original pixels. Whatever cannot be used is dropped and counted; an unparseable or failed answer gives the
-post no entities. The output is canonical JSONL, scored by ``refineg evaluate`` like every other system.
+then ignoring case and spaces; longest first, no overlaps), types to the inventory, boxes from the model's
+coordinates (``llm.box_format``) to original pixels. Whatever cannot be used is dropped and counted; an unparseable
+or failed answer gives the post no entities. The output is canonical JSONL, scored by ``refineg evaluate`` like
+every other system.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from refineg.data import Entity, Example, read_jsonl, write_jsonl
 from refineg.data.files import inside_folder
 from refineg.data.spans import map_spans
 from refineg.llm import ImageScale, LLMConfig, build_llm_backend, system, user
+from refineg.llm.answers import ZEROSHOT
+from refineg.llm.boxes import BoxConvention
 from refineg.llm.prompt_files import read_prompt_folder
 
 logger = logging.getLogger(__name__)
@@ -44,7 +47,7 @@ class ZeroShotConfig:
         type_map: Case-insensitive renames applied to answered types before the inventory check (a target
             outside ``types`` is dropped like any unknown type).
         prompts_dir: Folder with ``system.txt`` and ``user.txt`` (placeholders ``$types``, ``$sentence``,
-            ``$image_note``).
+            ``$image_note``, ``$box_format``).
         images_dir: Folder of post images (``Example.image`` is relative to it); ``None`` sends text only.
         max_posts: Only the first this many posts (pilots); ``None`` for all.
         run_dir: The run folder (default: the output file's folder): ``llm_usage.json``, the spend ledger that
@@ -99,14 +102,29 @@ class ZeroShotPrompts:
         text = read_prompt_folder(folder, ("system.txt", "user.txt"))
         return cls(Template(text["system.txt"]), Template(text["user.txt"]))
 
-    def render(self, tokens: Sequence[str], types: Sequence[str], sent_size: tuple[int, int] | None) -> tuple[str, str]:
-        """``(system text, user text)`` for one post (``sent_size``: the image as the model sees it, or ``None``)."""
+    def render(
+        self, tokens: Sequence[str], types: Sequence[str], scale: ImageScale | None, convention: BoxConvention
+    ) -> tuple[str, str]:
+        """``(system text, user text)`` for one post.
+
+        Args:
+            tokens: The post's words.
+            types: Type inventory.
+            scale: The image as sent and the model's box coordinates, or ``None`` without an image.
+            convention: The model's box coordinates (``$box_format`` in the rules).
+        """
         note = (
-            f"The post's image is attached ({sent_size[0]} x {sent_size[1]} pixels)."
-            if sent_size
+            f"The post's image is attached ({scale.sent_size[0]} x {scale.sent_size[1]} pixels; box coordinates: "
+            f"{scale.convention.describe_range(scale.sent_size)})."
+            if scale
             else "This post has no image: every bounding_box is []."
         )
-        values = {"types": ", ".join(types), "sentence": " ".join(tokens), "image_note": note}
+        values = {
+            "types": ", ".join(types),
+            "sentence": " ".join(tokens),
+            "image_note": note,
+            "box_format": convention.describe(),
+        }
         return self.system.safe_substitute(values), self.user.safe_substitute(values)
 
 
@@ -218,6 +236,7 @@ def zeroshot_examples(
         and entity counts.
     """
     prompts = ZeroShotPrompts.load(cfg.prompts_dir)
+    convention = BoxConvention.from_config(llm.config)
     convs, scales = [], []
     for post in posts:
         path = (
@@ -226,7 +245,7 @@ def zeroshot_examples(
             else None
         )
         scale = llm.image_scale(path) if path is not None and path.is_file() else None
-        sys_text, user_text = prompts.render(post.tokens, cfg.types, scale.sent_size if scale else None)
+        sys_text, user_text = prompts.render(post.tokens, cfg.types, scale, convention)
         convs.append([system(sys_text), user(path, user_text) if scale else user(user_text)])
         scales.append(scale)
     results = llm.chat_many(
@@ -235,6 +254,7 @@ def zeroshot_examples(
         expect_json=True,
         json_type=(list, dict),
         json_accept=is_zeroshot_answer,
+        answer=ZEROSHOT,
         items=[p.id for p in posts],
         progress=progress,
     )

@@ -84,6 +84,12 @@ class SelfTrainConfig(TrainConfig):
             )
         if self.cuda_graph:
             raise ValueError("self-training batches carry soft/partial targets that cuda_graph=true does not record")
+        if st.refine_backend != "none":  # checked now, not after round 0 has trained
+            from refineg.stages.refinement import list_refinement_backends
+
+            if st.refine_backend not in list_refinement_backends():
+                known = ", ".join(["none", *list_refinement_backends()])
+                raise ValueError(f"selftrain.refine_backend={st.refine_backend!r}: choose one of {known}")
         if self.data.pseudo:
             raise ValueError("data.pseudo is set by each self-training round; leave it unset")
         if self.model.groundability:

@@ -40,8 +40,9 @@ from .select import pseudo_label_quality, select_pseudo_labels
 logger = logging.getLogger(__name__)
 
 STATE = "selftrain.json"
-#: Config sections that must not change when a run is continued.
+#: Config sections that must not change when a run is continued (the stopping rule may: more rounds, patience).
 FIXED = ("seed", "data", "model", "optim", "selftrain", "refine")
+STOPPING = ("rounds", "patience", "min_delta")
 UNVERIFIED = ("failed", "budget_exhausted", "invalid")
 
 
@@ -59,7 +60,9 @@ def check_config(cfg: Any) -> SelfTrainConfig:
 
 
 def _fingerprint(cfg: DictConfig) -> dict[str, Any]:
-    return {k: OmegaConf.to_container(cfg[k], resolve=True) if k != "seed" else cfg.seed for k in FIXED}
+    out = {k: OmegaConf.to_container(cfg[k], resolve=True) if k != "seed" else cfg.seed for k in FIXED}
+    out["selftrain"] = {k: v for k, v in out["selftrain"].items() if k not in STOPPING}
+    return out
 
 
 def _write_state(path: Path, state: dict[str, Any]) -> None:
@@ -181,7 +184,10 @@ def _train_round(rc: DictConfig) -> dict[str, Any]:
     if metrics.is_file():  # trained before an interruption that came before the round was recorded
         return json.loads(metrics.read_text())
     os.environ.pop("REFINEG_RUN_NAME", None)
-    return train(rc)
+    try:
+        return train(rc)
+    finally:  # train() names the run through the environment; later runs of this process pick their own name
+        os.environ.pop("REFINEG_RUN_NAME", None)
 
 
 def run_selftrain(cfg: SelfTrainConfig | DictConfig) -> dict[str, Any]:

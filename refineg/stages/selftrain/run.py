@@ -129,7 +129,7 @@ def delegate(
     Entities the backend checked (kept or corrected) count as confident (``meta["verified"]``); in a post where a
     check got no usable answer, the unchecked entities keep their uncertainty. ``work_dir`` gets the LLM usage
     and cache files; ``pool_gold`` (the hidden labels of a training-split pool) answers the simulations unless
-    ``gold=`` is among ``selftrain.refine_overrides``.
+    ``refine.gold`` is set.
     """
     from refineg.stages.refinement import create_refinement_backend, load_refine_config, refine_examples
 

@@ -337,12 +337,12 @@ def llm_exit_status(stage: str, total: dict | None, kept: str) -> int:
             ``None`` when no LLM was involved.
         kept: What the stage wrote anyway, for the message.
     """
-    if not total or not total.get("requests") or total.get("ok"):
+    from refineg.llm.usage import no_answer_problem
+
+    problem = no_answer_problem(total)
+    if problem is None:
         return 0
-    kinds = ", ".join(f"{k}={v}" for k, v in sorted((total.get("failures_by_kind") or {}).items())) or "unknown"
-    print(
-        f"error: {stage}: none of the {total['requests']} LLM requests got an answer ({kinds}); {kept}", file=sys.stderr
-    )
+    print(f"error: {stage}: {problem}; {kept}", file=sys.stderr)
     return 1
 
 
@@ -443,13 +443,7 @@ def synthesize(args: argparse.Namespace) -> int:
     print(output.report.table())
     written = [str(output.train)] + ([str(output.dev)] if output.dev else [])
     print(f"\nwrote {', '.join(written)}\nreport: {output.report_json}, {output.report_txt}")
-    requests = {k: v for k, v in output.report.requests.items() if k != "malformed_answer"}
-    failures = {k.removeprefix("failed:"): v for k, v in requests.items() if k not in ("ok", "cached")}
-    total = {
-        "requests": sum(requests.values()),
-        "ok": requests.get("ok", 0) + requests.get("cached", 0),
-        "failures_by_kind": failures,
-    }
+    total = output.report.request_total()
     return llm_exit_status("synthesize", total, f"wrote {sum(output.report.kept.values())} posts")
 
 
@@ -592,16 +586,20 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
 )
 def pipeline_cmd(args: argparse.Namespace) -> int:
     """Runs the stage chain and prints one line per stage and the final scores."""
-    from refineg.stages.pipeline import load_pipeline_config, run_pipeline
+    from refineg.stages.pipeline import StageFailedError, load_pipeline_config, run_pipeline
 
     try:
         cfg = load_pipeline_config(args.config, list(args.overrides))
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
-    summary = run_pipeline(cfg)
-    print(f"{'stage':<12}{'status':<10}{'now s':>9}{'made in s':>11}")
-    for name, t in summary["timings"]["stages"].items():
-        print(f"{name:<12}{t['status']:<10}{t['wall_s']:>9.1f}{t['last_run_wall_s']:>11.1f}")
+    try:
+        summary = run_pipeline(cfg)
+    except StageFailedError as err:
+        _print_stage_table(err.summary or {})
+        print(f"run folder: {cfg.run_dir}", flush=True)
+        print(f"error: pipeline: stage {err.stage}: {err}", file=sys.stderr)
+        return 1
+    _print_stage_table(summary)
     scores, simulated = summary["scores"], summary.get("simulated") or {}
     if scores:
         label = f"{summary['final']} (SIMULATION)" if summary["final"] in simulated else summary["final"]
@@ -614,6 +612,12 @@ def pipeline_cmd(args: argparse.Namespace) -> int:
         )
     print(f"run folder: {summary['run_dir']} (summary.json, timings.json, evaluate/metrics.json)")
     return 0
+
+
+def _print_stage_table(summary: dict) -> None:
+    print(f"{'stage':<12}{'status':<10}{'now s':>9}{'made in s':>11}")
+    for name, t in (summary.get("timings") or {}).get("stages", {}).items():
+        print(f"{name:<12}{t['status']:<10}{t['wall_s']:>9.1f}{t['last_run_wall_s']:>11.1f}")
 
 
 def _zeroshot_args(p: argparse.ArgumentParser) -> None:
@@ -843,7 +847,8 @@ def main(argv: list[str] | None = None) -> int:
 
     Exit status: 0; 2 with a one-line message for expected errors (bad data, a missing file or checkpoint, a missing
     extra, a replay cache miss: :mod:`refineg.errors`); 1 with a one-line message when an LLM stage (refine,
-    zeroshot, ground, synthesize) sent requests and none got an answer (its outputs are written all the same).
+    zeroshot, ground, synthesize, or a stage of pipeline) sent requests and none got an answer (its outputs are
+    written all the same; pipeline does not mark that stage done).
     """
     args = build_parser().parse_args(argv)
     logging.basicConfig(

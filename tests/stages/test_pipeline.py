@@ -193,6 +193,78 @@ def test_zeroshot_mode(tmp_path):
     assert summary["stages"]["zeroshot"]["info"]["usage"]["total"]["requests"] == 6
 
 
+def test_a_stage_without_any_answer_fails_is_kept_and_retried(tmp_path, capsys):
+    """Every zeroshot request gets HTTP 500: `refineg pipeline` exits 1 with one error line, keeps the stage's
+    output, does not mark the stage done and runs nothing after it; the rerun asks again and finishes."""
+    from refineg.cli import main
+
+    gold = {p.id: p for p in read_jsonl_sample(3)}
+
+    def respond(prompt, n_images):
+        post = next(p for p in gold.values() if f"Post: {' '.join(p.tokens)}\n" in prompt)
+        return json.dumps([{"entity": e.text(post.tokens), "entity_type": e.type} for e in post.entities])
+
+    srv = ChatServer().start()
+    srv.responder = respond
+    srv.faults = ["500"] * 3
+    args = [
+        "pipeline",
+        "--config",
+        str(SAMPLE),
+        f"runs_dir={tmp_path}",
+        "name=z",
+        "mode=zeroshot",
+        "data.eval_limit=3",
+        "progress=false",
+        f"mllm.base_url={srv.base_url}",
+        "mllm.model=test-vl",
+        "mllm.api_key_env=''",
+        "mllm.max_retries=0",
+    ]
+    run_dir = tmp_path / "z"
+    try:
+        assert main(args) == 1
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(
+            "error: pipeline: stage zeroshot: none of the 3 LLM requests got an answer (server_error=3); "
+            "zeroshot/zeroshot.jsonl has no entities for the failed posts"
+        ), err
+        assert len(read_jsonl(run_dir / "zeroshot" / "zeroshot.jsonl")) == 3  # kept
+        assert sorted(p.name for p in (run_dir / "stages").iterdir()) == ["data.json"]  # not marked done
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["failed"]["stage"] == "zeroshot" and _status(summary) == {"data": "ran", "zeroshot": "failed"}
+        assert not (run_dir / "evaluate").exists()
+
+        assert main(args) == 0  # the rerun asks again (failures were not cached) and goes on
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert _status(summary) == {"data": "skipped", "zeroshot": "ran", "evaluate": "ran"}
+        assert "failed" not in summary and summary["scores"]["mner"] == pytest.approx(1.0)
+        assert srv.total == 6
+    finally:
+        srv.stop()
+
+
+def test_a_stage_whose_input_ran_again_runs_again(tmp_path):
+    """A stamp that matches is not enough when an input stage ran in this invocation (its artifact changed)."""
+    from refineg.stages.pipeline import Stage, StageRunner
+
+    made = []
+
+    def stage(name, inputs):
+        def run(fp):
+            made.append(name)
+            (tmp_path / f"{name}.txt").write_text(str(len(made)))
+            return {}
+
+        return Stage(name, {}, inputs, [f"{name}.txt"], run)
+
+    chain = [stage("a", []), stage("b", ["a"])]
+    StageRunner(tmp_path).run(chain)
+    (tmp_path / "stages" / "a.json").unlink()  # e.g. a failed or killed rerun of a left no stamp
+    outcomes = StageRunner(tmp_path).run(chain)
+    assert [o.status for o in outcomes] == ["ran", "ran"] and made == ["a", "b", "a", "b"]
+
+
 def read_jsonl_sample(n):
     from tests.refine_helpers import sample_posts
 

@@ -31,7 +31,7 @@ from refineg.config import load_config, resolve_data_root
 from refineg.data import read_jsonl, write_jsonl
 
 from .config import PipelineConfig
-from .runner import Stage, file_signature, write_json_atomic
+from .runner import Stage, StageFailedError, file_signature, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,24 @@ def run_synthesize(cfg: PipelineConfig, run_dir: Path) -> dict[str, Any]:
         ]
     )
     result = run_synthesis(scfg, out)
-    return {"posts": len(read_jsonl(out)), "report": str(result.report_json)}
+    info = {"posts": len(read_jsonl(out)), "report": str(result.report_json)}
+    _fail_without_answers(result.report.request_total(), info, f"{out.relative_to(run_dir)} holds what was made")
+    return info
+
+
+def _fail_without_answers(total: dict[str, Any] | None, info: dict[str, Any], kept: str) -> None:
+    """Raises :class:`StageFailedError` when the stage sent LLM requests and none got an answer.
+
+    Args:
+        total: The stage's LLM usage ``total`` (``None`` without an LLM).
+        info: The stage's info dict.
+        kept: What the stage wrote all the same, for the message.
+    """
+    from refineg.llm.usage import no_answer_problem
+
+    problem = no_answer_problem(total)
+    if problem is not None:
+        raise StageFailedError(f"{problem}; {kept}; the stage is not marked done, so a rerun asks again", info)
 
 
 def _train_data_overrides(cfg: PipelineConfig, run_dir: Path) -> list[str]:
@@ -218,7 +235,7 @@ def run_refine_stage(cfg: PipelineConfig, run_dir: Path, source: str, types: lis
         run_dir / PREDICTION_FILES["refine"],
         types,
     )
-    return {
+    info = {
         k: report[k]
         for k in (
             "backend",
@@ -231,6 +248,9 @@ def run_refine_stage(cfg: PipelineConfig, run_dir: Path, source: str, types: lis
         )
         if k in report
     }
+    total = (report.get("usage") or {}).get("total")
+    _fail_without_answers(total, info, f"{PREDICTION_FILES['refine']} keeps the small model's answers")
+    return info
 
 
 def _override_value(value: Any) -> str:
@@ -279,7 +299,10 @@ def run_ground_stage(cfg: PipelineConfig, run_dir: Path, source: str) -> dict[st
         cfg.images,
         ground_overrides(cfg, run_dir),
     )
-    return json.loads(json.dumps(summary, default=str))
+    info = json.loads(json.dumps(summary, default=str))
+    total = (info.get("usage") or {}).get("total")
+    _fail_without_answers(total, info, f"{PREDICTION_FILES['ground']} answers none for the asked entities")
+    return info
 
 
 def run_zeroshot_stage(cfg: PipelineConfig, run_dir: Path, types: list[str]) -> dict[str, Any]:
@@ -294,7 +317,10 @@ def run_zeroshot_stage(cfg: PipelineConfig, run_dir: Path, types: list[str]) -> 
     report = run_zeroshot(
         z, run_dir / "data" / "eval.jsonl", run_dir / PREDICTION_FILES["zeroshot"], progress=cfg.progress
     )
-    return {k: v for k, v in report.items() if k != "llm"}
+    info = {k: v for k, v in report.items() if k != "llm"}
+    total = (report.get("usage") or {}).get("total")
+    _fail_without_answers(total, info, f"{PREDICTION_FILES['zeroshot']} has no entities for the failed posts")
+    return info
 
 
 def simulated_outputs(run_dir: Path, sources: list[str]) -> dict[str, str]:

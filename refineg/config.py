@@ -14,12 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
+from omegaconf.errors import OmegaConfBaseException
 
 from refineg.resources import config_root
 
 T = TypeVar("T")
+
+#: ``data.mixing`` values: how gold and synthetic posts share the batches (see refineg.datamodules.gmner).
+MIXING_MODES = ("gold_only", "concat", "ratio", "two_stage")
 
 CONFIG_DIR = config_root()  # the packaged configs; the stages' built-in prompt folders are under CONFIG_DIR/prompts
 SAMPLE_ROOT = Path(__file__).resolve().parent / "assets" / "sample" / "twitter-gmner"
@@ -182,10 +186,20 @@ def build_typed_config(schema: type[T], overrides: Sequence[str] | None = None, 
             if layer is not None:
                 cfg = OmegaConf.merge(cfg, OmegaConf.load(layer) if isinstance(layer, (str, Path)) else layer)
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
-    except (ConfigKeyError, ValidationError) as err:
-        name = f"{what} " if what else ""
-        raise ValueError(f"bad {name}configuration: {err.msg if hasattr(err, 'msg') else err}") from None
+    except (OmegaConfBaseException, yaml.YAMLError) as err:
+        raise ValueError(config_error_message(err, what)) from None
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def config_error_message(err: Exception, what: str = "") -> str:
+    """``bad <what> configuration: <reason> (key <dotted key>)`` on one line, for an OmegaConf or YAML error."""
+    text = str(getattr(err, "msg", None) or err)
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
+    if isinstance(err, yaml.YAMLError):
+        first = f"a value is not valid YAML ({' '.join(part.strip() for part in text.splitlines() if part.strip())})"
+    key = getattr(err, "full_key", None)
+    where = f" (key {key})" if key and str(key) not in first else ""
+    return f"bad {what + ' ' if what else ''}configuration: {first}{where}"
 
 
 def group_file(group: str, name: str, config_dir: Path) -> Path:
@@ -221,9 +235,48 @@ def load_config(overrides: list[str] | None = None, config_dir: str | Path = CON
             loaded = OmegaConf.load(path)
             cfg = OmegaConf.merge(cfg, loaded if node is None else {node: loaded})
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
-    except (ConfigKeyError, ValidationError) as err:
-        raise ValueError(f"bad configuration: {err.msg if hasattr(err, 'msg') else err}") from None
+    except (OmegaConfBaseException, yaml.YAMLError) as err:
+        raise ValueError(config_error_message(err)) from None
+    check_train_config(cfg)
     return cfg
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """Refuses values that the schema's types let through but no run can use (before anything is loaded).
+
+    Raises:
+        ValueError: ``bad configuration: <key>=<value> ...`` naming the first such value.
+    """
+    at_least_one = [
+        "data.batch_size",
+        "data.eval_batch_size",
+        "data.max_length",
+        "trainer.max_epochs",
+        "trainer.accumulate_grad_batches",
+        "trainer.log_every_n_steps",
+    ]
+    problems = [
+        f"{key}={OmegaConf.select(cfg, key)} must be at least 1"
+        for key in at_least_one
+        if OmegaConf.select(cfg, key) < 1
+    ]
+    if cfg.data.gold_limit is not None and cfg.data.gold_limit < 1:
+        problems.append(f"data.gold_limit={cfg.data.gold_limit} must be at least 1 (or null: every post)")
+    for key in ("data.num_workers", "data.pad_to_multiple_of", "data.pack_length", "data.synthetic_epochs"):
+        if OmegaConf.select(cfg, key) < 0:
+            problems.append(f"{key}={OmegaConf.select(cfg, key)} must not be negative")
+    if cfg.data.mixing not in MIXING_MODES:
+        problems.append(f"data.mixing={cfg.data.mixing!r} is not one of {', '.join(MIXING_MODES)}")
+    if not 0 < cfg.data.synthetic_ratio < 1:
+        problems.append(f"data.synthetic_ratio={cfg.data.synthetic_ratio} must be between 0 and 1 (exclusive)")
+    if not 0 <= cfg.model.dropout < 1 or not 0 <= cfg.model.word_dropout < 1:
+        problems.append(
+            f"model.dropout={cfg.model.dropout} and model.word_dropout={cfg.model.word_dropout} must be in [0, 1)"
+        )
+    if not cfg.data.types:
+        problems.append("data.types is empty: name at least one entity type")
+    if problems:
+        raise ValueError(f"bad configuration: {problems[0]}")
 
 
 def resolve_data_root(data: DictConfig) -> Path:

@@ -2,6 +2,7 @@
 never leave their folder, and `refineg evaluate` scores overlapping predictions the way peers do."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -163,6 +164,50 @@ def test_train_py_data_errors_are_one_line(tmp_path, tiny_encoder, train_text, n
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and proc.stderr.rstrip().endswith(errors[0]) and needle in errors[0], proc.stderr
+
+
+def _train_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("trainer.max_epochs=abc", "'abc' of type 'str' could not be converted to Integer (key trainer.max_epochs)"),
+        ("trainer.max_epoch=2", "Did you mean: 'max_epochs'? (key trainer.max_epoch)"),
+        ("model.dropout=[1", "a value is not valid YAML"),
+        ("data.batch_size=-1", "bad configuration: data.batch_size=-1 must be at least 1"),
+        ("trainer.max_epochs=0", "bad configuration: trainer.max_epochs=0 must be at least 1"),
+        ("data.mixing=weird", "data.mixing='weird' is not one of gold_only, concat, ratio, two_stage"),
+        ("data.mixing=concat", "data.mixing=concat needs data.synthetic=<file.jsonl>"),
+        ("data.pack_length=8", "data.pack_length=8 is shorter than data.max_length=128"),
+        ("model.freeze_tagger=true", "model.freeze_tagger=true leaves nothing to train"),
+        ("trainer.precision=99", "bad trainer settings (trainer.*): Precision '99' is invalid"),
+        ("model.encoder=/no/such/encoder", "encoder '/no/such/encoder': no such model folder"),
+    ],
+)
+def test_train_py_config_errors_are_one_line(tmp_path, tiny_encoder, capsys, monkeypatch, override, needle):
+    """Bad settings of every kind (type, range, combination, Lightning's own checks, an encoder that is not there)
+    are one `error:` line with status 2, before any data is read or any epoch runs."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("REFINEG_RUN_NAME", raising=False)
+    monkeypatch.setattr(logging.root, "handlers", [])  # main()'s basicConfig logs to this test's stderr only
+    for logger in list(logging.root.manager.loggerDict.values()):  # not to the closed stderr of an earlier test
+        for handler in getattr(logger, "handlers", []):
+            if type(handler) is logging.StreamHandler:
+                monkeypatch.setattr(handler, "stream", sys.stderr)
+    base = [f"model.encoder={tiny_encoder}", "logger.wandb=false", f"runs_dir={tmp_path / 'runs'}", "run_name=r"]
+    assert _train_script().main([*base, "trainer.accelerator=cpu", override]) == 2
+    err = capsys.readouterr().err  # log lines may come first
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert "Traceback" not in err and len(errors) == 1 and err.rstrip().endswith(errors[0]), err
+    assert needle in errors[0], errors[0]
+    assert not (tmp_path / "runs" / "r" / "checkpoints").exists()
 
 
 # ---- paths -----------------------------------------------------------------------------------------------------

@@ -37,6 +37,19 @@ def resolve_encoder(name: str) -> str:
     return str(Path(module.get_model_path()))
 
 
+def encoder_not_found(encoder: str, err: OSError) -> FileNotFoundError:
+    """The one-line error for an encoder that transformers could not load (``err``: its ``OSError``)."""
+    reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    exists = Path(encoder).expanduser().exists()
+    if exists:
+        where = "not a model folder transformers can load"
+    elif encoder.startswith(("/", ".", "~")):
+        where = "no such model folder"
+    else:
+        where = "not a local folder, and not a Hugging Face hub model that can be loaded here"
+    return FileNotFoundError(f"encoder {encoder!r}: {where} ({reason})")
+
+
 class HFTextEncoder(nn.Module):
     """A Hugging Face encoder returning subword states.
 
@@ -56,12 +69,17 @@ class HFTextEncoder(nn.Module):
     ) -> None:
         super().__init__()
         path = resolve_encoder(encoder)
-        if pretrained:
-            # fp32 master weights even when the checkpoint is stored in bf16/fp16 (mixed precision casts per op)
-            self.model = AutoModel.from_pretrained(path, attn_implementation=attn_implementation, dtype=torch.float32)
-        else:
-            config = AutoConfig.from_pretrained(path)
-            self.model = AutoModel.from_config(config, attn_implementation=attn_implementation)
+        try:
+            if pretrained:
+                # fp32 master weights even when the checkpoint is stored in bf16/fp16 (mixed precision casts per op)
+                self.model = AutoModel.from_pretrained(
+                    path, attn_implementation=attn_implementation, dtype=torch.float32
+                )
+            else:
+                config = AutoConfig.from_pretrained(path)
+                self.model = AutoModel.from_config(config, attn_implementation=attn_implementation)
+        except OSError as err:  # transformers' "not a folder, not on the hub / not cached" errors
+            raise encoder_not_found(encoder, err) from err
         if getattr(self.model, "pooler", None) is not None:
             self.model.pooler = None  # unused by tagging; unused parameters would stall DDP
         if gradient_checkpointing:

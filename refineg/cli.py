@@ -286,26 +286,37 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
 )
 def calibrate_cmd(args: argparse.Namespace) -> int:
     """Scores the uncertainty heads of ``--ckpt`` on ``--data`` and writes the report."""
+    from refineg.data.files import torch_archive
+    from refineg.predictor import load_tagger
     from refineg.stages.refinement.calibrate import calibrate, default_heads, summary_table
 
+    for ckpt in [args.ckpt, *(args.ensemble or [])]:  # predict's checks (missing file, not a checkpoint), up front
+        torch_archive(ckpt)
+    if args.evidential:
+        from refineg.modules.uncertainty.evidential import check_evidential_file
+
+        check_evidential_file(args.evidential)
     examples = read_jsonl(args.data)
     out_dir = Path(args.out_dir) if args.out_dir else Path(args.ckpt).resolve().parent / "calibration"
-    extra = json.loads(args.head_kwargs)
+    try:
+        extra = json.loads(args.head_kwargs)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"--head-kwargs is not JSON ({err}): {args.head_kwargs!r}") from None
+    if not isinstance(extra, dict) or not all(isinstance(v, dict) for v in extra.values()):
+        raise UsageError(f"--head-kwargs must be a JSON object {{head: {{kwarg: value}}}}, got {args.head_kwargs!r}")
     heads = None
     if args.heads:
         heads = {h.strip(): dict(extra.get(h.strip(), {})) for h in args.heads.split(",") if h.strip()}
     if args.ensemble or args.evidential or args.fit_evidential or (extra and heads is None):
-        from refineg.modules.tagger_module import TaggerModule
-
         if heads is None:
-            module = TaggerModule.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=False)
+            module = load_tagger(args.ckpt)
             heads = {k: {**v, **extra.get(k, {})} for k, v in default_heads(module).items()}
         if args.ensemble:
             heads["ensemble"] = {"checkpoints": list(args.ensemble), **extra.get("ensemble", {})}
         if args.fit_evidential:
             from refineg.modules.uncertainty import fit_evidential
 
-            module = TaggerModule.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=False).eval()
+            module = load_tagger(args.ckpt).eval()
             out_dir.mkdir(parents=True, exist_ok=True)
             layer = fit_evidential(module, read_jsonl(args.fit_evidential), **extra.get("fit_evidential", {}))
             layer.save(out_dir / "evidential.pt")

@@ -88,6 +88,39 @@ def test_predict_onnx_without_the_extra_is_one_line(tmp_path, capsys, monkeypatc
     one_error_line(capsys, "pip install 'refineg[onnx]'")
 
 
+@pytest.fixture
+def tiny_ckpt(tiny_encoder, tmp_path):
+    from tests.refine_helpers import make_tiny_tagger, save_checkpoint
+
+    return save_checkpoint(make_tiny_tagger(tiny_encoder, "crf"), tmp_path / "tiny.ckpt")
+
+
+def test_calibrate_checks_every_checkpoint_as_predict_does(tmp_path, tiny_ckpt, capsys):
+    """The checkpoint, ensemble members and the evidential layer: missing, or a file of another kind (JSON, garbage),
+    on every path through calibrate (default heads, --head-kwargs, --ensemble, --evidential, --fit-evidential)."""
+    data = _jsonl(
+        tmp_path / "dev.jsonl", {"id": "1", "tokens": TOKENS, "entities": [{"start": 0, "end": 1, "type": "PER"}]}
+    )
+    missing, garbage = tmp_path / "missing.ckpt", tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a torch file")
+    base = ["calibrate", "--data", str(data), "--out-dir", str(tmp_path / "cal")]
+    cases = [
+        ([str(missing), "--ensemble", str(tiny_ckpt)], f"{missing}: checkpoint not found"),
+        ([str(data), "--fit-evidential", str(data)], f"{data}: not a PyTorch checkpoint"),
+        ([str(data), "--head-kwargs", '{"entropy": {}}'], f"{data}: not a PyTorch checkpoint"),
+        ([str(tiny_ckpt), "--ensemble", str(tiny_ckpt), str(data)], f"{data}: not a PyTorch checkpoint"),
+        ([str(tiny_ckpt), "--ensemble", str(tiny_ckpt), str(missing)], f"{missing}: checkpoint not found"),
+        ([str(tiny_ckpt), "--evidential", str(garbage)], f"{garbage}: not a PyTorch evidential layer"),
+        ([str(tiny_ckpt), "--evidential", str(missing)], f"{missing}: evidential layer not found"),
+        ([str(tiny_ckpt), "--head-kwargs", "{bad"], "--head-kwargs is not JSON"),
+        ([str(tiny_ckpt), "--head-kwargs", "[1]"], "--head-kwargs must be a JSON object"),
+    ]
+    for ckpt_and_options, needle in cases:
+        assert main([*base, "--ckpt", *ckpt_and_options]) == 2, ckpt_and_options
+        one_error_line(capsys, needle)
+    assert not (tmp_path / "cal").exists()  # nothing was started
+
+
 def _preds_with_uncertainty(tmp_path, uncertainty):
     post = Example("p1", TOKENS, None, [Entity(0, 1, "PER", uncertainty=uncertainty)], source="predicted")
     write_jsonl([post], tmp_path / "pred.jsonl")

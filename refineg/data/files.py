@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,27 @@ def dump_json(value: Any, path: str | Path, record: str | None = None, **kwargs:
 def load_json(path: str | Path) -> Any:
     """The JSON document of a UTF-8 file (see :func:`read_text` and :func:`parse_json`)."""
     return parse_json(read_text(path), path)
+
+
+def torch_archive(
+    path: str | Path, what: str = "checkpoint", written_by: str = "a .ckpt file written by train.py"
+) -> Path:
+    """``path`` after checking that it is a file ``torch.save`` could have written (a zip archive).
+
+    Args:
+        path: The file.
+        what: What it should be, for the message.
+        written_by: What writes such files, for the message.
+
+    Raises:
+        DataFormatError: The file is missing or is not a zip archive (e.g. a JSON file given as a checkpoint).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(path, f"{what} not found")
+    if not zipfile.is_zipfile(path):
+        raise DataFormatError(path, f"not a PyTorch {what} (expected {written_by})")
+    return path
 
 
 def inside_folder(

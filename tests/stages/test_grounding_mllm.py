@@ -161,6 +161,35 @@ def test_run_ground_end_to_end_and_rerun_repeats_no_answered_call(data, server):
     ]
 
 
+def test_progress_bar_moves_per_post_not_per_chunk(data, server, monkeypatch):
+    """All 5 posts fit one chunk (chunk_size 64): the bar still advances as each asked post gets its answer."""
+    import refineg.stages.grounding.run as run_module
+
+    updates = []
+
+    class RecordingBar:
+        def __init__(self, *args, initial=0, **kwargs):
+            self.n = initial
+
+        def update(self, n=1):
+            updates.append(n)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(run_module, "tqdm", RecordingBar)
+    summary = run_ground(
+        data / "pred.jsonl", data / "pool.jsonl", data / "G.jsonl", data / "img", _overrides(server.base_url)
+    )
+    asked = summary["posts_asked"]
+    assert asked >= 2 and summary["mllm"]["requests"] == asked
+    assert sum(updates) == summary["posts"] == 5
+    assert sorted(updates).count(1) >= asked and len(updates) >= asked + 1, updates  # one step per answered post
+
+
 def test_crash_resumes_from_the_partial_output(data, server, monkeypatch):
     out = data / "crash" / "G.jsonl"
     real = MLLMGrounder.ground

@@ -843,8 +843,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: Libraries that log routine detail at INFO: httpx one line per HTTP request (every MLLM call).
-CHATTY_LOGGERS = ("httpx",)
+#: Libraries that log routine detail at INFO: httpx one line per HTTP request (every MLLM call); the openai client
+#: of 3.x sends its requests through httpx2, which logs the same line under its own name.
+CHATTY_LOGGERS = ("httpx", "httpx2")
 
 
 def quiet_chatty_loggers(verbose: bool) -> None:

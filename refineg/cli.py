@@ -29,7 +29,7 @@ def _parse_type_map(items: list[str]) -> dict[str, str]:
     out = {}
     for item in items:
         if "=" not in item:
-            raise SystemExit(f"--type-map expects FROM=TO, got {item!r}")
+            raise UsageError(f"--type-map expects FROM=TO, got {item!r}")
         src, dst = item.split("=", 1)
         out[src] = dst
     return out
@@ -64,7 +64,7 @@ def convert(args: argparse.Namespace) -> int:
     report = ReadReport()
     writer = create_data_format(args.to).writer
     if writer is None:
-        raise SystemExit(f"error: format {args.to!r} is read-only; choose another --to")
+        raise UsageError(f"format {args.to!r} is read-only; choose another --to")
     if args.format == "twitter-gmner":
         if not args.xml_dir and not args.text_only:
             raise UsageError(
@@ -99,7 +99,7 @@ def convert(args: argparse.Namespace) -> int:
 def _need(args: argparse.Namespace, name: str) -> str:
     value = getattr(args, name)
     if not value:
-        raise SystemExit(f"--{name.replace('_', '-')} is required for this format")
+        raise UsageError(f"--{name.replace('_', '-')} is required for this format")
     return value
 
 
@@ -210,7 +210,7 @@ def predict(args: argparse.Namespace) -> int:
         examples = [Example("text-0", word_tokenize(args.text), source="predicted")]
     else:
         if not args.out:
-            raise SystemExit("--out is required with --input")
+            raise UsageError("--out is required with --input")
         fmt = args.format or ("jsonl" if args.input.endswith(".jsonl") else "twitter-gmner")
         if fmt == "jsonl":
             examples = read_jsonl(args.input)
@@ -219,10 +219,10 @@ def predict(args: argparse.Namespace) -> int:
         elif fmt == "conll":
             examples = create_data_format(fmt).reader(args.input, type_map={})
         else:
-            raise SystemExit(f"--format must be jsonl, twitter-gmner or conll, got {fmt!r}")
+            raise UsageError(f"--format must be jsonl, twitter-gmner or conll, got {fmt!r}")
         if args.limit is not None:
             if args.limit < 1:
-                raise SystemExit(f"--limit must be >= 1, got {args.limit}")
+                raise UsageError(f"--limit must be >= 1, got {args.limit}")
             examples = examples[: args.limit]
     if args.runtime == "onnx":
         from refineg.onnx_runtime import require_onnxruntime
@@ -389,7 +389,7 @@ def refine_cmd(args: argparse.Namespace) -> int:
     try:  # --gold also feeds the simulated backends (a gold= override wins)
         cfg = load_refine_config(args.overrides, base={"gold": args.gold} if args.gold else None)
     except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+        raise UsageError(str(err)) from None
     if args.gold and cfg.gold != args.gold and cfg.backend != "mllm":
         print(f"note: the {cfg.backend} simulation answers from gold={cfg.gold}; scores use --gold {args.gold}")
     report = run_refine(cfg, args.pred, args.out)
@@ -449,7 +449,7 @@ def synthesize(args: argparse.Namespace) -> int:
     try:
         cfg = load_synthesis_config(overrides)
     except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+        raise UsageError(str(err)) from None
     output = run_synthesis(cfg, args.out)
     print(output.report.table())
     written = [str(output.train)] + ([str(output.dev)] if output.dev else [])
@@ -487,7 +487,7 @@ def ground_cmd(args: argparse.Namespace) -> int:
     except DataFormatError:
         raise  # status 2, as every data error
     except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from None
+        raise UsageError(str(err)) from None
     print(f"grounder: {summary['grounder']}\nselector: {summary['selector']}")
     print(
         f"{summary['posts']} posts ({summary['posts_without_image']} without image), {summary['entities']} "
@@ -552,7 +552,7 @@ def fit_region_scorer_cmd(args: argparse.Namespace) -> int:
     except DataFormatError:
         raise  # status 2, as every data error
     except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+        raise UsageError(str(err)) from None
     dev = report["dev"]
     print(
         f"{report['label']}: {report['dev_entities']} dev entities on {report['dev_images']} dev images "
@@ -602,7 +602,7 @@ def pipeline_cmd(args: argparse.Namespace) -> int:
     try:
         cfg = load_pipeline_config(args.config, list(args.overrides))
     except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+        raise UsageError(str(err)) from None
     try:
         summary = run_pipeline(cfg)
     except StageFailedError as err:
@@ -656,7 +656,7 @@ def zeroshot_cmd(args: argparse.Namespace) -> int:
     try:
         cfg = load_zeroshot_config(list(args.overrides) + ([f"images_dir={args.images}"] if args.images else []))
     except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+        raise UsageError(str(err)) from None
     report = run_zeroshot(cfg, args.data, args.out)
     print(
         f"{report['posts']} posts ({report['images_sent']} with image): {report['posts_ok']} answered, "
@@ -706,12 +706,19 @@ def visualize_cmd(args: argparse.Namespace) -> int:
     from refineg.viz import draw_posts
 
     golds, preds = read_jsonl(args.gold), read_jsonl(args.pred)
+    heads = None
+    if args.calibration:  # read before drawing anything
+        from refineg.data.files import load_json
+
+        calibration = load_json(args.calibration)
+        if not isinstance(calibration, dict) or not isinstance(calibration.get("heads"), dict):
+            raise DataFormatError(args.calibration, "not a calibration.json written by refineg calibrate (no 'heads')")
+        heads = calibration["heads"]
     paths = draw_posts(golds, preds, args.out, args.images, args.ids, args.limit, args.max_side)
     plots: dict[str, Path] = {}
-    if args.calibration:
+    if heads is not None:
         from refineg.stages.refinement.plots import plot_reliability, plot_risk_coverage
 
-        heads = json.loads(Path(args.calibration).read_text())["heads"]
         plots["calibration/reliability"] = plot_reliability(heads, Path(args.out) / "reliability.png")
         plots["calibration/risk_coverage"] = plot_risk_coverage(heads, Path(args.out) / "risk_coverage.png")
     print(f"wrote {len(paths)} post drawings{' and 2 plots' if plots else ''} to {args.out}")
@@ -747,7 +754,7 @@ def report_cmd(args: argparse.Namespace) -> int:
     try:
         out = build_report(args.run_dir, args.posts, args.images, args.gold)
     except FileNotFoundError as err:
-        raise SystemExit(f"error: {err}") from None
+        raise UsageError(str(err)) from None
     print(f"wrote {out}")
     if args.wandb:
         from refineg.viz.wandb_log import log_visuals
@@ -805,7 +812,7 @@ def sweep_cmd(args: argparse.Namespace) -> int:
     fixed = {}
     for item in args.set:
         if "=" not in item:
-            raise SystemExit(f"--set expects key=value, got {item!r}")
+            raise UsageError(f"--set expects key=value, got {item!r}")
         key, value = item.split("=", 1)
         fixed[key] = value
     try:
@@ -813,7 +820,7 @@ def sweep_cmd(args: argparse.Namespace) -> int:
         out = Path(args.out or Path("sweeps") / spec.name)
         results = run_sweep(spec, out, args.count, args.seed, args.timeout, dry_run=args.dry_run, columns=args.columns)
     except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+        raise UsageError(str(err)) from None
     if args.dry_run:
         for r in results:
             print(f"{r.name}: {' '.join(r.extra['command'])}")

@@ -199,6 +199,48 @@ def test_train_py_data_errors_are_one_line(tmp_path, tiny_encoder, train_text, n
     assert len(errors) == 1 and proc.stderr.rstrip().endswith(errors[0]) and needle in errors[0], proc.stderr
 
 
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["refine", "--pred", "p.jsonl", "--out", "o.jsonl", "tau=abc"], "bad refine configuration"),
+        (["zeroshot", "--data", "p.jsonl", "--out", "o.jsonl", "llm.modle=x"], "modle"),
+        (["synthesize", "--seeds", "p.jsonl", "--out", "o.jsonl", "n_reuze=1"], "n_reuze"),
+        (["ground", "--pred", "p.jsonl", "--pool", "p.jsonl", "--out", "o.jsonl", "selector.kk=2"], "kk"),
+        (["pipeline", "--config", "missing.yaml"], "missing.yaml not found"),
+        (["pipeline", "refine.tua=0.3"], "tua"),
+        (["fit-region-scorer", "--data", "p.jsonl", "--images", ".", "--out", "s.pt", "heads.epochs=3"], "heads"),
+        (["sweep", "p.jsonl"], "p.jsonl: not valid YAML"),
+        (["sweep", "p.jsonl", "--set", "novalue"], "--set expects key=value"),
+        (["report", "missing_dir"], "missing_dir is not a folder"),
+        (
+            ["convert", "--format", "jsonl", "--input", "p.jsonl", "--out", "o", "--to", "flickr30k-entities"],
+            "read-only",
+        ),
+        (["convert", "--format", "conll", "--txt", "a.txt", "--out", "o.jsonl", "--type-map", "MISC"], "FROM=TO"),
+        (["convert", "--format", "ccks", "--out", "o.jsonl"], "--text-json is required"),
+        (["predict", "--ckpt", "x.ckpt", "--input", "p.jsonl"], "--out is required with --input"),
+        (["predict", "--ckpt", "x.ckpt", "--input", "p.jsonl", "--out", "o.jsonl", "--format", "xml"], "--format must"),
+        (
+            ["visualize", "--pred", "p.jsonl", "--gold", "p.jsonl", "--out", "v", "--calibration", "p.jsonl"],
+            "p.jsonl:2: invalid JSON",
+        ),
+        (
+            ["visualize", "--pred", "p.jsonl", "--gold", "p.jsonl", "--out", "v", "--calibration", "c.json"],
+            "no 'heads'",
+        ),
+    ],
+)
+def test_usage_and_config_errors_exit_2_like_every_bad_input(tmp_path, capsys, monkeypatch, args, needle):
+    """Settings that do not parse or fit (status 2, as argparse's own usage errors), not status 1, which means
+    "an LLM stage got no answer"; bad calibration files for visualize are data errors, before anything is drawn."""
+    monkeypatch.chdir(tmp_path)
+    _jsonl(tmp_path / "p.jsonl", {"id": "1", "tokens": TOKENS}, {"id": "2", "tokens": TOKENS})
+    (tmp_path / "c.json").write_text('{"bins": 10}')
+    assert main(args) == 2
+    one_error_line(capsys, needle)
+    assert not (tmp_path / "v").exists()
+
+
 def _train_script():
     import importlib.util
 

@@ -33,8 +33,8 @@ def test_predict_limit_and_no_entity_message(silent_ckpt, tmp_path, capsys):
     capsys.readouterr()
     assert main([*args, "--text", "Obama visits Paris"]) == 0
     assert capsys.readouterr().out.strip() == "no entity found in 3 words"
-    with pytest.raises(SystemExit, match="--limit must be >= 1"):
-        main([*args, "--input", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "q.jsonl"), "--limit", "0"])
+    assert main([*args, "--input", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "q.jsonl"), "--limit", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --limit must be >= 1, got 0"
 
 
 def test_httpx_request_lines_only_with_verbose(tmp_path):

@@ -571,6 +571,22 @@ def _(tmp):
     return all(g for _, g, _ in rows), "; ".join(f"{n}: {s}" for n, _, s in rows)
 
 
+@check("errors-7", "config and usage errors of the subcommands: status 2 and one line (1 means 'no LLM answer')")
+def _(tmp):
+    rows = []
+    posts = jsonl(tmp / "p.jsonl", post("p1"))
+    for name, args, needle in [
+        ("refine tau=abc", ["refine", "--pred", str(posts), "--out", "o.jsonl", "tau=abc"], "tau"),
+        ("zeroshot llm.modle", ["zeroshot", "--data", str(posts), "--out", "o.jsonl", "llm.modle=x"], "modle"),
+        ("pipeline missing config", ["pipeline", "--config", "missing.yaml"], "missing.yaml"),
+        ("report missing folder", ["report", "missing_dir"], "missing_dir"),
+        ("predict --input without --out", ["predict", "--ckpt", "x.ckpt", "--input", str(posts)], "--out"),
+    ]:
+        rc, _, err = cli(*args, cwd=tmp)
+        rows.append((name, *one_line(rc, err, needle)))
+    return all(g for _, g, _ in rows), "; ".join(f"{n}: {s}" for n, _, s in rows)
+
+
 # ---- silently accepted bad data ----------------------------------------------------------------------------------
 
 

@@ -139,6 +139,7 @@ def test_clip_grounder_answers_a_candidate_box_or_none(astronaut):
     assert ok.status == "ok" and len(ok.boxes) == 2
     # answered boxes are proposals, rounded to 0.01 px
     assert all(len(b) == 1 and any(b[0] == pytest.approx(g, abs=0.005) for g in grid) for b in ok.boxes)
+    assert all(v == round(v, 2) for b in [*ok.boxes, *other.boxes] for v in b[0])  # no 899.9999999999999
     assert ok.info["candidates"] == [35, 35] and all(-1 <= s <= 1 for s in ok.info["best_scores"])
     assert other.status == "ok" and all(len(b) == 1 for b in other.boxes)
     _check_boxes([b[0] for b in other.boxes], 200, 120)

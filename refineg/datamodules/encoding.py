@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from refineg.data.bio import entities_to_tags
 from refineg.data.files import inside_folder
+from refineg.data.images import load_image
 from refineg.data.schema import Example
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ class EncodedPost:
         word_ends: Per kept word, the position after its last subword (its first subword + 1 when it has none).
         entities: Gold entities inside the kept words as ``(start, end_exclusive, type_id, has_box)`` (groundability
             targets; type ids follow the order of the ``B-`` labels).
+        targets: Per kept word, a label distribution (soft pseudo-labels; an all-zero row = unlabelled word), or
+            ``None`` for the hard ``labels`` (where ``-100`` at a kept word also means unlabelled).
     """
 
     index: int
@@ -70,6 +73,23 @@ class EncodedPost:
     image: str | None = None
     word_ends: list[int] = field(default_factory=list)
     entities: list[tuple[int, int, int, int]] = field(default_factory=list)
+    targets: list[list[float]] | None = None
+
+    @property
+    def partial(self) -> bool:
+        """Whether the post has soft targets or unlabelled kept words (the loss then needs ``targets``)."""
+        return self.targets is not None or -100 in self.labels
+
+
+def target_rows(post: EncodedPost, num_labels: int) -> np.ndarray:
+    """``(W, K)`` label distribution per kept word: the soft targets, or one-hot labels (unlabelled words: zeros)."""
+    if post.targets is not None:
+        return np.asarray(post.targets, dtype=np.float32).reshape(len(post.word_starts), num_labels)
+    rows = np.zeros((len(post.word_starts), num_labels), np.float32)
+    labels = np.asarray(post.labels, dtype=np.int64)
+    known = labels >= 0
+    rows[np.nonzero(known)[0], labels[known]] = 1.0
+    return rows
 
 
 def encode_posts(
@@ -197,6 +217,28 @@ def pack_rows(lengths: Sequence[int], row_length: int) -> tuple[np.ndarray, np.n
     return row, offset, len(fill)
 
 
+def packed_cu_seqlens(segment_ids: np.ndarray, n_posts: int) -> np.ndarray:
+    """Sequence boundaries of packed rows in flattened order, padded to a length fixed by the batch's shape.
+
+    Args:
+        segment_ids: ``(R, L)`` segment of each slot (posts numbered from 1, padding 0).
+        n_posts: Posts in the batch.
+
+    Returns:
+        ``(n_posts + R + 1,)`` int32 cumulative offsets: each post and each row's padding tail is one sequence,
+        then empty sequences at ``R * L``.
+    """
+    rows, length = segment_ids.shape
+    flat = segment_ids.reshape(-1)
+    change = np.ones(flat.size, bool)
+    change[1:] = flat[1:] != flat[:-1]
+    change[::length] = True  # a row never continues the previous one
+    starts = np.flatnonzero(change)
+    out = np.full(n_posts + rows + 1, flat.size, np.int32)
+    out[: starts.size] = starts
+    return out
+
+
 class PostCollator:
     """Pads a list of :class:`EncodedPost` into tensors; optional word dropout (training only).
 
@@ -212,6 +254,8 @@ class PostCollator:
             then computes almost no padding. Packed batches add ``position_ids`` and ``segment_ids`` ``(R, L)``
             (a post attends only within its segment), and ``word_index`` points into the flattened ``R * L``
             subwords; see :meth:`refineg.modules.tagger.SequenceTagger.encode`.
+        num_labels: Size of the label inventory. When set (training), a batch with soft or partial labels (see
+            :attr:`EncodedPost.partial`) also carries ``targets`` ``(B, W, K)``; 0 (prediction): never.
     """
 
     def __init__(
@@ -222,8 +266,10 @@ class PostCollator:
         image_transform: Callable[[Image.Image], torch.Tensor] | None = None,
         pad_to_multiple_of: int = 0,
         pack_length: int = 0,
+        num_labels: int = 0,
     ) -> None:
         self.pad_id, self.unk_id, self.word_dropout = pad_id, unk_id, word_dropout
+        self.num_labels = num_labels
         self.image_transform = image_transform
         self.multiple = pad_to_multiple_of
         self.pack_length = pack_length
@@ -235,8 +281,7 @@ class PostCollator:
             img = None
             if p.image and Path(p.image).is_file():
                 try:
-                    with Image.open(p.image) as raw:
-                        img = self.image_transform(raw.convert("RGB"))
+                    img = self.image_transform(load_image(p.image))
                 except OSError as err:
                     logger.warning("%s: unreadable image (%s); post tagged text-only", p.image, err)
             if img is None:
@@ -258,7 +303,9 @@ class PostCollator:
             Groundability targets: ``word_end`` ``(B, W)`` (see :attr:`EncodedPost.word_ends`), ``entity_spans``
             ``(N, 3)`` ``[post, start, end_exclusive]`` word positions, ``entity_types`` ``(N,)`` and
             ``entity_grounded`` ``(N,)`` (1.0 when the gold entity has a box). Packed (``pack_length``):
-            ``input_ids``/``attention_mask``/``position_ids``/``segment_ids`` are ``(R, pack_length)``.
+            ``input_ids``/``attention_mask``/``position_ids``/``segment_ids`` are ``(R, pack_length)``, and
+            ``cu_seqlens`` ``(B + R + 1,)`` int32 holds the posts' boundaries for variable-length attention
+            (:func:`packed_cu_seqlens`).
         """
         s_lens = np.array([len(p.input_ids) for p in posts])
         w_lens = np.array([len(p.word_starts) for p in posts])
@@ -283,6 +330,7 @@ class PostCollator:
                 packed[name][flat] = values
             input_ids, tokens = input_ids.reshape(shape), tokens.reshape(shape)
             packed = {k: v.reshape(shape) for k, v in packed.items()}
+            packed["cu_seqlens"] = packed_cu_seqlens(packed["segment_ids"], len(posts))
         else:
             start = np.arange(len(posts)) * s_len
             tokens = np.arange(s_len) < s_lens[:, None]  # (B, S) real subwords
@@ -324,6 +372,13 @@ class PostCollator:
             entity_types=torch.tensor([r[3] for r in ents], dtype=torch.long),
             entity_grounded=torch.tensor([float(r[4]) for r in ents]),
         )
+        if self.num_labels and any(p.partial for p in posts):
+            # soft or partial labels: per-word label distributions (B, W, K), all zero where a word is unlabelled
+            k = self.num_labels
+            targets = np.zeros((len(posts), w_len, k), np.float32)
+            for b, p in enumerate(posts):
+                targets[b, : len(p.word_starts)] = target_rows(p, k)
+            batch["targets"] = torch.from_numpy(targets)
         if self.image_transform is not None:
             batch["pixel_values"], batch["image_mask"] = self._images(posts)
         return batch

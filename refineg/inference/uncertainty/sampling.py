@@ -167,7 +167,7 @@ class EnsembleHead(UncertaintyHead):
     def members(self, like: Any) -> list[Any]:
         """The members on ``like``'s device in eval mode; checks they match ``like``'s encoder and types."""
         if self.checkpoints:
-            from refineg.predictor import load_tagger
+            from refineg.inference.predictor import load_tagger
 
             self._members += [load_tagger(c) for c in self.checkpoints]
             self.checkpoints = []

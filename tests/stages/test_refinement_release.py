@@ -88,6 +88,8 @@ def test_release_mode_against_loopback_server(tmp_path, chat_server):
         "llm.api_key_env=''",
         "llm.max_side=50",
         "llm.max_retries=0",
+        "llm.backoff_base_s=0.01",
+        "llm.backoff_max_s=0.02",
     ]
     cfg = load_refine_config(["mode=release", f"images_dir={tmp_path / 'img'}", f"run_dir={tmp_path / 'r'}", *llm])
     report = run_refine(cfg, tmp_path / "pred.jsonl", tmp_path / "r" / "out.jsonl")

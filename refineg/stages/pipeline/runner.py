@@ -242,6 +242,10 @@ def run_pipeline(cfg: Any) -> dict[str, Any]:
         "final": evaluate.get("final"),
         "scores": evaluate.get("f1", {}).get(evaluate.get("final"), {}),
         "simulated": evaluate.get("simulated", {}),
+        "variants": {
+            name: {"source": src, "scores": evaluate.get("f1", {}).get(src, {})}
+            for name, src in (evaluate.get("variants") or {}).items()
+        },
     }
     write_json_atomic(run_dir / "summary.json", summary)
     return summary

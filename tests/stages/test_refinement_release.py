@@ -128,7 +128,7 @@ def test_release_mode_against_loopback_server(tmp_path, chat_server):
     assert [(e.start, e.end, e.type) for e in out["p3"].entities] == [(0, 1, "ORG")]
 
 
-def test_release_mode_with_the_oracle_is_a_labelled_simulation(tmp_path):
+def test_release_mode_with_the_oracle_is_a_labelled_simulation(tmp_path, capsys):
     gold = [
         Example("p1", TOKENS, None, [Entity(0, 2, "PER", boxes=[[1, 2, 30, 40]]), Entity(3, 6, "LOC")]),
         Example("p2", ["Apple", "sues", "Samsung"], None, [Entity(0, 1, "ORG")]),
@@ -144,6 +144,17 @@ def test_release_mode_with_the_oracle_is_a_labelled_simulation(tmp_path):
     ]
     assert out[1].entities == []  # no prediction, not sent: the gold ORG is not added
     assert report["simulated"] is True and "simulation" in out[0].meta["refinement"]["backend"]
+    from refineg.cli import main
+
+    code = main(
+        ["refine", "--pred", str(tmp_path / "pred.jsonl"), "--out", str(tmp_path / "cli.jsonl"),
+         "--gold", str(tmp_path / "gold.jsonl"), "mode=release", "backend=oracle"]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0 and "SIMULATION" in printed
+    assert "release mode: 1 of 2 posts sent, 1 entity lists replaced (1 -> 2 entities)" in printed
+    # after: 2 of the 3 gold entities (P 1, R 2/3), the box of the PER the gold one, the LOC rightly without a box
+    assert "MNER F1: 0.00 -> 80.00" in printed and "GMNER F1: 0.00 -> 80.00" in printed
 
 
 def test_unknown_mode_is_a_clear_error():

@@ -14,10 +14,11 @@ Answers are what a model would say (the entity unchanged, its type and one box, 
 
 Each measured run is its own process (so its peak RSS is its own): the stage code itself (``run_refine`` with
 ``tau=0``, every entity delegated: a span check and a type/box check each; ``run_ground`` with the ``mllm`` grounder,
-one request per post, no demonstrations) at each ``--concurrency``, and the baseline: what the released scripts do,
-one synchronous request after the other with the bare ``openai`` client (the grounding request of each post, and
-for refine the same span and type checks one by one). Posts are the bundled Twitter-GMNER sample (gold entities
-standing in for predictions), each paired with a real photo of ``--images`` (Flickr30k Entities).
+one request per post, no demonstrations; ``--ground-chunk-sizes``) at each ``--concurrency``, and the baseline: what
+the released scripts do, one synchronous request after the other with the bare ``openai`` client (the grounding
+request of each post, and for refine the same span and type checks one by one). Posts are the bundled Twitter-GMNER
+sample (gold entities standing in for predictions), each paired with a real photo of ``--images`` (Flickr30k
+Entities).
 """
 
 from __future__ import annotations
@@ -138,9 +139,10 @@ def _llm_overrides(prefix: str, base_url: str, concurrency: int) -> list[str]:
 
 
 def run_stage(
-    stage: str, concurrency: int, data: dict[str, str], images: str, base_url: str, work: Path, chunk: int = 64
+    stage: str, concurrency: int, data: dict[str, str], images: str, base_url: str, work: Path, chunk: int = 0
 ) -> dict:
-    """One measured run of the refine or ground stage code in this process (``chunk``: ground's chunk_size)."""
+    """One measured run of the refine or ground stage code in this process (``chunk``: ground's chunk_size; 0 keeps
+    the stage's default)."""
     from refineg.data import read_jsonl
 
     n_posts = len(read_jsonl(data["posts"]))
@@ -164,14 +166,14 @@ def run_stage(
             images=images,
             overrides=[
                 "selector.mode=none",
-                f"chunk_size={chunk}",
+                *([f"chunk_size={chunk}"] if chunk else []),
                 *_llm_overrides("mllm.llm.", base_url, concurrency),
             ],
         )
         usage, failed = summary["usage"]["total"], summary["posts_failed"]
     seconds = time.perf_counter() - start
     return {
-        "client": f"refineg {stage}" + (f" (chunk_size {chunk})" if stage == "ground" and chunk != 64 else ""),
+        "client": f"refineg {stage}" + (f" (chunk_size {chunk})" if stage == "ground" and chunk else ""),
         "concurrency": concurrency,
         "posts": n_posts,
         "requests": usage["requests"],
@@ -271,7 +273,7 @@ def worker(args: argparse.Namespace) -> None:
 
 # --------------------------------------------------------------------------------------------------------- main
 def _spawn_worker(
-    kind: str, stage: str, c: int, data: dict, args: argparse.Namespace, base_url: str, tmp: Path, chunk: int = 64
+    kind: str, stage: str, c: int, data: dict, args: argparse.Namespace, base_url: str, tmp: Path, chunk: int = 0
 ):
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--stage", stage,
            "--concurrency", str(c), "--data", json.dumps(data), "--images", str(args.images),
@@ -298,7 +300,7 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=8, help="tokens decoded per emulated step")
     parser.add_argument("--reasoning-words", type=int, default=60)
     parser.add_argument(
-        "--ground-chunk-sizes", type=int, nargs="+", default=[64], help="ground's chunk_size (64 = its default)"
+        "--ground-chunk-sizes", type=int, nargs="+", default=[0], help="ground's chunk_size (0: the stage's default)"
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     # internal: the server process and the worker processes
@@ -308,7 +310,7 @@ def main() -> None:
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
-    parser.add_argument("--chunk", type=int, default=64, help=argparse.SUPPRESS)
+    parser.add_argument("--chunk", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args)
@@ -351,7 +353,7 @@ def main() -> None:
                 baseline = _spawn_worker("release", stage, 1, sets[args.min_posts], args, base_url, tmp)
                 rows.append(baseline)
                 print(json.dumps(baseline), flush=True)
-                for chunk in args.ground_chunk_sizes if stage == "ground" else [64]:
+                for chunk in args.ground_chunk_sizes if stage == "ground" else [0]:
                     for c in args.concurrency:
                         n = max(args.min_posts, min(args.posts, 4 * c))
                         row = _spawn_worker("stage", stage, c, sets[n], args, base_url, tmp, chunk)

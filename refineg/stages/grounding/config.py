@@ -114,7 +114,10 @@ class GroundConfig:
         never_grounded: Types answered none without asking (Twitter-GMNER: ``LOC``; CCKS2025: ``location``).
         groundability_threshold: Entities whose ``groundable`` is below this are answered none without asking;
             ``None`` turns it off (entities without a ``groundable`` value are always asked).
-        chunk_size: Posts grounded and written per step (the output grows by one chunk at a time).
+        chunk_size: Posts grounded and written per step (the output grows by one chunk at a time); ``None``: four
+            times the MLLM's ``concurrency`` (at least 64) for a grounder with an LLM backend, 64 otherwise. Each
+            step's requests go out together and the step ends with its slowest one, so a chunk of only
+            ``concurrency`` posts leaves the server under-filled at every step's tail.
         run_dir: Folder for ``llm_usage.json`` and the default index (default: the output file's folder).
     """
 
@@ -124,7 +127,7 @@ class GroundConfig:
     types: list[str] = field(default_factory=lambda: ["PER", "LOC", "ORG", "OTHER"])
     never_grounded: list[str] = field(default_factory=lambda: ["LOC"])
     groundability_threshold: Optional[float] = None  # noqa: UP045
-    chunk_size: int = 64
+    chunk_size: Optional[int] = None  # noqa: UP045
     run_dir: Optional[str] = None  # noqa: UP045
 
     def validate(self) -> GroundConfig:
@@ -153,7 +156,7 @@ class GroundConfig:
             raise ValueError("groundability_threshold must be in [0, 1] or None")
         if self.mllm.max_boxes < 1:
             raise ValueError("mllm.max_boxes must be >= 1")
-        if self.chunk_size < 1:
+        if self.chunk_size is not None and self.chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
         return self
 

@@ -266,6 +266,16 @@ def worker(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix=f"bench_{args.worker}_{args.stage}_{c}_", dir=args.workdir))
     if args.worker == "release":
         row = run_release_client(args.stage, data, args.images, args.base_url)
+    elif args.profile:
+        import cProfile
+        import pstats
+
+        profiler = cProfile.Profile()
+        row = profiler.runcall(run_stage, args.stage, c, data, args.images, args.base_url, work, args.chunk)
+        out = Path(args.profile) / f"{args.stage}_c{c}_chunk{args.chunk}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w") as fh:
+            pstats.Stats(profiler, stream=fh).sort_stats("cumulative").print_stats(40)
     else:
         row = run_stage(args.stage, c, data, args.images, args.base_url, work, args.chunk)
     print("RESULT " + json.dumps(row), flush=True)
@@ -278,6 +288,8 @@ def _spawn_worker(
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--stage", stage,
            "--concurrency", str(c), "--data", json.dumps(data), "--images", str(args.images),
            "--base-url", base_url, "--workdir", str(tmp), "--chunk", str(chunk)]  # fmt: skip
+    if args.profile and kind == "stage":
+        cmd += ["--profile", str(args.profile)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -303,6 +315,7 @@ def main() -> None:
         "--ground-chunk-sizes", type=int, nargs="+", default=[0], help="ground's chunk_size (0: the stage's default)"
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--profile", type=Path, help="write a cProfile summary of each stage run (main thread) here")
     # internal: the server process and the worker processes
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=["stage", "release"], help=argparse.SUPPRESS)

@@ -30,7 +30,7 @@ from refineg.config import SAMPLE_ROOT  # noqa: E402
 from refineg.data import bio_labels  # noqa: E402
 from refineg.data.twitter_gmner import TWITTER_GMNER_TYPES, read_twitter_gmner  # noqa: E402
 from refineg.datamodules.encoding import EncodedPost, PostCollator, encode_posts  # noqa: E402
-from refineg.modules.backbones import resolve_encoder  # noqa: E402
+from refineg.weights import resolve_encoder  # noqa: E402
 
 FULL_ROOT = Path("/work/shared/data/twitter-gmner/Twitter10000_v2.0")
 

@@ -30,8 +30,8 @@ import torch
 from torchmetrics.functional.classification import binary_accuracy, binary_auroc
 
 from refineg.data import Example, read_jsonl
+from refineg.inference.predictor import TaggerPredictor
 from refineg.metrics import evaluate_examples
-from refineg.predictor import TaggerPredictor
 
 WRONG_BOX = [-2.0, -2.0, -1.0, -1.0]  # outside every image: IoU 0 with any gold box
 TYPES = ["PER", "LOC", "ORG", "OTHER"]

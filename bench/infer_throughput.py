@@ -46,8 +46,8 @@ def timed(fn) -> float:
 
 
 def ours(ckpt: str, dev: list, types: list[str], quantize: str | None, runtime: str = "torch") -> dict:
+    from refineg.inference.predictor import TaggerPredictor
     from refineg.metrics import evaluate_examples
-    from refineg.predictor import TaggerPredictor
 
     start = time.perf_counter()
     predictor = TaggerPredictor.from_checkpoint(ckpt, batch_size=64, device="cpu", quantize=quantize, runtime=runtime)
@@ -69,7 +69,7 @@ def hf_pipeline(ckpt: str, dev: list) -> list[tuple[str, dict]]:
     import torch
     from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer, pipeline
 
-    from refineg.modules.backbones import resolve_encoder
+    from refineg.weights import resolve_encoder
 
     hparams = torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]
     path = resolve_encoder(hparams["model"]["encoder"])

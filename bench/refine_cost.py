@@ -25,9 +25,9 @@ from transformers import AutoTokenizer  # noqa: E402
 
 from refineg.data import read_jsonl  # noqa: E402
 from refineg.metrics import evaluate_examples  # noqa: E402
-from refineg.modules.backbones import resolve_encoder  # noqa: E402
 from refineg.stages.refinement import RefinementPrompts, load_refine_config, refine_examples  # noqa: E402
 from refineg.stages.refinement.backends import create_refinement_backend  # noqa: E402
+from refineg.weights import resolve_encoder  # noqa: E402
 
 
 class TokenCounter:

@@ -32,21 +32,21 @@ from pathlib import Path
 import torch
 
 from refineg.data import read_jsonl
-from refineg.metrics import evaluate_examples
-from refineg.modules.uncertainty import (
+from refineg.inference.predictor import TaggerPredictor
+from refineg.inference.uncertainty import (
     EntityUncertainty,
     TemperatureScaler,
     UncertaintyEstimator,
     collect_features,
     create_uncertainty_head,
     cross_fit,
+    default_heads,
     fit_error_predictor,
     fit_evidential,
 )
-from refineg.modules.uncertainty.base import per_post as split_by_post
-from refineg.predictor import TaggerPredictor
+from refineg.inference.uncertainty.base import per_post as split_by_post
+from refineg.metrics import evaluate_examples
 from refineg.stages.refinement import RefineConfig, create_refinement_backend, head_report, refine_examples
-from refineg.stages.refinement.calibrate import default_heads
 from refineg.stages.refinement.calibration import entity_errors
 from refineg.stages.refinement.plots import plot_delegation_curves
 

@@ -109,7 +109,7 @@ def hf_model(cfg):
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
     from refineg.data import bio_labels
-    from refineg.modules.backbones import resolve_encoder
+    from refineg.weights import resolve_encoder
 
     path = resolve_encoder(cfg.model.encoder)
     labels = bio_labels(list(cfg.data.types))
@@ -260,7 +260,7 @@ def hf_trainer(args: argparse.Namespace) -> list[dict]:
 
 
 def ours_infer(args: argparse.Namespace) -> list[dict]:
-    from refineg.predictor import TaggerPredictor
+    from refineg.inference.predictor import TaggerPredictor
 
     cfg = config(args)
     dev = dev_examples(cfg, args.infer_posts)
@@ -304,7 +304,7 @@ def hf_pipeline(args: argparse.Namespace) -> list[dict]:
 
 
 def quality_ours(args: argparse.Namespace) -> list[dict]:
-    from refineg.predictor import TaggerPredictor
+    from refineg.inference.predictor import TaggerPredictor
 
     cfg = config(args)
     start = time.perf_counter()

@@ -131,7 +131,9 @@ def run_ours(args) -> dict:
             f"data.bucket={str(not args.no_bucket).lower()}",
             f"data.pad_to_multiple_of={args.pad_multiple}",
             f"data.pack_length={args.pack}",
+            f"data.num_workers={args.workers}",
         ]
+        + (["model.backbone_kwargs.packed_attention=varlen"] if args.varlen else [])
     )
     module = TaggerModule(
         OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), list(cfg.data.types), pretrained=False
@@ -140,7 +142,7 @@ def run_ours(args) -> dict:
     if args.compile != "none":
         from refineg.modules.compile import compile_tagger
 
-        compile_tagger(module.tagger, args.compile)
+        compile_tagger(module.tagger, args.compile, cuda_graph=args.cuda_graph)
     if args.cuda_graph:
         module.use_step_graph(clip=1.0)
     dm = GMNERDataModule(cfg.data, cfg.model.encoder)
@@ -280,9 +282,12 @@ def main() -> None:
     p.add_argument("--no-bucket", action="store_true")
     p.add_argument("--pack", type=int, default=0, help="data.pack_length (0: one post per row)")
     p.add_argument("--pack-length", type=int, default=128, help="pack_length of the packed variants")
+    p.add_argument("--varlen", action="store_true", help="packed rows through variable-length FlashAttention")
+    p.add_argument("--workers", type=int, default=0, help="data.num_workers (collation in worker processes)")
     p.add_argument("--profile", action="store_true", help="profile 5 steps of each variant")
     p.add_argument("--log-dir", help="write each variant's stdout/stderr (profiles) here")
     p.add_argument("--only", nargs="*", help="run only these variants (names of the plan)")
+    p.add_argument("--exact", action="store_true", help="--only names whole variant names, not parts")
     p.add_argument("--out", default="train_throughput.json")
     args = p.parse_args()
     if args.variant == "ours":
@@ -303,6 +308,7 @@ def main() -> None:
         "--batch-size",
         str(args.batch_size),
     ] + (["--profile"] if args.profile else [])
+
     graph = ["--cuda-graph", "--pad-multiple", str(args.graph_pad), "--no-cudnn"]
     plan = {
         "hf-trainer (linear head)": ["--variant", "hf"],
@@ -332,10 +338,52 @@ def main() -> None:
         ],
         "ours (CRF, step graph)": ["--variant", "ours", *graph],
         "ours (CRF, packed)": ["--variant", "ours", "--no-bucket", "--pack", str(args.pack_length), "--no-cudnn"],
+        "ours (CRF, step graph, packed, varlen)": [
+            "--variant",
+            "ours",
+            *graph,
+            "--no-bucket",
+            "--pack",
+            str(args.pack_length),
+            "--varlen",
+        ],
         "ours (CRF, step graph, packed)": ["--variant", "ours", *graph, "--no-bucket", "--pack", str(args.pack_length)],
+        "ours (CRF, step graph, packed, workers)": [
+            "--variant",
+            "ours",
+            *graph,
+            "--no-bucket",
+            "--pack",
+            str(args.pack_length),
+            "--workers",
+            "4",
+        ],
+        "ours (CRF, step graph, packed, compile layers)": [
+            "--variant",
+            "ours",
+            *graph,
+            "--no-bucket",
+            "--pack",
+            str(args.pack_length),
+            "--compile",
+            "layers",
+        ],
+        "ours (CRF, step graph, packed, compile layers, workers)": [
+            "--variant",
+            "ours",
+            *graph,
+            "--no-bucket",
+            "--pack",
+            str(args.pack_length),
+            "--compile",
+            "layers",
+            "--workers",
+            "4",
+        ],
     }
     if args.only:
-        plan = {k: v for k, v in plan.items() if any(o in k for o in args.only)}
+        match = (lambda o, k: o == k) if args.exact else (lambda o, k: o in k)
+        plan = {k: v for k, v in plan.items() if any(match(o, k) for o in args.only)}
     results = {
         "bf16_matmul_tflops": rate,
         "batch_size": args.batch_size,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from refineg.data import DataFormatError, ReadReport, create_data_format, read_jsonl
 from refineg.errors import UsageError, run_reporting_errors
+from refineg.logs import CHATTY_LOGGERS, quiet_chatty_loggers  # noqa: F401  (CHATTY_LOGGERS: public name)
 
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
@@ -122,7 +123,7 @@ def evaluate(args: argparse.Namespace) -> int:
     Gold files are strict; predictions may hold overlapping or duplicate entities, which are scored (each
     predicted triple counts, a duplicate is a false positive) and counted.
     """
-    from refineg.metrics import evaluate_examples
+    from refineg.metrics import evaluate_examples, format_scores
 
     golds, preds = read_jsonl(args.gold), read_jsonl(args.pred, allow_overlaps=True)
     try:
@@ -141,30 +142,6 @@ def evaluate(args: argparse.Namespace) -> int:
                 "each was scored (a duplicate is a false positive)"
             )
     return 0
-
-
-def format_scores(result: dict) -> str:
-    """Readable table of an :func:`refineg.metrics.evaluate_examples` result (percentages)."""
-    lines = [f"{'task':<8}{'P':>8}{'R':>8}{'F1':>8}"]
-    for task in ("gmner", "mner", "eeg"):
-        s = result[task]
-        lines.append(f"{task.upper():<8}{100 * s['precision']:>8.2f}{100 * s['recall']:>8.2f}{100 * s['f1']:>8.2f}")
-    lines.append("")
-    lines.append(f"{'type':<10}{'GMNER F1':>10}{'MNER F1':>10}{'support':>9}")
-    for etype, s in result["per_type"].items():
-        lines.append(f"{etype:<10}{100 * s['gmner_f1']:>10.2f}{100 * s['mner_f1']:>10.2f}{s['support']:>9}")
-    grounding = result.get("grounding")
-    if grounding and grounding["with_box"] + grounding["without_box"]:
-
-        def pct(v: float | None) -> str:
-            return "-" if v is None else f"{100 * v:.2f}"
-
-        lines.append("")
-        lines.append(
-            f"grounding: Acc@0.5 {pct(grounding['acc'])} of {grounding['with_box']} gold entities with a box, "
-            f"none-accuracy {pct(grounding['none_acc'])} of {grounding['without_box']} without"
-        )
-    return "\n".join(lines)
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
@@ -204,7 +181,7 @@ def predict(args: argparse.Namespace) -> int:
 
     from refineg.data import Example, write_jsonl
     from refineg.data.tokenize import word_tokenize
-    from refineg.predictor import TaggerPredictor
+    from refineg.inference.predictor import TaggerPredictor
 
     if args.text is not None:
         examples = [Example("text-0", word_tokenize(args.text), source="predicted")]
@@ -225,7 +202,7 @@ def predict(args: argparse.Namespace) -> int:
                 raise SystemExit(f"--limit must be >= 1, got {args.limit}")
             examples = examples[: args.limit]
     if args.runtime == "onnx":
-        from refineg.onnx_runtime import require_onnxruntime
+        from refineg.inference.onnx_runtime import require_onnxruntime
 
         require_onnxruntime()  # before loading anything
     cpu_only = args.quantize or args.runtime == "onnx"
@@ -266,17 +243,32 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
         help='JSON {head: {kwarg: value}}, e.g. \'{"mc_dropout": {"samples": 16, "dropout": 0.1}}\'',
     )
     p.add_argument("--ensemble", nargs="*", default=None, help="member checkpoints: adds the ensemble head")
-    p.add_argument("--evidential", default=None, help="trained Dirichlet layer: adds the evidential head")
     p.add_argument(
-        "--fit-evidential",
+        "--fit",
+        action="append",
         default=None,
-        metavar="TRAIN_JSONL",
-        help="train a Dirichlet layer on these labelled posts (saved as evidential.pt) and add the head",
+        metavar="HEAD=TRAIN_JSONL",
+        help="fit an uncertainty head that learns (evidential, learned) on these labelled posts, save it in the "
+        "report folder as <head>.pt/.json and add it; its fit settings come from --head-kwargs' fit_<head> entry",
     )
+    p.add_argument("--evidential", default=None, help='alias: --head-kwargs \'{"evidential": {"path": E}}\'')
+    p.add_argument("--fit-evidential", default=None, metavar="TRAIN_JSONL", help="alias: --fit evidential=TRAIN_JSONL")
     p.add_argument("--fit-temperature", action="store_true", help="fit a temperature on --data, report heads again")
     p.add_argument("--bins", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, default=128)
+
+
+def _fit_item(raw: str) -> tuple[str, str]:
+    """``HEAD=TRAIN_JSONL`` of ``refineg calibrate --fit``.
+
+    Raises:
+        UsageError: No ``=`` or an empty side.
+    """
+    name, sep, path = raw.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise UsageError(f"--fit {raw!r}: expected HEAD=TRAIN_JSONL, e.g. --fit evidential=train.jsonl")
+    return name.strip(), path.strip()
 
 
 @subcommand(
@@ -291,26 +283,30 @@ def calibrate_cmd(args: argparse.Namespace) -> int:
     examples = read_jsonl(args.data)
     out_dir = Path(args.out_dir) if args.out_dir else Path(args.ckpt).resolve().parent / "calibration"
     extra = json.loads(args.head_kwargs)
+    fits = [_fit_item(raw) for raw in args.fit or []]
+    if args.fit_evidential:  # kept as an alias: docs/results.md and docs/refinement.md use it
+        fits.append(("evidential", args.fit_evidential))
     heads = None
     if args.heads:
         heads = {h.strip(): dict(extra.get(h.strip(), {})) for h in args.heads.split(",") if h.strip()}
-    if args.ensemble or args.evidential or args.fit_evidential or (extra and heads is None):
+    if args.ensemble or args.evidential or fits or (extra and heads is None):
+        from refineg.inference.uncertainty import UNCERTAINTY_HEADS
         from refineg.modules.tagger_module import TaggerModule
 
+        module = TaggerModule.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=False).eval()
         if heads is None:
-            module = TaggerModule.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=False)
             heads = {k: {**v, **extra.get(k, {})} for k, v in default_heads(module).items()}
         if args.ensemble:
             heads["ensemble"] = {"checkpoints": list(args.ensemble), **extra.get("ensemble", {})}
-        if args.fit_evidential:
-            from refineg.modules.uncertainty import fit_evidential
-
-            module = TaggerModule.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=False).eval()
+        for name, train in fits:
+            head_cls = UNCERTAINTY_HEADS.get(name)
+            if not head_cls.needs_fit:
+                raise UsageError(f"--fit {name}: this uncertainty head learns nothing; list it in --heads instead")
             out_dir.mkdir(parents=True, exist_ok=True)
-            layer = fit_evidential(module, read_jsonl(args.fit_evidential), **extra.get("fit_evidential", {}))
-            layer.save(out_dir / "evidential.pt")
-            heads["evidential"] = {"path": str(out_dir / "evidential.pt")}
-        elif args.evidential:
+            path = out_dir / f"{name}{head_cls.state_suffix}"
+            head_cls.fit(module, read_jsonl(train), **extra.get(f"fit_{name}", {})).save(path)
+            heads[name] = {"path": str(path)}
+        if args.evidential and "evidential" not in dict(fits):  # alias of the evidential head's path= setting
             heads["evidential"] = {"path": args.evidential}
     report = calibrate(
         args.ckpt,
@@ -659,7 +655,7 @@ def zeroshot_cmd(args: argparse.Namespace) -> int:
     for key, value in report["dropped_or_changed"].items():
         print(f"  {key:<20}{value:>7}")
     if args.gold:
-        from refineg.metrics import evaluate_examples
+        from refineg.metrics import evaluate_examples, format_scores
 
         print(format_scores(evaluate_examples(read_jsonl(args.gold), read_jsonl(args.out), match=args.match)))
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.report.json')}")
@@ -833,16 +829,6 @@ def build_parser() -> argparse.ArgumentParser:
         add_args(sub)
         sub.set_defaults(run=run)
     return parser
-
-
-#: Libraries that log routine detail at INFO: httpx one line per HTTP request (every MLLM call).
-CHATTY_LOGGERS = ("httpx",)
-
-
-def quiet_chatty_loggers(verbose: bool) -> None:
-    """Shows the INFO lines of :data:`CHATTY_LOGGERS` only with debug logging (``-v``)."""
-    for name in CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,12 +58,16 @@ class DataConfig:
 class ModelConfig:
     """The small tagger: encoder backbone, tagging head and features."""
 
-    backbone: str = "hf"  # registry name: hf | hf_image
+    backbone: str = "hf"  # registry name: hf | hf_image (refineg.modules.backbones.BACKBONES)
     encoder: str = "minilm"  # Hugging Face hub name or local folder; "minilm" = packaged all-MiniLM-L6-v2
-    head: str = "crf"  # registry name: softmax | crf
+    head: str = "crf"  # registry name: softmax | crf (refineg.modules.heads.HEADS)
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)  # more keyword arguments for the backbone factory
+    imports: list[str] = field(default_factory=list)  # modules imported first: they register new components by name
+    head_kwargs: dict[str, Any] = field(default_factory=dict)  # more keyword arguments for the head factory
     casing: bool = True  # casing-feature embedding (the default encoder is uncased)
     dropout: float = 0.1
     word_dropout: float = 0.0  # probability of replacing a word by the unknown token while training
+    # image_* / freeze_image: short names for backbone factories that take them (hf_image); see BACKBONE_KEY_ALIASES
     image_encoder: str = "timm"  # hf_image only: timm | open_clip
     image_model: str = "resnet50"
     image_pretrained: str | None = None  # timm: true/false or checkpoint path; open_clip: tag or checkpoint path
@@ -74,6 +78,7 @@ class ModelConfig:
     groundability_head: str = "span_mlp"  # registry name (refineg.modules.groundability)
     groundability_hidden: int = 256  # MLP hidden width
     groundability_weight: float = 1.0  # BCE weight added to the tagging loss
+    groundability_kwargs: dict[str, Any] = field(default_factory=dict)  # more keyword arguments for that head
     init_from: str | None = None  # Lightning checkpoint whose tagger weights start this run (new heads stay random)
     freeze_tagger: bool = False  # train only the groundability head; backbone, casing and tagging head stay fixed
 

@@ -262,3 +262,48 @@ def grounding_tally(
 
     total = [sum(r[i] for r in rows.values()) for i in range(4)]
     return {**rates(total), "per_type": {t: rates(r) for t, r in sorted(rows.items())}}
+
+
+def format_scores(result: dict) -> str:
+    """Readable table of an :func:`refineg.metrics.evaluate_examples` result (percentages)."""
+    lines = [f"{'task':<8}{'P':>8}{'R':>8}{'F1':>8}"]
+    for task in ("gmner", "mner", "eeg"):
+        s = result[task]
+        lines.append(f"{task.upper():<8}{100 * s['precision']:>8.2f}{100 * s['recall']:>8.2f}{100 * s['f1']:>8.2f}")
+    lines.append("")
+    lines.append(f"{'type':<10}{'GMNER F1':>10}{'MNER F1':>10}{'support':>9}")
+    for etype, s in result["per_type"].items():
+        lines.append(f"{etype:<10}{100 * s['gmner_f1']:>10.2f}{100 * s['mner_f1']:>10.2f}{s['support']:>9}")
+    grounding = result.get("grounding")
+    if grounding and grounding["with_box"] + grounding["without_box"]:
+
+        def pct(v: float | None) -> str:
+            return "-" if v is None else f"{100 * v:.2f}"
+
+        lines.append("")
+        lines.append(
+            f"grounding: Acc@0.5 {pct(grounding['acc'])} of {grounding['with_box']} gold entities with a box, "
+            f"none-accuracy {pct(grounding['none_acc'])} of {grounding['without_box']} without"
+        )
+    return "\n".join(lines)
+
+
+def entity_errors(preds: Sequence[Example], golds: Sequence[Example]) -> list[dict[str, bool]]:
+    """Per predicted entity (posts in ``preds`` order): ``{"total": error, "span": error, "type": error or None}``.
+
+    Raises:
+        ValueError: A predicted post id is not in the gold data.
+    """
+    by_id = {g.id: g for g in golds}
+    out = []
+    for p in preds:
+        if p.id not in by_id:
+            raise ValueError(f"predicted post {p.id!r} is not in the gold data")
+        gold = by_id[p.id].entities
+        spans = {(g.start, g.end): g.type for g in gold}
+        for e in p.entities:
+            gtype = spans.get((e.start, e.end))
+            out.append(
+                {"total": gtype != e.type, "span": gtype is None, "type": None if gtype is None else gtype != e.type}
+            )
+    return out

@@ -18,14 +18,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from refineg.callbacks import TrainThroughput
-from refineg.cli import format_scores
 from refineg.data import write_jsonl
 from refineg.datamodules.gmner import GMNERDataModule, has_test_split
-from refineg.metrics import evaluate_examples
+from refineg.inference.predictor import TaggerPredictor
+from refineg.metrics import evaluate_examples, format_scores
 from refineg.modules.backbones import PACKABLE
 from refineg.modules.compile import compile_tagger
 from refineg.modules.tagger_module import TaggerModule
-from refineg.predictor import TaggerPredictor
 
 logger = logging.getLogger(__name__)
 RUN_ENV = "REFINEG_RUN_NAME"
@@ -134,7 +133,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         run_dir,
         image_transform=getattr(module.tagger.backbone, "image_transform", None),
     )
-    compile_tagger(module.tagger, cfg.compile)
+    compile_tagger(module.tagger, cfg.compile, cuda_graph=cfg.cuda_graph)
     # a frozen tagger's MNER F1 never moves: pick the epoch by the head being trained
     monitor = "val/groundability_auroc" if cfg.model.freeze_tagger else "val/mner_f1"
     # the best checkpoint is for inference: weights and hyper-parameters only (a third of the size); last.ckpt keeps
@@ -155,8 +154,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer_kwargs.get("strategy") == "ddp":
         trainer_kwargs["strategy"] = ddp_strategy(cfg.ddp)
     if cfg.cuda_graph:
-        if cfg.compile != "none":
-            raise ValueError(f"cuda_graph=true records the eager step; it does not combine with compile={cfg.compile}")
         if str(cfg.trainer.precision) in ("16", "16-mixed"):
             raise ValueError(
                 "cuda_graph=true does not scale the loss, so fp16's gradient scaler would divide unscaled "

@@ -44,16 +44,49 @@ def test_every_section_has_a_snippet():
     assert titles == [
         "A backbone",
         "A tagging head",
+        "An image encoder",
+        "A groundability head",
         "An uncertainty head",
+        "An uncertainty head",  # a head that scores, then one that is fitted (fit / save / load)
         "An LLM / MLLM backend",
         "A data format",
+        "A synthesizer",
+        "A refinement backend",
         "A grounder",
+        "A proposal source",
     ]
+
+
+def registries_in_package():
+    """``{variable name: registry kind}`` of every ``NAME = Registry("kind")`` in the package's source."""
+    found = {}
+    for path in (ROOT / "refineg").rglob("*.py"):
+        for name, kind in re.findall(r'^([A-Z_]+) = Registry\("([^"]+)"\)', path.read_text(), flags=re.M):
+            found[name] = kind
+    return found
+
+
+def test_every_registry_has_a_row_and_a_section():
+    registries = registries_in_package()
+    assert len(registries) == 11, registries
+    table = {
+        row.split("|")[2].strip().strip("`"): row.split("|")[5].strip()
+        for row in DOC.read_text().splitlines()
+        if row.startswith("| ") and row.count("|") == 6 and "`" in row.split("|")[2]
+    }
+    assert set(table) == set(registries)
+    titles = {t for t, _ in snippets()}
+    for name, link in table.items():
+        title = re.match(r"\[(.+)\]\(#", link).group(1)
+        assert title in titles, (name, title)
 
 
 def test_snippets_run():
     # torch and the project are imported once, then each snippet runs in a forked child (fresh registries)
-    preamble = "import torch, transformers, refineg.modules.tagger_module, refineg.llm, refineg.stages.grounding\n"
+    preamble = (
+        "import torch, transformers, refineg.modules.tagger_module, refineg.llm, refineg.stages.grounding, "
+        "refineg.stages.refinement, refineg.stages.synthesis, refineg.inference.uncertainty\n"
+    )
     script = preamble + "torch.set_num_threads(1)\n" + RUNNER.format(blocks=snippets())
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(
@@ -61,4 +94,4 @@ def test_snippets_run():
     )
     report = proc.stdout + proc.stderr
     assert proc.returncode == 0, report[-6000:]
-    assert report.count(": ok") == 6, report[-6000:]
+    assert report.count(": ok") == len(snippets()), report[-6000:]

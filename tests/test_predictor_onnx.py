@@ -4,7 +4,7 @@ import torch
 pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'refineg[onnx]')")
 pytest.importorskip("onnxscript", reason="onnxscript not installed (the torch ONNX exporter needs it)")
 
-from refineg.predictor import TaggerPredictor  # noqa: E402
+from refineg.inference.predictor import TaggerPredictor  # noqa: E402
 from tests.refine_helpers import make_tiny_tagger, sample_posts  # noqa: E402
 
 
@@ -122,7 +122,7 @@ def test_onnx_int8_quantises_the_exported_matmuls_and_tags_nearly_the_same(tagge
 def test_export_and_quantisation_log_their_passes_only_at_debug(tagger, onnx_predictor, tmp_path, caplog):
     import logging
 
-    from refineg.onnx_runtime import OnnxEmissions, export_emission_graph, export_logs_as_debug
+    from refineg.inference.onnx_runtime import OnnxEmissions, export_emission_graph, export_logs_as_debug
 
     _, batch = next(onnx_predictor.batches(sample_posts(n=2)))
     with caplog.at_level(logging.INFO):

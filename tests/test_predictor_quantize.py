@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from refineg.predictor import FullRangeDynamicLinear, TaggerPredictor, quantize_encoder
+from refineg.inference.predictor import TaggerPredictor
+from refineg.inference.quantize import FullRangeDynamicLinear, quantize_encoder
 from tests.refine_helpers import make_tiny_tagger, sample_posts
 
 
@@ -42,7 +43,7 @@ def test_int8_predictor_quantises_encoder_linears_per_channel_and_tags_the_same_
 
 
 def test_full_range_linear_quantises_inputs_to_8_bits_and_weights_per_row():
-    from refineg.predictor import _per_channel_qconfig
+    from refineg.inference.quantize import _per_channel_qconfig
 
     torch.manual_seed(0)
     lin = torch.nn.Sequential(torch.nn.Linear(48, 16)).eval()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from transformers import BertConfig, BertModel
 
-from refineg.modules.backbones import resolve_encoder
+from refineg.weights import resolve_encoder
 
 
 def make_tiny_bert(folder: Path, seed: int = 0) -> str:

@@ -17,7 +17,8 @@ from typing import Any
 from refineg.data.errors import DataFormatError, ReadReport
 from refineg.data.files import load_json
 from refineg.data.schema import Entity, Example, box_problem, clip_box
-from refineg.data.tokenize import locate_spans, word_tokenize
+from refineg.data.spans import locate_spans
+from refineg.data.tokenize import word_tokenize
 
 CCKS_TYPES = ("vehicle", "aircraft", "vessel", "weapon", "location", "other")
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from defusedxml import DefusedXmlException
 from defusedxml import ElementTree as SafeET
-from PIL import Image, UnidentifiedImageError
 
 from refineg.data.errors import DataFormatError, ReadReport
 from refineg.data.files import inside_folder, read_text
+from refineg.data.images import ImageError, image_size
 from refineg.data.schema import Box, Entity, Example
 
 FLICKR30K_TYPES = (
@@ -98,10 +98,11 @@ def read_boxes(xml_path: Path, image_path: Path, report: ReadReport) -> tuple[di
     if not objects and not image_path.is_file():
         return {}, None
     try:
-        with Image.open(image_path) as img:  # reads the header only
-            width, height = img.size
-    except (OSError, UnidentifiedImageError) as err:
-        raise DataFormatError(image_path, f"image needed to scale the boxes of {xml_path.name} ({err})") from None
+        width, height = image_size(image_path)
+    except ImageError as err:
+        raise DataFormatError(
+            image_path, f"image needed to scale the boxes of {xml_path.name} ({err.reason})"
+        ) from None
     if not objects:
         return {}, (width, height)
     try:

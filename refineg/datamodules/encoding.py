@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from refineg.data.bio import entities_to_tags
 from refineg.data.files import inside_folder
+from refineg.data.images import load_image
 from refineg.data.schema import Example
 
 logger = logging.getLogger(__name__)
@@ -197,6 +198,28 @@ def pack_rows(lengths: Sequence[int], row_length: int) -> tuple[np.ndarray, np.n
     return row, offset, len(fill)
 
 
+def packed_cu_seqlens(segment_ids: np.ndarray, n_posts: int) -> np.ndarray:
+    """Sequence boundaries of packed rows in flattened order, padded to a length fixed by the batch's shape.
+
+    Args:
+        segment_ids: ``(R, L)`` segment of each slot (posts numbered from 1, padding 0).
+        n_posts: Posts in the batch.
+
+    Returns:
+        ``(n_posts + R + 1,)`` int32 cumulative offsets: each post and each row's padding tail is one sequence,
+        then empty sequences at ``R * L``.
+    """
+    rows, length = segment_ids.shape
+    flat = segment_ids.reshape(-1)
+    change = np.ones(flat.size, bool)
+    change[1:] = flat[1:] != flat[:-1]
+    change[::length] = True  # a row never continues the previous one
+    starts = np.flatnonzero(change)
+    out = np.full(n_posts + rows + 1, flat.size, np.int32)
+    out[: starts.size] = starts
+    return out
+
+
 class PostCollator:
     """Pads a list of :class:`EncodedPost` into tensors; optional word dropout (training only).
 
@@ -235,8 +258,7 @@ class PostCollator:
             img = None
             if p.image and Path(p.image).is_file():
                 try:
-                    with Image.open(p.image) as raw:
-                        img = self.image_transform(raw.convert("RGB"))
+                    img = self.image_transform(load_image(p.image))
                 except OSError as err:
                     logger.warning("%s: unreadable image (%s); post tagged text-only", p.image, err)
             if img is None:
@@ -258,7 +280,9 @@ class PostCollator:
             Groundability targets: ``word_end`` ``(B, W)`` (see :attr:`EncodedPost.word_ends`), ``entity_spans``
             ``(N, 3)`` ``[post, start, end_exclusive]`` word positions, ``entity_types`` ``(N,)`` and
             ``entity_grounded`` ``(N,)`` (1.0 when the gold entity has a box). Packed (``pack_length``):
-            ``input_ids``/``attention_mask``/``position_ids``/``segment_ids`` are ``(R, pack_length)``.
+            ``input_ids``/``attention_mask``/``position_ids``/``segment_ids`` are ``(R, pack_length)``, and
+            ``cu_seqlens`` ``(B + R + 1,)`` int32 holds the posts' boundaries for variable-length attention
+            (:func:`packed_cu_seqlens`).
         """
         s_lens = np.array([len(p.input_ids) for p in posts])
         w_lens = np.array([len(p.word_starts) for p in posts])
@@ -283,6 +307,7 @@ class PostCollator:
                 packed[name][flat] = values
             input_ids, tokens = input_ids.reshape(shape), tokens.reshape(shape)
             packed = {k: v.reshape(shape) for k, v in packed.items()}
+            packed["cu_seqlens"] = packed_cu_seqlens(packed["segment_ids"], len(posts))
         else:
             start = np.arange(len(posts)) * s_len
             tokens = np.arange(s_len) < s_lens[:, None]  # (B, S) real subwords

@@ -16,7 +16,7 @@ from refineg.data import DataFormatError, Example, ReadReport, bio_labels, read_
 from refineg.data.formats import create_data_format
 from refineg.datamodules.encoding import EncodedPost, PostCollator, encode_posts
 from refineg.datamodules.samplers import BucketBatchSampler, EvalBatchSampler, RatioBatchSampler
-from refineg.modules.backbones import resolve_encoder
+from refineg.weights import load_tokenizer
 
 logger = logging.getLogger(__name__)
 MIXING_MODES = ("gold_only", "concat", "ratio", "two_stage")
@@ -36,21 +36,23 @@ class EncodedDataset(Dataset):
 
 
 def read_split(data: DictConfig, split: str) -> list[Example]:
-    """Reads one split (``train``/``dev``/``test``) as configured by ``data`` (format, root, paths)."""
+    """Reads one split (``train``/``dev``/``test``) as configured by ``data`` (format, root, paths).
+
+    The format's ``split_reader`` (:class:`refineg.data.formats.DataFormat`) reads it.
+
+    Raises:
+        KeyError: ``data.format`` is not a registered format (the message lists them).
+        ValueError: The format has no split reader (convert it to JSONL first).
+    """
     root = resolve_data_root(data)
     path = root / data[split]
     report = ReadReport()
-    if data.format == "twitter-gmner":
-        xml = root / data.xml_dir if data.xml_dir else None
-        examples = create_data_format("twitter-gmner").reader(path, xml, types=list(data.types), report=report)
-    elif data.format == "conll":
-        examples = create_data_format("conll").reader(path, types=list(data.types))
-    elif data.format == "jsonl":
-        examples = read_jsonl(path, types=list(data.types), report=report)
-    else:
+    fmt = create_data_format(data.format)
+    if fmt.split_reader is None:
         raise ValueError(
             f"data.format {data.format!r} is not a training format; convert it to jsonl first (refineg convert)"
         )
+    examples = fmt.split_reader(path, root, data, report)
     if report.counts:
         logger.warning("%s: reader warnings\n%s", path, report.summary())
     return examples
@@ -136,9 +138,7 @@ class GMNERDataModule(L.LightningDataModule):
 
     def _tokenizer(self):
         if self.tokenizer is None:
-            from transformers import AutoTokenizer
-
-            self.tokenizer = AutoTokenizer.from_pretrained(resolve_encoder(self.encoder))
+            self.tokenizer = load_tokenizer(self.encoder)
             if not self.tokenizer.is_fast:
                 raise ValueError(f"encoder {self.encoder!r} has no fast tokenizer (needed for word alignment)")
         return self.tokenizer

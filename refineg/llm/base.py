@@ -24,6 +24,8 @@ from typing import Any, ClassVar
 
 from tqdm.auto import tqdm
 
+from .answers import AnswerFormat, structured_params
+from .boxes import BoxConvention
 from .cache import CachedResponse, ResponseCache, request_key, request_material
 from .config import LLMConfig
 from .faults import BackendError, RetryPolicy, redact
@@ -68,6 +70,7 @@ class _Request:
     expect_json: bool
     json_type: Any
     json_accept: Callable[[Any], bool] | None = None
+    answer: AnswerFormat | None = None
 
 
 class ChatBackend(ABC):
@@ -146,8 +149,11 @@ class ChatBackend(ABC):
 
     # ------------------------------------------------------------------------------------------------ public API
     def image_scale(self, image: Any) -> ImageScale:
-        """How this backend scales ``image`` (a PIL image, path or ``(w, h)``): map boxes with it."""
-        return ImageScale.for_image(image, self.config.max_side)
+        """How this backend scales ``image`` (a PIL image, path or ``(w, h)``), in its model's box coordinates.
+
+        The scale carries ``config.box_format``: map boxes between original pixels and the model with it.
+        """
+        return ImageScale.for_image(image, self.config.max_side, BoxConvention.from_config(self.config))
 
     def sampling_params(self, **overrides: Any) -> dict[str, Any]:
         """The sampling parameters of a request: config values, ``config.extra``, then ``overrides``."""
@@ -169,6 +175,7 @@ class ChatBackend(ABC):
         expect_json: bool = False,
         json_type: Any = (dict, list),
         json_accept: Callable[[Any], bool] | None = None,
+        answer: AnswerFormat | None = None,
         item: Any = None,
         **params: Any,
     ) -> ChatResult:
@@ -183,6 +190,10 @@ class ChatBackend(ABC):
             json_accept: When ``expect_json``: whether a decoded value fits the expected answer (its shape, its
                 keys). The first JSON value in the answer that fits is taken (so a box list in the model's
                 reasoning is passed over); an answer with none is invalid (``invalid_json``) and retried.
+            answer: The typed answer of the prompt (:mod:`refineg.llm.answers`). It implies ``expect_json``; the
+                answer must validate against its model (as well as fit ``json_accept``), and unless
+                ``config.structured_output`` is ``off`` its schema is sent with the request. The schema and the
+                mode are part of the cache key, so a changed schema never replays an old answer.
             item: Identifier kept with a failure in the usage summary.
             **params: Per-call sampling overrides (``temperature``, ``max_tokens``, ...); ``None`` keeps the
                 configured value.
@@ -190,7 +201,7 @@ class ChatBackend(ABC):
         Returns:
             The result; ``status`` tells success, failure or an exhausted budget.
         """
-        req = self._request(messages, params, expect_json, json_type, json_accept)
+        req = self._request(messages, params, expect_json, json_type, json_accept, answer)
         result = self._lookup(req)
         if result is None:
             result = self._run(req)
@@ -208,6 +219,7 @@ class ChatBackend(ABC):
         expect_json: bool = False,
         json_type: Any = (dict, list),
         json_accept: Callable[[Any], bool] | None = None,
+        answer: AnswerFormat | None = None,
         items: Sequence[Any] | None = None,
         **params: Any,
     ) -> list[ChatResult]:
@@ -224,6 +236,7 @@ class ChatBackend(ABC):
             expect_json: See :meth:`chat`.
             json_type: See :meth:`chat`.
             json_accept: See :meth:`chat`.
+            answer: See :meth:`chat`.
             items: Identifiers of the conversations for the failure summary (default their indices).
             **params: Per-call sampling overrides.
 
@@ -239,7 +252,7 @@ class ChatBackend(ABC):
         bar = tqdm(total=n, desc=f"llm {stage}", unit="req", disable=not progress, leave=False)
         try:
             for i, messages in enumerate(conversations):
-                req = self._request(messages, params, expect_json, json_type, json_accept)
+                req = self._request(messages, params, expect_json, json_type, json_accept, answer)
                 if req.key in first_of:
                     duplicates.append((i, first_of[req.key]))
                     continue
@@ -326,18 +339,28 @@ class ChatBackend(ABC):
         expect_json: bool,
         json_type: Any,
         json_accept: Callable[[Any], bool] | None = None,
+        answer: AnswerFormat | None = None,
     ) -> _Request:
         messages = list(messages)
         if not messages or not all(isinstance(m, Message) for m in messages):
             raise TypeError("a conversation is a non-empty sequence of refineg.llm.Message")
         params = self.sampling_params(**overrides)
+        if answer is not None:
+            expect_json, json_type = True, (dict, list)
+            json_accept = _both(answer.accepts, json_accept)
+            mode = self.config.structured_output
+            params.update(structured_params(answer, mode))
         key_params = dict(params)
+        if answer is not None:
+            # the schema decides which answers are valid even when it is not sent: a changed one asks again
+            key_params["answer_format"] = {"name": answer.name, "schema": answer.fingerprint, "mode": mode}
         if any(isinstance(p, ImagePart) for m in messages for p in m.parts):
             # How images are prepared changes what the model sees; it matters only when there are images.
             key_params["image_max_side"] = self.config.max_side
             key_params["image_jpeg_quality"] = self.config.jpeg_quality
         material = request_material(self._cache_identity(), self.config.model, messages, key_params)
-        return _Request(messages, params, material, request_key(material), expect_json, json_type, json_accept)
+        key = request_key(material)
+        return _Request(messages, params, material, key, expect_json, json_type, json_accept, answer)
 
     def _lookup(self, req: _Request) -> ChatResult | None:
         if self.cache is None:
@@ -370,9 +393,11 @@ class ChatBackend(ABC):
     def _miss_message(self, req: _Request) -> str:
         first_text = next((m.text for m in req.messages if m.role == "user"), "")[:60]
         size = len(self.cache) if self.cache is not None else 0
+        # the schema itself is long; its fingerprint is in params["answer_format"]
+        params = {k: v for k, v in req.material["params"].items() if k not in ("response_format", "guided_json")}
         return (
             f"replay: no cached answer for request {req.key[:16]} (backend={req.material['backend']!r}, "
-            f"model={req.material['model']!r}, params={req.material['params']}, first user text {first_text!r}); "
+            f"model={req.material['model']!r}, params={params}, first user text {first_text!r}); "
             f"the cache {self.cache!r} holds {size} answers. Record it by running the live backend with the same "
             "config, or check that model, sampling parameters and max_side match the recorded run."
         )
@@ -394,7 +419,14 @@ class ChatBackend(ABC):
         """The JSON value of ``text`` that fits ``req``; any failure is a :class:`JSONExtractionError`."""
         try:
             return extract_json(text, req.json_type, req.json_accept)
-        except JSONExtractionError:
+        except JSONExtractionError as err:
+            if req.answer is None:
+                raise
+            try:  # say why the answer's first JSON value is not a valid answer
+                req.answer.validate(extract_json(text, req.json_type))
+            except (ValueError, JSONExtractionError) as why:
+                if not isinstance(why, JSONExtractionError):
+                    raise JSONExtractionError(f"{err}; {why}") from None
             raise
         except Exception as err:  # never let an odd answer crash the caller's batch
             raise JSONExtractionError(f"unreadable answer ({type(err).__name__})") from None
@@ -527,6 +559,12 @@ class ChatBackend(ABC):
     def _maybe_write_usage(self) -> None:
         if self.usage.run_dir is not None and time.monotonic() - self._last_usage_write > _USAGE_WRITE_EVERY_S:
             self.write_usage()
+
+
+def _both(first: Callable[[Any], bool], second: Callable[[Any], bool] | None) -> Callable[[Any], bool]:
+    if second is None:
+        return first
+    return lambda value: first(value) and second(value)
 
 
 def _rebuild_backend(cls: type[ChatBackend], config: dict[str, Any]) -> ChatBackend:

@@ -7,6 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+#: Values of ``LLMConfig.structured_output``.
+STRUCTURED_OUTPUT_MODES = ("json_schema", "guided_json", "off")
+#: Values of ``LLMConfig.box_format``.
+BOX_FORMATS = ("pixel", "norm1000", "norm1", "qwen2.5-vl")
+
 # OmegaConf reads these annotations at run time and does not accept ``X | None`` on every Python version we
 # support, hence ``Optional``.
 
@@ -47,6 +52,16 @@ class LLMConfig:
         gguf_file: ``hf``: GGUF file name inside the ``model`` folder, for quantised causal LMs.
         trust_remote_code: ``hf``: allow model code shipped with the checkpoint.
         replay_of: ``replay``: the backend whose cached answers are replayed (part of the cache key).
+        structured_output: How a stage's answer schema reaches the server (:mod:`refineg.llm.answers`):
+            ``json_schema`` (default; ``response_format={"type": "json_schema", ...}``: OpenAI, vLLM >= 0.6,
+            SGLang), ``guided_json`` (``extra_body={"guided_json": schema}``: vLLM before 0.12) or ``off`` (the
+            schema is not sent; the answer is parsed from the text). Every mode validates the answer against
+            the schema's model. Part of the cache key.
+        box_format: The coordinates the model answers boxes in (:mod:`refineg.llm.boxes`): ``pixel`` (pixels of
+            the image sent), ``norm1000`` (integers 0-1000), ``norm1`` (floats 0-1) or ``qwen2.5-vl`` (pixels of
+            the grid Qwen2.5-VL's processor resizes the sent image to).
+        min_pixels: ``qwen2.5-vl`` boxes: the processor's ``min_pixels`` (Qwen2.5-VL's default 3136 = 4 * 28 * 28).
+        max_pixels: ``qwen2.5-vl`` boxes: the processor's ``max_pixels`` (default 12845056 = 16384 * 28 * 28).
     """
 
     backend: str = "openai"
@@ -74,12 +89,27 @@ class LLMConfig:
     gguf_file: Optional[str] = None  # noqa: UP045
     trust_remote_code: bool = False
     replay_of: str = "openai"
+    structured_output: str = "json_schema"
+    box_format: str = "pixel"
+    min_pixels: int = 3136
+    max_pixels: int = 12845056
 
     def __post_init__(self) -> None:
         if self.max_retries < 0:
             raise ValueError("max_retries must be >= 0")
         if self.concurrency < 1 or self.batch_size < 1:
             raise ValueError("concurrency and batch_size must be >= 1")
+        if str(self.structured_output).lower() == "false":
+            # YAML 1.1 (OmegaConf's override parser) reads a bare `off` as false: the user wrote `off`
+            self.structured_output = "off"
+        if self.structured_output not in STRUCTURED_OUTPUT_MODES:
+            raise ValueError(
+                f"unknown structured_output {self.structured_output!r}; choose one of {list(STRUCTURED_OUTPUT_MODES)}"
+            )
+        if self.box_format not in BOX_FORMATS:
+            raise ValueError(f"unknown box_format {self.box_format!r}; choose one of {list(BOX_FORMATS)}")
+        if not 0 < self.min_pixels <= self.max_pixels:
+            raise ValueError("min_pixels and max_pixels must satisfy 0 < min_pixels <= max_pixels")
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any] | Any) -> LLMConfig:

@@ -11,22 +11,14 @@ import base64
 import hashlib
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
+from refineg.data.images import image_size, load_image
 
-def load_image(source: Image.Image | str | Path) -> Image.Image:
-    """Returns ``source`` as a PIL image (files are opened and fully read).
-
-    EXIF orientation is deliberately *not* applied: GMNER boxes are annotated in the stored pixel grid.
-    """
-    if isinstance(source, Image.Image):
-        return source
-    with Image.open(source) as img:
-        img.load()
-        return img.copy()
+from .boxes import BoxConvention
 
 
 def fit_longest_side(width: int, height: int, max_side: int | None) -> tuple[int, int]:
@@ -48,54 +40,73 @@ def fit_longest_side(width: int, height: int, max_side: int | None) -> tuple[int
 
 @dataclass(frozen=True)
 class ImageScale:
-    """Maps boxes between original-image pixels and the pixels of the image actually sent.
+    """Maps boxes between original-image pixels and the coordinates the model uses for the image actually sent.
+
+    The model's coordinates follow ``convention`` (:mod:`refineg.llm.boxes`); with the default ``pixel`` they are
+    the pixels of the resized image sent.
 
     Attributes:
         original_size: ``(width, height)`` of the original image.
         sent_size: ``(width, height)`` of the resized image sent to the model.
+        convention: The box coordinate convention of the model.
     """
 
     original_size: tuple[int, int]
     sent_size: tuple[int, int]
+    convention: BoxConvention = field(default_factory=BoxConvention)
 
     @classmethod
-    def for_image(cls, source: Image.Image | str | Path | tuple[int, int], max_side: int | None) -> ImageScale:
+    def for_image(
+        cls,
+        source: Image.Image | str | Path | tuple[int, int],
+        max_side: int | None,
+        convention: BoxConvention | None = None,
+    ) -> ImageScale:
         """The scale a backend with ``max_side`` applies to ``source`` (an image, a path, or a ``(w, h)`` size)."""
         if isinstance(source, tuple):
             width, height = source
-        elif isinstance(source, Image.Image):
-            width, height = source.size
         else:
-            with Image.open(source) as img:  # reads the header only
-                width, height = img.size
-        return cls((width, height), fit_longest_side(width, height, max_side))
+            width, height = image_size(source)
+        return cls((width, height), fit_longest_side(width, height, max_side), convention or BoxConvention())
 
     @property
     def factors(self) -> tuple[float, float]:
         """``(sx, sy)``: sent pixels per original pixel along x and y."""
         return self.sent_size[0] / self.original_size[0], self.sent_size[1] / self.original_size[1]
 
-    def to_sent(self, box: Sequence[float], *, round_to_int: bool = False) -> list[float]:
-        """Scales an ``[xmin, ymin, xmax, ymax]`` box from original to sent pixels."""
-        sx, sy = self.factors
-        out = [box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy]
-        return [float(round(v)) for v in out] if round_to_int else out
+    @property
+    def frame(self) -> tuple[float, float]:
+        """``(fw, fh)``: the range of the model's coordinates along x and y (the sent size for ``pixel``)."""
+        return self.convention.frame(self.sent_size)
 
-    def to_original(self, box: Sequence[float], *, round_to_int: bool = True, clip: bool = True) -> list[float]:
-        """Scales an ``[xmin, ymin, xmax, ymax]`` box from sent back to original pixels.
+    def to_sent(self, box: Sequence[float], *, round_to_int: bool = False) -> list[float]:
+        """An ``[xmin, ymin, xmax, ymax]`` box from original pixels to the model's coordinates.
 
         Args:
-            box: Box in sent-image pixels (as the model answered).
+            box: Box in original pixels.
+            round_to_int: Round as a model writes it (whole numbers; 4 decimals for ``norm1``).
+        """
+        return self.convention.to_model(box, self.original_size, self.sent_size, rounded=round_to_int)
+
+    def format_box(self, box: Sequence[float]) -> list[int] | list[float]:
+        """An original-pixel box as the JSON numbers a model would write (demonstration answers)."""
+        return self.convention.format_box(self.to_sent(box, round_to_int=True))
+
+    def to_original(self, box: Sequence[float], *, round_to_int: bool = True, clip: bool = True) -> list[float]:
+        """An ``[xmin, ymin, xmax, ymax]`` box from the model's coordinates back to original pixels.
+
+        Args:
+            box: Box in the model's coordinates (as the model answered).
             round_to_int: Round to whole pixels (ReFineG does).
             clip: Clip to the original image's bounds.
         """
-        sx, sy = self.factors
-        out = [box[0] / sx, box[1] / sy, box[2] / sx, box[3] / sy]
-        if clip:
-            w, h = self.original_size
-            limits = (w, h, w, h)
-            out = [min(max(v, 0.0), float(lim)) for v, lim in zip(out, limits, strict=True)]
-        return [float(round(v)) for v in out] if round_to_int else out
+        return self.convention.to_original(
+            box, self.original_size, self.sent_size, round_to_int=round_to_int, clip=clip
+        )
+
+    def box_note(self) -> str:
+        """The convention and this image's coordinate range, for a prompt."""
+        return f"{self.convention.describe()}; {self.convention.describe_range(self.sent_size)}"
 
 
 def resize_longest_side(image: Image.Image, max_side: int | None) -> Image.Image:
@@ -142,8 +153,8 @@ class PreparedImage:
 
 
 def prepare_image(source: Image.Image | str | Path, max_side: int | None) -> PreparedImage:
-    """Loads ``source``, converts it to RGB and shrinks it to ``max_side``."""
-    img = load_image(source)
+    """Loads ``source``, converts it to RGB and shrinks it to ``max_side`` (``scale`` in ``pixel`` coordinates)."""
+    img = load_image(source, rgb=False)
     original = img.size
     if img.mode != "RGB":
         img = img.convert("RGB")
@@ -153,7 +164,7 @@ def prepare_image(source: Image.Image | str | Path, max_side: int | None) -> Pre
 
 def image_content_hash(source: Image.Image | str | Path) -> str:
     """SHA-256 of an image's decoded pixels (mode, size and bytes), so a path and the same image in memory agree."""
-    img = load_image(source)
+    img = load_image(source, rgb=False)
     h = hashlib.sha256()
     h.update(f"{img.mode}:{img.size[0]}x{img.size[1]}:".encode())
     h.update(img.tobytes())

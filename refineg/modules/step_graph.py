@@ -48,6 +48,7 @@ STEP_KEYS = (
     "image_mask",
     "position_ids",
     "segment_ids",
+    "cu_seqlens",
 )
 
 
@@ -165,7 +166,8 @@ class GraphedStep:
         for param in self.params:
             param.grad = None
         torch.cuda.synchronize()
-        with torch.cuda.graph(graph, pool=self._pool, stream=self._side_stream()):
+        # thread_local: data-loader pin-memory threads keep using CUDA while this thread records
+        with torch.cuda.graph(graph, pool=self._pool, stream=self._side_stream(), capture_error_mode="thread_local"):
             loss = self._backward(inputs)
         entry = _Graph(graph, inputs, loss, [p.grad for p in self.params])
         self.graphs[key] = entry

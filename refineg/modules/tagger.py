@@ -53,6 +53,7 @@ class SequenceTagger(nn.Module):
         image_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
         segment_ids: Tensor | None = None,
+        cu_seqlens: Tensor | None = None,
         **_: object,
     ) -> tuple[Tensor, Tensor]:
         """Returns ``(B, S, H)`` subword states and ``(B, W, H)`` word states (first subword + casing).
@@ -68,6 +69,8 @@ class SequenceTagger(nn.Module):
             if self.groundability is not None:
                 raise ValueError("the groundability head needs one post per row: set data.pack_length=0")
             extra.update(position_ids=position_ids, segment_ids=segment_ids)
+            if cu_seqlens is not None:
+                extra["cu_seqlens"] = cu_seqlens
         states = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra)
         if segment_ids is not None:
             words = states.reshape(-1, states.shape[-1])[word_index]

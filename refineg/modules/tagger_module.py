@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import logging
 import warnings
 from pathlib import Path
@@ -14,7 +16,7 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from refineg.data import Entity, Example, bio_labels
 from refineg.metrics import GMNERMetrics
-from refineg.modules.backbones import create_backbone
+from refineg.modules.backbones import BACKBONES
 from refineg.modules.groundability import create_groundability_head
 from refineg.modules.heads import create_head
 from refineg.modules.step_graph import GraphedStep
@@ -24,23 +26,46 @@ logger = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
 
 
+#: Flat ``model.*`` keys that predate ``model.backbone_kwargs`` (:class:`refineg.config.ModelConfig`). Each is
+#: passed to a backbone factory whose signature names it, so ``model.image_model=...`` and old checkpoints work.
+BACKBONE_KEY_ALIASES = ("image_encoder", "image_model", "image_pretrained", "freeze_image", "image_size")
+
+
+def factory_parameters(factory: Any) -> set[str] | None:
+    """Names of the keyword parameters ``factory`` declares, or ``None`` when it takes ``**kwargs`` (any name)."""
+    params = inspect.signature(factory).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params}
+
+
 def build_tagger(model: dict[str, Any], labels: list[str], pretrained: bool = True) -> SequenceTagger:
-    """Builds the tagger described by a ``model`` config dict for a BIO label inventory."""
+    """Builds the tagger described by a ``model`` config dict for a BIO label inventory.
+
+    Every component comes from its registry by name with keyword arguments; nothing here knows a component name.
+    The modules of ``model.imports`` are imported first, so a component in a file of its own registers itself (and a
+    checkpoint, which saves this dict, finds it again).
+    The backbone factory gets ``encoder``, ``pretrained``, ``gradient_checkpointing``, those of
+    :data:`BACKBONE_KEY_ALIASES` its signature names, then ``model.backbone_kwargs``; the head gets
+    ``hidden_size``, ``labels`` and ``model.head_kwargs``; the optional groundability head gets ``hidden_size``,
+    ``num_types``, ``hidden``, ``dropout`` and ``model.groundability_kwargs``.
+    """
+    for name in model.get("imports") or []:
+        importlib.import_module(name)
+    factory = BACKBONES.get(model["backbone"])
     kwargs: dict[str, Any] = {
         "encoder": model["encoder"],
         "pretrained": pretrained,
         "gradient_checkpointing": model.get("gradient_checkpointing", False),
     }
-    if model["backbone"] == "hf_image":
-        kwargs.update(
-            image_encoder=model["image_encoder"],
-            image_model=model["image_model"],
-            image_pretrained=model.get("image_pretrained"),
-            freeze_image=model.get("freeze_image", True),
-            image_size=model.get("image_size"),
-        )
-    backbone = create_backbone(model["backbone"], **kwargs)
-    head = create_head(model["head"], hidden_size=backbone.hidden_size, labels=labels)
+    accepted = factory_parameters(factory)
+    if accepted is not None:
+        kwargs.update({k: model[k] for k in BACKBONE_KEY_ALIASES if k in model and k in accepted})
+    kwargs.update(model.get("backbone_kwargs") or {})
+    backbone = factory(**kwargs)
+    head = create_head(
+        model["head"], hidden_size=backbone.hidden_size, labels=labels, **(model.get("head_kwargs") or {})
+    )
     groundability = None
     if model.get("groundability", False):
         groundability = create_groundability_head(
@@ -49,6 +74,7 @@ def build_tagger(model: dict[str, Any], labels: list[str], pretrained: bool = Tr
             num_types=(len(labels) - 1) // 2,
             hidden=model.get("groundability_hidden", 256),
             dropout=model.get("dropout", 0.1),
+            **(model.get("groundability_kwargs") or {}),
         )
     tagger = SequenceTagger(
         backbone, head, casing=model.get("casing", True), dropout=model.get("dropout", 0.1), groundability=groundability

@@ -2,16 +2,16 @@
 
 Per post one chat with the image and the post's words asks for a JSON list
 ``[{"entity", "entity_type", "bounding_box"}]``. Entity strings are mapped back to token spans (exact tokens first,
-then ignoring case and spaces; longest first, no overlaps), types to the inventory, boxes from the pixels of the sent
-image to original pixels. Whatever cannot be used is dropped and counted; an unparseable or failed answer gives the
-post no entities. The output is canonical JSONL, scored by ``refineg evaluate`` like every other system.
+then ignoring case and spaces; longest first, no overlaps), types to the inventory, boxes from the model's
+coordinates (``llm.box_format``) to original pixels. Whatever cannot be used is dropped and counted; an unparseable
+or failed answer gives the post no entities. The output is canonical JSONL, scored by ``refineg evaluate`` like
+every other system.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,8 +22,10 @@ from typing import Any, Optional
 from refineg.config import CONFIG_DIR, build_typed_config
 from refineg.data import Entity, Example, read_jsonl, write_jsonl
 from refineg.data.files import inside_folder
-from refineg.data.tokenize import locate_spans
+from refineg.data.spans import map_spans
 from refineg.llm import ImageScale, LLMConfig, build_llm_backend, system, user
+from refineg.llm.answers import ZEROSHOT
+from refineg.llm.boxes import BoxConvention
 from refineg.llm.prompt_files import read_prompt_folder
 
 logger = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ class ZeroShotConfig:
         type_map: Case-insensitive renames applied to answered types before the inventory check (a target
             outside ``types`` is dropped like any unknown type).
         prompts_dir: Folder with ``system.txt`` and ``user.txt`` (placeholders ``$types``, ``$sentence``,
-            ``$image_note``).
+            ``$image_note``, ``$box_format``).
         images_dir: Folder of post images (``Example.image`` is relative to it); ``None`` sends text only.
         max_posts: Only the first this many posts (pilots); ``None`` for all.
         run_dir: The run folder (default: the output file's folder): ``llm_usage.json``, the spend ledger that
@@ -100,53 +102,30 @@ class ZeroShotPrompts:
         text = read_prompt_folder(folder, ("system.txt", "user.txt"))
         return cls(Template(text["system.txt"]), Template(text["user.txt"]))
 
-    def render(self, tokens: Sequence[str], types: Sequence[str], sent_size: tuple[int, int] | None) -> tuple[str, str]:
-        """``(system text, user text)`` for one post (``sent_size``: the image as the model sees it, or ``None``)."""
+    def render(
+        self, tokens: Sequence[str], types: Sequence[str], scale: ImageScale | None, convention: BoxConvention
+    ) -> tuple[str, str]:
+        """``(system text, user text)`` for one post.
+
+        Args:
+            tokens: The post's words.
+            types: Type inventory.
+            scale: The image as sent and the model's box coordinates, or ``None`` without an image.
+            convention: The model's box coordinates (``$box_format`` in the rules).
+        """
         note = (
-            f"The post's image is attached ({sent_size[0]} x {sent_size[1]} pixels)."
-            if sent_size
+            f"The post's image is attached ({scale.sent_size[0]} x {scale.sent_size[1]} pixels; box coordinates: "
+            f"{scale.convention.describe_range(scale.sent_size)})."
+            if scale
             else "This post has no image: every bounding_box is []."
         )
-        values = {"types": ", ".join(types), "sentence": " ".join(tokens), "image_note": note}
+        values = {
+            "types": ", ".join(types),
+            "sentence": " ".join(tokens),
+            "image_note": note,
+            "box_format": convention.describe(),
+        }
         return self.system.safe_substitute(values), self.user.safe_substitute(values)
-
-
-def _norm(text: str) -> str:
-    return re.sub(r"\s+", "", text).lower()
-
-
-def map_spans(tokens: Sequence[str], names: Sequence[str], max_words: int = 16) -> list[tuple[int, int] | None]:
-    """Token spans of answered entity strings: the project's exact locator, then a case- and space-blind pass.
-
-    Both passes take the first free occurrence, longest name first, so spans never overlap.
-
-    Returns:
-        One ``(start, end_exclusive)`` or ``None`` per name, in input order.
-    """
-    spans = list(locate_spans(tokens, names))
-    taken = [False] * len(tokens)
-    for span in spans:
-        if span is not None:
-            taken[span[0] : span[1]] = [True] * (span[1] - span[0])
-    for i in sorted((i for i, s in enumerate(spans) if s is None), key=lambda i: -len(names[i])):
-        target = _norm(names[i])
-        if not target:
-            continue
-        for start in range(len(tokens)):
-            hit = None
-            for end in range(start + 1, min(len(tokens), start + max_words) + 1):
-                if any(taken[start:end]):
-                    break
-                joined = _norm("".join(tokens[start:end]))
-                if joined == target:
-                    hit = (start, end)
-                if not target.startswith(joined):
-                    break
-            if hit is not None:
-                spans[i] = hit
-                taken[hit[0] : hit[1]] = [True] * (hit[1] - hit[0])
-                break
-    return spans
 
 
 def _as_items(parsed: Any) -> list[Any] | None:
@@ -257,6 +236,7 @@ def zeroshot_examples(
         and entity counts.
     """
     prompts = ZeroShotPrompts.load(cfg.prompts_dir)
+    convention = BoxConvention.from_config(llm.config)
     convs, scales = [], []
     for post in posts:
         path = (
@@ -265,7 +245,7 @@ def zeroshot_examples(
             else None
         )
         scale = llm.image_scale(path) if path is not None and path.is_file() else None
-        sys_text, user_text = prompts.render(post.tokens, cfg.types, scale.sent_size if scale else None)
+        sys_text, user_text = prompts.render(post.tokens, cfg.types, scale, convention)
         convs.append([system(sys_text), user(path, user_text) if scale else user(user_text)])
         scales.append(scale)
     results = llm.chat_many(
@@ -274,6 +254,7 @@ def zeroshot_examples(
         expect_json=True,
         json_type=(list, dict),
         json_accept=is_zeroshot_answer,
+        answer=ZEROSHOT,
         items=[p.id for p in posts],
         progress=progress,
     )

@@ -117,7 +117,7 @@ def _log_wandb(metrics: dict[str, Any], trial: dict[str, Any], overrides: list[s
 
 def main(argv: list[str]) -> int:
     """Entry point of ``tools/refine_trial.py``; prints the refined scores."""
-    from refineg.cli import quiet_chatty_loggers
+    from refineg.logs import quiet_chatty_loggers
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     quiet_chatty_loggers(verbose=False)

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from refineg.data import Entity, Example
 from refineg.data.files import inside_folder
+from refineg.data.images import load_image
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +63,7 @@ def load_post_image(post: Example, images_dir: str | Path | None) -> tuple[Image
     if images_dir and post.image:
         path = inside_folder(images_dir, post.image, "image", record=post.id)
         if path.is_file():
-            with Image.open(path) as img:
-                return img.convert("RGB"), True
+            return load_image(path), True
     size = tuple(post.image_size) if post.image_size else BLANK_SIZE
     canvas = Image.new("RGB", size, (200, 200, 200))
     note = f"image not available: {post.image or '(none)'}"

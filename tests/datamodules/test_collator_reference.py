@@ -11,7 +11,7 @@ from refineg.config import SAMPLE_ROOT
 from refineg.data import Example, bio_labels
 from refineg.data.twitter_gmner import TWITTER_GMNER_TYPES, read_twitter_gmner
 from refineg.datamodules.encoding import EncodedPost, PostCollator, encode_posts
-from refineg.modules.backbones import resolve_encoder
+from refineg.weights import resolve_encoder
 
 IDS = {t: i for i, t in enumerate(bio_labels(list(TWITTER_GMNER_TYPES)))}
 

@@ -3,7 +3,7 @@ from transformers import AutoTokenizer
 
 from refineg.data import Entity, Example, bio_labels
 from refineg.datamodules.encoding import CASING, PostCollator, casing_class, encode_posts
-from refineg.modules.backbones import resolve_encoder
+from refineg.weights import resolve_encoder
 
 LABELS = bio_labels(["PER", "LOC"])
 IDS = {t: i for i, t in enumerate(LABELS)}

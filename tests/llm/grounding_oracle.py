@@ -11,22 +11,30 @@ answer right. Per request it:
   is that post's picture: its aspect ratio matches the gold frame within a pixel of rounding, and it differs
   little from the gold picture when both are area-averaged to at most 64 px on the long side (mean absolute
   difference, 0-255);
-- checks that the ``Image size: W x H`` line states the size of the image received;
+- checks that the ``Image size: W x H`` line states the size of the image received, and that the prompt states
+  the box convention the oracle answers in (``box_format``): the system rules describe it and the ``Box
+  coordinates:`` line gives the coordinate range for the image received;
 - checks each demonstration's assistant answer: the same entities in the same order, and every box inside the
-  demonstration image as received and equal to the demonstration's gold box scaled to the received size within
-  ``demo_tolerance_px``;
+  coordinate frame of the demonstration image as received and equal to the demonstration's gold box converted to
+  that frame within ``demo_tolerance`` (in the convention's units);
 - answers the query's entities (the ``Entities:`` line) in the paper's format ``[{"entity", "entity_type",
-  "bounding_box"}]``: gold boxes scaled from the gold frame to the size of the query image received (the last
-  image of the request), rounded to whole pixels as a model would; one box flat ``[x1, y1, x2, y2]``, several as
-  a list of boxes, none as ``[]``.
+  "bounding_box"}]``: gold boxes converted from the gold frame to the convention's frame for the query image
+  received (the last image of the request), rounded as a model would (whole numbers; 3 decimals for ``norm1``);
+  one box flat ``[x1, y1, x2, y2]``, several as a list of boxes, none as ``[]``. When the request carries a
+  response schema (``response_format`` or ``guided_json``), the answer takes the schema's form instead
+  (``{"entities": [...]}``, every ``bounding_box`` a list of boxes) and is checked against the schema.
 
-Nothing about the original image size travels with the request: the scale comes from the decoded image's size
-and the gold frame the oracle holds.
+The convention frames are computed here, independently of refineg: ``pixel``: the received size; ``norm1000``:
+1000 x 1000; ``norm1``: 1 x 1; ``qwen2.5-vl``: the received size with each side rounded to a multiple of 28 and
+the area brought within ``[min_pixels, max_pixels]`` (Qwen2.5-VL's processor rule). Nothing about the original
+image size travels with the request: the scale comes from the decoded image's size and the gold frame the oracle
+holds.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 from collections.abc import Sequence
@@ -37,8 +45,45 @@ import numpy as np
 from PIL import Image
 
 from tests.llm.chat_server import BadRequest, ChatServer, decode_image_url
+from tests.llm.schema_server import requested_schema, validate
 
 _SIZE = re.compile(r"Image size: (\d+) x (\d+)")
+_RANGE = re.compile(r"Box coordinates: ([^.\n]*)")
+# what the system rules must say for each convention
+_RULE_WORDS = {
+    "pixel": "pixel coordinates of the attached image",
+    "norm1000": "integers from 0 to 1000",
+    "norm1": "decimals from 0 to 1",
+    "qwen2.5-vl": "absolute pixel coordinates of the image as you see it",
+}
+
+
+def qwen_grid(size: tuple[int, int], min_pixels: int = 3136, max_pixels: int = 12845056) -> tuple[int, int]:
+    """``(w, h)`` Qwen2.5-VL's processor resizes a ``size`` image to: sides to multiples of 28, area bounded."""
+    w, h = size
+    grid = [max(28, 28 * round(v / 28)) for v in (w, h)]
+    area = grid[0] * grid[1]
+    if area > max_pixels or area < min_pixels:
+        k = math.sqrt(max_pixels / (w * h)) if area > max_pixels else math.sqrt(min_pixels / (w * h))
+        step = math.floor if area > max_pixels else math.ceil
+        grid = [28 * step(v * k / 28) for v in (w, h)]
+    return grid[0], grid[1]
+
+
+def convention_frame(box_format: str, size: tuple[int, int], min_pixels: int, max_pixels: int) -> tuple[float, float]:
+    """The coordinate frame ``(fw, fh)`` of ``box_format`` for an image received at ``size``."""
+    if box_format == "pixel":
+        return float(size[0]), float(size[1])
+    if box_format == "norm1000":
+        return 1000.0, 1000.0
+    if box_format == "norm1":
+        return 1.0, 1.0
+    if box_format == "qwen2.5-vl":
+        gw, gh = qwen_grid(size, min_pixels, max_pixels)
+        return float(gw), float(gh)
+    raise ValueError(box_format)
+
+
 _POST = re.compile(r"^Post: (.*)$", re.M)
 _ENTITIES = re.compile(r"^Entities: (.*)$", re.M)
 
@@ -95,11 +140,22 @@ class GroundingOracle:
             picture, both area-averaged to at most 64 px on the long side.
     """
 
-    def __init__(self, posts: Sequence[GoldPost], demo_tolerance_px: float = 1.0, pixel_tolerance: float = 8.0):
+    def __init__(
+        self,
+        posts: Sequence[GoldPost],
+        demo_tolerance_px: float = 1.0,
+        pixel_tolerance: float = 8.0,
+        box_format: str = "pixel",
+        min_pixels: int = 3136,
+        max_pixels: int = 12845056,
+    ):
         self.posts = {p.sentence: p for p in posts}
         if len(self.posts) != len(posts):
             raise ValueError("oracle posts need unique sentences")
-        self.demo_tolerance_px = demo_tolerance_px
+        self.box_format, self.min_pixels, self.max_pixels = box_format, min_pixels, max_pixels
+        # in the convention's units: one unit for whole-number conventions, 0.001 for norm1
+        self.demo_tolerance = demo_tolerance_px * (0.001 if box_format == "norm1" else 1.0)
+        self.structured: list[str | None] = []  # the schema mode of each answered request
         self.pixel_tolerance = pixel_tolerance
         self.lock = threading.Lock()
         self.seen: list[Seen] = []
@@ -134,7 +190,25 @@ class GroundingOracle:
                 f"{stated.group(0) if stated else 'no image size'}, image received is {size}"
             )
         self._check_picture(gold, image, role)
+        fw, fh = self.frame(size)
+        want = "x and y from 0 to 1" if self.box_format == "norm1" else f"x from 0 to {int(fw)}, y from 0 to {int(fh)}"
+        stated_range = _RANGE.search(text)
+        if stated_range is None or stated_range.group(1) != want:
+            raise BadRequest(
+                f"{role} {gold.sentence!r}: prompt states box coordinates "
+                f"{stated_range.group(1) if stated_range else 'nowhere'!r}, the {self.box_format} frame is {want!r}"
+            )
         return gold, size, text
+
+    def frame(self, size: tuple[int, int]) -> tuple[float, float]:
+        """The coordinate frame of the oracle's convention for an image received at ``size``."""
+        return convention_frame(self.box_format, size, self.min_pixels, self.max_pixels)
+
+    def _model_box(self, box: Sequence[float], gold: GoldPost, size: tuple[int, int], digits: int | None) -> list:
+        out = _scaled(box, gold.frame, self.frame(size))
+        if self.box_format == "norm1":
+            return [round(v, 3) for v in out] if digits is not None else out
+        return [round(v) for v in out] if digits is not None else out
 
     def _check_picture(self, gold: GoldPost, image: Image.Image, role: str) -> None:
         (w, h), (fw, fh) = image.size, gold.frame
@@ -167,7 +241,7 @@ class GroundingOracle:
         names = [(i.get("entity"), i.get("entity_type")) for i in items]
         if names != [(n, t) for n, t, _ in gold.entities]:
             raise BadRequest(f"{role} {gold.sentence!r}: answer entities {names} are not the gold ones")
-        w, h = size
+        w, h = self.frame(size)
         for item, (name, _, boxes) in zip(items, gold.entities, strict=True):
             sent = _box_list(item.get("bounding_box"))
             if len(sent) != len(boxes):
@@ -175,16 +249,17 @@ class GroundingOracle:
             for box, gold_box in zip(sent, boxes, strict=True):
                 if not (0 <= box[0] < box[2] <= w and 0 <= box[1] < box[3] <= h):
                     raise BadRequest(
-                        f"{role} {gold.sentence!r}, {name!r}: box {box} is not inside the {w}x{h} image received"
+                        f"{role} {gold.sentence!r}, {name!r}: box {box} is not inside the {w}x{h} {self.box_format} "
+                        f"frame of the image received"
                     )
-                want = _scaled(gold_box, gold.frame, size)
-                if max(abs(a - b) for a, b in zip(box, want, strict=True)) > self.demo_tolerance_px:
+                want = self._model_box(gold_box, gold, size, None)
+                if max(abs(a - b) for a, b in zip(box, want, strict=True)) > self.demo_tolerance:
                     raise BadRequest(
                         f"{role} {gold.sentence!r}, {name!r}: box {box} is not the gold box "
-                        f"{[round(v, 1) for v in want]} in the {w}x{h} image received"
+                        f"{[round(v, 4) for v in want]} in the {w}x{h} {self.box_format} frame of the image received"
                     )
 
-    def _answer(self, gold: GoldPost, size: tuple[int, int], text: str) -> str:
+    def _answer(self, gold: GoldPost, size: tuple[int, int], text: str, wrapped: bool) -> list | dict:
         asked_line = _ENTITIES.search(text)
         if asked_line is None:
             raise BadRequest(f"query {gold.sentence!r}: no Entities line")
@@ -196,17 +271,21 @@ class GroundingOracle:
             if match is None:
                 raise BadRequest(f"query {gold.sentence!r}: entity {item['entity']!r} is not in the gold post")
             free.remove(match)
-            boxes = [[round(v) for v in _scaled(b, gold.frame, size)] for b in match[2]]
+            boxes = [self._model_box(b, gold, size, 0) for b in match[2]]
             items.append(
                 {
                     "entity": item["entity"],
                     "entity_type": item["entity_type"],
-                    "bounding_box": boxes[0] if len(boxes) == 1 else boxes,
+                    "bounding_box": boxes[0] if len(boxes) == 1 and not wrapped else boxes,
                 }
             )
-        return json.dumps(items)
+        return {"entities": items} if wrapped else items
 
     def __call__(self, body: dict[str, Any]) -> str:
+        mode, _, schema = requested_schema(body)
+        rules = " ".join(str(m.get("content")) for m in body.get("messages", []) if m.get("role") == "system")
+        if _RULE_WORDS[self.box_format] not in rules:
+            raise BadRequest(f"the system rules do not state the {self.box_format} box convention")
         turns = [m for m in body.get("messages", []) if m.get("role") != "system"]
         if not turns or len(turns) % 2 != 1:
             raise BadRequest(f"expected (user, assistant) pairs and a final user turn, got {len(turns)} turns")
@@ -221,7 +300,12 @@ class GroundingOracle:
         if turns[-1].get("role") != "user":
             raise BadRequest("the last turn is not the user's")
         gold, size, text = self._user_turn(turns[-1], "query")
-        answer = self._answer(gold, size, text)
+        answer = self._answer(gold, size, text, wrapped=schema is not None)
+        if schema is not None:
+            problems = validate(answer, schema)
+            if problems:
+                raise BadRequest(f"query {gold.sentence!r}: the schema sent does not allow the answer: {problems[:3]}")
         with self.lock:
             self.seen.append(Seen(gold.sentence, size, demos))
-        return answer
+            self.structured.append(mode)
+        return json.dumps(answer)

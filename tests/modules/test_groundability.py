@@ -147,7 +147,7 @@ def _tiny_args(encoder, runs, name, **extra):
 
 def test_frozen_tagger_head_training_checkpoint_and_predictor(tiny_encoder, tmp_path):
     from refineg.config import load_config
-    from refineg.predictor import TaggerPredictor
+    from refineg.inference.predictor import TaggerPredictor
     from refineg.training import train
 
     os.environ.pop("REFINEG_RUN_NAME", None)

@@ -89,8 +89,8 @@ def test_refusals(tiny_encoder, tmp_path):
                 tiny_args(tiny_encoder, tmp_path, "gc", cuda_graph="true", **{"model.gradient_checkpointing": "true"})
             )
         )
-    with pytest.raises(ValueError, match="combine with compile=layers"):
-        train(load_config(tiny_args(tiny_encoder, tmp_path, "cl", cuda_graph="true", compile="layers")))
+    with pytest.raises(ValueError, match="compile=cudagraphs records CUDA graphs of its own"):
+        train(load_config(tiny_args(tiny_encoder, tmp_path, "cl", cuda_graph="true", compile="cudagraphs")))
     with pytest.raises(ValueError, match="tagging only"):
         train(
             load_config(tiny_args(tiny_encoder, tmp_path, "gr", cuda_graph="true", **{"model.groundability": "true"}))

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from refineg.modules.uncertainty import (
+from refineg.inference.predictor import TaggerPredictor
+from refineg.inference.uncertainty import (
     BatchContext,
     EntityUncertainty,
     MissedEntityDetector,
@@ -14,8 +15,7 @@ from refineg.modules.uncertainty import (
     fit_evidential,
     list_uncertainty_heads,
 )
-from refineg.modules.uncertainty.sampling import vote
-from refineg.predictor import TaggerPredictor
+from refineg.inference.uncertainty.sampling import vote
 from tests.refine_helpers import gold_from_predictions, make_tiny_tagger, sample_posts
 
 HEAD_KWARGS = {"max_prob_mean": {}, "max_prob_min": {}, "entropy": {}, "crf_marginal": {}, "mc_dropout": {"samples": 3}}

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from refineg.datamodules.encoding import CASING
-from refineg.modules.uncertainty import (
+from refineg.inference.predictor import TaggerPredictor
+from refineg.inference.uncertainty import (
     BatchContext,
     EntityUncertainty,
     ErrorPredictor,
@@ -13,8 +14,7 @@ from refineg.modules.uncertainty import (
     cross_fit,
     fit_error_predictor,
 )
-from refineg.modules.uncertainty.learned import build_members, entity_features, feature_names
-from refineg.predictor import TaggerPredictor
+from refineg.inference.uncertainty.learned import build_members, entity_features, feature_names
 from refineg.stages.refinement.calibration import auroc, entity_errors
 from tests.refine_helpers import gold_from_predictions, make_tiny_tagger, sample_posts
 

@@ -50,7 +50,7 @@ def test_entity_errors_per_field():
 def test_calibrate_cli_writes_report_and_pngs(tiny_encoder, tmp_path, capsys):
     module = make_tiny_tagger(tiny_encoder, "crf")
     ckpt = save_checkpoint(module, tmp_path / "tiny.ckpt")
-    from refineg.predictor import TaggerPredictor
+    from refineg.inference.predictor import TaggerPredictor
 
     posts = sample_posts(n=12)
     write_jsonl(
@@ -99,7 +99,7 @@ def test_calibrate_cli_writes_report_and_pngs(tiny_encoder, tmp_path, capsys):
 def test_refine_cli_with_oracle_improves_f1(tiny_encoder, tmp_path, capsys):
     module = make_tiny_tagger(tiny_encoder, "crf")
     ckpt = save_checkpoint(module, tmp_path / "tiny.ckpt")
-    from refineg.predictor import TaggerPredictor
+    from refineg.inference.predictor import TaggerPredictor
 
     posts = sample_posts(n=8)
     write_jsonl(posts, tmp_path / "dev.jsonl")

@@ -1,10 +1,13 @@
 """`refineg ground` round trip on real photos of mixed sizes through the loopback grounding oracle.
 
-The oracle (tests/llm/grounding_oracle.py) answers each chat with the gold boxes in the pixels of the query image
-it received and rejects chats whose demonstration boxes are not in the pixels of the demonstration images it
-received. Whatever `refineg ground` returns must then lie on the gold boxes after resizing, demonstration
-scaling and mapping back. The Flickr30k Entities photos come from ../shared (skipped when absent); a drawn-image
-variant always runs.
+The oracle (tests/llm/grounding_oracle.py) answers each chat with the gold boxes in the coordinates of the query
+image it received, in the box convention under test (``llm.box_format``: pixels of the image sent, 0-1000,
+0-1, or Qwen2.5-VL's resized grid), and rejects chats whose demonstration boxes are not in that convention for the
+demonstration images it received, or whose prompt does not state the convention. Whatever `refineg ground`
+returns must then lie on the gold boxes after resizing, demonstration conversion and mapping back. With a
+response schema in the request (``llm.structured_output``) the oracle answers in the schema's form and checks the
+answer against it. The Flickr30k Entities photos come from ../shared (skipped when absent); a drawn-image variant
+always runs.
 """
 
 import json
@@ -158,13 +161,26 @@ def oracle_server():
 
 
 def _ground(
-    tmp_path: Path, server: ChatServer, queries, pool, images: Path, *extra: str, image_of: dict[str, str] | None = None
+    tmp_path: Path,
+    server: ChatServer,
+    queries,
+    pool,
+    images: Path,
+    *extra: str,
+    image_of: dict[str, str] | None = None,
+    box_format: str = "pixel",
+    max_pixels: int = 12845056,
+    grounder_box_format: str | None = None,
 ) -> tuple[dict, list, GroundingOracle]:
     """Writes the posts, installs the oracle, runs `refineg ground`; returns the summary, grounded posts, oracle.
 
-    The predicted posts are the gold queries without boxes (``image_of`` swaps their image files).
+    The predicted posts are the gold queries without boxes (``image_of`` swaps their image files); the oracle and
+    grounder use ``box_format`` (and ``max_pixels`` for ``qwen2.5-vl``); ``grounder_box_format`` gives the
+    grounder another one.
     """
-    oracle = GroundingOracle([g for _, g in queries + pool]).install(server)
+    oracle = GroundingOracle([g for _, g in queries + pool], box_format=box_format, max_pixels=max_pixels).install(
+        server
+    )
     preds = []
     for post, _ in queries:
         pred = Example.from_dict(post.to_dict())
@@ -193,6 +209,8 @@ def _ground(
             "mllm.llm.max_retries=0",
             "mllm.max_boxes=10",
             "selector.k=2",
+            f"mllm.llm.box_format={grounder_box_format or box_format}",
+            f"mllm.llm.max_pixels={max_pixels}",
             *extra,
         ]
     )
@@ -203,14 +221,20 @@ def _ground(
 
 
 def _check_on_gold(
-    summary: dict, grounded: list[Example], queries, never_grounded: set[str], max_side: int
+    summary: dict,
+    grounded: list[Example],
+    queries,
+    never_grounded: set[str],
+    max_side: int,
+    oracle: GroundingOracle | None = None,
 ) -> list[float]:
     """Every box on its gold box, none where gold has none, and the summary counts; returns the IoUs.
 
-    On gold: IoU >= 0.95, and each coordinate within what whole pixels allow: half a sent pixel (the model
-    answers whole pixels of the image it received) plus half an original pixel (ReFineG rounds the mapped-back
-    box). Boxes of a few sent pixels cannot reach IoU 0.95 through these two roundings, so the photos and
-    drawings have boxes large enough for their sizes; the coordinate bound holds for any box.
+    On gold: IoU >= 0.95, and each coordinate within what the roundings allow: half a unit of the model's
+    coordinates (the oracle answers whole units of the convention's frame for the image it received, 0.001 for
+    ``norm1``) plus half an original pixel (ReFineG rounds the mapped-back box). Boxes of a few units cannot reach
+    IoU 0.95 through these two roundings, so the photos and drawings have boxes large enough for their sizes; the
+    coordinate bound holds for any box.
     """
     gold = {p.id: p for p, _ in queries}
     pictures = {p.id: g.picture.size for p, g in queries}
@@ -221,7 +245,10 @@ def _check_on_gold(
         meta = post.meta["grounding"]
         assert meta["status"] == "ok" and not meta.get("problems"), (post.id, meta)
         assert len(meta["demos"]) == 2 and post.id not in meta["demos"]
-        answer = json.loads(meta["answer"])  # the paper's format, as the oracle answered
+        answer = json.loads(meta["answer"])  # the paper's format, or the schema's wrapped form, as the oracle answered
+        if oracle is not None and oracle.structured[0] is not None:
+            assert set(answer) == {"entities"}
+            answer = answer["entities"]
         assert answer and all(set(item) == {"entity", "entity_type", "bounding_box"} for item in answer)
         for ent, want, reason in zip(post.entities, gold[post.id].entities, meta["reasons"], strict=True):
             counts["entities"] += 1
@@ -233,8 +260,10 @@ def _check_on_gold(
                 counts["model_none"] += 1
             else:
                 assert reason == "grounded" and len(ent.boxes) == len(want.boxes), (post.id, ent, want)
-                (w, h), (sw, sh) = pictures[post.id], _sent_size(pictures[post.id], max_side)
-                slack = [0.5 * w / sw + 0.5 + 1e-6, 0.5 * h / sh + 0.5 + 1e-6] * 2
+                (w, h), sent = pictures[post.id], _sent_size(pictures[post.id], max_side)
+                fw, fh = oracle.frame(sent) if oracle is not None else sent
+                unit = 0.001 if oracle is not None and oracle.box_format == "norm1" else 1.0
+                slack = [0.5 * unit * w / fw + 0.5 + 1e-6, 0.5 * unit * h / fh + 0.5 + 1e-6] * 2
                 counts["grounded"] += 1
                 counts["boxes"] += len(ent.boxes)
                 for got, box in zip(ent.boxes, want.boxes, strict=True):
@@ -306,6 +335,7 @@ def flickr():
 
 @pytest.mark.parametrize("max_side", [150, 256, 1000])
 def test_real_photos_come_back_on_gold(tmp_path, oracle_server, flickr, max_side):
+    """Pixel boxes of the image sent (the default convention), sent with the response schema (the default)."""
     queries, pool = flickr
     sizes = {p.id: g.picture.size for p, g in queries + pool}
     assert {max(s) for s in sizes.values()} >= {200, 500}  # both shrunk and full-size photos
@@ -324,12 +354,50 @@ def test_real_photos_come_back_on_gold(tmp_path, oracle_server, flickr, max_side
     _check_received(oracle, queries, pool, sizes, max_side)
     resized = [p.id for p, g in queries if max(g.picture.size) > max_side]
     assert len(resized) == {150: 6, 256: 3, 1000: 0}[max_side]
-    ious = _check_on_gold(summary, grounded, queries, {"notvisual"}, max_side)
+    ious = _check_on_gold(summary, grounded, queries, {"notvisual"}, max_side, oracle)
     assert summary["grounded"] >= 12 and summary["none_by_reason"]["never_grounded_type"] >= 1
+    assert oracle.structured == ["json_schema"] * len(queries)
     print(
         f"max_side {max_side}: {len(ious)} boxes, min IoU {min(ious):.4f}, resized queries {resized}, "
         f"largest pixel difference {max(oracle.pixel_diffs):.2f}"
     )
+
+
+# every convention on the real photos; qwen2.5-vl with a small max_pixels as well (its grid then shrinks the image)
+CONVENTION_CASES = [
+    ("norm1000", 12845056, 1000),
+    ("norm1", 12845056, 256),
+    ("qwen2.5-vl", 12845056, 1000),
+    ("qwen2.5-vl", 40_000, 256),
+]
+
+
+@pytest.mark.parametrize(("box_format", "max_pixels", "max_side"), CONVENTION_CASES)
+def test_real_photos_come_back_on_gold_in_every_convention(
+    tmp_path, oracle_server, flickr, box_format, max_pixels, max_side
+):
+    queries, pool = flickr
+    sizes = {p.id: g.picture.size for p, g in queries + pool}
+    summary, grounded, oracle = _ground(
+        tmp_path,
+        oracle_server,
+        queries,
+        pool,
+        SHARED_FLICKR / "images",
+        f"mllm.llm.max_side={max_side}",
+        "selector.mode=text",
+        f"types=[{','.join(FLICKR_TYPES)}]",
+        "never_grounded=[notvisual]",
+        box_format=box_format,
+        max_pixels=max_pixels,
+    )
+    assert oracle_server.errors == []
+    _check_received(oracle, queries, pool, sizes, max_side)
+    ious = _check_on_gold(summary, grounded, queries, {"notvisual"}, max_side, oracle)
+    assert summary["grounded"] >= 12
+    if box_format == "qwen2.5-vl":  # the grid differs from the image sent for every photo here
+        assert all(oracle.frame(s.size) != s.size for s in oracle.seen)
+    print(f"{box_format} (max_pixels {max_pixels}), max_side {max_side}: {len(ious)} boxes, min IoU {min(ious):.4f}")
 
 
 # ---------------------------------------------------------------------------------------------- drawn images
@@ -352,27 +420,52 @@ def _drawn_overrides(max_side: int) -> list[str]:
     return [f"mllm.llm.max_side={max_side}", "selector.mode=multimodal", "selector.image_model=refineg-tiny-vit"]
 
 
-@pytest.mark.parametrize("max_side", [1000, 300])
-def test_drawn_images_come_back_on_gold(tmp_path, oracle_server, drawn, max_side):
+DRAWN_CASES = [
+    ("pixel", 1000, "json_schema"),
+    ("pixel", 300, "off"),
+    ("pixel", 300, "guided_json"),
+    ("norm1000", 1000, "json_schema"),
+    ("norm1000", 300, "off"),
+    ("norm1", 1000, "guided_json"),
+    ("norm1", 300, "json_schema"),
+    ("qwen2.5-vl", 1000, "json_schema"),
+    ("qwen2.5-vl", 300, "off"),
+]
+
+
+@pytest.mark.parametrize(("box_format", "max_side", "structured"), DRAWN_CASES)
+def test_drawn_images_come_back_on_gold(tmp_path, oracle_server, drawn, box_format, max_side, structured):
     queries, pool, folder = drawn
     sizes = {p.id: g.picture.size for p, g in queries + pool}
-    summary, grounded, oracle = _ground(tmp_path, oracle_server, queries, pool, folder, *_drawn_overrides(max_side))
+    summary, grounded, oracle = _ground(
+        tmp_path,
+        oracle_server,
+        queries,
+        pool,
+        folder,
+        *_drawn_overrides(max_side),
+        f"mllm.llm.structured_output={structured}",
+        box_format=box_format,
+    )
     assert oracle_server.errors == []
     _check_received(oracle, queries, pool, sizes, max_side)
     # max_side 1000: 1600 x 900 -> 1000 x 562 and 999 x 1001 -> 998 x 1000 are resized, 300 x 500 is not
     resized = [p.id for p, g in queries if max(g.picture.size) > max_side]
     assert resized == (["q-wide", "q-odd"] if max_side == 1000 else ["q-wide", "q-tall", "q-odd"])
-    ious = _check_on_gold(summary, grounded, queries, {"LOC"}, max_side)
+    ious = _check_on_gold(summary, grounded, queries, {"LOC"}, max_side, oracle)
     assert summary["grounded"] == 6 and summary["boxes"] == 7
     assert summary["none_by_reason"]["never_grounded_type"] == 1 and summary["none_by_reason"]["model_none"] == 1
     assert "random weights" in summary["selector"]
-    print(f"drawn, max_side {max_side}: {len(ious)} boxes, min IoU {min(ious):.4f}")
+    assert oracle.structured == [None if structured == "off" else structured] * 3
+    print(f"drawn, {box_format}, max_side {max_side}, {structured}: {len(ious)} boxes, min IoU {min(ious):.4f}")
 
 
-@pytest.mark.parametrize("fault", ["unscaled_demo_boxes", "demo_boxes_for_another_size", "wrong_images"])
+@pytest.mark.parametrize(
+    "fault", ["unscaled_demo_boxes", "demo_boxes_for_another_size", "wrong_images", "another_box_format"]
+)
 def test_oracle_rejects_what_a_real_model_would_get_wrong(tmp_path, oracle_server, drawn, monkeypatch, fault):
-    """The server's checks bite: demonstration boxes in original pixels or scaled for a 10% smaller image, or a
-    query sent with another image."""
+    """The server's checks bite: demonstration boxes in original pixels or scaled for a 10% smaller image, a query
+    sent with another image, or a grounder speaking pixels to a norm1000 model."""
     from refineg.llm import ImageScale
     from refineg.stages.grounding import prompts
 
@@ -392,6 +485,14 @@ def test_oracle_rejects_what_a_real_model_would_get_wrong(tmp_path, oracle_serve
                 ImageScale(scale.original_size, (round(scale.sent_size[0] * 0.9), round(scale.sent_size[1] * 0.9))),
             ),
         )
+    elif fault == "another_box_format":
+        summary, grounded, _ = _ground(
+            tmp_path, oracle_server, queries, pool, folder, *_drawn_overrides(100), box_format="norm1000",
+            grounder_box_format="pixel",
+        )  # fmt: skip
+        assert summary["posts_failed"] == 3 and len(oracle_server.errors) == 3
+        assert all("do not state the norm1000 box convention" in e for e in oracle_server.errors)
+        return
     else:  # q-wide gets q-odd's picture (another aspect), q-odd a different drawing of its own size
         _, decoy = drawn_post("decoy", (999, 1001), "decoy", [], 7)
         decoy.picture.save(folder / "decoy.png")

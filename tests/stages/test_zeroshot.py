@@ -99,11 +99,14 @@ def test_zeroshot_against_loopback_server(server, tmp_path):
         ]
     )
     # b's answer is prose (unparseable), e's request fails with a server error
+    from refineg.llm import ImageScale
+    from refineg.llm.boxes import BoxConvention
     from refineg.stages.zeroshot import ZeroShotPrompts
 
     prompts = ZeroShotPrompts.load(cfg.prompts_dir)
     for pid, fault in (("b", "notjson"), ("e", "500")):
-        _, user_text = prompts.render(POSTS[pid].split(), cfg.types, (100, 50))
+        scale = ImageScale((200, 100), (100, 50))
+        _, user_text = prompts.render(POSTS[pid].split(), cfg.types, scale, BoxConvention())
         server.rules[user_text] = [fault]
     report = run_zeroshot(cfg, tmp_path / "posts.jsonl", tmp_path / "z.jsonl", progress=False)
     out = {p.id: p for p in read_jsonl(tmp_path / "z.jsonl")}

@@ -45,7 +45,7 @@ def test_shipped_sweep_parses_and_expands(path):
 
 def test_backbone_and_head_sweeps_use_real_registry_names():
     from refineg.modules.heads import HEADS
-    from refineg.modules.uncertainty import list_uncertainty_heads
+    from refineg.inference.uncertainty import list_uncertainty_heads
 
     models = load_sweep(ROOT / "configs/sweeps/backbones.yaml").parameters["model"]["values"]
     assert all((ROOT / "configs" / "model" / f"{m}.yaml").is_file() for m in models)

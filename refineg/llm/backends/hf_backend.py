@@ -16,8 +16,9 @@ from ..messages import ImagePart
 
 log = logging.getLogger(__name__)
 
-# Sampling keys the wrapper passes that are not ``generate`` arguments under the same name.
-_HANDLED = frozenset({"temperature", "max_tokens", "top_p", "seed"})
+# Keys the wrapper passes that are not ``generate`` arguments under the same name. The structured-output keys are
+# for servers: a local model's answer is validated against the schema but its decoding is not constrained.
+_HANDLED = frozenset({"temperature", "max_tokens", "top_p", "seed", "response_format", "guided_json"})
 
 
 def _resolve_device(device: str) -> str:

@@ -12,7 +12,7 @@ from torchvision.ops import roi_align
 from torchvision.transforms.functional import pil_to_tensor
 
 from refineg.data.schema import Box
-from refineg.modules.open_clip_loader import (
+from refineg.weights import (
     BUILTIN_MODEL,
     PACKAGED,
     OpenClip,
@@ -96,7 +96,7 @@ class ClipEmbedder:
 
     @torch.inference_mode()
     def image_features(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """``(N, D)`` features of whole images (see :func:`~refineg.modules.open_clip_loader.image_features`)."""
+        """``(N, D)`` features of whole images (see :func:`~refineg.weights.image_features`)."""
         out = []
         for i in range(0, len(images), self.batch_size):
             pixels = torch.stack([self.clip.preprocess(im.convert("RGB")) for im in images[i : i + self.batch_size]])

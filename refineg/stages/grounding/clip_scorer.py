@@ -19,7 +19,7 @@ from PIL import Image
 
 from refineg.data import Example
 from refineg.data.schema import Box, Entity
-from refineg.modules.open_clip_loader import BUILTIN_MODEL, PACKAGED
+from refineg.weights import BUILTIN_MODEL, PACKAGED
 
 from .base import GROUNDERS, Grounder, GroundingQuery, GroundingResult
 from .clip_embed import ClipEmbedder

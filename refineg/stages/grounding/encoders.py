@@ -15,6 +15,8 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from refineg.data.images import load_image
+
 log = logging.getLogger(__name__)
 
 
@@ -31,7 +33,7 @@ class TextEncoder:
     def __init__(self, name: str = "minilm", max_length: int = 128, batch_size: int = 32, device: str = "cpu"):
         from transformers import AutoModel, AutoTokenizer
 
-        from refineg.modules.backbones import resolve_encoder
+        from refineg.weights import resolve_encoder
 
         self.name = name
         self.path = resolve_encoder(name)
@@ -91,7 +93,7 @@ class ImageEncoder:
         batch_size: int = 32,
         device: str = "cpu",
     ):
-        from refineg.modules.open_clip_loader import load_open_clip
+        from refineg.weights import load_open_clip
 
         self.clip = load_open_clip(model, pretrained, allow_download=False, device=device)
         self.model = self.clip.model
@@ -117,7 +119,7 @@ class ImageEncoder:
     @torch.no_grad()
     def encode(self, images: Sequence[Image.Image | str | Path], progress: bool = False) -> Tensor:
         """``images (N,) -> (N, dim)`` normalised embeddings; paths are opened one batch at a time."""
-        from refineg.modules.open_clip_loader import image_features
+        from refineg.weights import image_features
 
         out = []
         for lo in tqdm(
@@ -127,16 +129,9 @@ class ImageEncoder:
             disable=not progress,
             leave=False,
         ):
-            pixels = torch.stack([self.preprocess(_rgb(img)) for img in images[lo : lo + self.batch_size]])
+            pixels = torch.stack([self.preprocess(load_image(img)) for img in images[lo : lo + self.batch_size]])
             emb = image_features(self.clip, pixels.to(self.device))
             out.append(torch.nn.functional.normalize(emb.float(), dim=-1).cpu())
         if out:
             return torch.cat(out)
         return torch.zeros(0, 0)
-
-
-def _rgb(source: Image.Image | str | Path) -> Image.Image:
-    if isinstance(source, Image.Image):
-        return source.convert("RGB")
-    with Image.open(source) as img:
-        return img.convert("RGB")

@@ -9,7 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 from refineg.data import Example
-from refineg.llm.images import load_image
+from refineg.data.images import load_image
 
 from .base import image_path
 
@@ -49,7 +49,7 @@ class PostImages:
             self._cache.move_to_end(path)
             return self._cache[path]
         try:
-            img = load_image(path)
+            img = load_image(path, rgb=False)  # the stored mode: LLM cache keys hash it
         except OSError as err:
             log.warning("post %s: cannot read image %s (%s); treated as missing", post.id, path, err)
             return None

@@ -9,6 +9,7 @@ from typing import Any
 
 from refineg.config import CONFIG_DIR
 from refineg.llm import LLMConfig, UsageMeter, build_llm_backend
+from refineg.llm.answers import GROUNDING
 
 from .base import GROUNDERS, Grounder, GroundingQuery, GroundingResult
 from .parse import is_grounding_answer, parse_answer
@@ -21,8 +22,9 @@ log = logging.getLogger(__name__)
 class MLLMGrounder(Grounder):
     """Asks an MLLM for the boxes of every entity of a post in one chat, with demonstrations.
 
-    Images are sent shrunk to ``llm.max_side``; demonstration boxes are scaled to the sent size and the answer's
-    boxes are mapped back to original pixels, clipped to the image, rid of degenerate ones and cut to
+    Images are sent shrunk to ``llm.max_side``; demonstration boxes are written in the model's coordinates
+    (``llm.box_format``: pixels of the sent image by default) and the answer's boxes are mapped back to original
+    pixels, clipped to the image, rid of degenerate ones and cut to
     ``max_boxes`` per entity (:mod:`.parse`). A failed request answers none for the post's entities
     (``status="failed"``). Demonstrations whose image is missing are left out of the chat.
 
@@ -86,6 +88,7 @@ class MLLMGrounder(Grounder):
                 expect_json=True,
                 json_type=(list, dict),
                 json_accept=is_grounding_answer,
+                answer=GROUNDING,
                 items=[queries[i].post.id for i in asked],
                 progress=False,
             )

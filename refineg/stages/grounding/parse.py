@@ -12,12 +12,12 @@ the answer (a box list in the reasoning, say), so that the LLM layer takes the r
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from refineg.data.schema import Box
+from refineg.data.spans import normalize_name
 from refineg.llm import ImageScale
 
 _NONE_WORDS = {"", "null", "none", "n/a", "na", "no", "[]"}
@@ -60,10 +60,6 @@ def is_grounding_answer(answer: Any) -> bool:
     return isinstance(answer, list) and (not answer or any(_is_item(x) for x in answer))
 
 
-def _norm(name: Any) -> str:
-    return re.sub(r"\s+", " ", str(name)).strip().lower()
-
-
 def _number(v: Any) -> float | None:
     if isinstance(v, bool):
         return None
@@ -83,7 +79,7 @@ def raw_boxes(value: Any) -> tuple[list[list[float]], list[str]]:
     if value is None:
         return [], []
     if isinstance(value, str):
-        return ([], []) if _norm(value) in _NONE_WORDS else ([], [f"unreadable box {value!r}"])
+        return ([], []) if normalize_name(value) in _NONE_WORDS else ([], [f"unreadable box {value!r}"])
     if isinstance(value, dict):
         keys = ("xmin", "ymin", "xmax", "ymax")
         if all(k in value for k in keys):
@@ -169,7 +165,7 @@ def parse_answer(
     if not isinstance(answer, list):
         out.problems.append(f"answer is a {type(answer).__name__}, not a list")
         return out
-    names = [_norm(name) for name, _ in entities]
+    names = [normalize_name(name) for name, _ in entities]
     assigned = [False] * len(entities)
     for pos, item in enumerate(answer):
         if not isinstance(item, dict):
@@ -177,7 +173,7 @@ def parse_answer(
             continue
         target = None
         if "entity" in item:
-            name = _norm(item["entity"])
+            name = normalize_name(item["entity"])
             target = next((i for i, n in enumerate(names) if n == name and not assigned[i]), None)
             if target is None:
                 out.problems.append(f"item {pos}: entity {item['entity']!r} was not asked")

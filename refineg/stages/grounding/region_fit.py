@@ -25,9 +25,10 @@ from tqdm.auto import tqdm
 
 from refineg.config import build_typed_config
 from refineg.data import Example, read_jsonl, write_jsonl
+from refineg.data.images import load_image as read_image
 from refineg.data.schema import Box
 from refineg.metrics import box_iou, grounding_tally
-from refineg.modules.open_clip_loader import BUILTIN_MODEL, PACKAGED
+from refineg.weights import BUILTIN_MODEL, PACKAGED
 
 from .base import image_path
 from .clip_scorer import DEFAULT_TEMPLATES, ClipRegionScorer
@@ -179,8 +180,7 @@ def load_image(images_dir: str | Path | None, post: Example) -> Image.Image | No
     path = image_path(images_dir, post)
     if path is None or not path.is_file():
         return None
-    with Image.open(path) as img:
-        return img.convert("RGB")
+    return read_image(path)
 
 
 def image_key(post: Example) -> str:

@@ -96,7 +96,7 @@ class PredictStage:
     """Tagging the evaluated posts with an uncertainty per entity.
 
     Attributes:
-        head: Uncertainty head (``refineg.modules.uncertainty``; ``crf_marginal`` needs a CRF tagger).
+        head: Uncertainty head (``refineg.inference.uncertainty``; ``crf_marginal`` needs a CRF tagger).
         head_kwargs: Its keyword arguments.
         temperature: Temperature-scaler JSON written by ``refineg calibrate``; ``None`` for none.
         batch_size: Posts per forward pass.

@@ -184,7 +184,7 @@ def checkpoint_of(run_dir: Path) -> str:
 
 def run_predict(cfg: PipelineConfig, run_dir: Path) -> dict[str, Any]:
     """Tags the evaluated posts and scores every entity with ``predict.head``."""
-    from refineg.modules.uncertainty import UncertaintyEstimator
+    from refineg.inference.uncertainty import UncertaintyEstimator
 
     p = cfg.predict
     est = UncertaintyEstimator.from_checkpoint(

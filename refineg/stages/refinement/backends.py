@@ -18,6 +18,7 @@ from typing import Any
 
 from refineg.data import Entity, Example, read_jsonl
 from refineg.llm import build_llm_backend, system, user
+from refineg.llm.answers import SPAN_CHECK, TYPE_BOX_CHECK, AnswerFormat
 from refineg.registry import Registry
 
 from .config import RefineConfig
@@ -123,8 +124,9 @@ def list_refinement_backends() -> list[str]:
 class MLLMBackend(RefinementBackend):
     """Asks a multimodal LLM (any :mod:`refineg.llm` backend) with the chain-of-thought prompts.
 
-    Prompts come from ``cfg.prompts_dir``; boxes come back in the pixels of the sent image and are mapped to
-    original pixels.
+    Prompts come from ``cfg.prompts_dir``; boxes come back in the model's coordinates (``llm.box_format``) and are
+    mapped to original pixels. Answers are validated against :data:`refineg.llm.answers.SPAN_CHECK` /
+    :data:`~refineg.llm.answers.TYPE_BOX_CHECK` (sent as the response schema unless ``llm.structured_output=off``).
     """
 
     def __init__(self, cfg: RefineConfig, run_dir: str | Path | None = None) -> None:
@@ -133,7 +135,7 @@ class MLLMBackend(RefinementBackend):
         self.label = f"mllm {cfg.llm.backend}:{cfg.llm.model}"
         self.release_prompts_dir = cfg.release_prompts_dir
 
-    def _ask(self, convs: list, queries: Sequence[Query], keys: tuple[str, ...]) -> list[Answer]:
+    def _ask(self, convs: list, queries: Sequence[Query], keys: tuple[str, ...], answer: AnswerFormat) -> list[Answer]:
         if not convs:
             return []
         items = [f"{q.post.id}:{q.entity.start}-{q.entity.end}" for q in queries]
@@ -145,6 +147,7 @@ class MLLMBackend(RefinementBackend):
             expect_json=True,
             json_type=dict,
             json_accept=lambda v: any(k in v for k in keys),
+            answer=answer,
             items=items,
             progress=False,
         )
@@ -156,19 +159,17 @@ class MLLMBackend(RefinementBackend):
             text = self.prompts.span(q.post.tokens, q.entity.text(q.post.tokens), q.entity.type, types)
             parts = [q.image, text] if q.image is not None else [text]
             convs.append([system(self.prompts.system), user(*parts)])
-        return self._ask(convs, queries, ("corrected_entity",))
+        return self._ask(convs, queries, ("corrected_entity",), SPAN_CHECK)
 
     def type_check(self, queries: Sequence[Query], types: list[str]) -> list[Answer]:  # noqa: D102
         convs, scales = [], []
         for q in queries:
             scale = self.llm.image_scale(q.image) if q.image is not None else None
-            text = self.prompts.type_box(
-                q.post.tokens, q.entity.text(q.post.tokens), q.entity.type, types, scale.sent_size if scale else None
-            )
+            text = self.prompts.type_box(q.post.tokens, q.entity.text(q.post.tokens), q.entity.type, types, scale)
             parts = [q.image, text] if q.image is not None else [text]
             convs.append([system(self.prompts.system), user(*parts)])
             scales.append(scale)
-        answers = self._ask(convs, queries, ("corrected_type", "corrected_bounding_box"))
+        answers = self._ask(convs, queries, ("corrected_type", "corrected_bounding_box"), TYPE_BOX_CHECK)
         for ans, scale in zip(answers, scales):
             box = ans.parsed.get("corrected_bounding_box") if ans.ok else None
             if isinstance(box, list):

@@ -9,28 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from refineg.data import Example
+from refineg.inference.uncertainty import default_heads
 
 from .calibration import head_report
 from .plots import plot_reliability, plot_risk_coverage
 
 logger = logging.getLogger(__name__)
-
-
-def default_heads(module: Any) -> dict[str, dict[str, Any]]:
-    """The heads that need nothing beyond the checkpoint, with their settings.
-
-    Probability heads, CRF marginal (CRF taggers) and MC dropout (8 passes; rate 0.1 when the tagger was trained
-    without dropout).
-    """
-    from refineg.modules.heads import CRFHead
-
-    heads: dict[str, dict[str, Any]] = {"max_prob_mean": {}, "max_prob_min": {}, "entropy": {}}
-    if isinstance(module.tagger.head, CRFHead):
-        heads["crf_marginal"] = {}
-    heads["mc_dropout"] = {"samples": 8}
-    if not module.hparams.model.get("dropout"):
-        heads["mc_dropout"]["dropout"] = 0.1
-    return heads
 
 
 def calibrate(
@@ -63,8 +47,8 @@ def calibrate(
     Returns:
         The report written to ``calibration.json``.
     """
-    from refineg.modules.uncertainty import TemperatureScaler, UncertaintyEstimator, create_uncertainty_head
-    from refineg.predictor import TaggerPredictor
+    from refineg.inference.predictor import TaggerPredictor
+    from refineg.inference.uncertainty import TemperatureScaler, UncertaintyEstimator, create_uncertainty_head
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from refineg.data import Example
+from refineg.metrics import entity_errors  # noqa: F401  (re-exported: calibrate and the tests use it from here)
 
 
 def auroc(uncertainty: Sequence[float], error: Sequence[bool]) -> float | None:
@@ -95,27 +96,6 @@ def risk_coverage(uncertainty: Sequence[float], error: Sequence[bool]) -> dict[s
     k = np.arange(1, n + 1)
     risk = expected_errors / k
     return {"coverage": (k / n).tolist(), "risk": risk.tolist(), "aurc": float(risk.mean())}
-
-
-def entity_errors(preds: Sequence[Example], golds: Sequence[Example]) -> list[dict[str, bool]]:
-    """Per predicted entity (posts in ``preds`` order): ``{"total": error, "span": error, "type": error or None}``.
-
-    Raises:
-        ValueError: A predicted post id is not in the gold data.
-    """
-    by_id = {g.id: g for g in golds}
-    out = []
-    for p in preds:
-        if p.id not in by_id:
-            raise ValueError(f"predicted post {p.id!r} is not in the gold data")
-        gold = by_id[p.id].entities
-        spans = {(g.start, g.end): g.type for g in gold}
-        for e in p.entities:
-            gtype = spans.get((e.start, e.end))
-            out.append(
-                {"total": gtype != e.type, "span": gtype is None, "type": None if gtype is None else gtype != e.type}
-            )
-    return out
 
 
 def field_report(uncertainty: Sequence[float], error: Sequence[bool], bins: int = 10) -> dict:

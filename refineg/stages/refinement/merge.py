@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from refineg.data import Entity
+from refineg.data.spans import locate_span
 
 from .backends import Answer
 
@@ -20,31 +21,6 @@ NULLS = (None, "", "null", "none", "n/a")
 def is_null(value: Any) -> bool:
     """True for the "no answer" spellings MLLMs use (``Null``, ``None``, ``null``, empty)."""
     return value is None or (isinstance(value, str) and value.strip().lower() in NULLS)
-
-
-def _norm(text: str) -> str:
-    return "".join(text.split()).lower()
-
-
-def locate_span(tokens: list[str], text: str, entity: Entity, max_change: int) -> tuple[int, int] | None:
-    """Finds a corrected entity in the post's own words.
-
-    Returns:
-        The span of ``tokens`` that spells ``text`` (spaces and case ignored), overlaps ``entity`` and moves each
-        boundary by at most ``max_change`` words (the closest to ``entity`` wins), or ``None``.
-    """
-    target = _norm(text)
-    if not target:
-        return None
-    n = len(tokens)
-    best = None
-    for s in range(max(0, entity.start - max_change), min(n, entity.start + max_change + 1)):
-        for e in range(max(s + 1, entity.end - max_change), min(n, entity.end + max_change) + 1):
-            if s < entity.end and e > entity.start and _norm("".join(tokens[s:e])) == target:
-                cost = abs(s - entity.start) + abs(e - entity.end)
-                if best is None or cost < best[0]:
-                    best = (cost, s, e)
-    return None if best is None else (best[1], best[2])
 
 
 def merge_span(

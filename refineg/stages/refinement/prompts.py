@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
+from refineg.llm import ImageScale
 from refineg.llm.prompt_files import read_prompt_folder
 
 FILES = ("system.txt", "span_check.txt", "type_box_check.txt")
@@ -15,8 +16,9 @@ FILES = ("system.txt", "span_check.txt", "type_box_check.txt")
 class RefinementPrompts:
     """The three prompt files of a prompts folder.
 
-    Placeholders: ``$sentence``, ``$entity``, ``$type``, ``$types`` (comma-separated), ``$image_note`` and
-    ``$image_size`` (``W x H`` of the image as sent, or ``no image``).
+    Placeholders: ``$sentence``, ``$entity``, ``$type``, ``$types`` (comma-separated), ``$image_note``,
+    ``$image_size`` (``W x H`` of the image as sent, or ``no image``) and ``$box_format`` (the box coordinate
+    convention and this image's coordinate range, :meth:`refineg.llm.ImageScale.box_note`).
     """
 
     system: str
@@ -39,12 +41,10 @@ class RefinementPrompts:
             sentence=" ".join(tokens), entity=entity, type=etype, types=", ".join(types)
         )
 
-    def type_box(
-        self, tokens: list[str], entity: str, etype: str, types: list[str], sent_size: tuple[int, int] | None
-    ) -> str:
-        """The type-and-box-check user text (``sent_size``: the image as the model sees it, or ``None``)."""
-        note = "The image of the post is attached." if sent_size else "This post has no image: the box is Null."
-        size = f"{sent_size[0]} x {sent_size[1]}" if sent_size else "no image"
+    def type_box(self, tokens: list[str], entity: str, etype: str, types: list[str], scale: ImageScale | None) -> str:
+        """The type-and-box-check user text (``scale``: the image as sent and the box convention, or ``None``)."""
+        note = "The image of the post is attached." if scale else "This post has no image: the box is Null."
+        size = f"{scale.sent_size[0]} x {scale.sent_size[1]}" if scale else "no image"
         return self.type_box_check.safe_substitute(
             sentence=" ".join(tokens),
             entity=entity,
@@ -52,4 +52,5 @@ class RefinementPrompts:
             types=", ".join(types),
             image_note=note,
             image_size=size,
+            box_format=scale.box_note() if scale else "no image",
         )

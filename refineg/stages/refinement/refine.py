@@ -145,7 +145,7 @@ def with_uncertainty(preds: Sequence[Example], cfg: RefineConfig) -> list[Exampl
         return list(preds)
     if cfg.ckpt is None:
         raise ValueError("head= needs ckpt=<tagger checkpoint> to compute uncertainties")
-    from refineg.modules.uncertainty import MissedEntityDetector, UncertaintyEstimator
+    from refineg.inference.uncertainty import MissedEntityDetector, UncertaintyEstimator
 
     missed = MissedEntityDetector(cfg.missed_threshold) if cfg.missed else None
     est = UncertaintyEstimator.from_checkpoint(cfg.ckpt, cfg.head, dict(cfg.head_kwargs), cfg.temperature, missed)

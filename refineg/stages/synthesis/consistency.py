@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 class Predictor(Protocol):
-    """Anything with :meth:`refineg.predictor.TaggerPredictor.predict`'s signature."""
+    """Anything with :meth:`refineg.inference.predictor.TaggerPredictor.predict`'s signature."""
 
     def predict(self, examples: Sequence[Example], progress: bool = True) -> list[Example]:
         """Predicted copies of ``examples`` (same order, entities with ``score``)."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from refineg.data import Entity
-from refineg.data.tokenize import locate_spans, word_tokenize
+from refineg.data.spans import locate_spans
+from refineg.data.tokenize import word_tokenize
 from refineg.stages.synthesis.report import SynthesisReport
 
 
@@ -45,7 +46,7 @@ def label_text(
     """Tokenises ``text`` and labels its mentions.
 
     Mentions are located by exact token match, longest first, without overlaps
-    (:func:`refineg.data.tokenize.locate_spans`); a mention listed twice labels two occurrences. Counted in
+    (:func:`refineg.data.spans.locate_spans`); a mention listed twice labels two occurrences. Counted in
     ``report.dropped_entities``: ``empty_name``, ``type_unknown`` (no mapping) and ``not_found`` (no free
     occurrence in the text, e.g. the LLM changed the spelling or the mention overlaps a longer one).
     Renamed types are counted in ``report.mapped_types``.

@@ -9,13 +9,14 @@ from typing import Any
 
 from refineg.data import Example
 from refineg.llm import LLMConfig, build_llm_backend
+from refineg.llm.answers import SYNTHESIS, SYNTHESIS_LIST_KEYS
 from refineg.stages.synthesis.base import SYNTHESIZERS
 from refineg.stages.synthesis.labelling import TypeMapper, label_text
 from refineg.stages.synthesis.prompts import PromptSet, default_prompt_dir
 from refineg.stages.synthesis.report import SynthesisReport
 
 logger = logging.getLogger(__name__)
-_LIST_KEYS = ("samples", "posts", "data", "texts", "results", "items", "output")
+_LIST_KEYS = SYNTHESIS_LIST_KEYS
 
 
 def is_samples_answer(parsed: Any) -> bool:
@@ -139,6 +140,7 @@ class LLMSynthesizer:
                 expect_json=True,
                 json_type=(list, dict),
                 json_accept=is_samples_answer,
+                answer=SYNTHESIS,
                 items=[s.id for s in seeds],
                 progress=self.progress,
             )

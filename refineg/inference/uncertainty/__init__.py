@@ -19,6 +19,7 @@ from .base import (
     EntityUncertainty,
     UncertaintyHead,
     create_uncertainty_head,
+    default_heads,
     list_uncertainty_heads,
     token_probabilities,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "UncertaintyHead",
     "collect_features",
     "create_uncertainty_head",
+    "default_heads",
     "cross_fit",
     "evidential_loss",
     "fit_error_predictor",

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from refineg.data import Entity, Example
-from refineg.predictor import TaggerPredictor
+from refineg.inference.predictor import TaggerPredictor
 
 from .base import BatchContext, EntityUncertainty, UncertaintyHead, create_uncertainty_head
 from .missed import MissedEntityDetector

@@ -67,7 +67,7 @@ class TemperatureScaler(nn.Module):
 
     def fit(self, module: Any, examples: Sequence[Example], batch_size: int = 64, max_length: int = 128) -> float:
         """Fits ``T`` on labelled posts (dev) with a trained ``TaggerModule``; returns it."""
-        from refineg.predictor import TaggerPredictor
+        from refineg.inference.predictor import TaggerPredictor
 
         predictor = TaggerPredictor(module, batch_size=batch_size, max_length=max_length)
         batches = []

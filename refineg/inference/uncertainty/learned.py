@@ -37,6 +37,7 @@ from .base import (
     UncertaintyHead,
     clamp01,
     create_uncertainty_head,
+    default_heads,
     label_index,
     register_uncertainty_head,
 )
@@ -270,7 +271,7 @@ def collect_features(
     member_fields: dict[str, list[str]] | None = None,
     progress: bool = False,
 ) -> tuple[list[Example], dict[str, list[list[EntityUncertainty]]], np.ndarray, list[str], dict[str, list[str]]]:
-    """Runs an :class:`~refineg.modules.uncertainty.UncertaintyEstimator` whose heads are the members, once.
+    """Runs an :class:`~refineg.inference.uncertainty.UncertaintyEstimator` whose heads are the members, once.
 
     Returns:
         The predicted posts, every member's scores (as ``estimator.score`` gives them), the ``(N, D)`` feature
@@ -343,6 +344,51 @@ class LearnedErrorHead(UncertaintyHead):
                 ]
             )
         return out
+
+    needs_fit = True
+    state_suffix = ".json"
+
+    @classmethod
+    def fit(
+        cls,
+        module: Any,
+        examples: Sequence[Example],
+        members: dict[str, dict[str, Any]] | None = None,
+        c: float = 1.0,
+        batch_size: int = 64,
+        max_length: int = 128,
+    ) -> LearnedErrorHead:
+        """A head over an :class:`ErrorPredictor` fitted on the tagger's predictions for gold ``examples``.
+
+        Args:
+            module: A trained ``TaggerModule``.
+            examples: Gold posts (held out from the tagger's training).
+            members: Member head specs ``{name[@label]: kwargs}``; default: :func:`default_heads` (as
+                ``bench/refinement_curves.py --learned``).
+            c: Inverse L2 strength of each logistic regression.
+            batch_size: Posts per forward pass.
+            max_length: Subword budget per post.
+        """
+        from refineg.inference.predictor import TaggerPredictor
+        from refineg.inference.uncertainty.estimator import UncertaintyEstimator
+        from refineg.metrics import entity_errors
+
+        if members is None:
+            members = default_heads(module)
+        estimator = UncertaintyEstimator(TaggerPredictor(module, batch_size, max_length), build_members(members))
+        preds, _, x, names, fields = collect_features(estimator, examples)
+        errs = entity_errors(preds, examples)
+        errors = {t: [e[t] for e in errs] for t in TARGETS}
+        return cls(predictor=fit_error_predictor(x, errors, members, fields, names, c=c))
+
+    def save(self, path: str | Path) -> None:
+        """Writes the fitted :class:`ErrorPredictor` as JSON."""
+        self.predictor.save(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LearnedErrorHead:
+        """The head over a predictor written by :meth:`save`."""
+        return cls(path=path)
 
     def config(self) -> dict[str, Any]:  # noqa: D102
         return {"path": self.path, "members": list(self.predictor.members), "c": self.predictor.c}

@@ -123,7 +123,7 @@ def fit_evidential(
         The trained layer (on CPU, eval mode).
     """
     from refineg.datamodules.encoding import encode_posts
-    from refineg.predictor import TaggerPredictor
+    from refineg.inference.predictor import TaggerPredictor
 
     # batches in file order (not TaggerPredictor.batches' longest-first): the documented runs were trained this way
     predictor = TaggerPredictor(module, batch_size=batch_size, max_length=max_length)
@@ -196,6 +196,22 @@ class EvidentialHead(UncertaintyHead):
                 )
             out.append(row)
         return out
+
+    needs_fit = True
+
+    @classmethod
+    def fit(cls, module: Any, examples: Sequence[Example], **kwargs: Any) -> EvidentialHead:
+        """A head over a Dirichlet layer trained on ``examples`` (keyword arguments as :func:`fit_evidential`)."""
+        return cls(model=fit_evidential(module, examples, **kwargs))
+
+    def save(self, path: str | Path) -> None:
+        """Writes the Dirichlet layer (:meth:`DirichletTagger.save`)."""
+        self.model.save(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> EvidentialHead:
+        """The head over a layer written by :meth:`save`."""
+        return cls(path=path)
 
     def config(self) -> dict[str, Any]:  # noqa: D102
         return {"path": self.path}

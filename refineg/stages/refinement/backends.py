@@ -182,22 +182,25 @@ class MLLMBackend(RefinementBackend):
     def entity_list(  # noqa: D102
         self, queries: Sequence[PostQuery], types: list[str], never_grounded: list[str]
     ) -> list[Answer]:
+        from refineg.llm.answers import GROUNDING
         from refineg.stages.grounding.parse import clean_boxes, is_grounding_answer, raw_boxes
-        from refineg.stages.grounding.prompts import GroundingPrompts
+        from refineg.stages.grounding.prompts import GroundingPrompts, build_chat
 
         prompts = GroundingPrompts.load(self.release_prompts_dir)
         convs, scales = [], []
         for q in queries:
             scale = self.llm.image_scale(q.image) if q.image is not None else None
-            if scale is not None:
-                turn = user(q.image, prompts.query_text(q.post, scale.sent_size))
+            if scale is not None:  # the grounding chat without demonstrations, boxes in the model's convention
+                convs.append(build_chat(prompts, q.post, q.image, scale, [], types, never_grounded))
             else:
                 ents = [{"entity": e.text(q.post.tokens), "entity_type": e.type} for e in q.post.entities]
                 text = prompts.query.safe_substitute(
-                    sentence=" ".join(q.post.tokens), entities=json.dumps(ents, ensure_ascii=False), image_size="no"
+                    sentence=" ".join(q.post.tokens),
+                    entities=json.dumps(ents, ensure_ascii=False),
+                    image_size="no image",
+                    box_range="none (no image: answer [] for every box)",
                 )
-                turn = user(text)
-            convs.append([system(prompts.system_text(types, never_grounded)), turn])
+                convs.append([system(prompts.system_text(types, never_grounded)), user(text)])
             scales.append(scale)
         results = self.llm.chat_many(
             convs,
@@ -205,6 +208,7 @@ class MLLMBackend(RefinementBackend):
             expect_json=True,
             json_type=(list, dict),
             json_accept=is_grounding_answer,
+            answer=GROUNDING,
             items=[q.post.id for q in queries],
             progress=False,
         )

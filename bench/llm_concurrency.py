@@ -194,6 +194,7 @@ def run_release_client(stage: str, data: dict[str, str], images: str, base_url: 
 
     from refineg.config import CONFIG_DIR
     from refineg.data import read_jsonl
+    from refineg.llm import ImageScale
     from refineg.stages.grounding.prompts import GroundingPrompts
     from refineg.stages.refinement import RefinementPrompts
 
@@ -231,13 +232,14 @@ def run_release_client(stage: str, data: dict[str, str], images: str, base_url: 
 
     for post in posts:
         path = str(Path(images) / post.image)
+        scale = ImageScale.for_image(tuple(post.image_size), 1000)  # pixels of the image as sent
         if stage == "ground":
-            ask(ground.system_text(types, ["LOC"]), ground.query_text(post, post.image_size), path)
+            ask(ground.system_text(types, ["LOC"]), ground.query_text(post, scale), path)
             continue
         for e in post.entities:
             name = e.text(post.tokens)
             ask(refine.system, refine.span(post.tokens, name, e.type, types), path)
-            ask(refine.system, refine.type_box(post.tokens, name, e.type, types, post.image_size), path)
+            ask(refine.system, refine.type_box(post.tokens, name, e.type, types, scale), path)
     seconds = time.perf_counter() - start
     return {
         "client": f"release (sequential) {stage}",

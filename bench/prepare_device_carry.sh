@@ -12,3 +12,22 @@ refineg convert --format twitter-gmner --txt "$R/txt/train.txt" --xml-dir "$R/xm
 refineg convert --format twitter-gmner --txt "$R/txt/dev.txt" --xml-dir "$R/xml" --out .devcarry/data/dev.jsonl
 M=$(python -c "from refineg.modules.backbones import resolve_encoder; print(resolve_encoder('minilm'))")
 cp "$M"/tokenizer.json "$M"/tokenizer_config.json "$M"/vocab.txt "$M"/special_tokens_map.json .devcarry/tok/
+# MiniLM (the embedded default encoder) rounded to fp16: the 90 MB fp32 file exceeds the transfer limit; the backbone
+# loads it back as fp32 (max abs weight difference 1e-3); bench/selftrain.py uses it by default.
+if [ ! -f .devcarry/minilm/config.json ]; then
+  python - <<'PY'
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoModel
+
+from refineg.weights import resolve_encoder
+
+src, dst = Path(resolve_encoder("minilm")), Path(".devcarry/minilm")
+AutoModel.from_pretrained(src, dtype=torch.float32).half().save_pretrained(dst)
+for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+    if (src / name).is_file():
+        shutil.copy(src / name, dst / name)
+PY
+fi

@@ -816,6 +816,53 @@ def sweep_cmd(args: argparse.Namespace) -> int:
     return 0 if any(r.metric is not None for r in results) else 1
 
 
+def _selftrain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="training overrides as for train.py (data=NAME data.root=... data.gold_limit=500 run_name=NAME) plus "
+        "data.unlabeled=FILE or data.unlabeled_from_train=true, selftrain.* (rounds, epochs, head, tau, "
+        "selection, uncertain, outside_min, soft_targets, init, patience, refine_backend; refineg/config.py) "
+        "and refine.KEY=VALUE for the delegation backend (refine.llm.model=M, refine.gold=FILE)",
+    )
+
+
+@subcommand(
+    "selftrain",
+    "self-training: pseudo-label unlabelled posts with the tagger, keep the confident labels by uncertainty, "
+    "retrain on gold + pseudo-labels, round by round until dev MNER F1 stops improving",
+    _selftrain_args,
+)
+def selftrain_cmd(args: argparse.Namespace) -> int:
+    """Runs (or continues, same ``run_name``) the self-training rounds and prints one line per round."""
+    from refineg.config import load_config
+    from refineg.stages.selftrain import run_selftrain
+
+    refine = [o.split(".", 1)[1] for o in args.overrides if o.lstrip("-").startswith("refine.")]
+    rest = [o for o in args.overrides if not o.lstrip("-").startswith("refine.")]
+    try:
+        cfg = load_config(rest)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    cfg.selftrain.refine_overrides = list(cfg.selftrain.refine_overrides) + refine
+    state = run_selftrain(cfg)
+    print(f"{'round':<7}{'dev MNER F1':>12}{'pseudo posts':>14}{'entities':>10}{'precision':>11}{'seconds':>9}")
+    for r in state["rounds"]:
+        counts, quality = r.get("pseudo") or {}, r.get("pseudo_quality") or {}
+        prec = quality.get("precision_kept")
+        print(
+            f"{r['round']:<7}{100 * r['dev_mner_f1']:>12.2f}{counts.get('posts', '-'):>14}"
+            f"{counts.get('entities', '-'):>10}{'-' if prec is None else f'{100 * prec:.2f}':>11}{r['seconds']:>9.0f}"
+        )
+        if r.get("refinement_note"):
+            print(f"       {r['refinement_note']}")
+    best = state["best_round"]
+    print(f"\nbest round {best}: dev MNER F1 {100 * state['best_dev_mner_f1']:.2f} ({state['stopped']})")
+    print(f"per-round record: {Path(state['rounds'][0]['run_dir']).parent / 'selftrain.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``refineg`` argument parser with every registered subcommand."""
     from refineg import __version__

@@ -45,6 +45,13 @@ class DataConfig:
     synthetic_weight: float = 1.0  # loss weight of synthetic posts
     synthetic_epochs: int = 1  # two_stage mode: epochs on synthetic data before gold fine-tuning
     gold_limit: int | None = None  # fixed seeded sample of this many gold training posts
+    pseudo: str | None = None  # canonical JSONL of pseudo-labelled posts (self-training; pooled with the synthetic)
+    pseudo_weight: float = 1.0  # loss weight of pseudo-labelled posts
+    unlabeled: str | None = None  # unlabelled posts for self-training (any readable format; labels are ignored)
+    unlabeled_format: str | None = None  # None: from the name (.jsonl, .json = ccks, .txt = data.format or conll)
+    unlabeled_from_train: bool = False  # experiments: the training posts outside gold_limit, labels hidden
+    unlabeled_limit: int | None = None  # seeded sample of this many unlabelled posts
+    unlabeled_hidden_gold: bool = False  # score pseudo-labels against the labels data.unlabeled carries (never trained)
     batch_size: int = 32  # global; divided by the world size
     eval_batch_size: int = 64
     max_length: int = 128  # subword tokens per post
@@ -135,6 +142,31 @@ class LoggerConfig:
 
 
 @dataclass
+class SelfTrainConfig:
+    """Self-training rounds of ``refineg selftrain`` (see :mod:`refineg.stages.selftrain`)."""
+
+    rounds: int = 3  # most pseudo-labelling rounds after the round-0 model (trained on gold + synthetic only)
+    head: str = "crf_marginal"  # uncertainty head (registry name) that scores each pseudo-labelled entity
+    head_kwargs: dict[str, Any] = field(default_factory=dict)
+    tau: float = 0.2  # an entity with uncertainty <= tau is confident
+    selection: str = "entity"  # entity: keep confident entities | post: keep posts whose entities are all confident
+    uncertain: str = "mask"  # entity selection, posts with uncertain entities: mask | drop_entity | drop_post
+    empty_posts: bool = True  # keep pool posts where the teacher finds no entity (all words O)
+    soft_targets: bool = False  # train on the teacher's per-word CRF marginals instead of its decoded labels
+    # a word outside the kept entities counts as O only when the teacher's P(O) >= outside_min, else it is left
+    # unlabelled (the teacher's missed entities then do not train as O); None: every such word is O
+    outside_min: float | None = None
+    epochs: int | None = None  # trainer.max_epochs of the pseudo-labelling rounds (None: the same as round 0)
+    init: str = "scratch"  # scratch: every round starts from the pretrained encoder | teacher: from the teacher
+    teacher: str = "best"  # best: the best round so far labels the pool | last: the previous round
+    patience: int = 1  # stop after this many rounds without a dev MNER F1 gain of more than min_delta
+    min_delta: float = 0.0
+    refine_backend: str = "none"  # none | mllm | oracle | noisy-oracle: delegate uncertain pseudo-labels
+    # RefineConfig key=value items for the delegation (the CLI takes them as refine.KEY=VALUE)
+    refine_overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
 class TrainConfig:
     """Everything ``train.py`` needs."""
 
@@ -153,6 +185,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     ddp: DDPConfig = field(default_factory=DDPConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    selftrain: SelfTrainConfig = field(default_factory=SelfTrainConfig)
 
 
 def parse_override(raw: str) -> tuple[str, str]:

@@ -59,6 +59,8 @@ class EncodedPost:
         word_ends: Per kept word, the position after its last subword (its first subword + 1 when it has none).
         entities: Gold entities inside the kept words as ``(start, end_exclusive, type_id, has_box)`` (groundability
             targets; type ids follow the order of the ``B-`` labels).
+        targets: Per kept word, a label distribution (soft pseudo-labels; an all-zero row = unlabelled word), or
+            ``None`` for the hard ``labels`` (where ``-100`` at a kept word also means unlabelled).
     """
 
     index: int
@@ -71,6 +73,23 @@ class EncodedPost:
     image: str | None = None
     word_ends: list[int] = field(default_factory=list)
     entities: list[tuple[int, int, int, int]] = field(default_factory=list)
+    targets: list[list[float]] | None = None
+
+    @property
+    def partial(self) -> bool:
+        """Whether the post has soft targets or unlabelled kept words (the loss then needs ``targets``)."""
+        return self.targets is not None or -100 in self.labels
+
+
+def target_rows(post: EncodedPost, num_labels: int) -> np.ndarray:
+    """``(W, K)`` label distribution per kept word: the soft targets, or one-hot labels (unlabelled words: zeros)."""
+    if post.targets is not None:
+        return np.asarray(post.targets, dtype=np.float32).reshape(len(post.word_starts), num_labels)
+    rows = np.zeros((len(post.word_starts), num_labels), np.float32)
+    labels = np.asarray(post.labels, dtype=np.int64)
+    known = labels >= 0
+    rows[np.nonzero(known)[0], labels[known]] = 1.0
+    return rows
 
 
 def encode_posts(
@@ -235,6 +254,8 @@ class PostCollator:
             then computes almost no padding. Packed batches add ``position_ids`` and ``segment_ids`` ``(R, L)``
             (a post attends only within its segment), and ``word_index`` points into the flattened ``R * L``
             subwords; see :meth:`refineg.modules.tagger.SequenceTagger.encode`.
+        num_labels: Size of the label inventory. When set (training), a batch with soft or partial labels (see
+            :attr:`EncodedPost.partial`) also carries ``targets`` ``(B, W, K)``; 0 (prediction): never.
     """
 
     def __init__(
@@ -245,8 +266,10 @@ class PostCollator:
         image_transform: Callable[[Image.Image], torch.Tensor] | None = None,
         pad_to_multiple_of: int = 0,
         pack_length: int = 0,
+        num_labels: int = 0,
     ) -> None:
         self.pad_id, self.unk_id, self.word_dropout = pad_id, unk_id, word_dropout
+        self.num_labels = num_labels
         self.image_transform = image_transform
         self.multiple = pad_to_multiple_of
         self.pack_length = pack_length
@@ -349,6 +372,13 @@ class PostCollator:
             entity_types=torch.tensor([r[3] for r in ents], dtype=torch.long),
             entity_grounded=torch.tensor([float(r[4]) for r in ents]),
         )
+        if self.num_labels and any(p.partial for p in posts):
+            # soft or partial labels: per-word label distributions (B, W, K), all zero where a word is unlabelled
+            k = self.num_labels
+            targets = np.zeros((len(posts), w_len, k), np.float32)
+            for b, p in enumerate(posts):
+                targets[b, : len(p.word_starts)] = target_rows(p, k)
+            batch["targets"] = torch.from_numpy(targets)
         if self.image_transform is not None:
             batch["pixel_values"], batch["image_mask"] = self._images(posts)
         return batch

@@ -90,12 +90,47 @@ def sample_gold(examples: list[Example], limit: int | None, seed: int) -> list[E
     return random.Random(seed).sample(examples, limit)
 
 
+def apply_pseudo_labels(
+    encoded: list[EncodedPost], examples: list[Example], labels: list[str], source: str | Path | None
+) -> None:
+    """Adds what ``meta["pseudo"]`` of pseudo-labelled posts says to their encodings (in place).
+
+    ``meta["pseudo"]["unlabeled"]``: ``[start, end)`` word spans whose labels are unknown (no supervision there);
+    ``meta["pseudo"]["word_targets"]``: one label distribution per word over ``meta["pseudo"]["labels"]`` (soft
+    targets; the label order must be the tagger's).
+
+    Raises:
+        DataFormatError: Soft targets over another label inventory, or not one row per word.
+    """
+    for post, ex in zip(encoded, examples):
+        info = ex.meta.get("pseudo") or {}
+        kept = len(post.word_starts)
+        rows = info.get("word_targets")
+        if rows is not None:
+            if list(info.get("labels") or []) != labels:
+                raise DataFormatError(
+                    source or "pseudo", f"word_targets are over labels {info.get('labels')}, not {labels}", record=ex.id
+                )
+            if len(rows) != len(ex.tokens) or any(len(r) != len(labels) for r in rows):
+                raise DataFormatError(
+                    source or "pseudo", f"word_targets need {len(ex.tokens)} rows of {len(labels)}", record=ex.id
+                )
+            post.targets = [[float(v) for v in r] for r in rows[:kept]]
+        for start, end in info.get("unlabeled") or []:
+            for w in range(max(0, start), min(end, kept)):
+                post.labels[w] = -100
+                if post.targets is not None:
+                    post.targets[w] = [0.0] * len(labels)
+
+
 class GMNERDataModule(L.LightningDataModule):
     """Gold (+ synthetic) posts -> length-bucketed, dynamically padded batches.
 
     Mixing modes: ``gold_only``; ``concat`` (one shuffled pool); ``ratio`` (a fixed synthetic share in every batch);
     ``two_stage`` (synthetic only for ``synthetic_epochs`` epochs, then gold only). Synthetic posts carry the loss
-    weight ``synthetic_weight``. ``batch_size`` is global and divided by the world size.
+    weight ``synthetic_weight``. Pseudo-labelled posts (``data.pseudo``, self-training) join the synthetic pool
+    with the weight ``pseudo_weight`` (see :func:`apply_pseudo_labels`). ``batch_size`` is global and divided by
+    the world size.
 
     Args:
         data: The ``data`` config node.
@@ -118,8 +153,8 @@ class GMNERDataModule(L.LightningDataModule):
         super().__init__()
         if data.mixing not in MIXING_MODES:
             raise ValueError(f"data.mixing must be one of {MIXING_MODES}, got {data.mixing!r}")
-        if data.mixing != "gold_only" and not data.synthetic:
-            raise ValueError(f"data.mixing={data.mixing} needs data.synthetic=<file.jsonl>")
+        if data.mixing != "gold_only" and not data.synthetic and not data.pseudo:
+            raise ValueError(f"data.mixing={data.mixing} needs data.synthetic=<file.jsonl> or data.pseudo=<file.jsonl>")
         if 0 < data.pack_length < data.max_length:
             raise ValueError(
                 f"data.pack_length={data.pack_length} is shorter than data.max_length={data.max_length}: "
@@ -157,28 +192,34 @@ class GMNERDataModule(L.LightningDataModule):
         synthetic = (
             read_jsonl(cfg.synthetic, types=list(cfg.types)) if cfg.synthetic and cfg.mixing != "gold_only" else []
         )
-        self.examples = {"train": train, "synthetic": synthetic, "dev": read_split(cfg, "dev")}
+        pseudo = read_jsonl(cfg.pseudo, types=list(cfg.types)) if cfg.pseudo and cfg.mixing != "gold_only" else []
+        self.examples = {"train": train, "synthetic": synthetic, "pseudo": pseudo, "dev": read_split(cfg, "dev")}
         self._check_not_empty()
         if has_test_split(cfg):
             self.examples["test"] = read_split(cfg, "test")
         tok = self._tokenizer()
         for name, examples in self.examples.items():
-            weights = [cfg.synthetic_weight] * len(examples) if name == "synthetic" else None
+            weight = {"synthetic": cfg.synthetic_weight, "pseudo": cfg.pseudo_weight}.get(name)
+            weights = [weight] * len(examples) if weight is not None else None
             image_dir = cfg.image_dir if self.image_transform is not None else None
             self.encoded[name] = encode_posts(examples, tok, self.label_ids, cfg.max_length, weights, image_dir)
-        for post in self.encoded["synthetic"]:  # batch "index" = position in the gold + synthetic pool
-            post.index += len(self.encoded["train"])
+        apply_pseudo_labels(self.encoded["pseudo"], self.examples["pseudo"], self.labels, cfg.pseudo)
+        # pseudo-labelled posts join the synthetic ones: every mixing mode treats them as the non-gold pool
+        self.encoded["synthetic"] += self.encoded.pop("pseudo")
+        for k, post in enumerate(self.encoded["synthetic"]):  # batch "index" = position in the gold + non-gold pool
+            post.index = len(self.encoded["train"]) + k
         logger.info("posts: %s", {k: len(v) for k, v in self.examples.items()})
 
     def _check_not_empty(self) -> None:
         """Raises :class:`DataFormatError` when a training stage or the dev split would have no posts."""
         cfg, root = self.cfg, resolve_data_root(self.cfg)
-        train, synthetic = self.examples["train"], self.examples["synthetic"]
+        train, synthetic = self.examples["train"], self.examples["synthetic"] + self.examples["pseudo"]
+        extra = " and ".join(str(f) for f in (cfg.synthetic, cfg.pseudo) if f)
         gold_file = str(root / cfg.train) + (
             f" (data.gold_limit={cfg.gold_limit})" if cfg.gold_limit is not None else ""
         )
-        stages = {"gold_only": [(train, gold_file)], "two_stage": [(synthetic, cfg.synthetic), (train, gold_file)]}
-        for posts, source in stages.get(cfg.mixing, [(train + synthetic, f"{gold_file} and {cfg.synthetic}")]):
+        stages = {"gold_only": [(train, gold_file)], "two_stage": [(synthetic, extra), (train, gold_file)]}
+        for posts, source in stages.get(cfg.mixing, [(train + synthetic, f"{gold_file} and {extra}")]):
             if not posts:
                 raise DataFormatError(source, "no posts to train on")
         if not self.examples["dev"]:
@@ -197,6 +238,7 @@ class GMNERDataModule(L.LightningDataModule):
             self.image_transform,
             pad_to_multiple_of=self.cfg.pad_to_multiple_of,
             pack_length=self.cfg.pack_length,
+            num_labels=len(self.labels),
         )
 
     def train_posts(self, epoch: int) -> tuple[list[EncodedPost], int]:

@@ -305,6 +305,35 @@ class LinearChainCRF(nn.Module):
                 return loss.mean()
             return loss.sum() / mask.sum().clamp(min=1)
 
+    def target_nll(self, emissions: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Negative log of the CRF probability of the paths the targets allow, each weighted by its targets.
+
+        With per-token weights ``q_t(k)`` the loss is ``log Z - log sum_y p~(y) prod_t q_t(y_t)`` (``p~`` the
+        unnormalised path score): one-hot rows give exactly :meth:`nll`; an all-zero row (an unlabelled token)
+        allows every tag with weight 1, so the loss marginalises over it (partial-label CRF); other rows are soft
+        targets (e.g. a teacher's token marginals) that weight each path by the product of its tokens' weights.
+
+        Args:
+            emissions: ``(B, T, K)`` unnormalised tag scores (any float dtype).
+            targets: ``(B, T, K)`` non-negative weights per token and tag.
+            mask: ``(B, T)`` bool, left-aligned; ``None`` means all tokens are real.
+
+        Returns:
+            ``(B,)`` float32.
+        """
+        with _no_autocast(emissions.device):
+            em, mask = self._prepare(emissions, mask)
+            if tuple(targets.shape) != tuple(em.shape):
+                raise ValueError(f"targets must be {tuple(em.shape)}, got {tuple(targets.shape)}")
+            t = targets.to(device=em.device, dtype=torch.float32)
+            labelled = t.sum(-1, keepdim=True) > 0
+            log_w = torch.where(t > 0, t.clamp(min=1e-30).log(), IMPOSSIBLE)
+            log_w = torch.where(labelled, log_w, 0.0)
+            start, trans, end = self._potentials()
+            log_z = torch.logsumexp(self._alphas(em, mask, start, trans)[-1] + end, dim=1)
+            log_allowed = torch.logsumexp(self._alphas(em + log_w, mask, start, trans)[-1] + end, dim=1)
+            return log_z - log_allowed
+
     @torch.no_grad()
     def decode(self, emissions: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Batched Viterbi decoding.

@@ -36,6 +36,14 @@ class TaggingHead(nn.Module):
         """Per-post loss ``(B,)``; ``tags`` ``(B, W)`` with any value at masked positions."""
         raise NotImplementedError
 
+    def target_loss(self, emissions: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
+        """Per-post loss ``(B,)`` against per-word label distributions ``targets`` ``(B, W, K)``.
+
+        A one-hot row is a hard label (the loss then equals :meth:`loss`); an all-zero row is an unlabelled word
+        (no supervision there); other rows are soft pseudo-labels.
+        """
+        raise NotImplementedError
+
     def decode(self, emissions: Tensor, mask: Tensor) -> list[list[int]]:
         """Best label ids per post, each of the post's (unmasked) length."""
         raise NotImplementedError
@@ -63,6 +71,13 @@ class SoftmaxHead(TaggingHead):
         ce = ce * mask
         return ce.sum(1) / mask.sum(1).clamp(min=1)
 
+    def target_loss(self, emissions: Tensor, targets: Tensor, mask: Tensor) -> Tensor:  # noqa: D102
+        # soft cross-entropy per labelled word, averaged over the post's labelled words
+        t = targets.to(device=emissions.device, dtype=torch.float32)
+        labelled = (t.sum(-1) > 0) & mask
+        ce = -(t * emissions.float().log_softmax(-1)).sum(-1) * labelled
+        return ce.sum(1) / labelled.sum(1).clamp(min=1)
+
     def decode(self, emissions: Tensor, mask: Tensor) -> list[list[int]]:  # noqa: D102
         best = emissions.argmax(-1).tolist()
         return [row[:n] for row, n in zip(best, mask.sum(1).tolist())]
@@ -84,6 +99,9 @@ class CRFHead(TaggingHead):
 
     def loss(self, emissions: Tensor, tags: Tensor, mask: Tensor) -> Tensor:  # noqa: D102
         return self.crf.nll(emissions, tags.clamp(min=0), mask, reduction="none")
+
+    def target_loss(self, emissions: Tensor, targets: Tensor, mask: Tensor) -> Tensor:  # noqa: D102
+        return self.crf.target_nll(emissions, targets, mask)
 
     def decode(self, emissions: Tensor, mask: Tensor) -> list[list[int]]:  # noqa: D102
         paths, _ = self.crf.decode(emissions, mask)

@@ -205,10 +205,17 @@ class TaggerModule(L.LightningModule):
         self.step_graph = GraphedStep(self.tagging_loss, params, clip=clip, max_graphs=max_graphs)
 
     def tagging_loss(self, batch: dict[str, torch.Tensor], emissions: torch.Tensor | None = None) -> torch.Tensor:
-        """Post-weighted mean of the head's per-post loss over a batch (scalar); ``emissions`` reuses a forward pass."""
+        """Post-weighted mean of the head's per-post loss over a batch (scalar); ``emissions`` reuses a forward pass.
+
+        A batch with ``targets`` (soft or partial labels, see :class:`refineg.datamodules.encoding.PostCollator`)
+        is scored with the head's :meth:`~refineg.modules.heads.TaggingHead.target_loss`.
+        """
         if emissions is None:
             emissions = self(batch)
-        per_post = self.tagger.head.loss(emissions, batch["labels"], batch["word_mask"])
+        if "targets" in batch:  # soft or partial (pseudo-)labels in the batch
+            per_post = self.tagger.head.target_loss(emissions, batch["targets"], batch["word_mask"])
+        else:
+            per_post = self.tagger.head.loss(emissions, batch["labels"], batch["word_mask"])
         weight = batch["weight"].to(per_post.dtype)
         return (per_post * weight).sum() / weight.sum().clamp(min=1e-8)
 

@@ -1,0 +1,23 @@
+"""Self-training on unlabelled posts (issue 20).
+
+The small tagger pseudo-labels them, its uncertainty keeps the confident labels (the uncertain ones are dropped,
+masked or delegated to an MLLM), and it retrains on gold + pseudo-labels.
+"""
+
+from .pool import UnlabeledPool, build_pool, read_unlabeled
+from .run import label_pool, pick_teacher, run_selftrain, stop_reason
+from .select import SELECTIONS, UNCERTAIN_POLICIES, pseudo_label_quality, select_pseudo_labels
+
+__all__ = [
+    "SELECTIONS",
+    "UNCERTAIN_POLICIES",
+    "UnlabeledPool",
+    "build_pool",
+    "label_pool",
+    "pick_teacher",
+    "pseudo_label_quality",
+    "read_unlabeled",
+    "run_selftrain",
+    "select_pseudo_labels",
+    "stop_reason",
+]

@@ -1,0 +1,310 @@
+"""Self-training rounds: label the pool with the teacher, keep the confident pseudo-labels, retrain, stop on dev.
+
+Run folder (``<runs_dir>/<run_name>/``)::
+
+    selftrain.json          the config and one record per finished round (rewritten after each round)
+    pool_gold.jsonl         the hidden labels of a pool from the training split (oracle simulations only)
+    round0/                 train.py run folder of the round-0 tagger (gold + synthetic, no pseudo-labels)
+    round<r>/pseudo.jsonl   the pseudo-labelled posts of round r (r >= 1), then its train.py run folder
+
+Round 0 is the gold-only baseline (gold + ``data.synthetic`` when a mixing mode uses it). Round ``r >= 1`` labels
+the pool with the teacher (the best round so far, or the previous one), keeps pseudo-labels by uncertainty
+(:mod:`.select`), optionally delegates the uncertain ones to a refinement backend, and trains a tagger on gold +
+synthetic + pseudo-labelled posts through ``data.mixing`` (``gold_only`` becomes ``concat``). Rounds stop when dev
+MNER F1 has not improved by more than ``min_delta`` for ``patience`` rounds, or after ``rounds`` rounds.
+A rerun with the same ``run_name`` continues after the last finished round (an unfinished round resumes from its
+``last.ckpt``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from refineg.data import Example, bio_labels, write_jsonl
+from refineg.errors import UsageError
+
+from .pool import UnlabeledPool, build_pool
+from .select import SELECTIONS, UNCERTAIN_POLICIES, pseudo_label_quality, select_pseudo_labels
+
+logger = logging.getLogger(__name__)
+
+STATE = "selftrain.json"
+#: Config sections that must not change when a run is continued.
+FIXED = ("seed", "data", "model", "optim", "selftrain")
+UNVERIFIED = ("failed", "budget_exhausted", "invalid")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Checks the ``selftrain`` section.
+
+    Raises:
+        UsageError: A value out of range or an unknown choice.
+    """
+    st = cfg.selftrain
+    if st.selection not in SELECTIONS:
+        raise UsageError(f"selftrain.selection must be one of {SELECTIONS}, got {st.selection!r}")
+    if st.uncertain not in UNCERTAIN_POLICIES:
+        raise UsageError(f"selftrain.uncertain must be one of {UNCERTAIN_POLICIES}, got {st.uncertain!r}")
+    if st.init not in ("scratch", "teacher"):
+        raise UsageError(f"selftrain.init must be scratch or teacher, got {st.init!r}")
+    if st.teacher not in ("best", "last"):
+        raise UsageError(f"selftrain.teacher must be best or last, got {st.teacher!r}")
+    if not 0 <= st.tau <= 1:
+        raise UsageError(f"selftrain.tau must be in [0, 1], got {st.tau}")
+    if st.outside_min is not None and not 0 <= st.outside_min <= 1:
+        raise UsageError(f"selftrain.outside_min must be in [0, 1], got {st.outside_min}")
+    if st.rounds < 0 or st.patience < 1 or (st.epochs is not None and st.epochs < 1):
+        raise UsageError("selftrain.rounds must be >= 0, selftrain.patience >= 1 and selftrain.epochs >= 1")
+    if st.soft_targets and cfg.model.head != "crf":
+        raise UsageError("selftrain.soft_targets=true uses CRF marginals: it needs model.head=crf")
+    if cfg.trainer.strategy == "ddp":
+        raise UsageError("self-training runs on one device (DDP relaunches the whole command): trainer.strategy=auto")
+    if cfg.cuda_graph:
+        raise UsageError("self-training batches carry soft/partial targets that cuda_graph=true does not record")
+    if cfg.data.pseudo:
+        raise UsageError("data.pseudo is set by each self-training round; leave it unset")
+    if cfg.model.groundability:
+        raise UsageError("self-training trains the tagger only: set model.groundability=false")
+
+
+def _fingerprint(cfg: DictConfig) -> dict[str, Any]:
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) if k != "seed" else cfg.seed for k in FIXED}
+
+
+def _write_state(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _device(cfg: DictConfig) -> str:
+    use_gpu = str(cfg.trainer.accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "cuda" if use_gpu else "cpu"
+
+
+def label_pool(
+    ckpt: str, posts: list[Example], cfg: DictConfig
+) -> tuple[list[Example], list[list[list[float]]] | None, list[str]]:
+    """The teacher's predictions of the pool with the head's uncertainty per entity (and CRF marginals).
+
+    Returns:
+        Predicted posts (entities with ``uncertainty``), per post one label distribution per word when
+        ``selftrain.soft_targets`` or ``selftrain.outside_min`` needs them (words cut off by ``data.max_length``
+        get ``O``; CRF marginals, or softmax probabilities for a softmax head), and the label inventory.
+    """
+    from refineg.inference.uncertainty import UncertaintyEstimator
+    from refineg.inference.uncertainty.estimator import assemble_predictions
+
+    st = cfg.selftrain
+    est = UncertaintyEstimator.from_checkpoint(
+        ckpt,
+        st.head,
+        dict(st.head_kwargs),
+        batch_size=cfg.data.eval_batch_size,
+        max_length=cfg.data.max_length,
+        device=_device(cfg),
+    )
+    labels = list(est.module.labels)
+    spans: list[Any] = [None] * len(posts)
+    scores: list[Any] = [None] * len(posts)
+    rows: list[Any] = [None] * len(posts)
+    head = est.heads[st.head]
+    need_rows = st.soft_targets or st.outside_min is not None
+    with torch.inference_mode():
+        for idx, kept, ctx in est.contexts(posts, progress=bool(cfg.trainer.enable_progress_bar), desc="pool"):
+            for i, post_scores in zip(idx, head.score(ctx)):
+                scores[i] = post_scores
+            probs = ctx.token_probs.float().cpu() if need_rows else None
+            for b, (i, post_spans) in enumerate(zip(idx, kept)):
+                spans[i] = post_spans
+                if probs is not None:
+                    n = len(posts[i].tokens)
+                    words = min(n, int(ctx.mask[b].sum()))
+                    outside = [1.0] + [0.0] * (len(labels) - 1)
+                    rows[i] = probs[b, :words].tolist() + [list(outside) for _ in range(n - words)]
+    preds = assemble_predictions(posts, spans, {st.head: scores})
+    est.module.to("cpu")
+    return preds, (rows if need_rows else None), labels
+
+
+def delegate(
+    preds: list[Example], cfg: DictConfig, work_dir: Path, types: list[str], pool_gold: Path | None = None
+) -> tuple[list[Example], dict]:
+    """Sends the uncertain pseudo-labels (``u > tau``) to the refinement backend ``selftrain.refine_backend``.
+
+    Entities the backend checked (kept or corrected) count as confident (``meta["verified"]``); in a post where a
+    check got no usable answer, the unchecked entities keep their uncertainty. ``work_dir`` gets the LLM usage
+    and cache files; ``pool_gold`` (the hidden labels of a training-split pool) answers the simulations unless
+    ``gold=`` is among ``selftrain.refine_overrides``.
+    """
+    from refineg.stages.refinement import create_refinement_backend, load_refine_config, refine_examples
+
+    st = cfg.selftrain
+    base: dict[str, Any] = {"backend": st.refine_backend, "tau": st.tau, "types": types, "run_dir": str(work_dir)}
+    if pool_gold is not None and pool_gold.is_file():
+        base["gold"] = str(pool_gold)
+    try:
+        rcfg = load_refine_config(list(st.refine_overrides), base=base)
+    except ValueError as err:
+        raise UsageError(f"selftrain.refine_overrides: {err}") from None
+    work_dir.mkdir(parents=True, exist_ok=True)
+    backend = create_refinement_backend(rcfg, run_dir=work_dir)
+    try:
+        refined, report = refine_examples(preds, rcfg, backend, types)
+        report["usage"] = backend.usage()
+    finally:
+        backend.close()
+    for before, after in zip(preds, refined):
+        confident = {(e.start, e.end, e.type) for e in before.entities if (e.uncertainty or 0.0) <= st.tau}
+        checked = after.meta["refinement"]["checked"]
+        if any(o in UNVERIFIED for entry in checked for o in entry["outcomes"]):
+            continue
+        after.meta["verified"] = [
+            j for j, e in enumerate(after.entities) if (e.start, e.end, e.type) not in confident and checked
+        ]
+    return refined, report
+
+
+def _round_cfg(cfg: DictConfig, run_dir: Path, r: int, pseudo: Path | None, init: str | None) -> DictConfig:
+    rc = copy.deepcopy(cfg)
+    rc.runs_dir, rc.run_name, rc.predict = str(run_dir), f"round{r}", False
+    rc.data.test = None  # dev only: the rounds are chosen on dev and the test split stays untouched
+    if pseudo is not None:
+        rc.data.pseudo = str(pseudo)
+        if rc.data.mixing == "gold_only":
+            rc.data.mixing = "concat"
+    if init is not None:
+        rc.model.init_from = init
+    if r > 0 and cfg.selftrain.epochs is not None:
+        rc.trainer.max_epochs = cfg.selftrain.epochs
+    last = run_dir / f"round{r}" / "checkpoints" / "last.ckpt"
+    rc.ckpt_path = "last" if last.is_file() else None
+    return rc
+
+
+def _train_round(rc: DictConfig) -> dict[str, Any]:
+    from refineg.training import train
+
+    metrics = Path(rc.runs_dir) / rc.run_name / "metrics.json"
+    if metrics.is_file():  # trained before an interruption that came before the round was recorded
+        return json.loads(metrics.read_text())
+    os.environ.pop("REFINEG_RUN_NAME", None)
+    return train(rc)
+
+
+def run_selftrain(cfg: DictConfig) -> dict[str, Any]:
+    """Runs (or continues) the self-training rounds of ``cfg``; returns the state written to ``selftrain.json``."""
+    check_config(cfg)
+    st = cfg.selftrain
+    name = cfg.run_name or f"selftrain-{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(cfg.runs_dir) / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_path = run_dir / STATE
+    fingerprint = _fingerprint(cfg)
+    if state_path.is_file():
+        state = json.loads(state_path.read_text())
+        if state.get("fingerprint") != fingerprint:
+            raise UsageError(
+                f"{state_path}: written by another configuration (seed, data, model, optim or selftrain differ); "
+                "use another run_name"
+            )
+        logger.info("continuing %s after round %d", run_dir, len(state["rounds"]) - 1)
+    else:
+        state = {"fingerprint": fingerprint, "config": OmegaConf.to_container(cfg, resolve=True), "rounds": []}
+    state.pop("stopped", None)
+    # the pool is read before any training, so that a bad pool setting fails at once
+    pool: UnlabeledPool | None = build_pool(cfg.data, cfg.seed) if st.rounds > 0 else None
+    if pool is not None and pool.hidden is not None and st.refine_backend in ("oracle", "noisy-oracle"):
+        write_jsonl(pool.hidden.values(), run_dir / "pool_gold.jsonl")
+    types = list(cfg.data.types)
+    while True:
+        rounds = state["rounds"]
+        r = len(rounds)
+        stop = stop_reason(rounds, st.rounds, st.patience, st.min_delta)
+        if stop:
+            state["stopped"] = stop
+            break
+        start = time.time()
+        record: dict[str, Any] = {"round": r}
+        if r == 0:
+            rc = _round_cfg(cfg, run_dir, 0, None, None)
+        else:
+            assert pool is not None
+            teacher = pick_teacher(rounds, st.teacher)
+            record["teacher_round"] = teacher
+            ckpt = rounds[teacher]["checkpoint"]
+            preds, marginals, labels = label_pool(ckpt, pool.posts, cfg)
+            record["label_seconds"] = round(time.time() - start, 1)
+            if st.refine_backend != "none":
+                preds, report = delegate(preds, cfg, run_dir / f"round{r}", types, run_dir / "pool_gold.jsonl")
+                record["refinement"] = report
+                if report["simulated"]:
+                    record["refinement_note"] = f"SIMULATION: {report['backend']} answered, not an MLLM"
+            kept, counts = select_pseudo_labels(
+                preds,
+                st.tau,
+                st.selection,
+                st.uncertain,
+                st.empty_posts,
+                marginals,
+                labels or bio_labels(types),
+                r,
+                soft=st.soft_targets,
+                outside_min=st.outside_min,
+            )
+            record["pseudo"] = counts
+            if pool.hidden is not None:
+                record["pseudo_quality"] = pseudo_label_quality(preds, kept, pool.hidden, st.tau)
+            pseudo = run_dir / f"round{r}" / "pseudo.jsonl"
+            write_jsonl(kept, pseudo)
+            rc = _round_cfg(cfg, run_dir, r, pseudo, ckpt if st.init == "teacher" else None)
+        result = _train_round(rc)
+        record.update(
+            dev_mner_f1=float(result.get("best_val_mner_f1", 0.0)),
+            checkpoint=result["best_checkpoint"],
+            run_dir=result["run_dir"],
+            train_throughput=result.get("train_throughput"),
+            seconds=round(time.time() - start, 1),
+        )
+        rounds.append(record)
+        state["best_round"] = pick_teacher(rounds, "best")
+        _write_state(state_path, state)
+        logger.info("round %d: dev MNER F1 %.4f (%.0f s)", r, record["dev_mner_f1"], record["seconds"])
+    state["best_round"] = pick_teacher(state["rounds"], "best")
+    state["best_dev_mner_f1"] = state["rounds"][state["best_round"]]["dev_mner_f1"]
+    state["gold_only_dev_mner_f1"] = state["rounds"][0]["dev_mner_f1"]
+    _write_state(state_path, state)
+    return state
+
+
+def pick_teacher(rounds: list[dict[str, Any]], rule: str) -> int:
+    """Index of the teacher round: the best dev MNER F1 so far (earliest on ties), or the last round."""
+    if rule == "last":
+        return len(rounds) - 1
+    return max(range(len(rounds)), key=lambda k: (rounds[k]["dev_mner_f1"], -k))
+
+
+def stop_reason(rounds: list[dict[str, Any]], max_rounds: int, patience: int, min_delta: float) -> str | None:
+    """Why no further round runs (``None``: run the next one).
+
+    Round 0 always runs; after ``max_rounds`` pseudo-labelling rounds, or when the last ``patience`` rounds all
+    failed to beat the best earlier dev MNER F1 by more than ``min_delta``, the rounds stop.
+    """
+    if not rounds:
+        return None
+    if len(rounds) > max_rounds:
+        return f"max_rounds: {max_rounds} pseudo-labelling round(s) done"
+    if len(rounds) > patience:
+        before = max(r["dev_mner_f1"] for r in rounds[:-patience])
+        if all(r["dev_mner_f1"] <= before + min_delta for r in rounds[-patience:]):
+            return f"dev: no gain over {before:.4f} (+{min_delta}) in the last {patience} round(s)"
+    return None

@@ -20,34 +20,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from refineg.data import Entity, Example
+from refineg.data.spans import find_spans
 
 from .backends import PostQuery, RefinementBackend
 from .config import RefineConfig
 from .modes import REFINEMENT_MODES
 
 logger = logging.getLogger(__name__)
-
-
-def _norm(text: str) -> str:
-    return "".join(str(text).split()).lower()
-
-
-def find_spans(tokens: Sequence[str], text: str) -> list[tuple[int, int]]:
-    """Every word span of ``tokens`` that spells ``text`` (case and spaces ignored), in order of start."""
-    target = _norm(text)
-    out = []
-    if not target:
-        return out
-    for s in range(len(tokens)):
-        built = ""
-        for e in range(s, len(tokens)):
-            built += _norm(tokens[e])
-            if not target.startswith(built):
-                break
-            if built == target:
-                out.append((s, e + 1))
-                break
-    return out
 
 
 def replace_entities(

@@ -437,6 +437,10 @@ def test_killed_run_continues_from_the_last_finished_round(tiny_encoder, tmp_pat
 
     with pytest.raises(UsageError, match=r"written by another configuration .* use another run_name"):
         run_selftrain(load_config([*args, "selftrain.tau=0.5"]))
+    # more rounds are a continuation, not another configuration: round 2 runs unless dev already stopped the run
+    more = run_selftrain(load_config([*args, "selftrain.rounds=2"]))
+    assert more["rounds"][:2] == final["rounds"]
+    assert len(more["rounds"]) == (3 if stop_reason(final["rounds"], 2, 1, 0.0) is None else 2)
 
 
 # --------------------------------------------------------------------------------------------- CLI errors
@@ -453,6 +457,8 @@ def test_killed_run_continues_from_the_last_finished_round(tiny_encoder, tmp_pat
         (["data.unlabeled=x.jsonl", "selftrain.soft_targets=true", "model.head=softmax"], "error: selftrain.soft_"),
         (["data.unlabeled=x.jsonl", "selftrain.rounds=two"], "error: bad configuration: "),
         (["data.unlabeled=x.jsonl", "selftrain.tua=0.3"], "error: bad configuration: "),
+        (["data.unlabeled=x.jsonl", "selftrain.refine_backend=gpt"], "error: selftrain.refine_backend='gpt': choose"),
+        (["data.unlabeled=x.jsonl", "selftrain.refine_backend=oracle", "refine.tau=2"], "error: selftrain.refine_o"),
     ],
 )
 def test_cli_errors_are_one_line(tmp_path, extra, needle, capsys):

@@ -38,8 +38,9 @@ from .select import SELECTIONS, UNCERTAIN_POLICIES, pseudo_label_quality, select
 logger = logging.getLogger(__name__)
 
 STATE = "selftrain.json"
-#: Config sections that must not change when a run is continued.
+#: Config sections that must not change when a run is continued (the stopping rule may: more rounds, patience).
 FIXED = ("seed", "data", "model", "optim", "selftrain")
+STOPPING = ("rounds", "patience", "min_delta")
 UNVERIFIED = ("failed", "budget_exhausted", "invalid")
 
 
@@ -70,6 +71,16 @@ def check_config(cfg: DictConfig) -> None:
         raise UsageError("self-training runs on one device (DDP relaunches the whole command): trainer.strategy=auto")
     if cfg.cuda_graph:
         raise UsageError("self-training batches carry soft/partial targets that cuda_graph=true does not record")
+    if st.refine_backend != "none":  # checked now, not after round 0 has trained
+        from refineg.stages.refinement import list_refinement_backends, load_refine_config
+
+        if st.refine_backend not in list_refinement_backends():
+            known = ", ".join(["none", *list_refinement_backends()])
+            raise UsageError(f"selftrain.refine_backend={st.refine_backend!r}: choose one of {known}")
+        try:
+            load_refine_config(list(st.refine_overrides), base={"backend": st.refine_backend, "tau": st.tau})
+        except ValueError as err:
+            raise UsageError(f"selftrain.refine_overrides: {err}") from None
     if cfg.data.pseudo:
         raise UsageError("data.pseudo is set by each self-training round; leave it unset")
     if cfg.model.groundability:
@@ -77,7 +88,9 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def _fingerprint(cfg: DictConfig) -> dict[str, Any]:
-    return {k: OmegaConf.to_container(cfg[k], resolve=True) if k != "seed" else cfg.seed for k in FIXED}
+    out = {k: OmegaConf.to_container(cfg[k], resolve=True) if k != "seed" else cfg.seed for k in FIXED}
+    out["selftrain"] = {k: v for k, v in out["selftrain"].items() if k not in STOPPING}
+    return out
 
 
 def _write_state(path: Path, state: dict[str, Any]) -> None:
@@ -198,7 +211,10 @@ def _train_round(rc: DictConfig) -> dict[str, Any]:
     if metrics.is_file():  # trained before an interruption that came before the round was recorded
         return json.loads(metrics.read_text())
     os.environ.pop("REFINEG_RUN_NAME", None)
-    return train(rc)
+    try:
+        return train(rc)
+    finally:  # train() names the run through the environment; later runs of this process pick their own name
+        os.environ.pop("REFINEG_RUN_NAME", None)
 
 
 def run_selftrain(cfg: DictConfig) -> dict[str, Any]:

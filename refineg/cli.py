@@ -392,11 +392,18 @@ def refine_cmd(args: argparse.Namespace) -> int:
     report = run_refine(cfg, args.pred, args.out)
     if report["simulated"]:
         print(f"SIMULATION: answers come from {report['backend']}, not from an MLLM")
-    print(
-        f"{report['delegated']} of {report['entities']} entities delegated "
-        f"({100 * report['delegation_rate']:.1f}%), {report['over_budget']} over the call budget, "
-        f"{report['backend_failures_kept_small_model']} backend failures kept the small model's answer"
-    )
+    if report.get("mode") == "release":
+        print(
+            f"release mode: {report['posts_sent']} of {report['posts']} posts sent, {report['posts_replaced']} entity "
+            f"lists replaced ({report['entities']} -> {report['entities_after']} entities), "
+            f"{report['backend_failures_kept_small_model']} backend failures kept the small model's answer"
+        )
+    else:
+        print(
+            f"{report['delegated']} of {report['entities']} entities delegated "
+            f"({100 * report['delegation_rate']:.1f}%), {report['over_budget']} over the call budget, "
+            f"{report['backend_failures_kept_small_model']} backend failures kept the small model's answer"
+        )
     for key, value in report["outcomes"].items():
         print(f"  {key:<28}{value:>7}")
     if args.gold:

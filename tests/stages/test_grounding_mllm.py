@@ -350,3 +350,22 @@ def test_hostile_answers_are_invalid_or_counted_never_a_crash(data, chat_server)
         assert "invalid_json" in posts["p5"].meta["grounding"]["error"]
         assert summary["none_by_reason"]["answer_problem"] == 1 and summary["none_by_reason"]["failed"] == 2
         assert summary["posts_with_answer_problems"] == 1 and summary["grounded"] == 1
+
+
+def test_chunk_size_defaults_to_four_waves_of_the_llm_concurrency():
+    from refineg.llm import LLMConfig
+    from refineg.stages.grounding.config import load_ground_config
+    from refineg.stages.grounding.run import chunk_size
+
+    def grounder(concurrency):
+        llm = LLMConfig(model="m", base_url="http://127.0.0.1:9/v1", api_key_env="", concurrency=concurrency)
+        return MLLMGrounder(llm=llm)
+
+    cfg = load_ground_config()
+    assert cfg.chunk_size is None
+    assert chunk_size(cfg, grounder(32)) == 128 and chunk_size(cfg, grounder(64)) == 256
+    assert chunk_size(cfg, grounder(8)) == 64  # at least 64
+    assert chunk_size(cfg, object()) == 64  # a grounder without an LLM backend
+    assert chunk_size(load_ground_config(["chunk_size=5"]), grounder(64)) == 5  # a set value is kept
+    with pytest.raises(ValueError, match="chunk_size"):
+        load_ground_config(["chunk_size=0"])

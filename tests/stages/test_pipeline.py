@@ -282,3 +282,77 @@ def test_config_errors():
         load_pipeline_config(SAMPLE, ["mode=gpt4o"])
     cfg = load_pipeline_config(SAMPLE, ["mllm.model=M", "train+=model.head=softmax"])
     assert cfg.refine.llm.model == cfg.zeroshot.llm.model == "M" and cfg.train.overrides[-1] == "model.head=softmax"
+
+
+def test_release_variants_side_by_side(tiny_encoder, tmp_path):
+    """variants: the release's refinement (every post with a prediction sent, its list replaced) runs next to the
+    gated default on the same predictions; an oracle variant is scored and labelled as a simulation."""
+    sent_release = []
+
+    def respond(prompt, n_images):
+        if prompt.startswith("Image size:"):  # the grounding prompt: the release's refinement
+            sentence = next(line[6:] for line in prompt.splitlines() if line.startswith("Post: "))
+            sent_release.append(sentence)
+            return json.dumps([{"entity": sentence.split()[0], "entity_type": "OTHER", "bounding_box": []}])
+        return _respond(prompt, n_images)
+
+    srv = ChatServer().start()
+    srv.responder = respond
+    try:
+        overrides = _overrides(
+            tiny_encoder,
+            tmp_path,
+            srv,
+            "variants.release=[refine.mode=release]",
+            "variants.oracle=[refine.mode=release, refine.backend=oracle]",
+        )
+        summary = run_pipeline(load_pipeline_config(SAMPLE, overrides))
+    finally:
+        srv.stop()
+    status = _status(summary)
+    assert status["refine"] == status["refine@release"] == status["refine@oracle"] == "ran"
+    run_dir = tmp_path / "run"
+    preds = read_jsonl(run_dir / "predict" / "predictions.jsonl")
+    released = read_jsonl(run_dir / "variants" / "release" / "refine" / "refined.jsonl")
+    with_entities = [p for p in preds if p.entities]
+    assert with_entities  # (the unit tests cover posts without predictions: they are not sent)
+    # exactly the posts with a predicted entity were sent, once each, whatever their uncertainty
+    assert sorted(sent_release) == sorted(" ".join(p.tokens) for p in with_entities)
+    for p, r in zip(preds, released):
+        expected = [(0, 1, "OTHER")] if p.entities else []
+        assert [(e.start, e.end, e.type) for e in r.entities] == expected, p.id
+    gated = read_jsonl(run_dir / "refine" / "refined.jsonl")  # the gated default: spans untouched (drop refused)
+    assert [[(e.start, e.end) for e in p.entities] for p in gated] == [
+        [(e.start, e.end) for e in p.entities] for p in preds
+    ]
+    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+    assert list(metrics["by_stage"]) == ["predict", "refine", "refine@release", "refine@oracle"]
+    assert metrics["final"] == "refine" and metrics["variants"] == {
+        "release": "refine@release",
+        "oracle": "refine@oracle",
+    }
+    assert list(metrics["simulated"]) == ["refine@oracle"]
+    assert summary["variants"]["release"]["scores"]["mner"] == metrics["by_stage"]["refine@release"]["mner"]["f1"]
+    from refineg.viz.report import build_report
+
+    build_report(run_dir)
+    report = (run_dir / "report.md").read_text()
+    assert "| refine@release |" in report and "| refine@oracle *(simulation)* |" in report
+    assert "| refine@release *(simulation)*" not in report
+
+
+def test_variant_config_errors():
+    from refineg.stages.pipeline.config import variant_config
+
+    cfg = load_pipeline_config(
+        SAMPLE, ["variants.release=[refine.mode=release, ground+=selector.entity_similarity=release]"]
+    )
+    v = variant_config(cfg, "release")
+    assert v.refine.mode == "release" and v.ground.overrides == ["selector.entity_similarity=release"]
+    assert cfg.refine.mode == "gated" and cfg.ground.overrides == []
+    with pytest.raises(ValueError, match="a variant may only change"):
+        load_pipeline_config(SAMPLE, ["variants.x=[train.checkpoint=a.ckpt]"])
+    with pytest.raises(ValueError, match="unknown mode 'relase'"):
+        load_pipeline_config(SAMPLE, ["variants.x=[refine.mode=relase]"])
+    with pytest.raises(ValueError, match="variant name"):
+        load_pipeline_config(SAMPLE, ["variants={'a/b': [refine.mode=release]}"])

@@ -150,6 +150,10 @@ class PipelineConfig:
             stage computes uncertainties; ``gold`` defaults to the evaluated gold posts for the simulations).
         ground: Grounding stage.
         zeroshot: Zero-shot baseline settings (``mode=zeroshot``).
+        variants: Further refine/ground chains run side by side on the same predictions, ``{name: [key=value,
+            ...]}`` with keys of ``refine.``, ``ground.``, ``mllm.``, ``stages.refine`` and ``stages.ground`` (e.g.
+            ``{release: [refine.mode=release, ground+=selector.entity_similarity=release]}``). Each writes
+            ``variants/<name>/`` and is scored as ``refine@<name>`` / ``ground@<name>`` next to the main chain.
     """
 
     name: str = "sample"
@@ -168,6 +172,7 @@ class PipelineConfig:
     refine: RefineConfig = field(default_factory=RefineConfig)
     ground: GroundStage = field(default_factory=GroundStage)
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
+    variants: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def run_dir(self) -> Path:
@@ -205,7 +210,54 @@ def check_pipeline_config(cfg: PipelineConfig) -> PipelineConfig:
         load_synthesis_config(list(cfg.synthesis.overrides))
     cfg.refine.validate()
     cfg.zeroshot.validate()
+    if cfg.variants and cfg.mode != "refineg":
+        raise ValueError("variants need mode=refineg (they re-run refine and ground on the tagger's predictions)")
+    for name in cfg.variants:
+        variant_config(cfg, name)  # a bad key fails now, not after training
     return cfg
+
+
+VARIANT_KEYS = ("refine.", "ground.", "mllm.", "stages.refine", "stages.ground", "ground+")
+NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+def variant_config(cfg: PipelineConfig, name: str) -> PipelineConfig:
+    """The pipeline config of variant ``name``: ``cfg`` with the variant's overrides (and no variants).
+
+    Raises:
+        ValueError: A bad variant name, an override outside the refine/ground/mllm keys, or a bad value.
+    """
+    if not name or not set(name) <= NAME_CHARS:
+        raise ValueError(f"variant name {name!r}: use letters, digits, '_' and '-'")
+    items = list(cfg.variants[name])
+    for raw in items:
+        key, _ = parse_override(raw)
+        if not key.startswith(VARIANT_KEYS):
+            raise ValueError(
+                f"variants.{name}: {raw!r} - a variant may only change {', '.join(k.rstrip('.') for k in VARIANT_KEYS)}"
+            )
+    base = OmegaConf.structured(cfg)
+    base.variants = {}
+    dotlist, appended = [], []
+    for raw in items:
+        key, value = parse_override(raw)
+        if key.endswith("+"):
+            appended.append((key[:-1], value))
+        else:
+            dotlist.append(f"{key}={value}")
+    try:
+        merged = OmegaConf.merge(base, OmegaConf.from_dotlist(dotlist))
+        for section, item in appended:
+            merged[section].overrides.append(item)
+        out: PipelineConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except (ConfigKeyError, ValidationError, InterpolationResolutionError) as err:
+        raise ValueError(f"variants.{name}: {err.msg if hasattr(err, 'msg') else err}") from None
+    out.refine.validate()
+    if out.ground.grounder not in ("mllm", "clip"):
+        raise ValueError(f"variants.{name}: ground.grounder must be mllm or clip, got {out.ground.grounder!r}")
+    if not (out.stages.refine or out.stages.ground):
+        raise ValueError(f"variants.{name}: switches off both refine and ground, so it has nothing to run")
+    return out
 
 
 def load_pipeline_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:

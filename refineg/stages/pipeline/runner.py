@@ -301,6 +301,10 @@ def _write_summary(
         "final": evaluate.get("final"),
         "scores": evaluate.get("f1", {}).get(evaluate.get("final"), {}),
         "simulated": evaluate.get("simulated", {}),
+        "variants": {
+            name: {"source": src, "scores": evaluate.get("f1", {}).get(src, {})}
+            for name, src in (evaluate.get("variants") or {}).items()
+        },
     }
     if failed is not None:
         summary["failed"] = failed

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from refineg.data import DataFormatError, ReadReport, create_data_format, read_jsonl
-from refineg.errors import UsageError, run_reporting_errors
+from refineg.errors import UsageError, error_line, run_reporting_errors
 from refineg.logs import CHATTY_LOGGERS, quiet_chatty_loggers  # noqa: F401  (CHATTY_LOGGERS: public name)
 
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
@@ -30,7 +30,7 @@ def _parse_type_map(items: list[str]) -> dict[str, str]:
     out = {}
     for item in items:
         if "=" not in item:
-            raise SystemExit(f"--type-map expects FROM=TO, got {item!r}")
+            raise UsageError(f"--type-map expects FROM=TO, got {item!r}")
         src, dst = item.split("=", 1)
         out[src] = dst
     return out
@@ -65,7 +65,7 @@ def convert(args: argparse.Namespace) -> int:
     report = ReadReport()
     writer = create_data_format(args.to).writer
     if writer is None:
-        raise SystemExit(f"error: format {args.to!r} is read-only; choose another --to")
+        raise UsageError(f"format {args.to!r} is read-only; choose another --to")
     if args.format == "twitter-gmner":
         if not args.xml_dir and not args.text_only:
             raise UsageError(
@@ -100,7 +100,7 @@ def convert(args: argparse.Namespace) -> int:
 def _need(args: argparse.Namespace, name: str) -> str:
     value = getattr(args, name)
     if not value:
-        raise SystemExit(f"--{name.replace('_', '-')} is required for this format")
+        raise UsageError(f"--{name.replace('_', '-')} is required for this format")
     return value
 
 
@@ -187,7 +187,7 @@ def predict(args: argparse.Namespace) -> int:
         examples = [Example("text-0", word_tokenize(args.text), source="predicted")]
     else:
         if not args.out:
-            raise SystemExit("--out is required with --input")
+            raise UsageError("--out is required with --input")
         fmt = args.format or ("jsonl" if args.input.endswith(".jsonl") else "twitter-gmner")
         if fmt == "jsonl":
             examples = read_jsonl(args.input)
@@ -196,10 +196,10 @@ def predict(args: argparse.Namespace) -> int:
         elif fmt == "conll":
             examples = create_data_format(fmt).reader(args.input, type_map={})
         else:
-            raise SystemExit(f"--format must be jsonl, twitter-gmner or conll, got {fmt!r}")
+            raise UsageError(f"--format must be jsonl, twitter-gmner or conll, got {fmt!r}")
         if args.limit is not None:
             if args.limit < 1:
-                raise SystemExit(f"--limit must be >= 1, got {args.limit}")
+                raise UsageError(f"--limit must be >= 1, got {args.limit}")
             examples = examples[: args.limit]
     if args.runtime == "onnx":
         from refineg.inference.onnx_runtime import require_onnxruntime
@@ -278,11 +278,24 @@ def _fit_item(raw: str) -> tuple[str, str]:
 )
 def calibrate_cmd(args: argparse.Namespace) -> int:
     """Scores the uncertainty heads of ``--ckpt`` on ``--data`` and writes the report."""
+    from refineg.data.files import torch_archive
+    from refineg.inference.predictor import load_tagger
     from refineg.stages.refinement.calibrate import calibrate, default_heads, summary_table
 
+    for ckpt in [args.ckpt, *(args.ensemble or [])]:  # predict's checks (missing file, not a checkpoint), up front
+        torch_archive(ckpt)
+    if args.evidential:
+        from refineg.inference.uncertainty.evidential import check_evidential_file
+
+        check_evidential_file(args.evidential)
     examples = read_jsonl(args.data)
     out_dir = Path(args.out_dir) if args.out_dir else Path(args.ckpt).resolve().parent / "calibration"
-    extra = json.loads(args.head_kwargs)
+    try:
+        extra = json.loads(args.head_kwargs)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"--head-kwargs is not JSON ({err}): {args.head_kwargs!r}") from None
+    if not isinstance(extra, dict) or not all(isinstance(v, dict) for v in extra.values()):
+        raise UsageError(f"--head-kwargs must be a JSON object {{head: {{kwarg: value}}}}, got {args.head_kwargs!r}")
     fits = [_fit_item(raw) for raw in args.fit or []]
     if args.fit_evidential:  # kept as an alias: docs/results.md and docs/refinement.md use it
         fits.append(("evidential", args.fit_evidential))
@@ -291,9 +304,8 @@ def calibrate_cmd(args: argparse.Namespace) -> int:
         heads = {h.strip(): dict(extra.get(h.strip(), {})) for h in args.heads.split(",") if h.strip()}
     if args.ensemble or args.evidential or fits or (extra and heads is None):
         from refineg.inference.uncertainty import UNCERTAINTY_HEADS
-        from refineg.modules.tagger_module import TaggerModule
 
-        module = TaggerModule.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=False).eval()
+        module = load_tagger(args.ckpt).eval()
         if heads is None:
             heads = {k: {**v, **extra.get(k, {})} for k, v in default_heads(module).items()}
         if args.ensemble:
@@ -333,12 +345,12 @@ def llm_exit_status(stage: str, total: dict | None, kept: str) -> int:
             ``None`` when no LLM was involved.
         kept: What the stage wrote anyway, for the message.
     """
-    if not total or not total.get("requests") or total.get("ok"):
+    from refineg.llm.usage import no_answer_problem
+
+    problem = no_answer_problem(total)
+    if problem is None:
         return 0
-    kinds = ", ".join(f"{k}={v}" for k, v in sorted((total.get("failures_by_kind") or {}).items())) or "unknown"
-    print(
-        f"error: {stage}: none of the {total['requests']} LLM requests got an answer ({kinds}); {kept}", file=sys.stderr
-    )
+    print(f"error: {stage}: {problem}; {kept}", file=sys.stderr)
     return 1
 
 
@@ -371,7 +383,7 @@ def train_cmd(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.overrides)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(error_line(err), file=sys.stderr)
         return 2
     from refineg.training import print_summary, train
 
@@ -409,17 +421,24 @@ def refine_cmd(args: argparse.Namespace) -> int:
     try:  # --gold also feeds the simulated backends (a gold= override wins)
         cfg = load_refine_config(args.overrides, base={"gold": args.gold} if args.gold else None)
     except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+        raise UsageError(str(err)) from None
     if args.gold and cfg.gold != args.gold and cfg.backend != "mllm":
         print(f"note: the {cfg.backend} simulation answers from gold={cfg.gold}; scores use --gold {args.gold}")
     report = run_refine(cfg, args.pred, args.out)
     if report["simulated"]:
         print(f"SIMULATION: answers come from {report['backend']}, not from an MLLM")
-    print(
-        f"{report['delegated']} of {report['entities']} entities delegated "
-        f"({100 * report['delegation_rate']:.1f}%), {report['over_budget']} over the call budget, "
-        f"{report['backend_failures_kept_small_model']} backend failures kept the small model's answer"
-    )
+    if report.get("mode") == "release":
+        print(
+            f"release mode: {report['posts_sent']} of {report['posts']} posts sent, {report['posts_replaced']} entity "
+            f"lists replaced ({report['entities']} -> {report['entities_after']} entities), "
+            f"{report['backend_failures_kept_small_model']} backend failures kept the small model's answer"
+        )
+    else:
+        print(
+            f"{report['delegated']} of {report['entities']} entities delegated "
+            f"({100 * report['delegation_rate']:.1f}%), {report['over_budget']} over the call budget, "
+            f"{report['backend_failures_kept_small_model']} backend failures kept the small model's answer"
+        )
     for key, value in report["outcomes"].items():
         print(f"  {key:<28}{value:>7}")
     if args.gold:
@@ -469,18 +488,12 @@ def synthesize(args: argparse.Namespace) -> int:
     try:
         cfg = load_synthesis_config(overrides)
     except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+        raise UsageError(str(err)) from None
     output = run_synthesis(cfg, args.out)
     print(output.report.table())
     written = [str(output.train)] + ([str(output.dev)] if output.dev else [])
     print(f"\nwrote {', '.join(written)}\nreport: {output.report_json}, {output.report_txt}")
-    requests = {k: v for k, v in output.report.requests.items() if k != "malformed_answer"}
-    failures = {k.removeprefix("failed:"): v for k, v in requests.items() if k not in ("ok", "cached")}
-    total = {
-        "requests": sum(requests.values()),
-        "ok": requests.get("ok", 0) + requests.get("cached", 0),
-        "failures_by_kind": failures,
-    }
+    total = output.report.request_total()
     return llm_exit_status("synthesize", total, f"wrote {sum(output.report.kept.values())} posts")
 
 
@@ -513,7 +526,7 @@ def ground_cmd(args: argparse.Namespace) -> int:
     except DataFormatError:
         raise  # status 2, as every data error
     except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from None
+        raise UsageError(str(err)) from None
     print(f"grounder: {summary['grounder']}\nselector: {summary['selector']}")
     print(
         f"{summary['posts']} posts ({summary['posts_without_image']} without image), {summary['entities']} "
@@ -578,7 +591,7 @@ def fit_region_scorer_cmd(args: argparse.Namespace) -> int:
     except DataFormatError:
         raise  # status 2, as every data error
     except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+        raise UsageError(str(err)) from None
     dev = report["dev"]
     print(
         f"{report['label']}: {report['dev_entities']} dev entities on {report['dev_images']} dev images "
@@ -623,16 +636,20 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
 )
 def pipeline_cmd(args: argparse.Namespace) -> int:
     """Runs the stage chain and prints one line per stage and the final scores."""
-    from refineg.stages.pipeline import load_pipeline_config, run_pipeline
+    from refineg.stages.pipeline import StageFailedError, load_pipeline_config, run_pipeline
 
     try:
         cfg = load_pipeline_config(args.config, list(args.overrides))
     except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
-    summary = run_pipeline(cfg)
-    print(f"{'stage':<12}{'status':<10}{'now s':>9}{'made in s':>11}")
-    for name, t in summary["timings"]["stages"].items():
-        print(f"{name:<12}{t['status']:<10}{t['wall_s']:>9.1f}{t['last_run_wall_s']:>11.1f}")
+        raise UsageError(str(err)) from None
+    try:
+        summary = run_pipeline(cfg)
+    except StageFailedError as err:
+        _print_stage_table(err.summary or {})
+        print(f"run folder: {cfg.run_dir}", flush=True)
+        print(f"error: pipeline: stage {err.stage}: {err}", file=sys.stderr)
+        return 1
+    _print_stage_table(summary)
     scores, simulated = summary["scores"], summary.get("simulated") or {}
     if scores:
         label = f"{summary['final']} (SIMULATION)" if summary["final"] in simulated else summary["final"]
@@ -645,6 +662,12 @@ def pipeline_cmd(args: argparse.Namespace) -> int:
         )
     print(f"run folder: {summary['run_dir']} (summary.json, timings.json, evaluate/metrics.json)")
     return 0
+
+
+def _print_stage_table(summary: dict) -> None:
+    print(f"{'stage':<12}{'status':<10}{'now s':>9}{'made in s':>11}")
+    for name, t in (summary.get("timings") or {}).get("stages", {}).items():
+        print(f"{name:<12}{t['status']:<10}{t['wall_s']:>9.1f}{t['last_run_wall_s']:>11.1f}")
 
 
 def _zeroshot_args(p: argparse.ArgumentParser) -> None:
@@ -672,7 +695,7 @@ def zeroshot_cmd(args: argparse.Namespace) -> int:
     try:
         cfg = load_zeroshot_config(list(args.overrides) + ([f"images_dir={args.images}"] if args.images else []))
     except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+        raise UsageError(str(err)) from None
     report = run_zeroshot(cfg, args.data, args.out)
     print(
         f"{report['posts']} posts ({report['images_sent']} with image): {report['posts_ok']} answered, "
@@ -722,12 +745,19 @@ def visualize_cmd(args: argparse.Namespace) -> int:
     from refineg.viz import draw_posts
 
     golds, preds = read_jsonl(args.gold), read_jsonl(args.pred)
+    heads = None
+    if args.calibration:  # read before drawing anything
+        from refineg.data.files import load_json
+
+        calibration = load_json(args.calibration)
+        if not isinstance(calibration, dict) or not isinstance(calibration.get("heads"), dict):
+            raise DataFormatError(args.calibration, "not a calibration.json written by refineg calibrate (no 'heads')")
+        heads = calibration["heads"]
     paths = draw_posts(golds, preds, args.out, args.images, args.ids, args.limit, args.max_side)
     plots: dict[str, Path] = {}
-    if args.calibration:
+    if heads is not None:
         from refineg.stages.refinement.plots import plot_reliability, plot_risk_coverage
 
-        heads = json.loads(Path(args.calibration).read_text())["heads"]
         plots["calibration/reliability"] = plot_reliability(heads, Path(args.out) / "reliability.png")
         plots["calibration/risk_coverage"] = plot_risk_coverage(heads, Path(args.out) / "risk_coverage.png")
     print(f"wrote {len(paths)} post drawings{' and 2 plots' if plots else ''} to {args.out}")
@@ -763,7 +793,7 @@ def report_cmd(args: argparse.Namespace) -> int:
     try:
         out = build_report(args.run_dir, args.posts, args.images, args.gold)
     except FileNotFoundError as err:
-        raise SystemExit(f"error: {err}") from None
+        raise UsageError(str(err)) from None
     print(f"wrote {out}")
     if args.wandb:
         from refineg.viz.wandb_log import log_visuals
@@ -821,7 +851,7 @@ def sweep_cmd(args: argparse.Namespace) -> int:
     fixed = {}
     for item in args.set:
         if "=" not in item:
-            raise SystemExit(f"--set expects key=value, got {item!r}")
+            raise UsageError(f"--set expects key=value, got {item!r}")
         key, value = item.split("=", 1)
         fixed[key] = value
     try:
@@ -829,7 +859,7 @@ def sweep_cmd(args: argparse.Namespace) -> int:
         out = Path(args.out or Path("sweeps") / spec.name)
         results = run_sweep(spec, out, args.count, args.seed, args.timeout, dry_run=args.dry_run, columns=args.columns)
     except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+        raise UsageError(str(err)) from None
     if args.dry_run:
         for r in results:
             print(f"{r.name}: {' '.join(r.extra['command'])}")
@@ -907,7 +937,8 @@ def main(argv: list[str] | None = None) -> int:
 
     Exit status: 0; 2 with a one-line message for expected errors (bad data, a missing file or checkpoint, a missing
     extra, a replay cache miss: :mod:`refineg.errors`); 1 with a one-line message when an LLM stage (refine,
-    zeroshot, ground, synthesize) sent requests and none got an answer (its outputs are written all the same).
+    zeroshot, ground, synthesize, or a stage of pipeline) sent requests and none got an answer (its outputs are
+    written all the same; pipeline does not mark that stage done).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()

@@ -38,6 +38,9 @@ from refineg.resources import config_root, resolve_path
 
 T = TypeVar("T")
 
+#: ``data.mixing`` values: how gold and synthetic posts share the batches (see refineg.datamodules.gmner).
+MIXING_MODES = ("gold_only", "concat", "ratio", "two_stage")
+
 CONFIG_DIR = config_root()  # the packaged configs; the stages' built-in prompt folders are under CONFIG_DIR/prompts
 SAMPLE_ROOT = Path(__file__).resolve().parent / "assets" / "sample" / "twitter-gmner"
 
@@ -335,6 +338,15 @@ class TrainConfig:
     ddp: DDPConfig = field(default_factory=DDPConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
+    def validate(self) -> TrainConfig:
+        """Checks the values no run can use (:func:`check_train_config`); returns ``self``.
+
+        Raises:
+            ValueError: ``bad configuration: <key>=<value> ...`` naming the first such value.
+        """
+        check_train_config(self)
+        return self
+
 
 def load_typed(
     schema: type[T],
@@ -437,6 +449,50 @@ def load_config(overrides: Sequence[str] | None = None, config_dir: str | Path |
         FileNotFoundError: ``config_dir`` has no ``default.yaml`` (for the packaged one: a broken install).
     """
     return load_typed(TrainConfig, overrides, config_dir=config_dir)
+
+
+def check_train_config(cfg: Any) -> None:
+    """Refuses values that the schema's types let through but no run can use (before anything is loaded).
+
+    Args:
+        cfg: A :class:`TrainConfig` (or a ``DictConfig`` view of one).
+
+    Raises:
+        ValueError: ``bad configuration: <key>=<value> ...`` naming the first such value.
+    """
+
+    def get(key: str) -> Any:
+        node = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        return node
+
+    at_least_one = [
+        "data.batch_size",
+        "data.eval_batch_size",
+        "data.max_length",
+        "trainer.max_epochs",
+        "trainer.accumulate_grad_batches",
+        "trainer.log_every_n_steps",
+    ]
+    problems = [f"{key}={get(key)} must be at least 1" for key in at_least_one if get(key) < 1]
+    if cfg.data.gold_limit is not None and cfg.data.gold_limit < 1:
+        problems.append(f"data.gold_limit={cfg.data.gold_limit} must be at least 1 (or null: every post)")
+    for key in ("data.num_workers", "data.pad_to_multiple_of", "data.pack_length", "data.synthetic_epochs"):
+        if get(key) < 0:
+            problems.append(f"{key}={get(key)} must not be negative")
+    if cfg.data.mixing not in MIXING_MODES:
+        problems.append(f"data.mixing={cfg.data.mixing!r} is not one of {', '.join(MIXING_MODES)}")
+    if not 0 < cfg.data.synthetic_ratio < 1:
+        problems.append(f"data.synthetic_ratio={cfg.data.synthetic_ratio} must be between 0 and 1 (exclusive)")
+    if not 0 <= cfg.model.dropout < 1 or not 0 <= cfg.model.word_dropout < 1:
+        problems.append(
+            f"model.dropout={cfg.model.dropout} and model.word_dropout={cfg.model.word_dropout} must be in [0, 1)"
+        )
+    if not cfg.data.types:
+        problems.append("data.types is empty: name at least one entity type")
+    if problems:
+        raise ValueError(f"bad configuration: {problems[0]}")
 
 
 def resolve_data_root(data: Any) -> Path:

@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
@@ -21,6 +22,7 @@ from refineg.callbacks import TrainThroughput
 from refineg.config import TrainConfig, as_dictconfig
 from refineg.data import write_jsonl
 from refineg.datamodules.gmner import GMNERDataModule, has_test_split
+from refineg.errors import UsageError
 from refineg.inference.predictor import TaggerPredictor
 from refineg.metrics import evaluate_examples, format_scores
 from refineg.modules.backbones import PACKABLE
@@ -90,7 +92,7 @@ def ddp_strategy(ddp: DictConfig) -> DDPStrategy:
 
     hooks = {"none": None, "bf16": default_hooks.bf16_compress_hook, "fp16": default_hooks.fp16_compress_hook}
     if ddp.comm_hook not in hooks:
-        raise ValueError(f"ddp.comm_hook={ddp.comm_hook!r}: choose one of {', '.join(hooks)}")
+        raise UsageError(f"ddp.comm_hook={ddp.comm_hook!r}: choose one of {', '.join(hooks)}")
     cls = DDPStrategy if ddp.side_stream else SameStreamDDPStrategy
     return cls(
         ddp_comm_hook=hooks[ddp.comm_hook],
@@ -118,13 +120,13 @@ def train(cfg: TrainConfig | DictConfig) -> dict[str, Any]:
     if cfg.data.test and not has_test_split(cfg.data):
         cfg.data.test = None  # a release without txt/test.txt: the run folder's config.yaml says there was none
     if cfg.data.pack_length and cfg.model.groundability:
-        raise ValueError(
+        raise UsageError(
             "data.pack_length does not combine with model.groundability=true (the head reads whole "
             "posts' subword states): set data.pack_length=0"
         )
     module = TaggerModule(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), list(cfg.data.types))
     if cfg.data.pack_length and not getattr(module.tagger.backbone, "supports_packing", False):
-        raise ValueError(
+        raise UsageError(
             f"data.pack_length needs model.backbone=hf with an encoder of a family in {PACKABLE} "
             f"(this run: {cfg.model.backbone}, {cfg.model.encoder}); the image-aware backbone and "
             "other encoders need one post per row: set data.pack_length=0"
@@ -161,17 +163,17 @@ def train(cfg: TrainConfig | DictConfig) -> dict[str, Any]:
         trainer_kwargs["strategy"] = ddp_strategy(cfg.ddp)
     if cfg.cuda_graph:
         if str(cfg.trainer.precision) in ("16", "16-mixed"):
-            raise ValueError(
+            raise UsageError(
                 "cuda_graph=true does not scale the loss, so fp16's gradient scaler would divide unscaled "
                 "gradients by its scale: use trainer.precision=bf16-mixed or 32-true"
             )
         if cfg.model.gradient_checkpointing:
-            raise ValueError(
+            raise UsageError(
                 "cuda_graph=true does not combine with model.gradient_checkpointing (recomputation "
                 "saves and restores RNG state, which a CUDA graph capture cannot)"
             )
         if cfg.trainer.accumulate_grad_batches != 1:
-            raise ValueError(
+            raise UsageError(
                 "cuda_graph=true needs trainer.accumulate_grad_batches=1 (each replay overwrites the gradients)"
             )
         module.use_step_graph(clip=trainer_kwargs.pop("gradient_clip_val", None), max_graphs=cfg.cuda_graph_shapes)
@@ -180,16 +182,19 @@ def train(cfg: TrainConfig | DictConfig) -> dict[str, Any]:
                 "cuda_graph=true records one graph per batch shape: set data.pad_to_multiple_of "
                 "(e.g. 16) so that few shapes occur"
             )
-    trainer = L.Trainer(
-        default_root_dir=str(run_dir),
-        logger=_loggers(cfg, run_dir),
-        callbacks=[checkpoint, last, LearningRateMonitor("step"), throughput],
-        use_distributed_sampler=False,
-        reload_dataloaders_every_n_epochs=1 if cfg.data.mixing == "two_stage" else 0,
-        **trainer_kwargs,
-    )
+    try:
+        trainer = L.Trainer(
+            default_root_dir=str(run_dir),
+            logger=_loggers(cfg, run_dir),
+            callbacks=[checkpoint, last, LearningRateMonitor("step"), throughput],
+            use_distributed_sampler=False,
+            reload_dataloaders_every_n_epochs=1 if cfg.data.mixing == "two_stage" else 0,
+            **trainer_kwargs,
+        )
+    except (ValueError, MisconfigurationException) as err:  # Lightning checks the trainer.* values here
+        raise UsageError(f"bad trainer settings (trainer.*): {err}") from err
     if cfg.cuda_graph and (trainer.world_size > 1 or not isinstance(trainer.strategy, SingleDeviceStrategy)):
-        raise ValueError(
+        raise UsageError(
             f"cuda_graph=true runs on one device without DDP; this run has {trainer.world_size} "
             f"device(s) with {type(trainer.strategy).__name__} (use trainer.devices=1 "
             "trainer.strategy=auto, or cuda_graph=false)"

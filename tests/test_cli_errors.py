@@ -2,6 +2,7 @@
 never leave their folder, and `refineg evaluate` scores overlapping predictions the way peers do."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -87,6 +88,39 @@ def test_predict_onnx_without_the_extra_is_one_line(tmp_path, capsys, monkeypatc
     one_error_line(capsys, "pip install 'refineg[onnx]'")
 
 
+@pytest.fixture
+def tiny_ckpt(tiny_encoder, tmp_path):
+    from tests.refine_helpers import make_tiny_tagger, save_checkpoint
+
+    return save_checkpoint(make_tiny_tagger(tiny_encoder, "crf"), tmp_path / "tiny.ckpt")
+
+
+def test_calibrate_checks_every_checkpoint_as_predict_does(tmp_path, tiny_ckpt, capsys):
+    """The checkpoint, ensemble members and the evidential layer: missing, or a file of another kind (JSON, garbage),
+    on every path through calibrate (default heads, --head-kwargs, --ensemble, --evidential, --fit-evidential)."""
+    data = _jsonl(
+        tmp_path / "dev.jsonl", {"id": "1", "tokens": TOKENS, "entities": [{"start": 0, "end": 1, "type": "PER"}]}
+    )
+    missing, garbage = tmp_path / "missing.ckpt", tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a torch file")
+    base = ["calibrate", "--data", str(data), "--out-dir", str(tmp_path / "cal")]
+    cases = [
+        ([str(missing), "--ensemble", str(tiny_ckpt)], f"{missing}: checkpoint not found"),
+        ([str(data), "--fit-evidential", str(data)], f"{data}: not a PyTorch checkpoint"),
+        ([str(data), "--head-kwargs", '{"entropy": {}}'], f"{data}: not a PyTorch checkpoint"),
+        ([str(tiny_ckpt), "--ensemble", str(tiny_ckpt), str(data)], f"{data}: not a PyTorch checkpoint"),
+        ([str(tiny_ckpt), "--ensemble", str(tiny_ckpt), str(missing)], f"{missing}: checkpoint not found"),
+        ([str(tiny_ckpt), "--evidential", str(garbage)], f"{garbage}: not a PyTorch evidential layer"),
+        ([str(tiny_ckpt), "--evidential", str(missing)], f"{missing}: evidential layer not found"),
+        ([str(tiny_ckpt), "--head-kwargs", "{bad"], "--head-kwargs is not JSON"),
+        ([str(tiny_ckpt), "--head-kwargs", "[1]"], "--head-kwargs must be a JSON object"),
+    ]
+    for ckpt_and_options, needle in cases:
+        assert main([*base, "--ckpt", *ckpt_and_options]) == 2, ckpt_and_options
+        one_error_line(capsys, needle)
+    assert not (tmp_path / "cal").exists()  # nothing was started
+
+
 def _preds_with_uncertainty(tmp_path, uncertainty):
     post = Example("p1", TOKENS, None, [Entity(0, 1, "PER", uncertainty=uncertainty)], source="predicted")
     write_jsonl([post], tmp_path / "pred.jsonl")
@@ -163,6 +197,92 @@ def test_train_py_data_errors_are_one_line(tmp_path, tiny_encoder, train_text, n
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and proc.stderr.rstrip().endswith(errors[0]) and needle in errors[0], proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["refine", "--pred", "p.jsonl", "--out", "o.jsonl", "tau=abc"], "bad refine configuration"),
+        (["zeroshot", "--data", "p.jsonl", "--out", "o.jsonl", "llm.modle=x"], "modle"),
+        (["synthesize", "--seeds", "p.jsonl", "--out", "o.jsonl", "n_reuze=1"], "n_reuze"),
+        (["ground", "--pred", "p.jsonl", "--pool", "p.jsonl", "--out", "o.jsonl", "selector.kk=2"], "kk"),
+        (["pipeline", "--config", "missing.yaml"], "missing.yaml not found"),
+        (["pipeline", "refine.tua=0.3"], "tua"),
+        (["fit-region-scorer", "--data", "p.jsonl", "--images", ".", "--out", "s.pt", "heads.epochs=3"], "heads"),
+        (["sweep", "p.jsonl"], "p.jsonl: not valid YAML"),
+        (["sweep", "p.jsonl", "--set", "novalue"], "--set expects key=value"),
+        (["report", "missing_dir"], "missing_dir is not a folder"),
+        (
+            ["convert", "--format", "jsonl", "--input", "p.jsonl", "--out", "o", "--to", "flickr30k-entities"],
+            "read-only",
+        ),
+        (["convert", "--format", "conll", "--txt", "a.txt", "--out", "o.jsonl", "--type-map", "MISC"], "FROM=TO"),
+        (["convert", "--format", "ccks", "--out", "o.jsonl"], "--text-json is required"),
+        (["predict", "--ckpt", "x.ckpt", "--input", "p.jsonl"], "--out is required with --input"),
+        (["predict", "--ckpt", "x.ckpt", "--input", "p.jsonl", "--out", "o.jsonl", "--format", "xml"], "--format must"),
+        (
+            ["visualize", "--pred", "p.jsonl", "--gold", "p.jsonl", "--out", "v", "--calibration", "p.jsonl"],
+            "p.jsonl:2: invalid JSON",
+        ),
+        (
+            ["visualize", "--pred", "p.jsonl", "--gold", "p.jsonl", "--out", "v", "--calibration", "c.json"],
+            "no 'heads'",
+        ),
+    ],
+)
+def test_usage_and_config_errors_exit_2_like_every_bad_input(tmp_path, capsys, monkeypatch, args, needle):
+    """Settings that do not parse or fit (status 2, as argparse's own usage errors), not status 1, which means
+    "an LLM stage got no answer"; bad calibration files for visualize are data errors, before anything is drawn."""
+    monkeypatch.chdir(tmp_path)
+    _jsonl(tmp_path / "p.jsonl", {"id": "1", "tokens": TOKENS}, {"id": "2", "tokens": TOKENS})
+    (tmp_path / "c.json").write_text('{"bins": 10}')
+    assert main(args) == 2
+    one_error_line(capsys, needle)
+    assert not (tmp_path / "v").exists()
+
+
+def _train_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("trainer.max_epochs=abc", "'abc' of type 'str' could not be converted to Integer (key trainer.max_epochs)"),
+        ("trainer.max_epoch=2", "Did you mean: 'max_epochs'? (key trainer.max_epoch)"),
+        ("model.dropout=[1", "a value is not valid YAML"),
+        ("data.batch_size=-1", "bad configuration: data.batch_size=-1 must be at least 1"),
+        ("trainer.max_epochs=0", "bad configuration: trainer.max_epochs=0 must be at least 1"),
+        ("data.mixing=weird", "data.mixing='weird' is not one of gold_only, concat, ratio, two_stage"),
+        ("data.mixing=concat", "data.mixing=concat needs data.synthetic=<file.jsonl>"),
+        ("data.pack_length=8", "data.pack_length=8 is shorter than data.max_length=128"),
+        ("model.freeze_tagger=true", "model.freeze_tagger=true leaves nothing to train"),
+        ("trainer.precision=99", "bad trainer settings (trainer.*): Precision '99' is invalid"),
+        ("model.encoder=/no/such/encoder", "encoder '/no/such/encoder': no such model folder"),
+    ],
+)
+def test_train_py_config_errors_are_one_line(tmp_path, tiny_encoder, capsys, monkeypatch, override, needle):
+    """Bad settings of every kind (type, range, combination, Lightning's own checks, an encoder that is not there)
+    are one `error:` line with status 2, before any data is read or any epoch runs."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("REFINEG_RUN_NAME", raising=False)
+    monkeypatch.setattr(logging.root, "handlers", [])  # main()'s basicConfig logs to this test's stderr only
+    for logger in list(logging.root.manager.loggerDict.values()):  # not to the closed stderr of an earlier test
+        for handler in getattr(logger, "handlers", []):
+            if type(handler) is logging.StreamHandler:
+                monkeypatch.setattr(handler, "stream", sys.stderr)
+    base = [f"model.encoder={tiny_encoder}", "logger.wandb=false", f"runs_dir={tmp_path / 'runs'}", "run_name=r"]
+    assert _train_script().main([*base, "trainer.accelerator=cpu", override]) == 2
+    err = capsys.readouterr().err  # log lines may come first
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert "Traceback" not in err and len(errors) == 1 and err.rstrip().endswith(errors[0]), err
+    assert needle in errors[0], errors[0]
+    assert not (tmp_path / "runs" / "r" / "checkpoints").exists()
 
 
 # ---- paths -----------------------------------------------------------------------------------------------------

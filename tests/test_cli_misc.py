@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from refineg import __version__
-from refineg.cli import main
+from refineg.cli import CHATTY_LOGGERS, main
 from refineg.data import Entity, Example, read_jsonl, write_jsonl
 from tests.refine_helpers import make_tiny_tagger, sample_posts, save_checkpoint
 
@@ -33,8 +33,8 @@ def test_predict_limit_and_no_entity_message(silent_ckpt, tmp_path, capsys):
     capsys.readouterr()
     assert main([*args, "--text", "Obama visits Paris"]) == 0
     assert capsys.readouterr().out.strip() == "no entity found in 3 words"
-    with pytest.raises(SystemExit, match="--limit must be >= 1"):
-        main([*args, "--input", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "q.jsonl"), "--limit", "0"])
+    assert main([*args, "--input", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "q.jsonl"), "--limit", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --limit must be >= 1, got 0"
 
 
 def test_httpx_request_lines_only_with_verbose(tmp_path):
@@ -49,6 +49,36 @@ def test_httpx_request_lines_only_with_verbose(tmp_path):
         assert httpx_logger.level == logging.NOTSET
     finally:
         httpx_logger.setLevel(before)
+
+
+def test_no_http_request_line_per_llm_call_without_verbose(tmp_path, caplog):
+    """A real request through the installed openai client (whose transport may log as httpx or httpx2): its
+    "HTTP Request" INFO line shows only with -v."""
+    from tests.llm.chat_server import ChatServer
+
+    write_jsonl([Example("p1", ["Hello", "Paris"])], tmp_path / "p.jsonl")
+    srv = ChatServer().start()
+    srv.responder = lambda prompt, n_images: "[]"
+    levels = {name: logging.getLogger(name).level for name in CHATTY_LOGGERS}
+    caplog.set_level(logging.INFO)
+    try:
+        for verbose in ([], ["-v"]):
+            caplog.clear()
+            args = [
+                "zeroshot",
+                "--data",
+                str(tmp_path / "p.jsonl"),
+                "--out",
+                str(tmp_path / f"run{len(verbose)}" / "z.jsonl"),
+            ]
+            llm = [f"llm.base_url={srv.base_url}", "llm.model=m", "llm.api_key_env=''", "llm.max_retries=0"]
+            assert main([*verbose, *args, *llm]) == 0
+            lines = [r for r in caplog.records if r.getMessage().startswith("HTTP Request: POST")]
+            assert len(lines) == (1 if verbose else 0), [(r.name, r.getMessage()) for r in lines]
+    finally:
+        srv.stop()
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def test_refine_gold_option_feeds_the_simulated_backend(tmp_path, capsys):

@@ -9,13 +9,12 @@ entity with several boxes; names are located by exact token match, longest first
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from refineg.data.errors import DataFormatError, ReadReport
-from refineg.data.files import load_json
+from refineg.data.files import dump_json, load_json
 from refineg.data.schema import Entity, Example, box_problem, clip_box
 from refineg.data.spans import locate_spans
 from refineg.data.tokenize import word_tokenize
@@ -133,7 +132,11 @@ def read_ccks(
 def write_ccks(
     examples: Iterable[Example], text_json: str | Path, entity_json: str | Path, box_key: str = "bnd"
 ) -> None:
-    """Writes CCKS2025-style JSON; one entry per box (``null`` box for ungroundable entities)."""
+    """Writes CCKS2025-style JSON; one entry per box (``null`` box for ungroundable entities).
+
+    Raises:
+        DataFormatError: A box coordinate that is not finite (JSON cannot hold it); nothing is written then.
+    """
     texts, entities = {}, {}
     for ex in examples:
         texts[ex.id] = {"text": " ".join(ex.tokens)}
@@ -143,7 +146,8 @@ def write_ccks(
             for box in boxes:
                 bnd = None if box is None else dict(zip(("xmin", "ymin", "xmax", "ymax"), box))
                 rows.append({"name": ent.text(ex.tokens), "label": ent.type, box_key: bnd})
+        dump_json(rows, entity_json, record=ex.id)  # refuses a non-finite box before anything is written
         entities[ex.id] = rows
     for path, data in ((text_json, texts), (entity_json, entities)):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
+        Path(path).write_text(dump_json(data, path, ensure_ascii=False, indent=1), encoding="utf-8")

@@ -7,7 +7,9 @@ names) that must stay inside the folder they belong to.
 from __future__ import annotations
 
 import json
+import math
 import re
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -61,14 +63,35 @@ def read_text(path: str | Path) -> str:
         ) from None
 
 
+class _NonStandardConstant(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NonStandardConstant(name)
+
+
 def parse_json(text: str, path: str | Path, line: int | None = None) -> Any:
-    """``json.loads(text)``; faults become :class:`DataFormatError` s at ``path`` (``line``: the text's line).
+    """``json.loads(text)`` of standard JSON; faults become :class:`DataFormatError` s at ``path``.
+
+    ``NaN``, ``Infinity`` and ``-Infinity`` (which Python's json module accepts and writes, but JSON does not have)
+    are refused.
+
+    Args:
+        text: The JSON text.
+        path: The file it comes from.
+        line: The line of ``path`` that holds ``text`` (JSONL); ``None`` for a whole-file document.
 
     Raises:
-        DataFormatError: Invalid JSON (with its line and column) or nesting too deep to parse.
+        DataFormatError: Invalid JSON (with its line and column), a non-standard constant, or nesting too deep to
+            parse.
     """
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_refuse_constant)
+    except _NonStandardConstant as err:
+        raise DataFormatError(
+            path, f"invalid JSON ({err.args[0]} is not a JSON number; numbers must be finite)", line=line
+        ) from None
     except json.JSONDecodeError as err:
         where = f" at column {err.colno}" if line is not None else ""
         raise DataFormatError(
@@ -78,9 +101,68 @@ def parse_json(text: str, path: str | Path, line: int | None = None) -> Any:
         raise DataFormatError(path, "invalid JSON (nested too deeply to read)", line=line) from None
 
 
+def non_finite_field(value: Any, where: str = "") -> tuple[str, float] | None:
+    """The place (``entities[0].score``) and value of the first number in ``value`` that is NaN or infinite."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "value", value
+    if isinstance(value, dict):
+        items = ((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for place, item in items:
+        found = non_finite_field(item, place)
+        if found is not None:
+            return found
+    return None
+
+
+def dump_json(value: Any, path: str | Path, record: str | None = None, **kwargs: Any) -> str:
+    """``json.dumps(value, **kwargs)`` that refuses NaN and infinities (no ``NaN``/``Infinity`` in a written file).
+
+    Args:
+        value: What to write.
+        path: The file it is written to, for the message.
+        record: The post id it belongs to, for the message.
+        **kwargs: More :func:`json.dumps` arguments (``ensure_ascii``, ``indent``).
+
+    Raises:
+        DataFormatError: ``value`` holds a number that is not finite (the message names its place).
+    """
+    try:
+        return json.dumps(value, allow_nan=False, **kwargs)
+    except ValueError:
+        place, number = non_finite_field(value) or ("a number", math.nan)
+        raise DataFormatError(
+            path, f"{place} is {number}, not a finite number (JSON has none), so nothing is written", record=record
+        ) from None
+
+
 def load_json(path: str | Path) -> Any:
     """The JSON document of a UTF-8 file (see :func:`read_text` and :func:`parse_json`)."""
     return parse_json(read_text(path), path)
+
+
+def torch_archive(
+    path: str | Path, what: str = "checkpoint", written_by: str = "a .ckpt file written by train.py"
+) -> Path:
+    """``path`` after checking that it is a file ``torch.save`` could have written (a zip archive).
+
+    Args:
+        path: The file.
+        what: What it should be, for the message.
+        written_by: What writes such files, for the message.
+
+    Raises:
+        DataFormatError: The file is missing or is not a zip archive (e.g. a JSON file given as a checkpoint).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(path, f"{what} not found")
+    if not zipfile.is_zipfile(path):
+        raise DataFormatError(path, f"not a PyTorch {what} (expected {written_by})")
+    return path
 
 
 def inside_folder(

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from refineg.data.errors import DataFormatError, ReadReport
-from refineg.data.files import iter_lines, parse_json
+from refineg.data.files import dump_json, iter_lines, parse_json
 from refineg.data.schema import Example, clip_box
 
 
@@ -71,11 +70,21 @@ def read_jsonl(
 
 
 def write_jsonl(examples: Iterable[Example], path: str | Path) -> None:
-    """Writes examples as canonical JSONL atomically (a temporary file renamed into place)."""
+    """Writes examples as canonical JSONL atomically (a temporary file renamed into place).
+
+    Raises:
+        DataFormatError: A post holds a number that is not finite (NaN or infinity, which JSON cannot hold: a score,
+            a box coordinate, a value in ``meta``); the message names the post and the field, and ``path`` is left
+            as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for example in examples:
-            fh.write(json.dumps(example.to_dict(), ensure_ascii=False) + "\n")
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            for example in examples:
+                fh.write(dump_json(example.to_dict(), path, record=example.id, ensure_ascii=False) + "\n")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)

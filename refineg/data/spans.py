@@ -6,7 +6,9 @@ Three matchers, from strict to lenient, and the two normalisations they use:
   synthesis labeller);
 * :func:`map_spans`: :func:`locate_spans`, then a case- and space-blind pass (:func:`squash`) for what is left
   (MLLM answers in the zero-shot baseline);
-* :func:`locate_span`: one corrected string near a given entity, case- and space-blind (refinement span checks).
+* :func:`locate_span`: one corrected string near a given entity, case- and space-blind (refinement span checks);
+* :func:`find_spans`: every occurrence of one string, case- and space-blind (the release refinement mode, which
+  chooses among them).
 
 :func:`squash` drops every whitespace character and lowercases (so ``"New  York"`` matches the tokens
 ``["new", "york"]``); :func:`normalize_name` collapses whitespace runs to one space and lowercases (comparing an
@@ -115,3 +117,21 @@ def locate_span(tokens: Sequence[str], text: str, entity: Entity, max_change: in
                 if best is None or cost < best[0]:
                     best = (cost, s, e)
     return None if best is None else (best[1], best[2])
+
+
+def find_spans(tokens: Sequence[str], text: str) -> list[tuple[int, int]]:
+    """Every word span of ``tokens`` that spells ``text`` (case and spaces ignored, :func:`squash`), by start."""
+    target = squash(str(text))
+    out: list[tuple[int, int]] = []
+    if not target:
+        return out
+    for s in range(len(tokens)):
+        built = ""
+        for e in range(s, len(tokens)):
+            built += squash(tokens[e])
+            if not target.startswith(built):
+                break
+            if built == target:
+                out.append((s, e + 1))
+                break
+    return out

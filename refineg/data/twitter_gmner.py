@@ -7,6 +7,7 @@ give that entity several boxes. Posts without an xml file have no groundable ent
 
 from __future__ import annotations
 
+import math
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
@@ -167,10 +168,18 @@ def write_twitter_gmner(examples: Iterable[Example], txt: str | Path, xml_dir: s
 
     Raises:
         DataFormatError: A post id that is not a plain file name (``../x``, ``a/b``: its xml would land outside or
-            below ``xml_dir``), or see :func:`refineg.data.conll.write_conll`; nothing is written then.
+            below ``xml_dir``), a box coordinate that is not finite, or see :func:`refineg.data.conll.write_conll`;
+            nothing is written then.
     """
     examples = list(examples)
     xml_dir = Path(xml_dir)
+    for ex in examples:
+        for ent in ex.entities:
+            for box in ent.boxes:
+                if not all(math.isfinite(v) for v in box):
+                    raise DataFormatError(
+                        xml_dir, f"entity {ent.text(ex.tokens)!r}: box {box} is not finite", record=ex.id
+                    )
     xml_paths = [
         inside_folder(xml_dir, f"{ex.id}.xml", "post id's xml file", file_name=True, record=ex.id)
         if any(ent.boxes for ent in ex.entities)

@@ -11,15 +11,15 @@ import lightning as L
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
-from refineg.config import DataConfig, as_dictconfig, resolve_data_root
+from refineg.config import MIXING_MODES, DataConfig, as_dictconfig, resolve_data_root
 from refineg.data import DataFormatError, Example, ReadReport, bio_labels, read_jsonl
 from refineg.data.formats import create_data_format
 from refineg.datamodules.encoding import EncodedPost, PostCollator, encode_posts
 from refineg.datamodules.samplers import BucketBatchSampler, EvalBatchSampler, RatioBatchSampler
+from refineg.errors import UsageError
 from refineg.weights import load_tokenizer
 
 logger = logging.getLogger(__name__)
-MIXING_MODES = ("gold_only", "concat", "ratio", "two_stage")
 
 
 class EncodedDataset(Dataset):
@@ -155,11 +155,11 @@ class GMNERDataModule(L.LightningDataModule):
         super().__init__()
         data = as_dictconfig(data)
         if data.mixing not in MIXING_MODES:
-            raise ValueError(f"data.mixing must be one of {MIXING_MODES}, got {data.mixing!r}")
+            raise UsageError(f"data.mixing must be one of {MIXING_MODES}, got {data.mixing!r}")
         if data.mixing != "gold_only" and not data.synthetic and not data.pseudo:
-            raise ValueError(f"data.mixing={data.mixing} needs data.synthetic=<file.jsonl> or data.pseudo=<file.jsonl>")
+            raise UsageError(f"data.mixing={data.mixing} needs data.synthetic=<file.jsonl> or data.pseudo=<file.jsonl>")
         if 0 < data.pack_length < data.max_length:
-            raise ValueError(
+            raise UsageError(
                 f"data.pack_length={data.pack_length} is shorter than data.max_length={data.max_length}: "
                 "a post of max_length subwords must fit a packed row"
             )

@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from refineg.data import DataFormatError, Example
+from refineg.data.files import torch_archive
 from refineg.datamodules.encoding import PostCollator, encode_posts
 from refineg.inference.quantize import QUANTIZE_SCHEMES, quantize_encoder
 from refineg.modules.tagger_module import TaggerModule
@@ -30,11 +31,7 @@ def load_tagger(path: str | Path) -> TaggerModule:
         DataFormatError: The file is missing, is not a PyTorch checkpoint (``torch.save`` writes zip archives), or
             is one without a tagger's hyper-parameters.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataFormatError(path, "checkpoint not found")
-    if not zipfile.is_zipfile(path):
-        raise DataFormatError(path, "not a PyTorch checkpoint (expected a .ckpt file written by train.py)")
+    path = torch_archive(path)
     try:
         return TaggerModule.load_from_checkpoint(str(path), map_location="cpu", weights_only=False)
     except (KeyError, TypeError, pickle.UnpicklingError, zipfile.BadZipFile) as err:

@@ -57,6 +57,21 @@ class Completion:
     finish_reason: str | None = None
 
 
+class _Progress:
+    """A tqdm bar that also tells ``on_done`` how many results came (see ``chat_many``)."""
+
+    def __init__(self, bar: Any, on_done: Callable[[int], None] | None) -> None:
+        self.bar, self.on_done = bar, on_done
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+        if self.on_done is not None:
+            self.on_done(n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 class ReplayMissError(LookupError):
     """A cache-only backend was asked something its cache does not hold."""
 
@@ -221,6 +236,7 @@ class ChatBackend(ABC):
         json_accept: Callable[[Any], bool] | None = None,
         answer: AnswerFormat | None = None,
         items: Sequence[Any] | None = None,
+        on_done: Callable[[int], None] | None = None,
         **params: Any,
     ) -> list[ChatResult]:
         """Answers many conversations, in order, with up to ``concurrency`` requests in flight.
@@ -238,6 +254,7 @@ class ChatBackend(ABC):
             json_accept: See :meth:`chat`.
             answer: See :meth:`chat`.
             items: Identifiers of the conversations for the failure summary (default their indices).
+            on_done: Called with ``1`` as each conversation gets its result (a caller's progress bar).
             **params: Per-call sampling overrides.
 
         Returns:
@@ -249,7 +266,7 @@ class ChatBackend(ABC):
         first_of: dict[str, int] = {}
         duplicates: list[tuple[int, int]] = []
         pending: list[tuple[int, _Request]] = []
-        bar = tqdm(total=n, desc=f"llm {stage}", unit="req", disable=not progress, leave=False)
+        bar = _Progress(tqdm(total=n, desc=f"llm {stage}", unit="req", disable=not progress, leave=False), on_done)
         try:
             for i, messages in enumerate(conversations):
                 req = self._request(messages, params, expect_json, json_type, json_accept, answer)

@@ -173,6 +173,23 @@ class UsageMeter:
         return path
 
 
+def no_answer_problem(total: dict[str, Any] | None) -> str | None:
+    """Why a stage's LLM work came to nothing, or ``None`` when it did not.
+
+    Args:
+        total: The ``total`` section of a stage's usage (``requests``, ``ok``, ``failures_by_kind``), or ``None``
+            when no LLM was involved.
+
+    Returns:
+        ``"none of the N LLM requests got an answer (kind=n, ...)"`` when requests were sent and none was
+        answered (a cached answer counts as answered), else ``None``.
+    """
+    if not total or not total.get("requests") or total.get("ok"):
+        return None
+    kinds = ", ".join(f"{k}={v}" for k, v in sorted((total.get("failures_by_kind") or {}).items())) or "unknown"
+    return f"none of the {total['requests']} LLM requests got an answer ({kinds})"
+
+
 def _mean(total: StageUsage) -> float:
     live = total.requests - total.cache_hits
     return total.latency_s / live if live else 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +19,19 @@ BACKBONES = Registry("backbone")
 #: post per row: BERT and XLM-R in tests, DistilBERT, ELECTRA and ALBERT checked by hand, RoBERTa and CamemBERT share
 #: XLM-R's code. Others (local attention windows, relative positions, masks read as 0/1) are refused.
 PACKABLE = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert", "albert")
+
+
+def encoder_not_found(encoder: str, err: OSError) -> FileNotFoundError:
+    """The one-line error for an encoder that transformers could not load (``err``: its ``OSError``)."""
+    reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    exists = Path(encoder).expanduser().exists()
+    if exists:
+        where = "not a model folder transformers can load"
+    elif encoder.startswith(("/", ".", "~")):
+        where = "no such model folder"
+    else:
+        where = "not a local folder, and not a Hugging Face hub model that can be loaded here"
+    return FileNotFoundError(f"encoder {encoder!r}: {where} ({reason})")
 
 
 class HFTextEncoder(nn.Module):
@@ -49,12 +63,17 @@ class HFTextEncoder(nn.Module):
             if attn_implementation != "sdpa":
                 raise ValueError(f"packed_attention=varlen runs with sdpa attention, not {attn_implementation!r}")
             attn_implementation = packed_attention_module.register()  # SDPA for ordinary batches
-        if pretrained:
-            # fp32 master weights even when the checkpoint is stored in bf16/fp16 (mixed precision casts per op)
-            self.model = AutoModel.from_pretrained(path, attn_implementation=attn_implementation, dtype=torch.float32)
-        else:
-            config = AutoConfig.from_pretrained(path)
-            self.model = AutoModel.from_config(config, attn_implementation=attn_implementation)
+        try:
+            if pretrained:
+                # fp32 master weights even when the checkpoint is stored in bf16/fp16 (mixed precision casts per op)
+                self.model = AutoModel.from_pretrained(
+                    path, attn_implementation=attn_implementation, dtype=torch.float32
+                )
+            else:
+                config = AutoConfig.from_pretrained(path)
+                self.model = AutoModel.from_config(config, attn_implementation=attn_implementation)
+        except OSError as err:  # transformers' "not a folder, not on the hub / not cached" errors
+            raise encoder_not_found(encoder, err) from err
         if getattr(self.model, "pooler", None) is not None:
             self.model.pooler = None  # unused by tagging; unused parameters would stall DDP
         if gradient_checkpointing:

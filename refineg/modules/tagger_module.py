@@ -15,6 +15,7 @@ from torchmetrics import MaxMetric
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from refineg.data import Entity, Example, bio_labels
+from refineg.errors import UsageError
 from refineg.metrics import GMNERMetrics
 from refineg.modules.backbones import BACKBONES
 from refineg.modules.groundability import create_groundability_head
@@ -107,7 +108,7 @@ class TaggerModule(L.LightningModule):
         # groundability head (optional): BCE on gold spans, AUROC/accuracy on dev gold spans
         self.frozen_tagger = bool(model.get("freeze_tagger", False))
         if self.frozen_tagger and self.tagger.groundability is None:
-            raise ValueError("model.freeze_tagger=true leaves nothing to train without model.groundability=true")
+            raise UsageError("model.freeze_tagger=true leaves nothing to train without model.groundability=true")
         if self.frozen_tagger:
             for name, param in self.tagger.named_parameters():
                 param.requires_grad_(name.startswith("groundability."))

@@ -3,11 +3,12 @@ from deep inside, never silently accepted, and names from data never leave their
 
 import json
 import math
+import re
 
 import pytest
 
 from refineg.data import DataFormatError, Entity, Example, ReadReport, read_jsonl, write_jsonl
-from refineg.data.ccks import read_ccks
+from refineg.data.ccks import read_ccks, write_ccks
 from refineg.data.conll import read_conll, write_conll
 from refineg.data.flickr30k import read_flickr30k_entities
 from refineg.data.twitter_gmner import read_twitter_gmner, write_twitter_gmner
@@ -168,6 +169,35 @@ def test_infinite_coordinates_are_errors_everywhere(tmp_path):
         read_twitter_gmner(txt, tmp_path / "xml")
     with pytest.raises(ValueError, match="finite"):
         Example("1", ["a"], entities=[Entity(0, 1, "PER", [[0, 0, math.inf, 1]])]).validate()
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_jsonl_non_standard_constants_are_refused_on_read(tmp_path, constant):
+    """Python's json module reads NaN and Infinity anywhere (here in ``meta``, which no other check looks at)."""
+    _jsonl_error(tmp_path, _line(meta={"conf": 1}).replace("1}", constant + "}"), f"{constant} is not a JSON number")
+
+
+@pytest.mark.parametrize(
+    "post, field",
+    [
+        (Example("p7", ["a"], entities=[Entity(0, 1, "PER", score=math.nan)]), "entities[0].score is nan"),
+        (Example("p7", ["a"], entities=[Entity(0, 1, "PER", uncertainty=math.inf)]), "entities[0].uncertainty is inf"),
+        (Example("p7", ["a"], entities=[Entity(0, 1, "PER", [[0, 0, math.inf, 4]])]), "entities[0].boxes[0][2] is inf"),
+        (Example("p7", ["a"], meta={"refinement": {"p": -math.inf}}), "meta.refinement.p is -inf"),
+    ],
+)
+def test_writers_refuse_numbers_json_cannot_hold(tmp_path, post, field):
+    """No writer leaves ``NaN`` or ``Infinity`` in a file (the readers would refuse it); the old file stays."""
+    out = _write(tmp_path / "o.jsonl", _line() + "\n")
+    with pytest.raises(DataFormatError, match=r"\[id p7\]: " + re.escape(field) + ", not a finite number"):
+        write_jsonl([Example("ok", ["b"]), post], out)
+    assert out.read_text() == _line() + "\n" and not list(tmp_path.glob("*.tmp"))
+    if post.entities and post.entities[0].boxes:
+        with pytest.raises(DataFormatError, match=r"\[id p7\]: .*not a finite number"):
+            write_ccks([post], tmp_path / "t.json", tmp_path / "e.json")
+        with pytest.raises(DataFormatError, match=r"\[id p7\]: .*is not finite"):
+            write_twitter_gmner([post], tmp_path / "g.txt", tmp_path / "xml")
+        assert not (tmp_path / "t.json").exists() and not (tmp_path / "g.txt").exists()
 
 
 def test_jsonl_boxes_outside_the_image_are_clipped_with_a_warning(tmp_path):

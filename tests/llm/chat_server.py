@@ -104,6 +104,9 @@ class ChatServer(ThreadingHTTPServer):
         # answer text from the whole request body (takes precedence over responder); BadRequest -> HTTP 400
         self.body_responder: Callable[[dict[str, Any]], str] | None = None
         self.errors: list[str] = []  # messages of the BadRequests raised by body_responder
+        # called as latency(server, prompt_tokens, completion_tokens) before a 200 answer is sent; it sleeps to
+        # emulate a model server's service time (bench/llm_concurrency.py); None = answer at once
+        self.latency: Callable[[ChatServer, int, int], None] | None = None
         self.counts: Counter[str] = Counter()  # completed (answered 200) requests per last user text
         self.received: Counter[str] = Counter()  # every request per last user text, faults included
         self.bodies: list[dict[str, Any]] = []
@@ -248,6 +251,8 @@ class _Handler(BaseHTTPRequestHandler):
             srv.counts[prompt] += 1
             srv.image_sizes.append(sizes)
         prompt_tokens = len(_all_text(body).split()) + 85 * len(sizes)
+        if srv.latency is not None:
+            srv.latency(srv, prompt_tokens, len(content.split()))
         reply = {
             "id": f"chatcmpl-{srv.total}",
             "object": "chat.completion",

@@ -161,6 +161,35 @@ def test_run_ground_end_to_end_and_rerun_repeats_no_answered_call(data, server):
     ]
 
 
+def test_progress_bar_moves_per_post_not_per_chunk(data, server, monkeypatch):
+    """All 5 posts fit one chunk (chunk_size 64): the bar still advances as each asked post gets its answer."""
+    import refineg.stages.grounding.run as run_module
+
+    updates = []
+
+    class RecordingBar:
+        def __init__(self, *args, initial=0, **kwargs):
+            self.n = initial
+
+        def update(self, n=1):
+            updates.append(n)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(run_module, "tqdm", RecordingBar)
+    summary = run_ground(
+        data / "pred.jsonl", data / "pool.jsonl", data / "G.jsonl", data / "img", _overrides(server.base_url)
+    )
+    asked = summary["posts_asked"]
+    assert asked >= 2 and summary["mllm"]["requests"] == asked
+    assert sum(updates) == summary["posts"] == 5
+    assert sorted(updates).count(1) >= asked and len(updates) >= asked + 1, updates  # one step per answered post
+
+
 def test_crash_resumes_from_the_partial_output(data, server, monkeypatch):
     out = data / "crash" / "G.jsonl"
     real = MLLMGrounder.ground
@@ -321,3 +350,22 @@ def test_hostile_answers_are_invalid_or_counted_never_a_crash(data, chat_server)
         assert "invalid_json" in posts["p5"].meta["grounding"]["error"]
         assert summary["none_by_reason"]["answer_problem"] == 1 and summary["none_by_reason"]["failed"] == 2
         assert summary["posts_with_answer_problems"] == 1 and summary["grounded"] == 1
+
+
+def test_chunk_size_defaults_to_four_waves_of_the_llm_concurrency():
+    from refineg.llm import LLMConfig
+    from refineg.stages.grounding.config import load_ground_config
+    from refineg.stages.grounding.run import chunk_size
+
+    def grounder(concurrency):
+        llm = LLMConfig(model="m", base_url="http://127.0.0.1:9/v1", api_key_env="", concurrency=concurrency)
+        return MLLMGrounder(llm=llm)
+
+    cfg = load_ground_config()
+    assert cfg.chunk_size is None
+    assert chunk_size(cfg, grounder(32)) == 128 and chunk_size(cfg, grounder(64)) == 256
+    assert chunk_size(cfg, grounder(8)) == 64  # at least 64
+    assert chunk_size(cfg, object()) == 64  # a grounder without an LLM backend
+    assert chunk_size(load_ground_config(["chunk_size=5"]), grounder(64)) == 5  # a set value is kept
+    with pytest.raises(ValueError, match="chunk_size"):
+        load_ground_config(["chunk_size=0"])

@@ -12,6 +12,13 @@ from refineg.stages.grounding.config import SelectorConfig
 from refineg.stages.grounding.encoders import ImageEncoder, TextEncoder
 from refineg.stages.grounding.images import PostImages
 from refineg.stages.grounding.selector import ContextSelector
+from refineg.stages.grounding.similarity import (
+    SimilarityTerms,
+    SimilarityWeights,
+    get_entity_similarity,
+    minmax_rows,
+    pair_sums,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 OPEN_CLIP_ASSETS = Path(__file__).resolve().parents[1] / "assets" / "open_clip"
@@ -149,3 +156,73 @@ def test_index_is_saved_reused_and_rebuilt_when_stale(encoders, pool_and_images,
 
 def test_random_weights_are_stated(encoders):
     assert "random weights" in encoders[1].label
+
+
+def test_release_rule_on_a_hand_computed_example():
+    # query 0: entities PER, ORG; pool: post 0 [PER], post 1 [ORG, PER], post 2 [] (no image); query 1 is post 1
+    terms = SimilarityTerms(
+        text=torch.tensor([[0.2, 0.6, 0.4], [0.1, 0.99, 0.3]]),
+        pair_cos=torch.tensor([[0.5, 0.1, 0.3], [0.2, 0.9, 0.0]]),
+        pair_same_label=torch.tensor([[True, False, True], [False, True, False]]),
+        query_owner=torch.tensor([0, 0]),
+        pool_owner=torch.tensor([0, 1, 1]),
+        own=torch.tensor([[False, False, False], [False, True, False]]),
+        image=torch.tensor([[0.9, 0.3, 0.0], [0.5, 0.7, 0.0]]),
+        image_ok=torch.tensor([[True, True, False], [True, True, False]]),
+    )
+    # entity pair sums, query 0: post 0 = (0.5 + 0.8) + 0.2 = 1.5; post 1 = (0.1 + 0.3 + 0.8) + (0.9 + 0.8 + 0.0)
+    # = 2.9; post 2 = 0 -> normalised 1.5 / 2.9, 1, 0. Query 1 has no entity: its entity term is 0 everywhere.
+    assert pair_sums(terms, 0.8)[0].tolist() == pytest.approx([1.5, 2.9, 0.0])
+    score = get_entity_similarity("release")(terms, SimilarityWeights())
+    # query 0: text -> [0, 1, 0.5]; image (post 2 missing) -> [1, 0, 0]
+    assert score[0].tolist() == pytest.approx([0.6 * 1.5 / 2.9 + 0.2, 0.4 + 0.6, 0.4 * 0.5])
+    # query 1: its own post 1 is out of the min and max: text over posts 0, 2 -> [0, -, 1]; image only post 0 is
+    # valid (a one-entry row is constant) -> 0
+    assert score[1].tolist() == pytest.approx([0.0, 0.0, 0.4])
+    assert minmax_rows(torch.tensor([[3.0, 3.0]]), torch.tensor([[True, True]])).tolist() == [[0.0, 0.0]]
+
+
+def test_release_similarity_through_the_selector(encoders, pool_and_images):
+    text_enc, image_enc = encoders
+    pool, images = pool_and_images
+    cfg = SelectorConfig(k=3, entity_similarity="release")
+    sel = ContextSelector(pool, cfg, images, text_encoder=text_enc, image_encoder=image_enc)
+    query = _post("x", "Messi and Apple fans at the football goal", [("Messi", "PER"), ("Apple", "PER")], "q1.jpg")
+    q_img = images.load(pool[-1])
+    scores = sel.scores([query], [q_img])[0]
+    t = text_enc.encode([" ".join(p.tokens) for p in pool]) @ text_enc.encode([" ".join(query.tokens)])[0]
+    q_ents = text_enc.encode(["Messi", "Apple"])
+    ent = []
+    for p in pool:  # every (query entity, pool entity) pair: cosine + 0.8 when the labels agree
+        total = 0.0
+        for e in p.entities:
+            g = text_enc.encode([e.text(p.tokens)])[0]
+            total += sum(float(q @ g) + (0.8 if e.type == "PER" else 0.0) for q in q_ents)
+        ent.append(total)
+    has_img = [True, True, True, False, True, True]
+    img = [float(image_enc.encode([images.load(p)])[0] @ image_enc.encode([q_img])[0]) if h else 0.0
+           for p, h in zip(pool, has_img)]  # fmt: skip
+
+    def mm(values, valid):
+        lo, hi = min(v for v, ok in zip(values, valid) if ok), max(v for v, ok in zip(values, valid) if ok)
+        return [(v - lo) / (hi - lo) if ok else 0.0 for v, ok in zip(values, valid)]
+
+    expected = [
+        0.4 * a + 0.6 * b + 0.2 * c
+        for a, b, c in zip(mm([float(v) for v in t], [True] * 6), mm(ent, [True] * 6), mm(img, has_img))
+    ]
+    assert [float(s) for s in scores] == pytest.approx(expected, abs=1e-5)
+    # "a" (Messi, PER) and "d" (Ronaldo, PER) earn the label bonus twice; "e" (no entity) has the least entity term
+    assert ent[0] > ent[3] > ent[1] and min(ent) == ent[4] == 0.0
+    assert sel.select([query], [q_img])[0] == torch.argsort(scores, descending=True)[:3].tolist()
+    assert "similarity release" in sel.label
+
+
+def test_unknown_entity_similarity_is_a_clear_error():
+    from refineg.stages.grounding.config import load_ground_config
+
+    assert load_ground_config(["selector.entity_similarity=release"]).selector.entity_similarity == "release"
+    with pytest.raises(ValueError, match="unknown rule 'pairsum'; known: best_match, release"):
+        load_ground_config(["selector.entity_similarity=pairsum"])
+    with pytest.raises(KeyError, match="known similarity rules: best_match, release"):
+        get_entity_similarity("pairsum")

@@ -193,6 +193,78 @@ def test_zeroshot_mode(tmp_path):
     assert summary["stages"]["zeroshot"]["info"]["usage"]["total"]["requests"] == 6
 
 
+def test_a_stage_without_any_answer_fails_is_kept_and_retried(tmp_path, capsys):
+    """Every zeroshot request gets HTTP 500: `refineg pipeline` exits 1 with one error line, keeps the stage's
+    output, does not mark the stage done and runs nothing after it; the rerun asks again and finishes."""
+    from refineg.cli import main
+
+    gold = {p.id: p for p in read_jsonl_sample(3)}
+
+    def respond(prompt, n_images):
+        post = next(p for p in gold.values() if f"Post: {' '.join(p.tokens)}\n" in prompt)
+        return json.dumps([{"entity": e.text(post.tokens), "entity_type": e.type} for e in post.entities])
+
+    srv = ChatServer().start()
+    srv.responder = respond
+    srv.faults = ["500"] * 3
+    args = [
+        "pipeline",
+        "--config",
+        str(SAMPLE),
+        f"runs_dir={tmp_path}",
+        "name=z",
+        "mode=zeroshot",
+        "data.eval_limit=3",
+        "progress=false",
+        f"mllm.base_url={srv.base_url}",
+        "mllm.model=test-vl",
+        "mllm.api_key_env=''",
+        "mllm.max_retries=0",
+    ]
+    run_dir = tmp_path / "z"
+    try:
+        assert main(args) == 1
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(
+            "error: pipeline: stage zeroshot: none of the 3 LLM requests got an answer (server_error=3); "
+            "zeroshot/zeroshot.jsonl has no entities for the failed posts"
+        ), err
+        assert len(read_jsonl(run_dir / "zeroshot" / "zeroshot.jsonl")) == 3  # kept
+        assert sorted(p.name for p in (run_dir / "stages").iterdir()) == ["data.json"]  # not marked done
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["failed"]["stage"] == "zeroshot" and _status(summary) == {"data": "ran", "zeroshot": "failed"}
+        assert not (run_dir / "evaluate").exists()
+
+        assert main(args) == 0  # the rerun asks again (failures were not cached) and goes on
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert _status(summary) == {"data": "skipped", "zeroshot": "ran", "evaluate": "ran"}
+        assert "failed" not in summary and summary["scores"]["mner"] == pytest.approx(1.0)
+        assert srv.total == 6
+    finally:
+        srv.stop()
+
+
+def test_a_stage_whose_input_ran_again_runs_again(tmp_path):
+    """A stamp that matches is not enough when an input stage ran in this invocation (its artifact changed)."""
+    from refineg.stages.pipeline import Stage, StageRunner
+
+    made = []
+
+    def stage(name, inputs):
+        def run(fp):
+            made.append(name)
+            (tmp_path / f"{name}.txt").write_text(str(len(made)))
+            return {}
+
+        return Stage(name, {}, inputs, [f"{name}.txt"], run)
+
+    chain = [stage("a", []), stage("b", ["a"])]
+    StageRunner(tmp_path).run(chain)
+    (tmp_path / "stages" / "a.json").unlink()  # e.g. a failed or killed rerun of a left no stamp
+    outcomes = StageRunner(tmp_path).run(chain)
+    assert [o.status for o in outcomes] == ["ran", "ran"] and made == ["a", "b", "a", "b"]
+
+
 def read_jsonl_sample(n):
     from tests.refine_helpers import sample_posts
 
@@ -210,3 +282,77 @@ def test_config_errors():
         load_pipeline_config(SAMPLE, ["mode=gpt4o"])
     cfg = load_pipeline_config(SAMPLE, ["mllm.model=M", "train.model.head=softmax"])
     assert cfg.refine.llm.model == cfg.zeroshot.llm.model == "M" and cfg.train.model.head == "softmax"
+
+
+def test_release_variants_side_by_side(tiny_encoder, tmp_path):
+    """variants: the release's refinement (every post with a prediction sent, its list replaced) runs next to the
+    gated default on the same predictions; an oracle variant is scored and labelled as a simulation."""
+    sent_release = []
+
+    def respond(prompt, n_images):
+        if prompt.startswith("Image size:"):  # the grounding prompt: the release's refinement
+            sentence = next(line[6:] for line in prompt.splitlines() if line.startswith("Post: "))
+            sent_release.append(sentence)
+            return json.dumps([{"entity": sentence.split()[0], "entity_type": "OTHER", "bounding_box": []}])
+        return _respond(prompt, n_images)
+
+    srv = ChatServer().start()
+    srv.responder = respond
+    try:
+        overrides = _overrides(
+            tiny_encoder,
+            tmp_path,
+            srv,
+            "variants.release=[refine.mode=release]",
+            "variants.oracle=[refine.mode=release, refine.backend=oracle]",
+        )
+        summary = run_pipeline(load_pipeline_config(SAMPLE, overrides))
+    finally:
+        srv.stop()
+    status = _status(summary)
+    assert status["refine"] == status["refine@release"] == status["refine@oracle"] == "ran"
+    run_dir = tmp_path / "run"
+    preds = read_jsonl(run_dir / "predict" / "predictions.jsonl")
+    released = read_jsonl(run_dir / "variants" / "release" / "refine" / "refined.jsonl")
+    with_entities = [p for p in preds if p.entities]
+    assert with_entities  # (the unit tests cover posts without predictions: they are not sent)
+    # exactly the posts with a predicted entity were sent, once each, whatever their uncertainty
+    assert sorted(sent_release) == sorted(" ".join(p.tokens) for p in with_entities)
+    for p, r in zip(preds, released):
+        expected = [(0, 1, "OTHER")] if p.entities else []
+        assert [(e.start, e.end, e.type) for e in r.entities] == expected, p.id
+    gated = read_jsonl(run_dir / "refine" / "refined.jsonl")  # the gated default: spans untouched (drop refused)
+    assert [[(e.start, e.end) for e in p.entities] for p in gated] == [
+        [(e.start, e.end) for e in p.entities] for p in preds
+    ]
+    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+    assert list(metrics["by_stage"]) == ["predict", "refine", "refine@release", "refine@oracle"]
+    assert metrics["final"] == "refine" and metrics["variants"] == {
+        "release": "refine@release",
+        "oracle": "refine@oracle",
+    }
+    assert list(metrics["simulated"]) == ["refine@oracle"]
+    assert summary["variants"]["release"]["scores"]["mner"] == metrics["by_stage"]["refine@release"]["mner"]["f1"]
+    from refineg.viz.report import build_report
+
+    build_report(run_dir)
+    report = (run_dir / "report.md").read_text()
+    assert "| refine@release |" in report and "| refine@oracle *(simulation)* |" in report
+    assert "| refine@release *(simulation)*" not in report
+
+
+def test_variant_config_errors():
+    from refineg.stages.pipeline.config import variant_config
+
+    cfg = load_pipeline_config(
+        SAMPLE, ["variants.release=[refine.mode=release, ground.selector.entity_similarity=release]"]
+    )
+    v = variant_config(cfg, "release")
+    assert v.refine.mode == "release" and v.ground.selector.entity_similarity == "release"
+    assert cfg.refine.mode == "gated" and cfg.ground.selector.entity_similarity == "best_match"
+    with pytest.raises(ValueError, match="a variant may only change"):
+        load_pipeline_config(SAMPLE, ["variants.x=[train.checkpoint=a.ckpt]"])
+    with pytest.raises(ValueError, match="unknown mode 'relase'"):
+        load_pipeline_config(SAMPLE, ["variants.x=[refine.mode=relase]"])
+    with pytest.raises(ValueError, match="variant name"):
+        load_pipeline_config(SAMPLE, ["variants={'a/b': [refine.mode=release]}"])

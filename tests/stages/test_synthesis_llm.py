@@ -189,8 +189,9 @@ def test_cli_llm_and_swap(canned, tmp_path, capsys):
     )
     assert rc == 0 and read_jsonl(tmp_path / "swap.jsonl") and read_jsonl(tmp_path / "swap.dev.jsonl")
     assert json.loads((tmp_path / "swap.report.json").read_text())["requested"] == 12
-    with pytest.raises(SystemExit, match="n_reuze"):
-        main(["synthesize", "--seeds", str(seeds), "--out", str(tmp_path / "x.jsonl"), "n_reuze=1"])
+    assert main(["synthesize", "--seeds", str(seeds), "--out", str(tmp_path / "x.jsonl"), "n_reuze=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "n_reuze" in err, err
 
 
 def test_seeds_from_data_config_match_training_sample(tmp_path):

@@ -174,8 +174,9 @@ def test_zeroshot_cli_uses_the_cache(server, tmp_path, capsys):
         "llm.api_key_env=''",
         f"llm.cache_path={tmp_path / 'cache.sqlite'}",
     ]
-    with pytest.raises(SystemExit):
-        main(["zeroshot", "--data", "x", "--out", "y", "llm.modle=x"])
+    assert main(["zeroshot", "--data", "x", "--out", "y", "llm.modle=x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "modle" in err, err
     assert main(args) == 0
     assert main(args) == 0  # answered from the cache: no new request
     assert server.total == 2

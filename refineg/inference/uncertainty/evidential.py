@@ -9,6 +9,7 @@ the mean expected probability of the predicted BIO prefix (span) and of the pred
 from __future__ import annotations
 
 import logging
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from refineg.data import Example
+from refineg.data import DataFormatError, Example
+from refineg.data.files import torch_archive
 
 from .base import (
     BatchContext,
@@ -55,11 +57,27 @@ class DirichletTagger(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path) -> DirichletTagger:
-        """Reads a file written by :meth:`save`."""
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        model = cls(blob["hidden_size"], blob["labels"])
-        model.load_state_dict(blob["state_dict"])
+        """Reads a file written by :meth:`save`.
+
+        Raises:
+            DataFormatError: The file is missing or was not written by :meth:`save`.
+        """
+        path = check_evidential_file(path)
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            model = cls(blob["hidden_size"], blob["labels"])
+            model.load_state_dict(blob["state_dict"])
+        except (KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as err:
+            raise DataFormatError(path, f"not an {_WRITTEN_BY} ({type(err).__name__}: {err})") from None
         return model
+
+
+_WRITTEN_BY = "evidential.pt written by refineg calibrate --fit-evidential"
+
+
+def check_evidential_file(path: str | Path) -> Path:
+    """``path`` after checking that it exists and is a PyTorch file (see :func:`refineg.data.files.torch_archive`)."""
+    return torch_archive(path, "evidential layer", _WRITTEN_BY)
 
 
 def dirichlet_kl_to_uniform(alpha: Tensor) -> Tensor:

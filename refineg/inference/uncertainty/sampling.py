@@ -167,11 +167,9 @@ class EnsembleHead(UncertaintyHead):
     def members(self, like: Any) -> list[Any]:
         """The members on ``like``'s device in eval mode; checks they match ``like``'s encoder and types."""
         if self.checkpoints:
-            from refineg.modules.tagger_module import TaggerModule
+            from refineg.inference.predictor import load_tagger
 
-            self._members += [
-                TaggerModule.load_from_checkpoint(c, map_location="cpu", weights_only=False) for c in self.checkpoints
-            ]
+            self._members += [load_tagger(c) for c in self.checkpoints]
             self.checkpoints = []
         for m in self._members:
             if m.hparams.model["encoder"] != like.hparams.model["encoder"] or list(m.types) != list(like.types):

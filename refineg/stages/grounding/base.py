@@ -8,7 +8,7 @@ returns, per entity, the boxes that show it in original image pixels (``[]`` = n
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,10 +66,18 @@ class Grounder(ABC):
     """
 
     label: str = "grounder"
+    #: Set by the grounding runner: called with the number of posts a grounder has just finished (its progress
+    #: bar's update). Grounders call :meth:`posts_done`; the runner accounts for posts a grounder does not report.
+    on_posts_done: Callable[[int], None] | None = None
 
     @abstractmethod
     def ground(self, queries: Sequence[GroundingQuery]) -> list[GroundingResult]:
         """Grounds every entity of every query; one result per query, in order."""
+
+    def posts_done(self, n: int = 1) -> None:
+        """Reports ``n`` more queries answered (for the runner's per-post progress bar)."""
+        if self.on_posts_done is not None and n:
+            self.on_posts_done(n)
 
 
 def create_grounder(name: str, **kwargs: Any) -> Grounder:

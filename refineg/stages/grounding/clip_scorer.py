@@ -249,6 +249,7 @@ class ClipRegionScorer(Grounder):
             post = query.post
             if query.image is None:
                 results.append(GroundingResult([[] for _ in post.entities], "no_image", {"grounder": self.label}))
+                self.posts_done(1)
                 continue
             boxes, best_scores, n_cands = [], [], []
             for score, cand_boxes in self.score_entities(self.candidates(post, query.image)):
@@ -268,6 +269,7 @@ class ClipRegionScorer(Grounder):
                 "threshold": self.threshold,
             }
             results.append(GroundingResult(boxes, "ok", info))
+            self.posts_done(1)
         return results
 
     def state_dict(self) -> dict[str, Any]:

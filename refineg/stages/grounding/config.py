@@ -31,7 +31,13 @@ class SelectorConfig:
         w_text: Weight of the post-text cosine.
         w_image: Weight of the image cosine (dropped, and the weights renormalised, where either image is missing).
         w_entity: Weight of the entity cosine (predicted entity strings vs the pool post's gold entities).
-        entity_pooling: How the per-entity similarities of the query are pooled: ``max`` or ``mean``.
+        entity_similarity: How the terms become one score, a registered rule (:mod:`.similarity`): ``best_match``
+            (refineg's: best cosine per predicted entity, pooled by ``entity_pooling``; weighted average with
+            missing terms dropped) or ``release`` (the released scripts': sum over every entity pair of cosine +
+            ``same_label_bonus`` per same-label pair; each term min-max normalised per query; weighted sum).
+        entity_pooling: ``best_match`` only: how the per-entity similarities of the query are pooled: ``max`` or
+            ``mean``.
+        same_label_bonus: ``release`` only: added per (predicted, pool gold) entity pair with the same label.
         text_encoder: Sentence encoder: a local folder, a hub name, or ``minilm`` (packaged all-MiniLM-L6-v2).
         text_max_length: Subword tokens per encoded string.
         image_model: Image tower: the built-in ``mobilenetv2-minilm`` (ImageNet MobileNetV2 from a PyPI package,
@@ -50,7 +56,9 @@ class SelectorConfig:
     w_text: float = 0.4
     w_image: float = 0.2
     w_entity: float = 0.6
+    entity_similarity: str = "best_match"
     entity_pooling: str = "max"
+    same_label_bonus: float = 0.8
     text_encoder: str = "minilm"
     text_max_length: int = 128
     image_model: str = "mobilenetv2-minilm"
@@ -106,7 +114,10 @@ class GroundConfig:
         never_grounded: Types answered none without asking (Twitter-GMNER: ``LOC``; CCKS2025: ``location``).
         groundability_threshold: Entities whose ``groundable`` is below this are answered none without asking;
             ``None`` turns it off (entities without a ``groundable`` value are always asked).
-        chunk_size: Posts grounded and written per step (the output grows by one chunk at a time).
+        chunk_size: Posts grounded and written per step (the output grows by one chunk at a time); ``None``: four
+            times the MLLM's ``concurrency`` (at least 64) for a grounder with an LLM backend, 64 otherwise. Each
+            step's requests go out together and the step ends with its slowest one, so a chunk of only
+            ``concurrency`` posts leaves the server under-filled at every step's tail.
         run_dir: Folder for ``llm_usage.json`` and the default index (default: the output file's folder).
     """
 
@@ -118,7 +129,7 @@ class GroundConfig:
     types: list[str] = field(default_factory=lambda: ["PER", "LOC", "ORG", "OTHER"])
     never_grounded: list[str] = field(default_factory=lambda: ["LOC"])
     groundability_threshold: Optional[float] = None  # noqa: UP045
-    chunk_size: int = 64
+    chunk_size: Optional[int] = None  # noqa: UP045
     run_dir: Optional[str] = None  # noqa: UP045
 
     def validate(self) -> GroundConfig:
@@ -134,13 +145,20 @@ class GroundConfig:
             raise ValueError("selector.k must be >= 0")
         if min(s.w_text, s.w_image, s.w_entity) < 0 or s.w_text + s.w_image + s.w_entity <= 0:
             raise ValueError("selector weights must be >= 0 and not all zero")
+        from .similarity import list_entity_similarities
+
+        if s.entity_similarity not in list_entity_similarities():
+            raise ValueError(
+                f"selector.entity_similarity: unknown rule {s.entity_similarity!r}; known: "
+                f"{', '.join(list_entity_similarities())}"
+            )
         if s.entity_pooling not in ("max", "mean"):
             raise ValueError(f"selector.entity_pooling must be max or mean, got {s.entity_pooling!r}")
         if self.groundability_threshold is not None and not 0 <= self.groundability_threshold <= 1:
             raise ValueError("groundability_threshold must be in [0, 1] or None")
         if self.mllm.max_boxes < 1:
             raise ValueError("mllm.max_boxes must be >= 1")
-        if self.chunk_size < 1:
+        if self.chunk_size is not None and self.chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
         return self
 

@@ -68,9 +68,11 @@ class MLLMGrounder(Grounder):
         for i, q in enumerate(queries):
             if not q.post.entities:
                 results[i] = GroundingResult([], "ok", {"note": "no entity"})
+                self.posts_done(1)
                 continue
             if q.image is None:
                 results[i] = GroundingResult([[] for _ in q.post.entities], "no_image")
+                self.posts_done(1)
                 continue
             scale = self.llm.image_scale(q.image)
             demos = []
@@ -91,6 +93,7 @@ class MLLMGrounder(Grounder):
                 answer=GROUNDING,
                 items=[queries[i].post.id for i in asked],
                 progress=False,
+                on_done=self.posts_done,
             )
         else:
             answers = []

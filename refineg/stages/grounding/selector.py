@@ -1,12 +1,14 @@
 """Multimodal context selection: pick the labelled pool posts most similar to a query as demonstrations.
 
-Score of pool post ``p`` for query ``q`` (ReFineG's weights by default)::
+How the terms are combined is the registered rule ``selector.entity_similarity`` (:mod:`.similarity`). The default,
+``best_match``, scores pool post ``p`` for query ``q`` (ReFineG's weights by default)::
 
     (w_text * cos(text_q, text_p) + w_image * cos(img_q, img_p) + w_entity * ent(q, p)) / (sum of used weights)
 
 ``ent(q, p)``: for each predicted entity string of ``q`` the best cosine with ``p``'s gold entity strings, pooled
 over ``q``'s entities by ``max`` or ``mean`` (0 when ``p`` has no entity). The image term is dropped (and the
-weights renormalised) where either image is missing, the entity term where ``q`` has no entity. The pool is
+weights renormalised) where either image is missing, the entity term where ``q`` has no entity. ``release`` is the
+released scripts' rule (pair sums with a same-label bonus, min-max normalised terms). The pool is
 embedded once and saved with a fingerprint of its content and the encoders; a stale index is rebuilt.
 """
 
@@ -29,6 +31,7 @@ from refineg.data import Example
 from .config import SelectorConfig
 from .encoders import ImageEncoder, TextEncoder
 from .images import PostImages
+from .similarity import SimilarityTerms, SimilarityWeights, best_match_entity, get_entity_similarity
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +82,23 @@ class ContextSelector:
         if self._uses_image and self.image_encoder is None:
             self.image_encoder = ImageEncoder(cfg.image_model, cfg.image_pretrained, cfg.batch_size, cfg.device)
         self._pool_ids = [p.id for p in self.pool]
+        # labels of the pool's gold entities in the index's order (``ent``/``ent_owner``): the release's label bonus
+        self._pool_ent_types = [e.type for p in self.pool for e in p.entities]
+        self._rule = get_entity_similarity(cfg.entity_similarity)
+        self._weights = SimilarityWeights(
+            cfg.w_text, cfg.w_image, cfg.w_entity, cfg.entity_pooling, cfg.same_label_bonus
+        )
 
     @property
     def label(self) -> str:
         """What selects: mode, k and the encoders (the image tower says when its weights are random)."""
         parts = [f"{self.cfg.mode} k={self.cfg.k}"]
         if self.cfg.mode == "multimodal":
-            parts.append(
-                f"w=({self.cfg.w_text}, {self.cfg.w_image}, {self.cfg.w_entity}) "
-                f"entity pooling {self.cfg.entity_pooling}"
-            )
+            weights = f"w=({self.cfg.w_text}, {self.cfg.w_image}, {self.cfg.w_entity})"
+            if self.cfg.entity_similarity == "best_match":
+                parts.append(f"{weights} entity pooling {self.cfg.entity_pooling}")
+            else:
+                parts.append(f"{weights} similarity {self.cfg.entity_similarity}")
         for enc in (self.text_encoder, self.image_encoder):
             if enc is not None:
                 parts.append(enc.label)
@@ -175,13 +185,11 @@ class ContextSelector:
         assert self.text_encoder is not None
         cfg, n, b = self.cfg, len(self.pool), len(queries)
         text = self.text_encoder.encode([post_text(q) for q in queries]) @ index["text"].T  # (B, N)
+        own = torch.tensor([[pid == q.id for pid in self._pool_ids] for q in queries], dtype=torch.bool).reshape(b, n)
         if cfg.mode == "text":
             total = text.clone()
         else:
-            ent = self._entity_scores(queries, index)  # (B, N), NaN where the query has no entity
-            has_ent = ~torch.isnan(ent)
-            num = cfg.w_text * text + cfg.w_entity * torch.nan_to_num(ent, nan=0.0)
-            den = cfg.w_text + cfg.w_entity * has_ent.float()
+            terms = self._entity_terms(queries, index, text, own)
             if self._uses_image and images is not None:
                 img_ok = torch.tensor([im is not None for im in images], dtype=torch.bool)
                 img = torch.zeros(b, n)
@@ -193,42 +201,45 @@ class ContextSelector:
                     firsts = [given[order.index(j)] for j in range(len(slots))]
                     q_img = self.image_encoder.encode(firsts)[torch.tensor(order, dtype=torch.long)]
                     img[img_ok] = q_img @ index["image"].T
-                both = img_ok[:, None] & index["has_image"][None, :]  # (B, N)
-                num = num + cfg.w_image * img * both
-                den = den + cfg.w_image * both.float()
-            total = torch.where(den > 0, num / den.clamp(min=1e-12), torch.zeros_like(num))
-        own = torch.tensor([[pid == q.id for pid in self._pool_ids] for q in queries], dtype=torch.bool)
-        return total.masked_fill(own.reshape(b, n), float("-inf"))
+                terms.image = img
+                terms.image_ok = img_ok[:, None] & index["has_image"][None, :]  # (B, N)
+            total = self._rule(terms, self._weights)
+        return total.masked_fill(own, float("-inf"))
 
     def _entity_scores(self, queries: Sequence[Example], index: dict[str, Any]) -> Tensor:
+        """``best_match``'s entity term ``(B, N)`` (NaN for a query without entities)."""
+        b, n = len(queries), len(self.pool)
+        terms = self._entity_terms(queries, index, torch.zeros(b, n), torch.zeros(b, n, dtype=torch.bool))
+        return best_match_entity(terms, self.cfg.entity_pooling)
+
+    def _entity_terms(
+        self, queries: Sequence[Example], index: dict[str, Any], text: Tensor, own: Tensor
+    ) -> SimilarityTerms:
+        """The :class:`SimilarityTerms` of ``queries``: every (predicted, pool gold) entity pair's cosine and label."""
         assert self.text_encoder is not None
-        n = len(self.pool)
-        strings, owner = [], []
+        strings, owner, types = [], [], []
         for qi, q in enumerate(queries):
-            for s in entity_strings(q):
+            for e, s in zip(q.entities, entity_strings(q), strict=True):
                 strings.append(s)
                 owner.append(qi)
-        out = torch.full((len(queries), n), float("nan"))
-        if not strings:
-            return out
-        q_ent = self.text_encoder.encode(strings)  # (Eq, D)
+                types.append(e.type)
         ent_owner: Tensor = index["ent_owner"]
-        sims = q_ent @ index["ent"].T  # (Eq, M)
-        # best gold entity of each pool post per query entity; pool posts without entities score 0
-        per_post = torch.full((len(strings), n), float("-inf"))
-        if ent_owner.numel():
-            per_post = per_post.scatter_reduce(1, ent_owner.expand(len(strings), -1), sims, "amax")
-        per_post = torch.where(torch.isinf(per_post), torch.zeros_like(per_post), per_post)
-        qidx = torch.tensor(owner, dtype=torch.long)
-        if self.cfg.entity_pooling == "max":
-            pooled = torch.full((len(queries), n), float("-inf"))
-            pooled = pooled.scatter_reduce(0, qidx[:, None].expand(-1, n), per_post, "amax")
+        if strings:
+            q_ent = self.text_encoder.encode(strings)  # (Eq, D)
+            pair_cos = q_ent @ index["ent"].T  # (Eq, M)
         else:
-            pooled = torch.zeros(len(queries), n).index_add_(0, qidx, per_post)
-            pooled = pooled / torch.bincount(qidx, minlength=len(queries)).clamp(min=1)[:, None]
-        has = torch.bincount(qidx, minlength=len(queries)) > 0
-        out[has] = pooled[has]
-        return out
+            pair_cos = torch.zeros(0, ent_owner.numel())
+        same = torch.tensor([[t == pt for pt in self._pool_ent_types] for t in types], dtype=torch.bool).reshape(
+            len(types), len(self._pool_ent_types)
+        )
+        return SimilarityTerms(
+            text=text,
+            pair_cos=pair_cos,
+            pair_same_label=same,
+            query_owner=torch.tensor(owner, dtype=torch.long),
+            pool_owner=ent_owner,
+            own=own,
+        )
 
     def select(self, queries: Sequence[Example], images: Sequence[Image.Image | None] | None = None) -> list[list[int]]:
         """Pool indices of the demonstrations of each query, best first (the query's own post never).

@@ -4,12 +4,13 @@ Each stage is skipped when its artifact is up to date (see :mod:`refineg.stages.
 """
 
 from .config import PipelineConfig, load_pipeline_config
-from .run import Stage, StageOutcome, StageRunner, run_pipeline
+from .run import Stage, StageFailedError, StageOutcome, StageRunner, run_pipeline
 from .stages import build_stages, call_run_ground
 
 __all__ = [
     "PipelineConfig",
     "Stage",
+    "StageFailedError",
     "StageOutcome",
     "StageRunner",
     "build_stages",

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from refineg.config import TrainConfig, load_typed
+from refineg.config import TrainConfig, load_typed, parse_override
 from refineg.llm import LLMConfig
 from refineg.resources import builtin_path, resolve_path
 from refineg.stages.grounding.config import GroundConfig
@@ -137,6 +137,10 @@ class PipelineConfig:
             stage computes uncertainties; ``gold`` defaults to the evaluated gold posts for the simulations).
         ground: Grounding stage (every ``refineg ground`` key; its ``mllm.llm`` takes the values that ``mllm`` sets).
         zeroshot: Zero-shot baseline settings (``mode=zeroshot``).
+        variants: Further refine/ground chains run side by side on the same predictions, ``{name: [key=value,
+            ...]}`` with keys of ``refine.``, ``ground.``, ``mllm.``, ``stages.refine`` and ``stages.ground`` (e.g.
+            ``{release: [refine.mode=release, ground.selector.entity_similarity=release]}``). Each writes
+            ``variants/<name>/`` and is scored as ``refine@<name>`` / ``ground@<name>`` next to the main chain.
     """
 
     name: str = "sample"
@@ -155,6 +159,7 @@ class PipelineConfig:
     refine: RefineConfig = field(default_factory=RefineConfig)
     ground: GroundConfig = field(default_factory=GroundConfig)
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
+    variants: dict[str, list[str]] = field(default_factory=dict)
 
     def validate(self) -> PipelineConfig:
         """Checks values the schema's types cannot (the nested sections validate themselves); returns ``self``.
@@ -173,12 +178,45 @@ class PipelineConfig:
         if self.train.data.root is None and self.train.data.name != "sample":
             # a null root means the bundled sample: never let a full-data experiment fall back to it silently
             raise ValueError(f"data {self.train.data.name!r} needs its folder: add train.data.root=/path/to/data")
+        if self.variants and self.mode != "refineg":
+            raise ValueError("variants need mode=refineg (they re-run refine and ground on the tagger's predictions)")
+        for name in self.variants:
+            variant_config(self, name)  # a bad key fails now, not after training
         return self
 
     @property
     def run_dir(self) -> Path:
         """``<runs_dir>/<name>``."""
         return Path(self.runs_dir) / self.name
+
+
+VARIANT_KEYS = ("refine.", "ground.", "mllm.", "stages.refine", "stages.ground")
+NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+def variant_config(cfg: PipelineConfig, name: str) -> PipelineConfig:
+    """The pipeline config of variant ``name``: ``cfg`` with the variant's overrides (and no variants).
+
+    The overrides use the one grammar of :mod:`refineg.config` (``ground.selector.entity_similarity=release``).
+
+    Raises:
+        ValueError: A bad variant name, an override outside the refine/ground/mllm keys, or a bad value.
+    """
+    if not name or not set(name) <= NAME_CHARS:
+        raise ValueError(f"variant name {name!r}: use letters, digits, '_' and '-'")
+    items = list(cfg.variants[name])
+    for raw in items:
+        if not parse_override(raw).key.startswith(VARIANT_KEYS):
+            raise ValueError(
+                f"variants.{name}: {raw!r} - a variant may only change {', '.join(k.rstrip('.') for k in VARIANT_KEYS)}"
+            )
+    try:
+        out = load_typed(PipelineConfig, items, dataclasses.replace(cfg, variants={}), what="pipeline")
+    except ValueError as err:
+        raise ValueError(f"variants.{name}: {err}") from None
+    if not (out.stages.refine or out.stages.ground):
+        raise ValueError(f"variants.{name}: switches off both refine and ground, so it has nothing to run")
+    return out
 
 
 def load_pipeline_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:

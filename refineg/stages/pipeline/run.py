@@ -5,7 +5,9 @@ after them holds the same fingerprint: the SHA-256 of the stage's resolved confi
 its input stages and of the size and modification time of any outside file it reads. A killed stage leaves no
 stamp (the stamp is removed before the stage starts and written, by rename, only after its artifacts), so the next
 run repeats exactly the unfinished stages; a changed setting changes the fingerprint of its stage and of every
-stage downstream, and only those run again.
+stage downstream, and only those run again. A stage that finishes without a usable result (every LLM request
+failed) raises :class:`StageFailedError`: its artifacts stay, it gets no stamp and the chain stops there, so the
+next run repeats it and everything after it.
 """
 
 from __future__ import annotations
@@ -65,6 +67,29 @@ def fingerprint(name: str, section: Any, inputs: dict[str, str], external: dict[
     return hashlib.sha256(material.encode()).hexdigest()
 
 
+class StageFailedError(RuntimeError):
+    """A stage wrote its artifacts but its result is not usable (e.g. none of its LLM requests got an answer).
+
+    The runner does not stamp the stage and stops the chain; the next run repeats it.
+
+    Args:
+        message: What went wrong and what was kept.
+        info: The stage's info dict (kept in the summary).
+
+    Attributes:
+        stage: The failed stage's name (set by :class:`StageRunner`).
+        outcomes: The outcomes up to and including the failed stage (set by :class:`StageRunner`).
+        summary: The run summary written for the failed run (set by :func:`run_pipeline`).
+    """
+
+    def __init__(self, message: str, info: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.info = dict(info or {})
+        self.stage: str | None = None
+        self.outcomes: list[StageOutcome] = []
+        self.summary: dict[str, Any] | None = None
+
+
 @dataclass
 class Stage:
     """One step of the pipeline.
@@ -92,7 +117,7 @@ class StageOutcome:
 
     Attributes:
         name: Stage name.
-        status: ``ran`` or ``skipped``.
+        status: ``ran``, ``skipped`` or ``failed`` (see :class:`StageFailedError`).
         wall_s: Seconds spent now (0 when skipped).
         last_run_wall_s: Seconds of the run that made the current artifacts.
         fingerprint: The stage's fingerprint.
@@ -148,16 +173,18 @@ class StageRunner:
 
         Raises:
             KeyError: A stage names an input that is not an earlier stage.
+            StageFailedError: A stage ran without a usable result; it is not stamped and no later stage runs.
         """
         self.stamp_dir.mkdir(parents=True, exist_ok=True)
         fps: dict[str, str] = {}
+        ran: set[str] = set()  # a stage whose input was made now runs too, whatever its stamp says
         outcomes = []
         for stage in stages:
             missing = [i for i in stage.inputs if i not in fps]
             if missing:
                 raise KeyError(f"stage {stage.name} reads {missing}, which do not run before it")
             fp = fingerprint(stage.name, stage.section, {i: fps[i] for i in stage.inputs}, stage.external)
-            stamp = self.up_to_date(stage, fp)
+            stamp = None if ran.intersection(stage.inputs) else self.up_to_date(stage, fp)
             if stamp is not None:
                 outcome = StageOutcome(
                     stage.name, "skipped", 0.0, float(stamp.get("wall_s", 0.0)), fp, stamp.get("info") or {}
@@ -170,7 +197,17 @@ class StageRunner:
                 self.stamp_path(stage.name).unlink(missing_ok=True)
                 logger.info("stage %-10s running", stage.name)
                 start = time.perf_counter()
-                info = stage.run(fp) or {}
+                try:
+                    info = stage.run(fp) or {}
+                except StageFailedError as err:
+                    wall = time.perf_counter() - start
+                    logger.info("stage %-10s failed after %.1f s (not marked done)", stage.name, wall)
+                    err.stage = stage.name
+                    err.outcomes = [
+                        *outcomes,
+                        StageOutcome(stage.name, "failed", wall, wall, fp, {**err.info, "error": str(err)}),
+                    ]
+                    raise
                 wall = time.perf_counter() - start
                 write_json_atomic(
                     self.stamp_path(stage.name),
@@ -185,6 +222,7 @@ class StageRunner:
                     },
                 )
                 outcome = StageOutcome(stage.name, "ran", wall, wall, fp, info)
+                ran.add(stage.name)
                 logger.info("stage %-10s ran in %.1f s", stage.name, wall)
             fps[stage.name] = fp
             outcomes.append(outcome)
@@ -201,6 +239,11 @@ def run_pipeline(cfg: Any) -> dict[str, Any]:
 
     Returns:
         The summary.
+
+    Raises:
+        StageFailedError: A stage ran without a usable result (see :class:`StageFailedError`); ``timings.json``
+            and ``summary.json`` (with ``failed``: the stage and the message) are written first and the summary is
+            the error's ``summary``.
     """
     from omegaconf import OmegaConf
 
@@ -222,8 +265,24 @@ def run_pipeline(cfg: Any) -> dict[str, Any]:
 
         startup["import_s"] = round(time.perf_counter() - t0, 3)
 
-    outcomes = StageRunner(run_dir).run(build_stages(cfg), import_libraries)
-    total = time.perf_counter() - start
+    try:
+        outcomes = StageRunner(run_dir).run(build_stages(cfg), import_libraries)
+    except StageFailedError as err:
+        failed = {"stage": err.stage, "error": str(err)}
+        err.summary = _write_summary(cfg, err.outcomes, time.perf_counter() - start, startup, failed)
+        raise
+    return _write_summary(cfg, outcomes, time.perf_counter() - start, startup)
+
+
+def _write_summary(
+    cfg: Any,
+    outcomes: list[StageOutcome],
+    total: float,
+    startup: dict[str, float],
+    failed: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Writes ``timings.json`` and ``summary.json`` of a run (``failed`` only when a stage failed)."""
+    run_dir = cfg.run_dir
     timings = {
         "total_wall_s": round(total, 3),
         "library_import_s": startup.get("import_s", 0.0),
@@ -242,6 +301,12 @@ def run_pipeline(cfg: Any) -> dict[str, Any]:
         "final": evaluate.get("final"),
         "scores": evaluate.get("f1", {}).get(evaluate.get("final"), {}),
         "simulated": evaluate.get("simulated", {}),
+        "variants": {
+            name: {"source": src, "scores": evaluate.get("f1", {}).get(src, {})}
+            for name, src in (evaluate.get("variants") or {}).items()
+        },
     }
+    if failed is not None:
+        summary["failed"] = failed
     write_json_atomic(run_dir / "summary.json", summary)
     return summary

@@ -9,6 +9,7 @@ Run folder layout (``<runs_dir>/<name>/``)::
     refine/refined.jsonl                  after delegation to the MLLM (+ refined.report.json, llm_usage.json)
     ground/grounded.jsonl                 after grounding
     zeroshot/zeroshot.jsonl               the zero-shot MLLM baseline (mode=zeroshot)
+    variants/<name>/refine|ground/...     each variant's refine and ground outputs (scored as refine@<name>, ...)
     evaluate/metrics.json                 GMNER/MNER/EEG of every prediction file above (``simulated``: the files
                                           that rest on simulated refinement answers)
     stages/<stage>.json                   stamps: fingerprint, wall time, info
@@ -29,8 +30,8 @@ from refineg.config import TrainConfig, as_dictconfig, resolve_data_root
 from refineg.data import read_jsonl, write_jsonl
 from refineg.stages.grounding.config import GroundConfig
 
-from .config import PipelineConfig
-from .run import Stage, file_signature, write_json_atomic
+from .config import PipelineConfig, variant_config
+from .run import Stage, StageFailedError, file_signature, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,15 @@ PREDICTION_FILES = {
     "ground": "ground/grounded.jsonl",
     "zeroshot": "zeroshot/zeroshot.jsonl",
 }
+
+
+def prediction_file(source: str) -> str:
+    """The prediction file of a scored source, relative to the run folder.
+
+    ``refine`` -> ``refine/refined.jsonl``; ``ground@release`` -> ``variants/release/ground/grounded.jsonl``.
+    """
+    stage, _, variant = source.partition("@")
+    return f"variants/{variant}/{PREDICTION_FILES[stage]}" if variant else PREDICTION_FILES[stage]
 
 
 def train_config(cfg: PipelineConfig, extra: list[str] | None = None) -> TrainConfig:
@@ -95,7 +105,24 @@ def run_synthesize(cfg: PipelineConfig, run_dir: Path) -> dict[str, Any]:
     scfg = copy.deepcopy(cfg.synthesis)
     scfg.seeds, scfg.seed, scfg.progress = str(run_dir / "data" / "train.jsonl"), cfg.seed, cfg.progress
     result = run_synthesis(scfg, out)
-    return {"posts": len(read_jsonl(out)), "report": str(result.report_json)}
+    info = {"posts": len(read_jsonl(out)), "report": str(result.report_json)}
+    _fail_without_answers(result.report.request_total(), info, f"{out.relative_to(run_dir)} holds what was made")
+    return info
+
+
+def _fail_without_answers(total: dict[str, Any] | None, info: dict[str, Any], kept: str) -> None:
+    """Raises :class:`StageFailedError` when the stage sent LLM requests and none got an answer.
+
+    Args:
+        total: The stage's LLM usage ``total`` (``None`` without an LLM).
+        info: The stage's info dict.
+        kept: What the stage wrote all the same, for the message.
+    """
+    from refineg.llm.usage import no_answer_problem
+
+    problem = no_answer_problem(total)
+    if problem is not None:
+        raise StageFailedError(f"{problem}; {kept}; the stage is not marked done, so a rerun asks again", info)
 
 
 def _train_data_overrides(cfg: PipelineConfig, run_dir: Path) -> list[str]:
@@ -190,41 +217,48 @@ def _cache_default(llm: Any, run_dir: Path) -> Any:
     return llm
 
 
-def refine_settings(cfg: PipelineConfig, run_dir: Path, types: list[str]) -> Any:
-    """The :class:`RefineConfig` the refine stage runs with (uncertainties come from the predict stage)."""
+def refine_settings(cfg: PipelineConfig, run_dir: Path, types: list[str], name: str = "refine") -> Any:
+    """The :class:`RefineConfig` the refine stage ``name`` runs with (uncertainties come from the predict stage)."""
     r = copy.deepcopy(cfg.refine)
     r.head, r.ckpt, r.types = None, None, list(types)
     if r.backend != "mllm" and r.gold is None:
         r.gold = str(run_dir / "data" / "eval.jsonl")
     r.images_dir = r.images_dir or cfg.images
-    r.run_dir = str(run_dir / "refine")
+    r.run_dir = str((run_dir / prediction_file(name)).parent)
     r.llm = _cache_default(r.llm, run_dir)
     return r
 
 
-def run_refine_stage(cfg: PipelineConfig, run_dir: Path, source: str, types: list[str]) -> dict[str, Any]:
-    """Delegates uncertain entities of ``source``'s predictions and merges the answers."""
+def run_refine_stage(
+    cfg: PipelineConfig, run_dir: Path, source: str, types: list[str], name: str = "refine"
+) -> dict[str, Any]:
+    """Refines ``source``'s predictions in ``cfg.refine.mode`` into stage ``name``'s output."""
     from refineg.stages.refinement import run_refine
 
     report = run_refine(
-        refine_settings(cfg, run_dir, types),
-        run_dir / PREDICTION_FILES[source],
-        run_dir / PREDICTION_FILES["refine"],
+        refine_settings(cfg, run_dir, types, name),
+        run_dir / prediction_file(source),
+        run_dir / prediction_file(name),
         types,
     )
-    return {
+    info = {
         k: report[k]
         for k in (
+            "mode",
             "backend",
             "simulated",
             "entities",
             "delegated",
             "delegation_rate",
+            "posts_sent",
             "backend_failures_kept_small_model",
             "usage",
         )
         if k in report
     }
+    total = (report.get("usage") or {}).get("total")
+    _fail_without_answers(total, info, f"{prediction_file(name)} keeps the small model's answers")
+    return info
 
 
 def ground_settings(cfg: PipelineConfig, run_dir: Path) -> GroundConfig:
@@ -256,16 +290,19 @@ def call_run_ground(pred: Path, pool: Path, out: Path, images: str | None, setti
     return run_ground(str(pred), str(pool), str(out), images=images, cfg=settings) or {}
 
 
-def run_ground_stage(cfg: PipelineConfig, run_dir: Path, source: str) -> dict[str, Any]:
+def run_ground_stage(cfg: PipelineConfig, run_dir: Path, source: str, name: str = "ground") -> dict[str, Any]:
     """Grounds the entities of ``source``'s predictions with the gold training posts as the demonstration pool."""
     summary = call_run_ground(
-        run_dir / PREDICTION_FILES[source],
+        run_dir / prediction_file(source),
         run_dir / "data" / "train.jsonl",
-        run_dir / PREDICTION_FILES["ground"],
+        run_dir / prediction_file(name),
         cfg.images,
         ground_settings(cfg, run_dir),
     )
-    return json.loads(json.dumps(summary, default=str))
+    info = json.loads(json.dumps(summary, default=str))
+    total = (info.get("usage") or {}).get("total")
+    _fail_without_answers(total, info, f"{prediction_file(name)} answers none for the asked entities")
+    return info
 
 
 def run_zeroshot_stage(cfg: PipelineConfig, run_dir: Path, types: list[str]) -> dict[str, Any]:
@@ -280,34 +317,48 @@ def run_zeroshot_stage(cfg: PipelineConfig, run_dir: Path, types: list[str]) -> 
     report = run_zeroshot(
         z, run_dir / "data" / "eval.jsonl", run_dir / PREDICTION_FILES["zeroshot"], progress=cfg.progress
     )
-    return {k: v for k, v in report.items() if k != "llm"}
+    info = {k: v for k, v in report.items() if k != "llm"}
+    total = (report.get("usage") or {}).get("total")
+    _fail_without_answers(total, info, f"{PREDICTION_FILES['zeroshot']} has no entities for the failed posts")
+    return info
 
 
 def simulated_outputs(run_dir: Path, sources: list[str]) -> dict[str, str]:
     """``{stage: backend label}`` of the prediction files that rest on simulated refinement answers.
 
-    A simulated refine stage (oracle, noisy-oracle) makes its output and every later one (ground) a simulation.
+    A simulated refine stage (oracle, noisy-oracle) makes its output and every later one of its chain (ground; a
+    variant's chain is the sources ending in ``@<name>``) a simulation.
     """
-    if "refine" not in sources:
-        return {}
-    path = (run_dir / PREDICTION_FILES["refine"]).with_suffix(".report.json")
-    report = json.loads(path.read_text()) if path.is_file() else {}
-    if not report.get("simulated"):
-        return {}
-    return {s: str(report.get("backend")) for s in sources[sources.index("refine") :]}
+    out: dict[str, str] = {}
+    for refine in (s for s in sources if s.partition("@")[0] == "refine"):
+        path = (run_dir / prediction_file(refine)).with_suffix(".report.json")
+        report = json.loads(path.read_text()) if path.is_file() else {}
+        if report.get("simulated"):
+            variant = refine.partition("@")[2]
+            chain = [s for s in sources if s.partition("@")[2] == variant]
+            out |= {s: str(report.get("backend")) for s in chain[chain.index(refine) :]}
+    return out
 
 
-def run_evaluate(cfg: PipelineConfig, run_dir: Path, sources: list[str], types: list[str]) -> dict[str, Any]:
-    """Scores every prediction file of the chain; the last one is the run's result."""
+def run_evaluate(
+    cfg: PipelineConfig, run_dir: Path, sources: list[str], types: list[str], final: str | None = None
+) -> dict[str, Any]:
+    """Scores every prediction file of the chains; ``final`` (default the last source) is the run's result."""
     from refineg.metrics import evaluate_examples
 
     golds = read_jsonl(run_dir / "data" / "eval.jsonl")
     by_stage = {
-        s: evaluate_examples(golds, read_jsonl(run_dir / PREDICTION_FILES[s]), types, cfg.match) for s in sources
+        s: evaluate_examples(golds, read_jsonl(run_dir / prediction_file(s)), types, cfg.match) for s in sources
     }
     simulated = simulated_outputs(run_dir, sources)
+    final = final or sources[-1]
+    variants = {}
+    for s in sources:
+        if "@" in s:
+            variants[s.partition("@")[2]] = s  # the last source of each variant's chain is its result
     metrics = {
-        "final": sources[-1],
+        "final": final,
+        "variants": variants,
         "split": cfg.data.eval_split,
         "posts": len(golds),
         "match": cfg.match,
@@ -316,7 +367,8 @@ def run_evaluate(cfg: PipelineConfig, run_dir: Path, sources: list[str], types: 
     }
     write_json_atomic(run_dir / "evaluate" / "metrics.json", metrics)
     return {
-        "final": sources[-1],
+        "final": final,
+        "variants": variants,
         "simulated": simulated,
         "f1": {s: {t: r[t]["f1"] for t in ("gmner", "mner", "eeg")} for s, r in by_stage.items()},
     }
@@ -408,40 +460,66 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
             )
         )
         sources = ["predict"]
-        if cfg.stages.refine:
-            r = _section(cfg.refine, ("run_dir", "llm", "head", "ckpt"))
-            src = sources[-1]
-            stages.append(
-                Stage(
-                    "refine",
-                    {"refine": r, "llm": _llm_section(cfg.refine.llm), "images": cfg.images},
-                    ["data", src],
-                    [PREDICTION_FILES["refine"]],
-                    lambda fp, src=src: run_refine_stage(cfg, run_dir, src, types),
-                    {"gold": file_signature(cfg.refine.gold), "prompts": file_signature(cfg.refine.prompts_dir)},
-                )
-            )
-            sources.append("refine")
-        if cfg.stages.ground:
-            src = sources[-1]
-            stages.append(
-                Stage(
-                    "ground",
-                    {"ground": _section(cfg.ground), "llm": _llm_section(cfg.mllm), "images": cfg.images},
-                    ["data", src],
-                    [PREDICTION_FILES["ground"]],
-                    lambda fp, src=src: run_ground_stage(cfg, run_dir, src),
-                    {"images": file_signature(cfg.images)},
-                )
-            )
-            sources.append("ground")
+        sources += _refine_ground_chain(cfg, run_dir, types, stages, "")
+        for variant in cfg.variants:
+            sources += _refine_ground_chain(variant_config(cfg, variant), run_dir, types, stages, variant)
+    final = next(s for s in reversed(sources) if "@" not in s)
     stages.append(
         Stage(
             "evaluate",
             {"match": cfg.match, "sources": sources},
             ["data", *sources],
             ["evaluate/metrics.json"],
-            lambda fp: run_evaluate(cfg, run_dir, sources, types),
+            lambda fp: run_evaluate(cfg, run_dir, sources, types, final),
         )
     )
     return stages
+
+
+def _refine_ground_chain(
+    c: PipelineConfig, run_dir: Path, types: list[str], stages: list[Stage], variant: str
+) -> list[str]:
+    """Appends the refine and ground stages of one chain (``variant`` "" = the main one) reading the predictions.
+
+    Returns:
+        The chain's scored sources (``refine``, ``ground``; ``refine@<variant>``, ... for a variant).
+    """
+    suffix = f"@{variant}" if variant else ""
+    src, sources = "predict", []
+    if c.stages.refine:
+        name = f"refine{suffix}"
+        r = _section(c.refine, ("run_dir", "llm", "head", "ckpt"))
+        stages.append(
+            Stage(
+                name,
+                {"refine": r, "llm": _llm_section(c.refine.llm), "images": c.images},
+                ["data", src],
+                [prediction_file(name)],
+                lambda fp, src=src, name=name: run_refine_stage(c, run_dir, src, types, name),
+                {
+                    "gold": file_signature(c.refine.gold),
+                    "prompts": file_signature(c.refine.prompts_dir),
+                    **(
+                        {"release_prompts": file_signature(c.refine.release_prompts_dir)}
+                        if c.refine.mode == "release"
+                        else {}
+                    ),
+                },
+            )
+        )
+        src = name
+        sources.append(name)
+    if c.stages.ground:
+        name = f"ground{suffix}"
+        stages.append(
+            Stage(
+                name,
+                {"ground": _section(c.ground), "llm": _llm_section(c.mllm), "images": c.images},
+                ["data", src],
+                [prediction_file(name)],
+                lambda fp, src=src, name=name: run_ground_stage(c, run_dir, src, name),
+                {"images": file_signature(c.images)},
+            )
+        )
+        sources.append(name)
+    return sources

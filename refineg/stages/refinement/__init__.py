@@ -2,7 +2,8 @@
 
 Entities with uncertainty ``u <= tau`` (or outside the most uncertain ``delegation_rate``) keep the small model's
 answer; the others get a span check and a type-and-box check by the MLLM (or by a simulation: ``oracle``,
-``noisy-oracle``), whose answers are merged under strict rules (:mod:`.merge`).
+``noisy-oracle``), whose answers are merged under strict rules (:mod:`.merge`). ``mode=release`` does what the
+released scripts do instead (:mod:`.release`).
 """
 
 from .base import (
@@ -11,6 +12,7 @@ from .base import (
     MLLMBackend,
     NoisyOracleBackend,
     OracleBackend,
+    PostQuery,
     Query,
     RefinementBackend,
     create_refinement_backend,
@@ -20,11 +22,15 @@ from .calibration import auroc, ece, entity_errors, field_report, head_report, r
 from .config import RefineConfig, load_refine_config
 from .delegation import Delegation, select_delegated
 from .merge import locate_span, merge_span, merge_type
+from .modes import REFINEMENT_MODES, list_refinement_modes
 from .prompts import RefinementPrompts
+from .release import find_spans, refine_release, replace_entities
 from .run import refine_examples, run_refine, with_uncertainty
 
 __all__ = [
     "REFINEMENT_BACKENDS",
+    "REFINEMENT_MODES",
+    "PostQuery",
     "Answer",
     "Delegation",
     "MLLMBackend",
@@ -40,12 +46,16 @@ __all__ = [
     "entity_errors",
     "field_report",
     "head_report",
+    "find_spans",
     "list_refinement_backends",
+    "list_refinement_modes",
     "load_refine_config",
     "locate_span",
     "merge_span",
     "merge_type",
     "refine_examples",
+    "refine_release",
+    "replace_entities",
     "reliability",
     "risk_coverage",
     "run_refine",

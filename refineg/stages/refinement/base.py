@@ -9,6 +9,7 @@ which ends up in every output.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,19 @@ class Query:
 
     post: Example
     entity: Entity
+    image: Path | None = None
+
+
+@dataclass
+class PostQuery:
+    """One post sent whole (refinement mode ``release``).
+
+    Attributes:
+        post: The post with the tagger's entities.
+        image: Path of the post's image, or ``None``.
+    """
+
+    post: Example
     image: Path | None = None
 
 
@@ -76,6 +90,14 @@ class RefinementBackend:
         """Answers type-and-box checks."""
         raise NotImplementedError
 
+    def entity_list(self, queries: Sequence[PostQuery], types: list[str], never_grounded: list[str]) -> list[Answer]:
+        """Answers whole posts (mode ``release``).
+
+        Each answer's ``parsed`` is ``{"entities": [{"entity", "entity_type", "bounding_box"}]}``, boxes a list in
+        original image pixels.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not answer whole posts (refinement mode release)")
+
     def usage(self) -> dict[str, Any]:
         """Calls and tokens spent (empty for simulations)."""
         return {}
@@ -111,6 +133,7 @@ class MLLMBackend(RefinementBackend):
         self.prompts = RefinementPrompts.load(cfg.prompts_dir)
         self.llm = build_llm_backend(cfg.llm, run_dir=run_dir)
         self.label = f"mllm {cfg.llm.backend}:{cfg.llm.model}"
+        self.release_prompts_dir = cfg.release_prompts_dir
 
     def _ask(self, convs: list, queries: Sequence[Query], keys: tuple[str, ...], answer: AnswerFormat) -> list[Answer]:
         if not convs:
@@ -156,6 +179,61 @@ class MLLMBackend(RefinementBackend):
                     ans.parsed["corrected_bounding_box"] = scale.to_original([float(v) for v in box])
         return answers
 
+    def entity_list(  # noqa: D102
+        self, queries: Sequence[PostQuery], types: list[str], never_grounded: list[str]
+    ) -> list[Answer]:
+        from refineg.llm.answers import GROUNDING
+        from refineg.stages.grounding.parse import clean_boxes, is_grounding_answer, raw_boxes
+        from refineg.stages.grounding.prompts import GroundingPrompts, build_chat
+
+        prompts = GroundingPrompts.load(self.release_prompts_dir)
+        convs, scales = [], []
+        for q in queries:
+            scale = self.llm.image_scale(q.image) if q.image is not None else None
+            if scale is not None:  # the grounding chat without demonstrations, boxes in the model's convention
+                convs.append(build_chat(prompts, q.post, q.image, scale, [], types, never_grounded))
+            else:
+                ents = [{"entity": e.text(q.post.tokens), "entity_type": e.type} for e in q.post.entities]
+                text = prompts.query.safe_substitute(
+                    sentence=" ".join(q.post.tokens),
+                    entities=json.dumps(ents, ensure_ascii=False),
+                    image_size="no image",
+                    box_range="none (no image: answer [] for every box)",
+                )
+                convs.append([system(prompts.system_text(types, never_grounded)), user(text)])
+            scales.append(scale)
+        results = self.llm.chat_many(
+            convs,
+            stage="refinement",
+            expect_json=True,
+            json_type=(list, dict),
+            json_accept=is_grounding_answer,
+            answer=GROUNDING,
+            items=[q.post.id for q in queries],
+            progress=False,
+        )
+        answers = []
+        for r, scale in zip(results, scales, strict=True):
+            if not r.ok:
+                answers.append(Answer(r.status, None, r.error))
+                continue
+            value = r.parsed
+            if isinstance(value, dict):
+                value = next(
+                    (value[k] for k in ("entities", "results", "answer") if isinstance(value.get(k), list)), [value]
+                )
+            items = []
+            for item in value:
+                if not isinstance(item, dict) or "entity" not in item:
+                    continue
+                key = next((k for k in ("bounding_box", "bounding_boxes", "boxes", "box", "bbox") if k in item), None)
+                boxes: list = []
+                if scale is not None and key is not None:
+                    boxes, _ = clean_boxes(raw_boxes(item[key])[0], scale, max_boxes=1)  # the release keeps one
+                items.append({"entity": item["entity"], "entity_type": item.get("entity_type"), "bounding_box": boxes})
+            answers.append(Answer("ok", {"entities": items}))
+        return answers
+
     def usage(self) -> dict[str, Any]:  # noqa: D102
         return self.llm.usage.to_dict()
 
@@ -194,10 +272,11 @@ class OracleBackend(RefinementBackend):
             raise ValueError(f"the {cfg.backend} backend simulates an MLLM from gold data: set gold=<dev.jsonl>")
         self.gold = {ex.id: ex for ex in read_jsonl(cfg.gold)}
 
-    def _gold_post(self, q: Query) -> Example:
-        if q.post.id not in self.gold:
-            raise KeyError(f"post {q.post.id!r} is not in the gold file")
-        return self.gold[q.post.id]
+    def _gold_post(self, q: Query | str) -> Example:
+        pid = q if isinstance(q, str) else q.post.id
+        if pid not in self.gold:
+            raise KeyError(f"post {pid!r} is not in the gold file")
+        return self.gold[pid]
 
     def gold_span(self, q: Query) -> dict[str, Any]:
         """The gold span-check answer."""
@@ -223,6 +302,20 @@ class OracleBackend(RefinementBackend):
             "corrected_bounding_box": list(same.boxes[0]) if same.boxes else "Null",
         }
 
+    def gold_list(self, q: PostQuery) -> dict[str, Any]:
+        """The gold entity list of the post (mode ``release``), first box each."""
+        g = self._gold_post(q.post.id)
+        items = [
+            {"entity": e.text(g.tokens), "entity_type": e.type, "bounding_box": [list(b) for b in e.boxes[:1]]}
+            for e in g.entities
+        ]
+        return {"entities": items}
+
+    def entity_list(  # noqa: D102
+        self, queries: Sequence[PostQuery], types: list[str], never_grounded: list[str]
+    ) -> list[Answer]:
+        return [Answer("ok", self.gold_list(q)) for q in queries]
+
     def span_check(self, queries: Sequence[Query], types: list[str]) -> list[Answer]:  # noqa: D102
         return [Answer("ok", self.gold_span(q)) for q in queries]
 
@@ -243,6 +336,23 @@ class NoisyOracleBackend(OracleBackend):
         super().__init__(cfg, run_dir)
         self.accuracy, self.seed = cfg.oracle_accuracy, cfg.seed
         self.label = f"noisy-oracle p={cfg.oracle_accuracy} (simulation)"
+
+    def entity_list(  # noqa: D102
+        self, queries: Sequence[PostQuery], types: list[str], never_grounded: list[str]
+    ) -> list[Answer]:
+        out = []
+        for q in queries:  # the gold list with probability accuracy, else the tagger's list sent back unchanged
+            key = f"{self.seed}|{q.post.id}|release".encode()
+            rng = random.Random(int.from_bytes(hashlib.sha256(key).digest()[:8], "big"))
+            if rng.random() < self.accuracy:
+                out.append(Answer("ok", self.gold_list(q)))
+                continue
+            items = [
+                {"entity": e.text(q.post.tokens), "entity_type": e.type, "bounding_box": [list(b) for b in e.boxes]}
+                for e in q.post.entities
+            ]
+            out.append(Answer("ok", {"entities": items}))
+        return out
 
     def _rng(self, q: Query, check: str) -> random.Random:
         key = f"{self.seed}|{q.post.id}|{q.entity.start}|{q.entity.end}|{check}".encode()

@@ -18,6 +18,10 @@ class RefineConfig:
     """What to delegate to the MLLM and how.
 
     Attributes:
+        mode: A registered refinement mode (:mod:`.modes`): ``gated`` (refineg: entities over the uncertainty gate
+            get span and type/box checks, merged under strict rules) or ``release`` (the released scripts: no gate,
+            every post with a predicted entity is sent with the grounding prompt and the answered entity list
+            replaces the tagger's; :mod:`.release`).
         head: Uncertainty head to compute with ``ckpt``; ``None`` uses the ``uncertainty`` already in the file.
         ckpt: Tagger checkpoint for ``head`` (its predictions replace the file's entities, same posts).
         head_kwargs: Keyword arguments of the head (e.g. ``{samples: 8, dropout: 0.1}`` for ``mc_dropout``).
@@ -44,11 +48,14 @@ class RefineConfig:
         missed: Also send the missed-entity candidates of ``meta["missed_candidates"]`` (needs ``ckpt``/``head``
             or a file that has them) for confirmation; off by default, ReFineG only checks predicted entities.
         missed_threshold: Least non-O probability of a missed-entity candidate's words.
+        never_grounded: ``release`` mode: types the grounding prompt says never get a box.
+        release_prompts_dir: ``release`` mode: folder with the grounding prompt's ``system.txt`` and ``query.txt``.
         run_dir: The run folder (default: the output file's folder): ``llm_usage.json``, the spend ledger that
             ``llm.max_calls`` counts across reruns, and the response cache ``llm_cache.sqlite`` unless
             ``llm.cache_path`` is set.
     """
 
+    mode: str = "gated"
     head: Optional[str] = None  # noqa: UP045
     ckpt: Optional[str] = None  # noqa: UP045
     head_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -72,14 +79,20 @@ class RefineConfig:
     use_boxes: bool = True
     missed: bool = False
     missed_threshold: float = 0.5
+    never_grounded: list[str] = field(default_factory=lambda: ["LOC"])
+    release_prompts_dir: str = str(CONFIG_DIR / "prompts" / "grounding")
     run_dir: Optional[str] = None  # noqa: UP045
 
     def validate(self) -> RefineConfig:
         """Checks value ranges; returns ``self``.
 
         Raises:
-            ValueError: A value out of range or an unknown check name.
+            ValueError: A value out of range, an unknown check name or an unknown mode.
         """
+        from .modes import list_refinement_modes
+
+        if self.mode not in list_refinement_modes():
+            raise ValueError(f"refine mode: unknown mode {self.mode!r}; known: {', '.join(list_refinement_modes())}")
         if not 0 <= self.tau <= 1:
             raise ValueError(f"tau must be in [0, 1], got {self.tau}")
         if self.delegation_rate is not None and not 0 <= self.delegation_rate <= 1:

@@ -1,4 +1,7 @@
-"""The refinement stage: keep confident entities, send the others to the MLLM, merge its answers."""
+"""The refinement stage: keep confident entities, send the others to the MLLM, merge its answers (mode ``gated``).
+
+``run_refine`` runs the mode named by ``cfg.mode`` (:mod:`.modes`; ``release`` is in :mod:`.release`).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from .base import Query, RefinementBackend, create_refinement_backend
 from .config import RefineConfig
 from .delegation import select_delegated
 from .merge import merge_span, merge_type
+from .modes import REFINEMENT_MODES
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +32,7 @@ def _image(post: Example, images_dir: str | None) -> Path | None:
     return path if path.is_file() else None
 
 
+@REFINEMENT_MODES.register("gated")
 def refine_examples(
     preds: Sequence[Example], cfg: RefineConfig, backend: RefinementBackend, types: list[str] | None = None
 ) -> tuple[list[Example], dict[str, Any]]:
@@ -171,7 +176,7 @@ def run_refine(
     for post in preds if cfg.images_dir else ():
         if post.image:
             inside_folder(cfg.images_dir, post.image, "image", source=pred_path, record=post.id)
-    if cfg.head is None:
+    if cfg.head is None and cfg.mode == "gated":
         post = next((p for p in preds if any(e.uncertainty is None for e in p.entities)), None)
         if post is not None:
             ent = next(e for e in post.entities if e.uncertainty is None)
@@ -188,7 +193,7 @@ def run_refine(
         types = list(torch.load(cfg.ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]["types"])
     backend = create_refinement_backend(cfg, run_dir=cfg.run_dir or out_path.parent)
     try:
-        refined, report = refine_examples(preds, cfg, backend, types)
+        refined, report = REFINEMENT_MODES.get(cfg.mode)(preds, cfg, backend, types)
         report["usage"] = backend.usage()
     finally:
         backend.close()

@@ -61,6 +61,7 @@ class SelfTrainConfig(TrainConfig):
         Raises:
             ValueError: A value out of range, an unknown choice or a training setting the rounds cannot use.
         """
+        super().validate()
         st = self.selftrain
         if st.selection not in SELECTIONS:
             raise ValueError(f"selftrain.selection must be one of {SELECTIONS}, got {st.selection!r}")

@@ -69,6 +69,16 @@ class SynthesisReport:
         """Posts written / posts requested."""
         return sum(self.kept.values()) / self.requested if self.requested else 0.0
 
+    def request_total(self) -> dict[str, Any]:
+        """The LLM requests as a usage ``total`` (``requests``, ``ok``, ``failures_by_kind``; cached answers are ok).
+
+        Malformed answers are counted with the answered requests they came from, not again.
+        """
+        requests = {k: v for k, v in self.requests.items() if k != "malformed_answer"}
+        failures = {k.removeprefix("failed:"): v for k, v in requests.items() if k not in ("ok", "cached")}
+        ok = requests.get("ok", 0) + requests.get("cached", 0)
+        return {"requests": sum(requests.values()), "ok": ok, "failures_by_kind": failures}
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary."""
         return {

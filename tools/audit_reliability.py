@@ -216,7 +216,7 @@ def _(tmp):
     args = [
         "pipeline",
         "--config",
-        "configs/experiment/refineg_sample.yaml",
+        "configs/pipeline/refineg_sample.yaml",
         f"runs_dir={tmp}",
         "name=z",
         "mode=zeroshot",

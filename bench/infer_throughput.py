@@ -5,6 +5,9 @@ All in one process on the same dev posts:
 - ``refineg`` / ``refineg int8``: a trained checkpoint (``--ckpt``), batches of 64 sorted by length; dev MNER F1
   of each, so int8's F1 cost is measured, not assumed. ``int8`` is ``quantize="int8"`` (per-channel 7-bit
   weights, 8-bit activations), ``int8 per-tensor`` is torch's default ``quantize_dynamic``.
+- ``refineg (torchao int8)``: the float32 predictor with torchao's ``quantize_(backbone,
+  Int8DynamicActivationInt8WeightConfig())`` applied to the encoder, run eagerly (per-row int8 weights, per-token
+  int8 activations; torchao's candidate replacement for the deprecated ``quantize_dynamic``). Skipped without torchao.
 - ``refineg (onnxruntime)`` / ``(onnxruntime int8)``: the same, with ``runtime="onnx"`` (the emission graph in
   ONNX Runtime, decoding in torch; int8 = ORT per-channel dynamic quantisation). The one-off export (cached
   by weights hash) happens before timing; its seconds are reported as ``setup_s``. Skipped without onnxruntime.
@@ -31,11 +34,13 @@ from machine import cpu_model  # bench/machine.py (the script folder is on sys.p
 
 SINGLE = 20
 VARIANTS = {  # --variants key -> (row name, quantize, runtime); "pipeline" adds the two HF pipeline rows
+    # quantize "torchao-int8" is applied by this script (torchao_int8), not by TaggerPredictor
     "float32": ("refineg (float32)", None, "torch"),
     "int8": ("refineg (int8 dynamic, per-channel)", "int8", "torch"),
     "int8-per-tensor": ("refineg (int8 dynamic, per-tensor)", "int8-per-tensor", "torch"),
     "onnx": ("refineg (onnxruntime)", None, "onnx"),
     "onnx-int8": ("refineg (onnxruntime int8 per-channel)", "int8", "onnx"),
+    "torchao-int8": ("refineg (torchao int8 dynamic, eager)", "torchao-int8", "torch"),
 }
 
 
@@ -50,7 +55,10 @@ def ours(ckpt: str, dev: list, types: list[str], quantize: str | None, runtime: 
     from refineg.metrics import evaluate_examples
 
     start = time.perf_counter()
-    predictor = TaggerPredictor.from_checkpoint(ckpt, batch_size=64, device="cpu", quantize=quantize, runtime=runtime)
+    own = None if quantize == "torchao-int8" else quantize
+    predictor = TaggerPredictor.from_checkpoint(ckpt, batch_size=64, device="cpu", quantize=own, runtime=runtime)
+    if quantize == "torchao-int8":
+        torchao_int8(predictor.module.tagger)
     setup = time.perf_counter() - start
     predictor.predict(dev[:16], progress=False)  # warm-up
     preds: list = []
@@ -63,6 +71,14 @@ def ours(ckpt: str, dev: list, types: list[str], quantize: str | None, runtime: 
         "dev_mner_f1": mner["f1"],
         "setup_s": setup,
     }
+
+
+def torchao_int8(tagger) -> None:
+    """Replaces the ``nn.Linear`` weights of ``tagger.backbone`` in place by torchao int8 tensors (dynamic
+    per-token int8 activations, per-row int8 weights); the head and CRF stay float32, as in ``quantize_encoder``."""
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    quantize_(tagger.backbone, Int8DynamicActivationInt8WeightConfig())
 
 
 def hf_pipeline(ckpt: str, dev: list) -> list[tuple[str, dict]]:
@@ -140,6 +156,9 @@ def main() -> None:
         if runtime == "onnx" and _version("onnxruntime") is None:
             print(f"onnxruntime not installed: {name} skipped (pip install 'refineg[onnx]')")
             continue
+        if quantize == "torchao-int8" and _version("torchao") is None:
+            print(f"torchao not installed: {name} skipped (pip install torchao)")
+            continue
         rows.append((name, ours(args.ckpt, dev, types, quantize, runtime)))
     base = dict(rows).get("hf pipeline (batch 64)", {}).get("posts_per_s")
     result = {
@@ -149,6 +168,7 @@ def main() -> None:
         "quantized_engine": torch.backends.quantized.engine,
         "torch": torch.__version__,
         "onnxruntime": _version("onnxruntime"),
+        "torchao": _version("torchao"),
         "ckpt": args.ckpt,
         "rows": dict(rows),
     }

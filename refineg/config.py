@@ -410,6 +410,15 @@ def load_typed(
         for body in bodies:
             cfg = OmegaConf.merge(cfg, body)
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
+        for key, (node, group) in groups.items():  # a preset's name set as a plain value would not load the preset
+            name = chosen.get(key)
+            recorded = OmegaConf.select(cfg, _join(node, group.record)) if group.record else None
+            if group.record and name not in (None, "null") and recorded != name:
+                raise ValueError(
+                    f"{_join(node, group.record)}={recorded} was set as a plain value, which does not load that "
+                    f"preset: choose it as a group ({key}={recorded} on the command line, or "
+                    f"defaults: [{key}={recorded}] in a YAML file)"
+                )
         for ov in appends:
             target = OmegaConf.select(cfg, ov.key, throw_on_missing=False)
             if not isinstance(target, ListConfig):

@@ -443,3 +443,9 @@ def test_evaluate_scores_overlapping_and_duplicate_predictions(tmp_path, capsys)
     # gold files stay strict
     assert main(["evaluate", "--gold", str(pred), "--pred", str(gold)]) == 2
     one_error_line(capsys, f"{pred}:1:", "overlaps the previous one")
+
+
+def test_refine_oracle_without_gold_is_one_line(tmp_path, capsys):
+    pred = _preds_with_uncertainty(tmp_path, 0.9)
+    assert main(["refine", "--pred", str(pred), "--out", str(tmp_path / "o.jsonl"), "backend=oracle"]) == 2
+    one_error_line(capsys, "oracle backend simulates an MLLM from gold data", "gold=")

@@ -295,7 +295,9 @@ def test_a_bad_training_key_is_one_line_and_status_2(entry, tmp_path):
 
 
 def test_selftrain_nests_the_delegations_refine_config():
-    cfg = load_selftrain_config(["selftrain.refine_backend=oracle", "refine.llm.model=M", "refine.checks=[span]"])
+    cfg = load_selftrain_config(
+        ["selftrain.refine_backend=oracle", "refine.gold=g.jsonl", "refine.llm.model=M", "refine.checks=[span]"]
+    )
     assert cfg.refine.llm.model == "M" and cfg.refine.checks == ["span"] and cfg.selftrain.refine_backend == "oracle"
     assert cfg.data.batch_size == load_config([]).data.batch_size  # the training keys come from the same files
     with pytest.raises(ValueError, match=r"\(key refine.tua\)"):
@@ -306,3 +308,14 @@ def test_selftrain_nests_the_delegations_refine_config():
         load_selftrain_config(["selftrain.soft_targets=true", "model.head=softmax"])
     with pytest.raises(ValueError, match=r"Key 'selftrain' not in 'TrainConfig'"):
         load_config(["selftrain.rounds=2"])  # refineg train has no self-training keys
+
+
+def test_a_preset_name_set_as_a_plain_value_is_refused(tmp_path):
+    from refineg.stages.pipeline.config import load_pipeline_config
+
+    layer = tmp_path / "p.yaml"
+    layer.write_text("synthesis:\n  domain: ccks_military\n")
+    with pytest.raises(ValueError, match=r"synthesis.domain=ccks_military was set as a plain value.*defaults: \["):
+        load_pipeline_config(str(layer), [])
+    picked = load_pipeline_config(None, ["synthesis.domain=ccks_military"])
+    assert picked.synthesis.domain == "ccks_military" and "vehicle" in picked.synthesis.types

@@ -356,3 +356,26 @@ def test_variant_config_errors():
         load_pipeline_config(SAMPLE, ["variants.x=[refine.mode=relase]"])
     with pytest.raises(ValueError, match="variant name"):
         load_pipeline_config(SAMPLE, ["variants={'a/b': [refine.mode=release]}"])
+
+
+def test_editing_the_grounding_prompts_reruns_the_ground_stage(tmp_path):
+    import shutil
+
+    from refineg.config import CONFIG_DIR
+    from refineg.stages.pipeline.run import fingerprint
+    from refineg.stages.pipeline.stages import build_stages
+
+    prompts = tmp_path / "gp"
+    shutil.copytree(CONFIG_DIR / "prompts" / "grounding", prompts)
+    cfg = load_pipeline_config(
+        str(CONFIG_DIR / "pipeline" / "refineg_sample.yaml"),
+        [f"ground.mllm.prompts_dir={prompts}", f"runs_dir={tmp_path / 'runs'}", "stages.ground=true"],
+    )
+
+    def fingerprints():
+        return {s.name: fingerprint(s.name, s.section, {}, s.external) for s in build_stages(cfg)}
+
+    before = fingerprints()
+    (prompts / "query.txt").write_text((prompts / "query.txt").read_text() + "\nAnswer briefly.\n")
+    after = fingerprints()
+    assert before["ground"] != after["ground"] and before["predict"] == after["predict"]

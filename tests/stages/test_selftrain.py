@@ -344,7 +344,9 @@ def test_uncertain_pseudo_labels_delegated_to_the_oracle_simulation_become_confi
 
     gold = Example("p1", scored_post().tokens, None, [Entity(0, 1, "PER"), Entity(2, 3, "PER"), Entity(4, 5, "LOC")])
     write_jsonl([gold], tmp_path / "pool_gold.jsonl")
-    cfg = load_selftrain_config(["selftrain.refine_backend=oracle", "selftrain.tau=0.2"])
+    cfg = load_selftrain_config(
+        ["selftrain.refine_backend=oracle", "selftrain.tau=0.2", "data.unlabeled_from_train=true"]
+    )
     refined, report = delegate([scored_post()], cfg, tmp_path / "round1", ["PER", "LOC"], tmp_path / "pool_gold.jsonl")
     assert report["simulated"] and report["backend"] == "oracle (simulation)" and report["delegated"] == 2
     # Merkel (0.5) confirmed; Paris (0.21) is no gold entity: dropped by the span check
@@ -472,3 +474,46 @@ def test_cli_errors_are_one_line(tmp_path, extra, needle, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith(needle.replace("TMP", str(tmp_path))), err
     assert not list(tmp_path.glob("e/round*"))  # nothing trained
+
+
+def test_delegation_settings_that_cannot_work_are_refused_before_training():
+    from refineg.stages.selftrain.config import load_selftrain_config
+
+    with pytest.raises(ValueError, match="gated refinement mode; refine.mode='release'"):
+        load_selftrain_config(["selftrain.refine_backend=oracle", "refine.mode=release", "refine.gold=g.jsonl"])
+    with pytest.raises(ValueError, match="simulates an MLLM from gold labels: set refine.gold"):
+        load_selftrain_config(["selftrain.refine_backend=oracle", "data.unlabeled=pool.jsonl"])
+    ok = load_selftrain_config(["selftrain.refine_backend=oracle", "data.unlabeled_from_train=true"])
+    assert ok.selftrain.refine_backend == "oracle"
+
+
+def test_every_round_shares_one_llm_cache_in_the_run_folder(tmp_path, monkeypatch):
+    from refineg.config import as_dictconfig
+    from refineg.stages import refinement
+    from refineg.stages.selftrain.config import load_selftrain_config
+    from refineg.stages.selftrain.run import delegate
+
+    gold = [Example("p1", ["Barack", "Obama", "visits", "Paris"], entities=[Entity(0, 2, "PER"), Entity(3, 4, "LOC")])]
+    write_jsonl(gold, tmp_path / "gold.jsonl")
+    pred = [
+        Example(
+            "p1",
+            ["Barack", "Obama", "visits", "Paris"],
+            entities=[Entity(0, 2, "ORG", uncertainty=0.9), Entity(3, 4, "LOC", uncertainty=0.0)],
+        )
+    ]
+    seen = []
+    real = refinement.create_refinement_backend
+
+    def spy(cfg, run_dir=None):
+        seen.append(Path(run_dir))
+        return real(cfg, run_dir=run_dir)
+
+    monkeypatch.setattr(refinement, "create_refinement_backend", spy)
+    cfg = as_dictconfig(
+        load_selftrain_config(["selftrain.refine_backend=oracle", f"refine.gold={tmp_path / 'gold.jsonl'}"])
+    )
+    for r in (1, 2):
+        refined, _ = delegate(pred, cfg, tmp_path / f"round{r}", list(cfg.data.types), llm_dir=tmp_path)
+        assert [e.type for e in refined[0].entities] == ["PER", "LOC"]  # the oracle corrected the uncertain type
+    assert seen == [tmp_path, tmp_path]

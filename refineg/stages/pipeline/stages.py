@@ -518,7 +518,7 @@ def _refine_ground_chain(
                 ["data", src],
                 [prediction_file(name)],
                 lambda fp, src=src, name=name: run_ground_stage(c, run_dir, src, name),
-                {"images": file_signature(c.images)},
+                {"images": file_signature(c.images), "prompts": file_signature(c.ground.mllm.prompts_dir)},
             )
         )
         sources.append(name)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from refineg.data import Entity, Example, read_jsonl
+from refineg.errors import UsageError
 from refineg.llm import build_llm_backend, system, user
 from refineg.llm.answers import SPAN_CHECK, TYPE_BOX_CHECK, AnswerFormat
 from refineg.registry import Registry
@@ -269,7 +270,7 @@ class OracleBackend(RefinementBackend):
 
     def __init__(self, cfg: RefineConfig, run_dir: str | Path | None = None) -> None:
         if not cfg.gold:
-            raise ValueError(f"the {cfg.backend} backend simulates an MLLM from gold data: set gold=<dev.jsonl>")
+            raise UsageError(f"the {cfg.backend} backend simulates an MLLM from gold data: set gold=<dev.jsonl>")
         self.gold = {ex.id: ex for ex in read_jsonl(cfg.gold)}
 
     def _gold_post(self, q: Query | str) -> Example:

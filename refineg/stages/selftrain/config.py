@@ -91,6 +91,17 @@ class SelfTrainConfig(TrainConfig):
             if st.refine_backend not in list_refinement_backends():
                 known = ", ".join(["none", *list_refinement_backends()])
                 raise ValueError(f"selftrain.refine_backend={st.refine_backend!r}: choose one of {known}")
+        if st.refine_backend != "none" and self.refine.mode != "gated":
+            raise ValueError(
+                f"self-training delegates uncertain pseudo-labels with the gated refinement mode; "
+                f"refine.mode={self.refine.mode!r} is not supported here"
+            )
+        simulated = st.refine_backend in ("oracle", "noisy-oracle")
+        if simulated and not (self.refine.gold or self.data.unlabeled_from_train or self.data.unlabeled_hidden_gold):
+            raise ValueError(
+                f"selftrain.refine_backend={st.refine_backend} simulates an MLLM from gold labels: set refine.gold, "
+                "data.unlabeled_from_train=true or data.unlabeled_hidden_gold=true"
+            )
         if self.data.pseudo:
             raise ValueError("data.pseudo is set by each self-training round; leave it unset")
         if self.model.groundability:

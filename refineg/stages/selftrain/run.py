@@ -4,6 +4,8 @@ Run folder (``<runs_dir>/<run_name>/``)::
 
     selftrain.json          the config and one record per finished round (rewritten after each round)
     pool_gold.jsonl         the hidden labels of a pool from the training split (oracle simulations only)
+    llm_cache.sqlite        with delegation: the answers of every round (a check asked before is never paid again)
+    llm_spend.jsonl         with delegation: the spend ledger, so refine.llm budgets cover the whole run
     round0/                 train.py run folder of the round-0 tagger (gold + synthetic, no pseudo-labels)
     round<r>/pseudo.jsonl   the pseudo-labelled posts of round r (r >= 1), then its train.py run folder
 
@@ -122,13 +124,20 @@ def label_pool(
 
 
 def delegate(
-    preds: list[Example], cfg: DictConfig, work_dir: Path, types: list[str], pool_gold: Path | None = None
+    preds: list[Example],
+    cfg: DictConfig,
+    work_dir: Path,
+    types: list[str],
+    pool_gold: Path | None = None,
+    llm_dir: Path | None = None,
 ) -> tuple[list[Example], dict]:
     """Sends the uncertain pseudo-labels (``u > tau``) to the refinement backend ``selftrain.refine_backend``.
 
     Entities the backend checked (kept or corrected) count as confident (``meta["verified"]``); in a post where a
-    check got no usable answer, the unchecked entities keep their uncertainty. ``work_dir`` gets the LLM usage
-    and cache files; ``pool_gold`` (the hidden labels of a training-split pool) answers the simulations unless
+    check got no usable answer, the unchecked entities keep their uncertainty. ``work_dir`` gets the round's
+    refinement outputs and ``llm_dir`` (default ``work_dir``; the run folder, so that every round shares them) the
+    LLM response cache and spend ledger, so no round pays again for a check an earlier round asked;
+    ``pool_gold`` (the hidden labels of a training-split pool) answers the simulations unless
     ``refine.gold`` is set.
     """
     from refineg.stages.refinement import create_refinement_backend, load_refine_config, refine_examples
@@ -143,7 +152,7 @@ def delegate(
     except ValueError as err:
         raise UsageError(f"refine: {err}") from None
     work_dir.mkdir(parents=True, exist_ok=True)
-    backend = create_refinement_backend(rcfg, run_dir=work_dir)
+    backend = create_refinement_backend(rcfg, run_dir=llm_dir or work_dir)
     try:
         refined, report = refine_examples(preds, rcfg, backend, types)
         report["usage"] = backend.usage()
@@ -238,7 +247,9 @@ def run_selftrain(cfg: SelfTrainConfig | DictConfig) -> dict[str, Any]:
             preds, marginals, labels = label_pool(ckpt, pool.posts, cfg)
             record["label_seconds"] = round(time.time() - start, 1)
             if st.refine_backend != "none":
-                preds, report = delegate(preds, cfg, run_dir / f"round{r}", types, run_dir / "pool_gold.jsonl")
+                preds, report = delegate(
+                    preds, cfg, run_dir / f"round{r}", types, run_dir / "pool_gold.jsonl", llm_dir=run_dir
+                )
                 record["refinement"] = report
                 if report["simulated"]:
                     record["refinement_note"] = f"SIMULATION: {report['backend']} answered, not an MLLM"

@@ -205,7 +205,8 @@ class ChatBackend(ABC):
             json_accept: When ``expect_json``: whether a decoded value fits the expected answer (its shape, its
                 keys). The first JSON value in the answer that fits is taken (so a box list in the model's
                 reasoning is passed over); an answer with none is invalid (``invalid_json``) and retried.
-            answer: The typed answer of the prompt (:mod:`refineg.llm.answers`). It implies ``expect_json``; the
+            answer: The typed answer of the prompt (:mod:`refineg.llm.answers`). It implies ``expect_json`` (an object
+                or a list: ``json_type`` is not used); the
                 answer must validate against its model (as well as fit ``json_accept``), and unless
                 ``config.structured_output`` is ``off`` its schema is sent with the request. The schema and the
                 mode are part of the cache key, so a changed schema never replays an old answer.

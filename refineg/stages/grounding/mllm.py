@@ -87,8 +87,6 @@ class MLLMGrounder(Grounder):
             answers = self.llm.chat_many(
                 convs,
                 stage="grounding",
-                expect_json=True,
-                json_type=(list, dict),
                 json_accept=is_grounding_answer,
                 answer=GROUNDING,
                 items=[queries[i].post.id for i in asked],

@@ -145,8 +145,6 @@ class MLLMBackend(RefinementBackend):
         results = self.llm.chat_many(
             convs,
             stage="refinement",
-            expect_json=True,
-            json_type=dict,
             json_accept=lambda v: any(k in v for k in keys),
             answer=answer,
             items=items,
@@ -206,8 +204,6 @@ class MLLMBackend(RefinementBackend):
         results = self.llm.chat_many(
             convs,
             stage="refinement",
-            expect_json=True,
-            json_type=(list, dict),
             json_accept=is_grounding_answer,
             answer=GROUNDING,
             items=[q.post.id for q in queries],

@@ -137,8 +137,6 @@ class LLMSynthesizer:
             results = backend.chat_many(
                 conversations,
                 stage="synthesis",
-                expect_json=True,
-                json_type=(list, dict),
                 json_accept=is_samples_answer,
                 answer=SYNTHESIS,
                 items=[s.id for s in seeds],

@@ -153,8 +153,6 @@ def zeroshot_examples(
     results = llm.chat_many(
         convs,
         stage="zeroshot",
-        expect_json=True,
-        json_type=(list, dict),
         json_accept=is_zeroshot_answer,
         answer=ZEROSHOT,
         items=[p.id for p in posts],

@@ -312,6 +312,7 @@ def main() -> None:
     ] + (["--profile"] if args.profile else [])
 
     graph = ["--cuda-graph", "--pad-multiple", str(args.graph_pad), "--no-cudnn"]
+    graph_packed = ["--variant", "ours", *graph, "--no-bucket", "--pack", str(args.pack_length)]
     plan = {
         "hf-trainer (linear head)": ["--variant", "hf"],
         "ours (CRF, bucketed)": ["--variant", "ours"],
@@ -340,47 +341,13 @@ def main() -> None:
         ],
         "ours (CRF, step graph)": ["--variant", "ours", *graph],
         "ours (CRF, packed)": ["--variant", "ours", "--no-bucket", "--pack", str(args.pack_length), "--no-cudnn"],
-        "ours (CRF, step graph, packed, varlen)": [
-            "--variant",
-            "ours",
-            *graph,
-            "--no-bucket",
-            "--pack",
-            str(args.pack_length),
-            "--varlen",
-        ],
-        "ours (CRF, step graph, packed)": ["--variant", "ours", *graph, "--no-bucket", "--pack", str(args.pack_length)],
-        "ours (CRF, step graph, packed, workers)": [
-            "--variant",
-            "ours",
-            *graph,
-            "--no-bucket",
-            "--pack",
-            str(args.pack_length),
-            "--workers",
-            "4",
-        ],
-        "ours (CRF, step graph, packed, compile layers)": [
-            "--variant",
-            "ours",
-            *graph,
-            "--no-bucket",
-            "--pack",
-            str(args.pack_length),
-            "--compile",
-            "layers",
-        ],
+        "ours (CRF, step graph, packed, varlen)": [*graph_packed, "--varlen"],
+        "ours (CRF, step graph, packed)": graph_packed,
+        "ours (CRF, step graph, packed, workers)": [*graph_packed, "--workers", "4"],
+        "ours (CRF, step graph, packed, compile layers)": [*graph_packed, "--compile", "layers"],
         "ours (CRF, step graph, packed, compile layers, workers)": [
-            "--variant",
-            "ours",
-            *graph,
-            "--no-bucket",
-            "--pack",
-            str(args.pack_length),
-            "--compile",
-            "layers",
-            "--workers",
-            "4",
+            *graph_packed,
+            *("--compile", "layers", "--workers", "4"),
         ],
     }
     if args.only:

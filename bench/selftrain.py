@@ -55,6 +55,8 @@ SELFTRAIN = [
 VARIANTS = {
     "partial": ["selftrain.soft_targets=false"],
     "soft": ["selftrain.soft_targets=true"],
+    # knowledge distillation: every pool post keeps all the teacher's marginals (nothing masked)
+    "kd": ["selftrain.soft_targets=true", "selftrain.tau=1.0", "selftrain.outside_min=null"],
 }
 #: Round 0 trains 6 epochs at batch 16 (as the gold-only rows of docs/results.md); pseudo-labelling rounds see 14x
 #: (g500) or 2x (full) as many posts per epoch and train 3. Full data trains at batch 32 to fit the time budget.
@@ -144,6 +146,10 @@ def summarise(args: argparse.Namespace, jobs: dict[str, dict]) -> dict:
                 "pseudo_posts": [r.get("pseudo", {}).get("posts") for r in recs],
                 "pseudo_entities": [r.get("pseudo", {}).get("entities") for r in recs],
                 "pseudo_precision_kept": [None if p is None else round(100 * p, 2) for p in prec],
+                "teacher_dev_mner_f1": [
+                    None if r.get("teacher_dev_mner_f1") is None else round(100 * r["teacher_dev_mner_f1"], 2)
+                    for r in recs
+                ],
                 "seconds": [r["seconds"] for r in recs],
                 "train_posts_per_s": [(r.get("train_throughput") or {}).get("posts_per_s") for r in recs],
             }
@@ -180,15 +186,16 @@ def write_outputs(args: argparse.Namespace, jobs: dict[str, dict], started: floa
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     lines = [f"`{shlex.join(sys.argv)}` on {device}, {summary['wall_s']:.0f} s", ""]
-    lines += ["| group | round | runs | dev MNER F1 (mean ± std) | gain over round 0 | pseudo precision |"]
-    lines += ["|---|---|---|---|---|---|"]
+    lines += ["| group | round | runs | dev MNER F1 (mean ± std) | gain over round 0 | pseudo precision | teacher F1 |"]
+    lines += ["|---|---|---|---|---|---|---|"]
     for group, g in summary["groups"].items():
         for k, r in g["rounds"].items():
             f1, gain = r["dev_mner_f1"], r["gain_over_round0"]
             prec = ", ".join(str(p) for p in r["pseudo_precision_kept"]) or "-"
             lines.append(
                 f"| {group} | {k} | {f1['n']} | {f1['mean']:.2f} ± {f1['std']:.2f} | "
-                f"{gain['mean']:+.2f} ± {gain['std']:.2f} | {prec} |"
+                f"{gain['mean']:+.2f} ± {gain['std']:.2f} | {prec} | "
+                f"{', '.join(str(t) for t in r['teacher_dev_mner_f1'] if t is not None) or '-'} |"
             )
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     return summary
@@ -217,6 +224,51 @@ def device_name() -> str:
         return f"unknown ({err})"
 
 
+def run_phase(
+    args: argparse.Namespace, jobs: dict[str, dict], parallel: int, env: dict, started: float, device: str, tag: str
+) -> None:
+    """Runs every job's command (``parallel`` at a time) until all end or ``--budget-s`` is spent; logs per phase."""
+    out = Path(args.out)
+    waiting = [n for n, j in jobs.items() if "returncode" not in j and not j.get("stopped_by_budget")]
+    for name in waiting:
+        jobs[name].pop("proc", None)
+    while True:
+        running = [n for n, j in jobs.items() if "proc" in j and j["proc"].poll() is None]
+        while waiting and len(running) < parallel:
+            name = waiting.pop(0)
+            job = jobs[name]
+            job["log"] = str(out / "logs" / f"{name}{'-' + tag if tag else ''}.log")
+            log = Path(job["log"]).open("w")
+            job["proc"] = subprocess.Popen(
+                job["command"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+            job["start_s"] = round(time.time() - started, 1)
+            running.append(name)
+            print(f"{job['start_s']:7.1f} s  started {name} {tag}", flush=True)
+        changed = False
+        for name, job in jobs.items():
+            proc = job.get("proc")
+            if proc is not None and "returncode" not in job and proc.poll() is not None:
+                job["returncode"], job["wall_s"] = proc.returncode, round(time.time() - started - job["start_s"], 1)
+                print(f"{time.time() - started:7.1f} s  {name} ended ({proc.returncode})", flush=True)
+                changed = True
+        if changed:
+            write_outputs(args, jobs, started, device)
+        if not waiting and all("returncode" in j for j in jobs.values()):
+            return
+        if time.time() - started > args.budget_s:
+            for job in jobs.values():
+                if "proc" in job and "returncode" not in job:
+                    stop(job)
+                    job["returncode"], job["stopped_by_budget"] = job["proc"].returncode, True
+                    job["wall_s"] = round(time.time() - started - job["start_s"], 1)
+                elif "proc" not in job:
+                    job["not_started"] = True
+            print(f"budget of {args.budget_s:.0f} s reached: unfinished runs stopped", flush=True)
+            return
+        time.sleep(2)
+
+
 def main() -> int:
     carried = ROOT / ".devcarry" / "minilm"  # the fp16 copy bench/prepare_device_carry.sh makes
     default_encoder = str(carried) if (carried / "config.json").is_file() else "minilm"
@@ -240,6 +292,12 @@ def main() -> int:
     p.add_argument("--g500-variants", nargs="+", default=["partial", "soft"], help="variants of the g500 group")
     p.add_argument("--full-variants", nargs="+", default=["soft"], help="variants of the full-data group")
     p.add_argument("--variant", nargs="*", default=[], help="extra variants NAME=key=value,key=value")
+    p.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="train every run's round 0 first, then let each run's teacher be the ensemble of all round-0 taggers "
+        "of its group (g500 or full, every variant)",
+    )
     args = p.parse_args()
     out = Path(args.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -265,46 +323,33 @@ def main() -> int:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH"), str(ROOT)]))
     device = device_name()
     started = time.time()
-    waiting = list(jobs)
-    while True:
-        running = [n for n, j in jobs.items() if "proc" in j and j["proc"].poll() is None]
-        while waiting and len(running) < parallel:
-            name = waiting.pop(0)
-            job = jobs[name]
-            log = (out / "logs" / f"{name}.log").open("w")
-            job["proc"] = subprocess.Popen(
-                job["command"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-            job["start_s"] = round(time.time() - started, 1)
-            running.append(name)
-            print(f"{job['start_s']:7.1f} s  started {name}", flush=True)
-        changed = False
+    if args.ensemble:
+        # pass 1: every run trains its round 0 only; pass 2 continues it with the others' round-0 taggers as
+        # extra teacher members (refineg selftrain lets selftrain.ensemble join a continued run)
+        final = {n: list(j["command"]) for n, j in jobs.items()}
+        for job in jobs.values():
+            job["command"] = [*job["command"], "selftrain.rounds=0"]
+        run_phase(args, jobs, parallel, env, started, device, "round0")
+        family: dict[str, list[str]] = {}
         for name, job in jobs.items():
-            proc = job.get("proc")
-            if proc is not None and "returncode" not in job and proc.poll() is not None:
-                job["returncode"], job["wall_s"] = proc.returncode, round(time.time() - started - job["start_s"], 1)
-                print(f"{time.time() - started:7.1f} s  {name} ended ({proc.returncode})", flush=True)
-                changed = True
-        if changed:
-            write_outputs(args, jobs, started, device)
-        if not waiting and all("returncode" in j for j in jobs.values()):
-            break
-        if time.time() - started > args.budget_s:
-            for job in jobs.values():
-                if "proc" in job and "returncode" not in job:
-                    stop(job)
-                    job["returncode"], job["stopped_by_budget"] = job["proc"].returncode, True
-                    job["wall_s"] = round(time.time() - started - job["start_s"], 1)
-                elif "proc" not in job:
-                    job["not_started"] = True
-            print(f"budget of {args.budget_s:.0f} s reached: unfinished runs stopped", flush=True)
-            break
-        time.sleep(2)
+            family.setdefault(job["group"].split("-")[0], []).append(name)
+        for name, job in jobs.items():
+            state = load_state(args, name)
+            if not state or not state["rounds"]:
+                continue
+            others = [n for n in family[job["group"].split("-")[0]] if n != name]
+            ckpts = [s["rounds"][0]["checkpoint"] for s in map(lambda n: load_state(args, n), others) if s]
+            job["command"] = [*final[name], f"selftrain.ensemble=[{','.join(ckpts)}]"]
+            job["ensemble_members"] = 1 + len(ckpts)
+            job.pop("returncode", None)
+        run_phase(args, jobs, parallel, env, started, device, "rounds")
+    else:
+        run_phase(args, jobs, parallel, env, started, device, "")
     summary = write_outputs(args, jobs, started, device)
     print((out / "summary.md").read_text())
     failed = [n for n, j in jobs.items() if j.get("returncode") not in (0, None) and not j.get("stopped_by_budget")]
     for name in failed:
-        tail = (out / "logs" / f"{name}.log").read_text().splitlines()[-5:]
+        tail = Path(jobs[name]["log"]).read_text().splitlines()[-5:]
         print(f"{name} failed:\n  " + "\n  ".join(tail))
     return 1 if failed or not summary["groups"] else 0
 

@@ -517,3 +517,31 @@ def test_every_round_shares_one_llm_cache_in_the_run_folder(tmp_path, monkeypatc
         refined, _ = delegate(pred, cfg, tmp_path / f"round{r}", list(cfg.data.types), llm_dir=tmp_path)
         assert [e.type for e in refined[0].entities] == ["PER", "LOC"]  # the oracle corrected the uncertain type
     assert seen == [tmp_path, tmp_path]
+
+
+def test_an_ensemble_teacher_joins_a_continued_run_and_its_dev_score_is_recorded(tiny_encoder, tmp_path):
+    from refineg.errors import UsageError
+    from refineg.inference.ensemble import ensemble_tagger
+    from refineg.inference.predictor import TaggerPredictor
+    from refineg.metrics import evaluate_examples
+    from refineg.stages.selftrain import run_selftrain
+
+    os.environ.pop("REFINEG_RUN_NAME", None)
+    other = run_selftrain(load_selftrain_config(tiny_overrides(tiny_encoder, tmp_path, "other", seed=7, **{"selftrain.rounds": 0})))
+    member = other["rounds"][0]["checkpoint"]
+    args = tiny_overrides(tiny_encoder, tmp_path, "student", **{"selftrain.rounds": 0})
+    first = run_selftrain(load_selftrain_config(args))
+    assert len(first["rounds"]) == 1
+    with pytest.raises(ValueError, match="selftrain.ensemble: no such checkpoint"):
+        load_selftrain_config([*args, f"selftrain.ensemble=[{tmp_path}/none.ckpt]"])
+    more = [*args, "selftrain.rounds=1", f"selftrain.ensemble=[{member}]"]
+    state = run_selftrain(load_selftrain_config(more))  # a continuation: the extra member may join later rounds
+    assert state["rounds"][0] == first["rounds"][0]
+    r1 = state["rounds"][1]
+    assert r1["teacher_members"] == [first["rounds"][0]["checkpoint"], member]
+    cfg = load_selftrain_config(more)
+    dev = read_split(cfg.data, "dev")
+    preds = TaggerPredictor(ensemble_tagger(r1["teacher_members"])).predict(dev, progress=False)
+    assert r1["teacher_dev_mner_f1"] == pytest.approx(evaluate_examples(dev, preds)["mner"]["f1"], abs=1e-9)
+    with pytest.raises(UsageError, match="written by another configuration"):
+        run_selftrain(load_selftrain_config([*more, "selftrain.tau=0.5"]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from refineg.config import TrainConfig, load_typed
@@ -36,6 +37,9 @@ class SelfTrainSettings:
     epochs: int | None = None  # trainer.max_epochs of the pseudo-labelling rounds (None: the same as round 0)
     init: str = "scratch"  # scratch: every round starts from the pretrained encoder | teacher: from the teacher
     teacher: str = "best"  # best: the best round so far labels the pool | last: the previous round
+    # more teacher checkpoints (same encoder and types, e.g. other seeds): the round's teacher and these label the
+    # pool as one geometric-mean ensemble (refineg.inference.ensemble); may be set when a run is continued
+    ensemble: list[str] = field(default_factory=list)
     patience: int = 1  # stop after this many rounds without a dev MNER F1 gain of more than min_delta
     min_delta: float = 0.0
     # none | mllm | oracle | noisy-oracle: delegate uncertain pseudo-labels (settings in the refine section)
@@ -75,6 +79,9 @@ class SelfTrainConfig(TrainConfig):
             raise ValueError(f"selftrain.tau must be in [0, 1], got {st.tau}")
         if st.outside_min is not None and not 0 <= st.outside_min <= 1:
             raise ValueError(f"selftrain.outside_min must be in [0, 1], got {st.outside_min}")
+        missing = [c for c in st.ensemble if not Path(c).is_file()]
+        if missing:
+            raise ValueError(f"selftrain.ensemble: no such checkpoint {missing[0]}")
         if st.rounds < 0 or st.patience < 1 or (st.epochs is not None and st.epochs < 1):
             raise ValueError("selftrain.rounds must be >= 0, selftrain.patience >= 1 and selftrain.epochs >= 1")
         if st.soft_targets and self.model.head != "crf":

@@ -42,9 +42,10 @@ from .select import pseudo_label_quality, select_pseudo_labels
 logger = logging.getLogger(__name__)
 
 STATE = "selftrain.json"
-#: Config sections that must not change when a run is continued (the stopping rule may: more rounds, patience).
+#: Config sections that must not change when a run is continued (the stopping rule and the extra ensemble members
+#: of later rounds may).
 FIXED = ("seed", "data", "model", "optim", "selftrain", "refine")
-STOPPING = ("rounds", "patience", "min_delta")
+STOPPING = ("rounds", "patience", "min_delta", "ensemble")  # ensemble: each round records its teacher's members
 UNVERIFIED = ("failed", "budget_exhausted", "invalid")
 
 
@@ -79,27 +80,25 @@ def _device(cfg: DictConfig) -> str:
 
 
 def label_pool(
-    ckpt: str, posts: list[Example], cfg: DictConfig
+    teacher: str | list[str] | Any, posts: list[Example], cfg: DictConfig
 ) -> tuple[list[Example], list[list[list[float]]] | None, list[str]]:
     """The teacher's predictions of the pool with the head's uncertainty per entity (and CRF marginals).
+
+    Args:
+        teacher: The teacher's checkpoint, several (their geometric-mean ensemble, :func:`teacher_estimator`), or
+            an estimator from :func:`teacher_estimator`.
+        posts: The pool.
+        cfg: The run's config (``selftrain.head``, ``data.eval_batch_size``, ``data.max_length``, device).
 
     Returns:
         Predicted posts (entities with ``uncertainty``), per post one label distribution per word when
         ``selftrain.soft_targets`` or ``selftrain.outside_min`` needs them (words cut off by ``data.max_length``
         get ``O``; CRF marginals, or softmax probabilities for a softmax head), and the label inventory.
     """
-    from refineg.inference.uncertainty import UncertaintyEstimator
     from refineg.inference.uncertainty.estimator import assemble_predictions
 
+    est = teacher if hasattr(teacher, "contexts") else teacher_estimator(teacher, cfg)
     st = cfg.selftrain
-    est = UncertaintyEstimator.from_checkpoint(
-        ckpt,
-        st.head,
-        dict(st.head_kwargs),
-        batch_size=cfg.data.eval_batch_size,
-        max_length=cfg.data.max_length,
-        device=_device(cfg),
-    )
     labels = list(est.module.labels)
     spans: list[Any] = [None] * len(posts)
     scores: list[Any] = [None] * len(posts)
@@ -119,8 +118,36 @@ def label_pool(
                     outside = [1.0] + [0.0] * (len(labels) - 1)
                     rows[i] = probs[b, :words].tolist() + [list(outside) for _ in range(n - words)]
     preds = assemble_predictions(posts, spans, {st.head: scores})
-    est.module.to("cpu")
     return preds, (rows if need_rows else None), labels
+
+
+def teacher_estimator(ckpts: str | list[str], cfg: DictConfig) -> Any:
+    """An ``UncertaintyEstimator`` with ``selftrain.head`` over one checkpoint or the ensemble of several."""
+    from refineg.inference.predictor import TaggerPredictor, load_tagger
+    from refineg.inference.uncertainty import UncertaintyEstimator, create_uncertainty_head
+
+    paths = [ckpts] if isinstance(ckpts, str) else list(ckpts)
+    if len(paths) > 1:
+        from refineg.inference.ensemble import ensemble_tagger
+
+        module = ensemble_tagger(paths)
+    else:
+        module = load_tagger(paths[0])
+    predictor = TaggerPredictor(
+        module, batch_size=cfg.data.eval_batch_size, max_length=cfg.data.max_length, device=_device(cfg)
+    )
+    st = cfg.selftrain
+    return UncertaintyEstimator(predictor, {st.head: create_uncertainty_head(st.head, **dict(st.head_kwargs))})
+
+
+def teacher_dev_f1(est: Any, cfg: DictConfig) -> float:
+    """Dev MNER F1 of the teacher (an ensemble's own score, which no training round records)."""
+    from refineg.datamodules.gmner import read_split
+    from refineg.metrics import evaluate_examples
+
+    dev = read_split(cfg.data, "dev")
+    preds = est.predictor.predict(dev, progress=False)
+    return evaluate_examples(dev, preds, list(cfg.data.types))["mner"]["f1"]
 
 
 def delegate(
@@ -244,7 +271,15 @@ def run_selftrain(cfg: SelfTrainConfig | DictConfig) -> dict[str, Any]:
             teacher = pick_teacher(rounds, st.teacher)
             record["teacher_round"] = teacher
             ckpt = rounds[teacher]["checkpoint"]
-            preds, marginals, labels = label_pool(ckpt, pool.posts, cfg)
+            members = [ckpt, *st.ensemble]
+            if st.ensemble:
+                record["teacher_members"] = members
+            est = teacher_estimator(members, cfg)
+            preds, marginals, labels = label_pool(est, pool.posts, cfg)
+            if st.ensemble:
+                record["teacher_dev_mner_f1"] = teacher_dev_f1(est, cfg)
+            est.module.to("cpu")  # frees the GPU for the round's training
+            del est
             record["label_seconds"] = round(time.time() - start, 1)
             if st.refine_backend != "none":
                 preds, report = delegate(

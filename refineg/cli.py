@@ -145,7 +145,13 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ckpt", required=True, help="checkpoint written by train.py (e.g. runs/X/checkpoints/best-*.ckpt)")
+    p.add_argument(
+        "--ckpt",
+        required=True,
+        nargs="+",
+        help="checkpoint written by train.py (e.g. runs/X/checkpoints/best-*.ckpt); several (same encoder and "
+        "types, e.g. other seeds): tag with their ensemble (geometric mean of the CRFs, refineg.inference.ensemble)",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", help="posts to tag: canonical JSONL, Twitter-GMNER txt or CoNLL txt")
     src.add_argument("--text", help="one post as raw text")
@@ -207,8 +213,21 @@ def predict(args: argparse.Namespace) -> int:
         require_onnxruntime()  # before loading anything
     cpu_only = args.quantize or args.runtime == "onnx"
     device = args.device or ("cpu" if cpu_only else "cuda" if torch.cuda.is_available() else "cpu")
-    predictor = TaggerPredictor.from_checkpoint(
-        args.ckpt,
+    if len(args.ckpt) > 1 and cpu_only:
+        raise UsageError("--quantize and --runtime onnx take one --ckpt, not an ensemble")
+    if len(args.ckpt) > 1:
+        from refineg.inference.ensemble import ensemble_tagger
+
+        try:
+            module = ensemble_tagger(args.ckpt)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    else:
+        from refineg.inference.predictor import load_tagger
+
+        module = load_tagger(args.ckpt[0])
+    predictor = TaggerPredictor(
+        module,
         batch_size=args.batch_size,
         max_length=args.max_length,
         device=device,

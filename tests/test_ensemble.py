@@ -68,3 +68,25 @@ def test_ensemble_refuses_members_that_do_not_fit(tiny_encoder, tmp_path):
         ensemble_tagger([crf])
     with pytest.raises(ValueError, match="member 1: its head"):
         EnsembleTagger([make_tiny_tagger(tiny_encoder).tagger, softmax.tagger])
+
+
+def test_predict_cli_tags_with_an_ensemble_of_checkpoints(tiny_encoder, tmp_path, capsys):
+    from refineg.cli import main
+    from refineg.data import read_jsonl, write_jsonl
+
+    a = save_checkpoint(make_tiny_tagger(tiny_encoder, seed=4), tmp_path / "a.ckpt")
+    b = save_checkpoint(make_tiny_tagger(tiny_encoder, seed=5), tmp_path / "b.ckpt")
+    write_jsonl(sample_posts("dev", 12), tmp_path / "posts.jsonl")
+    args = ["--input", str(tmp_path / "posts.jsonl"), "--device", "cpu"]
+    assert main(["predict", "--ckpt", str(a), str(b), *args, "--out", str(tmp_path / "ens.jsonl")]) == 0
+    got = read_jsonl(tmp_path / "ens.jsonl")
+    want = TaggerPredictor(ensemble_tagger([a, b])).predict(sample_posts("dev", 12), progress=False)
+    assert [[(e.start, e.end, e.type) for e in p.entities] for p in got] == [
+        [(e.start, e.end, e.type) for e in p.entities] for p in want
+    ]
+    single = TaggerPredictor(make_tiny_tagger(tiny_encoder, seed=4)).predict(sample_posts("dev", 12), progress=False)
+    assert [[(e.start, e.end, e.type) for e in p.entities] for p in got] != [
+        [(e.start, e.end, e.type) for e in p.entities] for p in single
+    ]
+    assert main(["predict", "--ckpt", str(a), str(b), *args, "--out", "x.jsonl", "--quantize", "int8"]) == 2
+    assert "take one --ckpt" in capsys.readouterr().err

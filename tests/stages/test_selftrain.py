@@ -527,7 +527,8 @@ def test_an_ensemble_teacher_joins_a_continued_run_and_its_dev_score_is_recorded
     from refineg.stages.selftrain import run_selftrain
 
     os.environ.pop("REFINEG_RUN_NAME", None)
-    other = run_selftrain(load_selftrain_config(tiny_overrides(tiny_encoder, tmp_path, "other", seed=7, **{"selftrain.rounds": 0})))
+    alone = tiny_overrides(tiny_encoder, tmp_path, "other", seed=7, **{"selftrain.rounds": 0})
+    other = run_selftrain(load_selftrain_config(alone))
     member = other["rounds"][0]["checkpoint"]
     args = tiny_overrides(tiny_encoder, tmp_path, "student", **{"selftrain.rounds": 0})
     first = run_selftrain(load_selftrain_config(args))
@@ -545,3 +546,22 @@ def test_an_ensemble_teacher_joins_a_continued_run_and_its_dev_score_is_recorded
     assert r1["teacher_dev_mner_f1"] == pytest.approx(evaluate_examples(dev, preds)["mner"]["f1"], abs=1e-9)
     with pytest.raises(UsageError, match="written by another configuration"):
         run_selftrain(load_selftrain_config([*more, "selftrain.tau=0.5"]))
+
+
+def test_rounds_train_on_gold_synthetic_and_pseudo_posts_together(tiny_encoder, tmp_path, caplog):
+    import logging
+    import re
+
+    from refineg.stages.selftrain import run_selftrain
+
+    os.environ.pop("REFINEG_RUN_NAME", None)
+    rome = ["Anna", "went", "to", "Rome"]
+    synthetic = [Example(f"s{i}", rome, None, [Entity(0, 1, "PER")], "synthetic") for i in range(5)]
+    write_jsonl(synthetic, tmp_path / "s.jsonl")
+    over = {"selftrain.rounds": 1, "data.synthetic": tmp_path / "s.jsonl", "data.mixing": "concat"}
+    with caplog.at_level(logging.INFO, logger="refineg.datamodules.gmner"):
+        state = run_selftrain(load_selftrain_config(tiny_overrides(tiny_encoder, tmp_path, "syn", **over)))
+    sizes = [eval(m.group(1)) for m in re.finditer(r"posts: (\{[^}]*\})", caplog.text)]  # noqa: S307 (our own log)
+    assert [s["synthetic"] for s in sizes] == [5, 5] and [s["train"] for s in sizes] == [48, 48]
+    assert [s["pseudo"] for s in sizes] == [0, state["rounds"][1]["pseudo"]["posts"]]
+    assert state["rounds"][1]["pseudo"]["posts"] > 0

@@ -17,6 +17,7 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 from refineg.data import Entity, Example, bio_labels
 from refineg.errors import UsageError
 from refineg.metrics import GMNERMetrics
+from refineg.modules.active_rows import ActiveRowsEmbedding, activate_rows, track_decay
 from refineg.modules.backbones import BACKBONES
 from refineg.modules.groundability import create_groundability_head
 from refineg.modules.heads import create_head
@@ -81,6 +82,25 @@ def build_tagger(model: dict[str, Any], labels: list[str], pretrained: bool = Tr
         backbone, head, casing=model.get("casing", True), dropout=model.get("dropout", 0.1), groundability=groundability
     )
     return tagger.train()  # from_pretrained leaves encoders in eval mode
+
+
+def check_same_ids_on_every_rank(ids: list[int]) -> None:
+    """Raises when torch.distributed runs and another rank holds a different id set (DDP needs equal parameters).
+
+    Raises:
+        UsageError: The ranks' ``(count, sum, hash)`` of ``ids`` differ.
+    """
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    mine = (len(ids), sum(ids), hash(tuple(ids)))
+    every = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    if any(other != mine for other in every):
+        raise UsageError(
+            f"optim.embedding_rows=active: the ranks' training data hold different subword ids {every} (each rank "
+            "must encode the same training posts); use optim.embedding_rows=all"
+        )
 
 
 class TaggerModule(L.LightningModule):
@@ -189,6 +209,56 @@ class TaggerModule(L.LightningModule):
             self.val_groundability_auroc.reset()
             self.val_groundability_acc.reset()
 
+    def setup(self, stage: str) -> None:
+        """With ``optim.embedding_rows=active``, swaps in the active-rows word embedding before fitting."""
+        if stage != "fit" or self.hparams.optim.get("embedding_rows", "all") != "active":
+            return
+        dm = self.trainer.datamodule
+        if not hasattr(dm, "train_token_ids"):
+            raise UsageError(
+                "optim.embedding_rows=active needs a datamodule with train_token_ids() (the training data's ids), "
+                f"not {type(dm).__name__}: use optim.embedding_rows=all"
+            )
+        self.activate_embedding_rows(dm.train_token_ids())
+
+    def activate_embedding_rows(self, active_ids: list[int]) -> ActiveRowsEmbedding | None:
+        """Trains only the input word embedding's rows of ``active_ids`` (``optim.embedding_rows=active``).
+
+        See :mod:`refineg.modules.active_rows`. Returns the new embedding, or ``None`` when the embedding is frozen.
+        Call before the optimizer is built; the step graph (``cuda_graph=true``) is pointed at the new parameter.
+
+        Raises:
+            UsageError: The backbone has no Hugging Face input embedding, or DDP ranks hold different id sets.
+        """
+        model = next(
+            (
+                m
+                for m in self.tagger.backbone.modules()
+                if isinstance(
+                    getattr(m, "get_input_embeddings", lambda: None)(), torch.nn.Embedding | ActiveRowsEmbedding
+                )
+            ),
+            None,
+        )
+        if model is None:
+            raise UsageError(
+                f"optim.embedding_rows=active: backbone {type(self.tagger.backbone).__name__} has no Hugging Face "
+                "input embedding; use optim.embedding_rows=all"
+            )
+        current = model.get_input_embeddings()
+        if isinstance(current, ActiveRowsEmbedding):
+            return current
+        if not current.weight.requires_grad:
+            return None
+        check_same_ids_on_every_rank(active_ids)
+        try:
+            embedding = activate_rows(model, active_ids)
+        except ValueError as err:
+            raise UsageError(str(err)) from err
+        if self.step_graph is not None:
+            self.step_graph.params = [p for p in self.parameters() if p.requires_grad]
+        return embedding
+
     def use_step_graph(self, clip: float | None = None, max_graphs: int = 16) -> None:
         """Trains with the step recorded as CUDA graphs (``cuda_graph=true``; see :mod:`refineg.modules.step_graph`).
 
@@ -227,10 +297,24 @@ class TaggerModule(L.LightningModule):
             loss = self.step_graph(batch)
             self.optimizers().step()
             self.lr_schedulers().step()
-        else:
-            loss = self.tagging_loss(batch)
+            if self._logs_this_step(batch_idx):
+                # a CPU copy: Lightning turns progress-bar values into numbers after every batch, and a GPU value
+                # (even a stale one) would make that a host sync per step
+                self.log("train/loss", loss.cpu(), prog_bar=True, batch_size=len(batch["weight"]))
+            return loss
+        loss = self.tagging_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["weight"]))
         return loss
+
+    def _logs_this_step(self, batch_idx: int) -> bool:
+        """Whether the step-graph mode logs this step's loss: where Lightning writes logs, and each epoch's first step.
+
+        The loggers only write ``train/loss`` at those steps (``trainer.log_every_n_steps``), so what they record is
+        the same as with a loss logged at every step; the progress bar shows the latest logged loss.
+        """
+        connector = getattr(self.trainer, "_logger_connector", None)
+        should = getattr(connector, "should_update_logs", True)  # Lightning's own decision (private; else log)
+        return batch_idx == 0 or bool(should)
 
     def _groundability_training_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Tagging loss (unless frozen) + ``groundability_weight`` x BCE over the batch's gold entity spans."""
@@ -348,6 +432,9 @@ class TaggerModule(L.LightningModule):
             return max(0.0, (total - step) / max(1, total - warmup))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        for module in self.tagger.modules():
+            if isinstance(module, ActiveRowsEmbedding):
+                track_decay(optimizer, module)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:

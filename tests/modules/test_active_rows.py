@@ -1,0 +1,196 @@
+"""``optim.embedding_rows=active``: training only the word-embedding rows of training ids equals AdamW on the table."""
+
+import csv
+import os
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from transformers import AutoTokenizer, BertModel
+
+from refineg.config import as_dictconfig, load_config
+from refineg.data import bio_labels
+from refineg.datamodules.encoding import PostCollator, encode_posts
+from refineg.datamodules.gmner import read_split
+from refineg.modules.active_rows import ActiveRowsEmbedding, activate_rows, track_decay
+from refineg.modules.tagger_module import TaggerModule
+from tests.test_train import tiny_args
+
+EMBEDDING = "tagger.backbone.model.embeddings.word_embeddings.weight"
+
+
+def _run(encoder, runs, name, **extra):
+    """Trains the tiny BERT for 4 steps (weight decay large enough to move unseen rows); returns the last checkpoint."""
+    from refineg.training import train
+
+    os.environ.pop("REFINEG_RUN_NAME", None)
+    args = tiny_args(
+        encoder,
+        runs,
+        name,
+        **{
+            "data.gold_limit": 32,
+            "data.batch_size": 8,
+            "trainer.max_epochs": 1,
+            "predict": "false",
+            "data.eval_batch_size": 64,
+            "trainer.gradient_clip_val": 0.05,
+            "trainer.log_every_n_steps": 2,
+            "optim.encoder_lr": 0.01,
+            "optim.weight_decay": 0.5,
+            "optim.warmup_ratio": 0.5,
+            **extra,
+        },
+    )
+    train(load_config(args))
+    return torch.load(runs / name / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_encoder, tmp_path_factory):
+    """The same 4 steps with the full table and with active rows, each with and without the step graph."""
+    folder = tmp_path_factory.mktemp("active_rows")
+    out = {}
+    for graph in ("false", "true"):
+        for rows in ("all", "active"):
+            name = f"{rows}-graph{graph}"
+            out[name] = _run(tiny_encoder, folder, name, cuda_graph=graph, **{"optim.embedding_rows": rows})
+    return folder, out
+
+
+@pytest.mark.parametrize("graph", ["false", "true"])
+def test_active_rows_train_like_the_full_table(runs, tiny_encoder, graph):
+    _, ckpts = runs
+    full, active = ckpts[f"all-graph{graph}"], ckpts[f"active-graph{graph}"]
+    assert full["global_step"] == active["global_step"] == 4
+    assert set(full["state_dict"]) == set(active["state_dict"])  # the merged table under the ordinary key
+    for key, value in full["state_dict"].items():
+        torch.testing.assert_close(active["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    # the rows of ids training never saw were only decayed, and they did move
+    init = BertModel.from_pretrained(tiny_encoder).embeddings.word_embeddings.weight.detach()
+    trained = active["state_dict"][EMBEDDING]
+    changed = (trained - init).abs().amax(1)
+    unseen = (trained - init * (trained[:, :1] / init[:, :1])).abs().amax(1) < 1e-6  # a row that is init x a factor
+    assert unseen.sum() > 20000 and changed[unseen].min() > 0
+    factor = trained[unseen] / init[unseen]
+    torch.testing.assert_close(factor, factor[:1].expand_as(factor))  # one decay factor shared by every unseen row
+    assert factor[0, 0] < 0.999
+
+
+def test_checkpoint_of_active_rows_loads_into_a_plain_model(runs):
+    folder, ckpts = runs
+    plain = TaggerModule.load_from_checkpoint(folder / "active-graphfalse" / "checkpoints" / "last.ckpt")
+    assert type(plain.tagger.backbone.model.get_input_embeddings()) is torch.nn.Embedding
+    torch.testing.assert_close(
+        plain.tagger.backbone.model.get_input_embeddings().weight.detach(),
+        ckpts["all-graphfalse"]["state_dict"][EMBEDDING],
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_step_graph_logs_the_loss_at_the_logging_steps(runs):
+    """``cuda_graph=true`` logs the loss only where Lightning writes logs: same steps, same values as every step."""
+    folder, _ = runs
+
+    def losses(name):
+        with open(folder / name / "csv" / "version_0" / "metrics.csv") as f:
+            return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
+
+    auto, graph = losses("all-graphfalse"), losses("all-graphtrue")
+    assert sorted(auto) == sorted(graph) == [1, 3]  # log_every_n_steps=2: the 2nd and 4th step
+    for step, value in auto.items():
+        assert value > 0 and graph[step] == pytest.approx(value, rel=1e-5)
+    assert auto[1] != pytest.approx(auto[3], rel=1e-3)  # different steps log different losses
+
+
+def _batch(encoder, n=24):
+    cfg = load_config([])
+    tok = AutoTokenizer.from_pretrained(encoder)
+    labels = {t: i for i, t in enumerate(bio_labels(list(cfg.data.types)))}
+    posts = encode_posts(read_split(cfg.data, "dev")[:n], tok, labels, 64)
+    return PostCollator(tok.pad_token_id)(posts), list(cfg.data.types)
+
+
+def test_round_trip_and_unseen_ids_at_eval(tiny_encoder):
+    batch, types = _batch(tiny_encoder)
+    cfg = as_dictconfig(load_config([f"model.encoder={tiny_encoder}", "optim.embedding_rows=active"]))
+    model, optim = OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim)
+    torch.manual_seed(0)
+    module = TaggerModule(model, optim, types).eval()
+    ids = batch["input_ids"].unique()
+    seen = ids[::2].tolist()  # half of the batch's ids are "training" ids, the other half unseen
+    emb = module.activate_embedding_rows(seen)
+    assert isinstance(emb, ActiveRowsEmbedding) and emb.rows.shape[0] == len([i for i in seen if i != 0])
+    with torch.no_grad():  # as if trained: moved rows, decayed the rest
+        emb.rows.add_(torch.randn_like(emb.rows))
+        emb.decay_step(0.1, 0.5)
+        emb.decay_step(0.1, 0.5)
+    table = emb.merged_weight()
+    unseen = ids[1::2]
+    torch.testing.assert_close(table[unseen], emb.full[unseen] * 0.95**2)
+    rows = emb(batch["input_ids"])
+    torch.testing.assert_close(rows, table[batch["input_ids"]])
+    with torch.no_grad():
+        want = module(batch)
+    # into a model without the option (strict), then back into an active one
+    plain = TaggerModule(model, {**optim, "embedding_rows": "all"}, types).eval()
+    plain.load_state_dict(module.state_dict())
+    other = TaggerModule(model, optim, types).eval()
+    other.activate_embedding_rows(seen)
+    other.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(plain(batch), want)
+        torch.testing.assert_close(other(batch), want)
+    assert other.tagger.backbone.model.get_input_embeddings().decay == 1.0
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_equals_adamw_on_the_full_table(fused):
+    """Direct check against ``torch.optim.AdamW``: warm-up then decay schedule, rows seen only in some steps."""
+    torch.manual_seed(0)
+    vocab, dim, steps = 50, 8, 12
+    full = torch.nn.Embedding(vocab, dim, padding_idx=0)
+    emb = ActiveRowsEmbedding.replace(full, range(0, 30))  # ids 30.. never occur; 0 is padding
+    assert emb.rows.shape[0] == 29 and emb.lookup[0] == -1
+    head = torch.nn.Linear(dim, 1)
+    head2 = torch.nn.Linear(dim, 1)
+    head2.load_state_dict(head.state_dict())
+
+    def optimizer(params, head_params):
+        opt = torch.optim.AdamW(
+            [{"params": params, "lr": 0.05, "weight_decay": 0.3}, {"params": head_params, "lr": 0.01}], fused=fused
+        )
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 4) * (1 - s / (steps + 1)))
+
+    opt_a, sched_a = optimizer([full.weight], list(head.parameters()))
+    opt_b, sched_b = optimizer([emb.rows], list(head2.parameters()))
+    track_decay(opt_b, emb)
+    for step in range(steps):
+        ids = torch.randint(0, 10 if step % 2 else 30, (4, 6))  # odd steps touch only ids < 10
+        for module, lin, opt, sched in ((full, head, opt_a, sched_a), (emb, head2, opt_b, sched_b)):
+            opt.zero_grad()
+            (lin(module(ids)).squeeze(-1) ** 2).mean().backward()
+            opt.step()
+            sched.step()
+        torch.testing.assert_close(emb(ids), full(ids), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(emb.merged_weight(), full.weight.detach(), rtol=1e-5, atol=1e-6)
+    assert (emb.merged_weight()[30:] - emb.full[30:]).abs().amax() > 1e-3  # unseen rows decayed
+
+
+def test_refuses_other_embeddings():
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.EmbeddingBag(10, 4)
+            self.out = torch.nn.Linear(4, 10)
+
+        def get_input_embeddings(self):
+            return self.emb
+
+    with pytest.raises(ValueError, match="needs an nn.Embedding"):
+        activate_rows(Model(), [1, 2])
+    with pytest.raises(ValueError, match=r"must lie in \[0, 10\)"):
+        ActiveRowsEmbedding(torch.zeros(10, 4), [3, 10])
+    with pytest.raises(ValueError, match="optim.embedding_rows='some' is not one of all, active"):
+        load_config(["optim.embedding_rows=some"])

@@ -194,3 +194,56 @@ def test_refuses_other_embeddings():
         ActiveRowsEmbedding(torch.zeros(10, 4), [3, 10])
     with pytest.raises(ValueError, match="optim.embedding_rows='some' is not one of all, active"):
         load_config(["optim.embedding_rows=some"])
+
+
+class RecordingTagger(TaggerModule):
+    """A :class:`TaggerModule` that records its ``train/loss`` logs (step, value, device) and its training losses."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.logged: list[tuple[int, float, str]] = []
+        self.losses: list[float] = []
+
+    def log(self, name, value, *args, **kwargs):  # noqa: D102
+        if name == "train/loss":
+            step = self.trainer.fit_loop.epoch_loop._batches_that_stepped
+            self.logged.append((step, float(value), value.device.type))
+        super().log(name, value, *args, **kwargs)
+
+    def training_step(self, batch, batch_idx):  # noqa: D102
+        loss = super().training_step(batch, batch_idx)
+        self.losses.append(float(loss))
+        return loss
+
+
+def test_step_graph_logs_a_cpu_loss_only_at_logging_steps(tiny_encoder, tmp_path):
+    """Between logging steps nothing is logged (no per-step host sync on a GPU); a logged value is that step's loss."""
+    import lightning as L
+
+    from refineg.datamodules.gmner import GMNERDataModule
+
+    cfg = as_dictconfig(load_config(tiny_args(tiny_encoder, tmp_path, "rec", **{"data.gold_limit": 48})))
+    cfg.data.batch_size = 8
+    module = RecordingTagger(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), list(cfg.data.types))
+    module.use_step_graph(clip=1.0)
+    dm = GMNERDataModule(cfg.data, cfg.model.encoder)
+    dm.setup()
+    dm.encoded["dev"] = dm.encoded["dev"][:0]
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=6,
+        log_every_n_steps=4,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+    )
+    trainer.fit(module, datamodule=dm)
+    assert len(module.losses) == 6
+    # the first step (the progress bar's first value) and every 4th step (what the loggers write)
+    assert [step for step, _, _ in module.logged] == [0, 3]
+    for step, value, device in module.logged:
+        assert device == "cpu" and value == module.losses[step]
+    assert trainer.progress_bar_metrics["train/loss"] == pytest.approx(module.losses[3])

@@ -247,3 +247,31 @@ def test_step_graph_logs_a_cpu_loss_only_at_logging_steps(tiny_encoder, tmp_path
     for step, value, device in module.logged:
         assert device == "cpu" and value == module.losses[step]
     assert trainer.progress_bar_metrics["train/loss"] == pytest.approx(module.losses[3])
+
+
+@pytest.mark.slow
+def test_compiled_tagger_with_active_rows_matches_eager(tiny_encoder):
+    """``compile=tagger`` traces the active-rows embedding too: same emissions and gradients as eager."""
+    from refineg.modules.compile import compile_tagger
+
+    batch, types = _batch(tiny_encoder, n=8)
+    cfg = as_dictconfig(load_config([f"model.encoder={tiny_encoder}", "model.dropout=0.0"]))
+    model, optim = OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim)
+    taggers = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        module = TaggerModule(model, optim, types)
+        emb = module.activate_embedding_rows(batch["input_ids"].unique()[::2].tolist())
+        emb.decay_step(0.1, 0.5)
+        taggers.append(module.tagger)
+    compile_tagger(taggers[1], "tagger")
+    losses = []
+    for tagger in taggers:
+        emissions = tagger(**batch)
+        loss = tagger.head.loss(emissions, batch["labels"], batch["word_mask"]).sum()
+        loss.backward()
+        losses.append((emissions, loss))
+    torch.testing.assert_close(losses[1][0], losses[0][0], atol=1e-4, rtol=1e-4)
+    rows = [t.backbone.model.get_input_embeddings().rows.grad for t in taggers]
+    assert rows[0].abs().sum() > 0
+    torch.testing.assert_close(rows[1], rows[0], atol=1e-4, rtol=1e-3)

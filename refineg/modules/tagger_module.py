@@ -202,6 +202,11 @@ class TaggerModule(L.LightningModule):
         return self.tagger(**batch)
 
     def on_fit_start(self) -> None:  # noqa: D102
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for module in self.tagger.modules():
+                if isinstance(module, ActiveRowsEmbedding):  # DDP syncs parameters, not these buffers
+                    dist.broadcast(module.full, src=0)
         # reset so that DDP-spawned metric states never share the first sync (see ENVIRONMENT.md)
         self.val_metrics.reset()
         self.val_f1_best.reset()
@@ -257,6 +262,12 @@ class TaggerModule(L.LightningModule):
             raise UsageError(str(err)) from err
         if self.step_graph is not None:
             self.step_graph.params = [p for p in self.parameters() if p.requires_grad]
+        # DDP would broadcast every buffer from rank 0 at each forward, the (V, H) table included; these are equal on
+        # every rank by construction (the table is synced once in on_fit_start)
+        prefix = next(name for name, m in self.named_modules() if m is embedding)
+        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            self, [f"{prefix}.{b}" for b in ("full", "lookup", "active_ids", "decay")]
+        )
         return embedding
 
     def use_step_graph(self, clip: float | None = None, max_graphs: int = 16) -> None:

@@ -122,6 +122,8 @@ def test_round_trip_and_unseen_ids_at_eval(tiny_encoder):
     seen = ids[::2].tolist()  # half of the batch's ids are "training" ids, the other half unseen
     emb = module.activate_embedding_rows(seen)
     assert isinstance(emb, ActiveRowsEmbedding) and emb.rows.shape[0] == len([i for i in seen if i != 0])
+    prefix = "tagger.backbone.model.embeddings.word_embeddings."
+    assert module._ddp_params_and_buffers_to_ignore == [prefix + b for b in ("full", "lookup", "active_ids", "decay")]
     with torch.no_grad():  # as if trained: moved rows, decayed the rest
         emb.rows.add_(torch.randn_like(emb.rows))
         emb.decay_step(0.1, 0.5)
@@ -275,3 +277,35 @@ def test_compiled_tagger_with_active_rows_matches_eager(tiny_encoder):
     rows = [t.backbone.model.get_input_embeddings().rows.grad for t in taggers]
     assert rows[0].abs().sum() > 0
     torch.testing.assert_close(rows[1], rows[0], atol=1e-4, rtol=1e-3)
+
+
+def _rank_checks_ids(rank: int, port: int, results) -> None:
+    import torch.distributed as dist
+
+    from refineg.modules.tagger_module import check_same_ids_on_every_rank
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        check_same_ids_on_every_rank([1, 2, 3])  # equal on both ranks: passes
+        try:
+            check_same_ids_on_every_rank([1, 2, 3 + rank])
+            results[rank] = "passed"
+        except ValueError as err:
+            results[rank] = str(err)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_with_different_ids_are_refused():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_rank_checks_ids, args=(port, results), nprocs=2)
+    assert set(results) == {0, 1}
+    for message in results.values():
+        assert "the ranks' training data hold different subword ids" in message

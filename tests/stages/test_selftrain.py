@@ -527,7 +527,9 @@ def test_an_ensemble_teacher_joins_a_continued_run_and_its_dev_score_is_recorded
     from refineg.stages.selftrain import run_selftrain
 
     os.environ.pop("REFINEG_RUN_NAME", None)
-    other = run_selftrain(load_selftrain_config(tiny_overrides(tiny_encoder, tmp_path, "other", seed=7, **{"selftrain.rounds": 0})))
+    other = run_selftrain(
+        load_selftrain_config(tiny_overrides(tiny_encoder, tmp_path, "other", seed=7, **{"selftrain.rounds": 0}))
+    )
     member = other["rounds"][0]["checkpoint"]
     args = tiny_overrides(tiny_encoder, tmp_path, "student", **{"selftrain.rounds": 0})
     first = run_selftrain(load_selftrain_config(args))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import logging
@@ -269,6 +270,38 @@ class TaggerModule(L.LightningModule):
             self, [f"{prefix}.{b}" for b in ("full", "lookup", "active_ids", "decay")]
         )
         return embedding
+
+    def _embedding_rows_digest(self) -> str | None:
+        """``"<K> rows <sha1>"`` of the active embedding rows' ids, or ``None`` without ``embedding_rows=active``."""
+        for module in self.tagger.modules():
+            if isinstance(module, ActiveRowsEmbedding):
+                ids = module.active_ids.cpu().numpy().tobytes()
+                return f"{module.active_ids.numel()} rows {hashlib.sha1(ids).hexdigest()[:16]}"
+        return None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:  # noqa: D102
+        digest = self._embedding_rows_digest()
+        if digest is not None:  # the optimizer state holds one moment row per active id
+            checkpoint["embedding_rows_active"] = digest
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuses to resume training when the optimizer state was saved for other trained embedding rows.
+
+        Raises:
+            UsageError: ``optim.embedding_rows`` or (with ``active``) the training data's ids differ from the run that
+                saved the checkpoint's optimizer state.
+        """
+        trainer = self._trainer
+        if trainer is None or trainer.state.fn != "fit" or not checkpoint.get("optimizer_states"):
+            return
+        saved, mine = checkpoint.get("embedding_rows_active"), self._embedding_rows_digest()
+        if saved != mine:
+            raise UsageError(
+                "cannot resume: the checkpoint's optimizer state was saved with "
+                f"{'optim.embedding_rows=active (' + saved + ')' if saved else 'optim.embedding_rows=all'}, this run "
+                f"has {'optim.embedding_rows=active (' + mine + ')' if mine else 'optim.embedding_rows=all'}; "
+                "resume with the same setting and training data"
+            )
 
     def use_step_graph(self, clip: float | None = None, max_graphs: int = 16) -> None:
         """Trains with the step recorded as CUDA graphs (``cuda_graph=true``; see :mod:`refineg.modules.step_graph`).

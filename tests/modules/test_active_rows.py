@@ -309,3 +309,28 @@ def test_ranks_with_different_ids_are_refused():
     assert set(results) == {0, 1}
     for message in results.values():
         assert "the ranks' training data hold different subword ids" in message
+
+
+def test_resuming_active_rows_continues_like_the_full_table(tiny_encoder, tmp_path):
+    """Resuming (``ckpt_path=last``) restores the merged table and the compact optimizer state; a switch is refused."""
+    import shutil
+
+    from refineg.errors import UsageError
+
+    final = {}
+    for rows in ("all", "active"):
+        _run(tiny_encoder, tmp_path, rows, **{"optim.embedding_rows": rows})
+        ckpt = _run(
+            tiny_encoder,
+            tmp_path,
+            rows,
+            ckpt_path="last",
+            **{"optim.embedding_rows": rows, "trainer.max_epochs": 2},
+        )
+        assert ckpt["global_step"] == 8 and ("embedding_rows_active" in ckpt) == (rows == "active")
+        final[rows] = ckpt["state_dict"]
+    for key, value in final["all"].items():
+        torch.testing.assert_close(final["active"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    shutil.copytree(tmp_path / "all", tmp_path / "switch")
+    with pytest.raises(UsageError, match="saved with optim.embedding_rows=all, this run has optim.embedding_rows=act"):
+        _run(tiny_encoder, tmp_path, "switch", ckpt_path="last", **{"optim.embedding_rows": "active"})

@@ -334,3 +334,38 @@ def test_resuming_active_rows_continues_like_the_full_table(tiny_encoder, tmp_pa
     shutil.copytree(tmp_path / "all", tmp_path / "switch")
     with pytest.raises(UsageError, match="saved with optim.embedding_rows=all, this run has optim.embedding_rows=act"):
         _run(tiny_encoder, tmp_path, "switch", ckpt_path="last", **{"optim.embedding_rows": "active"})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_replayed_step_reads_the_live_rows_and_decay_on_gpu():
+    """A recorded step (``cuda_graph=true``) sees the decay and rows changed outside the graph, like eager."""
+    from refineg.modules.step_graph import GraphedStep
+
+    torch.manual_seed(0)
+    emb = ActiveRowsEmbedding.replace(torch.nn.Embedding(50, 16, padding_idx=0), range(25)).cuda()
+    head = torch.nn.Linear(16, 1).cuda()
+    params = [emb.rows, *head.parameters()]
+
+    def loss_fn(b):
+        return (head(emb(b["input_ids"])).squeeze(-1) * b["weight"][:, None]).pow(2).mean()
+
+    step = GraphedStep(loss_fn, params, clip=1.0)
+    for _ in range(6):
+        batch = {"input_ids": torch.randint(0, 50, (4, 8), device="cuda"), "weight": torch.rand(4, device="cuda")}
+        loss = step(batch)
+        got = [p.grad.clone() for p in params]
+        for p in params:
+            p.grad = None
+        want = loss_fn(batch)
+        want.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.testing.assert_close(loss, want.detach())
+        del want  # an autograd graph kept alive pins AccumulateGrad to this stream and would break the next capture
+        for g, p in zip(got, params):
+            torch.testing.assert_close(g, p.grad)
+        with torch.no_grad():  # what the optimizer and its step hook do between replays
+            emb.decay_step(0.1, 0.5)
+            for p in params:
+                p.add_(torch.randn_like(p) * 0.01)
+    assert step.eager_steps == 1 and step.replays == 5 and float(emb.decay) == pytest.approx(0.95**6)

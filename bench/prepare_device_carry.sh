@@ -7,7 +7,8 @@ R=${1:?release folder}
 mkdir -p .devcarry/whl .devcarry/data .devcarry/tok
 grep -qx '/.devcarry/' .git/info/exclude || echo /.devcarry/ >> .git/info/exclude
 python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux2014_x86_64 -d .devcarry/whl omegaconf==2.4.0 defusedxml==0.7.1
+  --platform manylinux2014_x86_64 -d .devcarry/whl omegaconf==2.4.0 defusedxml==0.7.1 pydantic==2.14.4 \
+  pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0
 refineg convert --format twitter-gmner --txt "$R/txt/train.txt" --xml-dir "$R/xml" --out .devcarry/data/train.jsonl
 refineg convert --format twitter-gmner --txt "$R/txt/dev.txt" --xml-dir "$R/xml" --out .devcarry/data/dev.jsonl
 M=$(python -c "from refineg.modules.backbones import resolve_encoder; print(resolve_encoder('minilm'))")

@@ -295,8 +295,8 @@ def main() -> int:
     p.add_argument(
         "--ensemble",
         action="store_true",
-        help="train every run's round 0 first, then let each run's teacher be the ensemble of all round-0 taggers "
-        "of its group (g500 or full, every variant)",
+        help="train every run's round 0 first, then let each run's teacher be the ensemble of the round-0 taggers "
+        "of its group (g500 or full), one per seed",
     )
     args = p.parse_args()
     out = Path(args.out)
@@ -310,10 +310,11 @@ def main() -> int:
         for variant in getattr(args, f"{group}_variants"):
             if variant not in VARIANTS:
                 raise SystemExit(f"error: unknown variant {variant!r}; known: {', '.join(VARIANTS)} (--variant adds)")
+            label = f"g{args.gold}" if group == "g500" else group  # the g500 group at --gold N
             for seed in args.seeds:
-                name = f"{group}-{variant}-s{seed}"
+                name = f"{label}-{variant}-s{seed}"
                 jobs[name] = {
-                    "group": f"{group}-{variant}",
+                    "group": f"{label}-{variant}",
                     "seed": seed,
                     "command": run_command(args, group, variant, seed, name),
                 }
@@ -337,8 +338,13 @@ def main() -> int:
             state = load_state(args, name)
             if not state or not state["rounds"]:
                 continue
-            others = [n for n in family[job["group"].split("-")[0]] if n != name]
-            ckpts = [s["rounds"][0]["checkpoint"] for s in map(lambda n: load_state(args, n), others) if s]
+            # one member per other seed: runs of the same seed in other variants trained the same round 0
+            by_seed = {}
+            for other in family[job["group"].split("-")[0]]:
+                if jobs[other]["seed"] != job["seed"]:
+                    by_seed.setdefault(jobs[other]["seed"], other)
+            states = [load_state(args, n) for n in by_seed.values()]
+            ckpts = [s["rounds"][0]["checkpoint"] for s in states if s and s["rounds"]]
             job["command"] = [*final[name], f"selftrain.ensemble=[{','.join(ckpts)}]"]
             job["ensemble_members"] = 1 + len(ckpts)
             job.pop("returncode", None)

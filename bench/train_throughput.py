@@ -133,6 +133,7 @@ def run_ours(args) -> dict:
                 f"data.pad_to_multiple_of={args.pad_multiple}",
                 f"data.pack_length={args.pack}",
                 f"data.num_workers={args.workers}",
+                f"optim.embedding_rows={args.embedding_rows}",
             ]
             + (["model.backbone_kwargs.packed_attention=varlen"] if args.varlen else [])
         )
@@ -286,6 +287,12 @@ def main() -> None:
     p.add_argument("--pack-length", type=int, default=128, help="pack_length of the packed variants")
     p.add_argument("--varlen", action="store_true", help="packed rows through variable-length FlashAttention")
     p.add_argument("--workers", type=int, default=0, help="data.num_workers (collation in worker processes)")
+    p.add_argument(
+        "--embedding-rows",
+        default="all",
+        choices=("all", "active"),
+        help="optim.embedding_rows: active trains only the word-embedding rows of the training data's ids",
+    )
     p.add_argument("--profile", action="store_true", help="profile 5 steps of each variant")
     p.add_argument("--log-dir", help="write each variant's stdout/stderr (profiles) here")
     p.add_argument("--only", nargs="*", help="run only these variants (names of the plan)")
@@ -313,6 +320,7 @@ def main() -> None:
 
     graph = ["--cuda-graph", "--pad-multiple", str(args.graph_pad), "--no-cudnn"]
     graph_packed = ["--variant", "ours", *graph, "--no-bucket", "--pack", str(args.pack_length)]
+    active = ["--embedding-rows", "active"]  # optim.embedding_rows=active (refineg.modules.active_rows)
     plan = {
         "hf-trainer (linear head)": ["--variant", "hf"],
         "ours (CRF, bucketed)": ["--variant", "ours"],
@@ -348,6 +356,13 @@ def main() -> None:
         "ours (CRF, step graph, packed, compile layers, workers)": [
             *graph_packed,
             *("--compile", "layers", "--workers", "4"),
+        ],
+        "ours (CRF, step graph, packed, active rows)": [*graph_packed, *active],
+        "ours (CRF, step graph, packed, compile layers, active rows)": [*graph_packed, "--compile", "layers", *active],
+        "ours (CRF, step graph, packed, compile layers, workers, active rows)": [
+            *graph_packed,
+            *("--compile", "layers", "--workers", "4"),
+            *active,
         ],
     }
     if args.only:

@@ -40,6 +40,8 @@ T = TypeVar("T")
 
 #: ``data.mixing`` values: how gold and synthetic posts share the batches (see refineg.datamodules.gmner).
 MIXING_MODES = ("gold_only", "concat", "ratio", "two_stage")
+#: ``optim.embedding_rows`` values (see refineg.modules.active_rows).
+EMBEDDING_ROWS = ("all", "active")
 
 CONFIG_DIR = config_root()  # the packaged configs; the stages' built-in prompt folders are under CONFIG_DIR/prompts
 SAMPLE_ROOT = Path(__file__).resolve().parent / "assets" / "sample" / "twitter-gmner"
@@ -266,6 +268,9 @@ class OptimConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     fused: bool | None = None  # None: fused AdamW (CUDA and CPU) unless fp16 precision
+    # all | active: train only the input word embedding's rows of ids in the training data (same result as `all`;
+    # less optimiser work for a large vocabulary; see refineg.modules.active_rows)
+    embedding_rows: str = "all"
 
 
 @dataclass
@@ -490,6 +495,8 @@ def check_train_config(cfg: Any) -> None:
     for key in ("data.num_workers", "data.pad_to_multiple_of", "data.pack_length", "data.synthetic_epochs"):
         if get(key) < 0:
             problems.append(f"{key}={get(key)} must not be negative")
+    if cfg.optim.embedding_rows not in EMBEDDING_ROWS:
+        problems.append(f"optim.embedding_rows={cfg.optim.embedding_rows!r} is not one of {', '.join(EMBEDDING_ROWS)}")
     if cfg.data.mixing not in MIXING_MODES:
         problems.append(f"data.mixing={cfg.data.mixing!r} is not one of {', '.join(MIXING_MODES)}")
     if not 0 < cfg.data.synthetic_ratio < 1:

@@ -215,3 +215,19 @@ def test_ddp_strategy_from_config():
     assert type(ddp_strategy(load_config(["ddp.side_stream=true"]).ddp)).__name__ == "DDPStrategy"
     with pytest.raises(ValueError, match="ddp.comm_hook='int4'"):
         ddp_strategy(load_config(["ddp.comm_hook=int4"]).ddp)
+
+
+@pytest.mark.slow
+def test_ddp_with_active_embedding_rows_trains_the_single_process_weights(trained, tiny_encoder, tmp_path):
+    """``optim.embedding_rows=active`` under DDP (same ids on both ranks): the weights of one process, full table."""
+    import torch
+
+    run_dir, _ = trained
+    ddp_dir = _train_ddp(tiny_encoder, tmp_path, "ddp_active", **{"optim.embedding_rows": "active", "predict": "false"})
+    single, ddp = (
+        torch.load(d / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+        for d in (run_dir, ddp_dir)
+    )
+    assert set(ddp) == set(single)
+    for key in (k for k in single if single[k].is_floating_point()):
+        torch.testing.assert_close(ddp[key], single[key], rtol=1e-4, atol=1e-5, msg=key)

@@ -244,6 +244,18 @@ class GMNERDataModule(L.LightningDataModule):
             num_labels=len(self.labels),
         )
 
+    def train_token_ids(self) -> list[int]:
+        """Sorted subword ids a training batch can hold (call after :meth:`setup`).
+
+        Every training post's ids (gold and non-gold, all epochs) and the tokenizer's special ids (padding, word
+        dropout's unknown id, separators). The same on every DDP rank: each rank encodes the whole training pool
+        (the samplers split it).
+        """
+        ids = set(self._tokenizer().all_special_ids)
+        for post in self.encoded["train"] + self.encoded["synthetic"]:
+            ids.update(post.input_ids)
+        return sorted(ids)
+
     def train_posts(self, epoch: int) -> tuple[list[EncodedPost], int]:
         """Posts of the training pool for ``epoch`` and how many of them (the first ones) are gold."""
         gold, syn = self.encoded["train"], self.encoded["synthetic"]

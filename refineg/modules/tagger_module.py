@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import logging
@@ -17,6 +18,7 @@ from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 from refineg.data import Entity, Example, bio_labels
 from refineg.errors import UsageError
 from refineg.metrics import GMNERMetrics
+from refineg.modules.active_rows import ActiveRowsEmbedding, activate_rows, track_decay
 from refineg.modules.backbones import BACKBONES
 from refineg.modules.groundability import create_groundability_head
 from refineg.modules.heads import create_head
@@ -81,6 +83,25 @@ def build_tagger(model: dict[str, Any], labels: list[str], pretrained: bool = Tr
         backbone, head, casing=model.get("casing", True), dropout=model.get("dropout", 0.1), groundability=groundability
     )
     return tagger.train()  # from_pretrained leaves encoders in eval mode
+
+
+def check_same_ids_on_every_rank(ids: list[int]) -> None:
+    """Raises when torch.distributed runs and another rank holds a different id set (DDP needs equal parameters).
+
+    Raises:
+        UsageError: The ranks' ``(count, sum, hash)`` of ``ids`` differ.
+    """
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    mine = (len(ids), sum(ids), hash(tuple(ids)))
+    every = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    if any(other != mine for other in every):
+        raise UsageError(
+            f"optim.embedding_rows=active: the ranks' training data hold different subword ids {every} (each rank "
+            "must encode the same training posts); use optim.embedding_rows=all"
+        )
 
 
 class TaggerModule(L.LightningModule):
@@ -182,12 +203,105 @@ class TaggerModule(L.LightningModule):
         return self.tagger(**batch)
 
     def on_fit_start(self) -> None:  # noqa: D102
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for module in self.tagger.modules():
+                if isinstance(module, ActiveRowsEmbedding):  # DDP syncs parameters, not these buffers
+                    dist.broadcast(module.full, src=0)
         # reset so that DDP-spawned metric states never share the first sync (see ENVIRONMENT.md)
         self.val_metrics.reset()
         self.val_f1_best.reset()
         if self.tagger.groundability is not None:
             self.val_groundability_auroc.reset()
             self.val_groundability_acc.reset()
+
+    def setup(self, stage: str) -> None:
+        """With ``optim.embedding_rows=active``, swaps in the active-rows word embedding before fitting."""
+        if stage != "fit" or self.hparams.optim.get("embedding_rows", "all") != "active":
+            return
+        dm = self.trainer.datamodule
+        if not hasattr(dm, "train_token_ids"):
+            raise UsageError(
+                "optim.embedding_rows=active needs a datamodule with train_token_ids() (the training data's ids), "
+                f"not {type(dm).__name__}: use optim.embedding_rows=all"
+            )
+        self.activate_embedding_rows(dm.train_token_ids())
+
+    def activate_embedding_rows(self, active_ids: list[int]) -> ActiveRowsEmbedding | None:
+        """Trains only the input word embedding's rows of ``active_ids`` (``optim.embedding_rows=active``).
+
+        See :mod:`refineg.modules.active_rows`. Returns the new embedding, or ``None`` when the embedding is frozen.
+        Call before the optimizer is built; the step graph (``cuda_graph=true``) is pointed at the new parameter.
+
+        Raises:
+            UsageError: The backbone has no Hugging Face input embedding, or DDP ranks hold different id sets.
+        """
+        model = next(
+            (
+                m
+                for m in self.tagger.backbone.modules()
+                if isinstance(
+                    getattr(m, "get_input_embeddings", lambda: None)(), torch.nn.Embedding | ActiveRowsEmbedding
+                )
+            ),
+            None,
+        )
+        if model is None:
+            raise UsageError(
+                f"optim.embedding_rows=active: backbone {type(self.tagger.backbone).__name__} has no Hugging Face "
+                "input embedding; use optim.embedding_rows=all"
+            )
+        current = model.get_input_embeddings()
+        if isinstance(current, ActiveRowsEmbedding):
+            return current
+        if not current.weight.requires_grad:
+            return None
+        check_same_ids_on_every_rank(active_ids)
+        try:
+            embedding = activate_rows(model, active_ids)
+        except ValueError as err:
+            raise UsageError(str(err)) from err
+        if self.step_graph is not None:
+            self.step_graph.params = [p for p in self.parameters() if p.requires_grad]
+        # DDP would broadcast every buffer from rank 0 at each forward, the (V, H) table included; these are equal on
+        # every rank by construction (the table is synced once in on_fit_start)
+        prefix = next(name for name, m in self.named_modules() if m is embedding)
+        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            self, [f"{prefix}.{b}" for b in ("full", "lookup", "active_ids", "decay")]
+        )
+        return embedding
+
+    def _embedding_rows_digest(self) -> str | None:
+        """``"<K> rows <sha1>"`` of the active embedding rows' ids, or ``None`` without ``embedding_rows=active``."""
+        for module in self.tagger.modules():
+            if isinstance(module, ActiveRowsEmbedding):
+                ids = module.active_ids.cpu().numpy().tobytes()
+                return f"{module.active_ids.numel()} rows {hashlib.sha1(ids).hexdigest()[:16]}"
+        return None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:  # noqa: D102
+        digest = self._embedding_rows_digest()
+        if digest is not None:  # the optimizer state holds one moment row per active id
+            checkpoint["embedding_rows_active"] = digest
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuses to resume training when the optimizer state was saved for other trained embedding rows.
+
+        Raises:
+            UsageError: ``optim.embedding_rows`` or (with ``active``) the training data's ids differ from the run that
+                saved the checkpoint's optimizer state.
+        """
+        trainer = self._trainer
+        if trainer is None or trainer.state.fn != "fit" or not checkpoint.get("optimizer_states"):
+            return
+        saved, mine = checkpoint.get("embedding_rows_active"), self._embedding_rows_digest()
+        if saved != mine:
+            raise UsageError(
+                "cannot resume: the checkpoint's optimizer state was saved with "
+                f"{'optim.embedding_rows=active (' + saved + ')' if saved else 'optim.embedding_rows=all'}, this run "
+                f"has {'optim.embedding_rows=active (' + mine + ')' if mine else 'optim.embedding_rows=all'}; "
+                "resume with the same setting and training data"
+            )
 
     def use_step_graph(self, clip: float | None = None, max_graphs: int = 16) -> None:
         """Trains with the step recorded as CUDA graphs (``cuda_graph=true``; see :mod:`refineg.modules.step_graph`).
@@ -227,10 +341,24 @@ class TaggerModule(L.LightningModule):
             loss = self.step_graph(batch)
             self.optimizers().step()
             self.lr_schedulers().step()
-        else:
-            loss = self.tagging_loss(batch)
+            if self._logs_this_step(batch_idx):
+                # a CPU copy: Lightning turns progress-bar values into numbers after every batch, and a GPU value
+                # (even a stale one) would make that a host sync per step
+                self.log("train/loss", loss.cpu(), prog_bar=True, batch_size=len(batch["weight"]))
+            return loss
+        loss = self.tagging_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["weight"]))
         return loss
+
+    def _logs_this_step(self, batch_idx: int) -> bool:
+        """Whether the step-graph mode logs this step's loss: where Lightning writes logs, and each epoch's first step.
+
+        The loggers only write ``train/loss`` at those steps (``trainer.log_every_n_steps``), so what they record is
+        the same as with a loss logged at every step; the progress bar shows the latest logged loss.
+        """
+        connector = getattr(self.trainer, "_logger_connector", None)
+        should = getattr(connector, "should_update_logs", True)  # Lightning's own decision (private; else log)
+        return batch_idx == 0 or bool(should)
 
     def _groundability_training_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Tagging loss (unless frozen) + ``groundability_weight`` x BCE over the batch's gold entity spans."""
@@ -348,6 +476,9 @@ class TaggerModule(L.LightningModule):
             return max(0.0, (total - step) / max(1, total - warmup))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        for module in self.tagger.modules():
+            if isinstance(module, ActiveRowsEmbedding):
+                track_decay(optimizer, module)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:

@@ -565,3 +565,20 @@ def test_rounds_train_on_gold_synthetic_and_pseudo_posts_together(tiny_encoder, 
     assert [s["synthetic"] for s in sizes] == [5, 5] and [s["train"] for s in sizes] == [48, 48]
     assert [s["pseudo"] for s in sizes] == [0, state["rounds"][1]["pseudo"]["posts"]]
     assert state["rounds"][1]["pseudo"]["posts"] > 0
+
+
+def test_ensemble_members_that_cannot_join_are_refused_before_training(tiny_encoder, tmp_path, capsys):
+    from refineg.cli import main
+    from tests.refine_helpers import make_tiny_tagger, save_checkpoint
+    from tests.tiny_models import make_tiny_bert
+
+    not_ckpt = tmp_path / "notes.ckpt"
+    not_ckpt.write_text("not a checkpoint")
+    elsewhere = make_tiny_bert(tmp_path / "other_encoder")  # the same tiny BERT, saved under another name
+    other = save_checkpoint(make_tiny_tagger(str(elsewhere)), tmp_path / "other.ckpt")
+    for member, needle in ((not_ckpt, "notes.ckpt: not a PyTorch checkpoint"), (other, "other.ckpt is a tagger")):
+        over = {"selftrain.rounds": 1, "selftrain.ensemble": f"[{member}]"}
+        assert main(["selftrain", *tiny_overrides(tiny_encoder, tmp_path, f"refused-{member.stem}", **over)]) == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith("error: ") and needle in last, last
+        assert not (tmp_path / f"refused-{member.stem}" / "round0").exists()  # nothing trained

@@ -140,6 +140,25 @@ def teacher_estimator(ckpts: str | list[str], cfg: DictConfig) -> Any:
     return UncertaintyEstimator(predictor, {st.head: create_uncertainty_head(st.head, **dict(st.head_kwargs))})
 
 
+def check_ensemble_members(paths: list[str], cfg: DictConfig) -> None:
+    """Checks that every ``selftrain.ensemble`` checkpoint is a tagger of this run's encoder and entity types.
+
+    Raises:
+        DataFormatError: A file that is not a tagger checkpoint.
+        UsageError: A member with another encoder or other entity types.
+    """
+    from refineg.inference.predictor import load_tagger
+
+    for path in paths:
+        member = load_tagger(path)
+        encoder, types = member.hparams.model["encoder"], list(member.types)
+        if encoder != cfg.model.encoder or types != list(cfg.data.types):
+            raise UsageError(
+                f"selftrain.ensemble: {path} is a tagger of encoder {encoder!r} and types {types}; this run trains "
+                f"{cfg.model.encoder!r} with types {list(cfg.data.types)}"
+            )
+
+
 def teacher_dev_f1(est: Any, cfg: DictConfig) -> float:
     """Dev MNER F1 of the teacher (an ensemble's own score, which no training round records)."""
     from refineg.datamodules.gmner import read_split
@@ -250,8 +269,10 @@ def run_selftrain(cfg: SelfTrainConfig | DictConfig) -> dict[str, Any]:
     else:
         state = {"fingerprint": fingerprint, "config": OmegaConf.to_container(cfg, resolve=True), "rounds": []}
     state.pop("stopped", None)
-    # the pool is read before any training, so that a bad pool setting fails at once
+    # the pool and the extra teacher members are read before any training, so that a bad setting fails at once
     pool: UnlabeledPool | None = build_pool(cfg.data, cfg.seed) if st.rounds > 0 else None
+    if st.ensemble and st.rounds > 0:
+        check_ensemble_members(list(st.ensemble), cfg)
     if pool is not None and pool.hidden is not None and st.refine_backend in ("oracle", "noisy-oracle"):
         write_jsonl(pool.hidden.values(), run_dir / "pool_gold.jsonl")
     types = list(cfg.data.types)

@@ -582,3 +582,26 @@ def test_ensemble_members_that_cannot_join_are_refused_before_training(tiny_enco
         last = capsys.readouterr().err.strip().splitlines()[-1]
         assert last.startswith("error: ") and needle in last, last
         assert not (tmp_path / f"refused-{member.stem}" / "round0").exists()  # nothing trained
+
+
+def test_ensemble_member_with_another_head_is_refused_before_round_0(tiny_encoder, tmp_path, capsys):
+    from refineg.cli import main
+    from tests.refine_helpers import make_tiny_tagger, save_checkpoint
+
+    os.environ.pop("REFINEG_RUN_NAME", None)
+    softmax = save_checkpoint(make_tiny_tagger(tiny_encoder, head="softmax"), tmp_path / "softmax.ckpt")
+    over = {"selftrain.rounds": 1, "selftrain.ensemble": f"[{softmax}]"}
+    assert main(["selftrain", *tiny_overrides(tiny_encoder, tmp_path, "head", **over)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: selftrain.ensemble: ") and "model.head=softmax" in last, last
+    assert not (tmp_path / "head" / "round0").exists()  # refused before round 0 trained
+    from refineg.modules.tagger_module import TaggerModule
+    from tests.refine_helpers import OPTIM, TYPES
+
+    model = {"backbone": "hf", "encoder": tiny_encoder, "head": "crf", "casing": True, "groundability": True}
+    grounding = save_checkpoint(TaggerModule(model, OPTIM, TYPES), tmp_path / "grounding.ckpt")
+    over["selftrain.ensemble"] = f"[{grounding}]"
+    assert main(["selftrain", *tiny_overrides(tiny_encoder, tmp_path, "ground", **over)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: selftrain.ensemble: ") and "groundability" in last, last
+    assert not (tmp_path / "ground" / "round0").exists()

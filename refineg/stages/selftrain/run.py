@@ -141,11 +141,15 @@ def teacher_estimator(ckpts: str | list[str], cfg: DictConfig) -> Any:
 
 
 def check_ensemble_members(paths: list[str], cfg: DictConfig) -> None:
-    """Checks that every ``selftrain.ensemble`` checkpoint is a tagger of this run's encoder and entity types.
+    """Checks that every ``selftrain.ensemble`` checkpoint can join an ensemble with this run's rounds' taggers.
+
+    The same encoder, entity types and tagging head (:class:`~refineg.inference.ensemble.EnsembleTagger` averages
+    the heads), and no groundability head (ensembles tag only).
 
     Raises:
         DataFormatError: A file that is not a tagger checkpoint.
-        UsageError: A member with another encoder or other entity types.
+        UsageError: A member with another encoder, other entity types or another head, or with a groundability
+            head.
     """
     from refineg.inference.predictor import load_tagger
 
@@ -157,6 +161,14 @@ def check_ensemble_members(paths: list[str], cfg: DictConfig) -> None:
                 f"selftrain.ensemble: {path} is a tagger of encoder {encoder!r} and types {types}; this run trains "
                 f"{cfg.model.encoder!r} with types {list(cfg.data.types)}"
             )
+        head = member.hparams.model.get("head", "crf")
+        if head != cfg.model.head:
+            raise UsageError(
+                f"selftrain.ensemble: {path} is a tagger with model.head={head}; this run trains model.head="
+                f"{cfg.model.head} (an ensemble averages its members' heads)"
+            )
+        if member.tagger.groundability is not None:
+            raise UsageError(f"selftrain.ensemble: {path} has a groundability head; ensembles tag only")
 
 
 def teacher_dev_f1(est: Any, cfg: DictConfig) -> float:

@@ -605,3 +605,29 @@ def test_ensemble_member_with_another_head_is_refused_before_round_0(tiny_encode
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: selftrain.ensemble: ") and "groundability" in last, last
     assert not (tmp_path / "ground" / "round0").exists()
+
+
+def test_a_round_interrupted_before_it_was_recorded_keeps_its_teacher_members(tiny_encoder, tmp_path):
+    from refineg.errors import UsageError
+    from refineg.stages.selftrain import run_selftrain
+
+    os.environ.pop("REFINEG_RUN_NAME", None)
+    other = run_selftrain(
+        load_selftrain_config(tiny_overrides(tiny_encoder, tmp_path, "o", seed=7, **{"selftrain.rounds": 0}))
+    )
+    member = other["rounds"][0]["checkpoint"]
+    args = tiny_overrides(tiny_encoder, tmp_path, "cut", **{"selftrain.rounds": 1, "selftrain.patience": 5})
+    first = run_selftrain(load_selftrain_config(args))
+    # as if killed after round 1 trained and before selftrain.json recorded it
+    state_path = tmp_path / "cut" / "selftrain.json"
+    state = json.loads(state_path.read_text())
+    state["rounds"] = state["rounds"][:1]
+    state_path.write_text(json.dumps(state))
+    pseudo = (tmp_path / "cut" / "round1" / "pseudo.jsonl").read_text()
+    # round 1 trained on the pseudo-labels of round 0's tagger alone: another teacher cannot take it over
+    with pytest.raises(UsageError, match=r"round 1 .*teacher"):
+        run_selftrain(load_selftrain_config([*args, f"selftrain.ensemble=[{member}]"]))
+    assert (tmp_path / "cut" / "round1" / "pseudo.jsonl").read_text() == pseudo
+    again = run_selftrain(load_selftrain_config(args))  # the same teacher continues it
+    assert again["rounds"][1]["checkpoint"] == first["rounds"][1]["checkpoint"]
+    assert "teacher_members" not in again["rounds"][1]

@@ -42,6 +42,7 @@ from .select import pseudo_label_quality, select_pseudo_labels
 logger = logging.getLogger(__name__)
 
 STATE = "selftrain.json"
+TEACHER = "teacher.json"  # in a round's folder: the checkpoints whose ensemble labelled its pool
 #: Config sections that must not change when a run is continued (the stopping rule and the extra ensemble members
 #: of later rounds may).
 FIXED = ("seed", "data", "model", "optim", "selftrain", "refine")
@@ -169,6 +170,27 @@ def check_ensemble_members(paths: list[str], cfg: DictConfig) -> None:
             )
         if member.tagger.groundability is not None:
             raise UsageError(f"selftrain.ensemble: {path} has a groundability head; ensembles tag only")
+
+
+def check_round_teacher(round_dir: Path, r: int, members: list[str]) -> None:
+    """Refuses to continue a round that started training with other teacher members (``selftrain.ensemble``).
+
+    A continued run may add ensemble members, but a round already trained (partly or fully) before an interruption
+    keeps the pseudo-labels it trained on: they are relabelled only by the same teacher.
+
+    Raises:
+        UsageError: ``round_dir`` records other teacher members and holds training output.
+    """
+    recorded = round_dir / TEACHER
+    trained = (round_dir / "metrics.json").is_file() or (round_dir / "checkpoints").is_dir()
+    if not (trained and recorded.is_file()):
+        return
+    before = json.loads(recorded.read_text())
+    if before != members:
+        raise UsageError(
+            f"round {r} started training with the pseudo-labels of teacher {before} ({recorded}); this run's "
+            f"teacher is {members}: continue with the same selftrain.ensemble, or remove {round_dir} to redo the round"
+        )
 
 
 def teacher_dev_f1(est: Any, cfg: DictConfig) -> float:
@@ -305,6 +327,7 @@ def run_selftrain(cfg: SelfTrainConfig | DictConfig) -> dict[str, Any]:
             record["teacher_round"] = teacher
             ckpt = rounds[teacher]["checkpoint"]
             members = [ckpt, *st.ensemble]
+            check_round_teacher(run_dir / f"round{r}", r, members)
             if st.ensemble:
                 record["teacher_members"] = members
             est = teacher_estimator(members, cfg)
@@ -338,6 +361,7 @@ def run_selftrain(cfg: SelfTrainConfig | DictConfig) -> dict[str, Any]:
                 record["pseudo_quality"] = pseudo_label_quality(preds, kept, pool.hidden, st.tau)
             pseudo = run_dir / f"round{r}" / "pseudo.jsonl"
             write_jsonl(kept, pseudo)
+            (run_dir / f"round{r}" / TEACHER).write_text(json.dumps(members))
             rc = _round_cfg(cfg, run_dir, r, pseudo, ckpt if st.init == "teacher" else None)
         result = _train_round(rc)
         record.update(

@@ -135,6 +135,7 @@ class TaggerModule(L.LightningModule):
                 param.requires_grad_(name.startswith("groundability."))
             self.train(self.training)  # Lightning keeps the module's modes: fix the frozen parts to eval now
         self.step_graph: GraphedStep | None = None  # see use_step_graph
+        self._step_loss: tuple[torch.Tensor, int] | None = None  # step-graph mode: (loss, posts) of the running step
         if self.tagger.groundability is not None:
             self.val_groundability_auroc = BinaryAUROC()
             self.val_groundability_acc = BinaryAccuracy()
@@ -341,20 +342,30 @@ class TaggerModule(L.LightningModule):
             loss = self.step_graph(batch)
             self.optimizers().step()
             self.lr_schedulers().step()
-            if self._logs_this_step(batch_idx):
-                # a CPU copy: Lightning turns progress-bar values into numbers after every batch, and a GPU value
-                # (even a stale one) would make that a host sync per step
-                self.log("train/loss", loss.cpu(), prog_bar=True, batch_size=len(batch["weight"]))
+            self._step_loss = (loss, len(batch["weight"]))  # logged in on_train_batch_end (see _logs_this_step)
             return loss
         loss = self.tagging_loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["weight"]))
         return loss
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Step-graph mode: logs the step's loss where :meth:`_logs_this_step` says so.
+
+        Decided here rather than in :meth:`training_step` because the callbacks' ``on_train_batch_end`` (a timer, a
+        stopping rule) may set ``trainer.should_stop``, which makes Lightning write this step's logs too.
+        """
+        step_loss, self._step_loss = self._step_loss, None
+        if step_loss is not None and self._logs_this_step(batch_idx):
+            loss, size = step_loss
+            # a CPU copy: Lightning turns progress-bar values into numbers after every batch, and a GPU value
+            # (even a stale one) would make that a host sync per step
+            self.log("train/loss", loss.cpu(), prog_bar=True, batch_size=size)
+
     def _logs_this_step(self, batch_idx: int) -> bool:
         """Whether the step-graph mode logs this step's loss: where Lightning writes logs, and each epoch's first step.
 
-        The loggers only write ``train/loss`` at those steps (``trainer.log_every_n_steps``), so what they record is
-        the same as with a loss logged at every step; the progress bar shows the latest logged loss.
+        The loggers only write ``train/loss`` at those steps (``trainer.log_every_n_steps``, or a stop), so what they
+        record is the same as with a loss logged at every step; the progress bar shows the latest logged loss.
         """
         connector = getattr(self.trainer, "_logger_connector", None)
         should = getattr(connector, "should_update_logs", True)  # Lightning's own decision (private; else log)

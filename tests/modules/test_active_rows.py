@@ -251,6 +251,47 @@ def test_step_graph_logs_a_cpu_loss_only_at_logging_steps(tiny_encoder, tmp_path
     assert trainer.progress_bar_metrics["train/loss"] == pytest.approx(module.losses[3])
 
 
+def test_step_graph_logs_the_loss_of_a_step_a_callback_stops_at(tiny_encoder, tmp_path):
+    """A callback stopping the run in ``on_train_batch_end`` (a timer) makes Lightning write that step's logs."""
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    from refineg.datamodules.gmner import GMNERDataModule
+
+    class StopAtThirdStep(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            trainer.should_stop = trainer.should_stop or batch_idx == 2
+
+    cfg = as_dictconfig(load_config(tiny_args(tiny_encoder, tmp_path, "stop", **{"data.gold_limit": 48})))
+    cfg.data.batch_size = 8
+    module = RecordingTagger(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), list(cfg.data.types))
+    module.use_step_graph(clip=1.0)
+    dm = GMNERDataModule(cfg.data, cfg.model.encoder)
+    dm.setup()
+    dm.encoded["dev"] = dm.encoded["dev"][:0]
+    logger = CSVLogger(tmp_path / "csv", name="", version=0)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=6,
+        log_every_n_steps=2,
+        limit_val_batches=0,
+        logger=logger,
+        callbacks=[StopAtThirdStep()],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+    )
+    trainer.fit(module, datamodule=dm)
+    logger.save()
+    with open(tmp_path / "csv" / "version_0" / "metrics.csv") as f:
+        written = {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
+    assert len(module.losses) == 3 and sorted(written) == [1, 2]  # the 2nd step (log_every_n_steps) and the stop
+    for step, value in written.items():
+        assert value == pytest.approx(module.losses[step], rel=1e-6)
+    assert module.losses[1] != pytest.approx(module.losses[2], rel=1e-3)
+
+
 @pytest.mark.slow
 def test_compiled_tagger_with_active_rows_matches_eager(tiny_encoder):
     """``compile=tagger`` traces the active-rows embedding too: same emissions and gradients as eager."""

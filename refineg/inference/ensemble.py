@@ -4,7 +4,8 @@ Members with the same encoder (tokenisation) and entity types are combined by av
 parameters of their heads (for a CRF: transitions, start and end scores). A linear-chain CRF scores a labelling by
 a sum of emission and transition terms, so the averaged model scores each labelling by the mean of the members'
 scores, and its distribution is ``p(y) ∝ prod_k p_k(y) ** (1/K)`` exactly: one CRF again, so Viterbi decoding,
-marginals, span marginals and every uncertainty head work on it unchanged. For a softmax head the same averaging
+marginals, span marginals and the uncertainty heads that read emissions work on it unchanged
+(not ``evidential``, which reads one tagger's word states). For a softmax head the same averaging
 gives the per-word geometric mean of the members' probabilities.
 
 ``ensemble_tagger(["a.ckpt", "b.ckpt", "c.ckpt"])`` returns a ``TaggerModule`` that predicts like the ensemble

@@ -631,3 +631,14 @@ def test_a_round_interrupted_before_it_was_recorded_keeps_its_teacher_members(ti
     again = run_selftrain(load_selftrain_config(args))  # the same teacher continues it
     assert again["rounds"][1]["checkpoint"] == first["rounds"][1]["checkpoint"]
     assert "teacher_members" not in again["rounds"][1]
+
+
+def test_an_ensemble_teacher_with_the_evidential_head_is_refused_before_training(tmp_path):
+    from refineg.stages.selftrain.config import load_selftrain_config
+
+    member = tmp_path / "member.ckpt"
+    member.write_bytes(b"")
+    base = ["data.unlabeled_from_train=true", f"selftrain.ensemble=[{member}]"]
+    with pytest.raises(ValueError, match="the evidential head reads one tagger's word states"):
+        load_selftrain_config([*base, "selftrain.head=evidential", "selftrain.head_kwargs={path: e.pt}"])
+    assert load_selftrain_config([*base, "selftrain.head=crf_marginal"]).selftrain.ensemble == [str(member)]

@@ -82,6 +82,11 @@ class SelfTrainConfig(TrainConfig):
         missing = [c for c in st.ensemble if not Path(c).is_file()]
         if missing:
             raise ValueError(f"selftrain.ensemble: no such checkpoint {missing[0]}")
+        if st.ensemble and st.head == "evidential":
+            raise ValueError(
+                "selftrain.ensemble: the evidential head reads one tagger's word states, which an ensemble teacher "
+                "does not have: use another selftrain.head (e.g. crf_marginal)"
+            )
         if st.rounds < 0 or st.patience < 1 or (st.epochs is not None and st.epochs < 1):
             raise ValueError("selftrain.rounds must be >= 0, selftrain.patience >= 1 and selftrain.epochs >= 1")
         if st.soft_targets and self.model.head != "crf":

@@ -797,6 +797,41 @@ def _(tmp):
     ) and httpx == 0, f"--version: {out.strip()}; httpx lines without -v: {httpx}"
 
 
+@check("selftrain-1", "selftrain: a malformed or non-UTF-8 unlabelled pool fails before any training")
+def _(tmp):
+    rows = []
+    for name, data, needle in [
+        ("json", b'{"id": "u1", "tokens": ["Obama"]}\n{"id": "u2", "tokens": ["x"\n', "pool.jsonl:2: invalid JSON"),
+        ("utf8", b'{"id": "u1", "tokens": ["caf\xe9"]}\n', "pool.jsonl:1: not UTF-8"),
+    ]:
+        sub = tmp / name
+        sub.mkdir()
+        (sub / "pool.jsonl").write_bytes(data)
+        args = [f"data.unlabeled={sub / 'pool.jsonl'}", "logger.wandb=false", f"runs_dir={sub / 'runs'}", "run_name=r"]
+        rc, _, err = cli("selftrain", *args, cwd=sub)
+        good, seen = one_line(rc, err, needle)
+        trained = (sub / "runs" / "r" / "round0").exists()
+        rows.append((name, good and not trained, f"{seen}; round 0 trained: {trained}"))
+    return all(g for _, g, _ in rows), "; ".join(f"{n}: {s}" for n, _, s in rows)
+
+
+@check("selftrain-2", "selftrain: an ensemble member that is not a checkpoint, or is missing, fails before training")
+def _(tmp):
+    (tmp / "notes.ckpt").write_text("not a checkpoint")
+    rows = []
+    for name, member, needle in [
+        ("foreign", tmp / "notes.ckpt", "notes.ckpt: not a PyTorch checkpoint"),
+        ("missing", tmp / "gone.ckpt", "selftrain.ensemble: no such checkpoint"),
+    ]:
+        args = ["data.unlabeled_from_train=true", "data.gold_limit=100", f"selftrain.ensemble=[{member}]"]
+        args += ["logger.wandb=false", f"runs_dir={tmp / 'runs'}", f"run_name={name}"]
+        rc, _, err = cli("selftrain", *args, cwd=tmp)
+        good, seen = one_line(rc, err, needle)
+        trained = (tmp / "runs" / name / "round0").exists()
+        rows.append((name, good and not trained, f"{seen}; round 0 trained: {trained}"))
+    return all(g for _, g, _ in rows), "; ".join(f"{n}: {s}" for n, _, s in rows)
+
+
 @check("misc-5", "the shipped threshold sweep's source folder is one the file says how to make")
 def _(tmp):
     text = (CHECKOUT / "refineg" / "configs" / "sweeps" / "thresholds.yaml").read_text()

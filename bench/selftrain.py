@@ -339,12 +339,12 @@ def main() -> int:
             if not state or not state["rounds"]:
                 continue
             # one member per other seed: runs of the same seed in other variants trained the same round 0
-            by_seed = {}
+            by_seed: dict[int, str] = {}  # a run of each other seed whose round 0 finished
             for other in family[job["group"].split("-")[0]]:
-                if jobs[other]["seed"] != job["seed"]:
-                    by_seed.setdefault(jobs[other]["seed"], other)
-            states = [load_state(args, n) for n in by_seed.values()]
-            ckpts = [s["rounds"][0]["checkpoint"] for s in states if s and s["rounds"]]
+                done = load_state(args, other)
+                if jobs[other]["seed"] != job["seed"] and done and done["rounds"]:
+                    by_seed.setdefault(jobs[other]["seed"], done["rounds"][0]["checkpoint"])
+            ckpts = list(by_seed.values())
             job["command"] = [*final[name], f"selftrain.ensemble=[{','.join(ckpts)}]"]
             job["ensemble_members"] = 1 + len(ckpts)
             job.pop("returncode", None)

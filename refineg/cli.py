@@ -149,6 +149,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
         "--ckpt",
         required=True,
         nargs="+",
+        action="extend",
         help="checkpoint written by train.py (e.g. runs/X/checkpoints/best-*.ckpt); several (same encoder and "
         "types, e.g. other seeds): tag with their ensemble (geometric mean of the CRFs, refineg.inference.ensemble)",
     )

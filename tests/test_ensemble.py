@@ -88,5 +88,8 @@ def test_predict_cli_tags_with_an_ensemble_of_checkpoints(tiny_encoder, tmp_path
     assert [[(e.start, e.end, e.type) for e in p.entities] for p in got] != [
         [(e.start, e.end, e.type) for e in p.entities] for p in single
     ]
+    # the option repeated is the same ensemble, not the last checkpoint alone
+    assert main(["predict", "--ckpt", str(a), "--ckpt", str(b), *args, "--out", str(tmp_path / "rep.jsonl")]) == 0
+    assert [p.entities for p in read_jsonl(tmp_path / "rep.jsonl")] == [p.entities for p in got]
     assert main(["predict", "--ckpt", str(a), str(b), *args, "--out", "x.jsonl", "--quantize", "int8"]) == 2
     assert "take one --ckpt" in capsys.readouterr().err

@@ -336,6 +336,8 @@ def run_selftrain(cfg: SelfTrainConfig | DictConfig) -> dict[str, Any]:
                 record["teacher_dev_mner_f1"] = teacher_dev_f1(est, cfg)
             est.module.to("cpu")  # frees the GPU for the round's training
             del est
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
             record["label_seconds"] = round(time.time() - start, 1)
             if st.refine_backend != "none":
                 preds, report = delegate(

@@ -140,6 +140,15 @@ def images_and_posts(tmp: Path, image: str = "a.png") -> tuple[Path, Path, Path]
     return pred, pool, tmp / "img"
 
 
+def ground(
+    files: tuple[Path, Path, Path], out: Path, url: str, *extra: str, cwd: Path, selector: str = "random"
+) -> tuple[int, str, str]:
+    """``refineg ground`` over ``images_and_posts``' files into ``out`` with the MLLM at ``url``."""
+    pred, pool, img = files
+    args = ["--pred", str(pred), "--pool", str(pool), "--images", str(img), "--out", str(out)]
+    return cli("ground", *args, f"selector.mode={selector}", *extra, *llm_args(url, "mllm.llm"), cwd=cwd)
+
+
 # ---- paid calls ------------------------------------------------------------------------------------------------
 
 
@@ -193,20 +202,7 @@ def _(tmp):
     rc, _, err = cli("synthesize", "--seeds", str(seeds), "--out", str(tmp / "s.jsonl"), *llm_args(url), cwd=tmp)
     rows.append(("synthesize", rc, (tmp / "s.jsonl").is_file()))
     p, pool, img = images_and_posts(tmp)
-    rc, _, err = cli(
-        "ground",
-        "--pred",
-        str(p),
-        "--pool",
-        str(pool),
-        "--images",
-        str(img),
-        "--out",
-        str(tmp / "g.jsonl"),
-        "selector.mode=random",
-        *llm_args(url, "mllm.llm"),
-        cwd=tmp,
-    )
+    rc, _, err = ground((p, pool, img), tmp / "g.jsonl", url, cwd=tmp)
     rows.append(("ground", rc, (tmp / "g.jsonl").is_file()))
     return all(rc == 1 and kept for _, rc, kept in rows), "; ".join(f"{n} rc {rc} kept {k}" for n, rc, k in rows)
 
@@ -282,20 +278,7 @@ def _(tmp):
     try:
         p, pool, img = images_and_posts(tmp)
         out = tmp / "g.jsonl"
-        cli(
-            "ground",
-            "--pred",
-            str(p),
-            "--pool",
-            str(pool),
-            "--images",
-            str(img),
-            "--out",
-            str(out),
-            "selector.mode=none",
-            *llm_args(srv.base_url, "mllm.llm"),
-            cwd=tmp,
-        )
+        ground((p, pool, img), out, srv.base_url, cwd=tmp, selector="none")
         summary = json.loads(out.with_suffix(".summary.json").read_text())
         problems = summary.get("none_by_reason", {}).get("answer_problem", 0)
         return problems == 1, f"none_by_reason.answer_problem = {problems}"
@@ -344,20 +327,7 @@ def _(tmp):
         records = [json.loads(line) for line in bad.read_text().splitlines()]
         records[0]["image"] = "../../secret.png"
         jsonl(bad, *records)
-        rc, _, err = cli(
-            "ground",
-            "--pred",
-            str(p),
-            "--pool",
-            str(pool),
-            "--images",
-            str(img),
-            "--out",
-            str(sub / "g.jsonl"),
-            "selector.mode=random",
-            *llm_args(dead_url(), "mllm.llm"),
-            cwd=tmp,
-        )
+        rc, _, err = ground((p, pool, img), sub / "g.jsonl", dead_url(), cwd=tmp)
         rows.append((f"ground ({which})", *one_line(rc, err, "'..' part")))
     gold = jsonl(tmp / "v.jsonl", post("v1", image="/etc/passwd"))
     rc, _, err = cli(
@@ -731,20 +701,8 @@ def _(tmp):
 @check("misc-2", "groundability_threshold on predictions without a groundable value: warned about")
 def _(tmp):
     p, pool, img = images_and_posts(tmp)
-    rc, _, err = cli(
-        "ground",
-        "--pred",
-        str(p),
-        "--pool",
-        str(pool),
-        "--images",
-        str(img),
-        "--out",
-        str(tmp / "g.jsonl"),
-        "selector.mode=none",
-        "groundability_threshold=0.5",
-        *llm_args(dead_url(), "mllm.llm"),
-        cwd=tmp,
+    rc, _, err = ground(
+        (p, pool, img), tmp / "g.jsonl", dead_url(), "groundability_threshold=0.5", cwd=tmp, selector="none"
     )
     warned = "groundab" in err and "WARNING" in err
     return warned, f"warning printed {warned}"
@@ -759,20 +717,7 @@ def _(tmp):
     srv = ChatServer().start()
     srv.responder = lambda prompt, n: json.dumps([{"entity": "Obama", "entity_type": "PER", "bounding_box": []}])
     try:
-        rc, out, err = cli(
-            "ground",
-            "--pred",
-            str(p),
-            "--pool",
-            str(pool),
-            "--images",
-            str(img),
-            "--out",
-            str(tmp / "g.jsonl"),
-            "selector.mode=random",
-            *llm_args(srv.base_url, "mllm.llm"),
-            cwd=tmp,
-        )
+        rc, out, err = ground((p, pool, img), tmp / "g.jsonl", srv.base_url, cwd=tmp)
     finally:
         srv.stop()
     counted = "demonstrations: 1 of 1 without an image" in out

@@ -901,8 +901,8 @@ def _selftrain_args(p: argparse.ArgumentParser) -> None:
         metavar="key=value",
         help="training overrides as for train.py (data=NAME data.root=... data.gold_limit=500 run_name=NAME) plus "
         "data.unlabeled=FILE or data.unlabeled_from_train=true, selftrain.* (rounds, epochs, head, tau, "
-        "selection, uncertain, outside_min, soft_targets, init, patience, refine_backend) and refine.* for the "
-        "delegation (refine.llm.model=M, refine.gold=FILE; refineg/stages/selftrain/config.py)",
+        "selection, uncertain, outside_min, soft_targets, init, patience, ensemble, refine_backend) and refine.* "
+        "for the delegation (refine.llm.model=M, refine.gold=FILE; refineg/stages/selftrain/config.py)",
     )
 
 

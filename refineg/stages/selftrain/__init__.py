@@ -6,7 +6,7 @@ masked or delegated to an MLLM), and it retrains on gold + pseudo-labels.
 
 from .config import SelfTrainConfig, SelfTrainSettings, load_selftrain_config
 from .pool import UnlabeledPool, build_pool, read_unlabeled
-from .run import label_pool, pick_teacher, run_selftrain, stop_reason
+from .run import label_pool, pick_teacher, run_selftrain, stop_reason, teacher_estimator
 from .select import SELECTIONS, UNCERTAIN_POLICIES, pseudo_label_quality, select_pseudo_labels
 
 __all__ = [
@@ -24,4 +24,5 @@ __all__ = [
     "run_selftrain",
     "select_pseudo_labels",
     "stop_reason",
+    "teacher_estimator",
 ]

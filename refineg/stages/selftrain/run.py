@@ -81,15 +81,14 @@ def _device(cfg: DictConfig) -> str:
 
 
 def label_pool(
-    teacher: str | list[str] | Any, posts: list[Example], cfg: DictConfig
+    est: Any, posts: list[Example], cfg: DictConfig
 ) -> tuple[list[Example], list[list[list[float]]] | None, list[str]]:
     """The teacher's predictions of the pool with the head's uncertainty per entity (and CRF marginals).
 
     Args:
-        teacher: The teacher's checkpoint, several (their geometric-mean ensemble, :func:`teacher_estimator`), or
-            an estimator from :func:`teacher_estimator`.
+        est: The teacher, from :func:`teacher_estimator` (one checkpoint or the ensemble of several).
         posts: The pool.
-        cfg: The run's config (``selftrain.head``, ``data.eval_batch_size``, ``data.max_length``, device).
+        cfg: The run's config (``selftrain.head``, ``selftrain.soft_targets``, ``selftrain.outside_min``).
 
     Returns:
         Predicted posts (entities with ``uncertainty``), per post one label distribution per word when
@@ -98,7 +97,6 @@ def label_pool(
     """
     from refineg.inference.uncertainty.estimator import assemble_predictions
 
-    est = teacher if hasattr(teacher, "contexts") else teacher_estimator(teacher, cfg)
     st = cfg.selftrain
     labels = list(est.module.labels)
     spans: list[Any] = [None] * len(posts)

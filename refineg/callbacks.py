@@ -82,3 +82,88 @@ class TrainThroughput(L.Callback):
             "seconds": self.seconds,
             "posts": self.posts,
         }
+
+
+class WeightEMA(L.Callback):
+    """Exponential moving average of the trainable weights; validation, checkpoints and predictions use the average.
+
+    After each optimiser step the average moves towards the weights by ``1 - d``, with ``d = min(decay, (1 + n) /
+    (10 + n))`` after ``n`` updates (so early averages are not dominated by the initial weights). When validation
+    starts during fitting the average is swapped into the model, and it stays there until the next training batch:
+    the checkpoints written at validation end (the best one included) hold the averaged weights, so
+    ``refineg predict`` and ``trainer.test`` use them with no extra step. Resuming restores the raw weights, the
+    average and ``n`` from ``last.ckpt`` (this callback's state). Only parameters that train are averaged; buffers and
+    frozen weights are left as they are. (Lightning's ``WeightAveraging`` swaps back before a weights-only best
+    checkpoint is written, which would store the raw weights under the averaged score.)
+
+    Args:
+        decay: The largest ``d``; the average spans about ``1 / (1 - decay)`` steps.
+    """
+
+    def __init__(self, decay: float) -> None:
+        if not 0 < decay < 1:
+            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.updates = 0
+        self.other: list[torch.Tensor] | None = None  # the average, or the raw weights while the average is swapped in
+        self.swapped = False
+        self._last_step = -1
+        self._pending: dict | None = None
+
+    @staticmethod
+    def _params(pl_module: L.LightningModule) -> list[torch.Tensor]:
+        return [p for p in pl_module.parameters() if p.requires_grad]
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        params = self._params(pl_module)
+        if self._pending is not None:  # resumed: the checkpoint's tensors, on the weights' devices
+            saved = self._pending["other"]
+            if len(saved) != len(params) or any(s.shape != p.shape for s, p in zip(saved, params)):
+                raise ValueError("optim.ema: the checkpoint's averaged weights do not fit this model")
+            self.other = [s.to(device=p.device, dtype=p.dtype) for s, p in zip(saved, params)]
+            self._pending = None
+        else:
+            self.other = [p.detach().clone() for p in params]
+        self._last_step = trainer.global_step
+
+    def _swap(self, pl_module: L.LightningModule) -> None:
+        with torch.no_grad():
+            for p, o in zip(self._params(pl_module), self.other):
+                tmp = p.detach().clone()
+                p.copy_(o)  # in place: a recorded CUDA graph keeps pointing at the same storage
+                o.copy_(tmp)
+        self.swapped = not self.swapped
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: D102
+        if self.swapped:
+            self._swap(pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: D102
+        if trainer.global_step == self._last_step:  # no optimiser step (gradient accumulation)
+            return
+        self._last_step = trainer.global_step
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        with torch.no_grad():
+            torch._foreach_lerp_(self.other, [p.detach() for p in self._params(pl_module)], 1 - d)
+        self.updates += 1
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        if trainer.state.fn == "fit" and self.other is not None and not self.swapped:
+            self._swap(pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        if not self.swapped:  # the model leaves fitting with the averaged weights
+            self._swap(pl_module)
+
+    def state_dict(self) -> dict:  # noqa: D102
+        other = [o.detach().cpu() for o in self.other] if self.other is not None else None
+        return {"decay": self.decay, "updates": self.updates, "swapped": self.swapped, "other": other}
+
+    def load_state_dict(self, state_dict: dict) -> None:  # noqa: D102
+        self.updates, self.swapped = state_dict["updates"], state_dict["swapped"]
+        self._pending = {"other": state_dict["other"]}
+        if self.other is not None:  # a strategy that restores after fitting started
+            with torch.no_grad():
+                for o, s in zip(self.other, self._pending.pop("other")):
+                    o.copy_(s)
+            self._pending = None

@@ -242,6 +242,9 @@ class ModelConfig:
     casing: bool = True  # casing-feature embedding (the default encoder is uncased)
     dropout: float = 0.1
     word_dropout: float = 0.0  # probability of replacing a word by the unknown token while training
+    # R-Drop: two training passes with different dropout masks; their mean loss + rdrop x the symmetric KL of their
+    # per-word label distributions (0: off, one pass; > 0 doubles the training forward and backward cost)
+    rdrop: float = 0.0
     # image_* / freeze_image: short names for backbone factories that take them (hf_image); see BACKBONE_KEY_ALIASES
     image_encoder: str = "timm"  # hf_image only: timm | open_clip
     image_model: str = "resnet50"
@@ -271,6 +274,9 @@ class OptimConfig:
     # all | active: train only the input word embedding's rows of ids in the training data (same result as `all`;
     # less optimiser work for a large vocabulary; see refineg.modules.active_rows)
     embedding_rows: str = "all"
+    # > 0: validation, checkpoints and predictions use an exponential moving average of the weights with this decay
+    # (e.g. 0.999 spans ~1000 steps; refineg.callbacks.WeightEMA); 0: off
+    ema: float = 0.0
 
 
 @dataclass
@@ -505,6 +511,12 @@ def check_train_config(cfg: Any) -> None:
         problems.append(
             f"model.dropout={cfg.model.dropout} and model.word_dropout={cfg.model.word_dropout} must be in [0, 1)"
         )
+    if not 0 <= cfg.optim.ema < 1:
+        problems.append(f"optim.ema={cfg.optim.ema} must be in [0, 1) (0: off)")
+    if cfg.model.rdrop < 0:
+        problems.append(f"model.rdrop={cfg.model.rdrop} must not be negative (0: off)")
+    if cfg.model.rdrop > 0 and cfg.model.groundability:
+        problems.append("model.rdrop does not combine with model.groundability=true (its step shares one pass)")
     if not cfg.data.types:
         problems.append("data.types is empty: name at least one entity type")
     if problems:

@@ -18,7 +18,7 @@ from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
-from refineg.callbacks import TrainThroughput
+from refineg.callbacks import TrainThroughput, WeightEMA
 from refineg.config import TrainConfig, as_dictconfig
 from refineg.data import write_jsonl
 from refineg.datamodules.gmner import GMNERDataModule, has_test_split
@@ -186,7 +186,8 @@ def train(cfg: TrainConfig | DictConfig) -> dict[str, Any]:
         trainer = L.Trainer(
             default_root_dir=str(run_dir),
             logger=_loggers(cfg, run_dir),
-            callbacks=[checkpoint, last, LearningRateMonitor("step"), throughput],
+            callbacks=[checkpoint, last, LearningRateMonitor("step"), throughput]
+            + ([WeightEMA(cfg.optim.ema)] if cfg.optim.ema else []),
             use_distributed_sampler=False,
             reload_dataloaders_every_n_epochs=1 if cfg.data.mixing == "two_stage" else 0,
             **trainer_kwargs,

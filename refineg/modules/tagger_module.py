@@ -85,6 +85,17 @@ def build_tagger(model: dict[str, Any], labels: list[str], pretrained: bool = Tr
     return tagger.train()  # from_pretrained leaves encoders in eval mode
 
 
+def word_kl(first: torch.Tensor, second: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-post ``(B,)`` symmetric KL between two passes' per-word label distributions, for R-Drop (``model.rdrop``).
+
+    The distributions are the softmax of the emissions; the two directions' KL are averaged, then the post's words.
+    """
+    p, q = first.float().log_softmax(-1), second.float().log_softmax(-1)
+    kl = (p.exp() * (p - q)).sum(-1) + (q.exp() * (q - p)).sum(-1)
+    mask = mask.to(kl.dtype)
+    return (kl * mask).sum(1) / mask.sum(1).clamp(min=1) / 2
+
+
 def check_same_ids_on_every_rank(ids: list[int]) -> None:
     """Raises when torch.distributed runs and another rank holds a different id set (DDP needs equal parameters).
 
@@ -326,14 +337,23 @@ class TaggerModule(L.LightningModule):
         A batch with ``targets`` (soft or partial labels, see :class:`refineg.datamodules.encoding.PostCollator`)
         is scored with the head's :meth:`~refineg.modules.heads.TaggingHead.target_loss`.
         """
+        rdrop = float(self.hparams.model.get("rdrop", 0.0)) if emissions is None and self.training else 0.0
         if emissions is None:
             emissions = self(batch)
-        if "targets" in batch:  # soft or partial (pseudo-)labels in the batch
-            per_post = self.tagger.head.target_loss(emissions, batch["targets"], batch["word_mask"])
-        else:
-            per_post = self.tagger.head.loss(emissions, batch["labels"], batch["word_mask"])
+        per_post = self._head_loss(batch, emissions)
+        if rdrop > 0:  # R-Drop: a second pass with other dropout masks, and their agreement
+            second = self(batch)
+            per_post = (per_post + self._head_loss(batch, second)) / 2 + rdrop * word_kl(
+                emissions, second, batch["word_mask"]
+            )
         weight = batch["weight"].to(per_post.dtype)
         return (per_post * weight).sum() / weight.sum().clamp(min=1e-8)
+
+    def _head_loss(self, batch: dict[str, torch.Tensor], emissions: torch.Tensor) -> torch.Tensor:
+        """Per-post loss ``(B,)`` of the head against the batch's labels or (soft/partial) ``targets``."""
+        if "targets" in batch:  # soft or partial (pseudo-)labels in the batch
+            return self.tagger.head.target_loss(emissions, batch["targets"], batch["word_mask"])
+        return self.tagger.head.loss(emissions, batch["labels"], batch["word_mask"])
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:  # noqa: D102
         if self.tagger.groundability is not None:

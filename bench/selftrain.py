@@ -201,6 +201,36 @@ def write_outputs(args: argparse.Namespace, jobs: dict[str, dict], started: floa
     return summary
 
 
+def student_ensembles(args: argparse.Namespace, jobs: dict[str, dict], env: dict) -> dict[str, dict]:
+    """Per group: dev MNER F1 of the ensemble of its runs' last-round taggers (``refineg predict --ckpt A B ...``)."""
+    out: dict[str, dict] = {}
+    data = Path(args.data_root).resolve()
+    for group in dict.fromkeys(j["group"] for j in jobs.values()):
+        states = [load_state(args, n) for n, j in jobs.items() if j["group"] == group]
+        last = [s["rounds"][-1] for s in states if s and s["rounds"]]
+        if len(last) < 2:
+            continue
+        pred = Path(args.out) / f"student_ensemble_{group}.jsonl"
+        cli = [sys.executable, "-m", "refineg.cli"]
+        predict = [*cli, "predict", "--ckpt", *(r["checkpoint"] for r in last), "--input", str(data / args.dev)]
+        subprocess.run([*predict, "--out", str(pred)], cwd=ROOT, env=env, check=True, capture_output=True)
+        scores = subprocess.run(
+            [*cli, "evaluate", "--gold", str(data / args.dev), "--pred", str(pred), "--json"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        out[group] = {
+            "members": len(last),
+            "rounds": [r["round"] for r in last],
+            "dev_mner_f1": round(100 * json.loads(scores.stdout)["mner"]["f1"], 2),
+        }
+        pred.unlink()
+    return out
+
+
 def stop(job: dict) -> None:
     """Stops a run's process group (SIGTERM, then SIGKILL after 20 s)."""
     proc = job["proc"]
@@ -298,6 +328,11 @@ def main() -> int:
         help="train every run's round 0 first, then let each run's teacher be the ensemble of the round-0 taggers "
         "of its group (g500 or full), one per seed",
     )
+    p.add_argument(
+        "--student-ensemble",
+        action="store_true",
+        help="at the end, score the ensemble of each group's last-round taggers (one per seed) on dev",
+    )
     args = p.parse_args()
     out = Path(args.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -352,6 +387,15 @@ def main() -> int:
     else:
         run_phase(args, jobs, parallel, env, started, device, "")
     summary = write_outputs(args, jobs, started, device)
+    if args.student_ensemble:
+        summary["student_ensemble"] = student_ensembles(args, jobs, env)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        with (out / "summary.md").open("a") as fh:
+            for group, ens in summary["student_ensemble"].items():
+                fh.write(
+                    f"\nEnsemble of the {ens['members']} last-round taggers of {group} (rounds {ens['rounds']}): "
+                    f"dev MNER F1 {ens['dev_mner_f1']:.2f}\n"
+                )
     print((out / "summary.md").read_text())
     failed = [n for n, j in jobs.items() if j.get("returncode") not in (0, None) and not j.get("stopped_by_budget")]
     for name in failed:

@@ -44,6 +44,21 @@ def test_step_graph_mode_matches_automatic_optimisation(tiny_encoder, tmp_path):
     assert init[crf].abs().sum() > 0
 
 
+ACCELERATORS = ["cpu"] + (["gpu"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("accelerator", ACCELERATORS)
+@pytest.mark.parametrize("extra", [{"optim.ema": 0.9}, {"model.rdrop": 1.0, "optim.ema": 0.9}], ids=["ema", "rdrop"])
+def test_step_graph_mode_matches_with_ema_and_rdrop(tiny_encoder, tmp_path, extra, accelerator):
+    """R-Drop's second pass is recorded with the step; the EMA's swaps keep the recorded weights' storage."""
+    extra = {**extra, "trainer.accelerator": accelerator}
+    auto, auto_steps = _final_weights(tiny_encoder, tmp_path, "auto", **extra)
+    graph, graph_steps = _final_weights(tiny_encoder, tmp_path, "graph", cuda_graph="true", **extra)
+    assert graph_steps == auto_steps == 4
+    for key in auto:
+        torch.testing.assert_close(graph[key].cpu(), auto[key].cpu(), rtol=1e-4, atol=1e-5, msg=key)
+
+
 def test_clipping_and_signatures():
     torch.manual_seed(0)
     lin = torch.nn.Linear(4, 1)

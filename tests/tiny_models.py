@@ -1,5 +1,6 @@
 """Tiny randomly initialised models built in code (no downloads)."""
 
+import os
 import shutil
 from pathlib import Path
 
@@ -9,11 +10,15 @@ from refineg.weights import resolve_encoder
 
 
 def make_tiny_bert(folder: Path, seed: int = 0) -> str:
-    """A 2-layer, 32-wide BERT with the packaged MiniLM tokenizer (real WordPiece vocab), saved to ``folder``."""
+    """A 2-layer, 32-wide BERT with the packaged MiniLM tokenizer (real WordPiece vocab), saved to ``folder``.
+
+    ``REFINEG_TEST_TOKENIZER`` names another folder with those tokenizer files, for a machine without the weights
+    package (the lent GPU machine: ``.devcarry/tok``).
+    """
     import torch
 
     folder.mkdir(parents=True, exist_ok=True)
-    src = Path(resolve_encoder("minilm"))
+    src = Path(os.environ.get("REFINEG_TEST_TOKENIZER") or resolve_encoder("minilm"))
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         if (src / name).is_file():
             shutil.copy(src / name, folder / name)

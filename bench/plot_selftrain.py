@@ -9,7 +9,13 @@ the same runs. Example (the figure in docs/results.md)::
         "500 gold=docs/selftrain_gpu/summary.json:g500-soft" \\
         "1000 gold=docs/selftrain_gpu/g1000/summary.json" \\
         "full data=docs/selftrain_gpu/summary.json:full-soft" \\
-        "full, ensemble teacher=docs/selftrain_gpu/ens6/summary.json" --hline "78.5=full-data target (issue 20)"
+        "full, ensemble teacher=docs/selftrain_gpu/ens6/summary.json" \\
+        "full, R-Drop+EMA, ensemble teacher, swap pool=docs/selftrain_gpu/ens6_rdrop_ema_swap2/summary.json" \\
+        --hline "78.5=full-data target (issue 20)" --zoom full \\
+        --mark "1=78.69=ensemble of the 6 students" "0=78.62=ensemble teacher (6 round-0 taggers)"
+
+``--zoom PREFIX`` adds a right-hand panel with only the lines whose name starts with ``PREFIX`` on their own scale;
+``--mark ROUND=VALUE=LABEL`` draws a single labelled point there (or on the main panel without ``--zoom``).
 """
 
 from __future__ import annotations
@@ -52,28 +58,49 @@ def main() -> None:
     parser.add_argument("specs", nargs="+", help="NAME=SUMMARY[:GROUP]")
     parser.add_argument("--out", required=True, help="PNG to write")
     parser.add_argument("--hline", nargs="*", default=[], help="VALUE=LABEL: a dashed reference line (e.g. a target)")
+    parser.add_argument("--zoom", default="", help="PREFIX: a second panel with the lines whose name starts with it")
+    parser.add_argument("--mark", nargs="*", default=[], help="ROUND=VALUE=LABEL: a single labelled point")
     args = parser.parse_args()
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    for spec in args.specs:
-        name, rounds, mean, std = series(spec)
-        ax.errorbar(rounds, mean, yerr=std, marker="o", capsize=3, label=name)
-    for item in args.hline:
-        value, _, label = item.partition("=")
-        ax.axhline(float(value), linestyle="--", color="grey", linewidth=1)
-        ax.annotate(label, (0, float(value)), textcoords="offset points", xytext=(4, 4), fontsize=8, color="grey")
-        low, high = ax.get_ylim()
-        ax.set_ylim(low, max(high, float(value) + 2.5))
-    ax.set_xlabel("self-training round (0 = gold only, same runs)")
+    all_series = [series(spec) for spec in args.specs]
+    if args.zoom:
+        fig, (ax, zoom) = plt.subplots(1, 2, figsize=(10.0, 4.0), dpi=120, gridspec_kw={"width_ratios": [3, 2]})
+    else:
+        fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+        zoom = None
+    colours = {name: f"C{i}" for i, (name, *_) in enumerate(all_series)}
+    for name, rounds, mean, std in all_series:
+        ax.errorbar(rounds, mean, yerr=std, marker="o", capsize=3, label=name, color=colours[name])
+        if zoom is not None and name.startswith(args.zoom):
+            zoom.errorbar(rounds, mean, yerr=std, marker="o", capsize=3, label=name, color=colours[name])
+    for panel in [ax] + ([zoom] if zoom is not None else []):
+        for item in args.hline:
+            value, _, label = item.partition("=")
+            panel.axhline(float(value), linestyle="--", color="grey", linewidth=1)
+            panel.annotate(
+                label, (0, float(value)), textcoords="offset points", xytext=(4, 4), fontsize=8, color="grey"
+            )
+            low, high = panel.get_ylim()
+            panel.set_ylim(low, max(high, float(value) + (2.5 if panel is ax else 0.3)))
+        panel.set_xlabel("self-training round (0 = gold only, same runs)")
+        panel.set_xticks(sorted({r for _, rounds, *_ in all_series for r in rounds}))
+        panel.grid(alpha=0.3)
+    for i, item in enumerate(args.mark):  # black and grey stars: no line's colour
+        where, _, rest = item.partition("=")
+        value, _, label = rest.partition("=")
+        panel = zoom if zoom is not None else ax
+        colour = ["black", "grey", "silver"][i % 3]
+        panel.plot([int(where)], [float(value)], "*", markersize=12, color=colour, linestyle="none", label=label)
     ax.set_ylabel("dev MNER F1 (mean ± std over seeds)")
-    ax.set_xticks(sorted({r for spec in args.specs for r in series(spec)[1]}))
-    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("Self-training, Twitter-GMNER dev, default tagger (GPU)", fontsize=10)
+    if zoom is not None:
+        zoom.legend(fontsize=7, loc="lower right")
+        zoom.set_title(f"zoom: lines named {args.zoom!r}…", fontsize=10)
     fig.tight_layout()
     fig.savefig(args.out)
     print(f"wrote {args.out}")

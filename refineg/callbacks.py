@@ -89,8 +89,9 @@ class WeightEMA(L.Callback):
 
     After each optimiser step the average moves towards the weights by ``1 - d``, with ``d = min(decay, (1 + n) /
     (10 + n))`` after ``n`` updates (so early averages are not dominated by the initial weights). When validation
-    starts during fitting the average is swapped into the model, and it stays there until the next training batch:
-    the checkpoints written at validation end (the best one included) hold the averaged weights, so
+    starts during fitting, and when a training epoch ends, the average is swapped into the model, and it stays there
+    until the next training batch: the checkpoints written at validation end (the best one included) or, without
+    validation, at the epoch's end hold the averaged weights, so
     ``refineg predict`` and ``trainer.test`` use them with no extra step. Resuming restores the raw weights, the
     average and ``n`` from ``last.ckpt`` (this callback's state). Only parameters that train are averaged; buffers and
     frozen weights are left as they are. (Lightning's ``WeightAveraging`` swaps back before a weights-only best
@@ -149,6 +150,12 @@ class WeightEMA(L.Callback):
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
         if trainer.state.fn == "fit" and self.other is not None and not self.swapped:
+            self._swap(pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        # without validation (limit_val_batches=0) the checkpoints are written after this hook (monitoring callbacks
+        # run last): they too hold the average; the next training batch swaps the raw weights back
+        if not self.swapped:
             self._swap(pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102

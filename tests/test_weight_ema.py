@@ -45,7 +45,7 @@ def _loader() -> DataLoader:
     return DataLoader(TensorDataset(x, x @ torch.tensor([1.0, -2.0, 0.5]) + 0.3), batch_size=6)
 
 
-def _fit(tmp_path, epochs: int, ema: bool = True, ckpt_path=None, model=None):
+def _fit(tmp_path, epochs: int, ema: bool = True, ckpt_path=None, model=None, **trainer_kwargs):
     model = model or _Toy()
     callbacks = [
         ModelCheckpoint(dirpath=tmp_path, filename="best", monitor="val_epoch", mode="max", save_weights_only=True),
@@ -60,6 +60,7 @@ def _fit(tmp_path, epochs: int, ema: bool = True, ckpt_path=None, model=None):
         enable_model_summary=False,
         num_sanity_val_steps=0,
         callbacks=callbacks,
+        **trainer_kwargs,
     )
     trainer.fit(model, _loader(), _loader(), ckpt_path=ckpt_path)
     return model, callbacks[-1]
@@ -101,6 +102,21 @@ def test_resuming_from_last_continues_the_average_and_the_raw_weights(tmp_path):
     for a, b in zip(resumed_cb.other, straight_cb.other):  # the raw weights, after the final swap
         torch.testing.assert_close(a, b)
     assert resumed_cb.updates == straight_cb.updates == 8
+
+
+def test_without_validation_the_checkpoints_still_hold_the_average(tmp_path):
+    """``limit_val_batches=0``: ``last.ckpt`` is written at the training epoch's end, after the final step.
+
+    ``train()`` then tests and predicts with ``last.ckpt`` (there is no best one), so it must hold the average.
+    """
+    init = _Toy().lin.weight.detach().clone()
+    model, callback = _fit(tmp_path, 2, limit_val_batches=0)
+    assert model.seen_in_validation == []
+    expected = _expected_average(init, model.raw_after_step)
+    last = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    torch.testing.assert_close(last["state_dict"]["lin.weight"], expected[7])
+    torch.testing.assert_close(model.lin.weight.detach(), expected[7])
+    torch.testing.assert_close(callback.other[0], model.raw_after_step[-1])
 
 
 def test_ema_config_is_checked():

@@ -125,6 +125,9 @@ class WeightEMA(L.Callback):
             self._pending = None
         else:
             self.other = [p.detach().clone() for p in params]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        # here, not in on_fit_start: a resumed run's global_step is restored between the two
         self._last_step = trainer.global_step
 
     def _swap(self, pl_module: L.LightningModule) -> None:

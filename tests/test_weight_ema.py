@@ -119,6 +119,16 @@ def test_without_validation_the_checkpoints_still_hold_the_average(tmp_path):
     torch.testing.assert_close(callback.other[0], model.raw_after_step[-1])
 
 
+def test_resuming_with_gradient_accumulation_adds_no_update(tmp_path):
+    """The first batch after resuming (no optimiser step yet with ``accumulate_grad_batches=2``) leaves the average."""
+    straight, straight_cb = _fit(tmp_path / "straight", 2, accumulate_grad_batches=2)
+    _fit(tmp_path / "split", 1, accumulate_grad_batches=2)
+    last = str(tmp_path / "split" / "last.ckpt")
+    resumed, resumed_cb = _fit(tmp_path / "split", 2, ckpt_path=last, accumulate_grad_batches=2)
+    assert resumed_cb.updates == straight_cb.updates == 4  # 2 epochs x 4 batches / 2
+    torch.testing.assert_close(resumed.lin.weight.detach(), straight.lin.weight.detach())
+
+
 def test_ema_config_is_checked():
     with pytest.raises(ValueError, match=r"optim.ema=1.0 must be in \[0, 1\)"):
         load_config(["optim.ema=1"])

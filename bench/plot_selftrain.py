@@ -77,6 +77,14 @@ def main() -> None:
         ax.errorbar(rounds, mean, yerr=std, marker="o", capsize=3, label=name, color=colours[name])
         if zoom is not None and name.startswith(args.zoom):
             zoom.errorbar(rounds, mean, yerr=std, marker="o", capsize=3, label=name, color=colours[name])
+    # drawn before the limits below fix the y range (a point drawn later outside it would be cut off);
+    # black and grey stars: no line's colour
+    for i, item in enumerate(args.mark):
+        where, _, rest = item.partition("=")
+        value, _, label = rest.partition("=")
+        panel = zoom if zoom is not None else ax
+        colour = ["black", "grey", "silver"][i % 3]
+        panel.plot([int(where)], [float(value)], "*", markersize=12, color=colour, linestyle="none", label=label)
     for panel in [ax] + ([zoom] if zoom is not None else []):
         for item in args.hline:
             value, _, label = item.partition("=")
@@ -89,12 +97,6 @@ def main() -> None:
         panel.set_xlabel("self-training round (0 = gold only, same runs)")
         panel.set_xticks(sorted({r for _, rounds, *_ in all_series for r in rounds}))
         panel.grid(alpha=0.3)
-    for i, item in enumerate(args.mark):  # black and grey stars: no line's colour
-        where, _, rest = item.partition("=")
-        value, _, label = rest.partition("=")
-        panel = zoom if zoom is not None else ax
-        colour = ["black", "grey", "silver"][i % 3]
-        panel.plot([int(where)], [float(value)], "*", markersize=12, color=colour, linestyle="none", label=label)
     ax.set_ylabel("dev MNER F1 (mean ± std over seeds)")
     ax.legend(fontsize=8)
     ax.set_title("Self-training, Twitter-GMNER dev, default tagger (GPU)", fontsize=10)

@@ -34,10 +34,11 @@ def server():
     srv.stop()
 
 
-def _overrides(encoder, runs, server, *extra):
+def _tiny_run(encoder, runs, name):
+    """A run of the tiny tagger: 48 gold posts, 1 epoch, 24 evaluated dev posts."""
     return [
         f"runs_dir={runs}",
-        "name=run",
+        f"name={name}",
         "progress=false",
         f"train.model.encoder={encoder}",
         "train.data.gold_limit=48",
@@ -45,6 +46,12 @@ def _overrides(encoder, runs, server, *extra):
         "train.data.test=null",
         "train.data.eval_batch_size=64",
         "data.eval_limit=24",
+    ]
+
+
+def _overrides(encoder, runs, server, *extra):
+    return [
+        *_tiny_run(encoder, runs, "run"),
         "refine.backend=mllm",
         "refine.delegation_rate=0.2",
         "refine.allow_drop=false",
@@ -383,15 +390,7 @@ def test_editing_the_grounding_prompts_reruns_the_ground_stage(tmp_path):
 
 def _selftrain_overrides(encoder, runs, *extra):
     return [
-        f"runs_dir={runs}",
-        "name=st",
-        "progress=false",
-        f"train.model.encoder={encoder}",
-        "train.data.gold_limit=48",
-        "train.trainer.max_epochs=1",
-        "train.data.test=null",
-        "train.data.eval_batch_size=64",
-        "data.eval_limit=24",
+        *_tiny_run(encoder, runs, "st"),
         "stages.refine=false",
         "stages.ground=false",
         "stages.selftrain=true",

@@ -34,10 +34,11 @@ def server():
     srv.stop()
 
 
-def _overrides(encoder, runs, server, *extra):
+def _tiny_run(encoder, runs, name):
+    """A run of the tiny tagger: 48 gold posts, 1 epoch, 24 evaluated dev posts."""
     return [
         f"runs_dir={runs}",
-        "name=run",
+        f"name={name}",
         "progress=false",
         f"train.model.encoder={encoder}",
         "train.data.gold_limit=48",
@@ -45,6 +46,12 @@ def _overrides(encoder, runs, server, *extra):
         "train.data.test=null",
         "train.data.eval_batch_size=64",
         "data.eval_limit=24",
+    ]
+
+
+def _overrides(encoder, runs, server, *extra):
+    return [
+        *_tiny_run(encoder, runs, "run"),
         "refine.backend=mllm",
         "refine.delegation_rate=0.2",
         "refine.allow_drop=false",
@@ -379,3 +386,56 @@ def test_editing_the_grounding_prompts_reruns_the_ground_stage(tmp_path):
     (prompts / "query.txt").write_text((prompts / "query.txt").read_text() + "\nAnswer briefly.\n")
     after = fingerprints()
     assert before["ground"] != after["ground"] and before["predict"] == after["predict"]
+
+
+def _selftrain_overrides(encoder, runs, *extra):
+    return [
+        *_tiny_run(encoder, runs, "st"),
+        "stages.refine=false",
+        "stages.ground=false",
+        "stages.selftrain=true",
+        "train.data.unlabeled_from_train=true",
+        "selftrain.rounds=1",
+        "selftrain.tau=1.0",
+        *extra,
+    ]
+
+
+def test_selftrain_switch_trains_the_tagger_by_self_training(tiny_encoder, tmp_path):
+    """stages.selftrain: the data stage writes the pool (training posts outside the gold sample, labels kept), the
+    train stage runs the self-training rounds and hands the best round's tagger to predict; a rerun skips it all."""
+    from refineg.stages.pipeline.stages import build_stages
+
+    cfg = load_pipeline_config(SAMPLE, _selftrain_overrides(tiny_encoder, tmp_path))
+    summary = run_pipeline(cfg)
+    run_dir = tmp_path / "st"
+    gold, pool = read_jsonl(run_dir / "data" / "train.jsonl"), read_jsonl(run_dir / "data" / "unlabeled.jsonl")
+    assert len(gold) == 48 and len(pool) == 600 - 48 and not {e.id for e in gold} & {e.id for e in pool}
+    assert sum(len(e.entities) for e in pool) > 0  # the hidden labels the pseudo-labels are scored against
+    info = json.loads((run_dir / "train" / "tagger.json").read_text())
+    rounds = info["selftrain"]["dev_mner_f1_per_round"]
+    assert len(rounds) == 2 and info["best_val_mner_f1"] == max(rounds)
+    best = info["selftrain"]["best_round"]
+    assert info["checkpoint"].startswith(str(run_dir / "train" / "tagger" / f"round{best}" / "checkpoints"))
+    state = json.loads((run_dir / "train" / "tagger" / "selftrain.json").read_text())
+    assert state["rounds"][1]["pseudo"]["posts"] == len(pool)  # tau=1 keeps every pool post
+    assert state["rounds"][1]["pseudo_quality"]["precision_kept"] is not None
+    assert _status(summary)["train"] == "ran" and summary["final"] == "predict" and "mner" in summary["scores"]
+    again = run_pipeline(cfg)
+    assert set(_status(again).values()) == {"skipped"}
+    # a changed self-training key changes the train stage's fingerprint material, not the data stage's
+    other = load_pipeline_config(SAMPLE, _selftrain_overrides(tiny_encoder, tmp_path, "selftrain.tau=0.3"))
+    sections = [{s.name: s.section for s in build_stages(c)} for c in (cfg, other)]
+    assert sections[0]["train"] != sections[1]["train"] and sections[0]["data"] == sections[1]["data"]
+
+
+def test_selftrain_switch_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="stages.selftrain needs unlabelled posts"):
+        load_pipeline_config(SAMPLE, ["stages.selftrain=true"])
+    with pytest.raises(ValueError, match="leave train.checkpoint unset"):
+        load_pipeline_config(SAMPLE, ["stages.selftrain=true", "train.data.unlabeled=x.jsonl", "train.checkpoint=a"])
+    pool = ["stages.selftrain=true", "train.data.unlabeled=x.jsonl"]
+    with pytest.raises(ValueError, match="stages.selftrain: selftrain.tau must be in"):
+        load_pipeline_config(SAMPLE, [*pool, "selftrain.tau=2"])  # checked when loading, before any stage runs
+    with pytest.raises(ValueError, match="stages.selftrain: .*cuda_graph=true"):
+        load_pipeline_config(SAMPLE, [*pool, "train.cuda_graph=true"])

@@ -21,6 +21,7 @@ from refineg.llm import LLMConfig
 from refineg.resources import builtin_path, resolve_path
 from refineg.stages.grounding.config import GroundConfig
 from refineg.stages.refinement.config import RefineConfig
+from refineg.stages.selftrain.config import SelfTrainConfig, SelfTrainSettings
 from refineg.stages.synthesis.config import SynthesisConfig
 from refineg.stages.zeroshot import ZeroShotConfig
 
@@ -39,11 +40,16 @@ class StageSwitches:
         synthesize: Make synthetic training posts from the gold training posts (off = "without synthesis").
         refine: Delegate uncertain entities to the MLLM (off = "without refinement").
         ground: Ground entities to boxes (off = the tagger's / refinement's boxes are scored as they are).
+        selftrain: Train the tagger by self-training (``refineg selftrain``: round 0 on the gold (+ synthetic) posts,
+            then rounds on gold + pseudo-labelled unlabelled posts, section ``selftrain``); the best round's tagger
+            goes on to predict. The pool is ``train.data.unlabeled=FILE`` or, with ``train.data.gold_limit``,
+            ``train.data.unlabeled_from_train=true`` (the training posts outside the gold sample, labels hidden).
     """
 
     synthesize: bool = False
     refine: bool = True
     ground: bool = True
+    selftrain: bool = False
 
 
 @dataclass
@@ -132,6 +138,8 @@ class PipelineConfig:
         data: Which gold posts.
         synthesis: Synthesis stage.
         train: Training stage.
+        selftrain: Self-training rounds (``stages.selftrain``; every ``selftrain.*`` key of ``refineg selftrain``;
+            a delegating ``selftrain.refine_backend`` uses the ``refine`` section's settings).
         predict: Prediction stage.
         refine: Refinement settings (every ``refineg refine`` key; ``head``/``ckpt`` are not used: the predict
             stage computes uncertainties; ``gold`` defaults to the evaluated gold posts for the simulations).
@@ -155,6 +163,7 @@ class PipelineConfig:
     data: DataStage = field(default_factory=DataStage)
     synthesis: SynthesisStage = field(default_factory=SynthesisStage)
     train: TrainStage = field(default_factory=TrainStage)
+    selftrain: SelfTrainSettings = field(default_factory=SelfTrainSettings)
     predict: PredictStage = field(default_factory=PredictStage)
     refine: RefineConfig = field(default_factory=RefineConfig)
     ground: GroundConfig = field(default_factory=GroundConfig)
@@ -182,7 +191,34 @@ class PipelineConfig:
             raise ValueError("variants need mode=refineg (they re-run refine and ground on the tagger's predictions)")
         for name in self.variants:
             variant_config(self, name)  # a bad key fails now, not after training
+        if self.stages.selftrain:
+            if self.mode != "refineg":
+                raise ValueError("stages.selftrain trains the tagger: it needs mode=refineg")
+            if self.train.checkpoint:
+                raise ValueError("stages.selftrain trains the tagger itself: leave train.checkpoint unset")
+            if not (self.train.data.unlabeled or self.train.data.unlabeled_from_train):
+                raise ValueError(
+                    "stages.selftrain needs unlabelled posts: train.data.unlabeled=FILE or (with "
+                    "train.data.gold_limit) train.data.unlabeled_from_train=true"
+                )
+            self.selftrain_config()  # a training setting the rounds cannot use fails now
         return self
+
+    def selftrain_config(self, overrides: list[str] | None = None) -> SelfTrainConfig:
+        """The ``refineg selftrain`` settings of ``stages.selftrain``: ``train``, ``selftrain``, ``refine``, overrides.
+
+        Raises:
+            ValueError: ``stages.selftrain: <what the self-training config refuses>``.
+        """
+        values = {
+            **dataclasses.asdict(self.train.training_config([f"seed={self.seed}"])),
+            "selftrain": dataclasses.asdict(self.selftrain),
+            "refine": dataclasses.asdict(self.refine),
+        }
+        try:
+            return load_typed(SelfTrainConfig, overrides, values, what="self-training")
+        except ValueError as err:  # its training keys are the pipeline's train.* keys
+            raise ValueError(f"stages.selftrain: {err} (training keys: train.*, e.g. train.cuda_graph)") from None
 
     @property
     def run_dir(self) -> Path:

@@ -4,7 +4,8 @@ Run folder layout (``<runs_dir>/<name>/``)::
 
     data/{train,dev,test,eval}.jsonl      gold posts (train: the gold_limit sample; eval: the scored split)
     synthesize/synthetic.jsonl            synthetic training posts (+ report)
-    train/tagger.json, train/tagger/      the chosen checkpoint; the training run folder
+    data/unlabeled.jsonl                  self-training pool from the training split (stages.selftrain)
+    train/tagger.json, train/tagger/      the chosen checkpoint; the training (or self-training) run folder
     predict/predictions.jsonl             tagger predictions with an uncertainty per entity
     refine/refined.jsonl                  after delegation to the MLLM (+ refined.report.json, llm_usage.json)
     ground/grounded.jsonl                 after grounding
@@ -29,6 +30,7 @@ from typing import Any
 from refineg.config import TrainConfig, as_dictconfig, resolve_data_root
 from refineg.data import read_jsonl, write_jsonl
 from refineg.stages.grounding.config import GroundConfig
+from refineg.stages.selftrain.config import SelfTrainConfig
 
 from .config import PipelineConfig, variant_config
 from .run import Stage, StageFailedError, file_signature, write_json_atomic
@@ -79,7 +81,17 @@ def run_data(cfg: PipelineConfig, run_dir: Path) -> dict[str, Any]:
             continue
         posts = read_split(data, split)
         if split == "train":
-            posts = sample_gold(posts, data.gold_limit, cfg.seed)
+            everything, posts = posts, sample_gold(posts, data.gold_limit, cfg.seed)
+            if pool_from_train(cfg):
+                gold_ids = {e.id for e in posts}
+                rest = [e for e in everything if e.id not in gold_ids]
+                if not rest:
+                    raise ValueError(
+                        "train.data.unlabeled_from_train=true needs train.data.gold_limit below the number of "
+                        f"training posts ({len(everything)}): the pool is the training posts outside the gold sample"
+                    )
+                write_jsonl(rest, out / "unlabeled.jsonl")  # labels kept: scored against, never trained on
+                counts["unlabeled"] = len(rest)
         write_jsonl(posts, out / f"{split}.jsonl")
         counts[split] = len(posts)
         if split == cfg.data.eval_split:
@@ -91,6 +103,37 @@ def run_data(cfg: PipelineConfig, run_dir: Path) -> dict[str, Any]:
             f"data.eval_split={cfg.data.eval_split} but the data config has no {cfg.data.eval_split} split"
         )
     return {"posts": counts, "types": list(data.types)}
+
+
+def pool_from_train(cfg: PipelineConfig) -> bool:
+    """Whether the data stage writes the self-training pool (``data/unlabeled.jsonl``) from the training split."""
+    return cfg.mode == "refineg" and cfg.stages.selftrain and bool(cfg.train.data.unlabeled_from_train)
+
+
+def unlabeled_source(cfg: PipelineConfig) -> Path | None:
+    """The outside file of the self-training pool (``train.data.unlabeled``, resolved like the splits), if any."""
+    data = cfg.train.data
+    if not cfg.stages.selftrain or data.unlabeled_from_train or not data.unlabeled:
+        return None
+    return resolve_data_root(as_dictconfig(data)) / str(data.unlabeled)
+
+
+def selftrain_config(cfg: PipelineConfig, run_dir: Path, extra: list[str] | None = None) -> SelfTrainConfig:
+    """The ``refineg selftrain`` settings of the train stage: the ``train``, ``selftrain`` and ``refine`` sections.
+
+    The rounds read the run's gold posts (``data/``) and the pool: ``data/unlabeled.jsonl`` (training posts outside
+    the gold sample, scored against their hidden labels) or ``train.data.unlabeled``.
+    """
+    if pool_from_train(cfg):
+        pool = [
+            f"data.unlabeled={run_dir / 'data' / 'unlabeled.jsonl'}",
+            "data.unlabeled_format=jsonl",
+            "data.unlabeled_from_train=false",
+            "data.unlabeled_hidden_gold=true",
+        ]
+    else:
+        pool = [f"data.unlabeled={unlabeled_source(cfg)}"]
+    return cfg.selftrain_config([*_train_data_overrides(cfg, run_dir), *pool, *(extra or [])])
 
 
 def run_synthesize(cfg: PipelineConfig, run_dir: Path) -> dict[str, Any]:
@@ -155,11 +198,10 @@ def run_train(cfg: PipelineConfig, run_dir: Path, fp: str) -> dict[str, Any]:
 
     tagger_dir = run_dir / "train" / "tagger"
     attempt = run_dir / "train" / "attempt.json"
-    resume = (
-        (tagger_dir / "checkpoints" / "last.ckpt").is_file()
-        and attempt.is_file()
-        and json.loads(attempt.read_text()).get("fingerprint") == fp
-    )
+    same = attempt.is_file() and json.loads(attempt.read_text()).get("fingerprint") == fp
+    if cfg.stages.selftrain:
+        return _run_selftrain(cfg, run_dir, tagger_dir, attempt, fp, same and tagger_dir.is_dir())
+    resume = (tagger_dir / "checkpoints" / "last.ckpt").is_file() and same
     if not resume and tagger_dir.exists():
         shutil.rmtree(tagger_dir)
     write_json_atomic(attempt, {"fingerprint": fp})
@@ -185,6 +227,38 @@ def run_train(cfg: PipelineConfig, run_dir: Path, fp: str) -> dict[str, Any]:
         "train_throughput": result.get("train_throughput"),
     }
     write_json_atomic(out, info)
+    return info
+
+
+def _run_selftrain(
+    cfg: PipelineConfig, run_dir: Path, tagger_dir: Path, attempt: Path, fp: str, resume: bool
+) -> dict[str, Any]:
+    """The train stage with ``stages.selftrain``: ``refineg selftrain`` in ``train/tagger/``, its best round on.
+
+    An interrupted run of the same fingerprint continues after its last finished round (and inside a round from
+    that round's ``last.ckpt``).
+    """
+    from refineg.stages.selftrain import run_selftrain
+
+    if not resume and tagger_dir.exists():
+        shutil.rmtree(tagger_dir)
+    write_json_atomic(attempt, {"fingerprint": fp})
+    extra = [f"runs_dir={run_dir / 'train'}", "run_name=tagger", f"trainer.enable_progress_bar={cfg.progress}"]
+    state = run_selftrain(selftrain_config(cfg, run_dir, extra))
+    best = state["rounds"][state["best_round"]]
+    info = {
+        "checkpoint": best["checkpoint"],
+        "trained": True,
+        "resumed": resume,
+        "best_val_mner_f1": best["dev_mner_f1"],
+        "selftrain": {
+            "best_round": state["best_round"],
+            "gold_only_dev_mner_f1": state["gold_only_dev_mner_f1"],
+            "dev_mner_f1_per_round": [r["dev_mner_f1"] for r in state["rounds"]],
+            "stopped": state.get("stopped"),
+        },
+    }
+    write_json_atomic(run_dir / "train" / "tagger.json", info)
     return info
 
 
@@ -393,13 +467,15 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         "data": dataclasses.asdict(tcfg.data),
         "seed": cfg.seed,
         "eval": _section(cfg.data),
+        "pool_from_train": pool_from_train(cfg),
     }
     stages = [
         Stage(
             "data",
             data_section,
             [],
-            ["data/train.jsonl", "data/dev.jsonl", "data/eval.jsonl"],
+            ["data/train.jsonl", "data/dev.jsonl", "data/eval.jsonl"]
+            + (["data/unlabeled.jsonl"] if pool_from_train(cfg) else []),
             lambda fp: run_data(cfg, run_dir),
             data_sources(tcfg.data),
         )
@@ -439,6 +515,13 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         for volatile in ("run_name", "runs_dir", "ckpt_path", "predict", "logger"):
             train_section["resolved"].pop(volatile, None)
         train_section["resolved"].get("trainer", {}).pop("enable_progress_bar", None)
+        if cfg.stages.selftrain:
+            train_section["selftrain"] = _section(cfg.selftrain)
+            if cfg.selftrain.refine_backend != "none":
+                train_section["delegation"] = {
+                    "refine": _section(cfg.refine, ("llm",)),
+                    "llm": _llm_section(cfg.refine.llm),
+                }
         stages.append(
             Stage(
                 "train",
@@ -446,7 +529,10 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
                 train_inputs,
                 ["train/tagger.json"],
                 lambda fp: run_train(cfg, run_dir, fp),
-                {"checkpoint": file_signature(cfg.train.checkpoint)},
+                {
+                    "checkpoint": file_signature(cfg.train.checkpoint),
+                    "unlabeled": file_signature(unlabeled_source(cfg)),
+                },
             )
         )
         stages.append(

@@ -22,8 +22,14 @@ from omegaconf import OmegaConf
 from refineg.config import parse_override
 
 logger = logging.getLogger(__name__)
-TRIAL_KEYS = {"source": None, "split": "dev", "runs_dir": "runs", "run_name": None, "wandb": "false",
-              "project": "refineg"}
+TRIAL_KEYS = {
+    "source": None,
+    "split": "dev",
+    "runs_dir": "runs",
+    "run_name": None,
+    "wandb": "false",
+    "project": "refineg",
+}
 
 
 def find_checkpoint(run_dir: Path) -> Path:
@@ -62,9 +68,11 @@ def run_refine_trial(argv: list[str]) -> dict[str, Any]:
         raise ValueError("source=<train.py run folder> is required")
     source = Path(trial["source"])
     if not source.is_dir():
-        raise FileNotFoundError(f"source={source} does not exist: train it first (python train.py "
-                                f"run_name={source.name} runs_dir={source.parent}) or set source= to a train.py run "
-                                "folder")
+        raise FileNotFoundError(
+            f"source={source} does not exist: train it first (python train.py "
+            f"run_name={source.name} runs_dir={source.parent}) or set source= to a train.py run "
+            "folder"
+        )
     name = trial["run_name"] if trial["run_name"] not in (None, "null") else os.environ.get("REFINEG_RUN_NAME")
     out = Path(trial["runs_dir"]) / (name or f"refine-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
@@ -83,11 +91,19 @@ def run_refine_trial(argv: list[str]) -> dict[str, Any]:
     before = evaluate_examples(golds, read_jsonl(pred_path))
     after = evaluate_examples(golds, read_jsonl(out / f"refined_{split}.jsonl"))
     usage = (report.get("usage") or {}).get("total", {})
-    metrics: dict[str, Any] = {"source": str(source), "split": split, "backend": report["backend"],
-                               "simulated": report["simulated"], "delegation_rate": report["delegation_rate"],
-                               "delegated": report["delegated"], "entities": report["entities"],
-                               "llm": {"calls": usage.get("calls", 0),
-                                       "tokens": usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0)}}
+    metrics: dict[str, Any] = {
+        "source": str(source),
+        "split": split,
+        "backend": report["backend"],
+        "simulated": report["simulated"],
+        "delegation_rate": report["delegation_rate"],
+        "delegated": report["delegated"],
+        "entities": report["entities"],
+        "llm": {
+            "calls": usage.get("calls", 0),
+            "tokens": usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0),
+        },
+    }
     for task in ("mner", "gmner", "eeg"):
         metrics.setdefault("before", {})[f"{task}_f1"] = before[task]["f1"]
         metrics.setdefault("refined", {})[f"{task}_f1"] = after[task]["f1"]

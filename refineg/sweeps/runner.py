@@ -111,10 +111,18 @@ def last_error_line(error: str) -> str:
     return lines[-1] if lines else ""
 
 
-def run_sweep(spec: SweepSpec, out_dir: str | Path, count: int | None = None, seed: int = 0,
-              timeout_s: float | None = None, cwd: str | Path | None = None, dry_run: bool = False,
-              env: dict[str, str] | None = None, columns: list[str] | None = None,
-              on_trial: Callable[[TrialResult], None] | None = None) -> list[TrialResult]:
+def run_sweep(
+    spec: SweepSpec,
+    out_dir: str | Path,
+    count: int | None = None,
+    seed: int = 0,
+    timeout_s: float | None = None,
+    cwd: str | Path | None = None,
+    dry_run: bool = False,
+    env: dict[str, str] | None = None,
+    columns: list[str] | None = None,
+    on_trial: Callable[[TrialResult], None] | None = None,
+) -> list[TrialResult]:
     """Runs (or resumes) every trial of ``spec`` one after the other and writes the ranked results.
 
     Args:
@@ -164,8 +172,15 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, count: int | None = None, se
     return results
 
 
-def _run_trial(result: TrialResult, argv: list[str], metric: str, out_dir: Path, cwd: Path,
-               timeout_s: float | None, env: dict[str, str] | None) -> TrialResult:
+def _run_trial(
+    result: TrialResult,
+    argv: list[str],
+    metric: str,
+    out_dir: Path,
+    cwd: Path,
+    timeout_s: float | None,
+    env: dict[str, str] | None,
+) -> TrialResult:
     log_path = out_dir / "logs" / f"{result.name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     trial_env = {**os.environ, **(env or {}), "REFINEG_RUN_NAME": result.name}
@@ -185,8 +200,9 @@ def _run_trial(result: TrialResult, argv: list[str], metric: str, out_dir: Path,
     log_path.write_text(f"$ {' '.join(argv)}\n{output}")
     if returncode != 0:
         result.status, result.error = "failed", _tail(output)
-        logger.warning("trial %s failed (exit %s): %s; log: %s", result.name, returncode,
-                       last_error_line(result.error), log_path)
+        logger.warning(
+            "trial %s failed (exit %s): %s; log: %s", result.name, returncode, last_error_line(result.error), log_path
+        )
         return result
     result.metric = read_metric(result.run_dir, metric)
     if result.metric is None:
@@ -204,8 +220,9 @@ def rank(spec: SweepSpec, results: list[TrialResult]) -> list[TrialResult]:
     return scored + [r for r in results if r not in scored]
 
 
-def write_results(spec: SweepSpec, results: list[TrialResult], out_dir: str | Path,
-                  columns: list[str] | None = None) -> tuple[Path, Path]:
+def write_results(
+    spec: SweepSpec, results: list[TrialResult], out_dir: str | Path, columns: list[str] | None = None
+) -> tuple[Path, Path]:
     """Writes ``results.csv`` and ``results.md`` (ranked by the sweep metric) into ``out_dir``.
 
     Args:
@@ -224,27 +241,63 @@ def write_results(spec: SweepSpec, results: list[TrialResult], out_dir: str | Pa
     csv_path = out_dir / "results.csv"
     with csv_path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["rank", "trial", "status", spec.metric, *columns, *keys, "returncode", "seconds", "run_dir",
-                         "error", "command"])
+        writer.writerow(
+            [
+                "rank",
+                "trial",
+                "status",
+                spec.metric,
+                *columns,
+                *keys,
+                "returncode",
+                "seconds",
+                "run_dir",
+                "error",
+                "command",
+            ]
+        )
         for i, r in enumerate(ranked, 1):
-            writer.writerow([i if r.metric is not None else "", r.name, r.status,
-                             "" if r.metric is None else r.metric, *["" if v is None else v for v in extra[r.name]],
-                             *[r.params.get(k, "") for k in keys],
-                             "" if r.returncode is None else r.returncode, f"{r.seconds:.1f}", r.run_dir, r.error,
-                             " ".join(r.extra.get("command", []))])
+            writer.writerow(
+                [
+                    i if r.metric is not None else "",
+                    r.name,
+                    r.status,
+                    "" if r.metric is None else r.metric,
+                    *["" if v is None else v for v in extra[r.name]],
+                    *[r.params.get(k, "") for k in keys],
+                    "" if r.returncode is None else r.returncode,
+                    f"{r.seconds:.1f}",
+                    r.run_dir,
+                    r.error,
+                    " ".join(r.extra.get("command", [])),
+                ]
+            )
     md_path = out_dir / "results.md"
     lines = [f"# Sweep `{spec.name}`", ""]
     if spec.description:
         lines += [spec.description.strip(), ""]
-    lines += [f"Source: `{spec.path}`; method {spec.method}; ranked by `{spec.metric}` ({spec.goal}).", "",
-              "| rank | trial | " + " | ".join(f"`{k}`" for k in keys) + f" | **{spec.metric}** | "
-              + "".join(f"{c} | " for c in columns) + "status | s |",
-              "|---" * (len(keys) + len(columns) + 5) + "|"]
+    lines += [
+        f"Source: `{spec.path}`; method {spec.method}; ranked by `{spec.metric}` ({spec.goal}).",
+        "",
+        "| rank | trial | "
+        + " | ".join(f"`{k}`" for k in keys)
+        + f" | **{spec.metric}** | "
+        + "".join(f"{c} | " for c in columns)
+        + "status | s |",
+        "|---" * (len(keys) + len(columns) + 5) + "|",
+    ]
     for i, r in enumerate(ranked, 1):
         value = "" if r.metric is None else f"{r.metric:.4f}"
         more = ["" if v is None else f"{v:.4f}" for v in extra[r.name]]
-        cells = [str(i) if r.metric is not None else "", r.name, *[str(r.params.get(k, "")) for k in keys], value, *more,
-                 r.status if r.returncode in (None, 0) else f"{r.status} (exit {r.returncode})", f"{r.seconds:.0f}"]
+        cells = [
+            str(i) if r.metric is not None else "",
+            r.name,
+            *[str(r.params.get(k, "")) for k in keys],
+            value,
+            *more,
+            r.status if r.returncode in (None, 0) else f"{r.status} (exit {r.returncode})",
+            f"{r.seconds:.0f}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     failed = [r for r in results if r.error]
     if failed:

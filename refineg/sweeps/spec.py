@@ -24,8 +24,16 @@ from refineg.resources import resolve_path
 logger = logging.getLogger(__name__)
 
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
-DISTRIBUTIONS = ("constant", "categorical", "int_uniform", "uniform", "log_uniform_values", "log_uniform",
-                 "q_uniform", "q_log_uniform_values")
+DISTRIBUTIONS = (
+    "constant",
+    "categorical",
+    "int_uniform",
+    "uniform",
+    "log_uniform_values",
+    "log_uniform",
+    "q_uniform",
+    "q_log_uniform_values",
+)
 METHODS = ("grid", "random", "bayes")
 
 
@@ -194,7 +202,15 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> Swe
             raise ValueError(f"{path}: nested parameters ({key!r}) are not supported; use dotted keys")
     for key, value in (overrides or {}).items():
         params[key] = {"value": value}
-    return SweepSpec(name=str(raw.get("name") or path.stem), program=str(raw["program"]), method=raw["method"],
-                     metric=str(metric["name"]), goal=goal, parameters=params,
-                     command=[str(t) for t in raw.get("command") or DEFAULT_COMMAND], run_cap=raw.get("run_cap"),
-                     description=str(raw.get("description") or ""), path=path)
+    return SweepSpec(
+        name=str(raw.get("name") or path.stem),
+        program=str(raw["program"]),
+        method=raw["method"],
+        metric=str(metric["name"]),
+        goal=goal,
+        parameters=params,
+        command=[str(t) for t in raw.get("command") or DEFAULT_COMMAND],
+        run_cap=raw.get("run_cap"),
+        description=str(raw.get("description") or ""),
+        path=path,
+    )

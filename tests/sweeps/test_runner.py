@@ -12,10 +12,20 @@ from refineg.sweeps import load_sweep, read_metric, run_sweep, trial_name
 
 ROOT = Path(__file__).resolve().parents[2]
 
-TINY = {"data.gold_limit": 32, "data.batch_size": 16, "data.eval_batch_size": 64, "data.test": None,
-        "trainer.max_epochs": 1, "trainer.accelerator": "cpu", "trainer.enable_progress_bar": False,
-        "logger.wandb": False, "optim.encoder_lr": 1e-3, "model.dropout": 0.0, "predict": False,
-        "trainer.limit_val_batches": 1}
+TINY = {
+    "data.gold_limit": 32,
+    "data.batch_size": 16,
+    "data.eval_batch_size": 64,
+    "data.test": None,
+    "trainer.max_epochs": 1,
+    "trainer.accelerator": "cpu",
+    "trainer.enable_progress_bar": False,
+    "logger.wandb": False,
+    "optim.encoder_lr": 1e-3,
+    "model.dropout": 0.0,
+    "predict": False,
+    "trainer.limit_val_batches": 1,
+}
 
 
 def write_spec(path: Path, **spec) -> Path:
@@ -26,11 +36,19 @@ def write_spec(path: Path, **spec) -> Path:
 @pytest.fixture(scope="module")
 def grid(tiny_encoder, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweep")
-    params = {"model.head": {"values": ["softmax", "crf"]}, "model.encoder": {"value": tiny_encoder},
-              **{k: {"value": v} for k, v in TINY.items()}}
-    spec_path = write_spec(tmp / "heads_tiny.yaml", program="train.py", method="grid",
-                           metric={"name": "val/mner_f1_best", "goal": "maximize"}, parameters=params,
-                           command=["${env}", "${interpreter}", "${program}", "${args_no_hyphens}"])
+    params = {
+        "model.head": {"values": ["softmax", "crf"]},
+        "model.encoder": {"value": tiny_encoder},
+        **{k: {"value": v} for k, v in TINY.items()},
+    }
+    spec_path = write_spec(
+        tmp / "heads_tiny.yaml",
+        program="train.py",
+        method="grid",
+        metric={"name": "val/mner_f1_best", "goal": "maximize"},
+        parameters=params,
+        command=["${env}", "${interpreter}", "${program}", "${args_no_hyphens}"],
+    )
     spec = load_sweep(spec_path)
     env = {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     results = run_sweep(spec, tmp / "out", cwd=ROOT, env=env, timeout_s=300)
@@ -81,23 +99,35 @@ def test_failed_trial_is_recorded_and_not_fatal(tmp_path):
         "d = os.path.join(args['runs_dir'], args['run_name']); os.makedirs(d)\n"
         "json.dump({'score': {'value': float(args['x']) * 2, 'half': float(args['x']) / 2,"
         " 'none_seen': args['y'] == 'None'}},"
-        " open(os.path.join(d, 'metrics.json'), 'w'))\n")
-    spec = load_sweep(write_spec(tmp_path / "s.yaml", program=str(script), method="grid",
-                                 metric={"name": "score/value", "goal": "minimize"},
-                                 parameters={"x": {"values": [2, 3, 1]}, "y": {"value": None}},
-                                 command=["${interpreter}", "${program}", "${args_no_hyphens}"]))
+        " open(os.path.join(d, 'metrics.json'), 'w'))\n"
+    )
+    spec = load_sweep(
+        write_spec(
+            tmp_path / "s.yaml",
+            program=str(script),
+            method="grid",
+            metric={"name": "score/value", "goal": "minimize"},
+            parameters={"x": {"values": [2, 3, 1]}, "y": {"value": None}},
+            command=["${interpreter}", "${program}", "${args_no_hyphens}"],
+        )
+    )
     results = run_sweep(spec, tmp_path / "out", cwd=tmp_path, columns=["score/half"])
     assert [r.status for r in results] == ["done", "failed", "done"]
     assert results[1].returncode == 3 and "x=3 is not allowed" in results[1].error
     assert [r.metric for r in results] == [4.0, None, 2.0]
     assert json.loads((tmp_path / "out/runs" / results[0].name / "metrics.json").read_text())["score"]["none_seen"]
     rows = list(csv.DictReader((tmp_path / "out" / "results.csv").open()))
-    assert [(r["x"], r["status"], r["rank"]) for r in rows] == [("1", "done", "1"), ("2", "done", "2"),
-                                                               ("3", "failed", "")]
+    assert [(r["x"], r["status"], r["rank"]) for r in rows] == [
+        ("1", "done", "1"),
+        ("2", "done", "2"),
+        ("3", "failed", ""),
+    ]
     assert rows[2]["returncode"] == "3"
     assert [r["score/half"] for r in rows] == ["0.5", "1.0", ""]
-    assert rows[0]["command"] == f"{sys.executable} {script} x=1 y=None runs_dir={tmp_path / 'out' / 'runs'} " \
-                                 f"run_name={results[2].name}"
+    assert (
+        rows[0]["command"] == f"{sys.executable} {script} x=1 y=None runs_dir={tmp_path / 'out' / 'runs'} "
+        f"run_name={results[2].name}"
+    )
     md = (tmp_path / "out" / "results.md").read_text()
     assert "## Failed trials" in md and "x=3 is not allowed" in md
     assert "| **score/value** | score/half | status | s |" in md
@@ -113,10 +143,21 @@ def test_read_metric_nested_and_dotted(tmp_path):
 def test_cli_dry_run(capsys, tmp_path):
     from refineg.cli import main
 
-    assert main(["sweep", str(ROOT / "configs/sweeps/heads.yaml"), "--dry-run", "--out", str(tmp_path),
-                 "--set", "trainer.max_epochs=1"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                str(ROOT / "configs/sweeps/heads.yaml"),
+                "--dry-run",
+                "--out",
+                str(tmp_path),
+                "--set",
+                "trainer.max_epochs=1",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 8  # 2 heads x 2 casing x 2 word dropout
-    assert all(f"{sys.executable} train.py model.head=" in line and "trainer.max_epochs=1" in line
-               for line in lines)
+    assert all(f"{sys.executable} train.py model.head=" in line and "trainer.max_epochs=1" in line for line in lines)
     assert not (tmp_path / "results.csv").exists()

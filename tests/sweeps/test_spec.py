@@ -44,8 +44,8 @@ def test_shipped_sweep_parses_and_expands(path):
 
 
 def test_backbone_and_head_sweeps_use_real_registry_names():
-    from refineg.modules.heads import HEADS
     from refineg.inference.uncertainty import list_uncertainty_heads
+    from refineg.modules.heads import HEADS
 
     models = load_sweep(ROOT / "configs/sweeps/backbones.yaml").parameters["model"]["values"]
     assert all((ROOT / "configs" / "model" / f"{m}.yaml").is_file() for m in models)
@@ -56,9 +56,16 @@ def test_backbone_and_head_sweeps_use_real_registry_names():
 
 def test_grid_is_the_cartesian_product_in_order(tmp_path):
     path = tmp_path / "g.yaml"
-    path.write_text(yaml.safe_dump({"program": "train.py", "method": "grid", "metric": {"name": "m"},
-                                    "parameters": {"a": {"values": [1, 2]}, "b": {"values": ["x", "y", None]},
-                                                   "c": {"value": True}}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "program": "train.py",
+                "method": "grid",
+                "metric": {"name": "m"},
+                "parameters": {"a": {"values": [1, 2]}, "b": {"values": ["x", "y", None]}, "c": {"value": True}},
+            }
+        )
+    )
     spec = load_sweep(path)
     assert spec.goal == "minimize"  # W&B's default goal
     trials = spec.expand()
@@ -85,8 +92,10 @@ def test_random_search_is_seeded_and_respects_bounds():
     import random
 
     rng = random.Random(0)
-    draws = [sample_parameter("lr", {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2}, rng)
-             for _ in range(2000)]
+    draws = [
+        sample_parameter("lr", {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2}, rng)
+        for _ in range(2000)
+    ]
     assert 0.45 < sum(d < 1e-3 for d in draws) / len(draws) < 0.55
     ints = {sample_parameter("n", {"distribution": "int_uniform", "min": 1, "max": 3}, rng) for _ in range(200)}
     assert ints == {1, 2, 3}

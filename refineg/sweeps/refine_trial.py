@@ -144,3 +144,10 @@ def main(argv: list[str]) -> int:
         return 2
     print(json.dumps({k: metrics[k] for k in ("delegation_rate", "before", "refined", "gain", "llm")}, indent=1))
     return 0
+
+
+if __name__ == "__main__":  # python -m refineg.sweeps.refine_trial (what the local runner runs from a wheel install)
+    import sys
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main(sys.argv[1:]))

@@ -153,7 +153,7 @@ def run_sweep(
         run_dir = Path(args["runs_dir"]) / name
         if not run_dir.is_absolute():
             run_dir = cwd / run_dir
-        argv = spec.command_for(args)
+        argv = spec.command_for(args, cwd=cwd)
         result = TrialResult(index, name, params, "planned", run_dir=str(run_dir), extra={"command": argv})
         if dry_run:
             results.append(result)

@@ -24,6 +24,12 @@ from refineg.resources import resolve_path
 logger = logging.getLogger(__name__)
 
 DEFAULT_COMMAND = ["${env}", "${interpreter}", "${program}", "${args}"]
+#: The shipped sweeps' programs as modules of the installed package. An install from a wheel has neither train.py nor
+#: tools/, so where the script is not in the trials' working folder the local runner runs the module instead.
+PACKAGED_PROGRAMS = {
+    "train.py": ["-m", "refineg.cli", "train"],
+    "tools/refine_trial.py": ["-m", "refineg.sweeps.refine_trial"],
+}
 DISTRIBUTIONS = (
     "constant",
     "categorical",
@@ -104,8 +110,13 @@ class SweepSpec:
         rng = random.Random(seed)
         return [{key: sample_parameter(key, p, rng) for key, p in self.parameters.items()} for _ in range(n)]
 
-    def command_for(self, params: dict[str, Any], interpreter: str | None = None) -> list[str]:
+    def command_for(
+        self, params: dict[str, Any], interpreter: str | None = None, cwd: str | Path | None = None
+    ) -> list[str]:
         """The trial's argv, built from ``command`` as the W&B agent does.
+
+        With ``cwd`` (the trials' working folder), a shipped program that is not there (an install from a wheel) is
+        run as its packaged module (:data:`PACKAGED_PROGRAMS`).
 
         ``${args}`` gives ``--key=value`` and ``${args_no_hyphens}`` gives ``key=value``, values as Python
         ``str()`` (so ``None`` and ``True`` appear as such; ``refineg.config`` maps ``None`` to null).
@@ -123,7 +134,10 @@ class SweepSpec:
             elif token == "${interpreter}":
                 argv.append(interpreter or sys.executable)
             elif token == "${program}":
-                argv.append(self.program)
+                missing = cwd is not None and not (Path(cwd) / self.program).is_file()
+                argv.extend(
+                    PACKAGED_PROGRAMS[self.program] if missing and self.program in PACKAGED_PROGRAMS else [self.program]
+                )
             elif token == "${args}":
                 argv.extend(f"--{p}" for p in pairs)
             elif token == "${args_no_hyphens}":

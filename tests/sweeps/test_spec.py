@@ -1,6 +1,8 @@
 """W&B sweep files: every shipped sweep parses and expands; grid/random expansion; W&B command macros."""
 
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -122,3 +124,23 @@ def test_bad_sweeps_are_errors(tmp_path):
         spec.command_for({"a": 1})
     with pytest.raises(ValueError, match="missing 'program'"):
         load(method="grid", metric={"name": "m"}, parameters={})
+
+
+def test_an_install_without_the_scripts_runs_the_packaged_programs(tmp_path):
+    """From a wheel there is no train.py or tools/: the local runner runs the same programs as modules."""
+    train = load_sweep(ROOT / "configs/sweeps/heads.yaml")
+    trial = train.expand()[0]
+    assert train.command_for(trial, cwd=ROOT)[2] == "train.py"
+    assert train.command_for(trial, cwd=tmp_path)[2:6] == ["-m", "refineg.cli", "train", "model.head=softmax"]
+    refine = load_sweep(ROOT / "configs/sweeps/thresholds.yaml")
+    assert refine.command_for(refine.expand()[0], cwd=tmp_path)[2:4] == ["-m", "refineg.sweeps.refine_trial"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "refineg.sweeps.refine_trial", f"source={tmp_path / 'nowhere'}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2 and out.stdout.startswith("error:") and "nowhere" in out.stdout

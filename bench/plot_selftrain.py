@@ -52,6 +52,18 @@ def series(spec: str) -> tuple[str, list[int], list[float], list[float]]:
     )
 
 
+def number(text: str, item: str, what: str) -> float:
+    """``float(text)``, or a one-line ``error:`` naming the argument ``item``.
+
+    Raises:
+        SystemExit: ``text`` is not a number.
+    """
+    try:
+        return float(text)
+    except ValueError:
+        raise SystemExit(f"error: {item!r}: expected {what}") from None
+
+
 def main() -> None:
     """Draws the figure."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -82,20 +94,21 @@ def main() -> None:
     for i, item in enumerate(args.mark):
         where, _, rest = item.partition("=")
         value, _, label = rest.partition("=")
+        x, y = number(where, item, "ROUND=VALUE=LABEL"), number(value, item, "ROUND=VALUE=LABEL")
         panel = zoom if zoom is not None else ax
         colour = ["black", "grey", "silver"][i % 3]
-        panel.plot([int(where)], [float(value)], "*", markersize=12, color=colour, linestyle="none", label=label)
+        panel.plot([x], [y], "*", markersize=12, color=colour, linestyle="none", label=label)
     for panel in [ax] + ([zoom] if zoom is not None else []):
         for item in args.hline:
-            value, _, label = item.partition("=")
-            panel.axhline(float(value), linestyle="--", color="grey", linewidth=1)
-            panel.annotate(
-                label, (0, float(value)), textcoords="offset points", xytext=(4, 4), fontsize=8, color="grey"
-            )
+            text, _, label = item.partition("=")
+            value = number(text, item, "VALUE=LABEL")
+            panel.axhline(value, linestyle="--", color="grey", linewidth=1)
+            panel.annotate(label, (0, value), textcoords="offset points", xytext=(4, 4), fontsize=8, color="grey")
             low, high = panel.get_ylim()
-            panel.set_ylim(low, max(high, float(value) + (2.5 if panel is ax else 0.3)))
+            panel.set_ylim(low, max(high, value + (2.5 if panel is ax else 0.3)))
         panel.set_xlabel("self-training round (0 = gold only, same runs)")
-        panel.set_xticks(sorted({r for _, rounds, *_ in all_series for r in rounds}))
+        shown = [rounds for name, rounds, *_ in all_series if panel is ax or name.startswith(args.zoom)]
+        panel.set_xticks(sorted({r for rounds in shown for r in rounds}))
         panel.grid(alpha=0.3)
     ax.set_ylabel("dev MNER F1 (mean ± std over seeds)")
     ax.legend(fontsize=8)

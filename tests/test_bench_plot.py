@@ -40,3 +40,15 @@ def test_a_mark_above_the_hline_stays_in_the_figure(tmp_path, monkeypatch, zoom)
         assert out.stat().st_size > 1000
     finally:
         plt.close("all")
+
+
+@pytest.mark.parametrize("flag", [["--hline", "high=target"], ["--mark", "one=75=ensemble"]], ids=["hline", "mark"])
+def test_a_malformed_value_is_one_error_line(tmp_path, monkeypatch, flag):
+    pytest.importorskip("matplotlib")
+    rounds = {"0": {"dev_mner_f1": {"mean": 70.0, "std": 0.2}}}
+    (tmp_path / "summary.json").write_text(json.dumps({"groups": {"g": {"rounds": rounds}}}))
+    argv = ["plot_selftrain.py", f"g={tmp_path / 'summary.json'}", "--out", str(tmp_path / "fig.png"), *flag]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit, match=rf"error: '{flag[1]}': expected"):
+        _plot_module().main()
+    assert not (tmp_path / "fig.png").exists()

@@ -36,6 +36,25 @@ def tiny_args(encoder, runs, name, **extra):
     return [f"{k}={v}" for k, v in args.items()]
 
 
+def train_tiny_steps(encoder, runs, name, **extra) -> dict:
+    """Trains the tiny encoder for 4 steps (32 posts, batch 8, one epoch, clipping 0.05); returns ``last.ckpt``."""
+    import torch
+
+    from refineg.training import train
+
+    os.environ.pop("REFINEG_RUN_NAME", None)
+    steps = {
+        "data.gold_limit": 32,
+        "data.batch_size": 8,
+        "trainer.max_epochs": 1,
+        "predict": "false",
+        "data.eval_batch_size": 64,
+        "trainer.gradient_clip_val": 0.05,
+    }
+    train(load_config(tiny_args(encoder, runs, name, **{**steps, **extra})))
+    return torch.load(runs / name / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_encoder, tmp_path_factory):
     from refineg.training import train

@@ -1,7 +1,6 @@
 """``optim.embedding_rows=active``: training only the word-embedding rows of training ids equals AdamW on the table."""
 
 import csv
-import os
 
 import pytest
 import torch
@@ -14,36 +13,20 @@ from refineg.datamodules.encoding import PostCollator, encode_posts
 from refineg.datamodules.gmner import read_split
 from refineg.modules.active_rows import ActiveRowsEmbedding, activate_rows, track_decay
 from refineg.modules.tagger_module import TaggerModule
-from tests.test_train import tiny_args
+from tests.test_train import tiny_args, train_tiny_steps
 
 EMBEDDING = "tagger.backbone.model.embeddings.word_embeddings.weight"
 
 
 def _run(encoder, runs, name, **extra):
     """Trains the tiny BERT for 4 steps (weight decay large enough to move unseen rows); returns the last checkpoint."""
-    from refineg.training import train
-
-    os.environ.pop("REFINEG_RUN_NAME", None)
-    args = tiny_args(
-        encoder,
-        runs,
-        name,
-        **{
-            "data.gold_limit": 32,
-            "data.batch_size": 8,
-            "trainer.max_epochs": 1,
-            "predict": "false",
-            "data.eval_batch_size": 64,
-            "trainer.gradient_clip_val": 0.05,
-            "trainer.log_every_n_steps": 2,
-            "optim.encoder_lr": 0.01,
-            "optim.weight_decay": 0.5,
-            "optim.warmup_ratio": 0.5,
-            **extra,
-        },
-    )
-    train(load_config(args))
-    return torch.load(runs / name / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    steps = {
+        "trainer.log_every_n_steps": 2,
+        "optim.encoder_lr": 0.01,
+        "optim.weight_decay": 0.5,
+        "optim.warmup_ratio": 0.5,
+    }
+    return train_tiny_steps(encoder, runs, name, **{**steps, **extra})
 
 
 @pytest.fixture(scope="module")
@@ -218,19 +201,25 @@ class RecordingTagger(TaggerModule):
         return loss
 
 
-def test_step_graph_logs_a_cpu_loss_only_at_logging_steps(tiny_encoder, tmp_path):
-    """Between logging steps nothing is logged (no per-step host sync on a GPU); a logged value is that step's loss."""
-    import lightning as L
-
+def _recording_step_graph(encoder, runs, name):
+    """A step-graph :class:`RecordingTagger` and its datamodule: 48 posts in batches of 8, no dev posts."""
     from refineg.datamodules.gmner import GMNERDataModule
 
-    cfg = as_dictconfig(load_config(tiny_args(tiny_encoder, tmp_path, "rec", **{"data.gold_limit": 48})))
+    cfg = as_dictconfig(load_config(tiny_args(encoder, runs, name, **{"data.gold_limit": 48})))
     cfg.data.batch_size = 8
     module = RecordingTagger(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), list(cfg.data.types))
     module.use_step_graph(clip=1.0)
     dm = GMNERDataModule(cfg.data, cfg.model.encoder)
     dm.setup()
     dm.encoded["dev"] = dm.encoded["dev"][:0]
+    return module, dm
+
+
+def test_step_graph_logs_a_cpu_loss_only_at_logging_steps(tiny_encoder, tmp_path):
+    """Between logging steps nothing is logged (no per-step host sync on a GPU); a logged value is that step's loss."""
+    import lightning as L
+
+    module, dm = _recording_step_graph(tiny_encoder, tmp_path, "rec")
     trainer = L.Trainer(
         accelerator="cpu",
         max_steps=6,
@@ -256,19 +245,11 @@ def test_step_graph_logs_the_loss_of_a_step_a_callback_stops_at(tiny_encoder, tm
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
-    from refineg.datamodules.gmner import GMNERDataModule
-
     class StopAtThirdStep(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             trainer.should_stop = trainer.should_stop or batch_idx == 2
 
-    cfg = as_dictconfig(load_config(tiny_args(tiny_encoder, tmp_path, "stop", **{"data.gold_limit": 48})))
-    cfg.data.batch_size = 8
-    module = RecordingTagger(OmegaConf.to_container(cfg.model), OmegaConf.to_container(cfg.optim), list(cfg.data.types))
-    module.use_step_graph(clip=1.0)
-    dm = GMNERDataModule(cfg.data, cfg.model.encoder)
-    dm.setup()
-    dm.encoded["dev"] = dm.encoded["dev"][:0]
+    module, dm = _recording_step_graph(tiny_encoder, tmp_path, "stop")
     logger = CSVLogger(tmp_path / "csv", name="", version=0)
     trainer = L.Trainer(
         accelerator="cpu",

@@ -1,35 +1,15 @@
 """``cuda_graph=true``: the recorded training step trains exactly like Lightning's automatic optimisation."""
 
-import os
-
 import pytest
 import torch
 
 from refineg.config import load_config
 from refineg.modules.step_graph import GraphedStep
-from tests.test_train import tiny_args
+from tests.test_train import tiny_args, train_tiny_steps
 
 
 def _final_weights(encoder, runs, name, **extra):
-    from refineg.training import train
-
-    os.environ.pop("REFINEG_RUN_NAME", None)
-    args = tiny_args(
-        encoder,
-        runs,
-        name,
-        **{
-            "data.gold_limit": 32,
-            "data.batch_size": 8,
-            "trainer.max_epochs": 1,
-            "predict": "false",
-            "data.eval_batch_size": 64,
-            "trainer.gradient_clip_val": 0.05,
-            **extra,
-        },
-    )
-    train(load_config(args))
-    ckpt = torch.load(runs / name / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = train_tiny_steps(encoder, runs, name, **extra)
     return ckpt["state_dict"], ckpt["global_step"]
 
 

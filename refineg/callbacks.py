@@ -113,7 +113,7 @@ class WeightEMA(L.Callback):
         self.other: list[torch.Tensor] | None = None  # the average, or the raw weights while the average is swapped in
         self.swapped = False
         self._last_step = -1
-        self._pending: dict | None = None
+        self._pending: list[torch.Tensor] | None = None  # a checkpoint's ``other``, until fitting starts
 
     @staticmethod
     def _params(pl_module: L.LightningModule) -> list[torch.Tensor]:
@@ -122,7 +122,7 @@ class WeightEMA(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
         params = self._params(pl_module)
         if self._pending is not None:  # resumed: the checkpoint's tensors, on the weights' devices
-            saved = self._pending["other"]
+            saved = self._pending
             if len(saved) != len(params) or any(s.shape != p.shape for s, p in zip(saved, params)):
                 raise ValueError("optim.ema: the checkpoint's averaged weights do not fit this model")
             self.other = [s.to(device=p.device, dtype=p.dtype) for s, p in zip(saved, params)]
@@ -175,9 +175,9 @@ class WeightEMA(L.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:  # noqa: D102
         self.updates, self.swapped = state_dict["updates"], state_dict["swapped"]
-        self._pending = {"other": state_dict["other"]}
-        if self.other is not None:  # a strategy that restores after fitting started
-            with torch.no_grad():
-                for o, s in zip(self.other, self._pending.pop("other")):
-                    o.copy_(s)
-            self._pending = None
+        if self.other is None:
+            self._pending = state_dict["other"]
+            return
+        with torch.no_grad():  # a strategy that restores after fitting started
+            for o, s in zip(self.other, state_dict["other"]):
+                o.copy_(s)

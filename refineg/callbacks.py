@@ -98,8 +98,7 @@ class WeightEMA(L.Callback):
     checkpoint is written, which would store the raw weights under the averaged score.)
 
     With ``optim.embedding_rows=active`` the rows of ids never seen in training are not parameters: they take the
-    current lazy weight decay, not its average (a small difference from ``all``, e.g. 1.3e-4 relative at
-    ``weight_decay=0.5``).
+    current lazy weight decay, not its average, so the result differs slightly from ``all``.
 
     Args:
         decay: The largest ``d``; the average spans about ``1 / (1 - decay)`` steps.

@@ -35,7 +35,9 @@ from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
 
-#: Batch entries a tagging step reads; everything else (indices, groundability targets) is ignored.
+#: Batch entries a tagging step reads; everything else (indices, groundability targets) is ignored. ``targets``
+#: (soft or partial pseudo-labels) is part of the signature, so a batch with them never replays a graph recorded
+#: without them (which would train on the hard ``labels`` instead).
 STEP_KEYS = (
     "input_ids",
     "attention_mask",
@@ -43,6 +45,7 @@ STEP_KEYS = (
     "word_mask",
     "casing",
     "labels",
+    "targets",
     "weight",
     "pixel_values",
     "image_mask",

@@ -1,10 +1,14 @@
 """``cuda_graph=true``: the recorded training step trains exactly like Lightning's automatic optimisation."""
 
+import logging
+
 import pytest
 import torch
 
 from refineg.config import load_config
+from refineg.data import Entity, Example, bio_labels, write_jsonl
 from refineg.modules.step_graph import GraphedStep
+from refineg.stages.selftrain import select_pseudo_labels
 from tests.test_train import tiny_args, train_tiny_steps
 
 
@@ -39,6 +43,50 @@ def test_step_graph_mode_matches_with_ema_and_rdrop(tiny_encoder, tmp_path, extr
         torch.testing.assert_close(graph[key].cpu(), auto[key].cpu(), rtol=1e-4, atol=1e-5, msg=key)
 
 
+def _pseudo_file(path):
+    """Eight pool posts as a self-training round writes them: four with soft targets, four with a masked entity."""
+    labels = bio_labels(["PER", "LOC", "ORG", "OTHER"])
+    words = "Anna met Bob in Rome with Acme staff".split()
+    gen = torch.Generator().manual_seed(0)
+    soft, partial = [], []
+    for i in range(8):
+        ents = [Entity(0, 1, "PER", uncertainty=0.05), Entity(2, 3, "PER", uncertainty=0.1 + 0.1 * i)]
+        ents += [Entity(4, 5, "LOC", uncertainty=0.1), Entity(6, 7, "ORG", uncertainty=0.1)]
+        post = Example(f"pool{i}", words[: 7 + i % 2], None, ents[: 3 + i % 2], source="predicted")
+        if i % 2:
+            partial.append(post)
+        else:
+            rows = torch.rand(len(post.tokens), len(labels), generator=gen).softmax(-1).tolist()
+            soft.append((post, rows))
+    kept_soft, _ = select_pseudo_labels([p for p, _ in soft], 0.2, marginals=[r for _, r in soft], labels=labels)
+    kept_partial, _ = select_pseudo_labels(partial, 0.2, uncertain="mask")
+    assert all("word_targets" in p.meta["pseudo"] for p in kept_soft)
+    assert any(p.meta["pseudo"].get("unlabeled") for p in kept_partial)
+    write_jsonl([*kept_soft, *kept_partial], path)
+    return path
+
+
+@pytest.mark.parametrize("accelerator", ACCELERATORS)
+def test_step_graph_mode_matches_on_soft_and_partial_pseudo_labels(tiny_encoder, tmp_path, accelerator, caplog):
+    """Self-training batches (``targets``: soft and partial pseudo-labels) record and replay their own graphs."""
+    extra = {
+        "trainer.accelerator": accelerator,
+        "trainer.max_epochs": 2,
+        "data.pseudo": _pseudo_file(tmp_path / "pseudo.jsonl"),
+        "data.mixing": "concat",
+        "data.pad_to_multiple_of": 64,  # few shapes, so that the GPU records graphs and replays them
+        "model.rdrop": 1.0,
+    }
+    auto, auto_steps = _final_weights(tiny_encoder, tmp_path, "auto", **extra)
+    with caplog.at_level(logging.INFO, logger="refineg.modules.step_graph"):
+        graph, graph_steps = _final_weights(tiny_encoder, tmp_path, "graph", cuda_graph="true", **extra)
+    assert graph_steps == auto_steps == 10  # (32 gold + 8 pseudo-labelled posts) / 8 per batch x 2 epochs
+    for key in auto:
+        torch.testing.assert_close(graph[key].cpu(), auto[key].cpu(), rtol=1e-4, atol=1e-5, msg=key)
+    if accelerator == "gpu":
+        assert "'targets': (8, 64, 9)" in caplog.text  # a graph of a batch with pseudo-labels was recorded
+
+
 def test_clipping_and_signatures():
     torch.manual_seed(0)
     lin = torch.nn.Linear(4, 1)
@@ -48,6 +96,8 @@ def test_clipping_and_signatures():
     norm = torch.cat([p.grad.flatten() for p in lin.parameters()]).norm()
     assert loss.item() > 0 and norm == pytest.approx(0.5, rel=1e-4)
     assert GraphedStep.signature(batch) == (("input_ids", (3, 4), torch.float32), ("weight", (3,), torch.float32))
+    with_targets = {**batch, "targets": torch.zeros(3, 4, 9)}  # pseudo-labels: never the graph of a hard-label batch
+    assert GraphedStep.signature(with_targets) != GraphedStep.signature(batch)
     assert step.eager_steps == 1 and step.replays == 0
 
 

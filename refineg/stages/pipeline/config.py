@@ -218,7 +218,7 @@ class PipelineConfig:
         try:
             return load_typed(SelfTrainConfig, overrides, values, what="self-training")
         except ValueError as err:  # its training keys are the pipeline's train.* keys
-            raise ValueError(f"stages.selftrain: {err} (training keys: train.*, e.g. train.cuda_graph)") from None
+            raise ValueError(f"stages.selftrain: {err} (training keys: train.*, e.g. train.trainer.strategy)") from None
 
     @property
     def run_dir(self) -> Path:

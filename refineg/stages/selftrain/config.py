@@ -95,8 +95,6 @@ class SelfTrainConfig(TrainConfig):
             raise ValueError(
                 "self-training runs on one device (DDP relaunches the whole command): trainer.strategy=auto"
             )
-        if self.cuda_graph:
-            raise ValueError("self-training batches carry soft/partial targets that cuda_graph=true does not record")
         if st.refine_backend != "none":  # checked now, not after round 0 has trained
             from refineg.stages.refinement import list_refinement_backends
 

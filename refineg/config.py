@@ -245,6 +245,10 @@ class ModelConfig:
     # R-Drop: two training passes with different dropout masks; their mean loss + rdrop x the symmetric KL of their
     # per-word label distributions (0: off, one pass; > 0 doubles the training forward and backward cost)
     rdrop: float = 0.0
+    # token-level distillation on soft pseudo-label targets (a teacher's marginals): + marginal_kd x the cross-entropy
+    # of the tagger's per-word label distribution (CRF marginals) against them; the path loss alone learns only the
+    # teacher's most likely labels (0: off; one-hot and unlabelled words are unaffected)
+    marginal_kd: float = 0.0
     # image_* / freeze_image: short names for backbone factories that take them (hf_image); see BACKBONE_KEY_ALIASES
     image_encoder: str = "timm"  # hf_image only: timm | open_clip
     image_model: str = "resnet50"
@@ -513,6 +517,8 @@ def check_train_config(cfg: Any) -> None:
         )
     if not 0 <= cfg.optim.ema < 1:
         problems.append(f"optim.ema={cfg.optim.ema} must be in [0, 1) (0: off)")
+    if cfg.model.marginal_kd < 0:
+        problems.append(f"model.marginal_kd={cfg.model.marginal_kd} must not be negative (0: off)")
     if cfg.model.rdrop < 0:
         problems.append(f"model.rdrop={cfg.model.rdrop} must not be negative (0: off)")
     if cfg.model.rdrop > 0 and cfg.model.groundability:

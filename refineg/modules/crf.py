@@ -394,11 +394,25 @@ class LinearChainCRF(nn.Module):
             ``(B, T, K)`` float32 probabilities; rows sum to 1 at real tokens and are 0 at padding.
         """
         with _no_autocast(emissions.device):
+            mask = self._prepare(emissions, mask)[1]
+            return torch.where(mask.unsqueeze(2), self.log_marginals(emissions, mask, fb).exp().clamp(0.0, 1.0), 0.0)
+
+    def log_marginals(self, emissions: Tensor, mask: Tensor | None = None, fb: ForwardBackward | None = None) -> Tensor:
+        """Log token marginals ``log P(y_t = k | x)`` (differentiable; values at padding are meaningless).
+
+        Args:
+            emissions: ``(B, T, K)`` unnormalised tag scores (any float dtype).
+            mask: ``(B, T)`` bool, left-aligned; ``None`` means all tokens are real.
+            fb: Optional precomputed :meth:`forward_backward` result for the same inputs.
+
+        Returns:
+            ``(B, T, K)`` float32, at most 0.
+        """
+        with _no_autocast(emissions.device):
             em, mask = self._prepare(emissions, mask)
             if fb is None:
                 fb = self._forward_backward(em, mask)
-            log_p = fb.alphas + fb.betas - fb.log_z[:, None, None]
-            return torch.where(mask.unsqueeze(2), log_p.exp().clamp(0.0, 1.0), 0.0)
+            return (fb.alphas + fb.betas - fb.log_z[:, None, None]).clamp(max=0.0)
 
     def span_marginals(
         self,

@@ -44,6 +44,21 @@ class TaggingHead(nn.Module):
         """
         raise NotImplementedError
 
+    def word_log_probs(self, emissions: Tensor, mask: Tensor) -> Tensor:
+        """``(B, W, K)`` log of the head's per-word label distribution (float32; meaningless at masked words)."""
+        raise NotImplementedError
+
+    def soft_cross_entropy(self, emissions: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
+        """Per-post ``(B,)`` cross-entropy of the per-word label distribution against the soft rows of ``targets``.
+
+        Token-level distillation (``model.marginal_kd``): only rows that are a distribution (not one-hot, not all
+        zero: a teacher's marginals) count, averaged over the post's such words; a post without any scores 0.
+        """
+        t = targets.to(device=emissions.device, dtype=torch.float32)
+        soft = (t.sum(-1) > 0) & (t.amax(-1) < 1) & mask
+        ce = -(t * self.word_log_probs(emissions, mask)).sum(-1) * soft
+        return ce.sum(1) / soft.sum(1).clamp(min=1)
+
     def decode(self, emissions: Tensor, mask: Tensor) -> list[list[int]]:
         """Best label ids per post, each of the post's (unmasked) length."""
         raise NotImplementedError
@@ -78,6 +93,9 @@ class SoftmaxHead(TaggingHead):
         ce = -(t * emissions.float().log_softmax(-1)).sum(-1) * labelled
         return ce.sum(1) / labelled.sum(1).clamp(min=1)
 
+    def word_log_probs(self, emissions: Tensor, mask: Tensor) -> Tensor:  # noqa: D102
+        return emissions.float().log_softmax(-1)
+
     def decode(self, emissions: Tensor, mask: Tensor) -> list[list[int]]:  # noqa: D102
         best = emissions.argmax(-1).tolist()
         return [row[:n] for row, n in zip(best, mask.sum(1).tolist())]
@@ -102,6 +120,9 @@ class CRFHead(TaggingHead):
 
     def target_loss(self, emissions: Tensor, targets: Tensor, mask: Tensor) -> Tensor:  # noqa: D102
         return self.crf.target_nll(emissions, targets, mask)
+
+    def word_log_probs(self, emissions: Tensor, mask: Tensor) -> Tensor:  # noqa: D102
+        return self.crf.log_marginals(emissions, mask)  # the CRF's token marginals, by forward-backward
 
     def decode(self, emissions: Tensor, mask: Tensor) -> list[list[int]]:  # noqa: D102
         paths, _ = self.crf.decode(emissions, mask)

@@ -352,7 +352,10 @@ class TaggerModule(L.LightningModule):
     def _head_loss(self, batch: dict[str, torch.Tensor], emissions: torch.Tensor) -> torch.Tensor:
         """Per-post loss ``(B,)`` of the head against the batch's labels or (soft/partial) ``targets``."""
         if "targets" in batch:  # soft or partial (pseudo-)labels in the batch
-            return self.tagger.head.target_loss(emissions, batch["targets"], batch["word_mask"])
+            head, targets, mask = self.tagger.head, batch["targets"], batch["word_mask"]
+            loss = head.target_loss(emissions, targets, mask)
+            kd = float(self.hparams.model.get("marginal_kd", 0.0))
+            return loss + kd * head.soft_cross_entropy(emissions, targets, mask) if kd > 0 else loss
         return self.tagger.head.loss(emissions, batch["labels"], batch["word_mask"])
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:  # noqa: D102

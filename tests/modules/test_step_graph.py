@@ -76,6 +76,7 @@ def test_step_graph_mode_matches_on_soft_and_partial_pseudo_labels(tiny_encoder,
         "data.mixing": "concat",
         "data.pad_to_multiple_of": 64,  # few shapes, so that the GPU records graphs and replays them
         "model.rdrop": 1.0,
+        "model.marginal_kd": 1.0,
     }
     auto, auto_steps = _final_weights(tiny_encoder, tmp_path, "auto", **extra)
     with caplog.at_level(logging.INFO, logger="refineg.modules.step_graph"):

@@ -111,13 +111,14 @@ def main() -> None:
         panel.set_xticks(sorted({r for rounds in shown for r in rounds}))
         panel.grid(alpha=0.3)
     ax.set_ylabel("dev MNER F1 (mean ± std over seeds)")
-    ax.legend(fontsize=8)
+    below = {"loc": "upper center", "bbox_to_anchor": (0.5, -0.25)}  # under the panel: no line is hidden
+    ax.legend(fontsize=8, ncol=2, **below)
     ax.set_title("Self-training, Twitter-GMNER dev, default tagger (GPU)", fontsize=10)
     if zoom is not None:
-        zoom.legend(fontsize=7, loc="lower right")
+        zoom.legend(fontsize=7, **below)
         zoom.set_title(f"zoom: lines named {args.zoom!r}…", fontsize=10)
     fig.tight_layout()
-    fig.savefig(args.out)
+    fig.savefig(args.out, bbox_inches="tight")
     print(f"wrote {args.out}")
 
 

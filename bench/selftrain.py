@@ -299,6 +299,52 @@ def run_phase(
         time.sleep(2)
 
 
+def planned_rounds(command: list[str]) -> int:
+    """The ``selftrain.rounds`` a run command sets (the last override wins)."""
+    values = [c.split("=", 1)[1] for c in command if c.startswith("selftrain.rounds=")]
+    return int(values[-1]) if values else 3
+
+
+def run_ensemble_phases(
+    args: argparse.Namespace, jobs: dict[str, dict], parallel: int, env: dict, started: float, device: str
+) -> None:
+    """``--ensemble``: every round's teacher is the ensemble of all seeds' taggers of the round before.
+
+    Phase 0 trains every run's round 0 only. Phase ``k`` continues each run to round ``k`` with
+    ``selftrain.teacher=last`` (its own round ``k-1``) and ``selftrain.ensemble`` = the round-``k-1`` taggers of the
+    group's other seeds (``refineg selftrain`` lets the members change when a run is continued). The rounds are not
+    stopped early (``selftrain.patience=k``), so every run reports every round. A run whose round ``k-1`` did not
+    finish (e.g. the time budget) stops there.
+    """
+    final = {n: [*j["command"], "selftrain.teacher=last"] for n, j in jobs.items()}
+    rounds = max(planned_rounds(c) for c in final.values())
+    family: dict[str, list[str]] = {}
+    for name, job in jobs.items():
+        family.setdefault(job["group"].split("-")[0], []).append(name)
+    for k in range(rounds + 1):
+        for name, job in jobs.items():
+            state = load_state(args, name)
+            if k > 0 and (not state or len(state["rounds"]) < k or planned_rounds(final[name]) < k):
+                job["returncode"] = job.get("returncode", 0)  # nothing more to run for this one
+                continue
+            extra = [f"selftrain.rounds={k}", f"selftrain.patience={max(k, 1)}"]
+            if k > 0:
+                # one member per other seed: runs of the same seed in other variants trained the same round 0
+                by_seed: dict[int, str] = {}
+                for other in family[job["group"].split("-")[0]]:
+                    done = load_state(args, other)
+                    if jobs[other]["seed"] != job["seed"] and done and len(done["rounds"]) >= k:
+                        if k == 1 or jobs[other]["group"] == job["group"]:  # later rounds: the same variant's
+                            by_seed.setdefault(jobs[other]["seed"], done["rounds"][k - 1]["checkpoint"])
+                extra.append(f"selftrain.ensemble=[{','.join(by_seed.values())}]")
+                job["ensemble_members"] = 1 + len(by_seed)
+            job["command"] = [*final[name], *extra]
+            job.pop("returncode", None)
+        run_phase(args, jobs, parallel, env, started, device, f"round{k}")
+        if time.time() - started > args.budget_s:
+            break
+
+
 def main() -> int:
     carried = ROOT / ".devcarry" / "minilm"  # the fp16 copy bench/prepare_device_carry.sh makes
     default_encoder = str(carried) if (carried / "config.json").is_file() else "minilm"
@@ -325,8 +371,8 @@ def main() -> int:
     p.add_argument(
         "--ensemble",
         action="store_true",
-        help="train every run's round 0 first, then let each run's teacher be the ensemble of the round-0 taggers "
-        "of its group (g500 or full), one per seed",
+        help="train the runs round by round: each round's teacher is the ensemble of the previous round's taggers "
+        "of all seeds of its group (round 1: the round-0 taggers of g500 or full; later rounds: the same variant's)",
     )
     p.add_argument(
         "--student-ensemble",
@@ -360,30 +406,7 @@ def main() -> int:
     device = device_name()
     started = time.time()
     if args.ensemble:
-        # pass 1: every run trains its round 0 only; pass 2 continues it with the others' round-0 taggers as
-        # extra teacher members (refineg selftrain lets selftrain.ensemble join a continued run)
-        final = {n: list(j["command"]) for n, j in jobs.items()}
-        for job in jobs.values():
-            job["command"] = [*job["command"], "selftrain.rounds=0"]
-        run_phase(args, jobs, parallel, env, started, device, "round0")
-        family: dict[str, list[str]] = {}
-        for name, job in jobs.items():
-            family.setdefault(job["group"].split("-")[0], []).append(name)
-        for name, job in jobs.items():
-            state = load_state(args, name)
-            if not state or not state["rounds"]:
-                continue
-            # one member per other seed: runs of the same seed in other variants trained the same round 0
-            by_seed: dict[int, str] = {}  # a run of each other seed whose round 0 finished
-            for other in family[job["group"].split("-")[0]]:
-                done = load_state(args, other)
-                if jobs[other]["seed"] != job["seed"] and done and done["rounds"]:
-                    by_seed.setdefault(jobs[other]["seed"], done["rounds"][0]["checkpoint"])
-            ckpts = list(by_seed.values())
-            job["command"] = [*final[name], f"selftrain.ensemble=[{','.join(ckpts)}]"]
-            job["ensemble_members"] = 1 + len(ckpts)
-            job.pop("returncode", None)
-        run_phase(args, jobs, parallel, env, started, device, "rounds")
+        run_ensemble_phases(args, jobs, parallel, env, started, device)
     else:
         run_phase(args, jobs, parallel, env, started, device, "")
     summary = write_outputs(args, jobs, started, device)

@@ -312,11 +312,14 @@ def run_ensemble_phases(
 
     Phase 0 trains every run's round 0 only. Phase ``k`` continues each run to round ``k`` with
     ``selftrain.teacher=last`` (its own round ``k-1``) and ``selftrain.ensemble`` = the round-``k-1`` taggers of the
-    group's other seeds (``refineg selftrain`` lets the members change when a run is continued). The rounds are not
+    group's other seeds (``refineg selftrain`` lets the members change when a run is continued); the runs share one
+    ``selftrain.label_cache``, so each round's pool is labelled once. The rounds are not
     stopped early (``selftrain.patience=k``), so every run reports every round. A run whose round ``k-1`` did not
     finish (e.g. the time budget) stops there.
     """
-    final = {n: [*j["command"], "selftrain.teacher=last"] for n, j in jobs.items()}
+    # the runs of a round share one teacher, so one of them labels the pool and the others read its labels
+    shared = f"selftrain.label_cache={Path(args.runs_dir).resolve() / 'labels'}"
+    final = {n: [*j["command"], "selftrain.teacher=last", shared] for n, j in jobs.items()}
     rounds = max(planned_rounds(c) for c in final.values())
     family: dict[str, list[str]] = {}
     for name, job in jobs.items():

@@ -642,3 +642,101 @@ def test_an_ensemble_teacher_with_the_evidential_head_is_refused_before_training
     with pytest.raises(ValueError, match="the evidential head reads one tagger's word states"):
         load_selftrain_config([*base, "selftrain.head=evidential", "selftrain.head_kwargs={path: e.pt}"])
     assert load_selftrain_config([*base, "selftrain.head=crf_marginal"]).selftrain.ensemble == [str(member)]
+
+
+# ---------------------------------------------------------------------------------------------------- label cache
+
+
+def test_runs_with_the_same_ensemble_teacher_label_the_pool_once(tiny_encoder, tmp_path, monkeypatch):
+    """Two seeds continued with each other's round 0 share a teacher: the second reads the first's labels."""
+    from refineg.stages.selftrain import run, run_selftrain
+
+    os.environ.pop("REFINEG_RUN_NAME", None)
+    cache = tmp_path / "shared"
+    # one pool file for both seeds (the training posts outside each seed's gold sample would differ)
+    train = read_split(load_config([]).data, "train")
+    write_jsonl(train[-30:], tmp_path / "pool.jsonl")
+    pool = {
+        "data.unlabeled_from_train": "false",
+        "data.unlabeled": tmp_path / "pool.jsonl",
+        "data.unlabeled_limit": None,
+    }
+    args = {
+        n: tiny_overrides(tiny_encoder, tmp_path, n, seed=s, **{"selftrain.soft_targets": "true", **pool})
+        for n, s in (("a", 1), ("b", 2))
+    }
+    first = {n: run_selftrain(load_selftrain_config([*a, "selftrain.rounds=0"])) for n, a in args.items()}
+    ckpt = {n: st["rounds"][0]["checkpoint"] for n, st in first.items()}
+    more = {n: [*a, "selftrain.rounds=1", f"selftrain.label_cache={cache}"] for n, a in args.items()}
+    a = run_selftrain(load_selftrain_config([*more["a"], f"selftrain.ensemble=[{ckpt['b']}]"]))
+
+    def no_teacher(*_args):
+        raise AssertionError("the pool was labelled again")
+
+    monkeypatch.setattr(run, "teacher_estimator", no_teacher)
+    b = run_selftrain(load_selftrain_config([*more["b"], f"selftrain.ensemble=[{ckpt['a']}]"]))
+    ra, rb = a["rounds"][1], b["rounds"][1]
+    assert (ra["labels_cached"], rb["labels_cached"]) == (False, True)
+    assert rb["teacher_dev_mner_f1"] == ra["teacher_dev_mner_f1"] and rb["pseudo"] == ra["pseudo"]
+    pa, pb = (read_jsonl(tmp_path / n / "round1" / "pseudo.jsonl") for n in ("a", "b"))
+    assert [p.to_dict() for p in pb] == [p.to_dict() for p in pa]  # the same posts, entities and soft rows
+    assert any(p.meta["pseudo"].get("word_targets") for p in pa)
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 1  # one entry: one teacher, one pool
+    # a run whose teacher is its own round 0 alone: another key, labelled, kept in its own run folder
+    monkeypatch.undo()
+    alone = run_selftrain(load_selftrain_config([*more["a"], "run_name=a_alone", "selftrain.label_cache=null"]))
+    assert alone["rounds"][1]["labels_cached"] is False
+    assert len(list((tmp_path / "a_alone" / "labels").glob("*/meta.json"))) == 1
+
+
+def test_a_round_continued_after_an_interruption_does_not_label_again(tiny_encoder, tmp_path, monkeypatch):
+    from refineg.stages.selftrain import run, run_selftrain
+
+    os.environ.pop("REFINEG_RUN_NAME", None)
+    args = tiny_overrides(tiny_encoder, tmp_path, "cut", **{"selftrain.rounds": 1})
+    done = run_selftrain(load_selftrain_config(args))
+    pseudo = (tmp_path / "cut" / "round1" / "pseudo.jsonl").read_text()
+    # as if the run had stopped while round 1 trained: its record and training output are gone, its labels kept
+    state_path = tmp_path / "cut" / "selftrain.json"
+    state = json.loads(state_path.read_text())
+    state["rounds"] = state["rounds"][:1]
+    state_path.write_text(json.dumps(state))
+    (tmp_path / "cut" / "round1" / "metrics.json").unlink()
+
+    def no_teacher(*_args):
+        raise AssertionError("the pool was labelled again")
+
+    monkeypatch.setattr(run, "teacher_estimator", no_teacher)
+    again = run_selftrain(load_selftrain_config(args))
+    assert again["rounds"][1]["labels_cached"] is True and done["rounds"][1]["labels_cached"] is False
+    assert (tmp_path / "cut" / "round1" / "pseudo.jsonl").read_text() == pseudo
+    assert again["rounds"][1]["pseudo"] == done["rounds"][1]["pseudo"]
+
+
+def test_label_cache_lock_lets_one_caller_label_while_the_others_wait(tmp_path):
+    import threading
+
+    from refineg.stages.selftrain.label_cache import cached_labels
+
+    calls, results = [], []
+    post = Example("p", ["Anna", "sings"], None, [Entity(0, 1, "PER", uncertainty=0.25)], source="predicted")
+
+    def label():
+        calls.append(1)
+        time.sleep(0.3)  # the others arrive while this one holds the lock
+        return {
+            "preds": [post],
+            "rows": [[[0.1, 0.9], [1.0, 0.0]]],
+            "labels": ["O", "B-PER"],
+            "teacher_dev_mner_f1": 0.5,
+        }
+
+    threads = [threading.Thread(target=lambda: results.append(cached_labels(tmp_path, "k", label))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and sorted(cached for _, cached in results) == [False, True, True]
+    for labels, _ in results:
+        assert labels["preds"][0].entities[0].uncertainty == 0.25 and labels["teacher_dev_mner_f1"] == 0.5
+        assert labels["rows"] == [[[pytest.approx(0.1), pytest.approx(0.9)], [1.0, 0.0]]]

@@ -40,6 +40,9 @@ class SelfTrainSettings:
     # more teacher checkpoints (same encoder and types, e.g. other seeds): the round's teacher and these label the
     # pool as one geometric-mean ensemble (refineg.inference.ensemble); may be set when a run is continued
     ensemble: list[str] = field(default_factory=list)
+    # folder of the teacher's pool labels, shared by runs whose teacher can be the same (e.g. the seeds of one
+    # ensemble); None: <run folder>/labels, so that a continued run does not label a round's pool again
+    label_cache: str | None = None
     patience: int = 1  # stop after this many rounds without a dev MNER F1 gain of more than min_delta
     min_delta: float = 0.0
     # none | mllm | oracle | noisy-oracle: delegate uncertain pseudo-labels (settings in the refine section)

@@ -8,6 +8,8 @@ Run folder (``<runs_dir>/<run_name>/``)::
     llm_spend.jsonl         with delegation: the spend ledger, so refine.llm budgets cover the whole run
     round0/                 train.py run folder of the round-0 tagger (gold + synthetic, no pseudo-labels)
     round<r>/pseudo.jsonl   the pseudo-labelled posts of round r (r >= 1), then its train.py run folder
+    labels/<key>/           the teacher's labels of the pool, read again when the run continues (unless
+                            ``selftrain.label_cache`` names a folder shared with other runs; :mod:`.label_cache`)
 
 Round 0 is the gold-only baseline (gold + ``data.synthetic`` when a mixing mode uses it). Round ``r >= 1`` labels
 the pool with the teacher (the best round so far, or the previous one), keeps pseudo-labels by uncertainty
@@ -25,6 +27,7 @@ import json
 import logging
 import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,7 @@ from refineg.data import Example, bio_labels, write_jsonl
 from refineg.errors import UsageError
 
 from .config import SelfTrainConfig
+from .label_cache import Labels, cached_labels, label_key
 from .pool import UnlabeledPool, build_pool
 from .select import pseudo_label_quality, select_pseudo_labels
 
@@ -46,7 +50,8 @@ TEACHER = "teacher.json"  # in a round's folder: the checkpoints whose ensemble 
 #: Config sections that must not change when a run is continued (the stopping rule and the extra ensemble members
 #: of later rounds may).
 FIXED = ("seed", "data", "model", "optim", "selftrain", "refine")
-STOPPING = ("rounds", "patience", "min_delta", "ensemble")  # ensemble: each round records its teacher's members
+# ensemble: each round records its teacher's members; label_cache: where labels are kept, not what they are
+STOPPING = ("rounds", "patience", "min_delta", "ensemble", "label_cache")
 UNVERIFIED = ("failed", "budget_exhausted", "invalid")
 
 
@@ -118,6 +123,18 @@ def label_pool(
                     rows[i] = probs[b, :words].tolist() + [list(outside) for _ in range(n - words)]
     preds = assemble_predictions(posts, spans, {st.head: scores})
     return preds, (rows if need_rows else None), labels
+
+
+def label_with(members: list[str], pool: UnlabeledPool, cfg: DictConfig) -> Labels:
+    """Labels the pool with the teacher of ``members`` (:func:`label_pool`); an ensemble's dev score comes along."""
+    est = teacher_estimator(members, cfg)
+    preds, rows, labels = label_pool(est, pool.posts, cfg)
+    dev_f1 = teacher_dev_f1(est, cfg) if len(members) > 1 else None
+    est.module.to("cpu")  # frees the GPU for the round's training
+    del est
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return {"preds": preds, "rows": rows, "labels": labels, "teacher_dev_mner_f1": dev_f1}
 
 
 def teacher_estimator(ckpts: str | list[str], cfg: DictConfig) -> Any:
@@ -328,14 +345,12 @@ def run_selftrain(cfg: SelfTrainConfig | DictConfig) -> dict[str, Any]:
             check_round_teacher(run_dir / f"round{r}", r, members)
             if st.ensemble:
                 record["teacher_members"] = members
-            est = teacher_estimator(members, cfg)
-            preds, marginals, labels = label_pool(est, pool.posts, cfg)
-            if st.ensemble:
-                record["teacher_dev_mner_f1"] = teacher_dev_f1(est, cfg)
-            est.module.to("cpu")  # frees the GPU for the round's training
-            del est
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            folder = Path(st.label_cache) if st.label_cache else run_dir / "labels"
+            key = label_key(members, pool.posts, cfg)
+            labelled, record["labels_cached"] = cached_labels(folder, key, partial(label_with, members, pool, cfg))
+            preds, marginals, labels = labelled["preds"], labelled["rows"], labelled["labels"]
+            if labelled["teacher_dev_mner_f1"] is not None:
+                record["teacher_dev_mner_f1"] = labelled["teacher_dev_mner_f1"]
             record["label_seconds"] = round(time.time() - start, 1)
             if st.refine_backend != "none":
                 preds, report = delegate(

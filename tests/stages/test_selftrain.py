@@ -4,6 +4,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -740,3 +741,72 @@ def test_label_cache_lock_lets_one_caller_label_while_the_others_wait(tmp_path):
     for labels, _ in results:
         assert labels["preds"][0].entities[0].uncertainty == 0.25 and labels["teacher_dev_mner_f1"] == 0.5
         assert labels["rows"] == [[[pytest.approx(0.1), pytest.approx(0.9)], [1.0, 0.0]]]
+
+
+def _key_inputs(tmp_path):
+    from refineg.config import as_dictconfig
+
+    cfg = as_dictconfig(load_selftrain_config([]))
+    posts = [Example("p1", ["Anna", "sings"], "1.jpg", [], source="predicted", image_size=(640, 480))]
+    return cfg, posts
+
+
+def test_label_key_changes_when_a_member_is_replaced_by_a_copy_that_keeps_the_mtime(tmp_path):
+    """``cp -p``, ``rsync -a`` and ``tar x`` put another checkpoint of the same size at the path with the old mtime."""
+    from refineg.stages.selftrain.label_cache import label_key
+
+    cfg, posts = _key_inputs(tmp_path)
+    member, other = tmp_path / "m.ckpt", tmp_path / "other.ckpt"
+    member.write_bytes(b"a" * 64)
+    other.write_bytes(b"b" * 64)
+    before = label_key([str(member)], posts, cfg)
+    assert label_key([str(member)], posts, cfg) == before  # nothing changed: the same key
+    stat = os.stat(member)
+    time.sleep(0.05)  # past the file system's timestamp granularity
+    shutil.copyfile(other, member)
+    os.utime(member, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # what cp -p does from a source of that mtime
+    assert (os.stat(member).st_size, os.stat(member).st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    assert label_key([str(member)], posts, cfg) != before
+
+
+def test_label_key_covers_the_pool_images_that_the_cached_posts_carry(tmp_path):
+    from refineg.stages.selftrain.label_cache import label_key
+
+    cfg, posts = _key_inputs(tmp_path)
+    member = tmp_path / "m.ckpt"
+    member.write_bytes(b"a")
+    moved = [Example("p1", ["Anna", "sings"], "imgs/1.jpg", [], source="predicted", image_size=(640, 480))]
+    resized = [Example("p1", ["Anna", "sings"], "1.jpg", [], source="predicted", image_size=(320, 240))]
+    keys = {label_key([str(member)], p, cfg) for p in (posts, moved, resized)}
+    assert len(keys) == 3
+
+
+def test_label_key_covers_the_files_named_in_head_kwargs(tmp_path):
+    """The ``learned`` and ``evidential`` heads read a fitted model from ``head_kwargs.path``."""
+    from refineg.stages.selftrain.label_cache import label_key
+
+    cfg, posts = _key_inputs(tmp_path)
+    member, fitted = tmp_path / "m.ckpt", tmp_path / "errors.json"
+    member.write_bytes(b"a")
+    fitted.write_text('{"w": 1}')
+    cfg.selftrain.head, cfg.selftrain.head_kwargs = "learned", {"path": str(fitted)}
+    before = label_key([str(member)], posts, cfg)
+    time.sleep(0.05)
+    fitted.write_text('{"w": 2}')  # refitted in place
+    assert label_key([str(member)], posts, cfg) != before
+
+
+def test_a_label_cache_entry_left_incomplete_is_labelled_again(tmp_path):
+    """An entry folder without its meta.json (a removal that stopped half way) is replaced, not a crash."""
+    from refineg.stages.selftrain.label_cache import cached_labels
+
+    post = Example("p", ["Anna", "sings"], None, [Entity(0, 1, "PER", uncertainty=0.25)], source="predicted")
+    fresh = {"preds": [post], "rows": None, "labels": ["O", "B-PER", "I-PER"], "teacher_dev_mner_f1": None}
+    (tmp_path / "k").mkdir()
+    (tmp_path / "k" / "preds.jsonl").write_text("")
+    labels, cached = cached_labels(tmp_path, "k", lambda: fresh)
+    assert cached is False and labels is fresh
+    again, cached = cached_labels(tmp_path, "k", lambda: pytest.fail("labelled twice"))
+    assert cached is True and [p.to_dict() for p in again["preds"]] == [post.to_dict()]
+    assert again["labels"] == fresh["labels"] and again["rows"] is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k", "k.lock"]  # no temporary folder left

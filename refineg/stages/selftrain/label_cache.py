@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
@@ -23,28 +24,41 @@ from omegaconf import DictConfig, OmegaConf
 
 from refineg.data import Example, read_jsonl, write_jsonl
 
+logger = logging.getLogger(__name__)
+
 #: What a labelling returns and the cache keeps: ``preds`` (posts with scored entities), ``rows`` (per post one label
 #: distribution per word, or ``None``), ``labels`` and ``teacher_dev_mner_f1`` (``None`` for a one-checkpoint teacher).
 Labels = dict[str, Any]
 
 
+def _stamp(path: str) -> list[Any]:
+    """A file by resolved path, size, modification and status-change time.
+
+    The status-change time (``st_ctime_ns``) cannot be set from user space: a file replaced by a copy that keeps the
+    old modification time (``cp -p``, ``rsync -a``, ``tar x``) still gets a new one.
+    """
+    resolved = Path(path).resolve()
+    stat = os.stat(resolved)
+    return [str(resolved), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]
+
+
 def label_key(members: Sequence[str], posts: Sequence[Example], cfg: DictConfig) -> str:
     """A key over the teacher, the pool and the settings that shape the labels.
 
-    The teacher's checkpoints count by resolved path, size and modification time, in sorted order (an ensemble's
-    members in another order give the same labels up to float rounding); the pool by its posts' ids and words; the
-    settings are ``selftrain.head`` and ``head_kwargs``, whether per-word rows are kept (``soft_targets`` or
-    ``outside_min``), ``data.max_length`` and, for the teacher's dev score, the dev split.
+    The teacher's checkpoints count by :func:`_stamp`, in sorted order (an ensemble's members in another order give
+    the same labels up to float rounding); the pool by its posts' ids, words, images and image sizes (the labelled
+    posts carry the images on); the settings are ``selftrain.head`` and ``head_kwargs`` (with the files they name,
+    e.g. a fitted ``path``), whether per-word rows are kept (``soft_targets`` or ``outside_min``),
+    ``data.max_length`` and, for the teacher's dev score, the dev split.
     """
-    teacher = []
-    for member in sorted(str(Path(m).resolve()) for m in members):
-        stat = os.stat(member)
-        teacher.append([member, stat.st_size, stat.st_mtime_ns])
-    pool = hashlib.sha256(json.dumps([[p.id, p.tokens] for p in posts]).encode()).hexdigest()
+    teacher = sorted(_stamp(m) for m in members)
+    pool = hashlib.sha256(json.dumps([[p.id, p.tokens, p.image, p.image_size] for p in posts]).encode()).hexdigest()
     st = cfg.selftrain
+    head_kwargs = OmegaConf.to_container(st.head_kwargs, resolve=True)
     settings = {
         "head": st.head,
-        "head_kwargs": OmegaConf.to_container(st.head_kwargs, resolve=True),
+        "head_kwargs": head_kwargs,
+        "head_files": {k: _stamp(v) for k, v in head_kwargs.items() if isinstance(v, str) and Path(v).is_file()},
         "rows": bool(st.soft_targets or st.outside_min is not None),
         "max_length": cfg.data.max_length,
         "dev": [cfg.data.root, cfg.data.dev, cfg.data.format],
@@ -108,6 +122,9 @@ def cached_labels(folder: Path, key: str, label: Callable[[], Labels]) -> tuple[
     with _locked(folder / f"{key}.lock"):
         if (entry / "meta.json").is_file():
             return _read(entry), True
+        if entry.exists():  # meta.json is written last, so an entry without it was left by a removal cut short
+            logger.warning("%s: incomplete label cache entry; labelling again", entry)
+            shutil.rmtree(entry)
         labels = label()
         _write(entry, labels)
         return labels, False

@@ -313,11 +313,12 @@ def run_ensemble_phases(
     Phase 0 trains every run's round 0 only. Phase ``k`` continues each run to round ``k`` with
     ``selftrain.teacher=last`` (its own round ``k-1``) and ``selftrain.ensemble`` = the round-``k-1`` taggers of the
     group's other seeds (``refineg selftrain`` lets the members change when a run is continued); the runs share one
-    ``selftrain.label_cache``, so each round's pool is labelled once. The rounds are not
+    ``selftrain.label_cache``, so a pool the seeds share (the ``full`` group's) is labelled once per round; a ``g500``
+    seed's pool (the training posts outside its own gold sample) is its own. The rounds are not
     stopped early (``selftrain.patience=k``), so every run reports every round. A run whose round ``k-1`` did not
     finish (e.g. the time budget) stops there.
     """
-    # the runs of a round share one teacher, so one of them labels the pool and the others read its labels
+    # the runs of a round share one teacher: where they also share the pool, one labels it and the others read it
     shared = f"selftrain.label_cache={Path(args.runs_dir).resolve() / 'labels'}"
     final = {n: [*j["command"], "selftrain.teacher=last", shared] for n, j in jobs.items()}
     rounds = max(planned_rounds(c) for c in final.values())

@@ -69,7 +69,11 @@ def label_key(members: Sequence[str], posts: Sequence[Example], cfg: DictConfig)
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """Holds an exclusive lock on ``path`` (POSIX ``flock``; elsewhere no lock: a race only labels twice)."""
+    """Holds an exclusive lock on ``path`` (POSIX ``flock``; elsewhere none: runs sharing a folder must not overlap).
+
+    Without the lock, two writers of one key share the ``.tmp`` folder and the second ``os.replace`` meets the first
+    one's entry: one of the runs fails.
+    """
     try:
         import fcntl
     except ImportError:  # not POSIX

@@ -305,6 +305,23 @@ def planned_rounds(command: list[str]) -> int:
     return int(values[-1]) if values else 3
 
 
+def teacher_members(args: argparse.Namespace, jobs: dict[str, dict], family: list[str], name: str, k: int) -> list[str]:
+    """``--ensemble``: the other seeds' round-``k-1`` checkpoints that join run ``name``'s own as round ``k``'s teacher.
+
+    One member per other seed whose round ``k-1`` finished: the run of the same variant, or for round 1 (round-0
+    taggers), when that one did not finish, a run of another variant of the group ``family`` (they train round 0
+    alike unless the variant changes a training setting).
+    """
+    job = jobs[name]
+    by_seed: dict[int, str] = {}
+    for other in sorted(family, key=lambda o: jobs[o]["group"] != job["group"]):  # the same variant's runs first
+        done = load_state(args, other)
+        if jobs[other]["seed"] != job["seed"] and done and len(done["rounds"]) >= k:
+            if k == 1 or jobs[other]["group"] == job["group"]:  # later rounds: the same variant's only
+                by_seed.setdefault(jobs[other]["seed"], done["rounds"][k - 1]["checkpoint"])
+    return list(by_seed.values())
+
+
 def run_ensemble_phases(
     args: argparse.Namespace, jobs: dict[str, dict], parallel: int, env: dict, started: float, device: str
 ) -> None:
@@ -333,15 +350,9 @@ def run_ensemble_phases(
                 continue
             extra = [f"selftrain.rounds={k}", f"selftrain.patience={max(k, 1)}"]
             if k > 0:
-                # one member per other seed: runs of the same seed in other variants trained the same round 0
-                by_seed: dict[int, str] = {}
-                for other in family[job["group"].split("-")[0]]:
-                    done = load_state(args, other)
-                    if jobs[other]["seed"] != job["seed"] and done and len(done["rounds"]) >= k:
-                        if k == 1 or jobs[other]["group"] == job["group"]:  # later rounds: the same variant's
-                            by_seed.setdefault(jobs[other]["seed"], done["rounds"][k - 1]["checkpoint"])
-                extra.append(f"selftrain.ensemble=[{','.join(by_seed.values())}]")
-                job["ensemble_members"] = 1 + len(by_seed)
+                members = teacher_members(args, jobs, family[job["group"].split("-")[0]], name, k)
+                extra.append(f"selftrain.ensemble=[{','.join(members)}]")
+                job["ensemble_members"] = 1 + len(members)
             job["command"] = [*final[name], *extra]
             job.pop("returncode", None)
         run_phase(args, jobs, parallel, env, started, device, f"round{k}")

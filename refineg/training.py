@@ -211,6 +211,9 @@ def train(cfg: TrainConfig | DictConfig) -> dict[str, Any]:
         lg.log_hyperparams({"params/total": n_params, "params/trainable": n_train})
     torch.backends.cuda.enable_cudnn_sdp(cfg.cudnn_attention)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    # the step graphs (cuda_graph=true) hold their gradients and memory pool on the GPU; the module and the trainer
+    # refer to each other, so without this they would stay until a garbage collection (self-training's next round)
+    module.step_graph = None
     best = checkpoint.best_model_path or last.best_model_path
     if "test" in dm.examples:
         trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)

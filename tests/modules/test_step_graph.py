@@ -1,6 +1,8 @@
 """``cuda_graph=true``: the recorded training step trains exactly like Lightning's automatic optimisation."""
 
+import gc
 import logging
+import weakref
 
 import pytest
 import torch
@@ -86,6 +88,24 @@ def test_step_graph_mode_matches_on_soft_and_partial_pseudo_labels(tiny_encoder,
         torch.testing.assert_close(graph[key].cpu(), auto[key].cpu(), rtol=1e-4, atol=1e-5, msg=key)
     if accelerator == "gpu":
         assert "'targets': (8, 64, 9)" in caplog.text  # a graph of a batch with pseudo-labels was recorded
+
+
+def test_step_graphs_go_when_training_returns(tiny_encoder, tmp_path, monkeypatch):
+    """Self-training trains its rounds in one process: a round's step graphs (GPU memory) must not outlive it."""
+    made = []
+    init = GraphedStep.__init__
+
+    def recording_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append(weakref.ref(self))
+
+    monkeypatch.setattr(GraphedStep, "__init__", recording_init)
+    gc.disable()  # the module and its trainer refer to each other: only a garbage collection would free them
+    try:
+        train_tiny_steps(tiny_encoder, tmp_path, "freed", cuda_graph="true")
+        assert len(made) == 1 and made[0]() is None
+    finally:
+        gc.enable()
 
 
 def test_clipping_and_signatures():

@@ -810,3 +810,25 @@ def test_a_label_cache_entry_left_incomplete_is_labelled_again(tmp_path):
     assert cached is True and [p.to_dict() for p in again["preds"]] == [post.to_dict()]
     assert again["labels"] == fresh["labels"] and again["rows"] is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k", "k.lock"]  # no temporary folder left
+
+
+def test_a_run_started_before_a_config_key_existed_continues_while_the_key_keeps_its_default(tiny_encoder, tmp_path):
+    from refineg.errors import UsageError
+    from refineg.stages.selftrain import run_selftrain
+    from refineg.stages.selftrain.run import same_settings
+
+    assert same_settings({"a": 1}, {"a": 1, "new": 0}, {"a": 5, "new": 0})
+    assert not same_settings({"a": 1}, {"a": 1, "new": 2}, {"a": 5, "new": 0})  # set away from its default
+    assert not same_settings({"a": 1, "gone": 3}, {"a": 1}, {"a": 1})  # a recorded key this version lacks
+    assert not same_settings({"m": {"x": 1}}, {"m": {"x": 2}}, {"m": {"x": 2}})  # a recorded value that differs
+    os.environ.pop("REFINEG_RUN_NAME", None)
+    args = tiny_overrides(tiny_encoder, tmp_path, "old", **{"selftrain.rounds": 0})
+    run_selftrain(load_selftrain_config(args))
+    path = tmp_path / "old" / "selftrain.json"
+    state = json.loads(path.read_text())
+    del state["fingerprint"]["model"]["marginal_kd"]  # as written before model.marginal_kd existed
+    path.write_text(json.dumps(state))
+    with pytest.raises(UsageError, match="written by another configuration"):
+        run_selftrain(load_selftrain_config([*args, "selftrain.rounds=1", "model.marginal_kd=1"]))
+    state = run_selftrain(load_selftrain_config([*args, "selftrain.rounds=1"]))
+    assert [r["round"] for r in state["rounds"]] == [0, 1]

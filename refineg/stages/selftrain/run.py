@@ -74,6 +74,26 @@ def _fingerprint(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
+def same_settings(recorded: Any, current: Any, default: Any) -> bool:
+    """Whether a run folder's recorded fingerprint matches this run's.
+
+    A key the record lacks was added to the configuration after the run started; it matches when this run leaves it
+    at its default (``default``: the fingerprint of the default configuration), so older runs can be continued.
+    """
+    if not (isinstance(recorded, dict) and isinstance(current, dict)):
+        return recorded == current
+    if any(key not in current for key in recorded):
+        return False
+    defaults = default if isinstance(default, dict) else {}
+    for key, value in current.items():
+        if key in recorded:
+            if not same_settings(recorded[key], value, defaults.get(key)):
+                return False
+        elif key not in defaults or defaults[key] != value:
+            return False
+    return True
+
+
 def _write_state(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(state, indent=2, default=str))
@@ -309,7 +329,9 @@ def run_selftrain(cfg: SelfTrainConfig | DictConfig) -> dict[str, Any]:
     fingerprint = _fingerprint(cfg)
     if state_path.is_file():
         state = json.loads(state_path.read_text())
-        if state.get("fingerprint") != fingerprint:
+        if not same_settings(
+            state.get("fingerprint"), fingerprint, _fingerprint(OmegaConf.structured(SelfTrainConfig))
+        ):
             raise UsageError(
                 f"{state_path}: written by another configuration (seed, data, model, optim or selftrain differ); "
                 "use another run_name"

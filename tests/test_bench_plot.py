@@ -1,20 +1,15 @@
 """bench/plot_selftrain.py: the ``--mark`` points lie inside the panel they are drawn on."""
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_script
 
 
 def _plot_module():
-    spec = importlib.util.spec_from_file_location("plot_selftrain", ROOT / "bench" / "plot_selftrain.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/plot_selftrain.py", "plot_selftrain")
 
 
 @pytest.mark.parametrize("zoom", [[], ["--zoom", "full"]], ids=["main", "zoom"])

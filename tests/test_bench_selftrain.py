@@ -1,18 +1,14 @@
 """bench/selftrain.py ``--ensemble``: which taggers of the other seeds join a run's teacher in each round."""
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_script
 
 
 def _bench_module():
-    spec = importlib.util.spec_from_file_location("bench_selftrain", ROOT / "bench" / "selftrain.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/selftrain.py", "bench_selftrain")
 
 
 def _write_state(runs: Path, name: str, rounds: int) -> None:

@@ -13,6 +13,7 @@ from PIL import Image
 
 from refineg.cli import main
 from refineg.data import Entity, Example, write_jsonl
+from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS = ["Obama", "meets", "Merkel", "in", "Berlin"]
@@ -242,12 +243,7 @@ def test_usage_and_config_errors_exit_2_like_every_bad_input(tmp_path, capsys, m
 
 
 def _train_script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("train.py", "train_script")
 
 
 @pytest.mark.parametrize(

@@ -90,7 +90,7 @@ class SoftmaxHead(TaggingHead):
         # soft cross-entropy per labelled word, averaged over the post's labelled words
         t = targets.to(device=emissions.device, dtype=torch.float32)
         labelled = (t.sum(-1) > 0) & mask
-        ce = -(t * emissions.float().log_softmax(-1)).sum(-1) * labelled
+        ce = -(t * self.word_log_probs(emissions, mask)).sum(-1) * labelled
         return ce.sum(1) / labelled.sum(1).clamp(min=1)
 
     def word_log_probs(self, emissions: Tensor, mask: Tensor) -> Tensor:  # noqa: D102

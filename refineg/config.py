@@ -297,6 +297,7 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     limit_train_batches: float | None = None
     limit_val_batches: float | None = None
+    check_val_every_n_epoch: int = 1  # validate (and keep the best checkpoint) every N epochs: long runs on few posts
     enable_progress_bar: bool = True
     deterministic: bool = False
 

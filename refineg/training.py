@@ -182,6 +182,15 @@ def train(cfg: TrainConfig | DictConfig) -> dict[str, Any]:
                 "cuda_graph=true records one graph per batch shape: set data.pad_to_multiple_of "
                 "(e.g. 16) so that few shapes occur"
             )
+    every, epochs = cfg.trainer.check_val_every_n_epoch, cfg.trainer.max_epochs
+    if every > 1 and epochs % every:
+        logger.warning(
+            "trainer.check_val_every_n_epoch=%d: the last %d of trainer.max_epochs=%d epochs are never scored on dev, "
+            "so the best checkpoint cannot come from them",
+            every,
+            epochs % every,
+            epochs,
+        )
     try:
         trainer = L.Trainer(
             default_root_dir=str(run_dir),

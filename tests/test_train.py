@@ -250,3 +250,19 @@ def test_ddp_with_active_embedding_rows_trains_the_single_process_weights(traine
     assert set(ddp) == set(single)
     for key in (k for k in single if single[k].is_floating_point()):
         torch.testing.assert_close(ddp[key], single[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_validation_every_n_epochs_keeps_the_best_of_the_validated_epochs(tiny_encoder, tmp_path):
+    """``trainer.check_val_every_n_epoch=2`` over 4 epochs: dev is scored after epochs 2 and 4 only."""
+    import csv
+
+    from refineg.training import train
+
+    os.environ.pop("REFINEG_RUN_NAME", None)
+    extra = {"trainer.max_epochs": 4, "trainer.check_val_every_n_epoch": 2, "data.gold_limit": 16, "predict": "false"}
+    result = train(load_config(tiny_args(tiny_encoder, tmp_path / "runs", "every2", **extra)))
+    (log,) = (tmp_path / "runs" / "every2" / "csv").glob("version_*/metrics.csv")
+    rows = [r for r in csv.DictReader(log.open()) if r.get("val/mner_f1")]
+    assert [int(r["epoch"]) for r in rows] == [1, 3]
+    assert Path(result["best_checkpoint"]).name in {"best-01.ckpt", "best-03.ckpt"}
+    assert (tmp_path / "runs" / "every2" / "checkpoints" / "last.ckpt").is_file()

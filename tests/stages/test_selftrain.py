@@ -381,6 +381,20 @@ def test_stop_rule_and_teacher():
     assert pick_teacher(rounds_with(0.60, 0.62, 0.61), "last") == 2
 
 
+def test_rounds_with_their_own_epochs_are_scored_every_epoch_while_round_0_keeps_its_validation_interval(tmp_path):
+    from refineg.stages.selftrain.run import _round_cfg
+
+    cfg = load_selftrain_config(
+        ["trainer.max_epochs=42", "trainer.check_val_every_n_epoch=6", "selftrain.epochs=3", "data.unlabeled=x.jsonl"]
+    )
+    r0, r1 = _round_cfg(cfg, tmp_path, 0, None, None), _round_cfg(cfg, tmp_path, 1, tmp_path / "p.jsonl", None)
+    assert (r0.trainer.max_epochs, r0.trainer.check_val_every_n_epoch) == (42, 6)
+    assert (r1.trainer.max_epochs, r1.trainer.check_val_every_n_epoch) == (3, 1)
+    cfg = load_selftrain_config(["trainer.max_epochs=6", "trainer.check_val_every_n_epoch=2", "data.unlabeled=x.jsonl"])
+    r1 = _round_cfg(cfg, tmp_path, 1, tmp_path / "p.jsonl", None)  # no selftrain.epochs: the rounds train as round 0
+    assert (r1.trainer.max_epochs, r1.trainer.check_val_every_n_epoch) == (6, 2)
+
+
 def test_selftrain_rounds_end_to_end_on_the_sample(tiny_encoder, tmp_path):
     from refineg.stages.selftrain import run_selftrain
 

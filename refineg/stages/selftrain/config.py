@@ -34,7 +34,9 @@ class SelfTrainSettings:
     # a word outside the kept entities counts as O only when the teacher's P(O) >= outside_min, else it is left
     # unlabelled (the teacher's missed entities then do not train as O); None: every such word is O
     outside_min: float | None = None
-    epochs: int | None = None  # trainer.max_epochs of the pseudo-labelling rounds (None: the same as round 0)
+    # trainer.max_epochs of the pseudo-labelling rounds (None: the same as round 0); when set, those rounds are scored
+    # on dev every epoch (trainer.check_val_every_n_epoch then applies to round 0 only)
+    epochs: int | None = None
     init: str = "scratch"  # scratch: every round starts from the pretrained encoder | teacher: from the teacher
     teacher: str = "best"  # best: the best round so far labels the pool | last: the previous round
     # more teacher checkpoints (same encoder and types, e.g. other seeds): the round's teacher and these label the

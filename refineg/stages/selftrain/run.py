@@ -294,8 +294,8 @@ def _round_cfg(cfg: DictConfig, run_dir: Path, r: int, pseudo: Path | None, init
             rc.data.mixing = "concat"
     if init is not None:
         rc.model.init_from = init
-    if r > 0 and cfg.selftrain.epochs is not None:
-        rc.trainer.max_epochs = cfg.selftrain.epochs
+    if r > 0 and cfg.selftrain.epochs is not None:  # e.g. round 0 trains many epochs on few gold posts
+        rc.trainer.max_epochs, rc.trainer.check_val_every_n_epoch = cfg.selftrain.epochs, 1
     last = run_dir / f"round{r}" / "checkpoints" / "last.ckpt"
     rc.ckpt_path = "last" if last.is_file() else None
     return rc

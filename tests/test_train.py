@@ -252,15 +252,19 @@ def test_ddp_with_active_embedding_rows_trains_the_single_process_weights(traine
         torch.testing.assert_close(ddp[key], single[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
-def test_validation_every_n_epochs_keeps_the_best_of_the_validated_epochs(tiny_encoder, tmp_path):
+def test_validation_every_n_epochs_keeps_the_best_of_the_validated_epochs(tiny_encoder, tmp_path, caplog):
     """``trainer.check_val_every_n_epoch=2`` over 4 epochs: dev is scored after epochs 2 and 4 only."""
     import csv
+    import logging
 
     from refineg.training import train
 
     os.environ.pop("REFINEG_RUN_NAME", None)
     extra = {"trainer.max_epochs": 4, "trainer.check_val_every_n_epoch": 2, "data.gold_limit": 16, "predict": "false"}
-    result = train(load_config(tiny_args(tiny_encoder, tmp_path / "runs", "every2", **extra)))
+    with caplog.at_level(logging.WARNING, logger="refineg.modules.tagger_module"):
+        result = train(load_config(tiny_args(tiny_encoder, tmp_path / "runs", "every2", **extra)))
+    # 16 posts at batch 16 for 4 epochs: 4 optimiser steps, far too few, and the log says so
+    assert "this run trains 4 optimiser steps in all (trainer.max_epochs=4)" in caplog.text
     (log,) = (tmp_path / "runs" / "every2" / "csv").glob("version_*/metrics.csv")
     rows = [r for r in csv.DictReader(log.open()) if r.get("val/mner_f1")]
     assert [int(r["epoch"]) for r in rows] == [1, 3]

@@ -26,6 +26,8 @@ from refineg.modules.step_graph import GraphedStep
 from refineg.modules.tagger import SequenceTagger
 
 logger = logging.getLogger(__name__)
+#: Fewer optimiser steps than this in a whole run draw a warning (under-training with few gold posts).
+FEW_STEPS = 200
 warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
 
 
@@ -502,6 +504,14 @@ class TaggerModule(L.LightningModule):
             fused = self.device.type in ("cuda", "cpu") and not str(self.trainer.precision).startswith("16")
         optimizer = torch.optim.AdamW(param_groups, fused=bool(fused))
         total = self._total_steps()
+        if total < FEW_STEPS and self.trainer.is_global_zero:
+            logger.warning(
+                "this run trains %d optimiser steps in all (trainer.max_epochs=%s): a tagger trained on few posts for "
+                "few epochs is far from converged; raise trainer.max_epochs (and trainer.check_val_every_n_epoch). "
+                "At 100 gold posts, 1,309 steps gave 61.9 dev MNER F1 against 50.7 after 42 (docs/results.md)",
+                total,
+                self.trainer.max_epochs,
+            )
         warmup = int(opt["warmup_ratio"] * total)
 
         def schedule(step: int) -> float:

@@ -156,7 +156,15 @@ def train(cfg: TrainConfig | DictConfig) -> dict[str, Any]:
         save_weights_only=True,
     )
     # Lightning's save_last only copies when the best checkpoint changes; resuming needs every epoch's state.
-    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+    # validating every N epochs, Lightning would write last.ckpt only after validation: every epoch's state is kept
+    last = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        enable_version_counter=False,
+        save_on_train_epoch_end=True if cfg.trainer.check_val_every_n_epoch > 1 else None,
+    )
     throughput = TrainThroughput()
     trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if v is not None}
     if trainer_kwargs.get("strategy") == "ddp":

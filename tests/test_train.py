@@ -253,20 +253,25 @@ def test_ddp_with_active_embedding_rows_trains_the_single_process_weights(traine
 
 
 def test_validation_every_n_epochs_keeps_the_best_of_the_validated_epochs(tiny_encoder, tmp_path, caplog):
-    """``trainer.check_val_every_n_epoch=2`` over 4 epochs: dev is scored after epochs 2 and 4 only."""
+    """``trainer.check_val_every_n_epoch=2`` over 5 epochs: dev is scored after epochs 2 and 4 only; last.ckpt and
+    the log's warnings still cover epoch 5."""
     import csv
     import logging
+
+    import torch
 
     from refineg.training import train
 
     os.environ.pop("REFINEG_RUN_NAME", None)
-    extra = {"trainer.max_epochs": 4, "trainer.check_val_every_n_epoch": 2, "data.gold_limit": 16, "predict": "false"}
-    with caplog.at_level(logging.WARNING, logger="refineg.modules.tagger_module"):
+    extra = {"trainer.max_epochs": 5, "trainer.check_val_every_n_epoch": 2, "data.gold_limit": 16, "predict": "false"}
+    with caplog.at_level(logging.WARNING):
         result = train(load_config(tiny_args(tiny_encoder, tmp_path / "runs", "every2", **extra)))
-    # 16 posts at batch 16 for 4 epochs: 4 optimiser steps, far too few, and the log says so
-    assert "this run trains 4 optimiser steps in all (trainer.max_epochs=4)" in caplog.text
+    # 16 posts at batch 16 for 5 epochs: 5 optimiser steps, far too few, and the log says so
+    assert "this run trains 5 optimiser steps in all (trainer.max_epochs=5)" in caplog.text
+    assert "the last 1 of trainer.max_epochs=5 epochs are never scored on dev" in caplog.text
     (log,) = (tmp_path / "runs" / "every2" / "csv").glob("version_*/metrics.csv")
     rows = [r for r in csv.DictReader(log.open()) if r.get("val/mner_f1")]
     assert [int(r["epoch"]) for r in rows] == [1, 3]
     assert Path(result["best_checkpoint"]).name in {"best-01.ckpt", "best-03.ckpt"}
-    assert (tmp_path / "runs" / "every2" / "checkpoints" / "last.ckpt").is_file()
+    last = torch.load(tmp_path / "runs" / "every2" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 4 and last["global_step"] == 5  # written after the unscored fifth epoch too

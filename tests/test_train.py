@@ -273,5 +273,6 @@ def test_validation_every_n_epochs_keeps_the_best_of_the_validated_epochs(tiny_e
     rows = [r for r in csv.DictReader(log.open()) if r.get("val/mner_f1")]
     assert [int(r["epoch"]) for r in rows] == [1, 3]
     assert Path(result["best_checkpoint"]).name in {"best-01.ckpt", "best-03.ckpt"}
-    last = torch.load(tmp_path / "runs" / "every2" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = tmp_path / "runs" / "every2" / "checkpoints" / "last.ckpt"
+    last = torch.load(ckpt, map_location="cpu", weights_only=False)
     assert last["epoch"] == 4 and last["global_step"] == 5  # written after the unscored fifth epoch too

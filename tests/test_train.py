@@ -276,3 +276,59 @@ def test_validation_every_n_epochs_keeps_the_best_of_the_validated_epochs(tiny_e
     ckpt = tmp_path / "runs" / "every2" / "checkpoints" / "last.ckpt"
     last = torch.load(ckpt, map_location="cpu", weights_only=False)
     assert last["epoch"] == 4 and last["global_step"] == 5  # written after the unscored fifth epoch too
+
+
+def test_best_dev_f1_logged_is_the_best_validated_epoch_across_a_resume(tiny_encoder, tmp_path):
+    """``val/mner_f1_best`` (what sweeps rank trials by) is the running best of the epochs' ``val/mner_f1``: the
+    sanity check's two dev batches do not count, and a run resumed between validations keeps the epochs scored
+    before it stopped."""
+    import csv
+
+    from refineg.training import train
+
+    os.environ.pop("REFINEG_RUN_NAME", None)
+    extra = {"trainer.check_val_every_n_epoch": 2, "data.gold_limit": 32, "predict": "false", "optim.ema": 0.9}
+    extra["seed"] = 3
+    train(load_config(tiny_args(tiny_encoder, tmp_path, "every2", **{**extra, "trainer.max_epochs": 3})))
+    # stopped after the unscored third epoch; resumed for a fourth, scored one
+    train(
+        load_config(
+            tiny_args(tiny_encoder, tmp_path, "every2", **{**extra, "trainer.max_epochs": 4, "ckpt_path": "last"})
+        )
+    )
+    rows = []
+    for log in sorted((tmp_path / "every2" / "csv").glob("version_*/metrics.csv")):  # version_1: the resumed run
+        rows += [r for r in csv.DictReader(log.open()) if r.get("val/mner_f1")]
+    assert [int(r["epoch"]) for r in rows] == [1, 3]
+    scores = [float(r["val/mner_f1"]) for r in rows]
+    assert [float(r["val/mner_f1_best"]) for r in rows] == pytest.approx([scores[0], max(scores)])
+
+
+def test_best_dev_f1_travels_in_the_checkpoint_to_the_resumed_fit(tiny_encoder):
+    """The best dev MNER F1 so far is saved with the checkpoint and counts again when a fit resumes from it."""
+    from dataclasses import asdict
+
+    import lightning as L
+    import torch
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    from refineg.config import ModelConfig, OptimConfig
+
+    model, optim = asdict(ModelConfig(encoder=tiny_encoder)), asdict(OptimConfig())
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.state.fn = TrainerFn.FITTING
+    stopped = TaggerModule(model, optim, TYPES)
+    for score in (0.42, 0.31):
+        stopped.val_f1_best.update(torch.tensor(score))
+    checkpoint: dict = {}
+    stopped.on_save_checkpoint(checkpoint)
+    assert checkpoint["val_mner_f1_best"] == pytest.approx(0.42)
+    resumed = TaggerModule(model, optim, TYPES)
+    resumed.trainer = trainer
+    resumed.on_load_checkpoint(checkpoint)
+    resumed.on_fit_start()
+    resumed.val_f1_best.update(torch.tensor(0.35))  # the resumed run's first scored epoch
+    assert float(resumed.val_f1_best.compute()) == pytest.approx(0.42)
+    fresh = TaggerModule(model, optim, TYPES)  # a run that never scored saves no best
+    fresh.on_save_checkpoint(checkpoint := {})
+    assert "val_mner_f1_best" not in checkpoint

@@ -138,6 +138,7 @@ class TaggerModule(L.LightningModule):
         self.val_metrics = GMNERMetrics(self.types)
         self.test_metrics = GMNERMetrics(self.types)
         self.val_f1_best = MaxMetric()
+        self._val_f1_best_saved: float | None = None  # a resumed run's best dev MNER F1 before it stopped
         self.gold: dict[str, list[Example]] = {}
         # groundability head (optional): BCE on gold spans, AUROC/accuracy on dev gold spans
         self.frozen_tagger = bool(model.get("freeze_tagger", False))
@@ -225,6 +226,9 @@ class TaggerModule(L.LightningModule):
         # reset so that DDP-spawned metric states never share the first sync (see ENVIRONMENT.md)
         self.val_metrics.reset()
         self.val_f1_best.reset()
+        if self._val_f1_best_saved is not None:  # resumed: the epochs scored before the stop still count
+            self.val_f1_best.update(torch.tensor(self._val_f1_best_saved))
+            self._val_f1_best_saved = None
         if self.tagger.groundability is not None:
             self.val_groundability_auroc.reset()
             self.val_groundability_acc.reset()
@@ -297,15 +301,22 @@ class TaggerModule(L.LightningModule):
         digest = self._embedding_rows_digest()
         if digest is not None:  # the optimizer state holds one moment row per active id
             checkpoint["embedding_rows_active"] = digest
+        best = float(self.val_f1_best.max_value)  # every rank updates it with the same (summed) score: no sync
+        if best > float("-inf"):
+            checkpoint["val_mner_f1_best"] = best
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuses to resume training when the optimizer state was saved for other trained embedding rows.
+        """Keeps the saved best dev MNER F1 for a resumed fit and checks the trained embedding rows.
+
+        Resuming is refused when the optimizer state was saved for other trained embedding rows.
 
         Raises:
             UsageError: ``optim.embedding_rows`` or (with ``active``) the training data's ids differ from the run that
                 saved the checkpoint's optimizer state.
         """
         trainer = self._trainer
+        if trainer is not None and trainer.state.fn == "fit":  # restored into the metric by on_fit_start
+            self._val_f1_best_saved = checkpoint.get("val_mner_f1_best")
         if trainer is None or trainer.state.fn != "fit" or not checkpoint.get("optimizer_states"):
             return
         saved, mine = checkpoint.get("embedding_rows_active"), self._embedding_rows_digest()
@@ -470,8 +481,9 @@ class TaggerModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:  # noqa: D102
         scores = self._log_scores("val", self.val_metrics)
-        self.val_f1_best(scores["mner_f1"].float())
-        self.log("val/mner_f1_best", self.val_f1_best.compute(), prog_bar=True)
+        if not self.trainer.sanity_checking:  # the sanity check's two dev batches are no epoch's score
+            self.val_f1_best(scores["mner_f1"].float())
+            self.log("val/mner_f1_best", self.val_f1_best.compute(), prog_bar=True)
         if self.tagger.groundability is not None and self.val_groundability_auroc.update_called:
             self.log("val/groundability_auroc", self.val_groundability_auroc.compute(), prog_bar=True)
             self.log("val/groundability_acc", self.val_groundability_acc.compute())

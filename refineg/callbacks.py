@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
+from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 
 class TrainThroughput(L.Callback):
@@ -180,3 +183,32 @@ class WeightEMA(L.Callback):
         with torch.no_grad():  # a strategy that restores after fitting started
             for o, s in zip(self.other, state_dict["other"]):
                 o.copy_(s)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` that keeps its best score when a run folder is resumed from another place.
+
+    Lightning keeps only ``best_model_path`` (the old folder's) when the saved ``dirpath`` differs from this one, so a
+    copied or moved run folder would forget the best score and keep the first checkpoint scored after resuming as the
+    best, however low. Here the saved paths are moved to this ``dirpath`` first (the checkpoints travel with the run
+    folder, ``<run>/checkpoints``).
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # noqa: D102
+        saved = state_dict.get("dirpath")
+        if saved is not None and self.dirpath is not None and saved != self.dirpath:
+
+            def moved(path: str) -> str:
+                return os.path.join(self.dirpath, os.path.relpath(path, saved)) if path else path
+
+            state_dict = {
+                **state_dict,
+                "dirpath": self.dirpath,
+                "best_k_models": {moved(k): v for k, v in state_dict.get("best_k_models", {}).items()},
+                **{
+                    key: moved(state_dict[key])
+                    for key in ("best_model_path", "kth_best_model_path", "last_model_path")
+                    if key in state_dict
+                },
+            }
+        super().load_state_dict(state_dict)

@@ -12,13 +12,13 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
-from refineg.callbacks import TrainThroughput, WeightEMA
+from refineg.callbacks import RunCheckpoint, TrainThroughput, WeightEMA
 from refineg.config import TrainConfig, as_dictconfig
 from refineg.data import write_jsonl
 from refineg.datamodules.gmner import GMNERDataModule, has_test_split
@@ -146,7 +146,7 @@ def train(cfg: TrainConfig | DictConfig) -> dict[str, Any]:
     monitor = "val/groundability_auroc" if cfg.model.freeze_tagger else "val/mner_f1"
     # the best checkpoint is for inference: weights and hyper-parameters only (a third of the size); last.ckpt keeps
     # the optimiser and scheduler state that resuming needs
-    checkpoint = ModelCheckpoint(
+    checkpoint = RunCheckpoint(
         dirpath=ckpt_dir,
         filename="best-{epoch:02d}",
         monitor=monitor,
@@ -157,7 +157,7 @@ def train(cfg: TrainConfig | DictConfig) -> dict[str, Any]:
     )
     # Lightning's save_last only copies when the best checkpoint changes; resuming needs every epoch's state.
     # validating every N epochs, Lightning would write last.ckpt only after validation: every epoch's state is kept
-    last = ModelCheckpoint(
+    last = RunCheckpoint(
         dirpath=ckpt_dir,
         filename="last",
         monitor=None,

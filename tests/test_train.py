@@ -152,6 +152,11 @@ def test_resume_from_last(trained, tiny_encoder, tmp_path):
     assert after["epoch"] == before["epoch"] + 1  # one more epoch on top of the saved ones
     assert after["global_step"] == before["global_step"] + 4  # 64 posts / batch 16
     assert result["run_dir"] == str(run_dir)
+    # the copied folder's best checkpoint and score are still known: a lower score after resuming does not replace them,
+    # and a better one replaces the copied file (Lightning forgets both when the checkpoint's dirpath is another one)
+    assert len(list((run_dir / "checkpoints").glob("best-*.ckpt"))) == 1
+    assert Path(result["best_checkpoint"]).parent == run_dir / "checkpoints"
+    assert result["best_val_mner_f1"] >= trained[1]["best_val_mner_f1"]
 
 
 def test_misspelt_override_is_an_error(capsys):

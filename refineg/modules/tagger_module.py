@@ -518,9 +518,10 @@ class TaggerModule(L.LightningModule):
         total = self._total_steps()
         if total < FEW_STEPS and self.trainer.is_global_zero:
             logger.warning(
-                "this run trains %d optimiser steps in all (trainer.max_epochs=%s): a tagger trained on few posts for "
-                "few epochs is far from converged; raise trainer.max_epochs (and trainer.check_val_every_n_epoch). "
-                "At 100 gold posts, 1,309 steps gave 61.9 dev MNER F1 against 50.7 after 42 (docs/results.md)",
+                "this run trains %d optimiser steps in all (trainer.max_epochs=%s): a tagger trained so few steps is "
+                "usually far from converged; raise trainer.max_epochs (and trainer.check_val_every_n_epoch), or lower "
+                "data.batch_size. At 100 gold posts, 1,309 steps gave 61.9 dev MNER F1 against 50.7 after 42 "
+                "(docs/results.md)",
                 total,
                 self.trainer.max_epochs,
             )

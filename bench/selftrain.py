@@ -300,9 +300,11 @@ def run_phase(
 
 
 def planned_rounds(command: list[str]) -> int:
-    """The ``selftrain.rounds`` a run command sets (the last override wins)."""
+    """The ``selftrain.rounds`` a run command sets (the last override wins; else the config's default)."""
+    from refineg.stages.selftrain.config import SelfTrainSettings
+
     values = [c.split("=", 1)[1] for c in command if c.startswith("selftrain.rounds=")]
-    return int(values[-1]) if values else 3
+    return int(values[-1]) if values else SelfTrainSettings.rounds
 
 
 def teacher_members(args: argparse.Namespace, jobs: dict[str, dict], family: list[str], name: str, k: int) -> list[str]:

@@ -191,12 +191,13 @@ def train(cfg: TrainConfig | DictConfig) -> dict[str, Any]:
                 "(e.g. 16) so that few shapes occur"
             )
     every, epochs = cfg.trainer.check_val_every_n_epoch, cfg.trainer.max_epochs
-    if every > 1 and epochs % every:
+    unscored = epochs % every if every > 1 else 0
+    if unscored:
         logger.warning(
             "trainer.check_val_every_n_epoch=%d: the last %d of trainer.max_epochs=%d epochs are never scored on dev, "
             "so the best checkpoint cannot come from them",
             every,
-            epochs % every,
+            unscored,
             epochs,
         )
     try:

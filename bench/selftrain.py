@@ -231,6 +231,22 @@ def student_ensembles(args: argparse.Namespace, jobs: dict[str, dict], env: dict
     return out
 
 
+def soups(args: argparse.Namespace, jobs: dict[str, dict], env: dict) -> dict[str, dict]:
+    """Per group and round: dev MNER F1 of the weight average of its runs' taggers (``refineg soup``), and of each."""
+    out: dict[str, dict] = {}
+    dev = str(Path(args.data_root).resolve() / args.dev)
+    for group in dict.fromkeys(j["group"] for j in jobs.values()):
+        states = [load_state(args, n) for n, j in jobs.items() if j["group"] == group]
+        rounds = [{r["round"]: r["checkpoint"] for r in s["rounds"]} for s in states if s]
+        for k in sorted(set.intersection(*(set(r) for r in rounds))) if len(rounds) > 1 else []:
+            soup = Path(args.runs_dir) / f"soup-{group}-round{k}.ckpt"
+            cmd = [sys.executable, "-m", "refineg.cli", "soup", "--ckpt", *(r[k] for r in rounds), "--out", str(soup)]
+            done = subprocess.run([*cmd, "--dev", dev], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+            scores = [float(line.split()[0]) for line in done.stdout.splitlines() if line.strip()]
+            out.setdefault(group, {})[str(k)] = {"members": scores[:-1], "soup": scores[-1], "checkpoint": str(soup)}
+    return out
+
+
 def stop(job: dict) -> None:
     """Stops a run's process group (SIGTERM, then SIGKILL after 20 s)."""
     proc = job["proc"]
@@ -396,6 +412,12 @@ def main() -> int:
         action="store_true",
         help="at the end, score the ensemble of each group's last-round taggers (one per seed) on dev",
     )
+    p.add_argument(
+        "--soup",
+        action="store_true",
+        help="at the end, score the weight average (refineg soup) of each group's taggers of every round on dev "
+        "(give the runs one model.init_seed, and at --gold N one data.gold_seed)",
+    )
     args = p.parse_args()
     out = Path(args.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -436,6 +458,16 @@ def main() -> int:
                     f"\nEnsemble of the {ens['members']} last-round taggers of {group} (rounds {ens['rounds']}): "
                     f"dev MNER F1 {ens['dev_mner_f1']:.2f}\n"
                 )
+    if args.soup:
+        summary["soup"] = soups(args, jobs, env)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        with (out / "summary.md").open("a") as fh:
+            for group, by_round in summary["soup"].items():
+                for k, sp in by_round.items():
+                    fh.write(
+                        f"\nWeight average (soup) of the {len(sp['members'])} round-{k} taggers of {group}: dev MNER "
+                        f"F1 {sp['soup']:.2f} (members {', '.join(f'{m:.2f}' for m in sp['members'])})\n"
+                    )
     print((out / "summary.md").read_text())
     failed = [n for n, j in jobs.items() if j.get("returncode") not in (0, None) and not j.get("stopped_by_budget")]
     for name in failed:

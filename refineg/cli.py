@@ -248,6 +248,72 @@ def predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _soup_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ckpt",
+        required=True,
+        nargs="+",
+        action="extend",
+        help="two or more checkpoints of one architecture and entity types, best trained with one model.init_seed "
+        "(other seeds)",
+    )
+    p.add_argument("--out", required=True, help="the averaged checkpoint to write (.ckpt)")
+    p.add_argument("--dev", help="gold canonical JSONL: score every member and the soup (MNER F1)")
+    p.add_argument(
+        "--greedy",
+        action="store_true",
+        help="with --dev: add the members best first, each only if the soup's dev F1 does not drop (selects on "
+        "--dev, so the soup's score there is optimistic)",
+    )
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--device", default=None, help="torch device for --dev (default: cuda when available, else cpu)")
+
+
+@subcommand(
+    "soup",
+    "average the weights of several trained taggers into one (a model soup: one tagger's inference cost)",
+    _soup_args,
+)
+def soup_cmd(args: argparse.Namespace) -> int:
+    """Writes the uniform (or, with ``--greedy``, the greedy) soup of ``--ckpt`` and prints the dev scores."""
+    import torch
+
+    from refineg.inference.predictor import TaggerPredictor, load_tagger
+    from refineg.inference.soup import greedy_order, write_soup
+    from refineg.metrics import evaluate_examples
+
+    if len(args.ckpt) < 2:
+        raise UsageError(f"--ckpt: a soup needs at least 2 checkpoints, got {len(args.ckpt)}")
+    if args.greedy and not args.dev:
+        raise UsageError("--greedy needs --dev (it keeps the members that do not lower the dev score)")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    gold = read_jsonl(args.dev) if args.dev else []
+
+    def dev_f1(path: Path) -> float:
+        predictor = TaggerPredictor(load_tagger(path), args.batch_size, args.max_length, device=device)
+        return evaluate_examples(gold, predictor.predict(gold, progress=False))["mner"]["f1"]
+
+    members = list(args.ckpt)
+    try:
+        if args.greedy:
+            members, log = greedy_order(members, dev_f1, Path(args.out).parent)
+            for rec in log:
+                soup = "" if "soup" not in rec else f"  soup with it {100 * rec['soup']:.2f}"
+                print(f"{100 * rec['own']:6.2f}{soup}  {'kept' if rec['kept'] else 'left out'}  {rec['checkpoint']}")
+        out = write_soup(members, args.out)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if args.dev:
+        if not args.greedy:
+            for path in members:
+                print(f"{100 * dev_f1(Path(path)):6.2f}  {path}")
+        print(f"{100 * dev_f1(out):6.2f}  soup of {len(members)} -> {out}  (dev MNER F1, {args.dev})")
+    else:
+        print(f"soup of {len(members)} -> {out}")
+    return 0
+
+
 def _calibrate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ckpt", required=True, help="tagger checkpoint")
     p.add_argument("--data", required=True, help="gold canonical JSONL (dev)")

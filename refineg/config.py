@@ -213,6 +213,7 @@ class DataConfig:
     synthetic_weight: float = 1.0  # loss weight of synthetic posts
     synthetic_epochs: int = 1  # two_stage mode: epochs on synthetic data before gold fine-tuning
     gold_limit: int | None = None  # fixed seeded sample of this many gold training posts
+    gold_seed: int | None = None  # seed of that sample (None: the run's seed); fix it to vary only the training seed
     pseudo: str | None = None  # canonical JSONL of pseudo-labelled posts (self-training; pooled with the synthetic)
     pseudo_weight: float = 1.0  # loss weight of pseudo-labelled posts
     unlabeled: str | None = None  # unlabelled posts for self-training (any readable format; labels are ignored)
@@ -262,6 +263,10 @@ class ModelConfig:
     groundability_weight: float = 1.0  # BCE weight added to the tagging loss
     groundability_kwargs: dict[str, Any] = field(default_factory=dict)  # more keyword arguments for that head
     init_from: str | None = None  # Lightning checkpoint whose tagger weights start this run (new heads stay random)
+    # seed of the new layers' random initial weights (None: they follow ``seed``); runs that share it and differ in
+    # ``seed`` start from the same weights and see other batch orders and dropout masks, so their trained weights can
+    # be averaged into one tagger (``refineg soup``)
+    init_seed: int | None = None
     freeze_tagger: bool = False  # train only the groundability head; backbone, casing and tagging head stay fixed
 
 

@@ -38,3 +38,33 @@ def test_teacher_members_are_the_same_variants_runs_of_the_other_seeds(tmp_path)
     ]
     # later rounds: the same variant's runs only
     assert bench.teacher_members(args, jobs, family, "g64-ema-s1", 2) == [ckpt("g64-ema-s2", 1)]
+
+
+def test_soup_scores_every_round_that_all_runs_of_a_group_finished(tiny_encoder, tmp_path):
+    """``--soup``: one weight average per group and round, scored on dev with each member (``refineg soup``)."""
+    import os
+
+    from refineg.data import write_jsonl
+    from refineg.inference.predictor import TaggerPredictor
+    from tests.refine_helpers import make_tiny_tagger, sample_posts, save_checkpoint
+
+    bench = _bench_module()
+    runs = tmp_path / "runs"
+    jobs = {f"g64-soft-s{s}": {"group": "g64-soft", "seed": s} for s in (1, 2)}
+    for k, name in enumerate(jobs):
+        rounds = 2 if k == 0 else 1  # seed 2 did not finish round 1: only round 0 is souped
+        recs = []
+        for r in range(rounds):
+            ckpt = save_checkpoint(make_tiny_tagger(tiny_encoder, seed=10 * k + r), tmp_path / f"{name}-{r}.ckpt")
+            recs.append({"round": r, "checkpoint": str(ckpt)})
+        (runs / name).mkdir(parents=True)
+        (runs / name / "selftrain.json").write_text(json.dumps({"rounds": recs}))
+    first = make_tiny_tagger(tiny_encoder, seed=0)  # the "dev" labels are its tags: it scores 100
+    write_jsonl(TaggerPredictor(first).predict(sample_posts("dev", 20), progress=False), tmp_path / "dev.jsonl")
+    args = argparse.Namespace(runs_dir=str(runs), data_root=str(tmp_path), dev="dev.jsonl")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    out = bench.soups(args, jobs, env)
+    assert list(out) == ["g64-soft"] and list(out["g64-soft"]) == ["0"]
+    soup = out["g64-soft"]["0"]
+    assert soup["members"][0] == 100.0 and soup["members"][1] < 100.0 and soup["soup"] < 100.0
+    assert Path(soup["checkpoint"]).is_file() and Path(soup["checkpoint"]).parent == runs

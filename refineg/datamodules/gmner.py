@@ -92,6 +92,15 @@ def sample_gold(examples: list[Example], limit: int | None, seed: int) -> list[E
     return random.Random(seed).sample(examples, limit)
 
 
+def gold_posts(examples: list[Example], data: DataConfig | DictConfig, seed: int) -> list[Example]:
+    """A run's gold training posts: the :func:`sample_gold` of ``data.gold_limit`` posts.
+
+    They are drawn with ``data.gold_seed``, or with the run's ``seed`` when that is unset.
+    """
+    gold_seed = getattr(data, "gold_seed", None)
+    return sample_gold(examples, data.gold_limit, seed if gold_seed is None else gold_seed)
+
+
 def apply_pseudo_labels(
     encoded: list[EncodedPost], examples: list[Example], labels: list[str], source: str | Path | None
 ) -> None:
@@ -188,7 +197,7 @@ class GMNERDataModule(L.LightningDataModule):
         cfg = self.cfg
         train = read_split(cfg, "train")
         if cfg.gold_limit is not None and cfg.gold_limit < len(train):
-            train = sample_gold(train, cfg.gold_limit, self.seed)
+            train = gold_posts(train, cfg, self.seed)
             if self.run_dir is not None:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 (self.run_dir / "gold_ids.json").write_text(json.dumps([e.id for e in train]))

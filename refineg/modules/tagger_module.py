@@ -53,10 +53,15 @@ def build_tagger(model: dict[str, Any], labels: list[str], pretrained: bool = Tr
     The backbone factory gets ``encoder``, ``pretrained``, ``gradient_checkpointing``, those of
     :data:`BACKBONE_KEY_ALIASES` its signature names, then ``model.backbone_kwargs``; the head gets
     ``hidden_size``, ``labels`` and ``model.head_kwargs``; the optional groundability head gets ``hidden_size``,
-    ``num_types``, ``hidden``, ``dropout`` and ``model.groundability_kwargs``.
+    ``num_types``, ``hidden``, ``dropout`` and ``model.groundability_kwargs``. With ``model.init_seed`` set, the
+    layers that do not come pretrained draw their initial weights from that seed, whatever the global seed.
     """
     for name in model.get("imports") or []:
         importlib.import_module(name)
+    if model.get("init_seed") is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(model["init_seed"])
+            return build_tagger({**model, "init_seed": None}, labels, pretrained)
     factory = BACKBONES.get(model["backbone"])
     kwargs: dict[str, Any] = {
         "encoder": model["encoder"],

@@ -17,7 +17,7 @@ import torch
 from refineg.config import load_config
 from refineg.data import Entity, Example, bio_labels, read_jsonl, write_jsonl
 from refineg.datamodules.encoding import EncodedPost, PostCollator
-from refineg.datamodules.gmner import GMNERDataModule, apply_pseudo_labels, read_split, sample_gold
+from refineg.datamodules.gmner import GMNERDataModule, apply_pseudo_labels, gold_posts, read_split, sample_gold
 from refineg.modules.crf import LinearChainCRF
 from refineg.modules.heads import SoftmaxHead
 from refineg.stages.selftrain import (
@@ -88,6 +88,16 @@ def test_pool_limit_is_a_seeded_subset_and_another_seed_moves_the_gold_sample():
     gold2 = {e.id for e in sample_gold(read_split(cfg.data, "train"), 64, 2)}
     full2 = build_pool(load_config(["data.gold_limit=64", "data.unlabeled_from_train=true"]).data, 2)
     assert not gold2 & {p.id for p in full2.posts}
+
+
+def test_gold_seed_keeps_one_gold_sample_and_pool_across_training_seeds():
+    data = load_config(["data.gold_limit=64", "data.unlabeled_from_train=true", "data.gold_seed=9"]).data
+    train = read_split(data, "train")
+    ids = {s: {e.id for e in gold_posts(train, data, s)} for s in (1, 2)}
+    assert ids[1] == ids[2] == {e.id for e in sample_gold(train, 64, 9)} and len(ids[1]) == 64
+    assert ids[1] != {e.id for e in sample_gold(train, 64, 1)}
+    assert [p.id for p in build_pool(data, 1).posts] == [p.id for p in build_pool(data, 2).posts]
+    assert not ids[1] & {p.id for p in build_pool(data, 2).posts}
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "conll", "twitter-gmner"])

@@ -71,7 +71,7 @@ def data_sources(data: Any) -> dict[str, Any]:
 
 def run_data(cfg: PipelineConfig, run_dir: Path) -> dict[str, Any]:
     """Writes the gold posts of the run as canonical JSONL (``data/``)."""
-    from refineg.datamodules.gmner import has_test_split, read_split, sample_gold
+    from refineg.datamodules.gmner import gold_posts, has_test_split, read_split
 
     data = as_dictconfig(train_config(cfg).data)
     out = run_dir / "data"
@@ -81,7 +81,7 @@ def run_data(cfg: PipelineConfig, run_dir: Path) -> dict[str, Any]:
             continue
         posts = read_split(data, split)
         if split == "train":
-            everything, posts = posts, sample_gold(posts, data.gold_limit, cfg.seed)
+            everything, posts = posts, gold_posts(posts, data, cfg.seed)
             if pool_from_train(cfg):
                 gold_ids = {e.id for e in posts}
                 rest = [e for e in everything if e.id not in gold_ids]

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from refineg.config import resolve_data_root
 from refineg.data import Example, ReadReport, read_jsonl
 from refineg.data.formats import create_data_format
-from refineg.datamodules.gmner import read_split, sample_gold
+from refineg.datamodules.gmner import gold_posts, read_split
 from refineg.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def build_pool(data: DictConfig, seed: int) -> UnlabeledPool:
                 "data.unlabeled_from_train=true needs data.gold_limit below the number of training posts "
                 f"({len(train)}): the pool is the training posts outside the gold sample"
             )
-        gold_ids = {e.id for e in sample_gold(train, data.gold_limit, seed)}
+        gold_ids = {e.id for e in gold_posts(train, data, seed)}
         rest = [e for e in train if e.id not in gold_ids]
         hidden = {e.id: e for e in rest}
         source = f"training posts outside the {len(gold_ids)} gold posts (labels hidden)"

@@ -53,9 +53,9 @@ def load_seeds(cfg: DictConfig) -> list[Example]:
     if cfg.seeds:
         seeds = read_jsonl(cfg.seeds)
     else:
-        from refineg.datamodules.gmner import read_split, sample_gold
+        from refineg.datamodules.gmner import gold_posts, read_split
 
-        seeds = sample_gold(read_split(cfg.data, "train"), cfg.data.gold_limit, cfg.seed)
+        seeds = gold_posts(read_split(cfg.data, "train"), cfg.data, cfg.seed)
     if cfg.max_seeds is not None:
         seeds = seeds[: cfg.max_seeds]
     bad = sorted({e.type for s in seeds for e in s.entities} - set(cfg.types))

@@ -1,0 +1,118 @@
+"""Model soups (refineg.inference.soup, ``refineg soup``) and the shared initial weights they need (model.init_seed)."""
+
+import logging
+
+import pytest
+import torch
+
+from refineg.data import DataFormatError, write_jsonl
+from refineg.inference.predictor import TaggerPredictor, load_tagger
+from refineg.inference.soup import soup_checkpoint, write_soup
+from refineg.modules.tagger_module import TaggerModule
+from tests.refine_helpers import OPTIM, TYPES, make_tiny_tagger, sample_posts, save_checkpoint
+
+
+def tiny_module(encoder: str, global_seed: int, init_seed: int | None) -> TaggerModule:
+    torch.manual_seed(global_seed)
+    model = {"backbone": "hf", "encoder": encoder, "head": "crf", "casing": True, "init_seed": init_seed}
+    return TaggerModule(model, OPTIM, TYPES)
+
+
+def spans(preds):
+    return [[(e.start, e.end, e.type) for e in p.entities] for p in preds]
+
+
+def test_init_seed_gives_runs_of_other_seeds_the_same_initial_weights(tiny_encoder):
+    a, b = tiny_module(tiny_encoder, 1, 7), tiny_module(tiny_encoder, 2, 7)
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(pa, pb), name
+    # without it the new layers follow the global seed
+    c, d = tiny_module(tiny_encoder, 1, None), tiny_module(tiny_encoder, 2, None)
+    assert not torch.equal(c.tagger.head.emission.weight, d.tagger.head.emission.weight)
+    assert not torch.equal(c.tagger.head.emission.weight, a.tagger.head.emission.weight)
+    # the global random stream (batch order, dropout) is left where the run's seed put it
+    tiny_module(tiny_encoder, 5, 7)
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    assert torch.equal(after, torch.rand(3))
+
+
+def test_soup_weights_are_the_members_mean_and_the_checkpoint_is_for_inference(tiny_encoder, tmp_path):
+    members = [make_tiny_tagger(tiny_encoder, seed=s) for s in (0, 1, 2)]
+    for m in members:
+        m.hparams.model["init_seed"] = 0
+    paths = [save_checkpoint(m, tmp_path / f"m{k}.ckpt") for k, m in enumerate(members)]
+    ckpt = soup_checkpoint(paths)
+    assert ckpt["soup"] == {"members": [str(p) for p in paths]}
+    assert not {"optimizer_states", "lr_schedulers", "loops", "callbacks"} & ckpt.keys()
+    soup = load_tagger(write_soup(paths, tmp_path / "out" / "soup.ckpt"))
+    states = [m.state_dict() for m in members]
+    for name, value in soup.state_dict().items():
+        stacked = torch.stack([s[name] for s in states])
+        if value.is_floating_point():
+            torch.testing.assert_close(value, stacked.float().mean(0), rtol=0, atol=1e-6)
+            if name == "tagger.head.emission.weight":  # the members differ, so the mean is not one of them
+                assert not torch.equal(value, states[0][name])
+        else:
+            assert torch.equal(value, states[0][name])
+    # the soup of copies of one tagger tags like it
+    one = save_checkpoint(members[1], tmp_path / "one.ckpt")
+    copies = load_tagger(write_soup([one, one], tmp_path / "copies.ckpt"))
+    posts = sample_posts("dev", 20)
+    alone = spans(TaggerPredictor(members[1]).predict(posts, progress=False))
+    assert sum(map(len, alone)) > 5
+    assert spans(TaggerPredictor(copies).predict(posts, progress=False)) == alone
+
+
+def test_soup_refuses_members_that_do_not_fit_and_warns_without_a_shared_init_seed(tiny_encoder, tmp_path, caplog):
+    crf = save_checkpoint(make_tiny_tagger(tiny_encoder, seed=0), tmp_path / "crf.ckpt")
+    other = save_checkpoint(make_tiny_tagger(tiny_encoder, seed=1), tmp_path / "other.ckpt")
+    softmax = save_checkpoint(make_tiny_tagger(tiny_encoder, head="softmax"), tmp_path / "softmax.ckpt")
+    with pytest.raises(ValueError, match=r"softmax.ckpt: model.head='softmax', but .*crf.ckpt has 'crf'"):
+        soup_checkpoint([crf, softmax])
+    model = {"backbone": "hf", "encoder": tiny_encoder, "head": "crf", "casing": True}
+    fewer = TaggerModule(model, OPTIM, TYPES[:3])
+    with pytest.raises(ValueError, match="entity types"):
+        soup_checkpoint([crf, save_checkpoint(fewer, tmp_path / "fewer.ckpt")])
+    (tmp_path / "notes.ckpt").write_text("{}")
+    with pytest.raises(DataFormatError, match="notes.ckpt"):
+        soup_checkpoint([crf, tmp_path / "notes.ckpt"])
+    with caplog.at_level(logging.WARNING, logger="refineg.inference.soup"):
+        soup_checkpoint([crf, other])
+    assert "model.init_seed" in caplog.text
+
+
+def test_soup_cli_scores_members_and_soup_and_greedy_leaves_out_a_member_that_hurts(tiny_encoder, tmp_path, capsys):
+    from refineg.cli import main
+
+    good = make_tiny_tagger(tiny_encoder, seed=3)
+    bad = make_tiny_tagger(tiny_encoder, seed=3)
+    with torch.no_grad():  # the average of the two has zero emission weights: it tags nothing
+        bad.tagger.head.emission.weight.neg_()
+    a, b = save_checkpoint(good, tmp_path / "a.ckpt"), save_checkpoint(bad, tmp_path / "b.ckpt")
+    gold = TaggerPredictor(good).predict(sample_posts("dev", 30), progress=False)  # a scores 100 on this "dev"
+    assert sum(len(p.entities) for p in gold) > 5
+    write_jsonl(gold, tmp_path / "dev.jsonl")
+    common = ["--ckpt", str(a), str(b), "--dev", str(tmp_path / "dev.jsonl"), "--device", "cpu"]
+    assert main(["soup", *common, "--out", str(tmp_path / "uniform.ckpt")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[0] == "100.00" and lines[0].endswith("a.ckpt")
+    assert float(lines[2].split()[0]) < 100.0 and "soup of 2" in lines[2]
+    assert main(["soup", *common, "--greedy", "--out", str(tmp_path / "greedy.ckpt")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[-2:] == ["kept", str(a)] and out[1].split()[-3:] == ["left", "out", str(b)]
+    assert out[-1].split()[0] == "100.00" and "soup of 1" in out[-1]
+    greedy = load_tagger(tmp_path / "greedy.ckpt")
+    torch.testing.assert_close(greedy.tagger.head.emission.weight, good.tagger.head.emission.weight)
+    assert not list(tmp_path.glob("greedy-*.ckpt"))  # the trial soups are removed
+
+
+def test_soup_cli_errors_are_one_line(tiny_encoder, tmp_path, capsys):
+    from refineg.cli import main
+
+    a = save_checkpoint(make_tiny_tagger(tiny_encoder), tmp_path / "a.ckpt")
+    assert main(["soup", "--ckpt", str(a), "--out", str(tmp_path / "s.ckpt")]) == 2
+    assert "at least 2 checkpoints" in capsys.readouterr().err
+    assert main(["soup", "--ckpt", str(a), str(a), "--greedy", "--out", str(tmp_path / "s.ckpt")]) == 2
+    assert "--greedy needs --dev" in capsys.readouterr().err
+    assert not (tmp_path / "s.ckpt").exists()

@@ -47,3 +47,53 @@ def test_a_malformed_value_is_one_error_line(tmp_path, monkeypatch, flag):
     with pytest.raises(SystemExit, match=rf"error: '{flag[1]}': expected"):
         _plot_module().main()
     assert not (tmp_path / "fig.png").exists()
+
+
+def _soup_summary(path, with_soup=True):
+    soup = {
+        "g500-a": {
+            "0": {"members": [68.0, 68.5], "soup": 69.0, "checkpoint": "x"},
+            "1": {"members": [70.0, 71.0], "soup": 71.5, "checkpoint": "y"},
+        }
+    }
+    summary = {"groups": {}, "student_ensemble": {"g500-a": {"dev_mner_f1": 72.0}}}
+    path.write_text(json.dumps(summary | ({"soup": soup} if with_soup else {})))
+    return path
+
+
+def test_soup_plot_draws_members_soup_ensemble_and_the_gain_line(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    summary = _soup_summary(tmp_path / "summary.json")
+    out = tmp_path / "soups.png"
+    argv = ["plot_soup.py", f"500 gold={summary}", "--out", str(out), "--gain", "g500=2.5", "--target", "full=78.5"]
+    monkeypatch.setattr(sys, "argv", argv)
+    load_script("bench/plot_soup.py", "plot_soup").main()
+    try:
+        (ax,) = plt.gcf().axes
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        assert list(lines["soup (weight average)"].get_ydata()) == [69.0]  # the first column's diamond
+        diamonds = [list(li.get_ydata()) for li in ax.get_lines() if li.get_marker() == "D"]
+        assert diamonds == [[69.0], [71.5]]
+        assert list(lines["ensemble (all taggers run)"].get_ydata()) == [72.0]  # the last round only
+        gain = [c for c in ax.collections if c.get_label() == "round 0 mean + 2.5"]
+        assert len(gain) == 1 and gain[0].get_segments()[0][0][1] == pytest.approx(68.25 + 2.5)
+        assert not [c for c in ax.collections if c.get_label().startswith("target")]  # no group starts with "full"
+        assert out.stat().st_size > 1000
+    finally:
+        plt.close("all")
+
+
+def test_soup_plot_refuses_a_summary_without_soups_and_bad_numbers(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    bare = _soup_summary(tmp_path / "bare.json", with_soup=False)
+    module = load_script("bench/plot_soup.py", "plot_soup")
+    for argv, message in [
+        ([f"t={bare}"], "has no soups: run bench/selftrain.py with --soup"),
+        ([f"t={_soup_summary(tmp_path / 's.json')}", "--gain", "g500=lots"], "--gain 'g500=lots': expected"),
+    ]:
+        monkeypatch.setattr(sys, "argv", ["plot_soup.py", *argv, "--out", str(tmp_path / "f.png")])
+        with pytest.raises(SystemExit, match=message):
+            module.main()
+    assert not (tmp_path / "f.png").exists()

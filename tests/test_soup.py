@@ -37,6 +37,21 @@ def test_init_seed_gives_runs_of_other_seeds_the_same_initial_weights(tiny_encod
     assert torch.equal(after, torch.rand(3))
 
 
+def test_init_seed_leaves_the_accelerator_generators_to_the_run_seed(tiny_encoder, monkeypatch):
+    """The GPU draws dropout masks from the CUDA generator: building under ``init_seed`` must not reseed it."""
+    if torch.cuda.is_available():
+        for seed in (1, 2):
+            torch.manual_seed(seed)
+            expected = torch.rand(4, device="cuda")
+            tiny_module(tiny_encoder, seed, 7)
+            assert torch.equal(torch.rand(4, device="cuda"), expected), seed
+    seeded = []
+    real = torch.cuda.manual_seed_all
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: (seeded.append(seed), real(seed))[1])
+    tiny_module(tiny_encoder, 3, 7)  # torch.manual_seed(3), then the build
+    assert seeded == [3]  # the run's seed only; the build's init_seed stayed on the CPU generator
+
+
 def test_soup_weights_are_the_members_mean_and_the_checkpoint_is_for_inference(tiny_encoder, tmp_path):
     members = [make_tiny_tagger(tiny_encoder, seed=s) for s in (0, 1, 2)]
     for m in members:

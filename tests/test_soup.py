@@ -97,6 +97,27 @@ def test_soup_refuses_members_that_do_not_fit_and_warns_without_a_shared_init_se
     assert "model.init_seed" in caplog.text
 
 
+def test_soup_refuses_other_image_towers_and_accepts_training_only_differences(tiny_encoder, tmp_path):
+    """Image-tower settings decide the tower's weights and inputs even where the weight shapes agree."""
+    pytest.importorskip("timm")
+
+    def saved(name: str, **model) -> str:
+        model = {"backbone": "hf", "encoder": tiny_encoder, "head": "crf", "casing": True, "init_seed": 0, **model}
+        return save_checkpoint(TaggerModule(model, OPTIM, TYPES), tmp_path / f"{name}.ckpt")
+
+    image = {"backbone": "hf_image", "image_encoder": "timm", "image_model": "test_resnet"}
+    small, large = saved("small", **image, image_size=32), saved("large", **image, image_size=64)
+    with pytest.raises(ValueError, match=r"large.ckpt: model.image_size=64, but .*small.ckpt has 32"):
+        soup_checkpoint([small, large])
+    # how they were trained, and image settings that a text-only backbone never reads, do not matter
+    text = saved("text", dropout=0.1)
+    other = saved("other", dropout=0.3, rdrop=1.0, image_model="resnet18", image_size=64)
+    soup = soup_checkpoint([text, other])
+    assert soup["hyper_parameters"]["model"]["dropout"] == 0.1 and len(soup["soup"]["members"]) == 2
+    trained = saved("trained", **image, image_size=32, freeze_image=False)  # only decides what trains
+    assert soup_checkpoint([small, trained])["soup"]["members"] == [str(small), str(trained)]
+
+
 def test_soup_cli_scores_members_and_soup_and_greedy_leaves_out_a_member_that_hurts(tiny_encoder, tmp_path, capsys):
     from refineg.cli import main
 

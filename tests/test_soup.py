@@ -152,3 +152,11 @@ def test_soup_cli_errors_are_one_line(tiny_encoder, tmp_path, capsys):
     assert main(["soup", "--ckpt", str(a), str(a), "--greedy", "--out", str(tmp_path / "s.ckpt")]) == 2
     assert "--greedy needs --dev" in capsys.readouterr().err
     assert not (tmp_path / "s.ckpt").exists()
+    folder = tmp_path / "soups"
+    folder.mkdir()
+    assert main(["soup", "--ckpt", str(a), str(a), "--out", str(folder)]) == 2
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1]
+        == f"error: {folder} is a folder: name the checkpoint file to write"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ckpt", "soups"]  # no soup left beside it

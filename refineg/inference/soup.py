@@ -116,8 +116,14 @@ def soup_checkpoint(checkpoints: Sequence[str | Path]) -> dict[str, Any]:
 
 
 def write_soup(checkpoints: Sequence[str | Path], out: str | Path) -> Path:
-    """Writes :func:`soup_checkpoint` of ``checkpoints`` to ``out`` (folders created); returns ``out``."""
+    """Writes :func:`soup_checkpoint` of ``checkpoints`` to ``out`` (folders created); returns ``out``.
+
+    Raises:
+        ValueError: ``out`` is a folder (as :func:`soup_checkpoint`).
+    """
     out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"{out} is a folder: name the checkpoint file to write")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     torch.save(soup_checkpoint(checkpoints), tmp)

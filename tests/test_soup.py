@@ -154,9 +154,10 @@ def test_soup_cli_errors_are_one_line(tiny_encoder, tmp_path, capsys):
     assert not (tmp_path / "s.ckpt").exists()
     folder = tmp_path / "soups"
     folder.mkdir()
-    assert main(["soup", "--ckpt", str(a), str(a), "--out", str(folder)]) == 2
-    assert (
-        capsys.readouterr().err.strip().splitlines()[-1]
-        == f"error: {folder} is a folder: name the checkpoint file to write"
-    )
+    for greedy in ([], ["--greedy", "--dev", str(tmp_path / "no-dev.jsonl")]):  # refused before reading --dev
+        assert main(["soup", "--ckpt", str(a), str(a), *greedy, "--out", str(folder)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1] == f"error: {folder} is a folder: name the checkpoint file to write"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ckpt", "soups"]  # no soup left beside it
+    with pytest.raises(ValueError, match="is a folder"):
+        write_soup([a, a], folder)

@@ -118,6 +118,27 @@ def test_soup_refuses_other_image_towers_and_accepts_training_only_differences(t
     assert soup_checkpoint([small, trained])["soup"]["members"] == [str(small), str(trained)]
 
 
+def test_soup_of_trained_batch_norm_towers_averages_their_statistics_whatever_their_step_counts(tiny_encoder, tmp_path):
+    """``model.freeze_image=false``: best checkpoints of other epochs have other batch-norm step counters."""
+    pytest.importorskip("timm")
+    model = {"backbone": "hf_image", "encoder": tiny_encoder, "head": "crf", "casing": True, "image_encoder": "timm"}
+    model |= {"image_model": "test_resnet", "image_size": 32, "freeze_image": False, "init_seed": 0}
+    members = []
+    for steps in (2, 3):
+        member = TaggerModule(model, OPTIM, TYPES).train()
+        for _ in range(steps):  # training passes of the tower update its running statistics and step counters
+            member.tagger.backbone.image(torch.rand(2, 3, 32, 32))
+        members.append(member)
+    states = [m.state_dict() for m in members]
+    counters = [k for k in states[0] if k.endswith(".num_batches_tracked")]
+    assert counters and [int(s[counters[0]]) for s in states] == [2, 3]
+    paths = [save_checkpoint(m, tmp_path / f"m{k}.ckpt") for k, m in enumerate(members)]
+    soup = soup_checkpoint(paths)["state_dict"]
+    stats = counters[0].replace("num_batches_tracked", "running_mean")
+    torch.testing.assert_close(soup[stats], (states[0][stats] + states[1][stats]) / 2)
+    assert int(soup[counters[0]]) == 2
+
+
 def test_soup_cli_scores_members_and_soup_and_greedy_leaves_out_a_member_that_hurts(tiny_encoder, tmp_path, capsys):
     from refineg.cli import main
 

@@ -65,7 +65,7 @@ def soup_checkpoint(checkpoints: Sequence[str | Path]) -> dict[str, Any]:
 
     Raises:
         ValueError: No members, or a member of another architecture, other entity types, other weight
-            names or shapes, or other integer buffers.
+            names or shapes, or other integer buffers (batch-norm step counters aside: the first member's stay).
         DataFormatError: A file that is not a tagger checkpoint (:func:`~refineg.inference.predictor.load_tagger`).
     """
     if not checkpoints:
@@ -96,6 +96,8 @@ def soup_checkpoint(checkpoints: Sequence[str | Path]) -> dict[str, Any]:
                 raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, {tuple(weights0[key].shape)} before")
             if value.is_floating_point():
                 total[key] += value.float()
+            elif key.endswith(".num_batches_tracked"):
+                continue  # a batch-norm step counter (the statistics are averaged): the first member's stays
             elif not torch.equal(value, weights0[key]):
                 raise ValueError(f"{path}: {key} (not a weight: {value.dtype}) differs from {checkpoints[0]}'s")
         init_seeds.add(model.get("init_seed"))

@@ -287,6 +287,8 @@ def soup_cmd(args: argparse.Namespace) -> int:
         raise UsageError(f"--ckpt: a soup needs at least 2 checkpoints, got {len(args.ckpt)}")
     if args.greedy and not args.dev:
         raise UsageError("--greedy needs --dev (it keeps the members that do not lower the dev score)")
+    if Path(args.out).is_dir():  # before --greedy scores the members
+        raise UsageError(f"{args.out} is a folder: name the checkpoint file to write")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gold = read_jsonl(args.dev) if args.dev else []
 

@@ -37,6 +37,21 @@ def test_init_seed_gives_runs_of_other_seeds_the_same_initial_weights(tiny_encod
     assert torch.equal(after, torch.rand(3))
 
 
+def test_init_seed_leaves_the_accelerator_generators_to_the_run_seed(tiny_encoder, monkeypatch):
+    """The GPU draws dropout masks from the CUDA generator: building under ``init_seed`` must not reseed it."""
+    if torch.cuda.is_available():
+        for seed in (1, 2):
+            torch.manual_seed(seed)
+            expected = torch.rand(4, device="cuda")
+            tiny_module(tiny_encoder, seed, 7)
+            assert torch.equal(torch.rand(4, device="cuda"), expected), seed
+    seeded = []
+    real = torch.cuda.manual_seed_all
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: (seeded.append(seed), real(seed))[1])
+    tiny_module(tiny_encoder, 3, 7)  # torch.manual_seed(3), then the build
+    assert seeded == [3]  # the run's seed only; the build's init_seed stayed on the CPU generator
+
+
 def test_soup_weights_are_the_members_mean_and_the_checkpoint_is_for_inference(tiny_encoder, tmp_path):
     members = [make_tiny_tagger(tiny_encoder, seed=s) for s in (0, 1, 2)]
     for m in members:
@@ -82,6 +97,48 @@ def test_soup_refuses_members_that_do_not_fit_and_warns_without_a_shared_init_se
     assert "model.init_seed" in caplog.text
 
 
+def test_soup_refuses_other_image_towers_and_accepts_training_only_differences(tiny_encoder, tmp_path):
+    """Image-tower settings decide the tower's weights and inputs even where the weight shapes agree."""
+    pytest.importorskip("timm")
+
+    def saved(name: str, **model) -> str:
+        model = {"backbone": "hf", "encoder": tiny_encoder, "head": "crf", "casing": True, "init_seed": 0, **model}
+        return save_checkpoint(TaggerModule(model, OPTIM, TYPES), tmp_path / f"{name}.ckpt")
+
+    image = {"backbone": "hf_image", "image_encoder": "timm", "image_model": "test_resnet"}
+    small, large = saved("small", **image, image_size=32), saved("large", **image, image_size=64)
+    with pytest.raises(ValueError, match=r"large.ckpt: model.image_size=64, but .*small.ckpt has 32"):
+        soup_checkpoint([small, large])
+    # how they were trained, and image settings that a text-only backbone never reads, do not matter
+    text = saved("text", dropout=0.1)
+    other = saved("other", dropout=0.3, rdrop=1.0, image_model="resnet18", image_size=64)
+    soup = soup_checkpoint([text, other])
+    assert soup["hyper_parameters"]["model"]["dropout"] == 0.1 and len(soup["soup"]["members"]) == 2
+    trained = saved("trained", **image, image_size=32, freeze_image=False)  # only decides what trains
+    assert soup_checkpoint([small, trained])["soup"]["members"] == [str(small), str(trained)]
+
+
+def test_soup_of_trained_batch_norm_towers_averages_their_statistics_whatever_their_step_counts(tiny_encoder, tmp_path):
+    """``model.freeze_image=false``: best checkpoints of other epochs have other batch-norm step counters."""
+    pytest.importorskip("timm")
+    model = {"backbone": "hf_image", "encoder": tiny_encoder, "head": "crf", "casing": True, "image_encoder": "timm"}
+    model |= {"image_model": "test_resnet", "image_size": 32, "freeze_image": False, "init_seed": 0}
+    members = []
+    for steps in (2, 3):
+        member = TaggerModule(model, OPTIM, TYPES).train()
+        for _ in range(steps):  # training passes of the tower update its running statistics and step counters
+            member.tagger.backbone.image(torch.rand(2, 3, 32, 32))
+        members.append(member)
+    states = [m.state_dict() for m in members]
+    counters = [k for k in states[0] if k.endswith(".num_batches_tracked")]
+    assert counters and [int(s[counters[0]]) for s in states] == [2, 3]
+    paths = [save_checkpoint(m, tmp_path / f"m{k}.ckpt") for k, m in enumerate(members)]
+    soup = soup_checkpoint(paths)["state_dict"]
+    stats = counters[0].replace("num_batches_tracked", "running_mean")
+    torch.testing.assert_close(soup[stats], (states[0][stats] + states[1][stats]) / 2)
+    assert int(soup[counters[0]]) == 2
+
+
 def test_soup_cli_scores_members_and_soup_and_greedy_leaves_out_a_member_that_hurts(tiny_encoder, tmp_path, capsys):
     from refineg.cli import main
 
@@ -116,3 +173,12 @@ def test_soup_cli_errors_are_one_line(tiny_encoder, tmp_path, capsys):
     assert main(["soup", "--ckpt", str(a), str(a), "--greedy", "--out", str(tmp_path / "s.ckpt")]) == 2
     assert "--greedy needs --dev" in capsys.readouterr().err
     assert not (tmp_path / "s.ckpt").exists()
+    folder = tmp_path / "soups"
+    folder.mkdir()
+    for greedy in ([], ["--greedy", "--dev", str(tmp_path / "no-dev.jsonl")]):  # refused before reading --dev
+        assert main(["soup", "--ckpt", str(a), str(a), *greedy, "--out", str(folder)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1] == f"error: {folder} is a folder: name the checkpoint file to write"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ckpt", "soups"]  # no soup left beside it
+    with pytest.raises(ValueError, match="is a folder"):
+        write_soup([a, a], folder)

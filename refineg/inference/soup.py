@@ -20,6 +20,10 @@ from typing import Any
 
 import torch
 
+from refineg.config import ModelConfig
+from refineg.modules.backbones import BACKBONES
+from refineg.modules.tagger_module import BACKBONE_KEY_ALIASES, factory_parameters
+
 from .predictor import load_tagger
 
 logger = logging.getLogger(__name__)
@@ -28,6 +32,24 @@ logger = logging.getLogger(__name__)
 SAME = ("backbone", "encoder", "head", "casing", "backbone_kwargs", "head_kwargs", "groundability")
 #: Checkpoint entries that belong to one training run (resuming, the run's own best score), not to the average.
 RUN_STATE = ("optimizer_states", "lr_schedulers", "loops", "callbacks", "val_mner_f1_best", "embedding_rows_active")
+#: With a groundability head, these decide it too (its width is checked with the weights' shapes).
+GROUNDABILITY_SAME = ("groundability_head", "groundability_kwargs")
+
+
+def architecture(model: dict[str, Any]) -> dict[str, Any]:
+    """The ``model.*`` values that soup members must share, from a checkpoint's ``model`` hyper-parameters.
+
+    :data:`SAME`, the short image-tower names that the backbone factory takes (``image_model``, ``image_size``,
+    ``image_pretrained``, ... but not ``freeze_image``, which only decides what trains) and, with a groundability
+    head, :data:`GROUNDABILITY_SAME`. A key a checkpoint lacks (written before it existed) has its
+    :class:`~refineg.config.ModelConfig` default.
+    """
+    accepted = factory_parameters(BACKBONES.get(model["backbone"]))  # None: the factory takes any keyword
+    keys = [*SAME, *(k for k in BACKBONE_KEY_ALIASES if k != "freeze_image" and (accepted is None or k in accepted))]
+    if model.get("groundability"):
+        keys += GROUNDABILITY_SAME
+    defaults = ModelConfig()
+    return {k: model.get(k, getattr(defaults, k, None)) for k in keys}
 
 
 def _read(path: str | Path) -> dict[str, Any]:
@@ -43,7 +65,7 @@ def soup_checkpoint(checkpoints: Sequence[str | Path]) -> dict[str, Any]:
 
     Raises:
         ValueError: No members, or a member of another architecture, other entity types, other weight
-            names or shapes, or other integer buffers.
+            names or shapes, or other integer buffers (batch-norm step counters aside: the first member's stay).
         DataFormatError: A file that is not a tagger checkpoint (:func:`~refineg.inference.predictor.load_tagger`).
     """
     if not checkpoints:
@@ -53,13 +75,15 @@ def soup_checkpoint(checkpoints: Sequence[str | Path]) -> dict[str, Any]:
     weights0 = first["state_dict"]
     total = {k: v.float().clone() if v.is_floating_point() else v for k, v in weights0.items()}
     init_seeds = {model0.get("init_seed")}
+    arch0 = architecture(model0)
     for path in checkpoints[1:]:
         ckpt = _read(path)
         model, types = ckpt["hyper_parameters"]["model"], ckpt["hyper_parameters"]["types"]
-        for key in SAME:
-            if model.get(key) != model0.get(key):
+        arch = architecture(model)
+        for key in dict.fromkeys([*arch0, *arch]):
+            if arch.get(key) != arch0.get(key):
                 raise ValueError(
-                    f"{path}: model.{key}={model.get(key)!r}, but {checkpoints[0]} has {model0.get(key)!r}; "
+                    f"{path}: model.{key}={arch.get(key)!r}, but {checkpoints[0]} has {arch0.get(key)!r}; "
                     "a soup averages taggers of one architecture"
                 )
         if list(types) != list(types0):
@@ -72,6 +96,8 @@ def soup_checkpoint(checkpoints: Sequence[str | Path]) -> dict[str, Any]:
                 raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, {tuple(weights0[key].shape)} before")
             if value.is_floating_point():
                 total[key] += value.float()
+            elif key.endswith(".num_batches_tracked"):
+                continue  # a batch-norm step counter (the statistics are averaged): the first member's stays
             elif not torch.equal(value, weights0[key]):
                 raise ValueError(f"{path}: {key} (not a weight: {value.dtype}) differs from {checkpoints[0]}'s")
         init_seeds.add(model.get("init_seed"))
@@ -92,8 +118,14 @@ def soup_checkpoint(checkpoints: Sequence[str | Path]) -> dict[str, Any]:
 
 
 def write_soup(checkpoints: Sequence[str | Path], out: str | Path) -> Path:
-    """Writes :func:`soup_checkpoint` of ``checkpoints`` to ``out`` (folders created); returns ``out``."""
+    """Writes :func:`soup_checkpoint` of ``checkpoints`` to ``out`` (folders created); returns ``out``.
+
+    Raises:
+        ValueError: ``out`` is a folder (as :func:`soup_checkpoint`).
+    """
     out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"{out} is a folder: name the checkpoint file to write")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     torch.save(soup_checkpoint(checkpoints), tmp)

@@ -59,8 +59,11 @@ def build_tagger(model: dict[str, Any], labels: list[str], pretrained: bool = Tr
     for name in model.get("imports") or []:
         importlib.import_module(name)
     if model.get("init_seed") is not None:
+        # the layers are built on the CPU: seed (and afterwards restore) the CPU generator only. torch.manual_seed
+        # would also reseed the accelerators' generators, which fork_rng(devices=[]) does not restore, so every run
+        # of one init_seed would draw the same dropout masks on the GPU whatever its seed
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(model["init_seed"])
+            torch.default_generator.manual_seed(model["init_seed"])
             return build_tagger({**model, "init_seed": None}, labels, pretrained)
     factory = BACKBONES.get(model["backbone"])
     kwargs: dict[str, Any] = {

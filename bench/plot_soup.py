@@ -8,9 +8,9 @@ the soup of them (red diamond) and, where the summary has one, the ensemble of t
 in docs/results.md)::
 
     python bench/plot_soup.py --out docs/img/selftrain_soups.png \\
-        "full data, 6 seeds=docs/selftrain_gpu/soup_full/summary.json" \\
-        "500 gold, 3 gold samples x 3 seeds=docs/selftrain_gpu/soup_g500/summary.json" \\
-        --target full=78.5 --gain g500=2.5
+        "full data, 6 seeds (GPU)=docs/selftrain_gpu/soup_full/summary.json" \\
+        "500 gold, 3 gold samples x 3 seeds (GPU)=docs/selftrain_gpu/soup_g500/summary.json" \\
+        "500 gold, a 4th sample (CPU)=docs/selftrain_cpu/soup_g500_gD/summary.json" --target full=78.5 --gain g500=2.5
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def main() -> None:
         handles = dict(zip(*reversed(ax.get_legend_handles_labels())))  # one entry per label
         ax.legend(handles.values(), handles.keys(), fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
     axes[0].set_ylabel("dev MNER F1")
-    fig.suptitle("Self-training, Twitter-GMNER dev: one tagger, their mean and their soup (GPU)", fontsize=10)
+    fig.suptitle("Self-training, Twitter-GMNER dev: one tagger, their mean and their soup", fontsize=10)
     fig.tight_layout()
     fig.savefig(args.out, bbox_inches="tight")
     print(f"wrote {args.out}")

@@ -213,7 +213,9 @@ class DataConfig:
     synthetic_weight: float = 1.0  # loss weight of synthetic posts
     synthetic_epochs: int = 1  # two_stage mode: epochs on synthetic data before gold fine-tuning
     gold_limit: int | None = None  # fixed seeded sample of this many gold training posts
-    gold_seed: int | None = None  # seed of that sample (None: the run's seed); fix it to vary only the training seed
+    # seed of that sample (None: the run's seed); fix it to vary only the training seed (the unlabelled_limit sample of
+    # the self-training pool still follows the run's seed)
+    gold_seed: int | None = None
     pseudo: str | None = None  # canonical JSONL of pseudo-labelled posts (self-training; pooled with the synthetic)
     pseudo_weight: float = 1.0  # loss weight of pseudo-labelled posts
     unlabeled: str | None = None  # unlabelled posts for self-training (any readable format; labels are ignored)

@@ -153,8 +153,10 @@ def greedy_order(
     kept, best, log = [ranked[0]], own[ranked[0]], [{"checkpoint": ranked[0], "own": own[ranked[0]], "kept": True}]
     for cand in ranked[1:]:
         trial = work / f"greedy-{len(log)}.ckpt"
-        value = score(write_soup([*kept, cand], trial))
-        trial.unlink()
+        try:
+            value = score(write_soup([*kept, cand], trial))
+        finally:
+            trial.unlink(missing_ok=True)
         keep = value >= best
         log.append({"checkpoint": cand, "own": own[cand], "soup": value, "kept": keep})
         if keep:

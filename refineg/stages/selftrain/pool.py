@@ -83,9 +83,9 @@ def read_unlabeled(data: DictConfig) -> list[Example]:
 def build_pool(data: DictConfig, seed: int) -> UnlabeledPool:
     """The unlabelled pool for a data config and training seed.
 
-    ``data.unlabeled_from_train``: the training posts that the gold sample of ``data.gold_limit`` and ``seed``
-    leaves out (exactly the complement of what training draws), their labels hidden. ``data.unlabeled_limit`` keeps
-    a seeded sample of the pool.
+    ``data.unlabeled_from_train``: the training posts that the gold sample of ``data.gold_limit`` and ``seed`` (or
+    ``data.gold_seed``) leaves out (exactly the complement of what training draws), their labels hidden.
+    ``data.unlabeled_limit`` keeps a sample of the pool drawn with ``seed``.
 
     Raises:
         UsageError: Neither or both pool sources, or a training-split pool without ``data.gold_limit``.

@@ -134,7 +134,7 @@ class SynthesisConfig:
         n_reuse: LLM samples per seed that reuse the seed's entities in new contexts.
         n_new: LLM samples per seed built around new, specifically named entities of the seed's types.
         seeds: Canonical JSONL of gold seeds; ``None`` takes the training split of ``data`` (with its
-            ``gold_limit`` sample drawn with ``seed``, exactly as training does).
+            ``gold_limit`` sample drawn with ``data.gold_seed`` or else ``seed``, exactly as training does).
         max_seeds: Use only the first this many seeds (pilots); ``None`` for all.
         seed: Random seed: gold sample, swap choices, train/dev split.
         dev_fraction: Share of seeds whose posts go to a synthetic dev file (ReFineG: 0.25, a 3:1 split); 0 for

@@ -45,7 +45,7 @@ def load_seeds(cfg: DictConfig) -> list[Example]:
     """The gold seeds, then only the first ``cfg.max_seeds`` of them.
 
     From ``cfg.seeds`` (canonical JSONL), or else the training split of ``cfg.data`` with the same
-    ``data.gold_limit`` sample that training draws for ``cfg.seed``.
+    ``data.gold_limit`` sample that training draws for ``cfg.seed`` (or ``data.gold_seed``).
 
     Raises:
         ValueError: A seed has a type outside ``cfg.types``.

@@ -144,13 +144,15 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoints_arg(p: argparse.ArgumentParser, help_text: str) -> None:
+    """``--ckpt A [B ...]`` (repeatable; the values of every ``--ckpt`` are joined)."""
+    p.add_argument("--ckpt", required=True, nargs="+", action="extend", help=help_text)
+
+
 def _predict_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--ckpt",
-        required=True,
-        nargs="+",
-        action="extend",
-        help="checkpoint written by train.py (e.g. runs/X/checkpoints/best-*.ckpt); several (same encoder and "
+    _checkpoints_arg(
+        p,
+        "checkpoint written by train.py (e.g. runs/X/checkpoints/best-*.ckpt); several (same encoder and "
         "types, e.g. other seeds): tag with their ensemble (geometric mean of the CRFs, refineg.inference.ensemble)",
     )
     src = p.add_mutually_exclusive_group(required=True)
@@ -249,12 +251,9 @@ def predict(args: argparse.Namespace) -> int:
 
 
 def _soup_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--ckpt",
-        required=True,
-        nargs="+",
-        action="extend",
-        help="two or more checkpoints of one architecture and entity types, best trained with one model.init_seed "
+    _checkpoints_arg(
+        p,
+        "two or more checkpoints of one architecture and entity types, best trained with one model.init_seed "
         "(other seeds)",
     )
     p.add_argument("--out", required=True, help="the averaged checkpoint to write (.ckpt)")

@@ -10,7 +10,8 @@ in docs/results.md)::
     python bench/plot_soup.py --out docs/img/selftrain_soups.png \\
         "full data, 6 seeds (GPU)=docs/selftrain_gpu/soup_full/summary.json" \\
         "500 gold, 3 gold samples x 3 seeds (GPU)=docs/selftrain_gpu/soup_g500/summary.json" \\
-        "500 gold, a 4th sample (CPU)=docs/selftrain_cpu/soup_g500_gD/summary.json" --target full=78.5 --gain g500=2.5
+        "500 gold, a 4th sample (CPU)=docs/selftrain_cpu/soup_g500_gD/summary.json" \\
+        "100 gold (CPU)=docs/selftrain_cpu/soup_g100/summary.json" --target full=78.5 --gain g500=2.5 g100=2.5
 """
 
 from __future__ import annotations

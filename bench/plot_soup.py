@@ -56,13 +56,11 @@ def rule(items: list[str], flag: str) -> list[tuple[str, float]]:
     """
     pairs = []
     for item in items:
-        prefix, sep, value = item.partition("=")
+        prefix, _, value = item.partition("=")  # without "=", value is "" and not a number
         try:
             pairs.append((prefix, float(value)))
         except ValueError:
             raise SystemExit(f"error: {flag} {item!r}: expected GROUP_PREFIX=NUMBER") from None
-        if not sep:
-            raise SystemExit(f"error: {flag} {item!r}: expected GROUP_PREFIX=NUMBER")
     return pairs
 
 

@@ -279,15 +279,17 @@ def soup_cmd(args: argparse.Namespace) -> int:
     import torch
 
     from refineg.inference.predictor import TaggerPredictor, load_tagger
-    from refineg.inference.soup import greedy_order, write_soup
+    from refineg.inference.soup import check_out, greedy_order, write_soup
     from refineg.metrics import evaluate_examples
 
     if len(args.ckpt) < 2:
         raise UsageError(f"--ckpt: a soup needs at least 2 checkpoints, got {len(args.ckpt)}")
     if args.greedy and not args.dev:
         raise UsageError("--greedy needs --dev (it keeps the members that do not lower the dev score)")
-    if Path(args.out).is_dir():  # before --greedy scores the members
-        raise UsageError(f"{args.out} is a folder: name the checkpoint file to write")
+    try:
+        check_out(args.out)  # before --greedy scores the members
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gold = read_jsonl(args.dev) if args.dev else []
 

@@ -92,6 +92,9 @@ def test_soup_refuses_members_that_do_not_fit_and_warns_without_a_shared_init_se
     (tmp_path / "notes.ckpt").write_text("{}")
     with pytest.raises(DataFormatError, match="notes.ckpt"):
         soup_checkpoint([crf, tmp_path / "notes.ckpt"])
+    torch.save({"state_dict": {}}, tmp_path / "weights_only.ckpt")  # a PyTorch archive, but no tagger's
+    with pytest.raises(DataFormatError, match="weights_only.ckpt: not a tagger checkpoint"):
+        soup_checkpoint([crf, tmp_path / "weights_only.ckpt"])
     with caplog.at_level(logging.WARNING, logger="refineg.inference.soup"):
         soup_checkpoint([crf, other])
     assert "model.init_seed" in caplog.text

@@ -10,6 +10,7 @@ import pickle
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -38,6 +39,25 @@ def load_tagger(path: str | Path) -> TaggerModule:
         raise DataFormatError(
             path, f"not a tagger checkpoint written by train.py ({type(err).__name__}: {err})"
         ) from None
+
+
+def read_tagger_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The raw checkpoint dict of a tagger checkpoint written by ``train.py`` (tensors on the CPU), not built.
+
+    Raises:
+        DataFormatError: As :func:`load_tagger`: a missing file, not a PyTorch checkpoint, or one without a
+            tagger's weights and hyper-parameters.
+    """
+    path = torch_archive(path)
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
+        if "state_dict" not in ckpt or not {"model", "types"} <= set(ckpt.get("hyper_parameters", {})):
+            raise KeyError("state_dict, hyper_parameters.model and hyper_parameters.types")
+    except (KeyError, TypeError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        raise DataFormatError(
+            path, f"not a tagger checkpoint written by train.py ({type(err).__name__}: {err})"
+        ) from None
+    return ckpt
 
 
 class TaggerPredictor:

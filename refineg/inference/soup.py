@@ -24,7 +24,7 @@ from refineg.config import ModelConfig
 from refineg.modules.backbones import BACKBONES
 from refineg.modules.tagger_module import BACKBONE_KEY_ALIASES, factory_parameters
 
-from .predictor import load_tagger
+from .predictor import read_tagger_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +52,6 @@ def architecture(model: dict[str, Any]) -> dict[str, Any]:
     return {k: model.get(k, getattr(defaults, k, None)) for k in keys}
 
 
-def _read(path: str | Path) -> dict[str, Any]:
-    load_tagger(path)  # a one-line DataFormatError for a file that is not a tagger checkpoint
-    return torch.load(str(path), map_location="cpu", weights_only=False)
-
-
 def soup_checkpoint(checkpoints: Sequence[str | Path]) -> dict[str, Any]:
     """The checkpoint dict whose weights are the mean of the members' (floating-point tensors averaged in float32).
 
@@ -66,18 +61,19 @@ def soup_checkpoint(checkpoints: Sequence[str | Path]) -> dict[str, Any]:
     Raises:
         ValueError: No members, or a member of another architecture, other entity types, other weight
             names or shapes, or other integer buffers (batch-norm step counters aside: the first member's stay).
-        DataFormatError: A file that is not a tagger checkpoint (:func:`~refineg.inference.predictor.load_tagger`).
+        DataFormatError: A file that is not a tagger checkpoint
+            (:func:`~refineg.inference.predictor.read_tagger_checkpoint`).
     """
     if not checkpoints:
         raise ValueError("a soup needs checkpoints, got none")
-    first = _read(checkpoints[0])
+    first = read_tagger_checkpoint(checkpoints[0])
     model0, types0 = first["hyper_parameters"]["model"], first["hyper_parameters"]["types"]
     weights0 = first["state_dict"]
     total = {k: v.float().clone() if v.is_floating_point() else v for k, v in weights0.items()}
     init_seeds = {model0.get("init_seed")}
     arch0 = architecture(model0)
     for path in checkpoints[1:]:
-        ckpt = _read(path)
+        ckpt = read_tagger_checkpoint(path)
         model, types = ckpt["hyper_parameters"]["model"], ckpt["hyper_parameters"]["types"]
         arch = architecture(model)
         for key in dict.fromkeys([*arch0, *arch]):
@@ -117,15 +113,25 @@ def soup_checkpoint(checkpoints: Sequence[str | Path]) -> dict[str, Any]:
     return first
 
 
-def write_soup(checkpoints: Sequence[str | Path], out: str | Path) -> Path:
-    """Writes :func:`soup_checkpoint` of ``checkpoints`` to ``out`` (folders created); returns ``out``.
+def check_out(out: str | Path) -> Path:
+    """``out`` as a path a soup can be written to.
 
     Raises:
-        ValueError: ``out`` is a folder (as :func:`soup_checkpoint`).
+        ValueError: ``out`` is a folder.
     """
     out = Path(out)
     if out.is_dir():
         raise ValueError(f"{out} is a folder: name the checkpoint file to write")
+    return out
+
+
+def write_soup(checkpoints: Sequence[str | Path], out: str | Path) -> Path:
+    """Writes :func:`soup_checkpoint` of ``checkpoints`` to ``out`` (folders created); returns ``out``.
+
+    Raises:
+        ValueError: ``out`` is a folder (:func:`check_out`), or as :func:`soup_checkpoint`.
+    """
+    out = check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     torch.save(soup_checkpoint(checkpoints), tmp)

@@ -1,0 +1,80 @@
+"""Dev MNER F1 of the weight averages (soups) of several sets of trained taggers, in one process.
+
+``refineg soup --dev`` scores every member again for each soup; after a ``bench/selftrain.py --soup`` run the members
+are scored already, so this scores only the soups. Members are named ``<pool><seed>``; a pool is a checkpoint glob with
+``{}`` for the seed::
+
+    python bench/soup_subsets.py --dev .devcarry/data/dev.jsonl --out subsets.json \
+      --pool a='/tmp/rfull/full-kd-s{}/round1/checkpoints/best-*.ckpt' \
+      --set a1,a2,a3 a4,a5,a6 a1,a2,a3,a4,a5,a6
+
+Each soup's score is printed and ``--out`` (JSON) is rewritten after each, so a run stopped half-way keeps what it
+scored. A set with a member whose checkpoint is missing is reported and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from refineg.data import read_jsonl
+from refineg.inference.predictor import TaggerPredictor, load_tagger
+from refineg.inference.soup import write_soup
+from refineg.metrics import evaluate_examples
+
+
+def member_path(name: str, pools: dict[str, str]) -> Path:
+    """The checkpoint of member ``name`` (``<pool><seed>``).
+
+    Raises:
+        ValueError: An unknown pool, or not exactly one checkpoint matches.
+    """
+    match = re.fullmatch(r"([A-Za-z_]+)(\d+)", name)
+    if not match or match[1] not in pools:
+        raise ValueError(f"member {name!r}: expected <pool><seed> with a pool of {sorted(pools)}")
+    found = sorted(glob.glob(pools[match[1]].format(match[2])))
+    if len(found) != 1:
+        raise ValueError(f"member {name}: {len(found)} checkpoints match {pools[match[1]].format(match[2])}")
+    return Path(found[0])
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Scores each ``--set``'s soup on ``--dev``; returns ``{set: dev MNER F1 (percent)}``."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--dev", required=True, help="gold canonical JSONL to score on")
+    p.add_argument("--pool", nargs="+", required=True, metavar="NAME=GLOB", help="checkpoint glob per pool, {} = seed")
+    p.add_argument("--set", nargs="+", required=True, metavar="M1,M2,...", help="members of one soup (2 or more)")
+    p.add_argument("--out", required=True, help="JSON file with the scores (rewritten after each soup)")
+    p.add_argument("--batch-size", type=int, default=64)
+    args = p.parse_args(argv)
+    pools = dict(item.split("=", 1) for item in args.pool)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    gold = read_jsonl(args.dev)
+    scores: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as work:
+        for spec in args.set:
+            names = spec.split(",")
+            try:
+                members = [member_path(n, pools) for n in names]
+            except ValueError as err:
+                print(f"skipped {spec}: {err}", flush=True)
+                continue
+            started = time.time()
+            soup = write_soup(members, Path(work) / "soup.ckpt")
+            predictor = TaggerPredictor(load_tagger(soup), args.batch_size, device=device)
+            f1 = evaluate_examples(gold, predictor.predict(gold, progress=False))["mner"]["f1"]
+            scores[spec] = round(100 * f1, 2)
+            print(f"{scores[spec]:6.2f}  soup of {len(names)}: {spec}  ({time.time() - started:.0f} s)", flush=True)
+            Path(args.out).write_text(json.dumps(scores, indent=1) + "\n")
+    return scores
+
+
+if __name__ == "__main__":
+    main()

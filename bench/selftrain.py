@@ -35,6 +35,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -201,49 +202,53 @@ def write_outputs(args: argparse.Namespace, jobs: dict[str, dict], started: floa
     return summary
 
 
+def dev_f1(args: argparse.Namespace, checkpoints: list[str], env: dict) -> float:
+    """Dev MNER F1 (points) of one tagger or of the ensemble of several (``refineg predict``, ``evaluate``)."""
+    dev = str(Path(args.data_root).resolve() / args.dev)
+    cli = [sys.executable, "-m", "refineg.cli"]
+    with tempfile.TemporaryDirectory() as work:
+        pred = str(Path(work) / "pred.jsonl")
+        predict = [*cli, "predict", "--ckpt", *checkpoints, "--input", dev, "--out", pred]
+        subprocess.run(predict, cwd=ROOT, env=env, check=True, capture_output=True)
+        evaluate = [*cli, "evaluate", "--gold", dev, "--pred", pred, "--json"]
+        scores = subprocess.run(evaluate, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+    return round(100 * json.loads(scores.stdout)["mner"]["f1"], 2)
+
+
 def student_ensembles(args: argparse.Namespace, jobs: dict[str, dict], env: dict) -> dict[str, dict]:
     """Per group: dev MNER F1 of the ensemble of its runs' last-round taggers (``refineg predict --ckpt A B ...``)."""
     out: dict[str, dict] = {}
-    data = Path(args.data_root).resolve()
     for group in dict.fromkeys(j["group"] for j in jobs.values()):
         states = [load_state(args, n) for n, j in jobs.items() if j["group"] == group]
         last = [s["rounds"][-1] for s in states if s and s["rounds"]]
         if len(last) < 2:
             continue
-        pred = Path(args.out) / f"student_ensemble_{group}.jsonl"
-        cli = [sys.executable, "-m", "refineg.cli"]
-        predict = [*cli, "predict", "--ckpt", *(r["checkpoint"] for r in last), "--input", str(data / args.dev)]
-        subprocess.run([*predict, "--out", str(pred)], cwd=ROOT, env=env, check=True, capture_output=True)
-        scores = subprocess.run(
-            [*cli, "evaluate", "--gold", str(data / args.dev), "--pred", str(pred), "--json"],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
         out[group] = {
             "members": len(last),
             "rounds": [r["round"] for r in last],
-            "dev_mner_f1": round(100 * json.loads(scores.stdout)["mner"]["f1"], 2),
+            "dev_mner_f1": dev_f1(args, [r["checkpoint"] for r in last], env),
         }
-        pred.unlink()
     return out
 
 
 def soups(args: argparse.Namespace, jobs: dict[str, dict], env: dict) -> dict[str, dict]:
-    """Per group and round: dev MNER F1 of the weight average of its runs' taggers (``refineg soup``), and of each."""
+    """Per group and round: dev MNER F1 of the weight average of its runs' taggers (``refineg soup``) and of each.
+
+    The members' scores are the runs' own dev scores; only the soup is tagged.
+    """
     out: dict[str, dict] = {}
-    dev = str(Path(args.data_root).resolve() / args.dev)
     for group in dict.fromkeys(j["group"] for j in jobs.values()):
         states = [load_state(args, n) for n, j in jobs.items() if j["group"] == group]
-        rounds = [{r["round"]: r["checkpoint"] for r in s["rounds"]} for s in states if s]
+        rounds = [{r["round"]: r for r in s["rounds"]} for s in states if s]
         for k in sorted(set.intersection(*(set(r) for r in rounds))) if len(rounds) > 1 else []:
             soup = Path(args.runs_dir) / f"soup-{group}-round{k}.ckpt"
-            cmd = [sys.executable, "-m", "refineg.cli", "soup", "--ckpt", *(r[k] for r in rounds), "--out", str(soup)]
-            done = subprocess.run([*cmd, "--dev", dev], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
-            scores = [float(line.split()[0]) for line in done.stdout.splitlines() if line.strip()]
-            out.setdefault(group, {})[str(k)] = {"members": scores[:-1], "soup": scores[-1], "checkpoint": str(soup)}
+            cmd = [sys.executable, "-m", "refineg.cli", "soup", "--ckpt", *(r[k]["checkpoint"] for r in rounds)]
+            subprocess.run([*cmd, "--out", str(soup)], cwd=ROOT, env=env, check=True, capture_output=True)
+            out.setdefault(group, {})[str(k)] = {
+                "members": [round(100 * r[k]["dev_mner_f1"], 2) for r in rounds],
+                "soup": dev_f1(args, [str(soup)], env),
+                "checkpoint": str(soup),
+            }
     return out
 
 

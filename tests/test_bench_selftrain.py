@@ -4,6 +4,8 @@ import argparse
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import load_script
 
 
@@ -41,11 +43,12 @@ def test_teacher_members_are_the_same_variants_runs_of_the_other_seeds(tmp_path)
 
 
 def test_soup_scores_every_round_that_all_runs_of_a_group_finished(tiny_encoder, tmp_path):
-    """``--soup``: one weight average per group and round, scored on dev with each member (``refineg soup``)."""
+    """``--soup``: one weight average per group and round, scored on dev; the members keep their runs' own scores."""
     import os
 
     from refineg.data import write_jsonl
-    from refineg.inference.predictor import TaggerPredictor
+    from refineg.inference.predictor import TaggerPredictor, load_tagger
+    from refineg.metrics import evaluate_examples
     from tests.refine_helpers import make_tiny_tagger, sample_posts, save_checkpoint
 
     bench = _bench_module()
@@ -56,15 +59,19 @@ def test_soup_scores_every_round_that_all_runs_of_a_group_finished(tiny_encoder,
         recs = []
         for r in range(rounds):
             ckpt = save_checkpoint(make_tiny_tagger(tiny_encoder, seed=10 * k + r), tmp_path / f"{name}-{r}.ckpt")
-            recs.append({"round": r, "checkpoint": str(ckpt)})
+            recs.append({"round": r, "checkpoint": str(ckpt), "dev_mner_f1": 0.25 + 0.125 * k})
         (runs / name).mkdir(parents=True)
         (runs / name / "selftrain.json").write_text(json.dumps({"rounds": recs}))
-    first = make_tiny_tagger(tiny_encoder, seed=0)  # the "dev" labels are its tags: it scores 100
-    write_jsonl(TaggerPredictor(first).predict(sample_posts("dev", 20), progress=False), tmp_path / "dev.jsonl")
+    first = make_tiny_tagger(tiny_encoder, seed=0)  # the "dev" labels are its tags
+    gold = TaggerPredictor(first).predict(sample_posts("dev", 20), progress=False)
+    write_jsonl(gold, tmp_path / "dev.jsonl")
     args = argparse.Namespace(runs_dir=str(runs), data_root=str(tmp_path), dev="dev.jsonl")
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     out = bench.soups(args, jobs, env)
     assert list(out) == ["g64-soft"] and list(out["g64-soft"]) == ["0"]
     soup = out["g64-soft"]["0"]
-    assert soup["members"][0] == 100.0 and soup["members"][1] < 100.0 and soup["soup"] < 100.0
+    assert soup["members"] == [25.0, 37.5]
     assert Path(soup["checkpoint"]).is_file() and Path(soup["checkpoint"]).parent == runs
+    tagged = TaggerPredictor(load_tagger(soup["checkpoint"])).predict(gold, progress=False)
+    expected = 100 * evaluate_examples(gold, tagged)["mner"]["f1"]
+    assert 0 < soup["soup"] < 100 and soup["soup"] == pytest.approx(expected, abs=0.006)

@@ -1,17 +1,20 @@
 """Plots each tagger, their mean and their weight average (soup) from ``bench/selftrain.py --soup`` summaries.
 
-``python bench/plot_soup.py --out docs/img/selftrain_soups.png TITLE=SUMMARY ...`` draws one panel per ``TITLE``:
-for every group and round of the summary, the dev MNER F1 of each run's tagger (grey dots), their mean (black bar),
-the soup of them (red diamond) and, where the summary has one, the ensemble of the last round (blue star).
-``--target GROUP_PREFIX=VALUE`` draws an absolute target over the groups whose name starts with the prefix;
-``--gain GROUP_PREFIX=POINTS`` draws round 0's mean + POINTS over the later rounds of those groups. Example (the figure
-in docs/results.md)::
+``python bench/plot_soup.py --out docs/img/selftrain_soups.png TITLE=SUMMARY ...`` draws one panel per ``TITLE`` (a
+title given several times collects those summaries in one panel): for every group and round of its summaries, the dev
+MNER F1 of each run's tagger (grey dots), their mean (black bar), the soup of them (red diamond) and, where the summary
+has one, the ensemble of the last round (blue star). ``--target GROUP_PREFIX=VALUE`` draws an absolute target over the
+groups whose name starts with the prefix; ``--gain GROUP_PREFIX=POINTS`` draws round 0's mean + POINTS over the later
+rounds of those groups. Example (the figure in docs/results.md)::
 
+    G=docs/selftrain_gpu C=docs/selftrain_cpu
     python bench/plot_soup.py --out docs/img/selftrain_soups.png \\
-        "full data, 6 seeds (GPU)=docs/selftrain_gpu/soup_full/summary.json" \\
-        "500 gold, 3 gold samples x 3 seeds (GPU)=docs/selftrain_gpu/soup_g500/summary.json" \\
-        "500 gold, a 4th sample (CPU)=docs/selftrain_cpu/soup_g500_gD/summary.json" \\
-        "100 gold (CPU)=docs/selftrain_cpu/soup_g100/summary.json" --target full=78.5 --gain g500=2.5 g100=2.5
+        "full data, 6 seeds (GPU)=$G/soup_full_fixed/summary_soups.json" \\
+        "500 gold, gold samples 1-3 (GPU)=$G/soup_g500_fixed/summary.json" \\
+        "500 gold, gold samples 4-6 (CPU)=$C/soup_g500_gD/summary.json" \\
+        "500 gold, gold samples 4-6 (CPU)=$C/soup_g500_gE/summary.json" \\
+        "500 gold, gold samples 4-6 (CPU)=$C/soup_g500_gF/summary.json" \\
+        "100 gold (CPU)=$C/soup_g100/summary.json" --target full=78.5 --gain g500=2.5 g100=2.5
 """
 
 from __future__ import annotations
@@ -67,18 +70,19 @@ def rule(items: list[str], flag: str) -> list[tuple[str, float]]:
 def main() -> None:
     """Draws the figure."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("panels", nargs="+", help="TITLE=SUMMARY")
+    parser.add_argument("panels", nargs="+", help="TITLE=SUMMARY (one title, one panel)")
     parser.add_argument("--out", required=True, help="PNG to write")
     parser.add_argument("--target", nargs="*", default=[], help="GROUP_PREFIX=VALUE: an absolute target (dashed)")
     parser.add_argument("--gain", nargs="*", default=[], help="GROUP_PREFIX=POINTS: round 0's mean + POINTS (dashed)")
     args = parser.parse_args()
     targets, gains = rule(args.target, "--target"), rule(args.gain, "--gain")
-    panels = []
+    by_title: dict[str, list[dict]] = {}
     for spec in args.panels:
         title, sep, path = spec.partition("=")
         if not sep:
             raise SystemExit(f"error: {spec!r}: expected TITLE=SUMMARY")
-        panels.append((title, columns(path)))
+        by_title.setdefault(title, []).extend(columns(path))
+    panels = list(by_title.items())
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,7 +90,7 @@ def main() -> None:
 
     widths = [len(cols) for _, cols in panels]
     fig, axes = plt.subplots(
-        1, len(panels), figsize=(1.5 * sum(widths) + 1.5, 4.6), dpi=120, gridspec_kw={"width_ratios": widths}
+        1, len(panels), figsize=(1.2 * sum(widths) + 1.5, 4.6), dpi=120, gridspec_kw={"width_ratios": widths}
     )
     axes = list(axes) if len(panels) > 1 else [axes]
     for ax, (title, cols) in zip(axes, panels):

@@ -97,3 +97,26 @@ def test_soup_plot_refuses_a_summary_without_soups_and_bad_numbers(tmp_path, mon
         with pytest.raises(SystemExit, match=message):
             module.main()
     assert not (tmp_path / "f.png").exists()
+
+
+def test_soup_plot_collects_summaries_of_one_title_in_one_panel(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    first = _soup_summary(tmp_path / "a.json")
+    second = json.loads(first.read_text())
+    second["soup"] = {"g500-b": {"0": {"members": [60.0, 61.0], "soup": 62.0}, "1": {"members": [63.0], "soup": 64.5}}}
+    second_path = tmp_path / "b.json"
+    second_path.write_text(json.dumps(second))
+    argv = ["plot_soup.py", f"gpu={first}", f"cpu={first}", f"gpu={second_path}", "--out", str(tmp_path / "f.png")]
+    monkeypatch.setattr(sys, "argv", argv)
+    load_script("bench/plot_soup.py", "plot_soup").main()
+    try:
+        gpu, cpu = plt.gcf().axes
+        assert gpu.get_title() == "gpu" and cpu.get_title() == "cpu"
+        diamonds = [li.get_ydata()[0] for li in gpu.get_lines() if li.get_marker() == "D"]
+        assert diamonds == [69.0, 71.5, 62.0, 64.5]
+        assert [t.get_text() for t in gpu.get_xticklabels()][2] == "g500-b\nround 0"
+        assert len([li for li in cpu.get_lines() if li.get_marker() == "D"]) == 2
+    finally:
+        plt.close("all")

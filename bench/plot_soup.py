@@ -26,7 +26,10 @@ from pathlib import Path
 
 
 def columns(path: str) -> list[dict]:
-    """One column per group and round of a summary: its taggers' scores, the soup and the ensemble (points).
+    """One column per group and round of a summary: its taggers' scores, the soup, the ensemble (points) and ``base``.
+
+    ``base`` is the mean of the group's round-0 taggers in this summary (``None`` without round 0): a panel may collect
+    several summaries with a group of one name, and each gain line belongs to its own summary's round 0.
 
     Raises:
         SystemExit: A summary without soups (written without ``--soup``).
@@ -38,6 +41,7 @@ def columns(path: str) -> list[dict]:
     for group, by_round in summary["soup"].items():
         ens = (summary.get("student_ensemble") or {}).get(group)
         last = max(by_round, key=int)
+        base = statistics.fmean(by_round["0"]["members"]) if "0" in by_round else None  # this summary's round 0
         for k, soup in sorted(by_round.items(), key=lambda kv: int(kv[0])):
             out.append(
                 {
@@ -46,6 +50,7 @@ def columns(path: str) -> list[dict]:
                     "members": soup["members"],
                     "soup": soup["soup"],
                     "ensemble": ens["dev_mner_f1"] if ens and k == last else None,
+                    "base": base,
                 }
             )
     return out
@@ -94,7 +99,6 @@ def main() -> None:
     )
     axes = list(axes) if len(panels) > 1 else [axes]
     for ax, (title, cols) in zip(axes, panels):
-        base = {c["group"]: statistics.fmean(c["members"]) for c in cols if c["round"] == 0}
         for x, c in enumerate(cols):
             mean = statistics.fmean(c["members"])
             first = x == 0
@@ -108,8 +112,8 @@ def main() -> None:
                 if c["group"].startswith(prefix):
                     ax.hlines(value, x - 0.45, x + 0.45, color="C2", ls="--", label=f"target {value:g}")
             for prefix, points in gains:
-                if c["group"].startswith(prefix) and c["round"] > 0 and c["group"] in base:
-                    ax.hlines(base[c["group"]] + points, x - 0.45, x + 0.45, color="C2", ls=":",
+                if c["group"].startswith(prefix) and c["round"] > 0 and c["base"] is not None:
+                    ax.hlines(c["base"] + points, x - 0.45, x + 0.45, color="C2", ls=":",
                               label=f"round 0 mean + {points:g}")  # fmt: skip
         ax.set_xticks(range(len(cols)), [f"{c['group']}\nround {c['round']}" for c in cols], fontsize=7)
         ax.set_title(title, fontsize=9)

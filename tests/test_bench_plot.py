@@ -120,3 +120,24 @@ def test_soup_plot_collects_summaries_of_one_title_in_one_panel(tmp_path, monkey
         assert len([li for li in cpu.get_lines() if li.get_marker() == "D"]) == 2
     finally:
         plt.close("all")
+
+
+def test_soup_plot_gain_line_uses_the_round_0_of_its_own_summary_when_groups_share_a_name(tmp_path, monkeypatch):
+    """Two summaries with a group of one name in one panel: each gain line sits on its own summary's round 0."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    first = _soup_summary(tmp_path / "a.json")  # g500-a, round 0 mean 68.25
+    second = json.loads(first.read_text())
+    second["soup"]["g500-a"]["0"]["members"] = [60.0, 61.0]  # the same group name, round 0 mean 60.5
+    second_path = tmp_path / "b.json"
+    second_path.write_text(json.dumps(second))
+    argv = ["plot_soup.py", f"t={first}", f"t={second_path}", "--out", str(tmp_path / "f.png"), "--gain", "g500=2.5"]
+    monkeypatch.setattr(sys, "argv", argv)
+    load_script("bench/plot_soup.py", "plot_soup").main()
+    try:
+        (ax,) = plt.gcf().axes
+        gain = [c for c in ax.collections if c.get_label() == "round 0 mean + 2.5"]
+        assert [c.get_segments()[0][0][1] for c in gain] == [pytest.approx(70.75), pytest.approx(63.0)]
+    finally:
+        plt.close("all")

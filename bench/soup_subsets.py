@@ -9,7 +9,8 @@ are scored already, so this scores only the soups. Members are named ``<pool><se
       --set a1,a2,a3 a4,a5,a6 a1,a2,a3,a4,a5,a6
 
 Each soup's score is printed and ``--out`` (JSON) is rewritten after each, so a run stopped half-way keeps what it
-scored. A set with a member whose checkpoint is missing is reported and skipped.
+scored. A set with a member whose checkpoint is missing is reported and skipped. A bad ``--pool`` or a missing
+``--dev`` stops it at once with one ``error:`` line.
 """
 
 from __future__ import annotations
@@ -24,14 +25,32 @@ from pathlib import Path
 
 import torch
 
-from refineg.data import read_jsonl
+from refineg.data import DataFormatError, read_jsonl
 from refineg.inference.predictor import TaggerPredictor, load_tagger
 from refineg.inference.soup import write_soup
 from refineg.metrics import evaluate_examples
 
 
+def parse_pools(items: list[str]) -> dict[str, str]:
+    """``NAME=GLOB`` items as ``{name: glob}``.
+
+    Raises:
+        SystemExit: One ``error:`` line for an item without ``=``, a name that is not letters (a digit would run into
+            the seed) or a glob without ``{}`` (every seed would name the same checkpoint).
+    """
+    pools = {}
+    for item in items:
+        name, sep, pattern = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_]+", name) or "{}" not in pattern:
+            raise SystemExit(
+                f"error: --pool {item!r}: expected NAME=GLOB with a NAME of letters and {{}} for the seed in the GLOB"
+            )
+        pools[name] = pattern
+    return pools
+
+
 def member_path(name: str, pools: dict[str, str]) -> Path:
-    """The checkpoint of member ``name`` (``<pool><seed>``).
+    """The checkpoint of member ``name`` (``<pool><seed>``): the pool's glob with the seed in place of ``{}``.
 
     Raises:
         ValueError: An unknown pool, or not exactly one checkpoint matches.
@@ -39,9 +58,10 @@ def member_path(name: str, pools: dict[str, str]) -> Path:
     match = re.fullmatch(r"([A-Za-z_]+)(\d+)", name)
     if not match or match[1] not in pools:
         raise ValueError(f"member {name!r}: expected <pool><seed> with a pool of {sorted(pools)}")
-    found = sorted(glob.glob(pools[match[1]].format(match[2])))
+    pattern = pools[match[1]].replace("{}", match[2])  # not str.format: other braces in a path stay as they are
+    found = sorted(glob.glob(pattern))
     if len(found) != 1:
-        raise ValueError(f"member {name}: {len(found)} checkpoints match {pools[match[1]].format(match[2])}")
+        raise ValueError(f"member {name}: {len(found)} checkpoints match {pattern}")
     return Path(found[0])
 
 
@@ -54,9 +74,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p.add_argument("--out", required=True, help="JSON file with the scores (rewritten after each soup)")
     p.add_argument("--batch-size", type=int, default=64)
     args = p.parse_args(argv)
-    pools = dict(item.split("=", 1) for item in args.pool)
+    pools = parse_pools(args.pool)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    gold = read_jsonl(args.dev)
+    try:
+        gold = read_jsonl(args.dev)
+    except DataFormatError as err:
+        raise SystemExit(f"error: {err}") from None
     scores: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as work:
         for spec in args.set:

@@ -38,3 +38,29 @@ def test_scores_each_set_like_refineg_soup_and_skips_sets_with_missing_members(t
     assert "skipped a1,a9: member a9: 0 checkpoints match" in capsys.readouterr().out
     with pytest.raises(ValueError, match="expected <pool><seed>"):
         soup_subsets.member_path("b1", {"a": "x{}"})
+
+
+def test_bad_pools_and_a_missing_dev_file_are_one_line_errors(tmp_path):
+    """A pool without ``=`` or without ``{}`` (every seed would name the same file) and a missing ``--dev``."""
+    (tmp_path / "only.ckpt").write_bytes(b"")
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text("")
+    base = ["--out", str(tmp_path / "o.json"), "--set", "a1,a2"]
+    for dev_file, pool, message in [
+        (dev, f"{tmp_path}/s{{}}.ckpt", r"^error: --pool '.*s\{\}\.ckpt': expected NAME=GLOB"),
+        (dev, f"a={tmp_path}/only.ckpt", r"^error: --pool 'a=.*only\.ckpt': expected NAME=GLOB.*\{\} for the seed"),
+        (dev, f"a1={tmp_path}/s{{}}.ckpt", r"^error: --pool 'a1=.*': expected NAME=GLOB with a NAME of letters"),
+        (tmp_path / "missing.jsonl", f"a={tmp_path}/s{{}}.ckpt", r"^error: .*missing\.jsonl: file not found$"),
+    ]:
+        with pytest.raises(SystemExit, match=message):
+            soup_subsets.main(["--dev", str(dev_file), "--pool", pool, *base])
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_a_glob_with_other_braces_takes_the_seed_only_at_the_empty_pair(tmp_path):
+    (tmp_path / "run{x}-s12").mkdir()
+    ckpt = tmp_path / "run{x}-s12" / "best.ckpt"
+    ckpt.write_bytes(b"")
+    assert soup_subsets.member_path("a12", {"a": f"{tmp_path}/run{{x}}-s{{}}/best.ckpt"}) == ckpt
+    with pytest.raises(ValueError, match="0 checkpoints match"):  # s1 is not s12
+        soup_subsets.member_path("a1", {"a": f"{tmp_path}/run{{x}}-s{{}}/best.ckpt"})

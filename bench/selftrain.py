@@ -202,13 +202,17 @@ def write_outputs(args: argparse.Namespace, jobs: dict[str, dict], started: floa
     return summary
 
 
-def dev_f1(args: argparse.Namespace, checkpoints: list[str], env: dict) -> float:
-    """Dev MNER F1 (points) of one tagger or of the ensemble of several (``refineg predict``, ``evaluate``)."""
+def dev_f1(args: argparse.Namespace, checkpoints: list[str], env: dict, max_length: int | None = None) -> float:
+    """Dev MNER F1 (points) of one tagger or of the ensemble of several (``refineg predict``, ``evaluate``).
+
+    ``max_length``: subwords per post (``None``: ``refineg predict``'s default).
+    """
     dev = str(Path(args.data_root).resolve() / args.dev)
     cli = [sys.executable, "-m", "refineg.cli"]
     with tempfile.TemporaryDirectory() as work:
         pred = str(Path(work) / "pred.jsonl")
         predict = [*cli, "predict", "--ckpt", *checkpoints, "--input", dev, "--out", pred]
+        predict += ["--max-length", str(max_length)] if max_length else []
         subprocess.run(predict, cwd=ROOT, env=env, check=True, capture_output=True)
         evaluate = [*cli, "evaluate", "--gold", dev, "--pred", pred, "--json"]
         scores = subprocess.run(evaluate, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
@@ -234,19 +238,21 @@ def student_ensembles(args: argparse.Namespace, jobs: dict[str, dict], env: dict
 def soups(args: argparse.Namespace, jobs: dict[str, dict], env: dict) -> dict[str, dict]:
     """Per group and round: dev MNER F1 of the weight average of its runs' taggers (``refineg soup``) and of each.
 
-    The members' scores are the runs' own dev scores; only the soup is tagged.
+    The members' scores are the runs' own dev scores; only the soup is tagged, at the runs' ``data.max_length`` (the
+    length their dev scores were taken at).
     """
     out: dict[str, dict] = {}
     for group in dict.fromkeys(j["group"] for j in jobs.values()):
         states = [load_state(args, n) for n, j in jobs.items() if j["group"] == group]
         rounds = [{r["round"]: r for r in s["rounds"]} for s in states if s]
+        max_length = next((s["config"]["data"]["max_length"] for s in states if s and "config" in s), None)
         for k in sorted(set.intersection(*(set(r) for r in rounds))) if len(rounds) > 1 else []:
             soup = Path(args.runs_dir) / f"soup-{group}-round{k}.ckpt"
             cmd = [sys.executable, "-m", "refineg.cli", "soup", "--ckpt", *(r[k]["checkpoint"] for r in rounds)]
             subprocess.run([*cmd, "--out", str(soup)], cwd=ROOT, env=env, check=True, capture_output=True)
             out.setdefault(group, {})[str(k)] = {
                 "members": [round(100 * r[k]["dev_mner_f1"], 2) for r in rounds],
-                "soup": dev_f1(args, [str(soup)], env),
+                "soup": dev_f1(args, [str(soup)], env, max_length),
                 "checkpoint": str(soup),
             }
     return out

@@ -61,7 +61,8 @@ def test_soup_scores_every_round_that_all_runs_of_a_group_finished(tiny_encoder,
             ckpt = save_checkpoint(make_tiny_tagger(tiny_encoder, seed=10 * k + r), tmp_path / f"{name}-{r}.ckpt")
             recs.append({"round": r, "checkpoint": str(ckpt), "dev_mner_f1": 0.25 + 0.125 * k})
         (runs / name).mkdir(parents=True)
-        (runs / name / "selftrain.json").write_text(json.dumps({"rounds": recs}))
+        config = {"data": {"max_length": 6}}  # the runs' dev scores were taken at 6 subwords a post
+        (runs / name / "selftrain.json").write_text(json.dumps({"config": config, "rounds": recs}))
     first = make_tiny_tagger(tiny_encoder, seed=0)  # the "dev" labels are its tags
     gold = TaggerPredictor(first).predict(sample_posts("dev", 20), progress=False)
     write_jsonl(gold, tmp_path / "dev.jsonl")
@@ -72,6 +73,9 @@ def test_soup_scores_every_round_that_all_runs_of_a_group_finished(tiny_encoder,
     soup = out["g64-soft"]["0"]
     assert soup["members"] == [25.0, 37.5]
     assert Path(soup["checkpoint"]).is_file() and Path(soup["checkpoint"]).parent == runs
-    tagged = TaggerPredictor(load_tagger(soup["checkpoint"])).predict(gold, progress=False)
-    expected = 100 * evaluate_examples(gold, tagged)["mner"]["f1"]
-    assert 0 < soup["soup"] < 100 and soup["soup"] == pytest.approx(expected, abs=0.006)
+    scores = {}
+    for max_length in (6, 128):  # the soup is tagged at the runs' data.max_length, like its members
+        tagged = TaggerPredictor(load_tagger(soup["checkpoint"]), max_length=max_length).predict(gold, progress=False)
+        scores[max_length] = 100 * evaluate_examples(gold, tagged)["mner"]["f1"]
+    assert abs(scores[6] - scores[128]) > 1
+    assert 0 < soup["soup"] < 100 and soup["soup"] == pytest.approx(scores[6], abs=0.006)

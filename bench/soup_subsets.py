@@ -9,8 +9,9 @@ are scored already, so this scores only the soups. Members are named ``<pool><se
       --set a1,a2,a3 a4,a5,a6 a1,a2,a3,a4,a5,a6
 
 Each soup's score is printed and ``--out`` (JSON) is rewritten after each, so a run stopped half-way keeps what it
-scored. A set with a member whose checkpoint is missing is reported and skipped. A bad ``--pool`` or a missing
-``--dev`` stops it at once with one ``error:`` line.
+scored. A set with a member whose checkpoint is missing, fewer than two different members, or members that do not
+average (other architectures) is reported and skipped. A bad ``--pool`` or a missing ``--dev`` stops it at once with
+one ``error:`` line.
 """
 
 from __future__ import annotations
@@ -84,13 +85,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as work:
         for spec in args.set:
             names = spec.split(",")
+            started = time.time()
             try:
-                members = [member_path(n, pools) for n in names]
-            except ValueError as err:
+                if len(set(names)) != len(names) or len(names) < 2:
+                    raise ValueError("a soup needs 2 or more different members")
+                soup = write_soup([member_path(n, pools) for n in names], Path(work) / "soup.ckpt")
+            except ValueError as err:  # a missing member, or members of other architectures
                 print(f"skipped {spec}: {err}", flush=True)
                 continue
-            started = time.time()
-            soup = write_soup(members, Path(work) / "soup.ckpt")
             predictor = TaggerPredictor(load_tagger(soup), args.batch_size, device=device)
             f1 = evaluate_examples(gold, predictor.predict(gold, progress=False))["mner"]["f1"]
             scores[spec] = round(100 * f1, 2)

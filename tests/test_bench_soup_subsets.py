@@ -22,12 +22,14 @@ def test_scores_each_set_like_refineg_soup_and_skips_sets_with_missing_members(t
         module = make_tiny_tagger(tiny_encoder, seed=seed)
         module.hparams.model["init_seed"] = 0
         paths[seed] = save_checkpoint(module, tmp_path / f"run-s{seed}" / "best-01.ckpt")
+    save_checkpoint(make_tiny_tagger(tiny_encoder, head="softmax"), tmp_path / "soft-s1" / "best-01.ckpt")
     gold = sample_posts("dev", 20)
     write_jsonl(gold, tmp_path / "dev.jsonl")
     out = tmp_path / "scores.json"
-    pool = f"a={tmp_path}/run-s{{}}/best-*.ckpt"
+    pools = [f"a={tmp_path}/run-s{{}}/best-*.ckpt", f"b={tmp_path}/soft-s{{}}/best-*.ckpt"]
     got = soup_subsets.main(
-        ["--dev", str(tmp_path / "dev.jsonl"), "--pool", pool, "--set", "a1,a2", "a1,a9", "a1,a2,a3", "--out", str(out)]
+        ["--dev", str(tmp_path / "dev.jsonl"), "--pool", *pools, "--out", str(out)]
+        + ["--set", "a1,a2", "a1,a9", "a1,a1", "a1,b1", "a1,a2,a3"]
     )
     assert list(got) == ["a1,a2", "a1,a2,a3"]
     assert json.loads(out.read_text()) == got
@@ -35,7 +37,10 @@ def test_scores_each_set_like_refineg_soup_and_skips_sets_with_missing_members(t
         soup = load_tagger(write_soup([paths[s] for s in members], tmp_path / f"{spec}.ckpt"))
         f1 = evaluate_examples(gold, TaggerPredictor(soup).predict(gold, progress=False))["mner"]["f1"]
         assert got[spec] == pytest.approx(100 * f1, abs=0.006)
-    assert "skipped a1,a9: member a9: 0 checkpoints match" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "skipped a1,a9: member a9: 0 checkpoints match" in printed
+    assert "skipped a1,a1: a soup needs 2 or more different members" in printed
+    assert "skipped a1,b1: " in printed and "model.head='softmax'" in printed
     with pytest.raises(ValueError, match="expected <pool><seed>"):
         soup_subsets.member_path("b1", {"a": "x{}"})
 

@@ -27,9 +27,8 @@ from pathlib import Path
 import torch
 
 from refineg.data import DataFormatError, read_jsonl
-from refineg.inference.predictor import TaggerPredictor, load_tagger
+from refineg.inference.predictor import checkpoint_mner_f1
 from refineg.inference.soup import write_soup
-from refineg.metrics import evaluate_examples
 
 
 def parse_pools(items: list[str]) -> dict[str, str]:
@@ -93,9 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             except ValueError as err:  # a missing member, or members of other architectures
                 print(f"skipped {spec}: {err}", flush=True)
                 continue
-            predictor = TaggerPredictor(load_tagger(soup), args.batch_size, device=device)
-            f1 = evaluate_examples(gold, predictor.predict(gold, progress=False))["mner"]["f1"]
-            scores[spec] = round(100 * f1, 2)
+            scores[spec] = round(100 * checkpoint_mner_f1(soup, gold, args.batch_size, device=device), 2)
             print(f"{scores[spec]:6.2f}  soup of {len(names)}: {spec}  ({time.time() - started:.0f} s)", flush=True)
             Path(args.out).write_text(json.dumps(scores, indent=1) + "\n")
     return scores

@@ -278,9 +278,8 @@ def soup_cmd(args: argparse.Namespace) -> int:
     """Writes the uniform (or, with ``--greedy``, the greedy) soup of ``--ckpt`` and prints the dev scores."""
     import torch
 
-    from refineg.inference.predictor import TaggerPredictor, load_tagger
+    from refineg.inference.predictor import checkpoint_mner_f1
     from refineg.inference.soup import check_out, greedy_order, write_soup
-    from refineg.metrics import evaluate_examples
 
     if len(args.ckpt) < 2:
         raise UsageError(f"--ckpt: a soup needs at least 2 checkpoints, got {len(args.ckpt)}")
@@ -294,8 +293,7 @@ def soup_cmd(args: argparse.Namespace) -> int:
     gold = read_jsonl(args.dev) if args.dev else []
 
     def dev_f1(path: Path) -> float:
-        predictor = TaggerPredictor(load_tagger(path), args.batch_size, args.max_length, device=device)
-        return evaluate_examples(gold, predictor.predict(gold, progress=False))["mner"]["f1"]
+        return checkpoint_mner_f1(path, gold, args.batch_size, args.max_length, device)
 
     members = list(args.ckpt)
     try:

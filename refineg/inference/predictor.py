@@ -19,6 +19,7 @@ from refineg.data import DataFormatError, Example
 from refineg.data.files import torch_archive
 from refineg.datamodules.encoding import PostCollator, encode_posts
 from refineg.inference.quantize import QUANTIZE_SCHEMES, quantize_encoder
+from refineg.metrics import evaluate_examples
 from refineg.modules.tagger_module import TaggerModule
 from refineg.weights import load_tokenizer
 
@@ -172,3 +173,19 @@ class TaggerPredictor:
                 for ent, p in zip(out[i].entities, post):
                     ent.groundable = p
         return out
+
+
+def checkpoint_mner_f1(
+    path: str | Path,
+    gold: Sequence[Example],
+    batch_size: int = 64,
+    max_length: int = 128,
+    device: str | torch.device | None = None,
+) -> float:
+    """MNER F1 (0-1) of the tagger checkpoint at ``path`` on ``gold`` posts (tagged without their labels' help).
+
+    Raises:
+        DataFormatError: As :func:`load_tagger`.
+    """
+    predictor = TaggerPredictor(load_tagger(path), batch_size, max_length, device=device)
+    return evaluate_examples(gold, predictor.predict(gold, progress=False))["mner"]["f1"]
